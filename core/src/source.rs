@@ -1,0 +1,375 @@
+//! The source package around the tests: `debian/control` read with
+//! `debian-control`, `@`/`@builddeps@`/`@recommends@` expansion, dpkg
+//! architecture wildcards, and checking relations against installed packages.
+
+use debian_control::lossless::relations::{Entry as RelEntry, Relation, Relations};
+use debian_control::lossless::Control;
+use debian_control::relations::BuildProfile;
+use std::collections::HashMap;
+use std::path::Path;
+
+/// A binary package built by the source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Binary {
+    pub name: String,
+    /// `Architecture:` as written (`any`, `all`, `amd64 arm64`, ...).
+    pub architecture: String,
+}
+
+/// What dep8 needs from `debian/control`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourcePackage {
+    pub name: String,
+    /// Real `.deb` binaries (udebs and other package types are left out).
+    pub binaries: Vec<Binary>,
+    /// Build-Depends, Build-Depends-Indep and Build-Depends-Arch, joined.
+    pub build_depends: String,
+    /// Every binary's Recommends, joined.
+    pub recommends: String,
+}
+
+impl SourcePackage {
+    /// Reads `TREE/debian/control`; `Ok(None)` when there is none.
+    pub fn read(tree: &Path) -> Result<Option<SourcePackage>, String> {
+        let path = tree.join("debian/control");
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        Self::parse(&text).map(Some).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> Result<SourcePackage, String> {
+        // Comment lines are legal in debian/control; the lossless parser keeps
+        // them, autopkgtest drops them: drop them here too.
+        let text: String = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let parsed = Control::parse(&text);
+        if let Some(err) = parsed.positioned_errors().first() {
+            return Err(err.message.clone());
+        }
+        let control = parsed.tree();
+        let source = control.source();
+        let field = |name: &str| source.as_ref().and_then(|s| s.get(name)).unwrap_or_default();
+        let build_depends = ["Build-Depends", "Build-Depends-Indep", "Build-Depends-Arch"]
+            .iter()
+            .map(|f| field(f))
+            .filter(|v| !v.trim().is_empty())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut binaries = Vec::new();
+        let mut recommends = Vec::new();
+        for binary in control.binaries() {
+            let get = |f: &str| binary.as_deb822().get(f);
+            if let Some(r) = get("Recommends") {
+                recommends.push(r);
+            }
+            let package_type = get("Package-Type").or_else(|| get("XC-Package-Type"));
+            if package_type.is_some_and(|t| t != "deb") {
+                continue;
+            }
+            if let Some(name) = binary.name() {
+                binaries.push(Binary {
+                    name,
+                    architecture: get("Architecture").unwrap_or_else(|| "any".into()),
+                });
+            }
+        }
+        Ok(SourcePackage {
+            name: field("Source"),
+            binaries,
+            build_depends,
+            recommends: recommends.join(", "),
+        })
+    }
+}
+
+/// Expands a test's `Depends:` value into alternative groups, as autopkgtest
+/// does: `@` is every binary, `@builddeps@` the build dependencies reduced for
+/// `arch` plus build-essential, `@recommends@` the binaries' Recommends.
+pub fn expand_depends(value: &str, source: Option<&SourcePackage>, arch: &str) -> Result<Vec<String>, String> {
+    let mut deps = Vec::new();
+    for group in value.split(',').map(str::trim).filter(|g| !g.is_empty()) {
+        match group {
+            "@" => deps.extend(source.into_iter().flat_map(|s| &s.binaries).map(|b| {
+                match b.architecture.as_str() {
+                    "all" | "any" => b.name.clone(),
+                    archs => format!("{} [{archs}]", b.name),
+                }
+            })),
+            "@builddeps@" => {
+                let text = source.map_or("", |s| s.build_depends.as_str());
+                deps.extend(reduce(text, arch).map_err(|e| format!("invalid build dependencies: {e}"))?);
+                deps.push("build-essential".into());
+            }
+            "@recommends@" => {
+                let text = source.map_or(String::new(), |s| without_substvars(&s.recommends));
+                deps.extend(reduce(&text, arch).map_err(|e| format!("invalid Recommends: {e}"))?);
+            }
+            _ => {
+                check_dependency(group)?;
+                deps.push(group.to_string());
+            }
+        }
+    }
+    Ok(deps)
+}
+
+/// Drops `${...}` substitution variables, which only a built package resolves.
+fn without_substvars(deps: &str) -> String {
+    deps.split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty() && !d.starts_with("${"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Validates one alternative group of a test's Depends.
+fn check_dependency(group: &str) -> Result<(), String> {
+    let invalid = || format!("Test Depends field contains an invalid dependency `{group}'");
+    let relations: Relations = group.parse().map_err(|_| invalid())?;
+    let entries: Vec<RelEntry> = relations.entries().collect();
+    if entries.len() != 1 {
+        return Err(invalid());
+    }
+    let alternatives: Vec<&str> = group.split('|').collect();
+    for (relation, text) in entries[0].relations().zip(alternatives) {
+        let declares_version = text.contains('(');
+        match relation.try_version() {
+            None if declares_version => {
+                return Err(format!(
+                    "Test Depends field contains dependency `{group}' with an invalid version"
+                ))
+            }
+            Some(Err(_)) => {
+                return Err(format!(
+                    "Test Depends field contains dependency `{group}' with an invalid version"
+                ))
+            }
+            _ if relation.try_name().is_none() => return Err(invalid()),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Reduces relations for `arch` with no build profile active (Dpkg::Deps's
+/// reduce_arch/reduce_profiles), giving one string per alternative group.
+fn reduce(text: &str, arch: &str) -> Result<Vec<String>, String> {
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let relations: Relations = text.parse()?;
+    let mut out = Vec::new();
+    for entry in relations.entries() {
+        let kept: Vec<String> = entry
+            .relations()
+            .filter(|r| relation_applies(r, arch))
+            .map(|r| plain_relation(&r))
+            .collect();
+        if !kept.is_empty() {
+            out.push(kept.join(" | "));
+        }
+    }
+    Ok(out)
+}
+
+/// Whether a relation's architecture list and build profiles keep it for
+/// `arch` with no profile active.
+fn relation_applies(relation: &Relation, arch: &str) -> bool {
+    let arch_ok = match relation.architectures() {
+        Some(list) => arch_list_matches(arch, &list.collect::<Vec<_>>()),
+        None => true,
+    };
+    let mut profiles = relation.profiles().peekable();
+    let profiles_ok = profiles.peek().is_none()
+        || profiles.any(|conj| {
+            conj.iter().all(|p| match p {
+                BuildProfile::Enabled(_) => false,
+                BuildProfile::Disabled(_) => true,
+            })
+        });
+    arch_ok && profiles_ok
+}
+
+/// A relation without its architecture list and profiles.
+fn plain_relation(relation: &Relation) -> String {
+    let mut s = relation.try_name().unwrap_or_default();
+    if let Some(q) = relation.archqual() {
+        s += &format!(":{q}");
+    }
+    if let Some((op, version)) = relation.version() {
+        s += &format!(" ({op} {version})");
+    }
+    s
+}
+
+/// `[amd64 !i386]` semantics: a positive list must contain a match, a
+/// negated list must not.
+fn arch_list_matches(arch: &str, list: &[String]) -> bool {
+    let negated = list.iter().any(|a| a.starts_with('!'));
+    if negated {
+        !list.iter().any(|a| arch_matches(arch, a.trim_start_matches('!')))
+    } else {
+        list.iter().any(|a| arch_matches(arch, a))
+    }
+}
+
+/// `(os, cpu)` of a dpkg architecture name, for the common Debian ones.
+fn arch_tuple(arch: &str) -> (&str, &str) {
+    match arch.split_once('-') {
+        Some((os, cpu)) => (os, cpu),
+        None => ("linux", arch),
+    }
+}
+
+/// dpkg's `debarch_is`: exact names and the `any`, `OS-any`, `any-CPU`
+/// wildcards (plus `linux-any` style names). ABI wildcards are not supported.
+pub fn arch_matches(arch: &str, wildcard: &str) -> bool {
+    if wildcard == "any" || wildcard == arch {
+        return true;
+    }
+    let (os, cpu) = arch_tuple(arch);
+    match wildcard.split_once('-') {
+        Some(("any", wcpu)) => wcpu == cpu,
+        Some((wos, "any")) => wos == os,
+        Some((wos, wcpu)) => wos == os && wcpu == cpu,
+        None => false,
+    }
+}
+
+/// The `Architecture:` field check, with autopkgtest's reason texts.
+pub fn check_architecture(arch: &str, architectures: &[String]) -> Result<(), String> {
+    if architectures.iter().any(|a| a == "all") {
+        return Err("Arch 'all' not allowed in Architecture field".into());
+    }
+    if architectures.is_empty() || architectures == ["any"] {
+        return Ok(());
+    }
+    let negative = architectures.iter().any(|a| a.starts_with('!'));
+    let positive = architectures.iter().any(|a| !a.starts_with('!'));
+    for a in architectures.iter().filter_map(|a| a.strip_prefix('!')) {
+        if arch_matches(arch, a) {
+            return Err(format!("Test declares architecture as not supported: {arch}"));
+        }
+    }
+    if positive {
+        if negative {
+            return Err("It is not permitted for some archs to be prepended by an exclamation \
+                        mark while others aren't"
+                .into());
+        }
+        if !architectures.iter().any(|a| arch_matches(arch, a)) {
+            return Err(format!(
+                "Test lists explicitly supported architectures, but the current architecture \
+                 {arch} isn't listed."
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Installed packages and their versions (from `dpkg-query`).
+pub type Installed = HashMap<String, debversion::Version>;
+
+/// Parses `dpkg-query -W -f '${Package}\t${Version}\t${db:Status-Abbrev}\n'`
+/// output, keeping packages that are really installed.
+pub fn parse_installed(dpkg_query: &str) -> Installed {
+    dpkg_query
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.split('\t');
+            let (name, version, status) = (parts.next()?, parts.next()?, parts.next()?);
+            if !status.starts_with("ii") {
+                return None;
+            }
+            Some((name.to_string(), version.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The alternative groups in `deps` that `installed` does not satisfy on `arch`.
+pub fn unsatisfied(deps: &[String], installed: &Installed, arch: &str) -> Vec<String> {
+    deps.iter()
+        .filter(|group| {
+            let Ok(relations) = group.parse::<Relations>() else { return true };
+            let unmet = relations.entries().any(|entry| {
+                let applicable: Vec<Relation> = entry.relations().filter(|r| relation_applies(r, arch)).collect();
+                !applicable.is_empty()
+                    && !applicable.iter().any(|r| {
+                        let name = r.try_name().unwrap_or_default();
+                        installed.get(&name).is_some_and(|have| match r.version() {
+                            None => true,
+                            Some((op, want)) => version_satisfies(have, op, &want),
+                        })
+                    })
+            });
+            unmet
+        })
+        .cloned()
+        .collect()
+}
+
+fn version_satisfies(
+    have: &debversion::Version,
+    op: debian_control::relations::VersionConstraint,
+    want: &debversion::Version,
+) -> bool {
+    use debian_control::relations::VersionConstraint as V;
+    match op {
+        V::LessThan => have < want,
+        V::LessThanEqual => have <= want,
+        V::Equal => have == want,
+        V::GreaterThanEqual => have >= want,
+        V::GreaterThan => have > want,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONTROL: &str = "Source: demo\n# a comment\nBuild-Depends: debhelper-compat (= 13), libfoo-dev [amd64], libbar-dev [!amd64],\n nocheck-only <!nocheck>, with-check <check>\nBuild-Depends-Indep: python3 | python3-all\n\nPackage: demo\nArchitecture: any\nRecommends: ${misc:Depends}, demo-doc\n\nPackage: demo-doc\nArchitecture: all\n\nPackage: demo-x86\nArchitecture: amd64 i386\n\nPackage: demo-udeb\nPackage-Type: udeb\nArchitecture: any\n";
+
+    #[test]
+    fn expands_at_forms() {
+        let src = SourcePackage::parse(CONTROL).unwrap();
+        assert_eq!(src.name, "demo");
+        let deps = expand_depends("@, foo (>= 1.0) | bar", Some(&src), "amd64").unwrap();
+        assert_eq!(deps, ["demo", "demo-doc", "demo-x86 [amd64 i386]", "foo (>= 1.0) | bar"]);
+        let deps = expand_depends("@builddeps@", Some(&src), "amd64").unwrap();
+        assert_eq!(deps, ["debhelper-compat (= 13)", "libfoo-dev", "nocheck-only", "python3 | python3-all", "build-essential"]);
+        let deps = expand_depends("@builddeps@", Some(&src), "arm64").unwrap();
+        assert!(deps.contains(&"libbar-dev".to_string()) && !deps.contains(&"libfoo-dev".to_string()));
+        assert_eq!(expand_depends("@recommends@", Some(&src), "amd64").unwrap(), ["demo-doc"]);
+    }
+
+    #[test]
+    fn rejects_invalid_dependencies() {
+        assert!(expand_depends("foo (>= )", None, "amd64").is_err());
+        assert!(expand_depends("foo bar", None, "amd64").is_err());
+        assert!(expand_depends("foo:any (>= 1:2.3-4) [linux-any]", None, "amd64").is_ok());
+    }
+
+    #[test]
+    fn architecture_wildcards() {
+        assert!(arch_matches("amd64", "any-amd64"));
+        assert!(arch_matches("amd64", "linux-any"));
+        assert!(!arch_matches("hurd-i386", "linux-any"));
+        assert!(check_architecture("amd64", &["!i386".into()]).is_ok());
+        assert!(check_architecture("amd64", &["arm64".into()]).is_err());
+        assert!(check_architecture("amd64", &["all".into()]).is_err());
+        assert!(check_architecture("amd64", &["amd64".into(), "!i386".into()]).is_err());
+    }
+
+    #[test]
+    fn checks_installed_versions() {
+        let installed = parse_installed("bash\t5.2.15-2+b2\tii \nold\t1.0\trc \n");
+        let deps: Vec<String> = ["bash (>= 5)", "bash (<< 5) | old", "x [arm64]", "nope"].map(String::from).to_vec();
+        assert_eq!(unsatisfied(&deps, &installed, "amd64"), ["bash (<< 5) | old", "nope"]);
+    }
+}
