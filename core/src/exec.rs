@@ -1,1 +1,281 @@
-//! stub
+//! Process plumbing shared by backends that run testbed commands through a
+//! local program (null, schroot, unshare, ssh, external): building the
+//! in-testbed argv, spawning with streaming output and timeouts, and copying
+//! files through `exec` when the host cannot see the testbed's files.
+
+use crate::testbed::{ExecOutcome, ExecRequest, ExitStatus, Input, Output, Result, Testbed, TestbedError};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+/// How long to wait for output pipes after a command ended before giving up
+/// on a leaked process that still holds them.
+const PIPE_GRACE: Duration = Duration::from_secs(5);
+
+/// The argv that runs `req` inside a testbed whose command runner executes
+/// argv as root: `[runuser -u USER --] env [--chdir=CWD] -- VAR=VALUE... ARGV`.
+/// Shell-free, so no quoting can go wrong; `env` also turns a missing
+/// program into exit 127, as a shell would, instead of a testbed failure.
+pub fn in_testbed_argv(req: &ExecRequest) -> Vec<String> {
+    let mut argv = Vec::new();
+    if let Some(user) = &req.user {
+        argv.extend(["runuser", "-u", user.as_str(), "--"].map(String::from));
+    }
+    argv.push("env".into());
+    if let Some(cwd) = &req.cwd {
+        argv.push(format!("--chdir={cwd}"));
+    }
+    argv.push("--".into());
+    argv.extend(req.env.iter().map(|(k, v)| format!("{k}={v}")));
+    argv.extend(req.argv.iter().cloned());
+    argv
+}
+
+/// Runs `argv` on the host in its own process group, feeding stdin and
+/// streaming stdout/stderr to where `req` says. On timeout the whole process
+/// group is killed; so are processes the command leaves behind.
+pub async fn run_local(argv: &[String], req: ExecRequest) -> Result<ExecOutcome> {
+    let start = Instant::now();
+    let program = argv.first().ok_or_else(|| TestbedError::Failure("empty command".into()))?;
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(&argv[1..]).process_group(0).kill_on_drop(true);
+    cmd.stdin(match &req.stdin {
+        Input::Null => Stdio::null(),
+        Input::Bytes(_) => Stdio::piped(),
+        Input::File(path) => Stdio::from(
+            std::fs::File::open(path).map_err(|e| TestbedError::failure(path.display(), e))?,
+        ),
+    });
+    let wanted = |o: &Output| o.file.is_some() || o.capture || o.tap.is_some();
+    cmd.stdout(if wanted(&req.stdout) { Stdio::piped() } else { Stdio::null() });
+    cmd.stderr(if wanted(&req.stderr) { Stdio::piped() } else { Stdio::null() });
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| TestbedError::failure(format!("cannot run {program}"), e))?;
+    let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+
+    if let (Input::Bytes(bytes), Some(mut stdin)) = (req.stdin, child.stdin.take()) {
+        tokio::spawn(async move {
+            // The command may exit without reading: a broken pipe is fine.
+            let _ = stdin.write_all(&bytes).await;
+        });
+    }
+    let out_pump = child.stdout.take().map(|s| tokio::spawn(pump(s, req.stdout.clone())));
+    let err_pump = child.stderr.take().map(|s| tokio::spawn(pump(s, req.stderr.clone())));
+
+    let waited = match req.timeout {
+        Some(limit) => tokio::time::timeout(limit, child.wait()).await.ok(),
+        None => Some(child.wait().await),
+    };
+    let timed_out = waited.is_none();
+    let status = match waited {
+        Some(status) => status,
+        None => {
+            kill_group(pgid);
+            child.wait().await
+        }
+    }
+    .map_err(|e| TestbedError::failure(format!("waiting for {program}"), e))?;
+    // Leftover background processes would hold the pipes open forever.
+    kill_group(pgid);
+
+    let stdout = finish_pump(out_pump).await?;
+    let stderr = finish_pump(err_pump).await?;
+    let status = match (status.code(), status.signal()) {
+        (Some(code), _) => ExitStatus::Code(code),
+        (None, Some(sig)) => ExitStatus::Signal(sig),
+        (None, None) => ExitStatus::Code(-1),
+    };
+    Ok(ExecOutcome { status, timed_out, duration: start.elapsed(), stdout, stderr })
+}
+
+fn kill_group(pgid: Option<Pid>) {
+    if let Some(pgid) = pgid {
+        // ESRCH (nothing left) is the normal case.
+        let _ = killpg(pgid, Signal::SIGKILL);
+    }
+}
+
+type Pump = tokio::task::JoinHandle<std::io::Result<Vec<u8>>>;
+
+async fn finish_pump(pump: Option<Pump>) -> Result<Vec<u8>> {
+    let Some(pump) = pump else { return Ok(Vec::new()) };
+    match tokio::time::timeout(PIPE_GRACE, pump).await {
+        Ok(Ok(Ok(captured))) => Ok(captured),
+        Ok(Ok(Err(e))) => Err(TestbedError::failure("writing command output", e)),
+        Ok(Err(e)) => Err(TestbedError::failure("output pump", e)),
+        Err(_) => {
+            tracing::warn!("a process left behind by the command still holds its output; not waiting for it");
+            Ok(Vec::new())
+        }
+    }
+}
+
+/// Copies a stream to an [`Output`] as it arrives.
+async fn pump(mut from: impl AsyncRead + Unpin, to: Output) -> std::io::Result<Vec<u8>> {
+    let mut file = match &to.file {
+        Some(path) => Some(tokio::fs::File::create(path).await?),
+        None => None,
+    };
+    let mut captured = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        let chunk = &buf[..n];
+        if let Some(f) = file.as_mut() {
+            f.write_all(chunk).await?;
+        }
+        if to.capture {
+            captured.extend_from_slice(chunk);
+        }
+        if let Some(tap) = &to.tap {
+            tap(chunk);
+        }
+    }
+    if let Some(mut f) = file {
+        f.flush().await?;
+    }
+    Ok(captured)
+}
+
+/// Fails with the command's stderr unless it exited 0.
+fn check(what: &str, outcome: &ExecOutcome) -> Result<()> {
+    if outcome.status.success() {
+        Ok(())
+    } else {
+        Err(TestbedError::Failure(format!(
+            "{what} failed with status {}: {}",
+            outcome.status.code(),
+            outcome.stderr_text().trim()
+        )))
+    }
+}
+
+/// `copy_down` for testbeds the host cannot see into: a tar stream (for a
+/// directory) or the bytes (for a file) fed to a command in the testbed.
+pub async fn copy_down_via_exec(tb: &dyn Testbed, host: &Path, target: &str) -> Result<()> {
+    let meta = std::fs::metadata(host).map_err(|e| TestbedError::failure(host.display(), e))?;
+    let what = format!("copying {} to testbed:{target}", host.display());
+    // The tar spool must outlive the command that reads it.
+    let mut spool = None;
+    let req = if meta.is_dir() {
+        let tar = tempfile::NamedTempFile::new().map_err(|e| TestbedError::failure(&what, e))?;
+        host_command("tar", &["-C", &host.to_string_lossy(), "-cf", &tar.path().to_string_lossy(), "."])?;
+        let script = "mkdir -p -- \"$1\" && tar --no-same-owner -C \"$1\" -xf -";
+        let req = ExecRequest::new(["sh", "-c", script, "sh", target]).stdin(Input::File(tar.path().to_path_buf()));
+        spool = Some(tar);
+        req
+    } else {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = format!("{:o}", meta.permissions().mode() & 0o7777);
+        ExecRequest::new(["sh", "-c", "cat > \"$1\" && chmod \"$2\" \"$1\"", "sh", target, &mode])
+            .stdin(Input::File(host.to_path_buf()))
+    };
+    let outcome = tb.exec(req.stderr(Output::capture())).await?;
+    drop(spool);
+    check(&what, &outcome)
+}
+
+/// `copy_up` for testbeds the host cannot see into: one command sends a
+/// marker byte (`d` or `f`) and then a tar stream or the file's bytes.
+pub async fn copy_up_via_exec(tb: &dyn Testbed, source: &str, host: &Path) -> Result<()> {
+    let what = format!("copying testbed:{source} to {}", host.display());
+    let fail = |e: std::io::Error| TestbedError::failure(&what, e);
+    let spool = tempfile::NamedTempFile::new().map_err(fail)?;
+    let script = "if [ -d \"$1\" ]; then printf d; tar -C \"$1\" -cf - .; \
+                  elif [ -e \"$1\" ]; then printf f; cat \"$1\"; \
+                  else echo \"$1: No such file or directory\" >&2; exit 1; fi";
+    let req = ExecRequest::new(["sh", "-c", script, "sh", source])
+        .stdout(Output::file(spool.path()))
+        .stderr(Output::capture());
+    check(&what, &tb.exec(req).await?)?;
+    let mut file = std::fs::File::open(spool.path()).map_err(fail)?;
+    let mut marker = [0u8; 1];
+    file.read_exact(&mut marker).map_err(fail)?;
+    if marker[0] == b'd' {
+        std::fs::create_dir_all(host).map_err(fail)?;
+        file.seek(SeekFrom::Start(1)).map_err(fail)?;
+        let status = std::process::Command::new("tar")
+            .args(["--no-same-owner", "-C"])
+            .arg(host)
+            .args(["-xf", "-"])
+            .stdin(Stdio::from(file))
+            .status()
+            .map_err(fail)?;
+        if !status.success() {
+            return Err(TestbedError::Failure(format!("{what}: tar failed ({status})")));
+        }
+    } else {
+        let mut out = std::fs::File::create(host).map_err(fail)?;
+        std::io::copy(&mut file, &mut out).map_err(fail)?;
+        out.flush().map_err(fail)?;
+    }
+    Ok(())
+}
+
+/// Copies a host file or directory (its contents) to another host path,
+/// keeping modes, links and special files (`cp -a`).
+pub fn host_copy(from: &Path, to: &Path) -> Result<()> {
+    let what = format!("copying {} to {}", from.display(), to.display());
+    let meta = std::fs::symlink_metadata(from).map_err(|e| TestbedError::failure(&what, e))?;
+    if meta.is_dir() {
+        std::fs::create_dir_all(to).map_err(|e| TestbedError::failure(&what, e))?;
+        let mut src = from.as_os_str().to_owned();
+        src.push("/.");
+        host_command("cp", &["-a", "--", &src.to_string_lossy(), &to.to_string_lossy()])
+    } else {
+        host_command("cp", &["-a", "--", &from.to_string_lossy(), &to.to_string_lossy()])
+    }
+}
+
+/// Runs a helper program on the host and fails with its stderr.
+pub fn host_command(program: &str, args: &[&str]) -> Result<()> {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| TestbedError::failure(format!("cannot run {program}"), e))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(TestbedError::Failure(format!(
+            "{program} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argv_wrapping() {
+        let req = ExecRequest::new(["id", "-u"]);
+        assert_eq!(in_testbed_argv(&req), ["env", "--", "id", "-u"]);
+        let req = ExecRequest::new(["id"]).user("nobody").cwd("/tmp").env("A", "b c");
+        assert_eq!(
+            in_testbed_argv(&req),
+            ["runuser", "-u", "nobody", "--", "env", "--chdir=/tmp", "--", "A=b c", "id"]
+        );
+    }
+
+    #[tokio::test]
+    async fn timeout_kills_the_process_group() {
+        let argv: Vec<String> = ["sh", "-c", "sleep 30 & sleep 30; echo late"].map(String::from).to_vec();
+        let req = ExecRequest::new(argv.clone()).capture().timeout(Duration::from_millis(300));
+        let outcome = run_local(&argv, req).await.unwrap();
+        assert!(outcome.timed_out);
+        assert!(outcome.duration < Duration::from_secs(5), "{:?}", outcome.duration);
+        assert_eq!(outcome.status, ExitStatus::Signal(9));
+    }
+}

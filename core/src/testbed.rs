@@ -1,1 +1,233 @@
-//! stub
+//! The [`Backend`] and [`Testbed`] traits every runner implements, and the
+//! types they exchange.
+
+use crate::capability::{Capabilities, Capability};
+use async_trait::async_trait;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why a testbed operation failed. A `Failure` means the testbed broke (the
+/// run ends with exit 16); it is never confused with a test failing.
+#[derive(Debug, thiserror::Error)]
+pub enum TestbedError {
+    /// The testbed (or the channel to it) broke.
+    #[error("testbed failure: {0}")]
+    Failure(String),
+    /// The operation is not offered by this testbed.
+    #[error("{0} is not supported by this testbed")]
+    Unsupported(&'static str),
+    /// The backend's arguments or environment are wrong (missing image,
+    /// unknown option): a usage error, exit 20.
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl TestbedError {
+    pub fn failure(context: impl std::fmt::Display, err: impl std::fmt::Display) -> Self {
+        TestbedError::Failure(format!("{context}: {err}"))
+    }
+}
+
+pub type Result<T, E = TestbedError> = std::result::Result<T, E>;
+
+/// A callback that sees output as it arrives (for live logs).
+pub type Tap = Arc<dyn Fn(&[u8]) + Send + Sync>;
+
+/// Where a command's standard input comes from.
+#[derive(Clone, Debug, Default)]
+pub enum Input {
+    #[default]
+    Null,
+    Bytes(Vec<u8>),
+    File(PathBuf),
+}
+
+/// Where one output stream of a command goes; any combination of a host
+/// file, an in-memory capture and a live tap.
+#[derive(Clone, Default)]
+pub struct Output {
+    pub file: Option<PathBuf>,
+    pub capture: bool,
+    pub tap: Option<Tap>,
+}
+
+impl Output {
+    pub fn capture() -> Self {
+        Output { capture: true, ..Default::default() }
+    }
+    pub fn file(path: impl Into<PathBuf>) -> Self {
+        Output { file: Some(path.into()), ..Default::default() }
+    }
+    pub fn with_tap(mut self, tap: Tap) -> Self {
+        self.tap = Some(tap);
+        self
+    }
+}
+
+impl std::fmt::Debug for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Output")
+            .field("file", &self.file)
+            .field("capture", &self.capture)
+            .field("tap", &self.tap.is_some())
+            .finish()
+    }
+}
+
+/// A command to run inside the testbed.
+#[derive(Clone, Debug, Default)]
+pub struct ExecRequest {
+    pub argv: Vec<String>,
+    /// Variables added to the testbed's environment.
+    pub env: Vec<(String, String)>,
+    /// Working directory inside the testbed.
+    pub cwd: Option<String>,
+    /// Run as this user instead of the testbed's default (root when the
+    /// testbed has root-on-testbed).
+    pub user: Option<String>,
+    pub stdin: Input,
+    pub stdout: Output,
+    pub stderr: Output,
+    /// Kill the command's whole process tree after this long.
+    pub timeout: Option<Duration>,
+}
+
+impl ExecRequest {
+    pub fn new<S: Into<String>>(argv: impl IntoIterator<Item = S>) -> Self {
+        ExecRequest {
+            argv: argv.into_iter().map(Into::into).collect(),
+            ..Default::default()
+        }
+    }
+    /// `sh -c SCRIPT`.
+    pub fn shell(script: &str) -> Self {
+        Self::new(["sh", "-c", script])
+    }
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+    pub fn cwd(mut self, dir: &str) -> Self {
+        self.cwd = Some(dir.into());
+        self
+    }
+    pub fn user(mut self, user: &str) -> Self {
+        self.user = Some(user.into());
+        self
+    }
+    pub fn stdin(mut self, input: Input) -> Self {
+        self.stdin = input;
+        self
+    }
+    pub fn stdout(mut self, out: Output) -> Self {
+        self.stdout = out;
+        self
+    }
+    pub fn stderr(mut self, out: Output) -> Self {
+        self.stderr = out;
+        self
+    }
+    pub fn capture(self) -> Self {
+        self.stdout(Output::capture()).stderr(Output::capture())
+    }
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+}
+
+/// How a command ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// The status as a shell reports it (128 + signal for a signal death).
+    pub fn code(self) -> i32 {
+        match self {
+            ExitStatus::Code(c) => c,
+            ExitStatus::Signal(s) => 128 + s,
+        }
+    }
+    pub fn success(self) -> bool {
+        self == ExitStatus::Code(0)
+    }
+}
+
+/// What happened when a command ran.
+#[derive(Clone, Debug)]
+pub struct ExecOutcome {
+    pub status: ExitStatus,
+    pub timed_out: bool,
+    pub duration: Duration,
+    /// Captured output, when the request asked for it.
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+impl ExecOutcome {
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+/// An open testbed. The scratch dir stays at the same path across reverts,
+/// because built trees embed absolute paths.
+#[async_trait]
+pub trait Testbed: Send + Sync {
+    fn capabilities(&self) -> &Capabilities;
+
+    /// A writable scratch dir inside the testbed, empty when opened.
+    fn scratch(&self) -> &str;
+
+    /// Facts for testinfo.json (kernel, accelerator, CPU model, ...).
+    fn describe(&self) -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+
+    async fn exec(&self, req: ExecRequest) -> Result<ExecOutcome>;
+
+    /// Copies a host file or directory (its contents) to `testbed_path`.
+    async fn copy_down(&self, host: &Path, testbed_path: &str) -> Result<()>;
+
+    /// Copies a testbed file or directory (its contents) to `host`.
+    async fn copy_up(&self, testbed_path: &str, host: &Path) -> Result<()>;
+
+    /// Restores the pristine testbed (only with [`Capability::Revert`]).
+    async fn revert(&mut self) -> Result<()> {
+        Err(TestbedError::Unsupported("revert"))
+    }
+
+    /// Reboots, keeping the scratch dir (only with [`Capability::Reboot`]).
+    async fn reboot(&mut self) -> Result<()> {
+        Err(TestbedError::Unsupported("reboot"))
+    }
+
+    /// Releases the testbed: processes, mounts, temporary files.
+    async fn close(&mut self) -> Result<()>;
+}
+
+/// A kind of testbed, and how to open one from command-line arguments.
+#[async_trait]
+pub trait Backend: Send + Sync {
+    /// The name used after `--` (`null`, `unshare`, ...).
+    fn name(&self) -> &'static str;
+
+    /// One line for `dep8 backends`.
+    fn summary(&self) -> &'static str;
+
+    /// The capabilities this backend can offer at most (some depend on
+    /// arguments or on the host).
+    fn capabilities_hint(&self) -> Vec<Capability>;
+
+    /// Opens a testbed. `args` are the words after the backend name.
+    async fn open(&self, args: &[String]) -> Result<Box<dyn Testbed>>;
+}

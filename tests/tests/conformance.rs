@@ -1,0 +1,23 @@
+//! The conformance suite against every backend this machine can run.
+//! A backend whose tools are missing is skipped with a reason; one whose
+//! tools are present but broken fails loudly.
+
+use dep8_conformance::{format_verdicts, run_all, Verdict};
+use dep8_core::testbed::Testbed;
+
+async fn certify(name: &str, mut tb: Box<dyn Testbed>) {
+    let verdicts = run_all(tb.as_mut()).await;
+    tb.close().await.expect("close");
+    let table = format_verdicts(&verdicts);
+    eprintln!("conformance on {name}:\n{table}");
+    assert!(
+        !verdicts.iter().any(|(_, v)| matches!(v, Verdict::Fail(_))),
+        "{name} failed conformance:\n{table}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn null() {
+    let tb = dep8_backend_null::NullTestbed::open().expect("open null");
+    certify("null", Box::new(tb)).await;
+}
