@@ -58,6 +58,8 @@ pub async fn run_local(argv: &[String], req: ExecRequest) -> Result<ExecOutcome>
         .spawn()
         .map_err(|e| TestbedError::failure(format!("cannot run {program}"), e))?;
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+    // If this future is dropped (Ctrl-C), the whole group still dies.
+    let _group = GroupGuard(pgid);
 
     if let (Input::Bytes(bytes), Some(mut stdin)) = (req.stdin, child.stdin.take()) {
         tokio::spawn(async move {
@@ -92,6 +94,15 @@ pub async fn run_local(argv: &[String], req: ExecRequest) -> Result<ExecOutcome>
         (None, None) => ExitStatus::Code(-1),
     };
     Ok(ExecOutcome { status, timed_out, duration: start.elapsed(), stdout, stderr })
+}
+
+/// Kills a process group when dropped.
+struct GroupGuard(Option<Pid>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        kill_group(self.0);
+    }
 }
 
 fn kill_group(pgid: Option<Pid>) {

@@ -1,1 +1,524 @@
-//! stub
+//! Runs a DEP-8 suite on an open testbed: copy the tree in, decide each
+//! test's fate, check dependencies, run, judge, collect, revert.
+
+use crate::capability::{Capabilities, Capability};
+use crate::control::{self, DependsContext, Entry, Test};
+use crate::report::{Outcome, Reporter, RunLog, EXIT_TESTBED_FAILURE, EXIT_UNEXPECTED};
+use crate::restriction::{resolve, Decision, InternetPolicy, ResolveOptions, Restriction};
+use crate::source::{self, SourcePackage};
+use crate::testbed::{ExecRequest, Output, Testbed, TestbedError};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Per-operation time limits (autopkgtest's `--timeout-*`).
+#[derive(Clone, Debug)]
+pub struct Timeouts {
+    pub short: Duration,
+    pub copy: Duration,
+    pub install: Duration,
+    pub test: Duration,
+    pub build: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            short: Duration::from_secs(100),
+            copy: Duration::from_secs(300),
+            install: Duration::from_secs(3000),
+            test: Duration::from_secs(10000),
+            build: Duration::from_secs(100000),
+        }
+    }
+}
+
+/// Which tests to run, and how.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// The unpacked source tree.
+    pub source: PathBuf,
+    /// Use this control file instead of `debian/tests/control`.
+    pub override_control: Option<PathBuf>,
+    pub output_dir: PathBuf,
+    /// Where the summary goes (default: OUTPUT_DIR/summary).
+    pub summary_file: Option<PathBuf>,
+    pub only_tests: Vec<String>,
+    pub skip_tests: Vec<String>,
+    pub resolve: ResolveOptions,
+    /// `--env VAR=VALUE`, exported to every test.
+    pub env: Vec<(String, String)>,
+    /// `--user`: the normal user for tests without needs-root.
+    pub user: Option<String>,
+    pub timeouts: Timeouts,
+    /// How the testbed was asked for (for testinfo.json), e.g. `["null"]`.
+    pub testbed_argv: Vec<String>,
+}
+
+impl RunOptions {
+    pub fn control_path(&self) -> PathBuf {
+        self.override_control
+            .clone()
+            .unwrap_or_else(|| self.source.join("debian/tests/control"))
+    }
+}
+
+/// What the runner learns about the testbed once, right after opening it.
+struct Probe {
+    arch: Option<String>,
+    kernel: String,
+    nproc: String,
+    /// `dpkg-query` output, when the testbed has dpkg.
+    packages: Option<String>,
+}
+
+/// A failure that ends the run early.
+enum Abort {
+    Testbed(String),
+    Interrupted,
+}
+
+impl From<TestbedError> for Abort {
+    fn from(e: TestbedError) -> Self {
+        Abort::Testbed(e.to_string().trim_start_matches("testbed failure: ").to_string())
+    }
+}
+
+/// The host's dpkg architecture, when it has dpkg.
+pub fn host_arch() -> Option<String> {
+    let out = std::process::Command::new("dpkg").arg("--print-architecture").output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Parses the suite for `arch`: the control file's entries in file order.
+pub fn load_suite(opts: &RunOptions, arch: &str) -> Result<Vec<Entry>, String> {
+    let source = SourcePackage::read(&opts.source)?;
+    let ctx = DependsContext { source: source.as_ref(), arch };
+    Ok(control::parse_file(&opts.control_path(), &ctx))
+}
+
+/// Runs the suite on `tb` and returns autopkgtest's exit status. Results are
+/// on disk as each test finishes; `interrupt` resolving stops the run.
+pub async fn run(
+    opts: &RunOptions,
+    tb: &mut dyn Testbed,
+    log: &RunLog,
+    interrupt: impl std::future::Future<Output = ()> + Send,
+) -> i32 {
+    let suite = opts.source.file_name().map_or("tests".into(), |n| n.to_string_lossy().into_owned());
+    let summary_path = opts.summary_file.clone().unwrap_or_else(|| opts.output_dir.join("summary"));
+    let mut reporter = match Reporter::new(&opts.output_dir, &summary_path, &suite, log.clone()) {
+        Ok(r) => r,
+        Err(e) => {
+            log.error(&format!("cannot write {}: {e}", summary_path.display()));
+            return EXIT_UNEXPECTED;
+        }
+    };
+    reporter.context.insert("testbed".into(), opts.testbed_argv.join(" ").into());
+    reporter.context.insert("capabilities".into(), serde_json::to_value(tb.capabilities()).unwrap_or_default());
+    let mut run = Run { opts, log, reporter, dirty: false, installed: None };
+    tokio::pin!(interrupt);
+    let result = tokio::select! {
+        r = run.all(tb) => r,
+        _ = &mut interrupt => Err(Abort::Interrupted),
+    };
+    let code = match result {
+        Ok(()) => run.reporter.exit.finish(),
+        Err(Abort::Testbed(msg)) => {
+            run.reporter.summary_note(&format!("testbed failure: {msg}"));
+            EXIT_TESTBED_FAILURE
+        }
+        Err(Abort::Interrupted) => {
+            run.reporter.summary_note("quitting: interrupted");
+            EXIT_UNEXPECTED
+        }
+    };
+    run.reporter.write_files(Some(code));
+    code
+}
+
+struct Run<'a> {
+    opts: &'a RunOptions,
+    log: &'a RunLog,
+    reporter: Reporter,
+    /// A test broke the testbed: revert before the next one.
+    dirty: bool,
+    /// Installed packages, cached until the next revert.
+    installed: Option<source::Installed>,
+}
+
+impl Run<'_> {
+    async fn all(&mut self, tb: &mut dyn Testbed) -> Result<(), Abort> {
+        let probe = self.probe(tb).await?;
+        self.write_testinfo(tb, &probe);
+        if let Some(packages) = &probe.packages {
+            let _ = std::fs::write(self.opts.output_dir.join("testbed-packages"), dpkg_list(packages));
+        }
+        let arch = probe.arch.clone().unwrap_or_else(|| "amd64".into());
+        let mut resolve_opts = self.opts.resolve.clone();
+        resolve_opts.arch = Some(arch.clone());
+
+        let control = self.opts.control_path();
+        if !control.exists() {
+            self.log.info(&format!("{} has no {}", self.opts.source.display(), control.display()));
+            self.reporter.record("*", Outcome::Skip("no tests in this package".into()), Duration::ZERO, vec![]);
+            return Ok(());
+        }
+        let entries = match load_suite(self.opts, &arch) {
+            Ok(entries) => entries,
+            Err(e) => vec![Entry::Broken {
+                name: "*".into(),
+                problem: control::Problem {
+                    location: control::Location { file: self.opts.source.join("debian/control"), line: 0 },
+                    field: None,
+                    message: e,
+                },
+            }],
+        };
+        let selected = |name: &str| {
+            (self.opts.only_tests.is_empty() || self.opts.only_tests.iter().any(|t| t == name))
+                && !self.opts.skip_tests.iter().any(|t| t == name)
+        };
+
+        // Static decisions first, as autopkgtest reports them at parse time.
+        let mut runnable = Vec::new();
+        for entry in entries.into_iter().filter(|e| selected(e.name()) || e.name() == "*") {
+            match entry {
+                Entry::Broken { name, problem } => {
+                    self.log.error(&problem.to_string());
+                    self.reporter.record(&name, Outcome::Broken(problem.to_string()), Duration::ZERO, vec![]);
+                }
+                Entry::Unsupported { name, reason, location } => {
+                    self.log.warning(&format!("{location}: {name}: {reason}"));
+                    self.reporter.record(&name, Outcome::Skip(reason), Duration::ZERO, vec![]);
+                }
+                Entry::Test(test) => match resolve(&test, tb.capabilities(), &resolve_opts) {
+                    Decision::Skip(reason) => self.reporter.record(&test.name, Outcome::Skip(reason), Duration::ZERO, vec![]),
+                    Decision::Run => runnable.push(test),
+                },
+            }
+        }
+        if !self.opts.only_tests.is_empty() && runnable.is_empty() && self.reporter.results().is_empty() {
+            self.log.error(&format!("no test matches --test-name {}", self.opts.only_tests.join(", ")));
+        }
+        if runnable.is_empty() && self.reporter.results().is_empty() {
+            self.reporter.record("*", Outcome::Skip("no tests in this package".into()), Duration::ZERO, vec![]);
+            return Ok(());
+        }
+
+        let tree = format!("{}/src", tb.scratch());
+        self.log.info(&format!("copying {} to the testbed", self.opts.source.display()));
+        self.timed(self.opts.timeouts.copy, "copying the source tree", tb.copy_down(&self.opts.source, &tree))
+            .await?;
+        for test in runnable {
+            if self.dirty {
+                self.revert(tb).await?;
+                tb.copy_down(&self.opts.source, &tree).await?;
+            }
+            let started = Instant::now();
+            let (outcome, details) = self.one(tb, &test, &tree, &probe).await?;
+            self.reporter.record(&test.name, outcome, started.elapsed(), details);
+            if test.has(&Restriction::BreaksTestbed) {
+                self.dirty = true;
+            }
+        }
+        Ok(())
+    }
+
+    async fn timed<T>(
+        &self,
+        limit: Duration,
+        what: &str,
+        fut: impl std::future::Future<Output = Result<T, TestbedError>>,
+    ) -> Result<T, Abort> {
+        match tokio::time::timeout(limit, fut).await {
+            Ok(r) => r.map_err(Abort::from),
+            Err(_) => Err(Abort::Testbed(format!("{what} timed out after {}s", limit.as_secs()))),
+        }
+    }
+
+    async fn revert(&mut self, tb: &mut dyn Testbed) -> Result<(), Abort> {
+        self.log.info("reverting the testbed");
+        self.timed(self.opts.timeouts.short, "reverting", tb.revert()).await?;
+        self.installed = None;
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// One exec learns everything the runner needs about the testbed.
+    async fn probe(&self, tb: &dyn Testbed) -> Result<Probe, Abort> {
+        let script = "uname -srv; nproc; dpkg --print-architecture 2>/dev/null || echo; \
+                      dpkg-query -W -f '${Package}\\t${Version}\\t${db:Status-Abbrev}\\n' 2>/dev/null || true";
+        let out = self
+            .timed(self.opts.timeouts.short, "probing the testbed", tb.exec(ExecRequest::shell(script).capture()))
+            .await?;
+        if !out.status.success() {
+            return Err(Abort::Testbed(format!("probing the testbed failed: {}", out.stderr_text().trim())));
+        }
+        let text = out.stdout_text();
+        let mut lines = text.splitn(4, '\n');
+        let mut next = || lines.next().unwrap_or_default().trim().to_string();
+        let (kernel, nproc, arch) = (next(), next(), next());
+        let packages = next();
+        Ok(Probe {
+            arch: (!arch.is_empty()).then_some(arch),
+            kernel,
+            nproc,
+            packages: (!packages.is_empty()).then_some(packages),
+        })
+    }
+
+    fn write_testinfo(&self, tb: &dyn Testbed, probe: &Probe) {
+        let mut info = serde_json::Map::new();
+        info.insert("virt_server".into(), self.opts.testbed_argv.join(" ").into());
+        info.insert("kernel_version".into(), probe.kernel.clone().into());
+        info.insert("nproc".into(), probe.nproc.clone().into());
+        if let Some(arch) = &probe.arch {
+            info.insert("dpkg_architecture".into(), arch.clone().into());
+        }
+        if !self.opts.env.is_empty() {
+            let env: Vec<String> = self.opts.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            info.insert("custom_environment".into(), env.into());
+        }
+        info.insert("dep8_version".into(), env!("CARGO_PKG_VERSION").into());
+        for (k, v) in tb.describe() {
+            info.insert(k, v.into());
+        }
+        let text = serde_json::to_string_pretty(&info).unwrap_or_default();
+        let _ = std::fs::write(self.opts.output_dir.join("testinfo.json"), text);
+    }
+
+    /// The normal user for tests without needs-root, if any.
+    fn normal_user(&self, caps: &Capabilities) -> Option<String> {
+        self.opts.user.clone().or_else(|| caps.suggested_normal_users.first().cloned())
+    }
+
+    /// Dependencies are checked, not installed: a missing one is `badpkg`
+    /// (or SKIP with skip-not-installable).
+    async fn check_depends(&mut self, tb: &dyn Testbed, test: &Test, arch: &str) -> Result<Option<(Outcome, Vec<String>)>, Abort> {
+        if test.depends.is_empty() {
+            return Ok(None);
+        }
+        if self.installed.is_none() {
+            let req = ExecRequest::new(["dpkg-query", "-W", "-f", "${Package}\t${Version}\t${db:Status-Abbrev}\n"]).capture();
+            let out = self.timed(self.opts.timeouts.short, "listing installed packages", tb.exec(req)).await?;
+            if !out.status.success() {
+                self.log.warning("the testbed has no dpkg: test dependencies are not checked");
+                return Ok(None);
+            }
+            self.installed = Some(source::parse_installed(&out.stdout_text()));
+        }
+        let installed = self.installed.as_ref().expect("just filled");
+        let missing = source::unsatisfied(&test.depends, installed, arch);
+        if missing.is_empty() {
+            return Ok(None);
+        }
+        let why = format!(
+            "test dependencies not installed in the testbed: {} (dep8 checks dependencies but does not install them yet)",
+            missing.join(", ")
+        );
+        self.log.info(&format!("test {}: {why}", test.name));
+        if test.has(&Restriction::SkipNotInstallable) {
+            return Ok(Some((Outcome::Skip("installation fails and skip-not-installable set".into()), vec![])));
+        }
+        Ok(Some((Outcome::Fail("badpkg".into()), vec![format!("blame: {}", self.opts.source.display()), format!("badpkg: {why}")])))
+    }
+
+    /// needs-sudo is decided while running, as autopkgtest does.
+    async fn check_sudo(&self, tb: &dyn Testbed, user: Option<&str>) -> Result<Option<String>, Abort> {
+        let caps = tb.capabilities();
+        if caps.has(Capability::RootOnTestbed) && user.is_none() {
+            return Ok(Some("Cannot enable needs-sudo restriction: no ordinary user available".into()));
+        }
+        let mut req = ExecRequest::shell("id -Gn | tr ' ' '\\n' | grep -qx sudo && sudo -n -v").capture();
+        req.user = user.map(str::to_string);
+        let out = self.timed(self.opts.timeouts.short, "checking sudo", tb.exec(req)).await?;
+        Ok((!out.status.success()).then(|| {
+            "Cannot enable needs-sudo restriction: the test user has no passwordless sudo, \
+             and dep8 does not set it up yet"
+                .to_string()
+        }))
+    }
+
+    async fn one(&mut self, tb: &mut dyn Testbed, test: &Test, tree: &str, probe: &Probe) -> Result<(Outcome, Vec<String>), Abort> {
+        let name = &test.name;
+        self.log.info(&format!("test {name}: preparing testbed"));
+        let arch = probe.arch.clone().unwrap_or_default();
+        if let Some(result) = self.check_depends(tb, test, &arch).await? {
+            return Ok(result);
+        }
+        let caps = tb.capabilities().clone();
+        let user = if test.has(&Restriction::NeedsRoot) { None } else { self.normal_user(&caps) };
+        let user = user.filter(|_| caps.has(Capability::RootOnTestbed));
+        if test.has(&Restriction::NeedsSudo) {
+            if let Some(reason) = self.check_sudo(tb, user.as_deref()).await? {
+                return Ok((Outcome::Skip(reason), vec![]));
+            }
+        }
+        if let Some(path) = &test.path {
+            if !self.opts.source.join(path).exists() {
+                return Ok((Outcome::Fail("badpkg".into()), vec![format!("badpkg: {path} does not exist")]));
+            }
+        }
+
+        let scratch = tb.scratch().to_string();
+        let artifacts = format!("{scratch}/{name}-artifacts");
+        let tmp = format!("{scratch}/autopkgtest_tmp");
+        let setup = format!(
+            "set -e; rm -rf '{tmp}'; mkdir -p -m 1777 '{artifacts}'; mkdir -p -m 1777 '{tmp}'{}{}",
+            match (&user, test.has(&Restriction::RwBuildTree)) {
+                (Some(u), true) => format!("; chown -R '{u}' '{tree}'"),
+                _ => String::new(),
+            },
+            match &test.path {
+                Some(p) => format!("; chmod +x '{tree}/{p}'"),
+                None => String::new(),
+            }
+        );
+        let out = self.timed(self.opts.timeouts.short, "preparing the test", tb.exec(ExecRequest::shell(&setup).capture())).await?;
+        if !out.status.success() {
+            return Err(Abort::Testbed(format!("preparing test {name} failed: {}", out.stderr_text().trim())));
+        }
+
+        let mut env: Vec<(String, String)> = vec![
+            ("AUTOPKGTEST_TMP".into(), tmp.clone()),
+            ("ADTTMP".into(), tmp.clone()),
+            ("AUTOPKGTEST_ARTIFACTS".into(), artifacts.clone()),
+            ("ADT_ARTIFACTS".into(), artifacts.clone()),
+            ("DEBIAN_FRONTEND".into(), "noninteractive".into()),
+            ("LANG".into(), "C.UTF-8".into()),
+            ("DEB_BUILD_OPTIONS".into(), format!("parallel={}", probe.nproc)),
+        ];
+        if test.has(&Restriction::NeedsRoot) {
+            if let Some(u) = self.normal_user(&caps) {
+                env.push(("AUTOPKGTEST_NORMAL_USER".into(), u.clone()));
+                env.push(("ADT_NORMAL_USER".into(), u));
+            }
+        }
+        if let Some(base) = &caps.baseimage {
+            env.push(("DEP8_BASEIMAGE".into(), base.path.clone()));
+            env.push(("DEP8_BASEIMAGE_KIND".into(), base.kind.to_string()));
+        }
+        env.extend(self.opts.env.iter().cloned());
+        let command = match (&test.path, &test.command) {
+            (Some(p), _) => shell_words::quote(&format!("{tree}/{p}")).into_owned(),
+            (None, Some(c)) => format!("bash -ec {}", shell_words::quote(c)),
+            (None, None) => unreachable!("a parsed test has a path or a command"),
+        };
+        // Like autopkgtest: a login-ish environment, then exec the test.
+        let script = format!(
+            "export USER=$(id -nu); . /etc/profile >/dev/null 2>&1 || true; . ~/.profile >/dev/null 2>&1 || true; \
+             unset LANGUAGE LC_CTYPE LC_NUMERIC LC_TIME LC_COLLATE LC_MONETARY LC_MESSAGES LC_PAPER LC_NAME \
+             LC_ADDRESS LC_TELEPHONE LC_MEASUREMENT LC_IDENTIFICATION LC_ALL; {}cd {}; exec {command}",
+            env.iter().map(|(k, v)| format!("export {k}={}; ", shell_words::quote(v))).collect::<String>(),
+            shell_words::quote(tree),
+        );
+        if let Some(c) = &test.command {
+            self.log.info(&format!("test {name}: {c}"));
+        }
+        self.log.info(&format!("test {name}: [-----------------------"));
+        let stdout_path = self.opts.output_dir.join(format!("{name}-stdout"));
+        let stderr_path = self.opts.output_dir.join(format!("{name}-stderr"));
+        let tap = {
+            let log = self.log.clone();
+            Arc::new(move |bytes: &[u8]| log.raw(bytes))
+        };
+        let mut req = ExecRequest::new(["bash", "-c", &script])
+            .stdout(Output::file(&stdout_path).with_tap(tap.clone()))
+            .stderr(Output::file(&stderr_path).with_tap(tap))
+            .timeout(self.opts.timeouts.test);
+        req.user = user;
+        let out = tb.exec(req).await?;
+        self.log.info(&format!("test {name}: -----------------------]"));
+
+        let stderr_size = std::fs::metadata(&stderr_path).map_or(0, |m| m.len());
+        let allow_stderr = test.has(&Restriction::AllowStderr);
+        let code = out.status.code();
+        let outcome = if out.timed_out {
+            Outcome::Fail("timed out".into())
+        } else if code == 77 && test.has(&Restriction::Skippable) {
+            Outcome::Skip("exit status 77 and marked as skippable".into())
+        } else if code != 0 {
+            if test.has(&Restriction::NeedsInternet) && self.opts.resolve.needs_internet == InternetPolicy::Try {
+                Outcome::Skip("Failed, but test has needs-internet and that's not guaranteed".into())
+            } else {
+                Outcome::Fail(format!("non-zero exit status {code}"))
+            }
+        } else if stderr_size > 0 && !allow_stderr {
+            let first = std::fs::read(&stderr_path).unwrap_or_default();
+            let first = String::from_utf8_lossy(&first);
+            Outcome::Fail(format!("stderr: {}", first.lines().next().unwrap_or("").trim_end()))
+        } else if test.has(&Restriction::Superficial) {
+            Outcome::PassSuperficial
+        } else {
+            Outcome::Pass
+        };
+        let outcome = match outcome {
+            Outcome::Fail(reason) if test.has(&Restriction::Flaky) => Outcome::Flaky(reason),
+            other => other,
+        };
+        self.log.info(&format!("test {name}:  - - - - - - - - - - results - - - - - - - - - -"));
+        remove_if_empty(&stdout_path);
+        if stderr_size == 0 || allow_stderr {
+            remove_if_empty(&stderr_path);
+        }
+        if out.timed_out {
+            self.log.warning(&format!("test {name} timed out; the testbed may be broken"));
+            if caps.has(Capability::Revert) {
+                self.dirty = true;
+            }
+            return Ok((outcome, vec![]));
+        }
+        self.collect_artifacts(tb, &artifacts).await?;
+        let cleanup = format!("rm -rf '{artifacts}' '{tmp}'");
+        self.timed(self.opts.timeouts.short, "cleaning up after the test", tb.exec(ExecRequest::shell(&cleanup).capture()))
+            .await?;
+        Ok((outcome, vec![]))
+    }
+
+    /// Copies the test's artifacts into OUTPUT_DIR/artifacts (merged across
+    /// tests, as autopkgtest does); no empty dir is left behind.
+    async fn collect_artifacts(&self, tb: &dyn Testbed, artifacts: &str) -> Result<(), Abort> {
+        let host = self.opts.output_dir.join("artifacts");
+        self.timed(self.opts.timeouts.copy, "copying artifacts", tb.copy_up(artifacts, &host)).await?;
+        if std::fs::read_dir(&host).is_ok_and(|mut d| d.next().is_none()) {
+            let _ = std::fs::remove_dir(&host);
+        }
+        Ok(())
+    }
+}
+
+fn remove_if_empty(path: &Path) {
+    if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// `dpkg-query` lines as autopkgtest's `testbed-packages`: name TAB version.
+fn dpkg_list(dpkg_query: &str) -> String {
+    let mut lines: Vec<String> = source::parse_installed(dpkg_query)
+        .into_iter()
+        .map(|(name, version)| format!("{name}\t{version}\n"))
+        .collect();
+    lines.sort();
+    lines.concat()
+}
+
+/// Each entry's fate on a testbed with `caps`, without running anything
+/// (`dep8 explain`): `(name, "RUN" | "SKIP reason" | "BROKEN problem")`.
+pub fn explain(entries: &[Entry], caps: &Capabilities, opts: &ResolveOptions) -> Vec<(String, String)> {
+    entries
+        .iter()
+        .map(|e| {
+            let verdict = match e {
+                Entry::Test(t) => match resolve(t, caps, opts) {
+                    Decision::Run => "RUN".to_string(),
+                    Decision::Skip(r) => format!("SKIP {r}"),
+                },
+                Entry::Unsupported { reason, .. } => format!("SKIP {reason}"),
+                Entry::Broken { problem, .. } => format!("BROKEN {problem}"),
+            };
+            (e.name().to_string(), verdict)
+        })
+        .collect()
+}

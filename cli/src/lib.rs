@@ -1,0 +1,434 @@
+//! The `dep8` command line: argument parsing, the backend registry, and the
+//! subcommands. `main_with` lets a custom binary add its own backends.
+
+mod registry;
+
+pub use registry::Registry;
+
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use dep8_core::capability::Capabilities;
+use dep8_core::control::Entry;
+use dep8_core::report::{RunLog, EXIT_TESTBED_FAILURE, EXIT_UNEXPECTED};
+use dep8_core::restriction::{self, InternetPolicy, ResolveOptions};
+use dep8_core::runner::{self, RunOptions, Timeouts};
+use dep8_core::testbed::TestbedError;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "dep8", version, about = "Run Debian package tests (DEP-8) on the testbed of your choice")]
+struct Cli {
+    /// More log output (repeat for more).
+    #[arg(short = 'd', long = "debug", action = clap::ArgAction::Count, global = true)]
+    debug: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a source tree's tests: `dep8 run [OPTIONS] SRC [-- BACKEND ARGS...]`.
+    Run(RunArgs),
+    /// Validate debian/tests/control and list the tests it defines.
+    Check(CheckArgs),
+    /// Print each test's run/skip decision for a testbed, running nothing.
+    Explain(ExplainArgs),
+    /// List the backends and the capabilities they can provide.
+    Backends,
+    /// Print the restriction -> capability reference.
+    Restrictions {
+        /// As the Markdown of docs/restrictions.md.
+        #[arg(long)]
+        markdown: bool,
+    },
+    /// Print a shell completion script.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff).
+    Man,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The unpacked source tree (default: the current directory).
+    source: Option<PathBuf>,
+    /// The testbed: BACKEND [ARGS...] after `--` (default: null).
+    #[arg(last = true, value_name = "BACKEND ARGS")]
+    testbed: Vec<String>,
+    /// The testbed backend, when it takes no arguments (same as `-- NAME`).
+    #[arg(long, conflicts_with = "testbed")]
+    testbed_name: Option<String>,
+    /// Write log, summary and per-test files here (must be empty or new).
+    #[arg(short = 'o', long)]
+    output_dir: Option<PathBuf>,
+    /// Also write the summary to this file.
+    #[arg(long, alias = "summary")]
+    summary_file: Option<PathBuf>,
+    /// Write the log to this file instead of OUTPUT_DIR/log.
+    #[arg(short = 'l', long)]
+    log_file: Option<PathBuf>,
+    /// Run only this test (repeatable).
+    #[arg(long = "test-name", alias = "testname")]
+    test_name: Vec<String>,
+    /// Do not run this test (repeatable).
+    #[arg(long)]
+    skip_test: Vec<String>,
+    /// Use this control file instead of debian/tests/control.
+    #[arg(long)]
+    override_control: Option<PathBuf>,
+    /// Set VAR=VALUE in every test's environment (repeatable).
+    #[arg(long = "env", value_name = "VAR=VALUE", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// Run tests even if they have these restrictions (comma-separated; repeatable).
+    #[arg(long, value_delimiter = ',')]
+    ignore_restrictions: Vec<String>,
+    /// How to treat needs-internet tests.
+    #[arg(long, value_enum, default_value_t = Internet::Run)]
+    needs_internet: Internet,
+    /// Run tests without needs-root as this user.
+    #[arg(short = 'u', long)]
+    user: Option<String>,
+    /// Accepted for compatibility: dep8 never builds binaries before testing.
+    #[arg(short = 'B', long = "no-built-binaries")]
+    no_built_binaries: bool,
+    #[arg(long, value_name = "SECONDS")]
+    timeout_short: Option<u64>,
+    #[arg(long, value_name = "SECONDS")]
+    timeout_copy: Option<u64>,
+    #[arg(long, value_name = "SECONDS")]
+    timeout_install: Option<u64>,
+    /// Kill a test (and everything it started) after this long.
+    #[arg(long, value_name = "SECONDS")]
+    timeout_test: Option<u64>,
+    #[arg(long, value_name = "SECONDS")]
+    timeout_build: Option<u64>,
+    /// Multiply the default timeouts by this factor.
+    #[arg(long, default_value_t = 1.0)]
+    timeout_factor: f64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Internet {
+    Run,
+    Try,
+    Skip,
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// The unpacked source tree.
+    source: PathBuf,
+    /// Print the tests as a JSON array.
+    #[arg(long)]
+    json: bool,
+    /// Also give each test's static skip reason on this backend.
+    #[arg(long)]
+    testbed: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct ExplainArgs {
+    source: PathBuf,
+    /// BACKEND [ARGS...] after `--` (default: null).
+    #[arg(last = true)]
+    testbed: Vec<String>,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not VAR=VALUE"))
+}
+
+/// Runs the command line with `registry`'s backends; returns the exit status.
+pub fn main_with(registry: Registry) -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // autopkgtest maps usage errors to 20; --help and --version are fine.
+            return if e.use_stderr() { EXIT_UNEXPECTED } else { 0 };
+        }
+    };
+    let filter = match cli.debug {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| filter.into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    runtime.block_on(dispatch(cli.command, &registry))
+}
+
+async fn dispatch(command: Command, registry: &Registry) -> i32 {
+    match command {
+        Command::Run(args) => run(args, registry).await,
+        Command::Check(args) => check(args, registry),
+        Command::Explain(args) => explain(args, registry),
+        Command::Backends => {
+            for b in registry.all() {
+                let caps: Vec<String> = b.capabilities_hint().iter().map(|c| c.to_string()).collect();
+                println!("{:<10} {}\n{:<10} capabilities: {}", b.name(), b.summary(), "", caps.join(", "));
+            }
+            0
+        }
+        Command::Restrictions { markdown } => {
+            if markdown {
+                print!("{}", restriction::reference_markdown());
+            } else {
+                for row in restriction::table() {
+                    println!("{:<26} {}", row.restriction.word(), row.meaning);
+                }
+            }
+            0
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "dep8", &mut std::io::stdout());
+            0
+        }
+        Command::Man => match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+            Ok(()) => 0,
+            Err(_) => EXIT_UNEXPECTED,
+        },
+    }
+}
+
+fn error(message: impl std::fmt::Display) -> i32 {
+    eprintln!("dep8: error: {message}");
+    EXIT_UNEXPECTED
+}
+
+/// Finds the backend for `argv` (`[NAME, ARGS...]`, default null), or an
+/// error that lists the known ones.
+fn backend<'r>(registry: &'r Registry, argv: &[String]) -> Result<&'r dyn dep8_core::testbed::Backend, String> {
+    let name = argv.first().map_or("null", String::as_str);
+    registry.get(name).ok_or_else(|| {
+        format!("unknown backend {name:?}; known backends: {}", registry.names().join(", "))
+    })
+}
+
+/// Checks that SRC is an existing directory.
+fn source_dir(source: &Path) -> Result<(), String> {
+    if source.is_dir() {
+        Ok(())
+    } else if source.exists() {
+        Err(format!("{}: not a source tree (only unpacked source trees are supported yet)", source.display()))
+    } else {
+        Err(format!("{}: no such file or directory", source.display()))
+    }
+}
+
+fn internet(policy: Internet) -> InternetPolicy {
+    match policy {
+        Internet::Run => InternetPolicy::Run,
+        Internet::Try => InternetPolicy::Try,
+        Internet::Skip => InternetPolicy::Skip,
+    }
+}
+
+fn timeouts(args: &RunArgs) -> Timeouts {
+    let d = Timeouts::default();
+    let pick = |given: Option<u64>, default: Duration| {
+        given.map_or_else(|| default.mul_f64(args.timeout_factor), Duration::from_secs)
+    };
+    Timeouts {
+        short: pick(args.timeout_short, d.short),
+        copy: pick(args.timeout_copy, d.copy),
+        install: pick(args.timeout_install, d.install),
+        test: pick(args.timeout_test, d.test),
+        build: pick(args.timeout_build, d.build),
+    }
+}
+
+/// Creates OUTPUT_DIR, refusing a non-empty one as autopkgtest does.
+fn output_dir(given: Option<&Path>) -> Result<PathBuf, String> {
+    match given {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let mut entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            if entries.next().is_some() {
+                return Err(format!("--output-dir \"{}\" is not empty", dir.display()));
+            }
+            Ok(dir.to_path_buf())
+        }
+        None => tempfile::Builder::new()
+            .prefix("dep8.output.")
+            .tempdir()
+            .map(|d| d.keep())
+            .map_err(|e| format!("creating an output dir: {e}")),
+    }
+}
+
+async fn run(args: RunArgs, registry: &Registry) -> i32 {
+    let source = args.source.clone().unwrap_or_else(|| PathBuf::from("."));
+    if let Err(e) = source_dir(&source) {
+        return error(e);
+    }
+    let mut testbed_argv = args.testbed.clone();
+    if let Some(name) = &args.testbed_name {
+        testbed_argv = vec![name.clone()];
+    }
+    if testbed_argv.is_empty() {
+        testbed_argv = vec!["null".into()];
+    }
+    let backend = match backend(registry, &testbed_argv) {
+        Ok(b) => b,
+        Err(e) => return error(e),
+    };
+    let out = match output_dir(args.output_dir.as_deref()) {
+        Ok(dir) => dir,
+        Err(e) => return error(e),
+    };
+    let log_path = args.log_file.clone().unwrap_or_else(|| out.join("log"));
+    let log = match RunLog::new(Some(&log_path), true) {
+        Ok(log) => log,
+        Err(e) => return error(format!("{}: {e}", log_path.display())),
+    };
+    log.info(&format!("output dir {}", out.display()));
+    let opts = RunOptions {
+        source,
+        override_control: args.override_control.clone(),
+        output_dir: out.clone(),
+        summary_file: args.summary_file.clone(),
+        only_tests: args.test_name.clone(),
+        skip_tests: args.skip_test.clone(),
+        resolve: ResolveOptions {
+            ignore: args.ignore_restrictions.iter().cloned().collect(),
+            needs_internet: internet(args.needs_internet),
+            arch: None,
+        },
+        env: args.env.clone(),
+        user: args.user.clone(),
+        timeouts: timeouts(&args),
+        testbed_argv: testbed_argv.clone(),
+    };
+
+    log.info(&format!("opening testbed: {}", testbed_argv.join(" ")));
+    let mut tb = match backend.open(&testbed_argv[1..]).await {
+        Ok(tb) => tb,
+        Err(TestbedError::Usage(msg)) => return error(format!("{}: {msg}", testbed_argv[0])),
+        Err(e) => {
+            log.error(&e.to_string());
+            let summary = opts.summary_file.clone().unwrap_or_else(|| out.join("summary"));
+            let _ = std::fs::write(summary, format!("{e}\n"));
+            return EXIT_TESTBED_FAILURE;
+        }
+    };
+    let code = runner::run(&opts, tb.as_mut(), &log, interrupted()).await;
+    if code == EXIT_UNEXPECTED {
+        log.error("interrupted: the running test was killed; results so far are kept");
+    }
+    if let Err(e) = tb.close().await {
+        log.error(&format!("closing the testbed: {e}"));
+    }
+    let summary = opts.summary_file.clone().unwrap_or_else(|| out.join("summary"));
+    log.info("@@@@@@@@@@@@@@@@@@@@ summary");
+    log.raw(&std::fs::read(summary).unwrap_or_default());
+    code
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn interrupted() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// The parsed suite and the architecture used, for check and explain.
+fn load(source: &Path) -> Result<(Vec<Entry>, String), String> {
+    source_dir(source)?;
+    let control = source.join("debian/tests/control");
+    if !control.exists() {
+        return Err(format!("{}: no debian/tests/control", source.display()));
+    }
+    let arch = runner::host_arch().unwrap_or_else(|| "amd64".into());
+    let opts = RunOptions { source: source.to_path_buf(), ..Default::default() };
+    Ok((runner::load_suite(&opts, &arch)?, arch))
+}
+
+fn hint_capabilities(backend: &dyn dep8_core::testbed::Backend) -> Capabilities {
+    Capabilities::new(backend.capabilities_hint())
+}
+
+fn check(args: CheckArgs, registry: &Registry) -> i32 {
+    let (entries, arch) = match load(&args.source) {
+        Ok(x) => x,
+        Err(e) => return error(e),
+    };
+    let caps = match &args.testbed {
+        Some(name) => match backend(registry, std::slice::from_ref(name)) {
+            Ok(b) => Some(hint_capabilities(b)),
+            Err(e) => return error(e),
+        },
+        None => None,
+    };
+    let resolve_opts = ResolveOptions { arch: Some(arch), ..Default::default() };
+    let broken = entries.iter().any(|e| matches!(e, Entry::Broken { .. }));
+    if args.json {
+        let tests: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|e| {
+                let skip = caps.as_ref().and_then(|caps| match e {
+                    Entry::Test(t) => match restriction::resolve(t, caps, &resolve_opts) {
+                        restriction::Decision::Skip(r) => Some(r),
+                        restriction::Decision::Run => None,
+                    },
+                    Entry::Unsupported { reason, .. } => Some(reason.clone()),
+                    Entry::Broken { .. } => None,
+                });
+                match e {
+                    Entry::Test(t) => serde_json::json!({
+                        "name": t.name, "path": t.path, "command": t.command,
+                        "restrictions": t.restrictions, "features": t.features,
+                        "depends": t.depends, "classes": t.classes,
+                        "architecture": t.architectures, "location": t.location, "skip": skip,
+                    }),
+                    Entry::Unsupported { name, reason, location } => serde_json::json!({
+                        "name": name, "unsupported": reason, "location": location, "skip": skip,
+                    }),
+                    Entry::Broken { name, problem } => serde_json::json!({
+                        "name": name, "broken": problem.to_string(), "location": problem.location,
+                        "field": problem.field, "skip": skip,
+                    }),
+                }
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&tests).unwrap_or_default());
+    } else {
+        let caps = caps.unwrap_or_default();
+        for (name, verdict) in runner::explain(&entries, &caps, &resolve_opts) {
+            let verdict = if args.testbed.is_none() && verdict.starts_with("SKIP Test restriction") { "RUN".into() } else { verdict };
+            println!("{name:<20} {}", verdict.replacen("RUN", "valid", 1));
+        }
+    }
+    if broken {
+        12
+    } else {
+        0
+    }
+}
+
+fn explain(args: ExplainArgs, registry: &Registry) -> i32 {
+    let (entries, arch) = match load(&args.source) {
+        Ok(x) => x,
+        Err(e) => return error(e),
+    };
+    let b = match backend(registry, &args.testbed) {
+        Ok(b) => b,
+        Err(e) => return error(e),
+    };
+    let caps = hint_capabilities(b);
+    let words: Vec<String> = caps.flags.iter().map(|c| c.to_string()).collect();
+    println!("testbed {} can provide: {}", b.name(), words.join(", "));
+    let resolve_opts = ResolveOptions { arch: Some(arch), ..Default::default() };
+    for (name, verdict) in runner::explain(&entries, &caps, &resolve_opts) {
+        println!("{name:<20} {verdict}");
+    }
+    0
+}
