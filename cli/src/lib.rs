@@ -16,7 +16,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "dep8", version, about = "Run Debian package tests (DEP-8) on the testbed of your choice")]
+#[command(
+    name = "dep8",
+    version,
+    about = "Run Debian package tests (DEP-8) on the testbed of your choice"
+)]
 struct Cli {
     /// More log output (repeat for more).
     #[arg(short = 'd', long = "debug", action = clap::ArgAction::Count, global = true)]
@@ -28,7 +32,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a source tree's tests: `dep8 run [OPTIONS] SRC [-- BACKEND ARGS...]`.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Validate debian/tests/control and list the tests it defines.
     Check(CheckArgs),
     /// Print each test's run/skip decision for a testbed, running nothing.
@@ -155,22 +159,37 @@ pub fn main_with(registry: Registry) -> i32 {
         _ => "debug",
     };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| filter.into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| filter.into()),
+        )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     runtime.block_on(dispatch(cli.command, &registry))
 }
 
 async fn dispatch(command: Command, registry: &Registry) -> i32 {
     match command {
-        Command::Run(args) => run(args, registry).await,
+        Command::Run(args) => run(*args, registry).await,
         Command::Check(args) => check(args, registry),
         Command::Explain(args) => explain(args, registry),
         Command::Backends => {
             for b in registry.all() {
-                let caps: Vec<String> = b.capabilities_hint().iter().map(|c| c.to_string()).collect();
-                println!("{:<10} {}\n{:<10} capabilities: {}", b.name(), b.summary(), "", caps.join(", "));
+                let caps: Vec<String> = b
+                    .capabilities_hint()
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect();
+                println!(
+                    "{:<10} {}\n{:<10} capabilities: {}",
+                    b.name(),
+                    b.summary(),
+                    "",
+                    caps.join(", ")
+                );
             }
             0
         }
@@ -188,10 +207,12 @@ async fn dispatch(command: Command, registry: &Registry) -> i32 {
             clap_complete::generate(shell, &mut Cli::command(), "dep8", &mut std::io::stdout());
             0
         }
-        Command::Man => match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
-            Ok(()) => 0,
-            Err(_) => EXIT_UNEXPECTED,
-        },
+        Command::Man => {
+            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => 0,
+                Err(_) => EXIT_UNEXPECTED,
+            }
+        }
     }
 }
 
@@ -202,10 +223,16 @@ fn error(message: impl std::fmt::Display) -> i32 {
 
 /// Finds the backend for `argv` (`[NAME, ARGS...]`, default null), or an
 /// error that lists the known ones.
-fn backend<'r>(registry: &'r Registry, argv: &[String]) -> Result<&'r dyn dep8_core::testbed::Backend, String> {
+fn backend<'r>(
+    registry: &'r Registry,
+    argv: &[String],
+) -> Result<&'r dyn dep8_core::testbed::Backend, String> {
     let name = argv.first().map_or("null", String::as_str);
     registry.get(name).ok_or_else(|| {
-        format!("unknown backend {name:?}; known backends: {}", registry.names().join(", "))
+        format!(
+            "unknown backend {name:?}; known backends: {}",
+            registry.names().join(", ")
+        )
     })
 }
 
@@ -214,7 +241,10 @@ fn source_dir(source: &Path) -> Result<(), String> {
     if source.is_dir() {
         Ok(())
     } else if source.exists() {
-        Err(format!("{}: not a source tree (only unpacked source trees are supported yet)", source.display()))
+        Err(format!(
+            "{}: not a source tree (only unpacked source trees are supported yet)",
+            source.display()
+        ))
     } else {
         Err(format!("{}: no such file or directory", source.display()))
     }
@@ -247,7 +277,8 @@ fn output_dir(given: Option<&Path>) -> Result<PathBuf, String> {
     match given {
         Some(dir) => {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            let mut entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let mut entries =
+                std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             if entries.next().is_some() {
                 return Err(format!("--output-dir \"{}\" is not empty", dir.display()));
             }
@@ -311,7 +342,10 @@ async fn run(args: RunArgs, registry: &Registry) -> i32 {
         Err(TestbedError::Usage(msg)) => return error(format!("{}: {msg}", testbed_argv[0])),
         Err(e) => {
             log.error(&e.to_string());
-            let summary = opts.summary_file.clone().unwrap_or_else(|| out.join("summary"));
+            let summary = opts
+                .summary_file
+                .clone()
+                .unwrap_or_else(|| out.join("summary"));
             let _ = std::fs::write(summary, format!("{e}\n"));
             return EXIT_TESTBED_FAILURE;
         }
@@ -323,7 +357,10 @@ async fn run(args: RunArgs, registry: &Registry) -> i32 {
     if let Err(e) = tb.close().await {
         log.error(&format!("closing the testbed: {e}"));
     }
-    let summary = opts.summary_file.clone().unwrap_or_else(|| out.join("summary"));
+    let summary = opts
+        .summary_file
+        .clone()
+        .unwrap_or_else(|| out.join("summary"));
     log.info("@@@@@@@@@@@@@@@@@@@@ summary");
     log.raw(&std::fs::read(summary).unwrap_or_default());
     code
@@ -348,7 +385,10 @@ fn load(source: &Path) -> Result<(Vec<Entry>, String), String> {
         return Err(format!("{}: no debian/tests/control", source.display()));
     }
     let arch = runner::host_arch().unwrap_or_else(|| "amd64".into());
-    let opts = RunOptions { source: source.to_path_buf(), ..Default::default() };
+    let opts = RunOptions {
+        source: source.to_path_buf(),
+        ..Default::default()
+    };
     Ok((runner::load_suite(&opts, &arch)?, arch))
 }
 
@@ -368,7 +408,10 @@ fn check(args: CheckArgs, registry: &Registry) -> i32 {
         },
         None => None,
     };
-    let resolve_opts = ResolveOptions { arch: Some(arch), ..Default::default() };
+    let resolve_opts = ResolveOptions {
+        arch: Some(arch),
+        ..Default::default()
+    };
     let broken = entries.iter().any(|e| matches!(e, Entry::Broken { .. }));
     if args.json {
         let tests: Vec<serde_json::Value> = entries
@@ -389,7 +432,11 @@ fn check(args: CheckArgs, registry: &Registry) -> i32 {
                         "depends": t.depends, "classes": t.classes,
                         "architecture": t.architectures, "location": t.location, "skip": skip,
                     }),
-                    Entry::Unsupported { name, reason, location } => serde_json::json!({
+                    Entry::Unsupported {
+                        name,
+                        reason,
+                        location,
+                    } => serde_json::json!({
                         "name": name, "unsupported": reason, "location": location, "skip": skip,
                     }),
                     Entry::Broken { name, problem } => serde_json::json!({
@@ -399,12 +446,31 @@ fn check(args: CheckArgs, registry: &Registry) -> i32 {
                 }
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&tests).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&tests).unwrap_or_default()
+        );
     } else {
-        let caps = caps.unwrap_or_default();
-        for (name, verdict) in runner::explain(&entries, &caps, &resolve_opts) {
-            let verdict = if args.testbed.is_none() && verdict.starts_with("SKIP Test restriction") { "RUN".into() } else { verdict };
-            println!("{name:<20} {}", verdict.replacen("RUN", "valid", 1));
+        for entry in &entries {
+            let line = match entry {
+                Entry::Test(t) => {
+                    let what = t.path.clone().unwrap_or_else(|| {
+                        format!("command: {}", t.command.as_deref().unwrap_or(""))
+                    });
+                    let decision = caps.as_ref().map(|caps| {
+                        match restriction::resolve(t, caps, &resolve_opts) {
+                            restriction::Decision::Run => "  [runs]".to_string(),
+                            restriction::Decision::Skip(r) => format!("  [SKIP {r}]"),
+                        }
+                    });
+                    format!("{what}{}", decision.unwrap_or_default())
+                }
+                Entry::Unsupported {
+                    reason, location, ..
+                } => format!("SKIP {reason} ({location})"),
+                Entry::Broken { problem, .. } => format!("BROKEN {problem}"),
+            };
+            println!("{:<20} {line}", entry.name());
         }
     }
     if broken {
@@ -426,7 +492,10 @@ fn explain(args: ExplainArgs, registry: &Registry) -> i32 {
     let caps = hint_capabilities(b);
     let words: Vec<String> = caps.flags.iter().map(|c| c.to_string()).collect();
     println!("testbed {} can provide: {}", b.name(), words.join(", "));
-    let resolve_opts = ResolveOptions { arch: Some(arch), ..Default::default() };
+    let resolve_opts = ResolveOptions {
+        arch: Some(arch),
+        ..Default::default()
+    };
     for (name, verdict) in runner::explain(&entries, &caps, &resolve_opts) {
         println!("{name:<20} {verdict}");
     }

@@ -15,7 +15,9 @@ pub struct Registry {
 impl Registry {
     /// An empty registry.
     pub fn empty() -> Self {
-        Registry { backends: Vec::new() }
+        Registry {
+            backends: Vec::new(),
+        }
     }
 
     /// Every backend that ships with dep8.
@@ -32,7 +34,10 @@ impl Registry {
     }
 
     pub fn get(&self, name: &str) -> Option<&dyn Backend> {
-        self.backends.iter().find(|b| b.name() == name).map(|b| b.as_ref())
+        self.backends
+            .iter()
+            .find(|b| b.name() == name)
+            .map(|b| b.as_ref())
     }
 
     pub fn all(&self) -> impl Iterator<Item = &dyn Backend> {

@@ -133,7 +133,9 @@ struct Stanza {
 
 impl Stanza {
     fn get(&self, name: &str) -> Option<&Field> {
-        self.fields.iter().find(|f| f.name.eq_ignore_ascii_case(name))
+        self.fields
+            .iter()
+            .find(|f| f.name.eq_ignore_ascii_case(name))
     }
 }
 
@@ -162,7 +164,10 @@ fn broken_file(path: &Path, line: usize, message: String) -> Entry {
     Entry::Broken {
         name: "*".into(),
         problem: Problem {
-            location: Location { file: path.to_path_buf(), line },
+            location: Location {
+                file: path.to_path_buf(),
+                line,
+            },
             field: None,
             message,
         },
@@ -174,7 +179,10 @@ pub fn parse_bytes(path: &Path, bytes: &[u8], ctx: &DependsContext) -> Vec<Entry
     let text = match std::str::from_utf8(bytes) {
         Ok(text) => text,
         Err(e) => {
-            let line = 1 + bytes[..e.valid_up_to()].iter().filter(|b| **b == b'\n').count();
+            let line = 1 + bytes[..e.valid_up_to()]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count();
             return vec![broken_file(path, line, format!("not valid UTF-8: {e}"))];
         }
     };
@@ -224,15 +232,21 @@ fn split_stanzas(text: &str) -> Vec<Stanza> {
                 // Continuation lines are joined without a separator.
                 Some(field) => field.value.push_str(line),
                 None => {
-                    stanza.problem.get_or_insert((number, "continuation line without a field".into()));
+                    stanza
+                        .problem
+                        .get_or_insert((number, "continuation line without a field".into()));
                 }
             }
         } else if let Some((name, value)) = line.split_once(':') {
             let name = name.trim_end();
             if name.is_empty() || name.contains(char::is_whitespace) {
-                stanza.problem.get_or_insert((number, format!("invalid field name {name:?}")));
+                stanza
+                    .problem
+                    .get_or_insert((number, format!("invalid field name {name:?}")));
             } else if stanza.get(name).is_some() {
-                stanza.problem.get_or_insert((number, format!("duplicate field {name}")));
+                stanza
+                    .problem
+                    .get_or_insert((number, format!("duplicate field {name}")));
             } else {
                 stanza.fields.push(Field {
                     name: name.to_string(),
@@ -241,7 +255,9 @@ fn split_stanzas(text: &str) -> Vec<Stanza> {
                 });
             }
         } else {
-            stanza.problem.get_or_insert((number, format!("not a field: {:?}", line.trim())));
+            stanza
+                .problem
+                .get_or_insert((number, format!("not a field: {:?}", line.trim())));
         }
     }
     stanzas.extend(current);
@@ -269,7 +285,10 @@ fn stanza_entries(
     ctx: &DependsContext,
     command_counter: &mut usize,
 ) -> Vec<Entry> {
-    let at = |line: usize| Location { file: path.to_path_buf(), line };
+    let at = |line: usize| Location {
+        file: path.to_path_buf(),
+        line,
+    };
     let problem = |line: usize, field: Option<&str>, message: String| Problem {
         location: at(line),
         field: field.map(str::to_string),
@@ -280,7 +299,10 @@ fn stanza_entries(
     // The names this stanza declares, for reporting problems against them.
     let tests_field = stanza.get("Tests");
     let command_field = stanza.get("Test-Command");
-    let features = stanza.get("Features").map(|f| words(&f.value)).unwrap_or_default();
+    let features = stanza
+        .get("Features")
+        .map(|f| words(&f.value))
+        .unwrap_or_default();
     let test_name_feature = features.iter().find_map(|f| f.strip_prefix("test-name="));
     if command_field.is_some() && test_name_feature.is_none() && tests_field.is_none() {
         *command_counter += 1;
@@ -293,10 +315,17 @@ fn stanza_entries(
         (None, None) => vec![],
     };
     let broken = |p: Problem| -> Vec<Entry> {
-        let names = if names.is_empty() { vec!["*".to_string()] } else { names.clone() };
+        let names = if names.is_empty() {
+            vec!["*".to_string()]
+        } else {
+            names.clone()
+        };
         names
             .into_iter()
-            .map(|name| Entry::Broken { name, problem: p.clone() })
+            .map(|name| Entry::Broken {
+                name,
+                problem: p.clone(),
+            })
             .collect()
     };
 
@@ -310,30 +339,49 @@ fn stanza_entries(
         .filter(|f| f.split('=').next() == Some("test-name"))
         .collect();
     if test_names.iter().any(|f| !f.contains('=')) {
-        return broken(problem(field_line("Features"), Some("Features"),
-            "test-name feature with no argument".into()));
+        return broken(problem(
+            field_line("Features"),
+            Some("Features"),
+            "test-name feature with no argument".into(),
+        ));
     }
     if test_names.len() > 1 {
-        return broken(problem(field_line("Features"), Some("Features"),
-            "only one test-name feature allowed".into()));
+        return broken(problem(
+            field_line("Features"),
+            Some("Features"),
+            "only one test-name feature allowed".into(),
+        ));
     }
 
     let (name_line, field_name) = match (tests_field, command_field) {
         (Some(_), Some(c)) => {
-            return broken(problem(c.line, Some("Test-Command"),
-                "Only one of \"Tests\" or \"Test-Command\" may be given".into()));
+            return broken(problem(
+                c.line,
+                Some("Test-Command"),
+                "Only one of \"Tests\" or \"Test-Command\" may be given".into(),
+            ));
         }
         (None, None) => {
-            return broken(problem(stanza.line, None,
-                "missing \"Tests\" or \"Test-Command\" field".into()));
+            return broken(problem(
+                stanza.line,
+                None,
+                "missing \"Tests\" or \"Test-Command\" field".into(),
+            ));
         }
         (Some(t), None) => {
             if names.is_empty() {
-                return broken(problem(t.line, Some("Tests"), "\"Tests\" field is empty".into()));
+                return broken(problem(
+                    t.line,
+                    Some("Tests"),
+                    "\"Tests\" field is empty".into(),
+                ));
             }
             if test_name_feature.is_some() {
-                return broken(problem(field_line("Features"), Some("Features"),
-                    "test-name feature incompatible with Tests".into()));
+                return broken(problem(
+                    field_line("Features"),
+                    Some("Features"),
+                    "test-name feature incompatible with Tests".into(),
+                ));
             }
             (t.line, "Tests")
         }
@@ -342,13 +390,20 @@ fn stanza_entries(
 
     let mut restrictions: Vec<Restriction> = stanza
         .get("Restrictions")
-        .map(|f| words(&f.value).iter().map(|w| Restriction::parse(w)).collect())
+        .map(|f| {
+            words(&f.value)
+                .iter()
+                .map(|w| Restriction::parse(w))
+                .collect()
+        })
         .unwrap_or_default();
     restrictions.sort();
     restrictions.dedup();
 
     // needs-recommends is deprecated: it adds @recommends@ to Depends.
-    let mut depends_value = stanza.get("Depends").map_or("@".to_string(), |f| f.value.clone());
+    let mut depends_value = stanza
+        .get("Depends")
+        .map_or("@".to_string(), |f| f.value.clone());
     if restrictions.contains(&Restriction::NeedsRecommends) {
         depends_value.push_str(",@recommends@");
     }
@@ -398,7 +453,10 @@ fn stanza_entries(
                 features: features.clone(),
                 depends: depends.clone(),
                 classes: stanza.get("Classes").map(|f| f.value.trim().to_string()),
-                architectures: stanza.get("Architecture").map(|f| words(&f.value)).unwrap_or_default(),
+                architectures: stanza
+                    .get("Architecture")
+                    .map(|f| words(&f.value))
+                    .unwrap_or_default(),
                 location: Some(location),
             })
         })
@@ -409,7 +467,10 @@ fn stanza_entries(
 fn capwords(name: &str) -> String {
     let mut chars = name.chars();
     match chars.next() {
-        Some(first) => first.to_uppercase().chain(chars.flat_map(char::to_lowercase)).collect(),
+        Some(first) => first
+            .to_uppercase()
+            .chain(chars.flat_map(char::to_lowercase))
+            .collect(),
         None => String::new(),
     }
 }
@@ -419,7 +480,10 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Vec<Entry> {
-        let ctx = DependsContext { source: None, arch: "amd64" };
+        let ctx = DependsContext {
+            source: None,
+            arch: "amd64",
+        };
         parse_bytes(Path::new("control"), text.as_bytes(), &ctx)
     }
 
@@ -439,7 +503,10 @@ mod tests {
         // {'Tests': 'a, b\t c', ...} and ' foo &&  bar baz  '.
         let text = "Tests: a,\n  b\n\t c\nDepends:\n\nTest-Command:\n foo  &&\n    bar # comment\n  # indented comment\n baz   \nDepends:\nfeatures: x\n\x0c\ntests: z\nDepends:\nRestrictions:  needs-root  \n";
         let t = tests(text);
-        assert_eq!(t.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["a", "b", "c", "command1", "z"]);
+        assert_eq!(
+            t.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+            ["a", "b", "c", "command1", "z"]
+        );
         assert_eq!(t[0].path.as_deref(), Some("debian/tests/a"));
         assert_eq!(t[3].command.as_deref(), Some(" foo &&  bar baz  "));
         assert_eq!(t[3].features, ["x"]);
@@ -450,7 +517,10 @@ mod tests {
     #[test]
     fn command_numbering_and_test_name() {
         let t = tests("Test-Command: a\nDepends:\n\nTest-Command: b\nFeatures: test-name=bee\nDepends:\n\nTest-Command: c\nDepends:\n");
-        assert_eq!(t.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["command1", "bee", "command2"]);
+        assert_eq!(
+            t.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+            ["command1", "bee", "command2"]
+        );
     }
 
     #[test]
@@ -473,25 +543,46 @@ mod tests {
     #[test]
     fn unknown_field_and_slash() {
         let e = parse("Tests: a/b c\nDepends:\nFrobnicate: yes\n");
-        assert!(matches!(&e[0], Entry::Unsupported { reason, .. } if reason == "unknown field Frobnicate"));
+        assert!(
+            matches!(&e[0], Entry::Unsupported { reason, .. } if reason == "unknown field Frobnicate")
+        );
         let e = parse("Tests: a/b\nDepends:\n");
-        assert!(matches!(&e[0], Entry::Unsupported { reason, .. } if reason.contains("/ character")));
+        assert!(
+            matches!(&e[0], Entry::Unsupported { reason, .. } if reason.contains("/ character"))
+        );
     }
 
     #[test]
     fn empty_and_binary_files() {
-        assert!(matches!(&parse("# only a comment\n")[0], Entry::Broken { problem, .. } if problem.message == "no test stanzas"));
-        let ctx = DependsContext { source: None, arch: "amd64" };
+        assert!(
+            matches!(&parse("# only a comment\n")[0], Entry::Broken { problem, .. } if problem.message == "no test stanzas")
+        );
+        let ctx = DependsContext {
+            source: None,
+            arch: "amd64",
+        };
         let e = parse_bytes(Path::new("c"), b"Tests: a\n\xff\n", &ctx);
         assert!(matches!(&e[0], Entry::Broken { problem, .. } if problem.location.line == 2));
     }
 
     #[test]
     fn garbage_lines_are_broken_not_panics() {
-        for text in ["Tests a\n", " leading\n", ": x\n", "Tests: a\nTests: b\n", "Tests:\n", "Features: test-name\nTest-Command: x\n",
-                     "Features: test-name=a test-name=b\nTest-Command: x\n", "Tests: a\nFeatures: test-name=x\n", "Tests: a\nDepends: (((\n"] {
+        for text in [
+            "Tests a\n",
+            " leading\n",
+            ": x\n",
+            "Tests: a\nTests: b\n",
+            "Tests:\n",
+            "Features: test-name\nTest-Command: x\n",
+            "Features: test-name=a test-name=b\nTest-Command: x\n",
+            "Tests: a\nFeatures: test-name=x\n",
+            "Tests: a\nDepends: (((\n",
+        ] {
             let e = parse(text);
-            assert!(e.iter().all(|e| matches!(e, Entry::Broken { .. })), "{text:?} gave {e:?}");
+            assert!(
+                e.iter().all(|e| matches!(e, Entry::Broken { .. })),
+                "{text:?} gave {e:?}"
+            );
         }
     }
 }

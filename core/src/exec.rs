@@ -3,7 +3,9 @@
 //! in-testbed argv, spawning with streaming output and timeouts, and copying
 //! files through `exec` when the host cannot see the testbed's files.
 
-use crate::testbed::{ExecOutcome, ExecRequest, ExitStatus, Input, Output, Result, Testbed, TestbedError};
+use crate::testbed::{
+    ExecOutcome, ExecRequest, ExitStatus, Input, Output, Result, Testbed, TestbedError,
+};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -41,7 +43,9 @@ pub fn in_testbed_argv(req: &ExecRequest) -> Vec<String> {
 /// group is killed; so are processes the command leaves behind.
 pub async fn run_local(argv: &[String], req: ExecRequest) -> Result<ExecOutcome> {
     let start = Instant::now();
-    let program = argv.first().ok_or_else(|| TestbedError::Failure("empty command".into()))?;
+    let program = argv
+        .first()
+        .ok_or_else(|| TestbedError::Failure("empty command".into()))?;
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(&argv[1..]).process_group(0).kill_on_drop(true);
     cmd.stdin(match &req.stdin {
@@ -52,8 +56,16 @@ pub async fn run_local(argv: &[String], req: ExecRequest) -> Result<ExecOutcome>
         ),
     });
     let wanted = |o: &Output| o.file.is_some() || o.capture || o.tap.is_some();
-    cmd.stdout(if wanted(&req.stdout) { Stdio::piped() } else { Stdio::null() });
-    cmd.stderr(if wanted(&req.stderr) { Stdio::piped() } else { Stdio::null() });
+    cmd.stdout(if wanted(&req.stdout) {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    cmd.stderr(if wanted(&req.stderr) {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
     let mut child = cmd
         .spawn()
         .map_err(|e| TestbedError::failure(format!("cannot run {program}"), e))?;
@@ -67,8 +79,14 @@ pub async fn run_local(argv: &[String], req: ExecRequest) -> Result<ExecOutcome>
             let _ = stdin.write_all(&bytes).await;
         });
     }
-    let out_pump = child.stdout.take().map(|s| tokio::spawn(pump(s, req.stdout.clone())));
-    let err_pump = child.stderr.take().map(|s| tokio::spawn(pump(s, req.stderr.clone())));
+    let out_pump = child
+        .stdout
+        .take()
+        .map(|s| tokio::spawn(pump(s, req.stdout.clone())));
+    let err_pump = child
+        .stderr
+        .take()
+        .map(|s| tokio::spawn(pump(s, req.stderr.clone())));
 
     let waited = match req.timeout {
         Some(limit) => tokio::time::timeout(limit, child.wait()).await.ok(),
@@ -93,7 +111,13 @@ pub async fn run_local(argv: &[String], req: ExecRequest) -> Result<ExecOutcome>
         (None, Some(sig)) => ExitStatus::Signal(sig),
         (None, None) => ExitStatus::Code(-1),
     };
-    Ok(ExecOutcome { status, timed_out, duration: start.elapsed(), stdout, stderr })
+    Ok(ExecOutcome {
+        status,
+        timed_out,
+        duration: start.elapsed(),
+        stdout,
+        stderr,
+    })
 }
 
 /// Kills a process group when dropped.
@@ -115,13 +139,17 @@ fn kill_group(pgid: Option<Pid>) {
 type Pump = tokio::task::JoinHandle<std::io::Result<Vec<u8>>>;
 
 async fn finish_pump(pump: Option<Pump>) -> Result<Vec<u8>> {
-    let Some(pump) = pump else { return Ok(Vec::new()) };
+    let Some(pump) = pump else {
+        return Ok(Vec::new());
+    };
     match tokio::time::timeout(PIPE_GRACE, pump).await {
         Ok(Ok(Ok(captured))) => Ok(captured),
         Ok(Ok(Err(e))) => Err(TestbedError::failure("writing command output", e)),
         Ok(Err(e)) => Err(TestbedError::failure("output pump", e)),
         Err(_) => {
-            tracing::warn!("a process left behind by the command still holds its output; not waiting for it");
+            tracing::warn!(
+                "a process left behind by the command still holds its output; not waiting for it"
+            );
             Ok(Vec::new())
         }
     }
@@ -179,16 +207,33 @@ pub async fn copy_down_via_exec(tb: &dyn Testbed, host: &Path, target: &str) -> 
     let mut spool = None;
     let req = if meta.is_dir() {
         let tar = tempfile::NamedTempFile::new().map_err(|e| TestbedError::failure(&what, e))?;
-        host_command("tar", &["-C", &host.to_string_lossy(), "-cf", &tar.path().to_string_lossy(), "."])?;
+        host_command(
+            "tar",
+            &[
+                "-C",
+                &host.to_string_lossy(),
+                "-cf",
+                &tar.path().to_string_lossy(),
+                ".",
+            ],
+        )?;
         let script = "mkdir -p -- \"$1\" && tar --no-same-owner -C \"$1\" -xf -";
-        let req = ExecRequest::new(["sh", "-c", script, "sh", target]).stdin(Input::File(tar.path().to_path_buf()));
+        let req = ExecRequest::new(["sh", "-c", script, "sh", target])
+            .stdin(Input::File(tar.path().to_path_buf()));
         spool = Some(tar);
         req
     } else {
         use std::os::unix::fs::PermissionsExt;
         let mode = format!("{:o}", meta.permissions().mode() & 0o7777);
-        ExecRequest::new(["sh", "-c", "cat > \"$1\" && chmod \"$2\" \"$1\"", "sh", target, &mode])
-            .stdin(Input::File(host.to_path_buf()))
+        ExecRequest::new([
+            "sh",
+            "-c",
+            "cat > \"$1\" && chmod \"$2\" \"$1\"",
+            "sh",
+            target,
+            &mode,
+        ])
+        .stdin(Input::File(host.to_path_buf()))
     };
     let outcome = tb.exec(req.stderr(Output::capture())).await?;
     drop(spool);
@@ -222,7 +267,9 @@ pub async fn copy_up_via_exec(tb: &dyn Testbed, source: &str, host: &Path) -> Re
             .status()
             .map_err(fail)?;
         if !status.success() {
-            return Err(TestbedError::Failure(format!("{what}: tar failed ({status})")));
+            return Err(TestbedError::Failure(format!(
+                "{what}: tar failed ({status})"
+            )));
         }
     } else {
         let mut out = std::fs::File::create(host).map_err(fail)?;
@@ -241,9 +288,15 @@ pub fn host_copy(from: &Path, to: &Path) -> Result<()> {
         std::fs::create_dir_all(to).map_err(|e| TestbedError::failure(&what, e))?;
         let mut src = from.as_os_str().to_owned();
         src.push("/.");
-        host_command("cp", &["-a", "--", &src.to_string_lossy(), &to.to_string_lossy()])
+        host_command(
+            "cp",
+            &["-a", "--", &src.to_string_lossy(), &to.to_string_lossy()],
+        )
     } else {
-        host_command("cp", &["-a", "--", &from.to_string_lossy(), &to.to_string_lossy()])
+        host_command(
+            "cp",
+            &["-a", "--", &from.to_string_lossy(), &to.to_string_lossy()],
+        )
     }
 }
 
@@ -273,20 +326,41 @@ mod tests {
     fn argv_wrapping() {
         let req = ExecRequest::new(["id", "-u"]);
         assert_eq!(in_testbed_argv(&req), ["env", "--", "id", "-u"]);
-        let req = ExecRequest::new(["id"]).user("nobody").cwd("/tmp").env("A", "b c");
+        let req = ExecRequest::new(["id"])
+            .user("nobody")
+            .cwd("/tmp")
+            .env("A", "b c");
         assert_eq!(
             in_testbed_argv(&req),
-            ["runuser", "-u", "nobody", "--", "env", "--chdir=/tmp", "--", "A=b c", "id"]
+            [
+                "runuser",
+                "-u",
+                "nobody",
+                "--",
+                "env",
+                "--chdir=/tmp",
+                "--",
+                "A=b c",
+                "id"
+            ]
         );
     }
 
     #[tokio::test]
     async fn timeout_kills_the_process_group() {
-        let argv: Vec<String> = ["sh", "-c", "sleep 30 & sleep 30; echo late"].map(String::from).to_vec();
-        let req = ExecRequest::new(argv.clone()).capture().timeout(Duration::from_millis(300));
+        let argv: Vec<String> = ["sh", "-c", "sleep 30 & sleep 30; echo late"]
+            .map(String::from)
+            .to_vec();
+        let req = ExecRequest::new(argv.clone())
+            .capture()
+            .timeout(Duration::from_millis(300));
         let outcome = run_local(&argv, req).await.unwrap();
         assert!(outcome.timed_out);
-        assert!(outcome.duration < Duration::from_secs(5), "{:?}", outcome.duration);
+        assert!(
+            outcome.duration < Duration::from_secs(5),
+            "{:?}",
+            outcome.duration
+        );
         assert_eq!(outcome.status, ExitStatus::Signal(9));
     }
 }

@@ -14,7 +14,11 @@ pub const RESULTS_SCHEMA: &str = "dep8-results/1";
 
 /// A test's result, in autopkgtest's vocabulary.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "result", content = "reason", rename_all = "SCREAMING_SNAKE_CASE")]
+#[serde(
+    tag = "result",
+    content = "reason",
+    rename_all = "SCREAMING_SNAKE_CASE"
+)]
 pub enum Outcome {
     Pass,
     #[serde(rename = "PASS (superficial)")]
@@ -140,8 +144,15 @@ impl RunLog {
 
 /// The current UTC time of day, `HH:MM:SS`.
 fn clock() -> String {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    format!("{:02}:{:02}:{:02}", secs / 3600 % 24, secs / 60 % 60, secs % 60)
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!(
+        "{:02}:{:02}:{:02}",
+        secs / 3600 % 24,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 /// The output directory's result files, kept up to date as tests finish.
@@ -157,8 +168,17 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    pub fn new(output_dir: &Path, summary_path: &Path, suite: &str, log: RunLog) -> std::io::Result<Self> {
-        let summary = OpenOptions::new().create(true).truncate(true).write(true).open(summary_path)?;
+    pub fn new(
+        output_dir: &Path,
+        summary_path: &Path,
+        suite: &str,
+        log: RunLog,
+    ) -> std::io::Result<Self> {
+        let summary = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(summary_path)?;
         Ok(Reporter {
             log,
             summary,
@@ -176,14 +196,24 @@ impl Reporter {
 
     /// Records a result: summary line on stdout and in the summary file,
     /// then results.json and junit.xml rewritten.
-    pub fn record(&mut self, name: &str, outcome: Outcome, duration: Duration, details: Vec<String>) {
+    pub fn record(
+        &mut self,
+        name: &str,
+        outcome: Outcome,
+        duration: Duration,
+        details: Vec<String>,
+    ) {
         let result = TestResult {
             name: name.to_string(),
             outcome,
             duration_secs: duration.as_secs_f64(),
             details,
         };
-        let mut lines = vec![format!("{:<20} {}", result.name, result.outcome.summary_text())];
+        let mut lines = vec![format!(
+            "{:<20} {}",
+            result.name,
+            result.outcome.summary_text()
+        )];
         lines.extend(result.details.iter().cloned());
         for line in &lines {
             println!("{line}");
@@ -208,12 +238,17 @@ impl Reporter {
         doc.insert("suite".into(), self.suite.clone().into());
         doc.insert("complete".into(), exit_code.is_some().into());
         doc.insert("exit_code".into(), exit_code.into());
-        doc.insert("tests".into(), serde_json::to_value(&self.results).unwrap_or_default());
+        doc.insert(
+            "tests".into(),
+            serde_json::to_value(&self.results).unwrap_or_default(),
+        );
         let json = serde_json::to_string_pretty(&doc).unwrap_or_default();
         if let Err(e) = write_atomically(&self.output_dir.join("results.json"), json.as_bytes()) {
             self.log.warning(&format!("cannot write results.json: {e}"));
         }
-        if let Err(e) = write_atomically(&self.output_dir.join("junit.xml"), self.junit().as_bytes()) {
+        if let Err(e) =
+            write_atomically(&self.output_dir.join("junit.xml"), self.junit().as_bytes())
+        {
             self.log.warning(&format!("cannot write junit.xml: {e}"));
         }
     }
@@ -263,7 +298,12 @@ mod tests {
     use super::*;
 
     fn result(outcome: Outcome) -> TestResult {
-        TestResult { name: "t".into(), outcome, duration_secs: 0.0, details: vec![] }
+        TestResult {
+            name: "t".into(),
+            outcome,
+            duration_secs: 0.0,
+            details: vec![],
+        }
     }
 
     fn exit_of(outcomes: Vec<Outcome>) -> i32 {
@@ -277,17 +317,33 @@ mod tests {
         assert_eq!(exit_of(vec![Outcome::Pass]), 0);
         assert_eq!(exit_of(vec![Outcome::Pass, Outcome::Skip("x".into())]), 2);
         assert_eq!(exit_of(vec![Outcome::Pass, Outcome::Fail("x".into())]), 4);
-        assert_eq!(exit_of(vec![Outcome::Skip("x".into()), Outcome::Fail("x".into())]), 6);
+        assert_eq!(
+            exit_of(vec![Outcome::Skip("x".into()), Outcome::Fail("x".into())]),
+            6
+        );
         assert_eq!(exit_of(vec![Outcome::Skip("x".into())]), 8);
         assert_eq!(exit_of(vec![Outcome::PassSuperficial]), 8);
         assert_eq!(exit_of(vec![]), 8);
-        assert_eq!(exit_of(vec![Outcome::Pass, Outcome::Fail("badpkg".into())]), 12);
+        assert_eq!(
+            exit_of(vec![Outcome::Pass, Outcome::Fail("badpkg".into())]),
+            12
+        );
         assert_eq!(exit_of(vec![Outcome::Pass, Outcome::Flaky("x".into())]), 2);
-        assert_eq!(exit_of(vec![Outcome::Pass, Outcome::Broken("x".into()), Outcome::Skip("y".into())]), 14);
+        assert_eq!(
+            exit_of(vec![
+                Outcome::Pass,
+                Outcome::Broken("x".into()),
+                Outcome::Skip("y".into())
+            ]),
+            14
+        );
     }
 
     #[test]
     fn summary_line_is_padded_to_20_columns() {
-        assert_eq!(format!("{:<20} {}", "t", Outcome::Pass.summary_text()), "t                    PASS");
+        assert_eq!(
+            format!("{:<20} {}", "t", Outcome::Pass.summary_text()),
+            "t                    PASS"
+        );
     }
 }

@@ -70,39 +70,120 @@ pub fn table() -> Vec<RestrictionInfo> {
         origin,
     };
     vec![
-        row(Restriction::AllowStderr, &[], "Output on stderr does not fail the test.", "DEP-8"),
-        row(Restriction::BreaksTestbed, &[R::Capability(C::RevertFullSystem)],
-            "The test may damage the testbed; it is reverted afterwards.", "DEP-8"),
-        row(Restriction::BuildNeeded, &[], "The source tree is built before the test runs.", "DEP-8"),
-        row(Restriction::Flaky, &[], "A failure is reported FLAKY and counts as a skip.", "DEP-8"),
-        row(Restriction::HintTestsuiteTriggers, &[R::NeverRun],
-            "Only feeds Testsuite-Triggers; the test is never run.", "DEP-8"),
-        row(Restriction::IsolationContainer,
+        row(
+            Restriction::AllowStderr,
+            &[],
+            "Output on stderr does not fail the test.",
+            "DEP-8",
+        ),
+        row(
+            Restriction::BreaksTestbed,
+            &[R::Capability(C::RevertFullSystem)],
+            "The test may damage the testbed; it is reverted afterwards.",
+            "DEP-8",
+        ),
+        row(
+            Restriction::BuildNeeded,
+            &[],
+            "The source tree is built before the test runs.",
+            "DEP-8",
+        ),
+        row(
+            Restriction::Flaky,
+            &[],
+            "A failure is reported FLAKY and counts as a skip.",
+            "DEP-8",
+        ),
+        row(
+            Restriction::HintTestsuiteTriggers,
+            &[R::NeverRun],
+            "Only feeds Testsuite-Triggers; the test is never run.",
+            "DEP-8",
+        ),
+        row(
+            Restriction::IsolationContainer,
             &[R::AnyOf(&[C::IsolationContainer, C::IsolationMachine])],
-            "Starts services or opens ports; pid 1 is an init system.", "DEP-8"),
-        row(Restriction::IsolationMachine, &[R::Capability(C::IsolationMachine)],
-            "Needs a whole machine: kernel, hardware, reboot.", "DEP-8"),
-        row(Restriction::NeedsInternet, &[R::Capability(C::HasInternet)],
-            "Needs unrestricted internet access (see --needs-internet).", "DEP-8"),
-        row(Restriction::NeedsReboot, &[R::Capability(C::Reboot)],
-            "Reboots the testbed through /tmp/autopkgtest-reboot.", "DEP-8"),
-        row(Restriction::NeedsRecommends, &[],
-            "Deprecated: adds @recommends@ to Depends.", "DEP-8"),
-        row(Restriction::NeedsRoot, &[R::Capability(C::RootOnTestbed)], "Runs as root.", "DEP-8"),
-        row(Restriction::NeedsSudo, &[R::Dynamic],
-            "Runs as a normal user with passwordless sudo; implies Depends: sudo.", "DEP-8"),
-        row(Restriction::RwBuildTree, &[], "The test user may write to the source tree.", "DEP-8"),
-        row(Restriction::SkipForeignArchitecture, &[],
-            "Skipped when testing a foreign architecture (dep8 never does).", "autopkgtest 5.3x"),
-        row(Restriction::SkipNotInstallable, &[],
-            "A dependency that cannot be installed skips the test instead of failing it.", "DEP-8"),
-        row(Restriction::Skippable, &[], "Exit status 77 means SKIP.", "DEP-8"),
-        row(Restriction::Superficial, &[],
-            "Passing is PASS (superficial): not evidence that the package works.", "DEP-8"),
-        row(Restriction::NeedsNesting, &[R::Capability(C::Nesting)],
-            "Starts VMs or containers inside the testbed.", "dep8"),
-        row(Restriction::NeedsBaseimage, &[R::Capability(C::BaseImage)],
-            "Needs a read-only pristine copy of the testbed ($DEP8_BASEIMAGE).", "dep8"),
+            "Starts services or opens ports; pid 1 is an init system.",
+            "DEP-8",
+        ),
+        row(
+            Restriction::IsolationMachine,
+            &[R::Capability(C::IsolationMachine)],
+            "Needs a whole machine: kernel, hardware, reboot.",
+            "DEP-8",
+        ),
+        row(
+            Restriction::NeedsInternet,
+            &[R::Capability(C::HasInternet)],
+            "Needs unrestricted internet access (see --needs-internet).",
+            "DEP-8",
+        ),
+        row(
+            Restriction::NeedsReboot,
+            &[R::Capability(C::Reboot)],
+            "Reboots the testbed through /tmp/autopkgtest-reboot.",
+            "DEP-8",
+        ),
+        row(
+            Restriction::NeedsRecommends,
+            &[],
+            "Deprecated: adds @recommends@ to Depends.",
+            "DEP-8",
+        ),
+        row(
+            Restriction::NeedsRoot,
+            &[R::Capability(C::RootOnTestbed)],
+            "Runs as root.",
+            "DEP-8",
+        ),
+        row(
+            Restriction::NeedsSudo,
+            &[R::Dynamic],
+            "Runs as a normal user with passwordless sudo; implies Depends: sudo.",
+            "DEP-8",
+        ),
+        row(
+            Restriction::RwBuildTree,
+            &[],
+            "The test user may write to the source tree.",
+            "DEP-8",
+        ),
+        row(
+            Restriction::SkipForeignArchitecture,
+            &[],
+            "Skipped when testing a foreign architecture (dep8 never does).",
+            "autopkgtest 5.3x",
+        ),
+        row(
+            Restriction::SkipNotInstallable,
+            &[],
+            "A dependency that cannot be installed skips the test instead of failing it.",
+            "DEP-8",
+        ),
+        row(
+            Restriction::Skippable,
+            &[],
+            "Exit status 77 means SKIP.",
+            "DEP-8",
+        ),
+        row(
+            Restriction::Superficial,
+            &[],
+            "Passing is PASS (superficial): not evidence that the package works.",
+            "DEP-8",
+        ),
+        row(
+            Restriction::NeedsNesting,
+            &[R::Capability(C::Nesting)],
+            "Starts VMs or containers inside the testbed.",
+            "dep8",
+        ),
+        row(
+            Restriction::NeedsBaseimage,
+            &[R::Capability(C::BaseImage)],
+            "Needs a read-only pristine copy of the testbed ($DEP8_BASEIMAGE).",
+            "dep8",
+        ),
     ]
 }
 
@@ -221,7 +302,10 @@ pub fn resolve(test: &Test, caps: &Capabilities, opts: &ResolveOptions) -> Decis
         .iter()
         .filter(|r| !opts.ignore.contains(r.word()))
         .collect();
-    if let Some(r) = effective.iter().find(|r| matches!(r, Restriction::Unknown(_))) {
+    if let Some(r) = effective
+        .iter()
+        .find(|r| matches!(r, Restriction::Unknown(_)))
+    {
         return Decision::Skip(format!("unknown restriction {r}"));
     }
     for r in &effective {
@@ -242,7 +326,9 @@ pub fn resolve(test: &Test, caps: &Capabilities, opts: &ResolveOptions) -> Decis
                     ));
                 }
                 Requirement::NeverRun => {
-                    return Decision::Skip(format!("Test restriction \"{r}\" means it is never run"));
+                    return Decision::Skip(format!(
+                        "Test restriction \"{r}\" means it is never run"
+                    ));
                 }
                 _ => {}
             }
@@ -278,7 +364,11 @@ pub fn reference_markdown() -> String {
                 Requirement::NeverRun => "never runs".to_string(),
             })
             .collect();
-        let requires = if requires.is_empty() { "—".to_string() } else { requires.join(", ") };
+        let requires = if requires.is_empty() {
+            "—".to_string()
+        } else {
+            requires.join(", ")
+        };
         out += &format!(
             "| `{}` | {} | {} | {} |\n",
             row.restriction, requires, row.meaning, row.origin
@@ -324,17 +414,29 @@ mod tests {
         for row in table() {
             assert_eq!(Restriction::parse(row.restriction.word()), row.restriction);
         }
-        assert_eq!(Restriction::parse("needs-nested-virt"), Restriction::NeedsNesting);
-        assert_eq!(Restriction::parse("bogus"), Restriction::Unknown("bogus".into()));
+        assert_eq!(
+            Restriction::parse("needs-nested-virt"),
+            Restriction::NeedsNesting
+        );
+        assert_eq!(
+            Restriction::parse("bogus"),
+            Restriction::Unknown("bogus".into())
+        );
     }
 
     #[test]
     fn missing_capability_is_named() {
         let caps = Capabilities::new([Capability::IsolationMachine]);
-        let d = resolve(&test_with(&["needs-reboot"]), &caps, &ResolveOptions::default());
+        let d = resolve(
+            &test_with(&["needs-reboot"]),
+            &caps,
+            &ResolveOptions::default(),
+        );
         assert_eq!(
             d,
-            Decision::Skip("Test restriction \"needs-reboot\" requires testbed capability \"reboot\"".into())
+            Decision::Skip(
+                "Test restriction \"needs-reboot\" requires testbed capability \"reboot\"".into()
+            )
         );
     }
 
@@ -342,8 +444,14 @@ mod tests {
     fn any_of_is_met_by_either() {
         let opts = ResolveOptions::default();
         let t = test_with(&["isolation-container"]);
-        assert_eq!(resolve(&t, &Capabilities::new([C::IsolationMachine]), &opts), Decision::Run);
-        assert_eq!(resolve(&t, &Capabilities::new([C::IsolationContainer]), &opts), Decision::Run);
+        assert_eq!(
+            resolve(&t, &Capabilities::new([C::IsolationMachine]), &opts),
+            Decision::Run
+        );
+        assert_eq!(
+            resolve(&t, &Capabilities::new([C::IsolationContainer]), &opts),
+            Decision::Run
+        );
         assert_eq!(
             resolve(&t, &Capabilities::default(), &opts),
             Decision::Skip(
@@ -372,7 +480,10 @@ mod tests {
         let mut opts = ResolveOptions::default();
         assert_eq!(resolve(&t, &Capabilities::default(), &opts), Decision::Run);
         opts.needs_internet = InternetPolicy::Skip;
-        assert!(matches!(resolve(&t, &Capabilities::default(), &opts), Decision::Skip(_)));
+        assert!(matches!(
+            resolve(&t, &Capabilities::default(), &opts),
+            Decision::Skip(_)
+        ));
     }
 
     #[test]
@@ -381,9 +492,19 @@ mod tests {
         let opts = ResolveOptions::default();
         assert_eq!(
             resolve(&test_with(&["needs-baseimage"]), &caps, &opts),
-            Decision::Skip("Test restriction \"needs-baseimage\" requires testbed capability \"baseimage\"".into())
+            Decision::Skip(
+                "Test restriction \"needs-baseimage\" requires testbed capability \"baseimage\""
+                    .into()
+            )
         );
         let caps = Capabilities::new([C::Nesting, C::BaseImage]);
-        assert_eq!(resolve(&test_with(&["needs-nesting", "needs-baseimage"]), &caps, &opts), Decision::Run);
+        assert_eq!(
+            resolve(
+                &test_with(&["needs-nesting", "needs-baseimage"]),
+                &caps,
+                &opts
+            ),
+            Decision::Run
+        );
     }
 }

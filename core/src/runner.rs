@@ -80,20 +80,32 @@ enum Abort {
 
 impl From<TestbedError> for Abort {
     fn from(e: TestbedError) -> Self {
-        Abort::Testbed(e.to_string().trim_start_matches("testbed failure: ").to_string())
+        Abort::Testbed(
+            e.to_string()
+                .trim_start_matches("testbed failure: ")
+                .to_string(),
+        )
     }
 }
 
 /// The host's dpkg architecture, when it has dpkg.
 pub fn host_arch() -> Option<String> {
-    let out = std::process::Command::new("dpkg").arg("--print-architecture").output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    let out = std::process::Command::new("dpkg")
+        .arg("--print-architecture")
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// Parses the suite for `arch`: the control file's entries in file order.
 pub fn load_suite(opts: &RunOptions, arch: &str) -> Result<Vec<Entry>, String> {
     let source = SourcePackage::read(&opts.source)?;
-    let ctx = DependsContext { source: source.as_ref(), arch };
+    let ctx = DependsContext {
+        source: source.as_ref(),
+        arch,
+    };
     Ok(control::parse_file(&opts.control_path(), &ctx))
 }
 
@@ -105,8 +117,14 @@ pub async fn run(
     log: &RunLog,
     interrupt: impl std::future::Future<Output = ()> + Send,
 ) -> i32 {
-    let suite = opts.source.file_name().map_or("tests".into(), |n| n.to_string_lossy().into_owned());
-    let summary_path = opts.summary_file.clone().unwrap_or_else(|| opts.output_dir.join("summary"));
+    let suite = opts
+        .source
+        .file_name()
+        .map_or("tests".into(), |n| n.to_string_lossy().into_owned());
+    let summary_path = opts
+        .summary_file
+        .clone()
+        .unwrap_or_else(|| opts.output_dir.join("summary"));
     let mut reporter = match Reporter::new(&opts.output_dir, &summary_path, &suite, log.clone()) {
         Ok(r) => r,
         Err(e) => {
@@ -114,9 +132,20 @@ pub async fn run(
             return EXIT_UNEXPECTED;
         }
     };
-    reporter.context.insert("testbed".into(), opts.testbed_argv.join(" ").into());
-    reporter.context.insert("capabilities".into(), serde_json::to_value(tb.capabilities()).unwrap_or_default());
-    let mut run = Run { opts, log, reporter, dirty: false, installed: None };
+    reporter
+        .context
+        .insert("testbed".into(), opts.testbed_argv.join(" ").into());
+    reporter.context.insert(
+        "capabilities".into(),
+        serde_json::to_value(tb.capabilities()).unwrap_or_default(),
+    );
+    let mut run = Run {
+        opts,
+        log,
+        reporter,
+        dirty: false,
+        installed: None,
+    };
     tokio::pin!(interrupt);
     let result = tokio::select! {
         r = run.all(tb) => r,
@@ -125,7 +154,8 @@ pub async fn run(
     let code = match result {
         Ok(()) => run.reporter.exit.finish(),
         Err(Abort::Testbed(msg)) => {
-            run.reporter.summary_note(&format!("testbed failure: {msg}"));
+            run.reporter
+                .summary_note(&format!("testbed failure: {msg}"));
             EXIT_TESTBED_FAILURE
         }
         Err(Abort::Interrupted) => {
@@ -152,7 +182,10 @@ impl Run<'_> {
         let probe = self.probe(tb).await?;
         self.write_testinfo(tb, &probe);
         if let Some(packages) = &probe.packages {
-            let _ = std::fs::write(self.opts.output_dir.join("testbed-packages"), dpkg_list(packages));
+            let _ = std::fs::write(
+                self.opts.output_dir.join("testbed-packages"),
+                dpkg_list(packages),
+            );
         }
         let arch = probe.arch.clone().unwrap_or_else(|| "amd64".into());
         let mut resolve_opts = self.opts.resolve.clone();
@@ -160,8 +193,17 @@ impl Run<'_> {
 
         let control = self.opts.control_path();
         if !control.exists() {
-            self.log.info(&format!("{} has no {}", self.opts.source.display(), control.display()));
-            self.reporter.record("*", Outcome::Skip("no tests in this package".into()), Duration::ZERO, vec![]);
+            self.log.info(&format!(
+                "{} has no {}",
+                self.opts.source.display(),
+                control.display()
+            ));
+            self.reporter.record(
+                "*",
+                Outcome::Skip("no tests in this package".into()),
+                Duration::ZERO,
+                vec![],
+            );
             return Ok(());
         }
         let entries = match load_suite(self.opts, &arch) {
@@ -169,7 +211,10 @@ impl Run<'_> {
             Err(e) => vec![Entry::Broken {
                 name: "*".into(),
                 problem: control::Problem {
-                    location: control::Location { file: self.opts.source.join("debian/control"), line: 0 },
+                    location: control::Location {
+                        file: self.opts.source.join("debian/control"),
+                        line: 0,
+                    },
                     field: None,
                     message: e,
                 },
@@ -182,34 +227,70 @@ impl Run<'_> {
 
         // Static decisions first, as autopkgtest reports them at parse time.
         let mut runnable = Vec::new();
-        for entry in entries.into_iter().filter(|e| selected(e.name()) || e.name() == "*") {
+        for entry in entries
+            .into_iter()
+            .filter(|e| selected(e.name()) || e.name() == "*")
+        {
             match entry {
                 Entry::Broken { name, problem } => {
                     self.log.error(&problem.to_string());
-                    self.reporter.record(&name, Outcome::Broken(problem.to_string()), Duration::ZERO, vec![]);
+                    self.reporter.record(
+                        &name,
+                        Outcome::Broken(problem.to_string()),
+                        Duration::ZERO,
+                        vec![],
+                    );
                 }
-                Entry::Unsupported { name, reason, location } => {
+                Entry::Unsupported {
+                    name,
+                    reason,
+                    location,
+                } => {
                     self.log.warning(&format!("{location}: {name}: {reason}"));
-                    self.reporter.record(&name, Outcome::Skip(reason), Duration::ZERO, vec![]);
+                    self.reporter
+                        .record(&name, Outcome::Skip(reason), Duration::ZERO, vec![]);
                 }
                 Entry::Test(test) => match resolve(&test, tb.capabilities(), &resolve_opts) {
-                    Decision::Skip(reason) => self.reporter.record(&test.name, Outcome::Skip(reason), Duration::ZERO, vec![]),
+                    Decision::Skip(reason) => self.reporter.record(
+                        &test.name,
+                        Outcome::Skip(reason),
+                        Duration::ZERO,
+                        vec![],
+                    ),
                     Decision::Run => runnable.push(test),
                 },
             }
         }
-        if !self.opts.only_tests.is_empty() && runnable.is_empty() && self.reporter.results().is_empty() {
-            self.log.error(&format!("no test matches --test-name {}", self.opts.only_tests.join(", ")));
+        if !self.opts.only_tests.is_empty()
+            && runnable.is_empty()
+            && self.reporter.results().is_empty()
+        {
+            self.log.error(&format!(
+                "no test matches --test-name {}",
+                self.opts.only_tests.join(", ")
+            ));
         }
         if runnable.is_empty() && self.reporter.results().is_empty() {
-            self.reporter.record("*", Outcome::Skip("no tests in this package".into()), Duration::ZERO, vec![]);
+            self.reporter.record(
+                "*",
+                Outcome::Skip("no tests in this package".into()),
+                Duration::ZERO,
+                vec![],
+            );
             return Ok(());
         }
 
         let tree = format!("{}/src", tb.scratch());
-        self.log.info(&format!("copying {} to the testbed", self.opts.source.display()));
-        self.timed(self.opts.timeouts.copy, "copying the source tree", tb.copy_down(&self.opts.source, &tree))
-            .await?;
+        self.log.info(&format!(
+            "copying {} to the testbed",
+            self.opts.source.display()
+        ));
+        self.timed(
+            self.opts.timeouts.copy,
+            "copying the source tree",
+            tb.copy_down(&self.opts.source, &tree),
+        )
+        .await?;
         for test in runnable {
             if self.dirty {
                 self.revert(tb).await?;
@@ -217,7 +298,8 @@ impl Run<'_> {
             }
             let started = Instant::now();
             let (outcome, details) = self.one(tb, &test, &tree, &probe).await?;
-            self.reporter.record(&test.name, outcome, started.elapsed(), details);
+            self.reporter
+                .record(&test.name, outcome, started.elapsed(), details);
             if test.has(&Restriction::BreaksTestbed) {
                 self.dirty = true;
             }
@@ -233,13 +315,17 @@ impl Run<'_> {
     ) -> Result<T, Abort> {
         match tokio::time::timeout(limit, fut).await {
             Ok(r) => r.map_err(Abort::from),
-            Err(_) => Err(Abort::Testbed(format!("{what} timed out after {}s", limit.as_secs()))),
+            Err(_) => Err(Abort::Testbed(format!(
+                "{what} timed out after {}s",
+                limit.as_secs()
+            ))),
         }
     }
 
     async fn revert(&mut self, tb: &mut dyn Testbed) -> Result<(), Abort> {
         self.log.info("reverting the testbed");
-        self.timed(self.opts.timeouts.short, "reverting", tb.revert()).await?;
+        self.timed(self.opts.timeouts.short, "reverting", tb.revert())
+            .await?;
         self.installed = None;
         self.dirty = false;
         Ok(())
@@ -250,10 +336,17 @@ impl Run<'_> {
         let script = "uname -srv; nproc; dpkg --print-architecture 2>/dev/null || echo; \
                       dpkg-query -W -f '${Package}\\t${Version}\\t${db:Status-Abbrev}\\n' 2>/dev/null || true";
         let out = self
-            .timed(self.opts.timeouts.short, "probing the testbed", tb.exec(ExecRequest::shell(script).capture()))
+            .timed(
+                self.opts.timeouts.short,
+                "probing the testbed",
+                tb.exec(ExecRequest::shell(script).capture()),
+            )
             .await?;
         if !out.status.success() {
-            return Err(Abort::Testbed(format!("probing the testbed failed: {}", out.stderr_text().trim())));
+            return Err(Abort::Testbed(format!(
+                "probing the testbed failed: {}",
+                out.stderr_text().trim()
+            )));
         }
         let text = out.stdout_text();
         let mut lines = text.splitn(4, '\n');
@@ -270,14 +363,22 @@ impl Run<'_> {
 
     fn write_testinfo(&self, tb: &dyn Testbed, probe: &Probe) {
         let mut info = serde_json::Map::new();
-        info.insert("virt_server".into(), self.opts.testbed_argv.join(" ").into());
+        info.insert(
+            "virt_server".into(),
+            self.opts.testbed_argv.join(" ").into(),
+        );
         info.insert("kernel_version".into(), probe.kernel.clone().into());
         info.insert("nproc".into(), probe.nproc.clone().into());
         if let Some(arch) = &probe.arch {
             info.insert("dpkg_architecture".into(), arch.clone().into());
         }
         if !self.opts.env.is_empty() {
-            let env: Vec<String> = self.opts.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let env: Vec<String> = self
+                .opts
+                .env
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
             info.insert("custom_environment".into(), env.into());
         }
         info.insert("dep8_version".into(), env!("CARGO_PKG_VERSION").into());
@@ -290,20 +391,41 @@ impl Run<'_> {
 
     /// The normal user for tests without needs-root, if any.
     fn normal_user(&self, caps: &Capabilities) -> Option<String> {
-        self.opts.user.clone().or_else(|| caps.suggested_normal_users.first().cloned())
+        self.opts
+            .user
+            .clone()
+            .or_else(|| caps.suggested_normal_users.first().cloned())
     }
 
     /// Dependencies are checked, not installed: a missing one is `badpkg`
     /// (or SKIP with skip-not-installable).
-    async fn check_depends(&mut self, tb: &dyn Testbed, test: &Test, arch: &str) -> Result<Option<(Outcome, Vec<String>)>, Abort> {
+    async fn check_depends(
+        &mut self,
+        tb: &dyn Testbed,
+        test: &Test,
+        arch: &str,
+    ) -> Result<Option<(Outcome, Vec<String>)>, Abort> {
         if test.depends.is_empty() {
             return Ok(None);
         }
         if self.installed.is_none() {
-            let req = ExecRequest::new(["dpkg-query", "-W", "-f", "${Package}\t${Version}\t${db:Status-Abbrev}\n"]).capture();
-            let out = self.timed(self.opts.timeouts.short, "listing installed packages", tb.exec(req)).await?;
+            let req = ExecRequest::new([
+                "dpkg-query",
+                "-W",
+                "-f",
+                "${Package}\t${Version}\t${db:Status-Abbrev}\n",
+            ])
+            .capture();
+            let out = self
+                .timed(
+                    self.opts.timeouts.short,
+                    "listing installed packages",
+                    tb.exec(req),
+                )
+                .await?;
             if !out.status.success() {
-                self.log.warning("the testbed has no dpkg: test dependencies are not checked");
+                self.log
+                    .warning("the testbed has no dpkg: test dependencies are not checked");
                 return Ok(None);
             }
             self.installed = Some(source::parse_installed(&out.stdout_text()));
@@ -319,20 +441,38 @@ impl Run<'_> {
         );
         self.log.info(&format!("test {}: {why}", test.name));
         if test.has(&Restriction::SkipNotInstallable) {
-            return Ok(Some((Outcome::Skip("installation fails and skip-not-installable set".into()), vec![])));
+            return Ok(Some((
+                Outcome::Skip("installation fails and skip-not-installable set".into()),
+                vec![],
+            )));
         }
-        Ok(Some((Outcome::Fail("badpkg".into()), vec![format!("blame: {}", self.opts.source.display()), format!("badpkg: {why}")])))
+        Ok(Some((
+            Outcome::Fail("badpkg".into()),
+            vec![
+                format!("blame: {}", self.opts.source.display()),
+                format!("badpkg: {why}"),
+            ],
+        )))
     }
 
     /// needs-sudo is decided while running, as autopkgtest does.
-    async fn check_sudo(&self, tb: &dyn Testbed, user: Option<&str>) -> Result<Option<String>, Abort> {
+    async fn check_sudo(
+        &self,
+        tb: &dyn Testbed,
+        user: Option<&str>,
+    ) -> Result<Option<String>, Abort> {
         let caps = tb.capabilities();
         if caps.has(Capability::RootOnTestbed) && user.is_none() {
-            return Ok(Some("Cannot enable needs-sudo restriction: no ordinary user available".into()));
+            return Ok(Some(
+                "Cannot enable needs-sudo restriction: no ordinary user available".into(),
+            ));
         }
-        let mut req = ExecRequest::shell("id -Gn | tr ' ' '\\n' | grep -qx sudo && sudo -n -v").capture();
+        let mut req =
+            ExecRequest::shell("id -Gn | tr ' ' '\\n' | grep -qx sudo && sudo -n -v").capture();
         req.user = user.map(str::to_string);
-        let out = self.timed(self.opts.timeouts.short, "checking sudo", tb.exec(req)).await?;
+        let out = self
+            .timed(self.opts.timeouts.short, "checking sudo", tb.exec(req))
+            .await?;
         Ok((!out.status.success()).then(|| {
             "Cannot enable needs-sudo restriction: the test user has no passwordless sudo, \
              and dep8 does not set it up yet"
@@ -340,7 +480,13 @@ impl Run<'_> {
         }))
     }
 
-    async fn one(&mut self, tb: &mut dyn Testbed, test: &Test, tree: &str, probe: &Probe) -> Result<(Outcome, Vec<String>), Abort> {
+    async fn one(
+        &mut self,
+        tb: &mut dyn Testbed,
+        test: &Test,
+        tree: &str,
+        probe: &Probe,
+    ) -> Result<(Outcome, Vec<String>), Abort> {
         let name = &test.name;
         self.log.info(&format!("test {name}: preparing testbed"));
         let arch = probe.arch.clone().unwrap_or_default();
@@ -348,7 +494,11 @@ impl Run<'_> {
             return Ok(result);
         }
         let caps = tb.capabilities().clone();
-        let user = if test.has(&Restriction::NeedsRoot) { None } else { self.normal_user(&caps) };
+        let user = if test.has(&Restriction::NeedsRoot) {
+            None
+        } else {
+            self.normal_user(&caps)
+        };
         let user = user.filter(|_| caps.has(Capability::RootOnTestbed));
         if test.has(&Restriction::NeedsSudo) {
             if let Some(reason) = self.check_sudo(tb, user.as_deref()).await? {
@@ -357,7 +507,10 @@ impl Run<'_> {
         }
         if let Some(path) = &test.path {
             if !self.opts.source.join(path).exists() {
-                return Ok((Outcome::Fail("badpkg".into()), vec![format!("badpkg: {path} does not exist")]));
+                return Ok((
+                    Outcome::Fail("badpkg".into()),
+                    vec![format!("badpkg: {path} does not exist")],
+                ));
             }
         }
 
@@ -375,9 +528,18 @@ impl Run<'_> {
                 None => String::new(),
             }
         );
-        let out = self.timed(self.opts.timeouts.short, "preparing the test", tb.exec(ExecRequest::shell(&setup).capture())).await?;
+        let out = self
+            .timed(
+                self.opts.timeouts.short,
+                "preparing the test",
+                tb.exec(ExecRequest::shell(&setup).capture()),
+            )
+            .await?;
         if !out.status.success() {
-            return Err(Abort::Testbed(format!("preparing test {name} failed: {}", out.stderr_text().trim())));
+            return Err(Abort::Testbed(format!(
+                "preparing test {name} failed: {}",
+                out.stderr_text().trim()
+            )));
         }
 
         let mut env: Vec<(String, String)> = vec![
@@ -387,7 +549,10 @@ impl Run<'_> {
             ("ADT_ARTIFACTS".into(), artifacts.clone()),
             ("DEBIAN_FRONTEND".into(), "noninteractive".into()),
             ("LANG".into(), "C.UTF-8".into()),
-            ("DEB_BUILD_OPTIONS".into(), format!("parallel={}", probe.nproc)),
+            (
+                "DEB_BUILD_OPTIONS".into(),
+                format!("parallel={}", probe.nproc),
+            ),
         ];
         if test.has(&Restriction::NeedsRoot) {
             if let Some(u) = self.normal_user(&caps) {
@@ -416,7 +581,8 @@ impl Run<'_> {
         if let Some(c) = &test.command {
             self.log.info(&format!("test {name}: {c}"));
         }
-        self.log.info(&format!("test {name}: [-----------------------"));
+        self.log
+            .info(&format!("test {name}: [-----------------------"));
         let stdout_path = self.opts.output_dir.join(format!("{name}-stdout"));
         let stderr_path = self.opts.output_dir.join(format!("{name}-stderr"));
         let tap = {
@@ -429,7 +595,8 @@ impl Run<'_> {
             .timeout(self.opts.timeouts.test);
         req.user = user;
         let out = tb.exec(req).await?;
-        self.log.info(&format!("test {name}: -----------------------]"));
+        self.log
+            .info(&format!("test {name}: -----------------------]"));
 
         let stderr_size = std::fs::metadata(&stderr_path).map_or(0, |m| m.len());
         let allow_stderr = test.has(&Restriction::AllowStderr);
@@ -439,15 +606,22 @@ impl Run<'_> {
         } else if code == 77 && test.has(&Restriction::Skippable) {
             Outcome::Skip("exit status 77 and marked as skippable".into())
         } else if code != 0 {
-            if test.has(&Restriction::NeedsInternet) && self.opts.resolve.needs_internet == InternetPolicy::Try {
-                Outcome::Skip("Failed, but test has needs-internet and that's not guaranteed".into())
+            if test.has(&Restriction::NeedsInternet)
+                && self.opts.resolve.needs_internet == InternetPolicy::Try
+            {
+                Outcome::Skip(
+                    "Failed, but test has needs-internet and that's not guaranteed".into(),
+                )
             } else {
                 Outcome::Fail(format!("non-zero exit status {code}"))
             }
         } else if stderr_size > 0 && !allow_stderr {
             let first = std::fs::read(&stderr_path).unwrap_or_default();
             let first = String::from_utf8_lossy(&first);
-            Outcome::Fail(format!("stderr: {}", first.lines().next().unwrap_or("").trim_end()))
+            Outcome::Fail(format!(
+                "stderr: {}",
+                first.lines().next().unwrap_or("").trim_end()
+            ))
         } else if test.has(&Restriction::Superficial) {
             Outcome::PassSuperficial
         } else {
@@ -457,13 +631,16 @@ impl Run<'_> {
             Outcome::Fail(reason) if test.has(&Restriction::Flaky) => Outcome::Flaky(reason),
             other => other,
         };
-        self.log.info(&format!("test {name}:  - - - - - - - - - - results - - - - - - - - - -"));
+        self.log.info(&format!(
+            "test {name}:  - - - - - - - - - - results - - - - - - - - - -"
+        ));
         remove_if_empty(&stdout_path);
         if stderr_size == 0 || allow_stderr {
             remove_if_empty(&stderr_path);
         }
         if out.timed_out {
-            self.log.warning(&format!("test {name} timed out; the testbed may be broken"));
+            self.log
+                .warning(&format!("test {name} timed out; the testbed may be broken"));
             if caps.has(Capability::Revert) {
                 self.dirty = true;
             }
@@ -471,8 +648,12 @@ impl Run<'_> {
         }
         self.collect_artifacts(tb, &artifacts).await?;
         let cleanup = format!("rm -rf '{artifacts}' '{tmp}'");
-        self.timed(self.opts.timeouts.short, "cleaning up after the test", tb.exec(ExecRequest::shell(&cleanup).capture()))
-            .await?;
+        self.timed(
+            self.opts.timeouts.short,
+            "cleaning up after the test",
+            tb.exec(ExecRequest::shell(&cleanup).capture()),
+        )
+        .await?;
         Ok((outcome, vec![]))
     }
 
@@ -480,7 +661,12 @@ impl Run<'_> {
     /// tests, as autopkgtest does); no empty dir is left behind.
     async fn collect_artifacts(&self, tb: &dyn Testbed, artifacts: &str) -> Result<(), Abort> {
         let host = self.opts.output_dir.join("artifacts");
-        self.timed(self.opts.timeouts.copy, "copying artifacts", tb.copy_up(artifacts, &host)).await?;
+        self.timed(
+            self.opts.timeouts.copy,
+            "copying artifacts",
+            tb.copy_up(artifacts, &host),
+        )
+        .await?;
         if std::fs::read_dir(&host).is_ok_and(|mut d| d.next().is_none()) {
             let _ = std::fs::remove_dir(&host);
         }
@@ -506,7 +692,11 @@ fn dpkg_list(dpkg_query: &str) -> String {
 
 /// Each entry's fate on a testbed with `caps`, without running anything
 /// (`dep8 explain`): `(name, "RUN" | "SKIP reason" | "BROKEN problem")`.
-pub fn explain(entries: &[Entry], caps: &Capabilities, opts: &ResolveOptions) -> Vec<(String, String)> {
+pub fn explain(
+    entries: &[Entry],
+    caps: &Capabilities,
+    opts: &ResolveOptions,
+) -> Vec<(String, String)> {
     entries
         .iter()
         .map(|e| {

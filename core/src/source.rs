@@ -37,7 +37,9 @@ impl SourcePackage {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
-        Self::parse(&text).map(Some).map_err(|e| format!("{}: {e}", path.display()))
+        Self::parse(&text)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display()))
     }
 
     pub fn parse(text: &str) -> Result<SourcePackage, String> {
@@ -54,7 +56,12 @@ impl SourcePackage {
         }
         let control = parsed.tree();
         let source = control.source();
-        let field = |name: &str| source.as_ref().and_then(|s| s.get(name)).unwrap_or_default();
+        let field = |name: &str| {
+            source
+                .as_ref()
+                .and_then(|s| s.get(name))
+                .unwrap_or_default()
+        };
         let build_depends = ["Build-Depends", "Build-Depends-Indep", "Build-Depends-Arch"]
             .iter()
             .map(|f| field(f))
@@ -91,7 +98,11 @@ impl SourcePackage {
 /// Expands a test's `Depends:` value into alternative groups, as autopkgtest
 /// does: `@` is every binary, `@builddeps@` the build dependencies reduced for
 /// `arch` plus build-essential, `@recommends@` the binaries' Recommends.
-pub fn expand_depends(value: &str, source: Option<&SourcePackage>, arch: &str) -> Result<Vec<String>, String> {
+pub fn expand_depends(
+    value: &str,
+    source: Option<&SourcePackage>,
+    arch: &str,
+) -> Result<Vec<String>, String> {
     let mut deps = Vec::new();
     for group in value.split(',').map(str::trim).filter(|g| !g.is_empty()) {
         match group {
@@ -103,7 +114,9 @@ pub fn expand_depends(value: &str, source: Option<&SourcePackage>, arch: &str) -
             })),
             "@builddeps@" => {
                 let text = source.map_or("", |s| s.build_depends.as_str());
-                deps.extend(reduce(text, arch).map_err(|e| format!("invalid build dependencies: {e}"))?);
+                deps.extend(
+                    reduce(text, arch).map_err(|e| format!("invalid build dependencies: {e}"))?,
+                );
                 deps.push("build-essential".into());
             }
             "@recommends@" => {
@@ -213,7 +226,9 @@ fn plain_relation(relation: &Relation) -> String {
 fn arch_list_matches(arch: &str, list: &[String]) -> bool {
     let negated = list.iter().any(|a| a.starts_with('!'));
     if negated {
-        !list.iter().any(|a| arch_matches(arch, a.trim_start_matches('!')))
+        !list
+            .iter()
+            .any(|a| arch_matches(arch, a.trim_start_matches('!')))
     } else {
         list.iter().any(|a| arch_matches(arch, a))
     }
@@ -254,14 +269,18 @@ pub fn check_architecture(arch: &str, architectures: &[String]) -> Result<(), St
     let positive = architectures.iter().any(|a| !a.starts_with('!'));
     for a in architectures.iter().filter_map(|a| a.strip_prefix('!')) {
         if arch_matches(arch, a) {
-            return Err(format!("Test declares architecture as not supported: {arch}"));
+            return Err(format!(
+                "Test declares architecture as not supported: {arch}"
+            ));
         }
     }
     if positive {
         if negative {
-            return Err("It is not permitted for some archs to be prepended by an exclamation \
+            return Err(
+                "It is not permitted for some archs to be prepended by an exclamation \
                         mark while others aren't"
-                .into());
+                    .into(),
+            );
         }
         if !architectures.iter().any(|a| arch_matches(arch, a)) {
             return Err(format!(
@@ -296,9 +315,14 @@ pub fn parse_installed(dpkg_query: &str) -> Installed {
 pub fn unsatisfied(deps: &[String], installed: &Installed, arch: &str) -> Vec<String> {
     deps.iter()
         .filter(|group| {
-            let Ok(relations) = group.parse::<Relations>() else { return true };
+            let Ok(relations) = group.parse::<Relations>() else {
+                return true;
+            };
             let unmet = relations.entries().any(|entry| {
-                let applicable: Vec<Relation> = entry.relations().filter(|r| relation_applies(r, arch)).collect();
+                let applicable: Vec<Relation> = entry
+                    .relations()
+                    .filter(|r| relation_applies(r, arch))
+                    .collect();
                 !applicable.is_empty()
                     && !applicable.iter().any(|r| {
                         let name = r.try_name().unwrap_or_default();
@@ -340,12 +364,34 @@ mod tests {
         let src = SourcePackage::parse(CONTROL).unwrap();
         assert_eq!(src.name, "demo");
         let deps = expand_depends("@, foo (>= 1.0) | bar", Some(&src), "amd64").unwrap();
-        assert_eq!(deps, ["demo", "demo-doc", "demo-x86 [amd64 i386]", "foo (>= 1.0) | bar"]);
+        assert_eq!(
+            deps,
+            [
+                "demo",
+                "demo-doc",
+                "demo-x86 [amd64 i386]",
+                "foo (>= 1.0) | bar"
+            ]
+        );
         let deps = expand_depends("@builddeps@", Some(&src), "amd64").unwrap();
-        assert_eq!(deps, ["debhelper-compat (= 13)", "libfoo-dev", "nocheck-only", "python3 | python3-all", "build-essential"]);
+        assert_eq!(
+            deps,
+            [
+                "debhelper-compat (= 13)",
+                "libfoo-dev",
+                "nocheck-only",
+                "python3 | python3-all",
+                "build-essential"
+            ]
+        );
         let deps = expand_depends("@builddeps@", Some(&src), "arm64").unwrap();
-        assert!(deps.contains(&"libbar-dev".to_string()) && !deps.contains(&"libfoo-dev".to_string()));
-        assert_eq!(expand_depends("@recommends@", Some(&src), "amd64").unwrap(), ["demo-doc"]);
+        assert!(
+            deps.contains(&"libbar-dev".to_string()) && !deps.contains(&"libfoo-dev".to_string())
+        );
+        assert_eq!(
+            expand_depends("@recommends@", Some(&src), "amd64").unwrap(),
+            ["demo-doc"]
+        );
     }
 
     #[test]
@@ -369,7 +415,12 @@ mod tests {
     #[test]
     fn checks_installed_versions() {
         let installed = parse_installed("bash\t5.2.15-2+b2\tii \nold\t1.0\trc \n");
-        let deps: Vec<String> = ["bash (>= 5)", "bash (<< 5) | old", "x [arm64]", "nope"].map(String::from).to_vec();
-        assert_eq!(unsatisfied(&deps, &installed, "amd64"), ["bash (<< 5) | old", "nope"]);
+        let deps: Vec<String> = ["bash (>= 5)", "bash (<< 5) | old", "x [arm64]", "nope"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            unsatisfied(&deps, &installed, "amd64"),
+            ["bash (<< 5) | old", "nope"]
+        );
     }
 }

@@ -55,10 +55,16 @@ pub struct Output {
 
 impl Output {
     pub fn capture() -> Self {
-        Output { capture: true, ..Default::default() }
+        Output {
+            capture: true,
+            ..Default::default()
+        }
     }
     pub fn file(path: impl Into<PathBuf>) -> Self {
-        Output { file: Some(path.into()), ..Default::default() }
+        Output {
+            file: Some(path.into()),
+            ..Default::default()
+        }
     }
     pub fn with_tap(mut self, tap: Tap) -> Self {
         self.tap = Some(tap);

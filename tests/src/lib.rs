@@ -109,7 +109,11 @@ async fn sh(tb: &dyn Testbed, script: &str) -> Result<dep8_core::testbed::ExecOu
 async fn ok(tb: &dyn Testbed, script: &str) -> Result<String, String> {
     let out = sh(tb, script).await?;
     if !out.status.success() {
-        return Err(format!("`{script}` exited {:?}: {}", out.status, out.stderr_text()));
+        return Err(format!(
+            "`{script}` exited {:?}: {}",
+            out.status,
+            out.stderr_text()
+        ));
     }
     Ok(out.stdout_text())
 }
@@ -132,7 +136,9 @@ async fn scratch_is_empty_and_writable(tb: &mut dyn Testbed) -> Result<(), Strin
     let dir = tb.scratch().to_string();
     let listing = ok(tb, &format!("ls -A '{dir}'")).await?;
     expect("scratch contents", listing.trim(), "")?;
-    ok(tb, &format!("echo x > '{dir}/probe' && rm '{dir}/probe'")).await.map(|_| ())
+    ok(tb, &format!("echo x > '{dir}/probe' && rm '{dir}/probe'"))
+        .await
+        .map(|_| ())
 }
 
 async fn exit_codes(tb: &mut dyn Testbed) -> Result<(), String> {
@@ -168,7 +174,9 @@ async fn signals(tb: &mut dyn Testbed) -> Result<(), String> {
 
 async fn environment(tb: &mut dyn Testbed) -> Result<(), String> {
     let tricky = "a 'quoted' \"value\" with $dollar and\nnewline";
-    let req = ExecRequest::new(["printenv", "DEP8_TRICKY"]).env("DEP8_TRICKY", tricky).capture();
+    let req = ExecRequest::new(["printenv", "DEP8_TRICKY"])
+        .env("DEP8_TRICKY", tricky)
+        .capture();
     let out = tb.exec(req).await.map_err(|e| e.to_string())?;
     expect("printenv", out.stdout_text(), format!("{tricky}\n"))
 }
@@ -185,7 +193,11 @@ async fn working_directory(tb: &mut dyn Testbed) -> Result<(), String> {
 async fn binary_stdin_round_trip(tb: &mut dyn Testbed) -> Result<(), String> {
     let data: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
     let out = tb
-        .exec(ExecRequest::new(["cat"]).stdin(Input::Bytes(data.clone())).capture())
+        .exec(
+            ExecRequest::new(["cat"])
+                .stdin(Input::Bytes(data.clone()))
+                .capture(),
+        )
         .await
         .map_err(|e| e.to_string())?;
     expect("bytes through cat", out.stdout == data, true)
@@ -205,7 +217,9 @@ async fn large_output(tb: &mut dyn Testbed) -> Result<(), String> {
     let out = tb.exec(req).await.map_err(|e| e.to_string())?;
     expect("status", out.status.code(), 0)?;
     expect("stderr", out.stderr_text(), "done\n".to_string())?;
-    let size = std::fs::metadata(file.path()).map_err(|e| e.to_string())?.len();
+    let size = std::fs::metadata(file.path())
+        .map_err(|e| e.to_string())?
+        .len();
     expect("bytes written to the host file", size, 20_000_000)
 }
 
@@ -215,13 +229,22 @@ async fn copy_file_round_trip(tb: &mut dyn Testbed) -> Result<(), String> {
     let src = host.path().join("-odd name.sh");
     let data: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
     std::fs::write(&src, &data).map_err(|e| e.to_string())?;
-    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| e.to_string())?;
     let target = scratch_path(tb, "-odd name.sh");
-    tb.copy_down(&src, &target).await.map_err(|e| e.to_string())?;
+    tb.copy_down(&src, &target)
+        .await
+        .map_err(|e| e.to_string())?;
     ok(tb, &format!("test -x '{target}'")).await?;
     let back = host.path().join("back");
-    tb.copy_up(&target, &back).await.map_err(|e| e.to_string())?;
-    expect("file contents after a round trip", std::fs::read(&back).map_err(|e| e.to_string())? == data, true)
+    tb.copy_up(&target, &back)
+        .await
+        .map_err(|e| e.to_string())?;
+    expect(
+        "file contents after a round trip",
+        std::fs::read(&back).map_err(|e| e.to_string())? == data,
+        true,
+    )
 }
 
 async fn copy_tree_round_trip(tb: &mut dyn Testbed) -> Result<(), String> {
@@ -230,18 +253,43 @@ async fn copy_tree_round_trip(tb: &mut dyn Testbed) -> Result<(), String> {
     std::fs::create_dir_all(src.join("sub dir/deeper")).map_err(|e| e.to_string())?;
     std::fs::write(src.join("sub dir/deeper/file"), "deep\n").map_err(|e| e.to_string())?;
     std::fs::write(src.join("ünïcode ☃"), "snow\n").map_err(|e| e.to_string())?;
-    std::os::unix::fs::symlink("sub dir/deeper/file", src.join("link")).map_err(|e| e.to_string())?;
+    std::os::unix::fs::symlink("sub dir/deeper/file", src.join("link"))
+        .map_err(|e| e.to_string())?;
     std::fs::create_dir(src.join("empty")).map_err(|e| e.to_string())?;
     let target = scratch_path(tb, "tree");
-    tb.copy_down(&src, &target).await.map_err(|e| e.to_string())?;
-    expect("link in testbed", ok(tb, &format!("readlink '{target}/link'")).await?, "sub dir/deeper/file\n".into())?;
-    expect("read through link", ok(tb, &format!("cat '{target}/link'")).await?, "deep\n".into())?;
+    tb.copy_down(&src, &target)
+        .await
+        .map_err(|e| e.to_string())?;
+    expect(
+        "link in testbed",
+        ok(tb, &format!("readlink '{target}/link'")).await?,
+        "sub dir/deeper/file\n".into(),
+    )?;
+    expect(
+        "read through link",
+        ok(tb, &format!("cat '{target}/link'")).await?,
+        "deep\n".into(),
+    )?;
     let back = host.path().join("back");
-    tb.copy_up(&target, &back).await.map_err(|e| e.to_string())?;
+    tb.copy_up(&target, &back)
+        .await
+        .map_err(|e| e.to_string())?;
     let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| e.to_string());
-    expect("deep file", read(&back.join("sub dir/deeper/file"))?, "deep\n".into())?;
-    expect("unicode name", read(&back.join("ünïcode ☃"))?, "snow\n".into())?;
-    expect("symlink kept", std::fs::read_link(back.join("link")).ok(), Some("sub dir/deeper/file".into()))?;
+    expect(
+        "deep file",
+        read(&back.join("sub dir/deeper/file"))?,
+        "deep\n".into(),
+    )?;
+    expect(
+        "unicode name",
+        read(&back.join("ünïcode ☃"))?,
+        "snow\n".into(),
+    )?;
+    expect(
+        "symlink kept",
+        std::fs::read_link(back.join("link")).ok(),
+        Some("sub dir/deeper/file".into()),
+    )?;
     expect("empty dir kept", back.join("empty").is_dir(), true)
 }
 
@@ -250,7 +298,11 @@ async fn timeout_kills_process_tree(tb: &mut dyn Testbed) -> Result<(), String> 
     let script = format!("(sleep 3; touch '{marker}') & sleep 60");
     let started = Instant::now();
     let out = tb
-        .exec(ExecRequest::shell(&script).capture().timeout(Duration::from_secs(1)))
+        .exec(
+            ExecRequest::shell(&script)
+                .capture()
+                .timeout(Duration::from_secs(1)),
+        )
         .await
         .map_err(|e| e.to_string())?;
     expect("timed out", out.timed_out, true)?;
@@ -259,7 +311,11 @@ async fn timeout_kills_process_tree(tb: &mut dyn Testbed) -> Result<(), String> 
     }
     tokio::time::sleep(Duration::from_secs(4)).await;
     let left = sh(tb, &format!("test -e '{marker}'")).await?;
-    expect("a child of the timed-out command survived", left.status.success(), false)
+    expect(
+        "a child of the timed-out command survived",
+        left.status.success(),
+        false,
+    )
 }
 
 async fn root_is_real(tb: &mut dyn Testbed) -> Result<(), String> {
@@ -274,22 +330,57 @@ async fn normal_user_is_real(tb: &mut dyn Testbed) -> Result<(), String> {
         .exec(ExecRequest::new(["id", "-un"]).user(&user).capture())
         .await
         .map_err(|e| e.to_string())?;
-    expect("id -un as the normal user", out.stdout_text(), format!("{user}\n"))
+    expect(
+        "id -un as the normal user",
+        out.stdout_text(),
+        format!("{user}\n"),
+    )
 }
 
 async fn baseimage_is_read_only_and_pristine(tb: &mut dyn Testbed) -> Result<(), String> {
-    let base = tb.capabilities().baseimage.clone().ok_or("baseimage advertised without a path")?;
+    let base = tb
+        .capabilities()
+        .baseimage
+        .clone()
+        .ok_or("baseimage advertised without a path")?;
     ok(tb, &format!("test -e '{}'", base.path)).await?;
     if base.kind == dep8_core::capability::BaseImageKind::Directory {
         ok(tb, "echo changed > /etc/dep8-conformance-probe").await?;
-        let write = sh(tb, &format!("echo x > '{}/etc/dep8-conformance-probe'", base.path)).await?;
-        expect("writing into the base image succeeded", write.status.success(), false)?;
-        let seen = sh(tb, &format!("test -e '{}/etc/dep8-conformance-probe'", base.path)).await?;
+        let write = sh(
+            tb,
+            &format!("echo x > '{}/etc/dep8-conformance-probe'", base.path),
+        )
+        .await?;
+        expect(
+            "writing into the base image succeeded",
+            write.status.success(),
+            false,
+        )?;
+        let seen = sh(
+            tb,
+            &format!("test -e '{}/etc/dep8-conformance-probe'", base.path),
+        )
+        .await?;
         ok(tb, "rm -f /etc/dep8-conformance-probe").await?;
-        expect("a change to / shows in the base image", seen.status.success(), false)
+        expect(
+            "a change to / shows in the base image",
+            seen.status.success(),
+            false,
+        )
     } else {
-        let write = sh(tb, &format!("dd if=/dev/zero of='{}' bs=512 count=1 conv=notrunc", base.path)).await?;
-        expect("writing to the base image device succeeded", write.status.success(), false)
+        let write = sh(
+            tb,
+            &format!(
+                "dd if=/dev/zero of='{}' bs=512 count=1 conv=notrunc",
+                base.path
+            ),
+        )
+        .await?;
+        expect(
+            "writing to the base image device succeeded",
+            write.status.success(),
+            false,
+        )
     }
 }
 
@@ -297,7 +388,11 @@ async fn revert_restores_root_filesystem(tb: &mut dyn Testbed) -> Result<(), Str
     let scratch = tb.scratch().to_string();
     ok(tb, "echo dirty > /etc/dep8-conformance-dirty").await?;
     tb.revert().await.map_err(|e| e.to_string())?;
-    expect("scratch path kept across revert", tb.scratch().to_string(), scratch.clone())?;
+    expect(
+        "scratch path kept across revert",
+        tb.scratch().to_string(),
+        scratch.clone(),
+    )?;
     ok(tb, &format!("test -d '{scratch}'")).await?;
     let left = sh(tb, "test -e /etc/dep8-conformance-dirty").await?;
     expect("file in / survived revert", left.status.success(), false)
@@ -307,7 +402,11 @@ async fn revert_full_system_restores_tmp(tb: &mut dyn Testbed) -> Result<(), Str
     ok(tb, "echo dirty > /tmp/dep8-conformance-dirty").await?;
     tb.revert().await.map_err(|e| e.to_string())?;
     let left = sh(tb, "test -e /tmp/dep8-conformance-dirty").await?;
-    expect("file in /tmp survived a full revert", left.status.success(), false)
+    expect(
+        "file in /tmp survived a full revert",
+        left.status.success(),
+        false,
+    )
 }
 
 async fn reboot_keeps_scratch(tb: &mut dyn Testbed) -> Result<(), String> {
@@ -315,7 +414,11 @@ async fn reboot_keeps_scratch(tb: &mut dyn Testbed) -> Result<(), String> {
     ok(tb, &format!("echo kept > '{keep}'")).await?;
     let boot_id = ok(tb, "cat /proc/sys/kernel/random/boot_id").await?;
     tb.reboot().await.map_err(|e| e.to_string())?;
-    expect("scratch file after reboot", ok(tb, &format!("cat '{keep}'")).await?, "kept\n".into())?;
+    expect(
+        "scratch file after reboot",
+        ok(tb, &format!("cat '{keep}'")).await?,
+        "kept\n".into(),
+    )?;
     let after = ok(tb, "cat /proc/sys/kernel/random/boot_id").await?;
     if after == boot_id {
         return Err("boot_id unchanged: the testbed did not reboot".into());

@@ -28,7 +28,9 @@ impl Backend for NullBackend {
 
     async fn open(&self, args: &[String]) -> Result<Box<dyn Testbed>> {
         if let Some(arg) = args.first() {
-            return Err(TestbedError::Usage(format!("null takes no arguments, got {arg:?}")));
+            return Err(TestbedError::Usage(format!(
+                "null takes no arguments, got {arg:?}"
+            )));
         }
         Ok(Box::new(NullTestbed::open()?))
     }
@@ -72,7 +74,9 @@ impl Testbed for NullTestbed {
 
     async fn exec(&self, req: ExecRequest) -> Result<ExecOutcome> {
         if req.user.is_some() && !self.caps.has(Capability::RootOnTestbed) {
-            return Err(TestbedError::Unsupported("running as another user without root"));
+            return Err(TestbedError::Unsupported(
+                "running as another user without root",
+            ));
         }
         run_local(&in_testbed_argv(&req), req).await
     }
@@ -89,7 +93,10 @@ impl Testbed for NullTestbed {
         let path = self.scratch.path().to_path_buf();
         std::fs::remove_dir_all(&path).or_else(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Ok(()),
-            _ => Err(TestbedError::failure(format!("removing {}", path.display()), e)),
+            _ => Err(TestbedError::failure(
+                format!("removing {}", path.display()),
+                e,
+            )),
         })
     }
 }

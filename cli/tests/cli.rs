@@ -1,0 +1,94 @@
+//! The command line's own contract: usage errors, exit statuses, listings.
+
+use std::process::{Command, Output};
+
+fn dep8(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dep8"))
+        .args(args)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .output()
+        .expect("run dep8")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn unknown_backend_lists_the_known_ones() {
+    let out = dep8(&["run", "examples/hello", "--", "frobnicator"]);
+    assert_eq!(out.status.code(), Some(20));
+    assert!(
+        stderr(&out).contains("unknown backend \"frobnicator\"; known backends: null"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn missing_source_is_a_usage_error() {
+    let out = dep8(&["run", "examples/does-not-exist"]);
+    assert_eq!(out.status.code(), Some(20));
+    assert!(stderr(&out).contains("examples/does-not-exist: no such file or directory"));
+}
+
+#[test]
+fn bad_options_exit_20_like_autopkgtest() {
+    assert_eq!(dep8(&["run", "--no-such-option"]).status.code(), Some(20));
+    assert_eq!(dep8(&["--help"]).status.code(), Some(0));
+}
+
+#[test]
+fn backend_arguments_are_checked() {
+    let out = dep8(&["run", "examples/hello", "--", "null", "extra"]);
+    assert_eq!(out.status.code(), Some(20));
+    assert!(stderr(&out).contains("null takes no arguments"));
+}
+
+#[test]
+fn non_empty_output_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("leftover"), "x").unwrap();
+    let out = dep8(&["run", "examples/hello", "-o", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(20));
+    assert!(stderr(&out).contains("is not empty"));
+}
+
+#[test]
+fn source_without_tests() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dep8(&["run", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(8));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "*                    SKIP no tests in this package\n"
+    );
+    let out = dep8(&["check", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(20));
+    assert!(stderr(&out).contains("no debian/tests/control"));
+}
+
+#[test]
+fn restrictions_reference_is_current() {
+    let out = dep8(&["restrictions", "--markdown"]);
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/restrictions.md"
+    ))
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        committed,
+        "docs/restrictions.md is stale: run `dep8 restrictions --markdown > docs/restrictions.md`"
+    );
+}
+
+#[test]
+fn backends_and_man_page() {
+    let out = dep8(&["backends"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("isolation-machine"));
+    let out = dep8(&["man"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(".TH dep8"));
+    let out = dep8(&["completions", "bash"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("_dep8"));
+}

@@ -1,0 +1,208 @@
+//! End to end: the `dep8` binary on the example packages, asserting the
+//! exact summary, the exit status and the files in the output dir.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The dep8 binary next to this test's executable (built by `cargo test
+/// --workspace`, which builds the cli package's binary for its own tests).
+pub fn dep8_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("dep8");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p dep8` or `cargo test --workspace`",
+        bin.display()
+    );
+    bin
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn run(example: &str, out: &Path, extra: &[&str]) -> Output {
+    Command::new(dep8_bin())
+        .current_dir(repo())
+        .args([
+            "run",
+            &format!("examples/{example}"),
+            "-o",
+            out.to_str().unwrap(),
+        ])
+        .args(extra)
+        .output()
+        .expect("run dep8")
+}
+
+fn read(path: impl AsRef<Path>) -> String {
+    std::fs::read_to_string(path.as_ref())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.as_ref().display()))
+}
+
+#[test]
+fn hello_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run("hello", &dir.path().join("out"), &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "greets               PASS\ncommand1             PASS (superficial)\n"
+    );
+}
+
+#[test]
+fn every_outcome_on_null() {
+    if !nix_is_root() {
+        eprintln!("skipped: the expected summary assumes dep8 runs as root (needs-root passes)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
+    let out = run("outcomes", &out_dir, &["--timeout-test", "3"]);
+    let expected = "\
+command3             SKIP Test restriction \"breaks-testbed\" requires testbed capability \"revert-full-system\"
+command4             SKIP Test restriction \"needs-reboot\" requires testbed capability \"reboot\"
+unknown-restriction  SKIP unknown restriction needs-a-unicorn
+triggers-only        SKIP Test restriction \"hint-testsuite-triggers\" means it is never run
+nested               SKIP Test restriction \"needs-nesting\" requires testbed capability \"nesting\"
+other-arch           SKIP Test lists explicitly supported architectures, but the current architecture amd64 isn't listed.
+passes               PASS
+not-executable       PASS
+fails                FAIL non-zero exit status 3
+writes-stderr        FAIL stderr: a warning
+allowed-stderr       PASS
+skips-itself         SKIP exit status 77 and marked as skippable
+flaky-fails          FLAKY non-zero exit status 1
+command1             PASS (superficial)
+command2             PASS
+container            PASS
+machine              PASS
+not-installable      SKIP installation fails and skip-not-installable set
+sleeps-too-long      FAIL timed out
+env-and-artifacts    PASS
+elsewhere            PASS
+";
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        expected,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(read(out_dir.join("summary")), expected);
+    assert_eq!(out.status.code(), Some(6), "failures and skips");
+
+    // Per-test files: non-empty ones only, as autopkgtest.
+    assert_eq!(read(out_dir.join("passes-stdout")), "this one passes\n");
+    assert_eq!(read(out_dir.join("writes-stderr-stderr")), "a warning\n");
+    assert!(
+        !out_dir.join("allowed-stderr-stderr").exists()
+            || read(out_dir.join("allowed-stderr-stderr")).contains("allowed")
+    );
+    assert!(
+        !out_dir.join("command1-stdout").exists(),
+        "empty stdout files are removed"
+    );
+    assert_eq!(read(out_dir.join("artifacts/hello.txt")), "an artifact\n");
+    assert!(read(out_dir.join("log")).contains("test passes: [-----------------------"));
+    assert!(read(out_dir.join("testbed-packages")).contains("dpkg\t"));
+
+    let testinfo: serde_json::Value =
+        serde_json::from_str(&read(out_dir.join("testinfo.json"))).unwrap();
+    assert_eq!(testinfo["virt_server"], "null");
+    let results: serde_json::Value =
+        serde_json::from_str(&read(out_dir.join("results.json"))).unwrap();
+    assert_eq!(results["schema"], "dep8-results/1");
+    assert_eq!(results["exit_code"], 6);
+    assert_eq!(results["complete"], true);
+    let tests = results["tests"].as_array().unwrap();
+    assert_eq!(tests.len(), 21);
+    let fails = tests.iter().find(|t| t["name"] == "fails").unwrap();
+    assert_eq!(fails["result"], "FAIL");
+    assert_eq!(fails["reason"], "non-zero exit status 3");
+    let junit = read(out_dir.join("junit.xml"));
+    assert!(
+        junit.contains("<testsuite name=\"outcomes\" tests=\"21\""),
+        "{junit}"
+    );
+    assert!(junit.contains("non-zero exit status 3"));
+}
+
+#[test]
+fn broken_stanzas_do_not_stop_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run("broken", &dir.path().join("out"), &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let control = "examples/broken/debian/tests/control";
+    let expected = format!("\
+both                 BROKEN {control}:8: Test-Command: Only one of \"Tests\" or \"Test-Command\" may be given
+*                    BROKEN {control}:11: missing \"Tests\" or \"Test-Command\" field
+bad-depends          BROKEN {control}:15: Depends: Test Depends field contains dependency `foo (>= )' with an invalid version
+odd                  SKIP unknown field Frobnicate
+good                 PASS
+");
+    assert_eq!(stdout, expected);
+    assert_eq!(out.status.code(), Some(14), "erroneous package and skips");
+}
+
+#[test]
+fn ctrl_c_keeps_results_and_kills_the_test() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
+    let marker = dir.path().join("slow-survived");
+    let child = Command::new(dep8_bin())
+        .current_dir(repo())
+        .args(["run", "examples/slow", "-o", out_dir.to_str().unwrap()])
+        .args(["--env", &format!("SLOW_MARKER={}", marker.display())])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the slow test has started.
+    let started = std::time::Instant::now();
+    while !read_or_empty(&out_dir.join("log")).contains("test slow: [---") {
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "the slow test never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(20));
+    let summary = read(out_dir.join("summary"));
+    assert!(
+        summary.starts_with("quick                PASS\n"),
+        "{summary}"
+    );
+    assert!(summary.contains("quitting: interrupted"), "{summary}");
+    let results: serde_json::Value =
+        serde_json::from_str(&read(out_dir.join("results.json"))).unwrap();
+    assert_eq!(results["tests"][0]["name"], "quick");
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    assert!(!marker.exists(), "the interrupted test kept running");
+}
+
+fn read_or_empty(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn nix_is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
