@@ -1,0 +1,1 @@
+//! Bootable disk images for the qemu backend.

@@ -1,0 +1,1 @@
+//! Rootfs tarballs for the container backends (unshare, schroot, lxc).
