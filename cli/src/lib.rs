@@ -94,15 +94,19 @@ struct RunArgs {
     /// Accepted for compatibility: dep8 never builds binaries before testing.
     #[arg(short = 'B', long = "no-built-binaries")]
     no_built_binaries: bool,
+    /// Time limit for short testbed operations (default 100).
     #[arg(long, value_name = "SECONDS")]
     timeout_short: Option<u64>,
+    /// Time limit for copying the source tree and results (default 300).
     #[arg(long, value_name = "SECONDS")]
     timeout_copy: Option<u64>,
+    /// Time limit for installing a test's dependencies (default 3000).
     #[arg(long, value_name = "SECONDS")]
     timeout_install: Option<u64>,
     /// Kill a test (and everything it started) after this long.
     #[arg(long, value_name = "SECONDS")]
     timeout_test: Option<u64>,
+    /// Time limit for building the package (default 100000).
     #[arg(long, value_name = "SECONDS")]
     timeout_build: Option<u64>,
     /// Multiply the default timeouts by this factor.
