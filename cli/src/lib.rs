@@ -109,6 +109,9 @@ struct RunArgs {
     /// Time limit for building the package (default 100000).
     #[arg(long, value_name = "SECONDS")]
     timeout_build: Option<u64>,
+    /// Time limit for rebooting or reverting the testbed (default 600).
+    #[arg(long, value_name = "SECONDS")]
+    timeout_reboot: Option<u64>,
     /// Multiply the default timeouts by this factor.
     #[arg(long, default_value_t = 1.0)]
     timeout_factor: f64,
@@ -273,6 +276,7 @@ fn timeouts(args: &RunArgs) -> Timeouts {
         install: pick(args.timeout_install, d.install),
         test: pick(args.timeout_test, d.test),
         build: pick(args.timeout_build, d.build),
+        reboot: pick(args.timeout_reboot, d.reboot),
     }
 }
 

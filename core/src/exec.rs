@@ -158,7 +158,13 @@ async fn finish_pump(pump: Option<Pump>) -> Result<Vec<u8>> {
 /// Copies a stream to an [`Output`] as it arrives.
 async fn pump(mut from: impl AsyncRead + Unpin, to: Output) -> std::io::Result<Vec<u8>> {
     let mut file = match &to.file {
-        Some(path) => Some(tokio::fs::File::create(path).await?),
+        Some(path) => Some(
+            tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .await?,
+        ),
         None => None,
     };
     let mut captured = Vec::new();

@@ -3,6 +3,7 @@
 
 use crate::capability::{Capabilities, Capability};
 use crate::control::{self, DependsContext, Entry, Test};
+use crate::reboot;
 use crate::report::{Outcome, Reporter, RunLog, EXIT_TESTBED_FAILURE, EXIT_UNEXPECTED};
 use crate::restriction::{resolve, Decision, InternetPolicy, ResolveOptions, Restriction};
 use crate::source::{self, SourcePackage};
@@ -19,6 +20,8 @@ pub struct Timeouts {
     pub install: Duration,
     pub test: Duration,
     pub build: Duration,
+    /// Rebooting or reverting the testbed (may be a full boot).
+    pub reboot: Duration,
 }
 
 impl Default for Timeouts {
@@ -29,6 +32,7 @@ impl Default for Timeouts {
             install: Duration::from_secs(3000),
             test: Duration::from_secs(10000),
             build: Duration::from_secs(100000),
+            reboot: Duration::from_secs(600),
         }
     }
 }
@@ -281,20 +285,11 @@ impl Run<'_> {
         }
 
         let tree = format!("{}/src", tb.scratch());
-        self.log.info(&format!(
-            "copying {} to the testbed",
-            self.opts.source.display()
-        ));
-        self.timed(
-            self.opts.timeouts.copy,
-            "copying the source tree",
-            tb.copy_down(&self.opts.source, &tree),
-        )
-        .await?;
+        self.prepare_testbed(tb, &tree).await?;
         for test in runnable {
             if self.dirty {
                 self.revert(tb).await?;
-                tb.copy_down(&self.opts.source, &tree).await?;
+                self.prepare_testbed(tb, &tree).await?;
             }
             let started = Instant::now();
             let (outcome, details) = self.one(tb, &test, &tree, &probe).await?;
@@ -322,9 +317,34 @@ impl Run<'_> {
         }
     }
 
+    /// Copies the source tree in and installs the in-testbed helpers; after
+    /// opening and after every revert.
+    async fn prepare_testbed(&self, tb: &dyn Testbed, tree: &str) -> Result<(), Abort> {
+        self.log.info(&format!(
+            "copying {} to the testbed",
+            self.opts.source.display()
+        ));
+        self.timed(
+            self.opts.timeouts.copy,
+            "copying the source tree",
+            tb.copy_down(&self.opts.source, tree),
+        )
+        .await?;
+        if reboot::available(tb.capabilities()) {
+            self.timed(
+                self.opts.timeouts.short,
+                "preparing the testbed",
+                reboot::install(tb),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Reverting may restart a whole machine: it gets the reboot time limit.
     async fn revert(&mut self, tb: &mut dyn Testbed) -> Result<(), Abort> {
         self.log.info("reverting the testbed");
-        self.timed(self.opts.timeouts.short, "reverting", tb.revert())
+        self.timed(self.opts.timeouts.reboot, "reverting", tb.revert())
             .await?;
         self.installed = None;
         self.dirty = false;
@@ -516,9 +536,14 @@ impl Run<'_> {
 
         let scratch = tb.scratch().to_string();
         let artifacts = format!("{scratch}/{name}-artifacts");
+        let forget_reboot = if reboot::available(&caps) {
+            format!("; rm -f {} {}", reboot::SCRIPT_PID_FILE, reboot::MARK_FILE)
+        } else {
+            String::new()
+        };
         let tmp = format!("{scratch}/autopkgtest_tmp");
         let setup = format!(
-            "set -e; rm -rf '{tmp}'; mkdir -p -m 1777 '{artifacts}'; mkdir -p -m 1777 '{tmp}'{}{}",
+            "set -e; rm -rf '{tmp}'; mkdir -p -m 1777 '{artifacts}'; mkdir -p -m 1777 '{tmp}'{forget_reboot}{}{}",
             match (&user, test.has(&Restriction::RwBuildTree)) {
                 (Some(u), true) => format!("; chown -R '{u}' '{tree}'"),
                 _ => String::new(),
@@ -570,11 +595,19 @@ impl Run<'_> {
             (None, Some(c)) => format!("bash -ec {}", shell_words::quote(c)),
             (None, None) => unreachable!("a parsed test has a path or a command"),
         };
-        // Like autopkgtest: a login-ish environment, then exec the test.
-        let script = format!(
+        let can_reboot = reboot::available(&caps);
+        // Like autopkgtest: a login-ish environment, then the test. Where the
+        // testbed can reboot, the shell stays the test's parent and records
+        // its pid so that /tmp/autopkgtest-reboot can kill just the test.
+        let run = if can_reboot {
+            format!("echo $$ > {}; {command}; exit $?", reboot::SCRIPT_PID_FILE)
+        } else {
+            format!("exec {command}")
+        };
+        let prologue = format!(
             "export USER=$(id -nu); . /etc/profile >/dev/null 2>&1 || true; . ~/.profile >/dev/null 2>&1 || true; \
              unset LANGUAGE LC_CTYPE LC_NUMERIC LC_TIME LC_COLLATE LC_MONETARY LC_MESSAGES LC_PAPER LC_NAME \
-             LC_ADDRESS LC_TELEPHONE LC_MEASUREMENT LC_IDENTIFICATION LC_ALL; {}cd {}; exec {command}",
+             LC_ADDRESS LC_TELEPHONE LC_MEASUREMENT LC_IDENTIFICATION LC_ALL; {}cd {}; ",
             env.iter().map(|(k, v)| format!("export {k}={}; ", shell_words::quote(v))).collect::<String>(),
             shell_words::quote(tree),
         );
@@ -589,12 +622,48 @@ impl Run<'_> {
             let log = self.log.clone();
             Arc::new(move |bytes: &[u8]| log.raw(bytes))
         };
-        let mut req = ExecRequest::new(["bash", "-c", &script])
-            .stdout(Output::file(&stdout_path).with_tap(tap.clone()))
-            .stderr(Output::file(&stderr_path).with_tap(tap))
-            .timeout(self.opts.timeouts.test);
-        req.user = user;
-        let out = tb.exec(req).await?;
+        let mut mark: Option<String> = None;
+        let out = loop {
+            let mark_env = mark.as_ref().map_or(String::new(), |m| {
+                let m = shell_words::quote(m);
+                format!("export AUTOPKGTEST_REBOOT_MARK={m}; export ADT_REBOOT_MARK={m}; ")
+            });
+            let script = format!("{prologue}{mark_env}{run}");
+            let mut req = ExecRequest::new(["bash", "-c", &script])
+                .stdout(Output::file(&stdout_path).with_tap(tap.clone()))
+                .stderr(Output::file(&stderr_path).with_tap(tap.clone()))
+                .timeout(self.opts.timeouts.test);
+            req.user = user.clone();
+            let out = tb.exec(req).await?;
+            if !can_reboot || out.timed_out || !reboot::killed(out.status) {
+                break out;
+            }
+            let Some(next) = self
+                .timed(
+                    self.opts.timeouts.short,
+                    "reading the reboot mark",
+                    reboot::take_mark(tb),
+                )
+                .await?
+            else {
+                break out;
+            };
+            self.log
+                .info(&format!("test {name}: requested reboot with marker {next}"));
+            self.timed(
+                self.opts.timeouts.reboot,
+                "rebooting the testbed",
+                tb.reboot(),
+            )
+            .await?;
+            self.timed(
+                self.opts.timeouts.short,
+                "preparing the testbed",
+                reboot::install(tb),
+            )
+            .await?;
+            mark = Some(next);
+        };
         self.log
             .info(&format!("test {name}: -----------------------]"));
 

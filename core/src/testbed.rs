@@ -48,6 +48,8 @@ pub enum Input {
 /// file, an in-memory capture and a live tap.
 #[derive(Clone, Default)]
 pub struct Output {
+    /// Appended to (created if missing), so a test re-run after a reboot
+    /// keeps what it printed before.
     pub file: Option<PathBuf>,
     pub capture: bool,
     pub tap: Option<Tap>,
