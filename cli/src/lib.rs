@@ -8,6 +8,7 @@ pub use registry::Registry;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use dep8_core::capability::Capabilities;
 use dep8_core::control::Entry;
+use dep8_core::install::DependencyPolicy;
 use dep8_core::report::{RunLog, EXIT_TESTBED_FAILURE, EXIT_UNEXPECTED};
 use dep8_core::restriction::{self, InternetPolicy, ResolveOptions};
 use dep8_core::runner::{self, RunOptions, Timeouts};
@@ -342,6 +343,11 @@ async fn run(args: RunArgs, registry: &Registry) -> i32 {
         user: args.user.clone(),
         timeouts: timeouts(&args),
         testbed_argv: testbed_argv.clone(),
+        dependencies: if backend.is_host() {
+            DependencyPolicy::CheckOnly
+        } else {
+            DependencyPolicy::Install
+        },
     };
 
     log.info(&format!("opening testbed: {}", testbed_argv.join(" ")));

@@ -14,6 +14,7 @@
 pub mod capability;
 pub mod control;
 pub mod exec;
+pub mod install;
 pub mod reboot;
 pub mod report;
 pub mod restriction;

@@ -3,6 +3,7 @@
 
 use crate::capability::{Capabilities, Capability};
 use crate::control::{self, DependsContext, Entry, Test};
+use crate::install::{self, DependencyPolicy};
 use crate::reboot;
 use crate::report::{Outcome, Reporter, RunLog, EXIT_TESTBED_FAILURE, EXIT_UNEXPECTED};
 use crate::restriction::{resolve, Decision, InternetPolicy, ResolveOptions, Restriction};
@@ -57,6 +58,8 @@ pub struct RunOptions {
     pub timeouts: Timeouts,
     /// How the testbed was asked for (for testinfo.json), e.g. `["null"]`.
     pub testbed_argv: Vec<String>,
+    /// Install test dependencies, or only check them (the host).
+    pub dependencies: DependencyPolicy,
 }
 
 impl RunOptions {
@@ -149,6 +152,7 @@ pub async fn run(
         reporter,
         dirty: false,
         installed: None,
+        deps_installed: Vec::new(),
     };
     tokio::pin!(interrupt);
     let result = tokio::select! {
@@ -179,6 +183,8 @@ struct Run<'a> {
     dirty: bool,
     /// Installed packages, cached until the next revert.
     installed: Option<source::Installed>,
+    /// The dependencies installed for the last test (what a revert undoes).
+    deps_installed: Vec<String>,
 }
 
 impl Run<'_> {
@@ -287,7 +293,7 @@ impl Run<'_> {
         let tree = format!("{}/src", tb.scratch());
         self.prepare_testbed(tb, &tree).await?;
         for test in runnable {
-            if self.dirty {
+            if self.needs_revert(tb, &test) {
                 self.revert(tb).await?;
                 self.prepare_testbed(tb, &tree).await?;
             }
@@ -347,6 +353,7 @@ impl Run<'_> {
         self.timed(self.opts.timeouts.reboot, "reverting", tb.revert())
             .await?;
         self.installed = None;
+        self.deps_installed.clear();
         self.dirty = false;
         Ok(())
     }
@@ -417,17 +424,8 @@ impl Run<'_> {
             .or_else(|| caps.suggested_normal_users.first().cloned())
     }
 
-    /// Dependencies are checked, not installed: a missing one is `badpkg`
-    /// (or SKIP with skip-not-installable).
-    async fn check_depends(
-        &mut self,
-        tb: &dyn Testbed,
-        test: &Test,
-        arch: &str,
-    ) -> Result<Option<(Outcome, Vec<String>)>, Abort> {
-        if test.depends.is_empty() {
-            return Ok(None);
-        }
+    /// The installed packages, listed once and cached until they change.
+    async fn installed(&mut self, tb: &dyn Testbed) -> Result<Option<&source::Installed>, Abort> {
         if self.installed.is_none() {
             let req = ExecRequest::new([
                 "dpkg-query",
@@ -444,21 +442,78 @@ impl Run<'_> {
                 )
                 .await?;
             if !out.status.success() {
-                self.log
-                    .warning("the testbed has no dpkg: test dependencies are not checked");
                 return Ok(None);
             }
             self.installed = Some(source::parse_installed(&out.stdout_text()));
         }
-        let installed = self.installed.as_ref().expect("just filled");
+        Ok(self.installed.as_ref())
+    }
+
+    /// Makes the test's dependencies present: installed with apt where dep8
+    /// may change the testbed's packages, otherwise checked. An unsatisfiable
+    /// one is `badpkg` (or SKIP with skip-not-installable).
+    async fn provide_depends(
+        &mut self,
+        tb: &dyn Testbed,
+        test: &Test,
+        arch: &str,
+    ) -> Result<Option<(Outcome, Vec<String>)>, Abort> {
+        if test.depends.is_empty() {
+            return Ok(None);
+        }
+        let Some(installed) = self.installed(tb).await? else {
+            self.log
+                .warning("the testbed has no dpkg: test dependencies are not checked");
+            return Ok(None);
+        };
         let missing = source::unsatisfied(&test.depends, installed, arch);
         if missing.is_empty() {
             return Ok(None);
         }
-        let why = format!(
-            "test dependencies not installed in the testbed: {} (dep8 checks dependencies but does not install them yet)",
-            missing.join(", ")
-        );
+        let may_install = self.opts.dependencies == DependencyPolicy::Install
+            && tb.capabilities().has(Capability::RootOnTestbed);
+        let why = if may_install {
+            self.log.info(&format!(
+                "test {}: installing {}",
+                test.name,
+                missing.join(", ")
+            ));
+            let tap: crate::testbed::Tap = {
+                let log = self.log.clone();
+                Arc::new(move |bytes: &[u8]| log.raw(bytes))
+            };
+            let recommends = test.has(&Restriction::NeedsRecommends);
+            let limit = self.opts.timeouts.install;
+            let result = self
+                .timed(
+                    limit + Duration::from_secs(5),
+                    "installing dependencies",
+                    install::apt_satisfy(tb, &missing, recommends, limit, tap),
+                )
+                .await?;
+            let before = self.installed.take().unwrap_or_default();
+            self.deps_installed = test.depends.clone();
+            match result {
+                Ok(()) => {
+                    self.write_packages_diff(tb, test, &before).await?;
+                    return Ok(None);
+                }
+                Err(install::Unsatisfiable(said)) => format!(
+                    "Test dependencies are unsatisfiable: {}{said}",
+                    if said.is_empty() { "" } else { "apt says: " }
+                ),
+            }
+        } else if self.opts.dependencies == DependencyPolicy::CheckOnly {
+            format!(
+                "test dependencies are not installed and dep8 does not install packages on this testbed: {}",
+                missing.join(", ")
+            )
+        } else {
+            format!(
+                "test dependencies are not installed and the testbed has no root to install them: {}",
+                missing.join(", ")
+            )
+        };
         self.log.info(&format!("test {}: {why}", test.name));
         if test.has(&Restriction::SkipNotInstallable) {
             return Ok(Some((
@@ -473,6 +528,43 @@ impl Run<'_> {
                 format!("badpkg: {why}"),
             ],
         )))
+    }
+
+    /// Writes `<test>-packages`: what installing its dependencies added or
+    /// changed, as name TAB version lines (autopkgtest's format).
+    async fn write_packages_diff(
+        &mut self,
+        tb: &dyn Testbed,
+        test: &Test,
+        before: &source::Installed,
+    ) -> Result<(), Abort> {
+        let Some(after) = self.installed(tb).await? else {
+            return Ok(());
+        };
+        let mut lines: Vec<String> = after
+            .iter()
+            .filter(|(name, version)| before.get(*name) != Some(*version))
+            .map(|(name, version)| format!("{name}\t{version}\n"))
+            .collect();
+        lines.sort();
+        let path = self.opts.output_dir.join(format!("{}-packages", test.name));
+        if let Err(e) = std::fs::write(&path, lines.concat()) {
+            self.log
+                .warning(&format!("cannot write {}: {e}", path.display()));
+        }
+        Ok(())
+    }
+
+    /// Whether the testbed must be reverted before `test`, as autopkgtest
+    /// decides: it was broken, or it holds packages installed for an earlier
+    /// test that this one does not ask for.
+    fn needs_revert(&self, tb: &dyn Testbed, test: &Test) -> bool {
+        tb.capabilities().has(Capability::Revert)
+            && (self.dirty
+                || self
+                    .deps_installed
+                    .iter()
+                    .any(|d| !test.depends.contains(d)))
     }
 
     /// needs-sudo is decided while running, as autopkgtest does.
@@ -510,7 +602,7 @@ impl Run<'_> {
         let name = &test.name;
         self.log.info(&format!("test {name}: preparing testbed"));
         let arch = probe.arch.clone().unwrap_or_default();
-        if let Some(result) = self.check_depends(tb, test, &arch).await? {
+        if let Some(result) = self.provide_depends(tb, test, &arch).await? {
             return Ok(result);
         }
         let caps = tb.capabilities().clone();

@@ -238,4 +238,10 @@ pub trait Backend: Send + Sync {
 
     /// Opens a testbed. `args` are the words after the backend name.
     async fn open(&self, args: &[String]) -> Result<Box<dyn Testbed>>;
+
+    /// Whether the testbed is the machine dep8 runs on; dep8 then only
+    /// checks test dependencies and never installs packages.
+    fn is_host(&self) -> bool {
+        false
+    }
 }
