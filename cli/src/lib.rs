@@ -12,6 +12,7 @@ use dep8_core::install::DependencyPolicy;
 use dep8_core::report::{RunLog, EXIT_TESTBED_FAILURE, EXIT_UNEXPECTED};
 use dep8_core::restriction::{self, InternetPolicy, ResolveOptions};
 use dep8_core::runner::{self, RunOptions, Timeouts};
+use dep8_core::setup::{self, Setup};
 use dep8_core::testbed::TestbedError;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -89,6 +90,20 @@ struct RunArgs {
     /// How to treat needs-internet tests.
     #[arg(long, value_enum, default_value_t = Internet::Run)]
     needs_internet: Internet,
+    /// Run these shell commands as root after opening the testbed and after
+    /// every revert: commands, a file holding them, or the name of one of
+    /// autopkgtest's setup commands (repeatable; exit 100 blames the package).
+    #[arg(long = "setup-commands", value_name = "COMMANDS_OR_PATH")]
+    setup_commands: Vec<String>,
+    /// apt-get update and dist-upgrade before the setup commands.
+    #[arg(short = 'U', long)]
+    apt_upgrade: bool,
+    /// Add an apt source line ("deb URL SUITE COMPONENTS"; repeatable).
+    #[arg(long = "add-apt-source", value_name = "LINE")]
+    add_apt_source: Vec<String>,
+    /// Copy a host file or dir into the testbed before setup (repeatable).
+    #[arg(long, value_name = "HOSTPATH:TESTBEDPATH", value_parser = setup::copy_pair)]
+    copy: Vec<(PathBuf, String)>,
     /// Run tests without needs-root as this user.
     #[arg(short = 'u', long)]
     user: Option<String>,
@@ -266,6 +281,21 @@ fn internet(policy: Internet) -> InternetPolicy {
     }
 }
 
+fn testbed_setup(args: &RunArgs) -> Result<Setup, String> {
+    let mut commands = Vec::new();
+    if args.apt_upgrade {
+        commands.push(setup::APT_UPGRADE.to_string());
+    }
+    for arg in &args.setup_commands {
+        commands.push(setup::setup_command(arg)?);
+    }
+    Ok(Setup {
+        copies: args.copy.clone(),
+        apt_sources: args.add_apt_source.clone(),
+        commands,
+    })
+}
+
 fn timeouts(args: &RunArgs) -> Timeouts {
     let d = Timeouts::default();
     let pick = |given: Option<u64>, default: Duration| {
@@ -343,6 +373,10 @@ async fn run(args: RunArgs, registry: &Registry) -> i32 {
         user: args.user.clone(),
         timeouts: timeouts(&args),
         testbed_argv: testbed_argv.clone(),
+        setup: match testbed_setup(&args) {
+            Ok(setup) => setup,
+            Err(e) => return error(e),
+        },
         dependencies: if backend.is_host() {
             DependencyPolicy::CheckOnly
         } else {

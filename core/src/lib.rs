@@ -19,5 +19,6 @@ pub mod reboot;
 pub mod report;
 pub mod restriction;
 pub mod runner;
+pub mod setup;
 pub mod source;
 pub mod testbed;

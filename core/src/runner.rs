@@ -5,10 +5,13 @@ use crate::capability::{Capabilities, Capability};
 use crate::control::{self, DependsContext, Entry, Test};
 use crate::install::{self, DependencyPolicy};
 use crate::reboot;
-use crate::report::{Outcome, Reporter, RunLog, EXIT_TESTBED_FAILURE, EXIT_UNEXPECTED};
+use crate::report::{
+    Outcome, Reporter, RunLog, EXIT_BAD_PACKAGE, EXIT_TESTBED_FAILURE, EXIT_UNEXPECTED,
+};
 use crate::restriction::{resolve, Decision, InternetPolicy, ResolveOptions, Restriction};
+use crate::setup::{Setup, SetupError};
 use crate::source::{self, SourcePackage};
-use crate::testbed::{ExecRequest, Output, Testbed, TestbedError};
+use crate::testbed::{ExecRequest, Output, Tap, Testbed, TestbedError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -60,6 +63,8 @@ pub struct RunOptions {
     pub testbed_argv: Vec<String>,
     /// Install test dependencies, or only check them (the host).
     pub dependencies: DependencyPolicy,
+    /// What to do to the testbed after opening and every revert.
+    pub setup: Setup,
 }
 
 impl RunOptions {
@@ -82,6 +87,8 @@ struct Probe {
 /// A failure that ends the run early.
 enum Abort {
     Testbed(String),
+    /// The package is at fault before any test could run (exit 12).
+    BadPackage(String),
     Interrupted,
 }
 
@@ -165,6 +172,11 @@ pub async fn run(
             run.reporter
                 .summary_note(&format!("testbed failure: {msg}"));
             EXIT_TESTBED_FAILURE
+        }
+        Err(Abort::BadPackage(msg)) => {
+            run.reporter
+                .summary_note(&format!("erroneous package: {msg}"));
+            EXIT_BAD_PACKAGE
         }
         Err(Abort::Interrupted) => {
             run.reporter.summary_note("quitting: interrupted");
@@ -326,6 +338,21 @@ impl Run<'_> {
     /// Copies the source tree in and installs the in-testbed helpers; after
     /// opening and after every revert.
     async fn prepare_testbed(&self, tb: &dyn Testbed, tree: &str) -> Result<(), Abort> {
+        if !self.opts.setup.is_empty() {
+            self.log.info("setting up the testbed");
+            let user = self.normal_user(tb.capabilities());
+            let apply = self.opts.setup.apply(
+                tb,
+                user.as_deref(),
+                self.opts.timeouts.install,
+                self.log_tap(),
+            );
+            match apply.await {
+                Ok(()) => {}
+                Err(SetupError::BadPackage(m)) => return Err(Abort::BadPackage(m)),
+                Err(SetupError::Testbed(m)) => return Err(Abort::Testbed(m)),
+            }
+        }
         self.log.info(&format!(
             "copying {} to the testbed",
             self.opts.source.display()
@@ -345,6 +372,12 @@ impl Run<'_> {
             .await?;
         }
         Ok(())
+    }
+
+    /// Copies what a testbed command prints into the log as it arrives.
+    fn log_tap(&self) -> Tap {
+        let log = self.log.clone();
+        Arc::new(move |bytes: &[u8]| log.raw(bytes))
     }
 
     /// Reverting may restart a whole machine: it gets the reboot time limit.
@@ -478,10 +511,7 @@ impl Run<'_> {
                 test.name,
                 missing.join(", ")
             ));
-            let tap: crate::testbed::Tap = {
-                let log = self.log.clone();
-                Arc::new(move |bytes: &[u8]| log.raw(bytes))
-            };
+            let tap = self.log_tap();
             let recommends = test.has(&Restriction::NeedsRecommends);
             let limit = self.opts.timeouts.install;
             let result = self
@@ -710,10 +740,7 @@ impl Run<'_> {
             .info(&format!("test {name}: [-----------------------"));
         let stdout_path = self.opts.output_dir.join(format!("{name}-stdout"));
         let stderr_path = self.opts.output_dir.join(format!("{name}-stderr"));
-        let tap = {
-            let log = self.log.clone();
-            Arc::new(move |bytes: &[u8]| log.raw(bytes))
-        };
+        let tap = self.log_tap();
         let mut mark: Option<String> = None;
         let out = loop {
             let mark_env = mark.as_ref().map_or(String::new(), |m| {
