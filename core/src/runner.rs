@@ -160,6 +160,7 @@ pub async fn run(
         dirty: false,
         installed: None,
         deps_installed: Vec::new(),
+        built_tree: None,
     };
     tokio::pin!(interrupt);
     let result = tokio::select! {
@@ -197,6 +198,9 @@ struct Run<'a> {
     installed: Option<source::Installed>,
     /// The dependencies installed for the last test (what a revert undoes).
     deps_installed: Vec<String>,
+    /// The source tree after `build-needed` built it, copied back to the
+    /// host so that a revert does not cost another build.
+    built_tree: Option<tempfile::TempDir>,
 }
 
 impl Run<'_> {
@@ -304,6 +308,9 @@ impl Run<'_> {
 
         let tree = format!("{}/src", tb.scratch());
         self.prepare_testbed(tb, &tree).await?;
+        if runnable.iter().any(|t| t.has(&Restriction::BuildNeeded)) {
+            self.build(tb, &tree, &probe, &arch).await?;
+        }
         for test in runnable {
             if self.needs_revert(tb, &test) {
                 self.revert(tb).await?;
@@ -353,14 +360,16 @@ impl Run<'_> {
                 Err(SetupError::Testbed(m)) => return Err(Abort::Testbed(m)),
             }
         }
-        self.log.info(&format!(
-            "copying {} to the testbed",
-            self.opts.source.display()
-        ));
+        let source = self
+            .built_tree
+            .as_ref()
+            .map_or(self.opts.source.as_path(), |t| t.path());
+        self.log
+            .info(&format!("copying {} to the testbed", source.display()));
         self.timed(
             self.opts.timeouts.copy,
             "copying the source tree",
-            tb.copy_down(&self.opts.source, tree),
+            tb.copy_down(source, tree),
         )
         .await?;
         if reboot::available(tb.capabilities()) {
@@ -371,6 +380,74 @@ impl Run<'_> {
             )
             .await?;
         }
+        Ok(())
+    }
+
+    /// Builds the tree in the testbed once for the `build-needed` tests, as
+    /// autopkgtest does (build dependencies, `dpkg-buildpackage -b`, patches
+    /// kept applied), then keeps the built tree on the host for later copies.
+    async fn build(
+        &mut self,
+        tb: &dyn Testbed,
+        tree: &str,
+        probe: &Probe,
+        arch: &str,
+    ) -> Result<(), Abort> {
+        self.log.info("build needed for tests");
+        let source = SourcePackage::read(&self.opts.source)
+            .map_err(Abort::BadPackage)?
+            .ok_or_else(|| {
+                Abort::BadPackage("build-needed, but debian/control is missing".into())
+            })?;
+        let mut deps = source::expand_depends("@builddeps@", Some(&source), arch)
+            .map_err(Abort::BadPackage)?;
+        let as_root = tb.capabilities().has(Capability::RootOnTestbed);
+        if !as_root {
+            deps.push("fakeroot".into());
+        }
+        if let Err(why) = self
+            .ensure_packages(tb, &deps, false, arch, "build")
+            .await?
+        {
+            return Err(Abort::BadPackage(why));
+        }
+        let script = format!(
+            "cd {}; DEB_BUILD_OPTIONS=\"parallel={} $DEB_BUILD_OPTIONS\" dpkg-buildpackage -us -uc -b{} && dpkg-source --before-build .",
+            shell_words::quote(tree),
+            probe.nproc,
+            if as_root { "" } else { " -rfakeroot" },
+        );
+        let tap = self.log_tap();
+        let req = ExecRequest::new(["sh", "-ec", &script])
+            .stdout(Output::default().with_tap(tap.clone()))
+            .stderr(Output::default().with_tap(tap))
+            .timeout(self.opts.timeouts.build);
+        let out = tb.exec(req).await?;
+        if out.timed_out {
+            return Err(Abort::Testbed(format!(
+                "building the package timed out after {}s",
+                self.opts.timeouts.build.as_secs()
+            )));
+        }
+        if !out.status.success() {
+            return Err(Abort::BadPackage(format!(
+                "rules build failed with exit code {}",
+                out.status.code()
+            )));
+        }
+        let built = tempfile::Builder::new()
+            .prefix("dep8-built-tree.")
+            .tempdir()
+            .map_err(|e| Abort::Testbed(format!("creating a temp dir: {e}")))?;
+        self.timed(
+            self.opts.timeouts.copy,
+            "copying the built tree",
+            tb.copy_up(tree, built.path()),
+        )
+        .await?;
+        self.built_tree = Some(built);
+        // Build dependencies are not the tests': start the tests afresh.
+        self.dirty = true;
         Ok(())
     }
 
@@ -482,69 +559,22 @@ impl Run<'_> {
         Ok(self.installed.as_ref())
     }
 
-    /// Makes the test's dependencies present: installed with apt where dep8
-    /// may change the testbed's packages, otherwise checked. An unsatisfiable
-    /// one is `badpkg` (or SKIP with skip-not-installable).
+    /// Makes the test's dependencies present; an unsatisfiable one is
+    /// `badpkg` (or SKIP with skip-not-installable).
     async fn provide_depends(
         &mut self,
         tb: &dyn Testbed,
         test: &Test,
         arch: &str,
     ) -> Result<Option<(Outcome, Vec<String>)>, Abort> {
-        if test.depends.is_empty() {
-            return Ok(None);
-        }
-        let Some(installed) = self.installed(tb).await? else {
-            self.log
-                .warning("the testbed has no dpkg: test dependencies are not checked");
-            return Ok(None);
+        let recommends = test.has(&Restriction::NeedsRecommends);
+        let why = match self
+            .ensure_packages(tb, &test.depends, recommends, arch, &test.name)
+            .await?
+        {
+            Ok(()) => return Ok(None),
+            Err(why) => why,
         };
-        let missing = source::unsatisfied(&test.depends, installed, arch);
-        if missing.is_empty() {
-            return Ok(None);
-        }
-        let may_install = self.opts.dependencies == DependencyPolicy::Install
-            && tb.capabilities().has(Capability::RootOnTestbed);
-        let why = if may_install {
-            self.log.info(&format!(
-                "test {}: installing {}",
-                test.name,
-                missing.join(", ")
-            ));
-            let tap = self.log_tap();
-            let recommends = test.has(&Restriction::NeedsRecommends);
-            let limit = self.opts.timeouts.install;
-            let result = self
-                .timed(
-                    limit + Duration::from_secs(5),
-                    "installing dependencies",
-                    install::apt_satisfy(tb, &missing, recommends, limit, tap),
-                )
-                .await?;
-            let before = self.installed.take().unwrap_or_default();
-            self.deps_installed = test.depends.clone();
-            match result {
-                Ok(()) => {
-                    self.write_packages_diff(tb, test, &before).await?;
-                    return Ok(None);
-                }
-                Err(install::Unsatisfiable(said)) => format!(
-                    "Test dependencies are unsatisfiable: {}{said}",
-                    if said.is_empty() { "" } else { "apt says: " }
-                ),
-            }
-        } else if self.opts.dependencies == DependencyPolicy::CheckOnly {
-            format!(
-                "test dependencies are not installed and dep8 does not install packages on this testbed: {}",
-                missing.join(", ")
-            )
-        } else {
-            format!(
-                "test dependencies are not installed and the testbed has no root to install them: {}",
-                missing.join(", ")
-            )
-        };
-        self.log.info(&format!("test {}: {why}", test.name));
         if test.has(&Restriction::SkipNotInstallable) {
             return Ok(Some((
                 Outcome::Skip("installation fails and skip-not-installable set".into()),
@@ -560,12 +590,75 @@ impl Run<'_> {
         )))
     }
 
+    /// Makes `deps` present: installed with apt where dep8 may change the
+    /// testbed's packages, otherwise checked. `Err(why)` when they are not;
+    /// `what` names the test (for `<test>-packages`) or the build.
+    async fn ensure_packages(
+        &mut self,
+        tb: &dyn Testbed,
+        deps: &[String],
+        recommends: bool,
+        arch: &str,
+        what: &str,
+    ) -> Result<Result<(), String>, Abort> {
+        if deps.is_empty() {
+            return Ok(Ok(()));
+        }
+        let Some(installed) = self.installed(tb).await? else {
+            self.log
+                .warning("the testbed has no dpkg: dependencies are not checked");
+            return Ok(Ok(()));
+        };
+        let missing = source::unsatisfied(deps, installed, arch);
+        if missing.is_empty() {
+            return Ok(Ok(()));
+        }
+        let may_install = self.opts.dependencies == DependencyPolicy::Install
+            && tb.capabilities().has(Capability::RootOnTestbed);
+        let why = if may_install {
+            self.log
+                .info(&format!("{what}: installing {}", missing.join(", ")));
+            let limit = self.opts.timeouts.install;
+            let result = self
+                .timed(
+                    limit + Duration::from_secs(5),
+                    "installing dependencies",
+                    install::apt_satisfy(tb, &missing, recommends, limit, self.log_tap()),
+                )
+                .await?;
+            let before = self.installed.take().unwrap_or_default();
+            self.deps_installed = deps.to_vec();
+            match result {
+                Ok(()) => {
+                    self.write_packages_diff(tb, what, &before).await?;
+                    return Ok(Ok(()));
+                }
+                Err(install::Unsatisfiable(said)) => format!(
+                    "Test dependencies are unsatisfiable: {}{said}",
+                    if said.is_empty() { "" } else { "apt says: " }
+                ),
+            }
+        } else if self.opts.dependencies == DependencyPolicy::CheckOnly {
+            format!(
+                "dependencies are not installed and dep8 does not install packages on this testbed: {}",
+                missing.join(", ")
+            )
+        } else {
+            format!(
+                "dependencies are not installed and the testbed has no root to install them: {}",
+                missing.join(", ")
+            )
+        };
+        self.log.info(&format!("{what}: {why}"));
+        Ok(Err(why))
+    }
+
     /// Writes `<test>-packages`: what installing its dependencies added or
     /// changed, as name TAB version lines (autopkgtest's format).
     async fn write_packages_diff(
         &mut self,
         tb: &dyn Testbed,
-        test: &Test,
+        what: &str,
         before: &source::Installed,
     ) -> Result<(), Abort> {
         let Some(after) = self.installed(tb).await? else {
@@ -577,7 +670,7 @@ impl Run<'_> {
             .map(|(name, version)| format!("{name}\t{version}\n"))
             .collect();
         lines.sort();
-        let path = self.opts.output_dir.join(format!("{}-packages", test.name));
+        let path = self.opts.output_dir.join(format!("{what}-packages"));
         if let Err(e) = std::fs::write(&path, lines.concat()) {
             self.log
                 .warning(&format!("cannot write {}: {e}", path.display()));

@@ -60,7 +60,7 @@ fn same_results_as_autopkgtest_on_null() {
         );
         return;
     }
-    for example in ["hello", "outcomes"] {
+    for example in ["hello", "outcomes", "build-needed"] {
         let dir = tempfile::tempdir().unwrap();
         let (a_out, d_out) = (dir.path().join("autopkgtest"), dir.path().join("dep8"));
         let src = format!("examples/{example}");
