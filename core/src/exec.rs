@@ -234,7 +234,7 @@ pub async fn copy_down_via_exec(tb: &dyn Testbed, host: &Path, target: &str) -> 
         ExecRequest::new([
             "sh",
             "-c",
-            "cat > \"$1\" && chmod \"$2\" \"$1\"",
+            "mkdir -p -- \"$(dirname -- \"$1\")\" && cat > \"$1\" && chmod \"$2\" \"$1\"",
             "sh",
             target,
             &mode,
@@ -299,6 +299,9 @@ pub fn host_copy(from: &Path, to: &Path) -> Result<()> {
             &["-a", "--", &src.to_string_lossy(), &to.to_string_lossy()],
         )
     } else {
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| TestbedError::failure(&what, e))?;
+        }
         host_command(
             "cp",
             &["-a", "--", &from.to_string_lossy(), &to.to_string_lossy()],

@@ -11,6 +11,7 @@
 //!   commands through a local program.
 //! - [`runner`] runs a suite on a testbed; [`report`] writes what it found.
 
+pub mod acquire;
 pub mod capability;
 pub mod control;
 pub mod exec;

@@ -1,6 +1,7 @@
 //! Runs a DEP-8 suite on an open testbed: copy the tree in, decide each
 //! test's fate, check dependencies, run, judge, collect, revert.
 
+use crate::acquire::{self, AcquireError, Fetch};
 use crate::capability::{Capabilities, Capability};
 use crate::control::{self, DependsContext, Entry, Test};
 use crate::install::{self, DependencyPolicy};
@@ -63,15 +64,18 @@ pub struct RunOptions {
     pub testbed_argv: Vec<String>,
     /// Install test dependencies, or only check them (the host).
     pub dependencies: DependencyPolicy,
+    /// Unpack or fetch the source in the testbed instead of using `source`.
+    pub fetch: Option<Fetch>,
     /// What to do to the testbed after opening and every revert.
     pub setup: Setup,
 }
 
 impl RunOptions {
-    pub fn control_path(&self) -> PathBuf {
+    /// The control file of the tree at `source`, or `--override-control`.
+    pub fn control_path(&self, source: &Path) -> PathBuf {
         self.override_control
             .clone()
-            .unwrap_or_else(|| self.source.join("debian/tests/control"))
+            .unwrap_or_else(|| source.join("debian/tests/control"))
     }
 }
 
@@ -94,11 +98,7 @@ enum Abort {
 
 impl From<TestbedError> for Abort {
     fn from(e: TestbedError) -> Self {
-        Abort::Testbed(
-            e.to_string()
-                .trim_start_matches("testbed failure: ")
-                .to_string(),
-        )
+        Abort::Testbed(e.detail())
     }
 }
 
@@ -114,13 +114,13 @@ pub fn host_arch() -> Option<String> {
 }
 
 /// Parses the suite for `arch`: the control file's entries in file order.
-pub fn load_suite(opts: &RunOptions, arch: &str) -> Result<Vec<Entry>, String> {
-    let source = SourcePackage::read(&opts.source)?;
+pub fn load_suite(opts: &RunOptions, tree: &Path, arch: &str) -> Result<Vec<Entry>, String> {
+    let source = SourcePackage::read(tree)?;
     let ctx = DependsContext {
         source: source.as_ref(),
         arch,
     };
-    Ok(control::parse_file(&opts.control_path(), &ctx))
+    Ok(control::parse_file(&opts.control_path(tree), &ctx))
 }
 
 /// Runs the suite on `tb` and returns autopkgtest's exit status. Results are
@@ -161,6 +161,7 @@ pub async fn run(
         installed: None,
         deps_installed: Vec::new(),
         built_tree: None,
+        acquired: None,
     };
     tokio::pin!(interrupt);
     let result = tokio::select! {
@@ -201,6 +202,8 @@ struct Run<'a> {
     /// The source tree after `build-needed` built it, copied back to the
     /// host so that a revert does not cost another build.
     built_tree: Option<tempfile::TempDir>,
+    /// The tree unpacked or fetched in the testbed (`.dsc`, package name).
+    acquired: Option<tempfile::TempDir>,
 }
 
 impl Run<'_> {
@@ -217,11 +220,14 @@ impl Run<'_> {
         let mut resolve_opts = self.opts.resolve.clone();
         resolve_opts.arch = Some(arch.clone());
 
-        let control = self.opts.control_path();
+        if let Some(fetch) = &self.opts.fetch {
+            self.acquire(tb, fetch).await?;
+        }
+        let control = self.opts.control_path(self.source());
         if !control.exists() {
             self.log.info(&format!(
                 "{} has no {}",
-                self.opts.source.display(),
+                self.source().display(),
                 control.display()
             ));
             self.reporter.record(
@@ -232,13 +238,13 @@ impl Run<'_> {
             );
             return Ok(());
         }
-        let entries = match load_suite(self.opts, &arch) {
+        let entries = match load_suite(self.opts, self.source(), &arch) {
             Ok(entries) => entries,
             Err(e) => vec![Entry::Broken {
                 name: "*".into(),
                 problem: control::Problem {
                     location: control::Location {
-                        file: self.opts.source.join("debian/control"),
+                        file: self.source().join("debian/control"),
                         line: 0,
                     },
                     field: None,
@@ -360,10 +366,7 @@ impl Run<'_> {
                 Err(SetupError::Testbed(m)) => return Err(Abort::Testbed(m)),
             }
         }
-        let source = self
-            .built_tree
-            .as_ref()
-            .map_or(self.opts.source.as_path(), |t| t.path());
+        let source = self.built_tree.as_ref().map_or(self.source(), |t| t.path());
         self.log
             .info(&format!("copying {} to the testbed", source.display()));
         self.timed(
@@ -394,7 +397,7 @@ impl Run<'_> {
         arch: &str,
     ) -> Result<(), Abort> {
         self.log.info("build needed for tests");
-        let source = SourcePackage::read(&self.opts.source)
+        let source = SourcePackage::read(self.source())
             .map_err(Abort::BadPackage)?
             .ok_or_else(|| {
                 Abort::BadPackage("build-needed, but debian/control is missing".into())
@@ -435,10 +438,7 @@ impl Run<'_> {
                 out.status.code()
             )));
         }
-        let built = tempfile::Builder::new()
-            .prefix("dep8-built-tree.")
-            .tempdir()
-            .map_err(|e| Abort::Testbed(format!("creating a temp dir: {e}")))?;
+        let built = host_temp_dir("dep8-built-tree.")?;
         self.timed(
             self.opts.timeouts.copy,
             "copying the built tree",
@@ -449,6 +449,34 @@ impl Run<'_> {
         // Build dependencies are not the tests': start the tests afresh.
         self.dirty = true;
         Ok(())
+    }
+
+    /// The source tree on the host: the one given, or the one acquired.
+    fn source(&self) -> &Path {
+        self.acquired
+            .as_ref()
+            .map_or(self.opts.source.as_path(), |t| t.path())
+    }
+
+    async fn acquire(&mut self, tb: &dyn Testbed, fetch: &Fetch) -> Result<(), Abort> {
+        self.log.info(&format!("getting the source: {fetch:?}"));
+        let dir = host_temp_dir("dep8-source.")?;
+        let limit = self.opts.timeouts.install;
+        let result = self
+            .timed(
+                limit + Duration::from_secs(5),
+                "getting the source",
+                async { Ok(acquire::acquire(tb, fetch, dir.path(), limit, self.log_tap()).await) },
+            )
+            .await?;
+        match result {
+            Ok(()) => {
+                self.acquired = Some(dir);
+                Ok(())
+            }
+            Err(AcquireError::BadPackage(m)) => Err(Abort::BadPackage(m)),
+            Err(AcquireError::Testbed(m)) => Err(Abort::Testbed(m)),
+        }
     }
 
     /// Copies what a testbed command prints into the log as it arrives.
@@ -584,7 +612,7 @@ impl Run<'_> {
         Ok(Some((
             Outcome::Fail("badpkg".into()),
             vec![
-                format!("blame: {}", self.opts.source.display()),
+                format!("blame: {}", self.source().display()),
                 format!("badpkg: {why}"),
             ],
         )))
@@ -741,7 +769,7 @@ impl Run<'_> {
             }
         }
         if let Some(path) = &test.path {
-            if !self.opts.source.join(path).exists() {
+            if !self.source().join(path).exists() {
                 return Ok((
                     Outcome::Fail("badpkg".into()),
                     vec![format!("badpkg: {path} does not exist")],
@@ -953,6 +981,13 @@ impl Run<'_> {
         }
         Ok(())
     }
+}
+
+fn host_temp_dir(prefix: &str) -> Result<tempfile::TempDir, Abort> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .map_err(|e| Abort::Testbed(format!("creating a temp dir: {e}")))
 }
 
 fn remove_if_empty(path: &Path) {

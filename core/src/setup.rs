@@ -27,6 +27,10 @@ pub struct Setup {
     pub apt_sources: Vec<String>,
     /// Shell command lists, in order (`--setup-commands`, `-U`).
     pub commands: Vec<String>,
+    /// Binary packages given on the command line: published to apt in the
+    /// testbed as a local repository pinned above every other, so that
+    /// dependencies are satisfied from them first.
+    pub binaries: Vec<PathBuf>,
 }
 
 /// Why setup failed.
@@ -40,7 +44,7 @@ pub enum SetupError {
 
 impl From<TestbedError> for SetupError {
     fn from(e: TestbedError) -> Self {
-        SetupError::Testbed(e.to_string())
+        SetupError::Testbed(e.detail())
     }
 }
 
@@ -71,7 +75,10 @@ pub fn copy_pair(arg: &str) -> Result<(PathBuf, String), String> {
 
 impl Setup {
     pub fn is_empty(&self) -> bool {
-        self.copies.is_empty() && self.apt_sources.is_empty() && self.commands.is_empty()
+        self.copies.is_empty()
+            && self.apt_sources.is_empty()
+            && self.commands.is_empty()
+            && self.binaries.is_empty()
     }
 
     /// Applies everything in autopkgtest's order: copies, apt sources,
@@ -112,7 +119,38 @@ impl Setup {
             }
             run(tb, req, "testbed setup commands", timeout, &log).await?;
         }
+        if !self.binaries.is_empty() {
+            self.publish_binaries(tb, timeout, &log).await?;
+        }
         Ok(())
+    }
+}
+
+impl Setup {
+    /// Copies the binaries to `SCRATCH/binaries` and makes them an apt
+    /// repository with priority 1002 (as autopkgtest does).
+    async fn publish_binaries(
+        &self,
+        tb: &dyn Testbed,
+        timeout: Duration,
+        log: &Tap,
+    ) -> Result<(), SetupError> {
+        let dir = format!("{}/binaries", tb.scratch());
+        for deb in &self.binaries {
+            let name = deb.file_name().unwrap_or_default().to_string_lossy();
+            tb.copy_down(deb, &format!("{dir}/{name}")).await?;
+        }
+        let script = format!(
+            "cd '{dir}'; \
+             command -v apt-ftparchive >/dev/null || apt-get install -y -q apt-utils; \
+             apt-ftparchive packages . > Packages; apt-ftparchive release . > Release; \
+             printf 'Package: *\\nPin: origin \"\"\\nPin-Priority: 1002\\n' > /etc/apt/preferences.d/90dep8; \
+             echo 'deb [trusted=yes] file://{dir} /' > /etc/apt/sources.list.d/dep8-binaries.list; \
+             apt-get -q --no-list-cleanup -o Dir::Etc::sourcelist=/etc/apt/sources.list.d/dep8-binaries.list \
+             -o Dir::Etc::sourceparts=/dev/null update"
+        );
+        let req = ExecRequest::new(["sh", "-ec", &script]);
+        run(tb, req, "publishing the binaries", timeout, log).await
     }
 }
 

@@ -28,6 +28,15 @@ impl TestbedError {
     pub fn failure(context: impl std::fmt::Display, err: impl std::fmt::Display) -> Self {
         TestbedError::Failure(format!("{context}: {err}"))
     }
+
+    /// What went wrong, without the `testbed failure:` prefix (for reports
+    /// that add their own).
+    pub fn detail(&self) -> String {
+        match self {
+            TestbedError::Failure(m) | TestbedError::Usage(m) => m.clone(),
+            other => other.to_string(),
+        }
+    }
 }
 
 pub type Result<T, E = TestbedError> = std::result::Result<T, E>;
@@ -203,7 +212,8 @@ pub trait Testbed: Send + Sync {
 
     async fn exec(&self, req: ExecRequest) -> Result<ExecOutcome>;
 
-    /// Copies a host file or directory (its contents) to `testbed_path`.
+    /// Copies a host file or directory (its contents) to `testbed_path`,
+    /// creating missing parent directories.
     async fn copy_down(&self, host: &Path, testbed_path: &str) -> Result<()>;
 
     /// Copies a testbed file or directory (its contents) to `host`.
