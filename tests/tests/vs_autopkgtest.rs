@@ -5,17 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn dep8_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(Path::parent).unwrap().join("dep8")
-}
+use dep8_conformance::{dep8_bin, repo_root as repo};
 
 /// `name -> result word` from a summary file; `*` lines and detail lines are
 /// left out.
