@@ -154,6 +154,9 @@ struct CheckArgs {
     /// Also give each test's static skip reason on this backend.
     #[arg(long)]
     testbed: Option<String>,
+    /// The testbed's dpkg architecture (default: the host's).
+    #[arg(long)]
+    arch: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -492,13 +495,16 @@ async fn interrupted() {
 }
 
 /// The parsed suite and the architecture used, for check and explain.
-fn load(source: &Path) -> Result<(Vec<Entry>, String), String> {
+fn load(source: &Path, arch: Option<&str>) -> Result<(Vec<Entry>, String), String> {
     source_dir(source)?;
     let control = source.join("debian/tests/control");
     if !control.exists() {
         return Err(format!("{}: no debian/tests/control", source.display()));
     }
-    let arch = runner::host_arch().unwrap_or_else(|| "amd64".into());
+    let arch = arch
+        .map(str::to_string)
+        .or_else(runner::host_arch)
+        .unwrap_or_else(|| "amd64".into());
     let opts = RunOptions {
         source: source.to_path_buf(),
         ..Default::default()
@@ -511,7 +517,7 @@ fn hint_capabilities(backend: &dyn dep8_core::testbed::Backend) -> Capabilities 
 }
 
 fn check(args: CheckArgs, registry: &Registry) -> i32 {
-    let (entries, arch) = match load(&args.source) {
+    let (entries, arch) = match load(&args.source, args.arch.as_deref()) {
         Ok(x) => x,
         Err(e) => return error(e),
     };
@@ -595,7 +601,7 @@ fn check(args: CheckArgs, registry: &Registry) -> i32 {
 }
 
 fn explain(args: ExplainArgs, registry: &Registry) -> i32 {
-    let (entries, arch) = match load(&args.source) {
+    let (entries, arch) = match load(&args.source, None) {
         Ok(x) => x,
         Err(e) => return error(e),
     };

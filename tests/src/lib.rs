@@ -448,21 +448,21 @@ pub fn required_resource(var: &str, what: &str) -> Option<String> {
     }
 }
 
-/// The repository's root (examples/ is there).
-pub fn repo() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+/// The repository's root directory.
+pub fn repo_root() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("the tests crate is in the repository")
+        .expect("the tests crate is inside the repository")
         .to_path_buf()
 }
 
-/// The dep8 binary of this build (`cargo test --workspace` builds it for the
-/// cli package's own tests; integration tests find it in the target dir).
+/// The dep8 binary next to the running test's executable (built by `cargo
+/// test --workspace`, which builds the cli package's binary for its own tests).
 pub fn dep8_bin() -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let bin = exe
         .parent()
-        .and_then(std::path::Path::parent)
+        .and_then(Path::parent)
         .expect("target dir")
         .join("dep8");
     assert!(

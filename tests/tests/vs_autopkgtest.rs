@@ -1,7 +1,7 @@
 //! The same example packages through Debian's autopkgtest and through dep8,
 //! on the null testbed: every test must get the same result word.
 
-use dep8_conformance::{dep8_bin, repo};
+use dep8_conformance::{dep8_bin, repo_root as repo};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
