@@ -105,6 +105,10 @@ struct RunArgs {
     /// Add an apt source line ("deb URL SUITE COMPONENTS"; repeatable).
     #[arg(long = "add-apt-source", value_name = "LINE")]
     add_apt_source: Vec<String>,
+    /// Use packages from RELEASE-POCKET too (e.g. backports); with a list,
+    /// only those packages (`src:NAME` = its binaries) (repeatable).
+    #[arg(long = "apt-pocket", value_name = "POCKET[=PKG,...]")]
+    apt_pocket: Vec<String>,
     /// Copy a host file or dir into the testbed before setup (repeatable).
     #[arg(long, value_name = "HOSTPATH:TESTBEDPATH", value_parser = setup::copy_pair)]
     copy: Vec<(PathBuf, String)>,
@@ -359,6 +363,7 @@ fn testbed_setup(args: &RunArgs, binaries: Vec<PathBuf>) -> Result<Setup, String
     Ok(Setup {
         copies: args.copy.clone(),
         apt_sources: args.add_apt_source.clone(),
+        apt_pockets: args.apt_pocket.clone(),
         commands,
         binaries,
     })

@@ -720,12 +720,13 @@ impl Run<'_> {
 
     /// needs-sudo is decided while running, as autopkgtest does.
     async fn check_sudo(
-        &self,
+        &mut self,
         tb: &dyn Testbed,
         user: Option<&str>,
     ) -> Result<Option<String>, Abort> {
-        let caps = tb.capabilities();
-        if caps.has(Capability::RootOnTestbed) && user.is_none() {
+        let caps = tb.capabilities().clone();
+        let root = caps.has(Capability::RootOnTestbed);
+        if root && user.is_none() {
             return Ok(Some(
                 "Cannot enable needs-sudo restriction: no ordinary user available".into(),
             ));
@@ -736,10 +737,35 @@ impl Run<'_> {
         let out = self
             .timed(self.opts.timeouts.short, "checking sudo", tb.exec(req))
             .await?;
+        if out.status.success() {
+            return Ok(None);
+        }
+        let Some(user) = user.filter(|_| root) else {
+            return Ok(Some(
+                "Cannot enable needs-sudo restriction: not root".into(),
+            ));
+        };
+        if !caps.has(Capability::RevertFullSystem) {
+            return Ok(Some(
+                "Cannot enable needs-sudo restriction: cannot revert".into(),
+            ));
+        }
+        // As autopkgtest's enable-sudo: the sudo group, without password.
+        self.log
+            .info(&format!("setting up user {user} to sudo without password"));
+        self.dirty = true;
+        let script = "usermod -a -G sudo \"$1\" && install -d /etc/sudoers.d && \
+                      echo '%sudo ALL=(ALL:ALL) NOPASSWD: ALL' > /etc/sudoers.d/dep8-needs-sudo && \
+                      chmod 440 /etc/sudoers.d/dep8-needs-sudo";
+        let req = ExecRequest::new(["sh", "-ec", script, "enable-sudo", user]).capture();
+        let out = self
+            .timed(self.opts.timeouts.short, "enabling sudo", tb.exec(req))
+            .await?;
         Ok((!out.status.success()).then(|| {
-            "Cannot enable needs-sudo restriction: the test user has no passwordless sudo, \
-             and dep8 does not set it up yet"
-                .to_string()
+            format!(
+                "Failed to enable needs-sudo restriction: exit status {}",
+                out.status.code()
+            )
         }))
     }
 
