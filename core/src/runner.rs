@@ -220,6 +220,9 @@ impl Run<'_> {
         let mut resolve_opts = self.opts.resolve.clone();
         resolve_opts.arch = Some(arch.clone());
 
+        // As autopkgtest: set up first (a setup command may add the deb-src
+        // lines `apt-get source` needs), then get the source.
+        self.setup_testbed(tb).await?;
         if let Some(fetch) = &self.opts.fetch {
             self.acquire(tb, fetch).await?;
         }
@@ -313,14 +316,15 @@ impl Run<'_> {
         }
 
         let tree = format!("{}/src", tb.scratch());
-        self.prepare_testbed(tb, &tree).await?;
+        self.copy_tree(tb, &tree).await?;
         if runnable.iter().any(|t| t.has(&Restriction::BuildNeeded)) {
             self.build(tb, &tree, &probe, &arch).await?;
         }
         for test in runnable {
             if self.needs_revert(tb, &test) {
                 self.revert(tb).await?;
-                self.prepare_testbed(tb, &tree).await?;
+                self.setup_testbed(tb).await?;
+                self.copy_tree(tb, &tree).await?;
             }
             let started = Instant::now();
             let (outcome, details) = self.one(tb, &test, &tree, &probe).await?;
@@ -348,9 +352,8 @@ impl Run<'_> {
         }
     }
 
-    /// Copies the source tree in and installs the in-testbed helpers; after
-    /// opening and after every revert.
-    async fn prepare_testbed(&self, tb: &dyn Testbed, tree: &str) -> Result<(), Abort> {
+    /// Applies the setup options; after opening and after every revert.
+    async fn setup_testbed(&self, tb: &dyn Testbed) -> Result<(), Abort> {
         if !self.opts.setup.is_empty() {
             self.log.info("setting up the testbed");
             let user = self.normal_user(tb.capabilities());
@@ -366,6 +369,12 @@ impl Run<'_> {
                 Err(SetupError::Testbed(m)) => return Err(Abort::Testbed(m)),
             }
         }
+        Ok(())
+    }
+
+    /// Copies the source tree in and installs the in-testbed helpers; after
+    /// setting up the testbed.
+    async fn copy_tree(&self, tb: &dyn Testbed, tree: &str) -> Result<(), Abort> {
         let source = self.built_tree.as_ref().map_or(self.source(), |t| t.path());
         self.log
             .info(&format!("copying {} to the testbed", source.display()));
