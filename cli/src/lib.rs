@@ -1,6 +1,7 @@
 //! The `dep8` command line: argument parsing, the backend registry, and the
 //! subcommands. `main_with` lets a custom binary add its own backends.
 
+mod compare;
 mod registry;
 
 pub use registry::Registry;
@@ -40,6 +41,9 @@ enum Command {
     Check(CheckArgs),
     /// Print each test's run/skip decision for a testbed, running nothing.
     Explain(ExplainArgs),
+    /// Run one suite on several testbeds at once and show the results side
+    /// by side: `dep8 compare SRC --on BACKEND... [-- RUN OPTIONS]`.
+    Compare(compare::CompareArgs),
     /// List the backends and the capabilities they can provide.
     Backends,
     /// Print the restriction -> capability reference.
@@ -209,6 +213,7 @@ async fn dispatch(command: Command, registry: &Registry) -> i32 {
     match command {
         Command::Run(args) => run(*args, registry).await,
         Command::Check(args) => check(args, registry),
+        Command::Compare(args) => compare::compare(args).await,
         Command::Explain(args) => explain(args, registry),
         Command::Backends => {
             for b in registry.all() {
