@@ -69,7 +69,7 @@ struct RunArgs {
     #[arg(last = true, value_name = "BACKEND ARGS")]
     testbed: Vec<String>,
     /// The testbed backend, when it takes no arguments (same as `-- NAME`).
-    #[arg(long, conflicts_with = "testbed")]
+    #[arg(long, visible_alias = "testbed", conflicts_with = "testbed")]
     testbed_name: Option<String>,
     /// Write log, summary and per-test files here (must be empty or new).
     #[arg(short = 'o', long)]
