@@ -233,12 +233,7 @@ impl Run<'_> {
                 self.source().display(),
                 control.display()
             ));
-            self.reporter.record(
-                "*",
-                Outcome::Skip("no tests in this package".into()),
-                Duration::ZERO,
-                vec![],
-            );
+            self.record_no_tests();
             return Ok(());
         }
         let entries = match load_suite(self.opts, self.source(), &arch) {
@@ -306,12 +301,7 @@ impl Run<'_> {
             ));
         }
         if runnable.is_empty() && self.reporter.results().is_empty() {
-            self.reporter.record(
-                "*",
-                Outcome::Skip("no tests in this package".into()),
-                Duration::ZERO,
-                vec![],
-            );
+            self.record_no_tests();
             return Ok(());
         }
 
@@ -350,6 +340,16 @@ impl Run<'_> {
                 limit.as_secs()
             ))),
         }
+    }
+
+    /// autopkgtest's line for a package without tests (exit 8).
+    fn record_no_tests(&mut self) {
+        self.reporter.record(
+            "*",
+            Outcome::Skip("no tests in this package".into()),
+            Duration::ZERO,
+            vec![],
+        );
     }
 
     /// Applies the setup options; after opening and after every revert.
