@@ -4,12 +4,24 @@
 # `dep8-holder: failed`), and on end of input (dep8 closed the testbed, or
 # died) kills everything, unmounts and removes DIR. Every mount lives in the
 # private mount namespace, so the host's mount table never changes.
-# Usage: holder.sh DIR LOWER SCRATCH NETWORK(private|host) BASEIMAGE(yes|no)
+# A tarball is unpacked once into a tmpfs at DIR/lower (fast, and gone with
+# the namespace); a directory is used in place.
+# Usage: holder.sh DIR (tarball|dir) PATH SCRATCH (private|host) (yes|no)
 set -u
 exec 2>&1
-dir=$1 lower=$2 scratch=$3 network=$4 baseimage=$5
+dir=$1 kind=$2 source=$3 scratch=$4 network=$5 baseimage=$6
 root=$dir/root
 rw=$dir/rw
+lower=$source
+if [ "$kind" = tarball ]; then
+    lower=$dir/lower
+    mkdir "$lower" &&
+        mount -t tmpfs -o mode=0755 dep8-lower "$lower" &&
+        tar --numeric-owner -C "$lower" -xf "$source" || {
+        echo "dep8-holder: failed to unpack $source"
+        exit 1
+    }
+fi
 hostname=$(cat /proc/sys/kernel/hostname)
 
 # A fresh testbed: an empty tmpfs upper layer over the pristine LOWER.
@@ -87,4 +99,5 @@ done
 kill_all
 umount -R -l "$root" 2>/dev/null
 umount -l "$rw" 2>/dev/null
+[ "$kind" = dir ] || umount -l "$lower"
 rm -rf --one-file-system "$dir"

@@ -1,11 +1,12 @@
 //! The `unshare` backend: a Debian root filesystem run in private Linux
 //! namespaces, with no daemon and no init.
 //!
-//! Opening a testbed unpacks the rootfs tarball once into a dep8 temp dir
-//! (a `--rootfs DIR` is used in place) and starts a *holder*: util-linux
-//! `unshare` running a small bash script (`holder.sh`) as pid 1 of new
-//! mount, pid, uts, ipc and (unless `--network`) net namespaces. The holder
-//! mounts an overlay whose lower layer is the pristine rootfs and whose upper
+//! Opening a testbed starts a *holder*: util-linux `unshare` running a small
+//! bash script (`holder.sh`) as pid 1 of new mount, pid, uts, ipc and
+//! (unless `--network`) net namespaces. The holder unpacks the rootfs
+//! tarball once into a tmpfs (a `--rootfs DIR` is used in place; the tmpfs
+//! costs RAM the size of the rootfs but unpacks several times faster than a
+//! disk and vanishes with the namespace) and mounts an overlay whose lower layer is the pristine rootfs and whose upper
 //! layer is a fresh tmpfs, plus /proc, /sys (read-only), a minimal /dev
 //! (bind mounts of the host's null, zero, full, random, urandom, tty; its
 //! own devpts and /dev/shm). Commands enter the namespaces with `nsenter`
@@ -202,8 +203,9 @@ impl Holder {
 
 /// An open unshare testbed.
 pub struct UnshareTestbed {
-    /// Our temp dir: `root/` (the overlay's mount point), `rw/` (the tmpfs
-    /// upper layer's), `lower/` (the unpacked tarball).
+    /// Our temp dir, holding only mount points (seen inside the namespace):
+    /// `root/` (the overlay), `rw/` (the tmpfs upper layer), `lower/` (the
+    /// tmpfs with the unpacked tarball).
     dir: PathBuf,
     holder: Arc<Mutex<Holder>>,
     /// The holder's pid on the host, for nsenter.
@@ -236,26 +238,18 @@ impl UnshareTestbed {
             std::fs::create_dir(dir.join(sub))
                 .map_err(|e| TestbedError::failure(dir.join(sub).display(), e))?;
         }
-        let lower = match &options.rootfs {
-            Rootfs::Dir(path) => std::path::absolute(path)
-                .map_err(|e| TestbedError::failure(path.display(), e))?,
-            Rootfs::Tarball(tarball) => {
-                let lower = dir.join("lower");
-                std::fs::create_dir(&lower)
-                    .map_err(|e| TestbedError::failure(lower.display(), e))?;
-                unpack(tarball, &lower)?;
-                lower
-            }
+        let (kind, source) = match &options.rootfs {
+            Rootfs::Tarball(path) => ("tarball", path),
+            Rootfs::Dir(path) => ("dir", path),
         };
+        let source =
+            std::path::absolute(source).map_err(|e| TestbedError::failure(source.display(), e))?;
         let mut caps = Capabilities::new([
             Capability::RootOnTestbed,
             Capability::Revert,
             Capability::RevertFullSystem,
             Capability::Nesting,
         ]);
-        if has_user(&lower, "dep8") {
-            caps.suggested_normal_users.push("dep8".into());
-        }
         if options.baseimage {
             caps.insert(Capability::BaseImage);
             caps.baseimage = Some(BaseImage {
@@ -280,7 +274,8 @@ impl UnshareTestbed {
         let mut child = cmd
             .args(["--", "bash", "-c", HOLDER, "dep8-holder"])
             .arg(&dir)
-            .arg(&lower)
+            .arg(kind)
+            .arg(&source)
             .arg(SCRATCH)
             .arg(if options.network { "host" } else { "private" })
             .arg(if options.baseimage { "yes" } else { "no" })
@@ -308,6 +303,11 @@ impl UnshareTestbed {
             }
         };
         let pid = ready.trim_start_matches("ready ").to_string();
+        // The host sees the holder's mounts through /proc/PID/root.
+        let passwd = format!("/proc/{pid}/root{}/root/etc/passwd", dir.display());
+        if has_user(Path::new(&passwd), "dep8") {
+            caps.suggested_normal_users.push("dep8".into());
+        }
         let mut cleanup = cleanup;
         cleanup.0 = None;
         Ok(UnshareTestbed {
@@ -356,24 +356,9 @@ impl UnshareTestbed {
     }
 }
 
-/// Unpacks `tarball` into `lower`, keeping owners and modes.
-fn unpack(tarball: &Path, lower: &Path) -> Result<()> {
-    dep8_core::exec::host_command(
-        "tar",
-        &[
-            "--numeric-owner",
-            "-C",
-            &lower.to_string_lossy(),
-            "-xf",
-            &tarball.to_string_lossy(),
-        ],
-    )
-    .map_err(|e| TestbedError::Failure(format!("unpacking {}: {e}", tarball.display())))
-}
-
-/// Whether the rootfs at `root` has an account named `user`.
-fn has_user(root: &Path, user: &str) -> bool {
-    std::fs::read_to_string(root.join("etc/passwd"))
+/// Whether the `passwd` file has an account named `user`.
+fn has_user(passwd: &Path, user: &str) -> bool {
+    std::fs::read_to_string(passwd)
         .map(|passwd| {
             passwd
                 .lines()
