@@ -24,32 +24,50 @@ if [ "$kind" = tarball ]; then
 fi
 hostname=$(cat /proc/sys/kernel/hostname)
 
-# A fresh testbed: an empty tmpfs upper layer over the pristine LOWER.
+# fstab escapes for paths.
+esc() {
+    local s=${1//\\/\\134}
+    s=${s// /\\040}
+    printf '%s' "${s//$'\t'/\\011}"
+}
+
+# A minimal /dev, made once and bind-mounted into every fresh testbed.
+mkdir "$dir/dev" &&
+    mount -t tmpfs -o mode=0755,nosuid dep8-dev "$dir/dev" &&
+    for node in null zero full random urandom tty; do
+        touch "$dir/dev/$node" && mount --bind "/dev/$node" "$dir/dev/$node" || exit 1
+    done &&
+    ln -s /proc/self/fd "$dir/dev/fd" &&
+    ln -s /proc/self/fd/0 "$dir/dev/stdin" &&
+    ln -s /proc/self/fd/1 "$dir/dev/stdout" &&
+    ln -s /proc/self/fd/2 "$dir/dev/stderr" &&
+    ln -s pts/ptmx "$dir/dev/ptmx" &&
+    mkdir "$dir/dev/pts" "$dir/dev/shm" || {
+    echo "dep8-holder: failed to make /dev"
+    exit 1
+}
+
+# Everything mounted on a fresh overlay, in order, so that one `mount` call
+# does it all (a revert costs a handful of processes, not dozens).
+fstab=$dir/fstab
+{
+    echo "dep8-root $(esc "$root") overlay lowerdir=$(esc "$lower"),upperdir=$(esc "$rw/upper"),workdir=$(esc "$rw/work") 0 0"
+    echo "proc $(esc "$root/proc") proc nosuid,nodev,noexec 0 0"
+    echo "sysfs $(esc "$root/sys") sysfs ro,nosuid,nodev,noexec 0 0"
+    echo "$(esc "$dir/dev") $(esc "$root/dev") none rbind 0 0"
+    echo "devpts $(esc "$root/dev/pts") devpts newinstance,ptmxmode=0666,mode=0620,gid=5,nosuid,noexec 0 0"
+    echo "dep8-shm $(esc "$root/dev/shm") tmpfs mode=1777,nosuid,nodev 0 0"
+    if [ "$baseimage" = yes ]; then
+        echo "$(esc "$lower") $(esc "$root/run/dep8/baseimage") none bind,ro,X-mount.mkdir 0 0"
+    fi
+} > "$fstab"
+
+# A fresh testbed: an empty tmpfs upper layer over the pristine lower one.
 up() {
     mount -t tmpfs -o mode=0755 dep8-rw "$rw" &&
         mkdir "$rw/upper" "$rw/work" &&
-        mount -t overlay -o "lowerdir=$lower,upperdir=$rw/upper,workdir=$rw/work" dep8-root "$root" &&
-        mkdir -p "$root/proc" "$root/sys" "$root/dev" &&
-        mount -t proc -o nosuid,nodev,noexec proc "$root/proc" &&
-        mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$root/sys" &&
-        mount -t tmpfs -o mode=0755,nosuid dep8-dev "$root/dev" &&
-        for node in null zero full random urandom tty; do
-            touch "$root/dev/$node" && mount --bind "/dev/$node" "$root/dev/$node" || return 1
-        done &&
-        ln -s /proc/self/fd "$root/dev/fd" &&
-        ln -s /proc/self/fd/0 "$root/dev/stdin" &&
-        ln -s /proc/self/fd/1 "$root/dev/stdout" &&
-        ln -s /proc/self/fd/2 "$root/dev/stderr" &&
-        mkdir "$root/dev/pts" "$root/dev/shm" &&
-        mount -t devpts -o newinstance,ptmxmode=0666,mode=0620,gid=5,nosuid,noexec devpts "$root/dev/pts" &&
-        ln -s pts/ptmx "$root/dev/ptmx" &&
-        mount -t tmpfs -o mode=1777,nosuid,nodev dep8-shm "$root/dev/shm" &&
-        mkdir -p -m 0755 "$root$scratch" &&
-        if [ "$baseimage" = yes ]; then
-            mkdir -p "$root/run/dep8/baseimage" &&
-                mount --bind "$lower" "$root/run/dep8/baseimage" &&
-                mount -o remount,bind,ro "$root/run/dep8/baseimage"
-        fi &&
+        mount --all --fstab "$fstab" &&
+        mkdir -m 0755 "$root$scratch" &&
         if [ "$network" = host ]; then
             rm -f "$root/etc/resolv.conf" && cp -L /etc/resolv.conf "$root/etc/resolv.conf"
         fi &&
@@ -99,5 +117,6 @@ done
 kill_all
 umount -R -l "$root" 2>/dev/null
 umount -l "$rw" 2>/dev/null
+umount -R -l "$dir/dev"
 [ "$kind" = dir ] || umount -l "$lower"
 rm -rf --one-file-system "$dir"
