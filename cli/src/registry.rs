@@ -25,6 +25,7 @@ impl Registry {
         let mut r = Registry::empty();
         r.register(Box::new(dep8_backend_null::NullBackend));
         r.register(Box::new(dep8_backend_unshare::UnshareBackend));
+        r.register(Box::new(dep8_backend_ssh::SshBackend));
         r
     }
 
