@@ -333,6 +333,10 @@ impl UnshareTestbed {
                 "--uts",
                 "--ipc",
                 "--net",
+                // The holder's root: after entering a mount namespace the
+                // root is that namespace's, which differs when nested in a
+                // chroot.
+                "--root",
                 "--",
                 "chroot",
             ]
