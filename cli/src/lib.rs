@@ -2,6 +2,7 @@
 //! subcommands. `main_with` lets a custom binary add its own backends.
 
 mod compare;
+mod image;
 mod registry;
 
 pub use registry::Registry;
@@ -56,6 +57,9 @@ enum Command {
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff).
     Man,
+    /// Build testbed images from Debian's archive.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
 }
 
 #[derive(clap::Args)]
@@ -212,6 +216,7 @@ pub fn main_with(registry: Registry) -> i32 {
 async fn dispatch(command: Command, registry: &Registry) -> i32 {
     match command {
         Command::Run(args) => run(*args, registry).await,
+        Command::Image(command) => tokio::task::block_in_place(|| image::main(command)),
         Command::Check(args) => check(args, registry),
         Command::Compare(args) => compare::compare(args).await,
         Command::Explain(args) => explain(args, registry),
