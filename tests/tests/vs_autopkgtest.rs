@@ -1,100 +1,43 @@
 //! The same example packages through Debian's autopkgtest and through dep8,
-//! on the null testbed: every test must get the same result word.
+//! on the same testbed: every test must get the same result word.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use dep8_conformance::e2e::assert_same_as_autopkgtest;
+use dep8_conformance::required_resource;
+use std::path::Path;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn dep8_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(Path::parent).unwrap().join("dep8")
-}
-
-/// `name -> result word` from a summary file; `*` lines and detail lines are
-/// left out.
-fn words(summary: &str) -> BTreeMap<String, String> {
-    summary
-        .lines()
-        .filter_map(|line| {
-            let (name, rest) = line.split_once(' ')?;
-            let word = rest.split_whitespace().next()?;
-            let known = ["PASS", "FAIL", "SKIP", "FLAKY", "BROKEN"];
-            (name != "*" && known.contains(&word)).then(|| (name.to_string(), word.to_string()))
-        })
-        .collect()
-}
-
-fn summary_of(
-    program: &Path,
-    args: &[&str],
-    out: &Path,
-) -> (BTreeMap<String, String>, Option<i32>) {
-    let status = Command::new(program)
-        .current_dir(repo())
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
-    let summary = std::fs::read_to_string(out.join("summary")).unwrap_or_default();
-    (words(&summary), status.code())
+/// Whether the comparison can run here; prints why not.
+fn comparable() -> bool {
+    if !Path::new("/usr/bin/autopkgtest").exists() {
+        eprintln!("skipped: Debian's autopkgtest is not installed (apt-get install autopkgtest)");
+        return false;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: compared as root only (autopkgtest's testbeds behave differently otherwise)");
+        return false;
+    }
+    true
 }
 
 #[test]
 fn same_results_as_autopkgtest_on_null() {
-    let autopkgtest = Path::new("/usr/bin/autopkgtest");
-    if !autopkgtest.exists() {
-        eprintln!("skipped: Debian's autopkgtest is not installed (apt-get install autopkgtest)");
-        return;
-    }
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!(
-            "skipped: compared as root only (autopkgtest's null behaves differently otherwise)"
-        );
+    if !comparable() {
         return;
     }
     for example in ["hello", "outcomes"] {
-        let dir = tempfile::tempdir().unwrap();
-        let (a_out, d_out) = (dir.path().join("autopkgtest"), dir.path().join("dep8"));
-        let src = format!("examples/{example}");
-        let (theirs, their_code) = summary_of(
-            autopkgtest,
-            &[
-                "-B",
-                "--timeout-test=3",
-                "-o",
-                a_out.to_str().unwrap(),
-                &src,
-                "--",
-                "null",
-            ],
-            &a_out,
-        );
-        let (ours, our_code) = summary_of(
-            &dep8_bin(),
-            &[
-                "run",
-                "--timeout-test=3",
-                "-o",
-                d_out.to_str().unwrap(),
-                &src,
-                "--",
-                "null",
-            ],
-            &d_out,
-        );
-        assert!(
-            !theirs.is_empty(),
-            "autopkgtest produced no summary for {example}"
-        );
-        assert_eq!(ours, theirs, "result words differ on {example}");
-        assert_eq!(our_code, their_code, "exit status differs on {example}");
+        assert_same_as_autopkgtest(example, &["null"]);
+    }
+}
+
+#[test]
+fn same_results_as_autopkgtest_on_schroot() {
+    let Some(chroot) = required_resource("DEP8_TEST_SCHROOT", "a schroot chroot with a union-type")
+    else {
+        return;
+    };
+    if !comparable() {
+        return;
+    }
+    for example in ["hello", "outcomes"] {
+        assert_same_as_autopkgtest(example, &["schroot", &chroot]);
     }
 }
