@@ -104,7 +104,10 @@ struct ChrootConfig {
 impl ChrootConfig {
     fn read(name: &str) -> Result<ChrootConfig> {
         let text = host_output("schroot", &["--config", "--chroot", name])
-            .map_err(|e| TestbedError::Usage(format!("schroot chroot {name}: {e}")))?;
+            .map_err(|e| match e {
+                TestbedError::Failure(msg) => TestbedError::Usage(msg),
+                other => TestbedError::Usage(format!("schroot chroot {name}: {other}")),
+            })?;
         let keys = text
             .lines()
             .filter(|l| !l.starts_with('#') && !l.starts_with('['))
