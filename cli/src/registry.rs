@@ -26,6 +26,7 @@ impl Registry {
         r.register(Box::new(dep8_backend_null::NullBackend));
         r.register(Box::new(dep8_backend_unshare::UnshareBackend));
         r.register(Box::new(dep8_backend_ssh::SshBackend));
+        r.register(Box::new(dep8_backend_schroot::SchrootBackend));
         r
     }
 

@@ -37,3 +37,21 @@ async fn unshare() {
         .expect("open unshare");
     certify("unshare", tb).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schroot() {
+    use dep8_backend_schroot::{Options, SchrootTestbed};
+    let Some(chroot) = dep8_conformance::required_resource(
+        "DEP8_TEST_SCHROOT",
+        "a schroot chroot with a union-type",
+    ) else {
+        return;
+    };
+    let tb = SchrootTestbed::open(Options {
+        chroot,
+        baseimage: true,
+    })
+    .await
+    .expect("open schroot");
+    certify("schroot", Box::new(tb)).await;
+}
