@@ -8,8 +8,7 @@ use dep8_core::testbed::{ExecRequest, Testbed};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dep8_runs_unshare_inside_unshare() {
-    let Some(tarball) =
-        dep8_conformance::required_resource("DEP8_TEST_ROOTFS", "a rootfs tarball")
+    let Some(tarball) = dep8_conformance::required_resource("DEP8_TEST_ROOTFS", "a rootfs tarball")
     else {
         return;
     };
