@@ -1,7 +1,9 @@
 //! The `dep8` command line: argument parsing, the backend registry, and the
 //! subcommands. `main_with` lets a custom binary add its own backends.
 
+mod conformance;
 mod registry;
+mod virt_server;
 
 pub use registry::Registry;
 
@@ -45,6 +47,13 @@ enum Command {
         #[arg(long)]
         markdown: bool,
     },
+    /// Serve a backend over autopkgtest's virt-server protocol on stdin/stdout.
+    VirtServer(virt_server::ServerArgs),
+    /// The auxverb of `dep8 virt-server` (internal).
+    #[command(hide = true)]
+    VirtExec(virt_server::ExecArgs),
+    /// Run the conformance checks on a testbed: `dep8 conformance -- BACKEND ARGS...`.
+    Conformance(conformance::Args),
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff).
@@ -179,6 +188,9 @@ async fn dispatch(command: Command, registry: &Registry) -> i32 {
     match command {
         Command::Run(args) => run(*args, registry).await,
         Command::Check(args) => check(args, registry),
+        Command::VirtServer(args) => virt_server::serve(args, registry).await,
+        Command::VirtExec(args) => virt_server::exec(args).await,
+        Command::Conformance(args) => conformance::run(args, registry).await,
         Command::Explain(args) => explain(args, registry),
         Command::Backends => {
             for b in registry.all() {
@@ -223,21 +235,6 @@ async fn dispatch(command: Command, registry: &Registry) -> i32 {
 fn error(message: impl std::fmt::Display) -> i32 {
     eprintln!("dep8: error: {message}");
     EXIT_UNEXPECTED
-}
-
-/// Finds the backend for `argv` (`[NAME, ARGS...]`, default null), or an
-/// error that lists the known ones.
-fn backend<'r>(
-    registry: &'r Registry,
-    argv: &[String],
-) -> Result<&'r dyn dep8_core::testbed::Backend, String> {
-    let name = argv.first().map_or("null", String::as_str);
-    registry.get(name).ok_or_else(|| {
-        format!(
-            "unknown backend {name:?}; known backends: {}",
-            registry.names().join(", ")
-        )
-    })
 }
 
 /// Checks that SRC is an existing directory.
@@ -308,7 +305,7 @@ async fn run(args: RunArgs, registry: &Registry) -> i32 {
     if testbed_argv.is_empty() {
         testbed_argv = vec!["null".into()];
     }
-    let backend = match backend(registry, &testbed_argv) {
+    let (backend, backend_args) = match registry.resolve(&testbed_argv) {
         Ok(b) => b,
         Err(e) => return error(e),
     };
@@ -341,7 +338,7 @@ async fn run(args: RunArgs, registry: &Registry) -> i32 {
     };
 
     log.info(&format!("opening testbed: {}", testbed_argv.join(" ")));
-    let mut tb = match backend.open(&testbed_argv[1..]).await {
+    let mut tb = match backend.open(&backend_args).await {
         Ok(tb) => tb,
         Err(TestbedError::Usage(msg)) => return error(format!("{}: {msg}", testbed_argv[0])),
         Err(e) => {
@@ -406,8 +403,8 @@ fn check(args: CheckArgs, registry: &Registry) -> i32 {
         Err(e) => return error(e),
     };
     let caps = match &args.testbed {
-        Some(name) => match backend(registry, std::slice::from_ref(name)) {
-            Ok(b) => Some(hint_capabilities(b)),
+        Some(name) => match registry.resolve(std::slice::from_ref(name)) {
+            Ok((b, _)) => Some(hint_capabilities(b)),
             Err(e) => return error(e),
         },
         None => None,
@@ -489,8 +486,8 @@ fn explain(args: ExplainArgs, registry: &Registry) -> i32 {
         Ok(x) => x,
         Err(e) => return error(e),
     };
-    let b = match backend(registry, &args.testbed) {
-        Ok(b) => b,
+    let b = match registry.resolve(&args.testbed) {
+        Ok((b, _)) => b,
         Err(e) => return error(e),
     };
     let caps = hint_capabilities(b);
