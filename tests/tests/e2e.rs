@@ -1,32 +1,9 @@
 //! End to end: the `dep8` binary on the example packages, asserting the
 //! exact summary, the exit status and the files in the output dir.
 
-use std::path::{Path, PathBuf};
+use dep8_conformance::harness::{dep8_bin, repo};
+use std::path::Path;
 use std::process::{Command, Output};
-
-/// The dep8 binary next to this test's executable (built by `cargo test
-/// --workspace`, which builds the cli package's binary for its own tests).
-pub fn dep8_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("dep8");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p dep8` or `cargo test --workspace`",
-        bin.display()
-    );
-    bin
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 fn run(example: &str, out: &Path, extra: &[&str]) -> Output {
     Command::new(dep8_bin())
