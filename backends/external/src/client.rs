@@ -4,9 +4,7 @@ use crate::words;
 use async_trait::async_trait;
 use dep8_core::capability::{Capabilities, Capability};
 use dep8_core::exec::{in_testbed_argv, run_local};
-use dep8_core::testbed::{
-    ExecOutcome, ExecRequest, ExitStatus, Result, Testbed, TestbedError,
-};
+use dep8_core::testbed::{ExecOutcome, ExecRequest, ExitStatus, Result, Testbed, TestbedError};
 use std::collections::VecDeque;
 use std::ops::RangeInclusive;
 use std::path::Path;
@@ -97,7 +95,14 @@ impl ExternalTestbed {
     async fn real_status(&self, status_file: &str, code: i32) -> bool {
         let mut argv = self.auxverb.clone();
         argv.extend(
-            ["sh", "-c", "cat -- \"$1\" && rm -f -- \"$1\"", "sh", status_file].map(String::from),
+            [
+                "sh",
+                "-c",
+                "cat -- \"$1\" && rm -f -- \"$1\"",
+                "sh",
+                status_file,
+            ]
+            .map(String::from),
         );
         let req = ExecRequest::new(argv.clone()).capture();
         match run_local(&argv, req).await {
@@ -246,10 +251,11 @@ impl Channel {
                 }
                 _ => TestbedError::failure(format!("cannot run virt server {program}"), e),
             })?;
-        let (stdin, stdout, stderr) = match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
-            (Some(i), Some(o), Some(e)) => (i, o, e),
-            _ => unreachable!("all three streams are piped"),
-        };
+        let (stdin, stdout, stderr) =
+            match (child.stdin.take(), child.stdout.take(), child.stderr.take()) {
+                (Some(i), Some(o), Some(e)) => (i, o, e),
+                _ => unreachable!("all three streams are piped"),
+            };
         let stderr_tail = Arc::new(SyncMutex::new(VecDeque::new()));
         let tail = stderr_tail.clone();
         let name = program.to_string();
@@ -320,7 +326,11 @@ impl Channel {
 
     /// Sends one command; returns the still encoded words after `ok`, whose
     /// number must be in `results`.
-    async fn command(&mut self, words: &[&str], results: RangeInclusive<usize>) -> Result<Vec<String>> {
+    async fn command(
+        &mut self,
+        words: &[&str],
+        results: RangeInclusive<usize>,
+    ) -> Result<Vec<String>> {
         if let Some(sent) = &self.unanswered {
             return Err(self.failure(format!(
                 "the reply to `{sent}' was never read (interrupted); the protocol is out of step"
@@ -341,7 +351,11 @@ impl Channel {
         let reply = match self.read_line().await {
             Ok(Some(reply)) => reply,
             Ok(None) => return Err(self.died(format!("sent `{line}', got end of file")).await),
-            Err(e) => return Err(self.died(format!("sent `{line}', reading the reply: {e}")).await),
+            Err(e) => {
+                return Err(self
+                    .died(format!("sent `{line}', reading the reply: {e}"))
+                    .await)
+            }
         };
         self.unanswered = None;
         let mut got: Vec<String> = reply.split_whitespace().map(String::from).collect();
@@ -370,10 +384,9 @@ impl Channel {
             Ok(Ok(status)) if status.success() => Ok(()),
             Ok(Ok(status)) => Err(self.died(format!("exited with {status} after quit")).await),
             Ok(Err(e)) => Err(self.failure(format!("waiting for it to exit: {e}"))),
-            Err(_) => Err(self.failure(format!(
-                "still running {}s after quit",
-                EXIT_WAIT.as_secs()
-            ))),
+            Err(_) => {
+                Err(self.failure(format!("still running {}s after quit", EXIT_WAIT.as_secs())))
+            }
         }
     }
 }

@@ -139,7 +139,10 @@ pub async fn client(socket: &Path, argv: &[OsString]) -> ! {
             }
             Ok(Some((EXIT, status))) => exit_like(&String::from_utf8_lossy(&status)),
             Ok(Some((FAIL, message))) => fail(String::from_utf8_lossy(&message).into_owned()),
-            Ok(Some((kind, _))) => fail(format!("unexpected frame {:?} from the server", kind as char)),
+            Ok(Some((kind, _))) => fail(format!(
+                "unexpected frame {:?} from the server",
+                kind as char
+            )),
             Ok(None) => fail("the virt server closed the connection".into()),
             Err(e) => fail(format!("reading from the virt server: {e}")),
         }

@@ -145,7 +145,9 @@ async fn read_line(input: &mut (impl AsyncBufRead + Unpin)) -> std::io::Result<O
         input.read_until(b'\n', &mut rest).await?;
         return Ok(Some(Line::TooLong));
     }
-    Ok(Some(Line::Text(String::from_utf8_lossy(&line).into_owned())))
+    Ok(Some(Line::Text(
+        String::from_utf8_lossy(&line).into_owned(),
+    )))
 }
 
 /// SIGTERM, SIGINT and SIGHUP, which end the server after closing.
@@ -278,7 +280,9 @@ impl Server<'_> {
             }
             "copydown" | "copyup" => {
                 arity(2, 2)?;
-                self.copy(name, &args[0], &args[1]).await.map(|()| Vec::new())
+                self.copy(name, &args[0], &args[1])
+                    .await
+                    .map(|()| Vec::new())
             }
             "shell" => {
                 arity(1, usize::MAX)?;
@@ -381,7 +385,11 @@ impl Server<'_> {
         let tb = session.tb.read().await;
         // Through a shared scratch dir the host may already see the file at
         // its destination (autopkgtest copies files it made there).
-        let (host, testbed) = if name == "copydown" { (&from, &to) } else { (&to, &from) };
+        let (host, testbed) = if name == "copydown" {
+            (&from, &to)
+        } else {
+            (&to, &from)
+        };
         if host_view(tb.as_ref(), testbed).is_some_and(|seen| same_file(&seen, Path::new(host))) {
             return Ok(());
         }
@@ -475,7 +483,11 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
 }
 
 fn proc_path(fd: &OwnedFd) -> PathBuf {
-    PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), fd.as_raw_fd()))
+    PathBuf::from(format!(
+        "/proc/{}/fd/{}",
+        std::process::id(),
+        fd.as_raw_fd()
+    ))
 }
 
 /// Runs `argv`; returns the final frame, or `None` when the client left
@@ -542,10 +554,7 @@ async fn run(
 
 /// Copies the client's stdin frames into the command's stdin; returns only
 /// when the client disconnects (or breaks the framing).
-async fn feed_stdin(
-    from_client: &mut OwnedReadHalf,
-    stdin: tokio::net::unix::pipe::Sender,
-) {
+async fn feed_stdin(from_client: &mut OwnedReadHalf, stdin: tokio::net::unix::pipe::Sender) {
     let mut stdin = Some(stdin);
     loop {
         match read_frame(from_client).await {
