@@ -244,7 +244,7 @@ fn lines(text: &str) -> impl Iterator<Item = &str> {
 /// the colon up to the first ASCII whitespace, the value is trimmed.
 fn field_line(line: &str) -> Option<(&str, &str)> {
     let end = line
-        .find(|c| matches!(c, ':' | ' ' | '\t' | '\x0b' | '\x0c'))
+        .find([':', ' ', '\t', '\x0b', '\x0c'])
         .unwrap_or(line.len());
     if end == 0 {
         return None;

@@ -2,7 +2,7 @@
 //! on the null testbed: every test must get the same result word.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use dep8_conformance::{dep8_bin, repo_root as repo};
