@@ -24,9 +24,9 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Testbed architectures the real files are compared on: positive and
-/// negated Architecture lists, `[arch]` qualified Build-Depends.
-const ARCHES: [&str; 4] = ["amd64", "arm64", "i386", "s390x"];
+/// Testbed architectures the real files are compared on: listed in
+/// positive Architecture lists or not, `[arch]` qualified Build-Depends.
+const ARCHES: [&str; 3] = ["amd64", "arm64", "i386"];
 
 const TESTDESC: &str = "/usr/share/autopkgtest/lib/testdesc.py";
 
@@ -253,7 +253,7 @@ fn real_control_files_match_autopkgtest() {
         problems.join("\n")
     );
     let compared: usize = compared.iter().sum();
-    assert!(compared > 400, "only {compared} entries compared");
+    assert!(compared > 300, "only {compared} entries compared");
 }
 
 /// Compares every tree on `arch`; returns the differences and how many
