@@ -302,8 +302,10 @@ fn split_stanzas(text: &str) -> Vec<Stanza> {
             }
         } else if line.starts_with(py_space) {
             match stanza.fields.last_mut() {
-                // Continuation lines are joined without a separator.
-                Some(field) => field.value.push_str(line),
+                Some(field) => {
+                    field.value.push('\n');
+                    field.value.push_str(line);
+                }
                 None => {
                     stanza.problem.get_or_insert((
                         number,
@@ -324,11 +326,61 @@ fn split_stanzas(text: &str) -> Vec<Stanza> {
     stanzas.extend(current);
     for stanza in &mut stanzas {
         for field in &mut stanza.fields {
-            // autopkgtest halves runs of spaces (each pair becomes one).
-            field.value = field.value.replace("  ", " ");
+            if !python_debian_accepts(&field.value) {
+                stanza.problem.get_or_insert((
+                    field.line,
+                    Some(field.name.clone()),
+                    "a line separator (form feed, U+2028...) inside the value".into(),
+                ));
+            }
+            // autopkgtest joins continuation lines without a separator and
+            // halves runs of spaces (each pair becomes one).
+            field.value = field.value.replace('\n', "").replace("  ", " ");
         }
     }
     stanzas
+}
+
+/// Whether python-debian stores a field value (lines joined with `\n`): in
+/// a folded value, cut by Python's `str.splitlines()`, which also cuts at
+/// vertical tab, form feed, U+001C..U+001E, U+0085, U+2028 and U+2029,
+/// every line after the first must be non-empty and start with whitespace.
+/// Otherwise it raises ValueError and autopkgtest crashes.
+fn python_debian_accepts(value: &str) -> bool {
+    if !value.contains('\n') {
+        return true;
+    }
+    let is_break = |c: char| {
+        matches!(
+            c,
+            '\n' | '\r'
+                | '\x0b'
+                | '\x0c'
+                | '\x1c'
+                | '\x1d'
+                | '\x1e'
+                | '\u{85}'
+                | '\u{2028}'
+                | '\u{2029}'
+        )
+    };
+    let mut rest = value;
+    let mut first = true;
+    while let Some(at) = rest.find(is_break) {
+        let (line, after) = rest.split_at(at);
+        if !first && !line.starts_with(py_space) {
+            return false;
+        }
+        first = false;
+        let skip = if after.starts_with("\r\n") {
+            2
+        } else {
+            after.chars().next().map_or(1, char::len_utf8)
+        };
+        rest = &after[skip..];
+    }
+    // The last line; a value ending in a break has no empty line after it.
+    first || rest.is_empty() || rest.starts_with(py_space)
 }
 
 /// Splits a list field on commas and whitespace alike.
@@ -520,7 +572,12 @@ fn stanza_entries(
             let is_script = field_name == "Tests";
             Entry::Test(Test {
                 name: name.clone(),
-                path: is_script.then(|| format!("{tests_dir}/{name}")),
+                // Python's os.path.join, as autopkgtest builds it.
+                path: is_script.then(|| match tests_dir.as_str() {
+                    "" => name.clone(),
+                    dir if dir.ends_with('/') => format!("{dir}{name}"),
+                    dir => format!("{dir}/{name}"),
+                }),
                 command: command_field.map(|f| f.value.clone()),
                 restrictions: restrictions.clone(),
                 features: features.clone(),

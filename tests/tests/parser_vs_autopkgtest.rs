@@ -2,7 +2,8 @@
 //! `tests/fixtures/testdesc_dump.py`): real control files must give the same
 //! tests field by field, malformed ones must be reported with file, line and
 //! field and affect the tests autopkgtest's would (or deviate as documented
-//! here), and no input at all may make the parser panic.
+//! here), randomly mutated ones must give the same tests wherever both
+//! accept them, and no input at all may make the parser panic.
 //!
 //! Normalizations, applied to both sides before comparing:
 //! - restrictions and features are sorted (autopkgtest keeps sets);
@@ -567,6 +568,81 @@ fn malformed_control_files_are_reported_like_autopkgtest() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
+/// The DEP-8 control files among the fixtures, and the debian/control files.
+fn fixture_files() -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let (mut controls, mut sources) = (Vec::new(), Vec::new());
+    for kind in ["real", "malformed"] {
+        let mut stack = vec![fixtures(kind)];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.ends_with("tests/control") || kind == "malformed" {
+                    controls.push(std::fs::read(path).unwrap());
+                } else if path.ends_with("debian/control") {
+                    sources.push(std::fs::read(path).unwrap());
+                }
+            }
+        }
+    }
+    controls.sort();
+    sources.sort();
+    (controls, sources)
+}
+
+#[test]
+fn mutated_control_files_agree_with_autopkgtest() {
+    if !have_autopkgtest() {
+        return;
+    }
+    let (seeds, _) = fixture_files();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rng = Rng(0xa9_7e57);
+    let files: Vec<PathBuf> = (0..600)
+        .map(|case| {
+            let path = tmp.path().join(format!("{case}.control"));
+            std::fs::write(&path, mutate(&mut rng, &seeds[case % seeds.len()])).unwrap();
+            path
+        })
+        .collect();
+    let mut args = vec!["--tree", tmp.path().to_str().unwrap(), "--control"];
+    args.extend(files.iter().map(|p| p.to_str().unwrap()));
+    let theirs = autopkgtest_dump("amd64", &args);
+    let ctx = DependsContext {
+        source: None,
+        arch: "amd64",
+    };
+    let caps = Capabilities::new(null_caps());
+    let no_tests = json!({"name": "*", "skip": "no tests in this package"});
+    let (mut problems, mut agreed) = (Vec::new(), 0);
+    for path in &files {
+        let ours: Vec<Value> = control::parse_file(path, &ctx)
+            .iter()
+            .map(|e| from_entry(e, &caps))
+            .filter(|e| *e != no_tests)
+            .collect();
+        let (their_entries, error) = from_autopkgtest(&theirs[path.to_str().unwrap()]);
+        let broken = ours.iter().any(|e| e.get("broken").is_some());
+        match error {
+            // Where autopkgtest finds the control data invalid, so does dep8.
+            Some(e) if e["kind"] == "InvalidControl" && !broken => problems.push(format!(
+                "{}: autopkgtest rejects it ({e}), dep8 does not",
+                path.display()
+            )),
+            // Where both accept it, they agree on every test.
+            None if !broken => {
+                agreed += 1;
+                problems.extend(diff(&path.display().to_string(), &ours, &their_entries));
+            }
+            // dep8 is stricter (see `corpus`), or autopkgtest crashed.
+            _ => {}
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert!(agreed > 100, "only {agreed} inputs accepted by both");
+}
+
 /// splitmix64: a fixed, dependency-free random sequence, so every run and
 /// every machine tests the same inputs.
 struct Rng(u64);
@@ -646,24 +722,7 @@ fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
 #[test]
 fn mutated_control_files_never_panic() {
     // DEP-8 control files, and debian/control files for `@` expansion.
-    let (mut seeds, mut sources): (Vec<Vec<u8>>, Vec<Vec<u8>>) = (Vec::new(), Vec::new());
-    for kind in ["real", "malformed"] {
-        let mut stack = vec![fixtures(kind)];
-        while let Some(dir) = stack.pop() {
-            for entry in std::fs::read_dir(dir).unwrap() {
-                let path = entry.unwrap().path();
-                if path.is_dir() {
-                    stack.push(path);
-                } else if path.ends_with("tests/control") || kind == "malformed" {
-                    seeds.push(std::fs::read(path).unwrap());
-                } else if path.ends_with("debian/control") {
-                    sources.push(std::fs::read(path).unwrap());
-                }
-            }
-        }
-    }
-    seeds.sort();
-    sources.sort();
+    let (seeds, mut sources) = fixture_files();
     // Relations parsing is slow in debug builds: the small ones suffice.
     sources.retain(|s| s.len() < 10_000);
     let parsed: Vec<Option<SourcePackage>> = sources
