@@ -690,6 +690,30 @@ mod tests {
     }
 
     #[test]
+    fn python_debian_line_rules() {
+        // Folded values only; Python's splitlines() breaks count.
+        assert!(python_debian_accepts("foo\x0cbar"));
+        assert!(python_debian_accepts("foo,\n bar\x0c baz"));
+        assert!(!python_debian_accepts("foo,\n bar\x0cbaz"));
+        assert!(!python_debian_accepts("foo\u{2028}\n bar"));
+        assert!(python_debian_accepts("\n a\n b"));
+    }
+
+    #[test]
+    fn lines_and_field_names_like_python() {
+        let t = tests("Tests: a\rDepends: foo\r\rTESTS : b\r\n\ntests\u{a0}: c\n");
+        assert_eq!(
+            t.iter()
+                .map(|t| (t.name.as_str(), t.depends.len()))
+                .collect::<Vec<_>>(),
+            [("a", 1), ("b", 0), ("c", 0)]
+        );
+        let t = tests("Tests: a\nTests-Directory: t/\n\nTests: b\nTests-Directory:\n");
+        assert_eq!(t[0].path.as_deref(), Some("t/a"));
+        assert_eq!(t[1].path.as_deref(), Some("b"));
+    }
+
+    #[test]
     fn empty_and_binary_files() {
         for text in ["", "# only a comment\n\n  # indented\n"] {
             assert!(

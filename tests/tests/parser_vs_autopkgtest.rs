@@ -378,6 +378,15 @@ fn corpus() -> Vec<(&'static str, Agreement, Vec<Expect>)> {
             vec![Runs("a"), Broken("*", 3, None, NOT_FIELD), Runs("b")],
         ),
         ("hash-in-command.control", Same, vec![Runs("command1")]),
+        (
+            "line-separator.control",
+            Rejected,
+            vec![
+                // python-debian raises ValueError: autopkgtest crashes.
+                Broken("a", 2, Some("Depends"), "a line separator"),
+                Broken("b", 6, Some("Depends"), DEP_INVALID),
+            ],
+        ),
         ("lone-cr.control", Same, vec![Runs("a"), Runs("b")]),
         ("neither.control", Rejected, vec![Broken("*", 1, None, "missing \"Tests\" or \"Test-Command\" field")]),
         (
@@ -412,6 +421,7 @@ fn corpus() -> Vec<(&'static str, Agreement, Vec<Expect>)> {
                 Broken("b", 5, Some("Tests-Directory"), "not a directory inside the source tree"),
             ],
         ),
+        ("tests-directory-join.control", Same, vec![Runs("a"), Runs("b")]),
         ("unknown-field.control", Same, vec![Skip("a", "unknown field Frobnicate"), Runs("b")]),
         ("unknown-restriction.control", Same, vec![Skip("a", "unknown restriction frobnicate")]),
     ]
