@@ -15,7 +15,7 @@
 //!   stops at the first invalid stanza and reports the whole package).
 
 use dep8_backend_null::NullBackend;
-use dep8_conformance::{dep8_bin, repo_root};
+use dep8_conformance::e2e::{dep8_bin, repo};
 use dep8_core::capability::Capabilities;
 use dep8_core::control::{self, DependsContext, Entry};
 use dep8_core::restriction::{self, Decision, ResolveOptions};
@@ -40,7 +40,7 @@ const REASON_DIFFERENCES: &[(&str, &str)] = &[(
 )];
 
 fn fixtures(kind: &str) -> PathBuf {
-    repo_root().join("tests/fixtures").join(kind)
+    repo().join("tests/fixtures").join(kind)
 }
 
 /// Whether autopkgtest's parser can be run; under CI it must be
