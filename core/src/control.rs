@@ -422,9 +422,12 @@ fn stanza_entries(
     }
     let names: Vec<String> = match (tests_field, command_field) {
         (Some(t), _) => words(&t.value),
-        (None, Some(_)) => vec![test_name_feature
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("command{command_counter}"))],
+        // An empty test-name is reported against "*" below.
+        (None, Some(_)) => match test_name_feature {
+            Some("") => vec![],
+            Some(name) => vec![name.to_string()],
+            None => vec![format!("command{command_counter}")],
+        },
         (None, None) => vec![],
     };
     let broken = |p: Problem| -> Vec<Entry> {
@@ -463,6 +466,14 @@ fn stanza_entries(
             field_line("Features"),
             Some("Features"),
             "only one test-name feature allowed".into(),
+        ));
+    }
+    if test_name_feature == Some("") {
+        // autopkgtest runs a test with an empty name; dep8 refuses.
+        return broken(problem(
+            field_line("Features"),
+            Some("Features"),
+            "test-name feature with an empty name".into(),
         ));
     }
 

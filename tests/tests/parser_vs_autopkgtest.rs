@@ -339,6 +339,11 @@ fn corpus() -> Vec<(&'static str, Agreement, Vec<Expect>)> {
             ],
         ),
         ("crlf.control", Same, vec![Runs("a"), Runs("command1")]),
+        (
+            "empty-test-name.control",
+            Stricter("autopkgtest runs a test whose name is empty"),
+            vec![Broken("*", 2, Some("Features"), "test-name feature with an empty name")],
+        ),
         ("depends-arch-list.control", Same, vec![Runs("a"), Runs("b")]),
         ("depends-bad-operator.control", Rejected, vec![Broken("a", 2, Some("Depends"), DEP_INVALID)]),
         ("depends-bad-version.control", Rejected, vec![Broken("a", 2, Some("Depends"), DEP_VERSION)]),
@@ -499,7 +504,8 @@ fn malformed_control_files_are_reported_like_autopkgtest() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     files.sort();
-    let listed: Vec<&str> = corpus.iter().map(|(f, ..)| *f).collect();
+    let mut listed: Vec<&str> = corpus.iter().map(|(f, ..)| *f).collect();
+    listed.sort();
     assert_eq!(
         files, listed,
         "every malformed fixture needs an expectation"
