@@ -21,3 +21,16 @@ async fn null() {
     let tb = dep8_backend_null::NullTestbed::open().expect("open null");
     certify("null", Box::new(tb)).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ssh() {
+    use dep8_core::testbed::Backend;
+    let Some(sshd) = dep8_conformance::sshd::LoopbackSshd::start() else {
+        return;
+    };
+    let tb = dep8_backend_ssh::SshBackend
+        .open(&sshd.backend_args())
+        .await
+        .expect("open ssh");
+    certify("ssh", tb).await;
+}
