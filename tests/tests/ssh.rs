@@ -246,3 +246,36 @@ async fn setup_script_protocol() {
         .unwrap();
     assert!(!gone.success(), "scratch {scratch} left behind");
 }
+
+/// `dep8 run` on an example package over ssh, the whole way through.
+#[test]
+fn dep8_run_over_ssh() {
+    let Some(sshd) = LoopbackSshd::start() else {
+        return;
+    };
+    let exe = std::env::current_exe().unwrap();
+    let dep8 = exe.parent().unwrap().parent().unwrap().join("dep8");
+    assert!(
+        dep8.exists(),
+        "{} is missing: run `cargo build -p dep8`",
+        dep8.display()
+    );
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let out = sshd.dir().join("out");
+    let run = std::process::Command::new(dep8)
+        .current_dir(repo)
+        .args(["run", "examples/hello", "-o"])
+        .arg(&out)
+        .arg("--")
+        .arg("ssh")
+        .args(sshd.backend_args())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(0), "{stderr}");
+    let summary = std::fs::read_to_string(out.join("summary")).unwrap();
+    assert_eq!(
+        summary, "greets               PASS\ncommand1             PASS (superficial)\n",
+        "{stderr}"
+    );
+}

@@ -94,24 +94,25 @@ const KILL_GRACE: Duration = Duration::from_secs(10);
 const PERMANENT_FAILURES: &[&str] = &["Host key verification failed"];
 
 /// Runs (as root when possible) the command after the job path, in its own
-/// session, and leaves `JOB.pid` while it runs and `JOB.255` if it exited
-/// 255. The inner `sh` does not `exec`, so a signal death becomes 128+N.
+/// session; `JOB.pid` holds the session id while it runs (emptied, not
+/// removed, after: no extra `rm` process) and `JOB.255` marks an exit status
+/// of 255. The inner `sh` does not `exec`, so a signal death becomes 128+N.
 const WRAPPER: &str = r#"j=$1; shift
 setsid -w sh -c 'echo $$ > "$1"; shift; "$@"' dep8-exec "$j.pid" "$@"
 rc=$?
 read pg < "$j.pid" && kill -KILL "-$pg" 2>/dev/null
-rm -f "$j.pid"
+: > "$j.pid"
 [ $rc -ne 255 ] || : > "$j.255"
 exit $rc"#;
 
 /// Kills the session of job `$1` (waiting briefly for it to have started).
 const KILL_JOB: &str = r#"i=0
-while [ ! -s "$1.pid" ] && [ $i -lt 20 ]; do sleep 0.1; i=$((i+1)); done
-read pg < "$1.pid" && kill -KILL "-$pg""#;
+while [ ! -e "$1.pid" ] && [ $i -lt 20 ]; do sleep 0.1; i=$((i+1)); done
+[ ! -s "$1.pid" ] || { read pg < "$1.pid" && kill -KILL "-$pg"; }"#;
 
 /// Kills every job still running under control dir `$1` and removes it.
 const KILL_ALL: &str = r#"for f in "$1"/*.pid; do
-  [ -e "$f" ] && read pg < "$f" && kill -KILL "-$pg" 2>/dev/null
+  [ -s "$f" ] && read pg < "$f" && kill -KILL "-$pg" 2>/dev/null
 done
 rm -rf -- "$1""#;
 
