@@ -172,7 +172,14 @@ impl SshTestbed {
             conn,
         };
         tb.caps = tb.capabilities_now();
-        tb.scratch = tb.conn.create_scratch().await?;
+        match tb.conn.create_scratch().await {
+            Ok(scratch) => tb.scratch = scratch,
+            Err(e) => {
+                // Best effort: the error that matters is the first one.
+                let _ = tb.close().await;
+                return Err(e);
+            }
+        }
         Ok(tb)
     }
 
@@ -221,6 +228,11 @@ impl SshTestbed {
 }
 
 fn declared_capabilities(args: &Args) -> Capabilities {
+    for word in &args.capability {
+        if Capability::from_word(word).is_none() {
+            tracing::warn!("ssh: --capability {word}: not a capability dep8 knows; ignored");
+        }
+    }
     let mut caps = Capabilities::from_protocol_words(&args.capability);
     if args.reboot {
         caps.insert(Capability::Reboot);
@@ -351,27 +363,28 @@ impl Testbed for SshTestbed {
     }
 
     async fn close(&mut self) -> Result<()> {
-        let removed = self
-            .conn
-            .exec(ExecRequest::new(["rm", "-rf", "--", &self.scratch]).capture())
-            .await;
+        let scratch = std::mem::take(&mut self.scratch);
+        let removed = match scratch.as_str() {
+            "" => Ok(()),
+            dir => match self
+                .conn
+                .exec(ExecRequest::new(["rm", "-rf", "--", dir]).capture())
+                .await
+            {
+                Ok(out) if !out.status.success() => Err(TestbedError::Failure(format!(
+                    "removing {dir}: {}",
+                    out.stderr_text().trim()
+                ))),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            },
+        };
         let closed = self.conn.close().await;
-        let cleaned = match &self.script {
+        let cleaned = match self.script.take() {
             Some(script) => script.checked("cleanup").await.map(|_| ()),
             None => Ok(()),
         };
-        match removed {
-            Ok(out) if !out.status.success() => {
-                return Err(TestbedError::Failure(format!(
-                    "removing {}: {}",
-                    self.scratch,
-                    out.stderr_text().trim()
-                )))
-            }
-            Err(e) => return Err(e),
-            Ok(_) => {}
-        }
-        closed.and(cleaned)
+        removed.and(closed).and(cleaned)
     }
 }
 
