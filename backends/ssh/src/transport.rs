@@ -16,6 +16,12 @@
 //!   signal, and ssh would turn it into its own 255);
 //! - a command exiting 255 leaves a marker, so a real 255 is told apart from
 //!   ssh's 255 (transport failure, [`TestbedError::Failure`]).
+//!
+//! The remote machine needs a POSIX `sh`, `setsid` (util-linux) and
+//! `mktemp`. A process that leaves the command's session (a daemon started
+//! without systemd) and keeps its stdout open keeps the command from ending
+//! until its timeout; autopkgtest's ssh wrapper hunts such processes down
+//! through /proc on every command, which dep8 does not pay for.
 
 use dep8_core::exec::{copy_down_via_exec, copy_up_via_exec, in_testbed_argv, run_local, Exec};
 use dep8_core::testbed::{ExecOutcome, ExecRequest, ExitStatus, Result, TestbedError};
