@@ -1,6 +1,7 @@
 //! A real OpenSSH server on 127.0.0.1, for the ssh backend's tests: a free
-//! port, throwaway host and client keys in a temp dir, root login by key
-//! only. Killed (and its files removed) on drop.
+//! port, throwaway host and client keys in a temp dir, login by key only, as
+//! root or as an unprivileged user with or without sudo. Killed (and its
+//! files removed) on drop.
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -12,24 +13,56 @@ const SSHD: &str = "/usr/sbin/sshd";
 pub struct LoopbackSshd {
     dir: tempfile::TempDir,
     port: u16,
+    login: &'static str,
     child: Child,
 }
 
+/// Who the tests log in as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Login {
+    Root,
+    /// [`TEST_USER`], with or without passwordless sudo.
+    User {
+        sudo: bool,
+    },
+}
+
+/// The unprivileged account [`Login::User`] logs in as. It exists only in
+/// sshd's private mount namespace, where /etc/passwd, /etc/group,
+/// /etc/shadow (and /etc/sudoers.d) are bind-mounted copies: the host's
+/// files are never changed.
+pub const TEST_USER: &str = "dep8-ssh-test";
+const TEST_UID: u32 = 64242;
+
 impl LoopbackSshd {
-    /// Starts an sshd, or returns `None` with a printed reason when
-    /// openssh-server is not installed (a failure under CI, `DEP8_CI=1`).
+    /// Starts an sshd for root logins; see [`Self::start_with`].
     pub fn start() -> Option<Self> {
-        if !Path::new(SSHD).exists() {
-            if std::env::var_os("DEP8_CI").is_some() {
-                panic!("{SSHD} is missing under CI: .ci/install-deps installs openssh-server");
-            }
-            eprintln!("SKIP: {SSHD} is missing (install openssh-server)");
-            return None;
-        }
-        Some(Self::spawn().expect("starting a loopback sshd"))
+        Self::start_with(Login::Root)
     }
 
-    fn spawn() -> Result<Self, String> {
+    /// Starts an sshd, or returns `None` with a printed reason when a
+    /// program it needs is not installed (a failure under CI, `DEP8_CI=1`).
+    pub fn start_with(login: Login) -> Option<Self> {
+        let mut needs = vec![(SSHD, "openssh-server"), ("/usr/bin/ssh", "openssh-client")];
+        if let Login::User { sudo } = login {
+            needs.push(("/usr/bin/unshare", "util-linux"));
+            if sudo {
+                needs.push(("/usr/bin/sudo", "sudo"));
+            }
+        }
+        for (program, package) in needs {
+            if !Path::new(program).exists() {
+                if std::env::var_os("DEP8_CI").is_some() {
+                    panic!("{program} is missing under CI: .ci/install-deps installs {package}");
+                }
+                eprintln!("SKIP: {program} is missing (install {package})");
+                return None;
+            }
+        }
+        Some(Self::spawn(login).expect("starting a loopback sshd"))
+    }
+
+    fn spawn(login: Login) -> Result<Self, String> {
         let dir = tempfile::Builder::new()
             .prefix("dep8-sshd.")
             .tempdir()
@@ -54,7 +87,11 @@ impl LoopbackSshd {
             d = d.display()
         );
         std::fs::write(d.join("sshd_config"), config).map_err(|e| e.to_string())?;
-        let child = Command::new(SSHD)
+        let mut cmd = match login {
+            Login::Root => Command::new(SSHD),
+            Login::User { sudo } => user_namespace_command(d, sudo)?,
+        };
+        let child = cmd
             .arg("-D")
             .arg("-f")
             .arg(d.join("sshd_config"))
@@ -70,7 +107,16 @@ impl LoopbackSshd {
             format!("[127.0.0.1]:{port} {host_key}"),
         )
         .map_err(|e| e.to_string())?;
-        let sshd = LoopbackSshd { dir, port, child };
+        let login = match login {
+            Login::Root => "root",
+            Login::User { .. } => TEST_USER,
+        };
+        let sshd = LoopbackSshd {
+            dir,
+            port,
+            login,
+            child,
+        };
         sshd.wait_listening()?;
         Ok(sshd)
     }
@@ -94,7 +140,7 @@ impl LoopbackSshd {
         self.port
     }
 
-    /// The private key authorised for root.
+    /// The private key authorised for the login.
     pub fn client_key(&self) -> PathBuf {
         self.dir.path().join("client_key")
     }
@@ -109,8 +155,8 @@ impl LoopbackSshd {
         self.dir.path()
     }
 
-    /// The `ssh` backend's arguments to log in as root with the real host
-    /// key checked.
+    /// The `ssh` backend's arguments to log in with the real host key
+    /// checked.
     pub fn backend_args(&self) -> Vec<String> {
         vec![
             "-H".into(),
@@ -118,7 +164,7 @@ impl LoopbackSshd {
             "-p".into(),
             self.port.to_string(),
             "-l".into(),
-            "root".into(),
+            self.login.into(),
             "-i".into(),
             self.client_key().to_string_lossy().into_owned(),
             "--known-hosts".into(),
@@ -134,6 +180,70 @@ impl Drop for LoopbackSshd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `unshare -m sh -c 'mount --bind ...; exec "$@"' sh` with copies of the
+/// account files that add [`TEST_USER`] (home in `dir`), and a sudoers.d
+/// granting it passwordless sudo when `sudo`; sshd's arguments follow.
+fn user_namespace_command(dir: &Path, sudo: bool) -> Result<Command, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let fail = |e: std::io::Error| e.to_string();
+    // sshd reads authorized_keys as the user.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(fail)?;
+    let home = dir.join("home");
+    std::fs::create_dir(&home).map_err(fail)?;
+    std::os::unix::fs::chown(&home, Some(TEST_UID), Some(TEST_UID)).map_err(fail)?;
+    let mut script = String::from("set -e\n");
+    let accounts = [
+        (
+            "passwd",
+            format!(
+                "{TEST_USER}:x:{TEST_UID}:{TEST_UID}::{}:/bin/sh\n",
+                home.display()
+            ),
+        ),
+        ("group", format!("{TEST_USER}:x:{TEST_UID}:\n")),
+        ("shadow", format!("{TEST_USER}:*:19000:0:99999:7:::\n")),
+    ];
+    for (name, line) in accounts {
+        let system = Path::new("/etc").join(name);
+        let mut text = std::fs::read_to_string(&system).map_err(fail)?;
+        text.push_str(&line);
+        let copy = dir.join(name);
+        std::fs::write(&copy, text).map_err(fail)?;
+        let mode = std::fs::metadata(&system).map_err(fail)?.permissions();
+        std::fs::set_permissions(&copy, mode).map_err(fail)?;
+        script.push_str(&format!(
+            "mount --bind '{}' '{}'\n",
+            copy.display(),
+            system.display()
+        ));
+    }
+    if sudo {
+        let sudoers = dir.join("sudoers.d");
+        std::fs::create_dir(&sudoers).map_err(fail)?;
+        let grant = sudoers.join("dep8-ssh-test");
+        std::fs::write(&grant, format!("{TEST_USER} ALL=(ALL:ALL) NOPASSWD: ALL\n"))
+            .map_err(fail)?;
+        std::fs::set_permissions(&grant, std::fs::Permissions::from_mode(0o440)).map_err(fail)?;
+        script.push_str(&format!(
+            "mount --bind '{}' /etc/sudoers.d\n",
+            sudoers.display()
+        ));
+    }
+    script.push_str("exec \"$@\"\n");
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &script,
+        "sh",
+        SSHD,
+    ]);
+    Ok(cmd)
 }
 
 fn free_port() -> Result<u16, String> {

@@ -22,15 +22,34 @@ async fn null() {
     certify("null", Box::new(tb)).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn ssh() {
+async fn certify_ssh(name: &str, login: dep8_conformance::sshd::Login) {
     use dep8_core::testbed::Backend;
-    let Some(sshd) = dep8_conformance::sshd::LoopbackSshd::start() else {
+    let Some(sshd) = dep8_conformance::sshd::LoopbackSshd::start_with(login) else {
         return;
     };
     let tb = dep8_backend_ssh::SshBackend
         .open(&sshd.backend_args())
         .await
         .expect("open ssh");
-    certify("ssh", tb).await;
+    assert!(
+        tb.capabilities()
+            .has(dep8_core::capability::Capability::RootOnTestbed),
+        "{name}: no root"
+    );
+    certify(name, tb).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ssh() {
+    certify_ssh("ssh", dep8_conformance::sshd::Login::Root).await;
+}
+
+/// Logged in as an unprivileged user, root through `sudo -n`.
+#[tokio::test(flavor = "multi_thread")]
+async fn ssh_sudo() {
+    certify_ssh(
+        "ssh via sudo",
+        dep8_conformance::sshd::Login::User { sudo: true },
+    )
+    .await;
 }

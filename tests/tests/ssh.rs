@@ -3,7 +3,7 @@
 //! ssh-setup protocol with a setup script of our own.
 
 use dep8_backend_ssh::{SshBackend, SshConnection, SshTarget};
-use dep8_conformance::sshd::LoopbackSshd;
+use dep8_conformance::sshd::{Login, LoopbackSshd, TEST_USER};
 use dep8_core::capability::Capability;
 use dep8_core::testbed::{Backend, ExecRequest, ExitStatus};
 use std::path::Path;
@@ -278,4 +278,27 @@ fn dep8_run_over_ssh() {
         summary, "greets               PASS\ncommand1             PASS (superficial)\n",
         "{stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_root_or_sudo_root_is_not_offered() {
+    log();
+    let Some(sshd) = LoopbackSshd::start_with(Login::User { sudo: false }) else {
+        return;
+    };
+    let mut tb = SshBackend.open(&sshd.backend_args()).await.expect("open");
+    let caps = tb.capabilities().clone();
+    assert!(!caps.has(Capability::RootOnTestbed), "{caps:?}");
+    assert_eq!(caps.suggested_normal_users, [TEST_USER]);
+    let out = tb
+        .exec(ExecRequest::new(["id", "-un"]).capture())
+        .await
+        .unwrap();
+    assert_eq!(out.stdout_text(), format!("{TEST_USER}\n"));
+    let err = tb
+        .exec(ExecRequest::new(["true"]).user("nobody"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("without root"), "{err}");
+    tb.close().await.expect("close");
 }
