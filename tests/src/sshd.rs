@@ -25,6 +25,11 @@ pub enum Login {
     User {
         sudo: bool,
     },
+    /// Root, on a "machine" whose reboot is simulated in sshd's private
+    /// mount namespace: `reboot` (a script over /usr/local/sbin) gives
+    /// /proc/sys/kernel/random/boot_id (a bind-mounted file) a new value and
+    /// drops every connection, as a real reboot would; /var/tmp survives.
+    RootFakeReboot,
 }
 
 /// The unprivileged account [`Login::User`] logs in as. It exists only in
@@ -44,11 +49,11 @@ impl LoopbackSshd {
     /// program it needs is not installed (a failure under CI, `DEP8_CI=1`).
     pub fn start_with(login: Login) -> Option<Self> {
         let mut needs = vec![(SSHD, "openssh-server"), ("/usr/bin/ssh", "openssh-client")];
-        if let Login::User { sudo } = login {
+        if login != Login::Root {
             needs.push(("/usr/bin/unshare", "util-linux"));
-            if sudo {
-                needs.push(("/usr/bin/sudo", "sudo"));
-            }
+        }
+        if login == (Login::User { sudo: true }) {
+            needs.push(("/usr/bin/sudo", "sudo"));
         }
         for (program, package) in needs {
             if !Path::new(program).exists() {
@@ -89,7 +94,7 @@ impl LoopbackSshd {
         std::fs::write(d.join("sshd_config"), config).map_err(|e| e.to_string())?;
         let mut cmd = match login {
             Login::Root => Command::new(SSHD),
-            Login::User { sudo } => user_namespace_command(d, sudo)?,
+            _ => namespace_command(d, login)?,
         };
         let child = cmd
             .arg("-D")
@@ -108,8 +113,8 @@ impl LoopbackSshd {
         )
         .map_err(|e| e.to_string())?;
         let login = match login {
-            Login::Root => "root",
             Login::User { .. } => TEST_USER,
+            _ => "root",
         };
         let sshd = LoopbackSshd {
             dir,
@@ -182,54 +187,18 @@ impl Drop for LoopbackSshd {
     }
 }
 
-/// `unshare -m sh -c 'mount --bind ...; exec "$@"' sh` with copies of the
-/// account files that add [`TEST_USER`] (home in `dir`), and a sudoers.d
-/// granting it passwordless sudo when `sudo`; sshd's arguments follow.
-fn user_namespace_command(dir: &Path, sudo: bool) -> Result<Command, String> {
-    use std::os::unix::fs::PermissionsExt;
-    let fail = |e: std::io::Error| e.to_string();
-    // sshd reads authorized_keys as the user.
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(fail)?;
-    let home = dir.join("home");
-    std::fs::create_dir(&home).map_err(fail)?;
-    std::os::unix::fs::chown(&home, Some(TEST_UID), Some(TEST_UID)).map_err(fail)?;
-    let mut script = String::from("set -e\n");
-    let accounts = [
-        (
-            "passwd",
-            format!(
-                "{TEST_USER}:x:{TEST_UID}:{TEST_UID}::{}:/bin/sh\n",
-                home.display()
-            ),
-        ),
-        ("group", format!("{TEST_USER}:x:{TEST_UID}:\n")),
-        ("shadow", format!("{TEST_USER}:*:19000:0:99999:7:::\n")),
-    ];
-    for (name, line) in accounts {
-        let system = Path::new("/etc").join(name);
-        let mut text = std::fs::read_to_string(&system).map_err(fail)?;
-        text.push_str(&line);
-        let copy = dir.join(name);
-        std::fs::write(&copy, text).map_err(fail)?;
-        let mode = std::fs::metadata(&system).map_err(fail)?.permissions();
-        std::fs::set_permissions(&copy, mode).map_err(fail)?;
-        script.push_str(&format!(
-            "mount --bind '{}' '{}'\n",
-            copy.display(),
-            system.display()
-        ));
+/// `unshare -m sh -c 'mount --bind ...; exec "$@"' sh`, sshd's arguments to
+/// follow, with the bind mounts `login` needs (see [`Login`]).
+fn namespace_command(dir: &Path, login: Login) -> Result<Command, String> {
+    let binds = match login {
+        Login::User { sudo } => user_files(dir, sudo),
+        Login::RootFakeReboot => reboot_files(dir),
+        Login::Root => Ok(Vec::new()),
     }
-    if sudo {
-        let sudoers = dir.join("sudoers.d");
-        std::fs::create_dir(&sudoers).map_err(fail)?;
-        let grant = sudoers.join("dep8-ssh-test");
-        std::fs::write(&grant, format!("{TEST_USER} ALL=(ALL:ALL) NOPASSWD: ALL\n"))
-            .map_err(fail)?;
-        std::fs::set_permissions(&grant, std::fs::Permissions::from_mode(0o440)).map_err(fail)?;
-        script.push_str(&format!(
-            "mount --bind '{}' /etc/sudoers.d\n",
-            sudoers.display()
-        ));
+    .map_err(|e| e.to_string())?;
+    let mut script = String::from("set -e\n");
+    for (from, to) in binds {
+        script.push_str(&format!("mount --bind '{}' '{to}'\n", from.display()));
     }
     script.push_str("exec \"$@\"\n");
     let mut cmd = Command::new("unshare");
@@ -244,6 +213,73 @@ fn user_namespace_command(dir: &Path, sudo: bool) -> Result<Command, String> {
         SSHD,
     ]);
     Ok(cmd)
+}
+
+/// Copies of the account files that add [`TEST_USER`] (home in `dir`), and
+/// a sudoers.d granting it passwordless sudo when `sudo`; with their mount
+/// points.
+fn user_files(dir: &Path, sudo: bool) -> std::io::Result<Vec<(PathBuf, &'static str)>> {
+    use std::os::unix::fs::PermissionsExt;
+    // sshd reads authorized_keys as the user.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    let home = dir.join("home");
+    std::fs::create_dir(&home)?;
+    std::os::unix::fs::chown(&home, Some(TEST_UID), Some(TEST_UID))?;
+    let accounts = [
+        (
+            "/etc/passwd",
+            format!(
+                "{TEST_USER}:x:{TEST_UID}:{TEST_UID}::{}:/bin/sh\n",
+                home.display()
+            ),
+        ),
+        ("/etc/group", format!("{TEST_USER}:x:{TEST_UID}:\n")),
+        ("/etc/shadow", format!("{TEST_USER}:*:19000:0:99999:7:::\n")),
+    ];
+    let mut binds = Vec::new();
+    for (system, line) in accounts {
+        let mut text = std::fs::read_to_string(system)?;
+        text.push_str(&line);
+        let copy = dir.join(&system[5..]);
+        std::fs::write(&copy, text)?;
+        std::fs::set_permissions(&copy, std::fs::metadata(system)?.permissions())?;
+        binds.push((copy, system));
+    }
+    if sudo {
+        let sudoers = dir.join("sudoers.d");
+        std::fs::create_dir(&sudoers)?;
+        let grant = sudoers.join("dep8-ssh-test");
+        std::fs::write(&grant, format!("{TEST_USER} ALL=(ALL:ALL) NOPASSWD: ALL\n"))?;
+        std::fs::set_permissions(&grant, std::fs::Permissions::from_mode(0o440))?;
+        binds.push((sudoers, "/etc/sudoers.d"));
+    }
+    Ok(binds)
+}
+
+/// A boot id file and a `reboot` that replaces it and then (in the
+/// background, as a real `reboot` returns before the machine goes down)
+/// drops every connection to this sshd; with their mount points.
+fn reboot_files(dir: &Path) -> std::io::Result<Vec<(PathBuf, &'static str)>> {
+    use std::os::unix::fs::PermissionsExt;
+    let boot_id = dir.join("boot_id");
+    std::fs::copy("/proc/sys/kernel/random/uuid", &boot_id)?;
+    let sbin = dir.join("sbin");
+    std::fs::create_dir(&sbin)?;
+    let reboot = sbin.join("reboot");
+    let d = dir.display();
+    std::fs::write(
+        &reboot,
+        format!(
+            "#!/bin/sh\ncat /proc/sys/kernel/random/uuid > '{d}/boot_id'\n\
+             setsid sh -c 'sleep 0.2; pkill -KILL -P \"$(cat \"$1\")\"' sh '{d}/sshd.pid' \
+             </dev/null >/dev/null 2>&1 &\n"
+        ),
+    )?;
+    std::fs::set_permissions(&reboot, std::fs::Permissions::from_mode(0o755))?;
+    Ok(vec![
+        (boot_id, "/proc/sys/kernel/random/boot_id"),
+        (sbin, "/usr/local/sbin"),
+    ])
 }
 
 fn free_port() -> Result<u16, String> {

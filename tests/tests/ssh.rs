@@ -155,11 +155,12 @@ login=root
 hostname=127.0.0.1
 port={port}
 identity={key}
-capabilities=isolation-machine,revert
+capabilities=isolation-machine,revert reboot
 extraopts=--state {state}
 EOF
     ;;
 revert) echo reverted > {state}/reverted ;;
+wait-reboot) sleep 1 ;;
 cleanup) ;;
 *) exit 1 ;;
 esac
@@ -177,7 +178,7 @@ esac
 #[tokio::test(flavor = "multi_thread")]
 async fn setup_script_protocol() {
     log();
-    let Some(sshd) = LoopbackSshd::start() else {
+    let Some(sshd) = LoopbackSshd::start_with(Login::RootFakeReboot) else {
         return;
     };
     let script = write_setup_script(&sshd);
@@ -200,11 +201,11 @@ async fn setup_script_protocol() {
         Capability::IsolationMachine,
         Capability::IsolationContainer,
         Capability::Revert,
+        Capability::Reboot,
         Capability::RootOnTestbed,
     ] {
         assert!(caps.has(cap), "{cap} missing from {caps:?}");
     }
-    assert!(!caps.has(Capability::Reboot));
 
     let scratch = tb.scratch().to_string();
     let out = tb
@@ -228,6 +229,12 @@ async fn setup_script_protocol() {
         .await
         .unwrap();
     assert!(out.status.success(), "scratch gone after revert");
+    tb.reboot().await.expect("reboot");
+    let out = tb
+        .exec(ExecRequest::new(["test", "-e", "file"]).cwd(&scratch))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "scratch file gone after reboot");
     tb.close().await.expect("close");
 
     let calls = std::fs::read_to_string(state.join("calls")).unwrap();
@@ -237,6 +244,7 @@ async fn setup_script_protocol() {
         [
             "open --flavour small".to_string(),
             format!("revert --flavour small {extra}"),
+            format!("wait-reboot --flavour small {extra}"),
             format!("cleanup --flavour small {extra}"),
         ]
     );

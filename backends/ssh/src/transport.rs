@@ -315,14 +315,21 @@ impl SshConnection {
         let deadline = Instant::now() + self.target.connect_timeout;
         loop {
             self.start_master(deadline).await?;
-            let hello = self.hello().await?;
-            if Some(hello.boot_id.as_str()) != old_boot_id {
-                self.boot_id = hello.boot_id;
-                self.root = hello.root;
-                self.remote_dir = hello.dir;
-                return Ok(());
+            match self.hello().await {
+                Ok(hello) if Some(hello.boot_id.as_str()) != old_boot_id => {
+                    self.boot_id = hello.boot_id;
+                    self.root = hello.root;
+                    self.remote_dir = hello.dir;
+                    return Ok(());
+                }
+                // Still the old boot: the machine has not gone down yet.
+                Ok(_) => {}
+                // A machine going down may drop a fresh connection.
+                Err(e) if old_boot_id.is_some() && Instant::now() < deadline => {
+                    tracing::debug!("{e}; retrying");
+                }
+                Err(e) => return Err(e),
             }
-            // Still the old boot: the machine has not gone down yet.
             self.stop_master().await;
             if Instant::now() >= deadline {
                 return Err(TestbedError::Failure(format!(
