@@ -339,6 +339,10 @@ impl Testbed for SshTestbed {
         let (true, Some(script)) = (self.caps.has(Capability::Revert), &mut self.script) else {
             return Err(TestbedError::Unsupported("revert"));
         };
+        // Jobs and the control dir go now; the machine may not keep them.
+        if let Err(e) = self.conn.close().await {
+            tracing::debug!("closing the connection before revert: {e}");
+        }
         let update = script.configure("revert").await?;
         self.config.extend(update);
         self.conn = connect(&self.args, &self.config, self.script.as_ref()).await?;

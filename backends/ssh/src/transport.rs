@@ -127,7 +127,7 @@ rm -rf -- "$1""#;
 const HELLO: &str = r#"id -u
 cat /proc/sys/kernel/random/boot_id
 if sudo -n true >/dev/null 2>&1; then echo sudo; else echo nosudo; fi
-if [ -n "$1" ]; then mkdir -p -m 700 "$1" && echo "$1"; else mktemp -d /tmp/dep8-ssh.XXXXXXXX; fi"#;
+if [ -n "$1" ]; then mkdir -p -m 700 "$1" && echo "$1"; else mktemp -d /tmp/dep8-jobs.XXXXXXXX; fi"#;
 
 /// An open, multiplexed ssh connection.
 pub struct SshConnection {
