@@ -253,7 +253,7 @@ pub async fn copy_down_via_exec(
         ExecRequest::new([
             "sh",
             "-c",
-            "cat > \"$1\" && chmod \"$2\" \"$1\"",
+            "mkdir -p -- \"$(dirname -- \"$1\")\" && cat > \"$1\" && chmod \"$2\" \"$1\"",
             "sh",
             target,
             &mode,
@@ -318,6 +318,9 @@ pub fn host_copy(from: &Path, to: &Path) -> Result<()> {
             &["-a", "--", &src.to_string_lossy(), &to.to_string_lossy()],
         )
     } else {
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| TestbedError::failure(&what, e))?;
+        }
         host_command(
             "cp",
             &["-a", "--", &from.to_string_lossy(), &to.to_string_lossy()],
@@ -327,13 +330,19 @@ pub fn host_copy(from: &Path, to: &Path) -> Result<()> {
 
 /// Runs a helper program on the host and fails with its stderr.
 pub fn host_command(program: &str, args: &[&str]) -> Result<()> {
+    host_output(program, args).map(drop)
+}
+
+/// Runs a helper program on the host; returns its stdout, or fails with its
+/// stderr.
+pub fn host_output(program: &str, args: &[&str]) -> Result<String> {
     let out = std::process::Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .output()
         .map_err(|e| TestbedError::failure(format!("cannot run {program}"), e))?;
     if out.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(TestbedError::Failure(format!(
             "{program} {} failed: {}",

@@ -3,6 +3,7 @@
 //! root or as an unprivileged user with or without sudo. Killed (and its
 //! files removed) on drop.
 
+use crate::e2e::required_program;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -46,23 +47,17 @@ impl LoopbackSshd {
     }
 
     /// Starts an sshd, or returns `None` with a printed reason when a
-    /// program it needs is not installed (a failure under CI, `DEP8_CI=1`).
+    /// program it needs is not installed (a failure under CI).
     pub fn start_with(login: Login) -> Option<Self> {
-        let mut needs = vec![(SSHD, "openssh-server"), ("/usr/bin/ssh", "openssh-client")];
+        let mut needs = vec![("sshd", "openssh-server"), ("ssh", "openssh-client")];
         if login != Login::Root {
-            needs.push(("/usr/bin/unshare", "util-linux"));
+            needs.push(("unshare", "util-linux"));
         }
         if login == (Login::User { sudo: true }) {
-            needs.push(("/usr/bin/sudo", "sudo"));
+            needs.push(("sudo", "sudo"));
         }
         for (program, package) in needs {
-            if !Path::new(program).exists() {
-                if std::env::var_os("DEP8_CI").is_some() {
-                    panic!("{program} is missing under CI: .ci/install-deps installs {package}");
-                }
-                eprintln!("SKIP: {program} is missing (install {package})");
-                return None;
-            }
+            required_program(program, package)?;
         }
         Some(Self::spawn(login).expect("starting a loopback sshd"))
     }

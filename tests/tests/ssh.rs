@@ -261,16 +261,9 @@ fn dep8_run_over_ssh() {
     let Some(sshd) = LoopbackSshd::start() else {
         return;
     };
-    let exe = std::env::current_exe().unwrap();
-    let dep8 = exe.parent().unwrap().parent().unwrap().join("dep8");
-    assert!(
-        dep8.exists(),
-        "{} is missing: run `cargo build -p dep8`",
-        dep8.display()
-    );
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let repo = dep8_conformance::e2e::repo();
     let out = sshd.dir().join("out");
-    let run = std::process::Command::new(dep8)
+    let run = std::process::Command::new(dep8_conformance::e2e::dep8_bin())
         .current_dir(repo)
         .args(["run", "examples/hello", "-o"])
         .arg(&out)
