@@ -302,8 +302,10 @@ fn split_stanzas(text: &str) -> Vec<Stanza> {
             }
         } else if line.starts_with(py_space) {
             match stanza.fields.last_mut() {
-                // Continuation lines are joined without a separator.
-                Some(field) => field.value.push_str(line),
+                Some(field) => {
+                    field.value.push('\n');
+                    field.value.push_str(line);
+                }
                 None => {
                     stanza.problem.get_or_insert((
                         number,
@@ -324,11 +326,61 @@ fn split_stanzas(text: &str) -> Vec<Stanza> {
     stanzas.extend(current);
     for stanza in &mut stanzas {
         for field in &mut stanza.fields {
-            // autopkgtest halves runs of spaces (each pair becomes one).
-            field.value = field.value.replace("  ", " ");
+            if !python_debian_accepts(&field.value) {
+                stanza.problem.get_or_insert((
+                    field.line,
+                    Some(field.name.clone()),
+                    "a line separator (form feed, U+2028...) inside the value".into(),
+                ));
+            }
+            // autopkgtest joins continuation lines without a separator and
+            // halves runs of spaces (each pair becomes one).
+            field.value = field.value.replace('\n', "").replace("  ", " ");
         }
     }
     stanzas
+}
+
+/// Whether python-debian stores a field value (lines joined with `\n`): in
+/// a folded value, cut by Python's `str.splitlines()`, which also cuts at
+/// vertical tab, form feed, U+001C..U+001E, U+0085, U+2028 and U+2029,
+/// every line after the first must be non-empty and start with whitespace.
+/// Otherwise it raises ValueError and autopkgtest crashes.
+fn python_debian_accepts(value: &str) -> bool {
+    if !value.contains('\n') {
+        return true;
+    }
+    let is_break = |c: char| {
+        matches!(
+            c,
+            '\n' | '\r'
+                | '\x0b'
+                | '\x0c'
+                | '\x1c'
+                | '\x1d'
+                | '\x1e'
+                | '\u{85}'
+                | '\u{2028}'
+                | '\u{2029}'
+        )
+    };
+    let mut rest = value;
+    let mut first = true;
+    while let Some(at) = rest.find(is_break) {
+        let (line, after) = rest.split_at(at);
+        if !first && !line.starts_with(py_space) {
+            return false;
+        }
+        first = false;
+        let skip = if after.starts_with("\r\n") {
+            2
+        } else {
+            after.chars().next().map_or(1, char::len_utf8)
+        };
+        rest = &after[skip..];
+    }
+    // The last line; a value ending in a break has no empty line after it.
+    first || rest.is_empty() || rest.starts_with(py_space)
 }
 
 /// Splits a list field on commas and whitespace alike.
@@ -370,9 +422,12 @@ fn stanza_entries(
     }
     let names: Vec<String> = match (tests_field, command_field) {
         (Some(t), _) => words(&t.value),
-        (None, Some(_)) => vec![test_name_feature
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("command{command_counter}"))],
+        // An empty test-name is reported against "*" below.
+        (None, Some(_)) => match test_name_feature {
+            Some("") => vec![],
+            Some(name) => vec![name.to_string()],
+            None => vec![format!("command{command_counter}")],
+        },
         (None, None) => vec![],
     };
     let broken = |p: Problem| -> Vec<Entry> {
@@ -411,6 +466,14 @@ fn stanza_entries(
             field_line("Features"),
             Some("Features"),
             "only one test-name feature allowed".into(),
+        ));
+    }
+    if test_name_feature == Some("") {
+        // autopkgtest runs a test with an empty name; dep8 refuses.
+        return broken(problem(
+            field_line("Features"),
+            Some("Features"),
+            "test-name feature with an empty name".into(),
         ));
     }
 
@@ -520,7 +583,12 @@ fn stanza_entries(
             let is_script = field_name == "Tests";
             Entry::Test(Test {
                 name: name.clone(),
-                path: is_script.then(|| format!("{tests_dir}/{name}")),
+                // Python's os.path.join, as autopkgtest builds it.
+                path: is_script.then(|| match tests_dir.as_str() {
+                    "" => name.clone(),
+                    dir if dir.ends_with('/') => format!("{dir}{name}"),
+                    dir => format!("{dir}/{name}"),
+                }),
                 command: command_field.map(|f| f.value.clone()),
                 restrictions: restrictions.clone(),
                 features: features.clone(),
@@ -630,6 +698,30 @@ mod tests {
         assert!(
             matches!(&e[0], Entry::Unsupported { reason, .. } if reason.contains("/ character"))
         );
+    }
+
+    #[test]
+    fn python_debian_line_rules() {
+        // Folded values only; Python's splitlines() breaks count.
+        assert!(python_debian_accepts("foo\x0cbar"));
+        assert!(python_debian_accepts("foo,\n bar\x0c baz"));
+        assert!(!python_debian_accepts("foo,\n bar\x0cbaz"));
+        assert!(!python_debian_accepts("foo\u{2028}\n bar"));
+        assert!(python_debian_accepts("\n a\n b"));
+    }
+
+    #[test]
+    fn lines_and_field_names_like_python() {
+        let t = tests("Tests: a\rDepends: foo\r\rTESTS : b\r\n\ntests\u{a0}: c\n");
+        assert_eq!(
+            t.iter()
+                .map(|t| (t.name.as_str(), t.depends.len()))
+                .collect::<Vec<_>>(),
+            [("a", 1), ("b", 0), ("c", 0)]
+        );
+        let t = tests("Tests: a\nTests-Directory: t/\n\nTests: b\nTests-Directory:\n");
+        assert_eq!(t[0].path.as_deref(), Some("t/a"));
+        assert_eq!(t[1].path.as_deref(), Some("b"));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! `tests/fixtures/testdesc_dump.py`): real control files must give the same
 //! tests field by field, malformed ones must be reported with file, line and
 //! field and affect the tests autopkgtest's would (or deviate as documented
-//! here), and no input at all may make the parser panic.
+//! here), randomly mutated ones must give the same tests wherever both
+//! accept them, and no input at all may make the parser panic.
 //!
 //! Normalizations, applied to both sides before comparing:
 //! - restrictions and features are sorted (autopkgtest keeps sets);
@@ -14,7 +15,7 @@
 //!   stops at the first invalid stanza and reports the whole package).
 
 use dep8_backend_null::NullBackend;
-use dep8_conformance::e2e::{dep8_bin, repo as repo_root};
+use dep8_conformance::e2e::{dep8_bin, repo};
 use dep8_core::capability::Capabilities;
 use dep8_core::control::{self, DependsContext, Entry};
 use dep8_core::restriction::{self, Decision, ResolveOptions};
@@ -24,9 +25,9 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Testbed architectures the real files are compared on: positive and
-/// negated Architecture lists, `[arch]` qualified Build-Depends.
-const ARCHES: [&str; 4] = ["amd64", "arm64", "i386", "s390x"];
+/// Testbed architectures the real files are compared on: listed in
+/// positive Architecture lists or not, `[arch]` qualified Build-Depends.
+const ARCHES: [&str; 3] = ["amd64", "arm64", "i386"];
 
 const TESTDESC: &str = "/usr/share/autopkgtest/lib/testdesc.py";
 
@@ -39,7 +40,7 @@ const REASON_DIFFERENCES: &[(&str, &str)] = &[(
 )];
 
 fn fixtures(kind: &str) -> PathBuf {
-    repo_root().join("tests/fixtures").join(kind)
+    repo().join("tests/fixtures").join(kind)
 }
 
 /// Whether autopkgtest's parser can be run; under CI it must be
@@ -253,7 +254,7 @@ fn real_control_files_match_autopkgtest() {
         problems.join("\n")
     );
     let compared: usize = compared.iter().sum();
-    assert!(compared > 400, "only {compared} entries compared");
+    assert!(compared > 300, "only {compared} entries compared");
 }
 
 /// Compares every tree on `arch`; returns the differences and how many
@@ -338,6 +339,11 @@ fn corpus() -> Vec<(&'static str, Agreement, Vec<Expect>)> {
             ],
         ),
         ("crlf.control", Same, vec![Runs("a"), Runs("command1")]),
+        (
+            "empty-test-name.control",
+            Stricter("autopkgtest runs a test whose name is empty"),
+            vec![Broken("*", 2, Some("Features"), "test-name feature with an empty name")],
+        ),
         ("depends-arch-list.control", Same, vec![Runs("a"), Runs("b")]),
         ("depends-bad-operator.control", Rejected, vec![Broken("a", 2, Some("Depends"), DEP_INVALID)]),
         ("depends-bad-version.control", Rejected, vec![Broken("a", 2, Some("Depends"), DEP_VERSION)]),
@@ -377,6 +383,15 @@ fn corpus() -> Vec<(&'static str, Agreement, Vec<Expect>)> {
             vec![Runs("a"), Broken("*", 3, None, NOT_FIELD), Runs("b")],
         ),
         ("hash-in-command.control", Same, vec![Runs("command1")]),
+        (
+            "line-separator.control",
+            Rejected,
+            vec![
+                // python-debian raises ValueError: autopkgtest crashes.
+                Broken("a", 2, Some("Depends"), "a line separator"),
+                Broken("b", 6, Some("Depends"), DEP_INVALID),
+            ],
+        ),
         ("lone-cr.control", Same, vec![Runs("a"), Runs("b")]),
         ("neither.control", Rejected, vec![Broken("*", 1, None, "missing \"Tests\" or \"Test-Command\" field")]),
         (
@@ -411,6 +426,7 @@ fn corpus() -> Vec<(&'static str, Agreement, Vec<Expect>)> {
                 Broken("b", 5, Some("Tests-Directory"), "not a directory inside the source tree"),
             ],
         ),
+        ("tests-directory-join.control", Same, vec![Runs("a"), Runs("b")]),
         ("unknown-field.control", Same, vec![Skip("a", "unknown field Frobnicate"), Runs("b")]),
         ("unknown-restriction.control", Same, vec![Skip("a", "unknown restriction frobnicate")]),
     ]
@@ -488,7 +504,8 @@ fn malformed_control_files_are_reported_like_autopkgtest() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     files.sort();
-    let listed: Vec<&str> = corpus.iter().map(|(f, ..)| *f).collect();
+    let mut listed: Vec<&str> = corpus.iter().map(|(f, ..)| *f).collect();
+    listed.sort();
     assert_eq!(
         files, listed,
         "every malformed fixture needs an expectation"
@@ -565,6 +582,81 @@ fn malformed_control_files_are_reported_like_autopkgtest() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The DEP-8 control files among the fixtures, and the debian/control files.
+fn fixture_files() -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let (mut controls, mut sources) = (Vec::new(), Vec::new());
+    for kind in ["real", "malformed"] {
+        let mut stack = vec![fixtures(kind)];
+        while let Some(dir) = stack.pop() {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if path.ends_with("tests/control") || kind == "malformed" {
+                    controls.push(std::fs::read(path).unwrap());
+                } else if path.ends_with("debian/control") {
+                    sources.push(std::fs::read(path).unwrap());
+                }
+            }
+        }
+    }
+    controls.sort();
+    sources.sort();
+    (controls, sources)
+}
+
+#[test]
+fn mutated_control_files_agree_with_autopkgtest() {
+    if !have_autopkgtest() {
+        return;
+    }
+    let (seeds, _) = fixture_files();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rng = Rng(0xa9_7e57);
+    let files: Vec<PathBuf> = (0..600)
+        .map(|case| {
+            let path = tmp.path().join(format!("{case}.control"));
+            std::fs::write(&path, mutate(&mut rng, &seeds[case % seeds.len()])).unwrap();
+            path
+        })
+        .collect();
+    let mut args = vec!["--tree", tmp.path().to_str().unwrap(), "--control"];
+    args.extend(files.iter().map(|p| p.to_str().unwrap()));
+    let theirs = autopkgtest_dump("amd64", &args);
+    let ctx = DependsContext {
+        source: None,
+        arch: "amd64",
+    };
+    let caps = Capabilities::new(null_caps());
+    let no_tests = json!({"name": "*", "skip": "no tests in this package"});
+    let (mut problems, mut agreed) = (Vec::new(), 0);
+    for path in &files {
+        let ours: Vec<Value> = control::parse_file(path, &ctx)
+            .iter()
+            .map(|e| from_entry(e, &caps))
+            .filter(|e| *e != no_tests)
+            .collect();
+        let (their_entries, error) = from_autopkgtest(&theirs[path.to_str().unwrap()]);
+        let broken = ours.iter().any(|e| e.get("broken").is_some());
+        match error {
+            // Where autopkgtest finds the control data invalid, so does dep8.
+            Some(e) if e["kind"] == "InvalidControl" && !broken => problems.push(format!(
+                "{}: autopkgtest rejects it ({e}), dep8 does not",
+                path.display()
+            )),
+            // Where both accept it, they agree on every test.
+            None if !broken => {
+                agreed += 1;
+                problems.extend(diff(&path.display().to_string(), &ours, &their_entries));
+            }
+            // dep8 is stricter (see `corpus`), or autopkgtest crashed.
+            _ => {}
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert!(agreed > 100, "only {agreed} inputs accepted by both");
 }
 
 /// splitmix64: a fixed, dependency-free random sequence, so every run and
@@ -645,32 +737,30 @@ fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
 
 #[test]
 fn mutated_control_files_never_panic() {
-    let mut seeds: Vec<Vec<u8>> = Vec::new();
-    for kind in ["real", "malformed"] {
-        let mut stack = vec![fixtures(kind)];
-        while let Some(dir) = stack.pop() {
-            for entry in std::fs::read_dir(dir).unwrap() {
-                let path = entry.unwrap().path();
-                if path.is_dir() {
-                    stack.push(path);
-                } else if path.ends_with("tests/control") || kind == "malformed" {
-                    seeds.push(std::fs::read(path).unwrap());
-                }
-            }
-        }
-    }
-    seeds.sort();
-    let source = SourcePackage::read(&fixtures("real/systemd"))
-        .unwrap()
-        .expect("systemd's debian/control");
+    // DEP-8 control files, and debian/control files for `@` expansion.
+    let (seeds, mut sources) = fixture_files();
+    // Relations parsing is slow in debug builds: the small ones suffice.
+    sources.retain(|s| s.len() < 10_000);
+    let parsed: Vec<Option<SourcePackage>> = sources
+        .iter()
+        .map(|s| SourcePackage::parse(&String::from_utf8_lossy(s)).ok())
+        .collect();
     let caps = Capabilities::new(null_caps());
     let path = Path::new("mutated/control");
     let mut rng = Rng(0xdeb8_5eed);
     let mut counts = [0usize; 3];
     for case in 0..4000 {
         let input = mutate(&mut rng, &seeds[case % seeds.len()]);
+        // A mutated debian/control in some cases, an intact one else.
+        let source = match case % 8 {
+            0 => {
+                let text = mutate(&mut rng, &sources[case / 8 % sources.len()]);
+                SourcePackage::parse(&String::from_utf8_lossy(&text)).ok()
+            }
+            _ => parsed[case % parsed.len()].clone(),
+        };
         let ctx = DependsContext {
-            source: (case % 2 == 0).then_some(&source),
+            source: source.as_ref(),
             arch: ["amd64", "i386", "arm64"][case % 3],
         };
         let lines = input.split(|b| matches!(b, b'\n' | b'\r')).count();
