@@ -23,6 +23,51 @@ async fn null() {
     certify("null", Box::new(tb)).await;
 }
 
+async fn certify_ssh(name: &str, login: dep8_conformance::sshd::Login, extra: &[&str]) {
+    let Some(sshd) = dep8_conformance::sshd::LoopbackSshd::start_with(login) else {
+        return;
+    };
+    let mut args = sshd.backend_args();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let tb = dep8_backend_ssh::SshBackend
+        .open(&args)
+        .await
+        .expect("open ssh");
+    assert!(
+        tb.capabilities()
+            .has(dep8_core::capability::Capability::RootOnTestbed),
+        "{name}: no root"
+    );
+    certify(name, tb).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ssh() {
+    certify_ssh("ssh", dep8_conformance::sshd::Login::Root, &[]).await;
+}
+
+/// Logged in as an unprivileged user, root through `sudo -n`.
+#[tokio::test(flavor = "multi_thread")]
+async fn ssh_sudo() {
+    certify_ssh(
+        "ssh via sudo",
+        dep8_conformance::sshd::Login::User { sudo: true },
+        &[],
+    )
+    .await;
+}
+
+/// `--reboot` on a machine whose reboot is simulated (see `Login`).
+#[tokio::test(flavor = "multi_thread")]
+async fn ssh_reboot() {
+    certify_ssh(
+        "ssh with reboot",
+        dep8_conformance::sshd::Login::RootFakeReboot,
+        &["--reboot"],
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn unshare() {
     let Some(tarball) = dep8_conformance::required_resource("DEP8_TEST_ROOTFS", "a rootfs tarball")

@@ -48,13 +48,18 @@ pub use transport::{Root, SshConnection, SshTarget};
 
 pub struct SshBackend;
 
-/// The backend's command line, after `-- ssh`.
+// The backend's command line, after `-- ssh`.
 #[derive(Parser, Debug)]
-#[command(name = "ssh", no_binary_name = true)]
+#[command(
+    name = "ssh",
+    no_binary_name = true,
+    about = "Run tests on a machine reached over ssh (dep8 run SRC -- ssh ...)"
+)]
 struct Args {
     /// Host to connect to ([USER@]HOST, or a Host from ssh_config).
     #[arg(short = 'H', long = "hostname")]
     hostname: Option<String>,
+    /// Port of the sshd.
     #[arg(short, long)]
     port: Option<u16>,
     /// User to log in as; root comes from `sudo -n` if it is not root.
@@ -111,8 +116,8 @@ impl Backend for SshBackend {
     }
 
     async fn open(&self, args: &[String]) -> Result<Box<dyn Testbed>> {
-        let args = Args::try_parse_from(args)
-            .map_err(|e| TestbedError::Usage(format!("ssh: {}", e.render())))?;
+        let args =
+            Args::try_parse_from(args).map_err(|e| TestbedError::Usage(e.render().to_string()))?;
         Ok(Box::new(SshTestbed::open(args).await?))
     }
 }
@@ -133,8 +138,7 @@ impl SshTestbed {
         let declared = declared_capabilities(&args);
         if declared.has(Capability::Revert) && args.setup_script.is_none() {
             return Err(TestbedError::Usage(
-                "ssh: the revert capability needs a setup script (-s) that implements revert"
-                    .into(),
+                "the revert capability needs a setup script (-s) that implements revert".into(),
             ));
         }
         let mut script = match &args.setup_script {
@@ -145,7 +149,7 @@ impl SshTestbed {
             )?),
             None if !args.script_args.is_empty() => {
                 return Err(TestbedError::Usage(
-                    "ssh: arguments after -- are for a setup script, but no -s was given".into(),
+                    "arguments after -- are for a setup script, but no -s was given".into(),
                 ))
             }
             None => None,
@@ -172,7 +176,14 @@ impl SshTestbed {
             conn,
         };
         tb.caps = tb.capabilities_now();
-        tb.scratch = tb.conn.create_scratch().await?;
+        match tb.conn.create_scratch().await {
+            Ok(scratch) => tb.scratch = scratch,
+            Err(e) => {
+                // Best effort: the error that matters is the first one.
+                let _ = tb.close().await;
+                return Err(e);
+            }
+        }
         Ok(tb)
     }
 
@@ -221,6 +232,11 @@ impl SshTestbed {
 }
 
 fn declared_capabilities(args: &Args) -> Capabilities {
+    for word in &args.capability {
+        if Capability::from_word(word).is_none() {
+            tracing::warn!("--capability {word}: not a capability dep8 knows; ignored");
+        }
+    }
     let mut caps = Capabilities::from_protocol_words(&args.capability);
     if args.reboot {
         caps.insert(Capability::Reboot);
@@ -237,7 +253,7 @@ fn target(args: &Args, config: &BTreeMap<String, String>) -> Result<SshTarget> {
         .or_else(|| config.get("hostname").cloned())
         .ok_or_else(|| {
             TestbedError::Usage(
-                "ssh: no host: give -H HOST, or a setup script that prints hostname=".into(),
+                "no host: give -H HOST, or a setup script that prints hostname=".into(),
             )
         })?;
     let mut t = SshTarget::new(host);
@@ -323,6 +339,10 @@ impl Testbed for SshTestbed {
         let (true, Some(script)) = (self.caps.has(Capability::Revert), &mut self.script) else {
             return Err(TestbedError::Unsupported("revert"));
         };
+        // Jobs and the control dir go now; the machine may not keep them.
+        if let Err(e) = self.conn.close().await {
+            tracing::debug!("closing the connection before revert: {e}");
+        }
         let update = script.configure("revert").await?;
         self.config.extend(update);
         self.conn = connect(&self.args, &self.config, self.script.as_ref()).await?;
@@ -351,27 +371,28 @@ impl Testbed for SshTestbed {
     }
 
     async fn close(&mut self) -> Result<()> {
-        let removed = self
-            .conn
-            .exec(ExecRequest::new(["rm", "-rf", "--", &self.scratch]).capture())
-            .await;
+        let scratch = std::mem::take(&mut self.scratch);
+        let removed = match scratch.as_str() {
+            "" => Ok(()),
+            dir => match self
+                .conn
+                .exec(ExecRequest::new(["rm", "-rf", "--", dir]).capture())
+                .await
+            {
+                Ok(out) if !out.status.success() => Err(TestbedError::Failure(format!(
+                    "removing {dir}: {}",
+                    out.stderr_text().trim()
+                ))),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            },
+        };
         let closed = self.conn.close().await;
-        let cleaned = match &self.script {
+        let cleaned = match self.script.take() {
             Some(script) => script.checked("cleanup").await.map(|_| ()),
             None => Ok(()),
         };
-        match removed {
-            Ok(out) if !out.status.success() => {
-                return Err(TestbedError::Failure(format!(
-                    "removing {}: {}",
-                    self.scratch,
-                    out.stderr_text().trim()
-                )))
-            }
-            Err(e) => return Err(e),
-            Ok(_) => {}
-        }
-        closed.and(cleaned)
+        removed.and(closed).and(cleaned)
     }
 }
 

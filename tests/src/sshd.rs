@@ -1,0 +1,295 @@
+//! A real OpenSSH server on 127.0.0.1, for the ssh backend's tests: a free
+//! port, throwaway host and client keys in a temp dir, login by key only, as
+//! root or as an unprivileged user with or without sudo. Killed (and its
+//! files removed) on drop.
+
+use crate::e2e::required_program;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SSHD: &str = "/usr/sbin/sshd";
+
+pub struct LoopbackSshd {
+    dir: tempfile::TempDir,
+    port: u16,
+    login: &'static str,
+    child: Child,
+}
+
+/// Who the tests log in as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Login {
+    Root,
+    /// [`TEST_USER`], with or without passwordless sudo.
+    User {
+        sudo: bool,
+    },
+    /// Root, on a "machine" whose reboot is simulated in sshd's private
+    /// mount namespace: `reboot` (a script over /usr/local/sbin) gives
+    /// /proc/sys/kernel/random/boot_id (a bind-mounted file) a new value and
+    /// drops every connection, as a real reboot would; /var/tmp survives.
+    RootFakeReboot,
+}
+
+/// The unprivileged account [`Login::User`] logs in as. It exists only in
+/// sshd's private mount namespace, where /etc/passwd, /etc/group,
+/// /etc/shadow (and /etc/sudoers.d) are bind-mounted copies: the host's
+/// files are never changed.
+pub const TEST_USER: &str = "dep8-ssh-test";
+const TEST_UID: u32 = 64242;
+
+impl LoopbackSshd {
+    /// Starts an sshd for root logins; see [`Self::start_with`].
+    pub fn start() -> Option<Self> {
+        Self::start_with(Login::Root)
+    }
+
+    /// Starts an sshd, or returns `None` with a printed reason when a
+    /// program it needs is not installed (a failure under CI).
+    pub fn start_with(login: Login) -> Option<Self> {
+        let mut needs = vec![("sshd", "openssh-server"), ("ssh", "openssh-client")];
+        if login != Login::Root {
+            needs.push(("unshare", "util-linux"));
+        }
+        if login == (Login::User { sudo: true }) {
+            needs.push(("sudo", "sudo"));
+        }
+        for (program, package) in needs {
+            required_program(program, package)?;
+        }
+        Some(Self::spawn(login).expect("starting a loopback sshd"))
+    }
+
+    fn spawn(login: Login) -> Result<Self, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("dep8-sshd.")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let d = dir.path();
+        for key in ["host_key", "client_key"] {
+            run(Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", "dep8-test", "-f"])
+                .arg(d.join(key)))?;
+        }
+        std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys"))
+            .map_err(|e| e.to_string())?;
+        // Privilege separation needs this dir; it is shared with a system
+        // sshd and harmless to leave.
+        std::fs::create_dir_all("/run/sshd").map_err(|e| e.to_string())?;
+        let port = free_port()?;
+        let config = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
+             AuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
+             StrictModes no\nMaxSessions 100\nMaxStartups 100\n",
+            d = d.display()
+        );
+        std::fs::write(d.join("sshd_config"), config).map_err(|e| e.to_string())?;
+        let mut cmd = match login {
+            Login::Root => Command::new(SSHD),
+            _ => namespace_command(d, login)?,
+        };
+        let child = cmd
+            .arg("-D")
+            .arg("-f")
+            .arg(d.join("sshd_config"))
+            .arg("-E")
+            .arg(d.join("sshd.log"))
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("{SSHD}: {e}"))?;
+        let host_key =
+            std::fs::read_to_string(d.join("host_key.pub")).map_err(|e| e.to_string())?;
+        std::fs::write(
+            d.join("known_hosts"),
+            format!("[127.0.0.1]:{port} {host_key}"),
+        )
+        .map_err(|e| e.to_string())?;
+        let login = match login {
+            Login::User { .. } => TEST_USER,
+            _ => "root",
+        };
+        let sshd = LoopbackSshd {
+            dir,
+            port,
+            login,
+            child,
+        };
+        sshd.wait_listening()?;
+        Ok(sshd)
+    }
+
+    fn wait_listening(&self) -> Result<(), String> {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(format!(
+            "sshd did not listen on port {} within 10 s: {}",
+            self.port,
+            std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+        ))
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The private key authorised for the login.
+    pub fn client_key(&self) -> PathBuf {
+        self.dir.path().join("client_key")
+    }
+
+    /// A known_hosts file with the server's real host key.
+    pub fn known_hosts(&self) -> PathBuf {
+        self.dir.path().join("known_hosts")
+    }
+
+    /// A temp dir that lives as long as the server, for test files.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The `ssh` backend's arguments to log in with the real host key
+    /// checked.
+    pub fn backend_args(&self) -> Vec<String> {
+        vec![
+            "-H".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            self.port.to_string(),
+            "-l".into(),
+            self.login.into(),
+            "-i".into(),
+            self.client_key().to_string_lossy().into_owned(),
+            "--known-hosts".into(),
+            self.known_hosts().to_string_lossy().into_owned(),
+        ]
+    }
+}
+
+impl Drop for LoopbackSshd {
+    fn drop(&mut self) {
+        // sshd -D forks a child per connection; they end with their
+        // connections, which the backends under test close.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `unshare -m sh -c 'mount --bind ...; exec "$@"' sh`, sshd's arguments to
+/// follow, with the bind mounts `login` needs (see [`Login`]).
+fn namespace_command(dir: &Path, login: Login) -> Result<Command, String> {
+    let binds = match login {
+        Login::User { sudo } => user_files(dir, sudo),
+        Login::RootFakeReboot => reboot_files(dir),
+        Login::Root => Ok(Vec::new()),
+    }
+    .map_err(|e| e.to_string())?;
+    let mut script = String::from("set -e\n");
+    for (from, to) in binds {
+        script.push_str(&format!("mount --bind '{}' '{to}'\n", from.display()));
+    }
+    script.push_str("exec \"$@\"\n");
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &script,
+        "sh",
+        SSHD,
+    ]);
+    Ok(cmd)
+}
+
+/// Copies of the account files that add [`TEST_USER`] (home in `dir`), and
+/// a sudoers.d granting it passwordless sudo when `sudo`; with their mount
+/// points.
+fn user_files(dir: &Path, sudo: bool) -> std::io::Result<Vec<(PathBuf, &'static str)>> {
+    use std::os::unix::fs::PermissionsExt;
+    // sshd reads authorized_keys as the user.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    let home = dir.join("home");
+    std::fs::create_dir(&home)?;
+    std::os::unix::fs::chown(&home, Some(TEST_UID), Some(TEST_UID))?;
+    let accounts = [
+        (
+            "/etc/passwd",
+            format!(
+                "{TEST_USER}:x:{TEST_UID}:{TEST_UID}::{}:/bin/sh\n",
+                home.display()
+            ),
+        ),
+        ("/etc/group", format!("{TEST_USER}:x:{TEST_UID}:\n")),
+        ("/etc/shadow", format!("{TEST_USER}:*:19000:0:99999:7:::\n")),
+    ];
+    let mut binds = Vec::new();
+    for (system, line) in accounts {
+        let mut text = std::fs::read_to_string(system)?;
+        text.push_str(&line);
+        let copy = dir.join(&system[5..]);
+        std::fs::write(&copy, text)?;
+        std::fs::set_permissions(&copy, std::fs::metadata(system)?.permissions())?;
+        binds.push((copy, system));
+    }
+    if sudo {
+        let sudoers = dir.join("sudoers.d");
+        std::fs::create_dir(&sudoers)?;
+        let grant = sudoers.join("dep8-ssh-test");
+        std::fs::write(&grant, format!("{TEST_USER} ALL=(ALL:ALL) NOPASSWD: ALL\n"))?;
+        std::fs::set_permissions(&grant, std::fs::Permissions::from_mode(0o440))?;
+        binds.push((sudoers, "/etc/sudoers.d"));
+    }
+    Ok(binds)
+}
+
+/// A boot id file and a `reboot` that replaces it and then (in the
+/// background, as a real `reboot` returns before the machine goes down)
+/// drops every connection to this sshd; with their mount points.
+fn reboot_files(dir: &Path) -> std::io::Result<Vec<(PathBuf, &'static str)>> {
+    use std::os::unix::fs::PermissionsExt;
+    let boot_id = dir.join("boot_id");
+    std::fs::copy("/proc/sys/kernel/random/uuid", &boot_id)?;
+    let sbin = dir.join("sbin");
+    std::fs::create_dir(&sbin)?;
+    let reboot = sbin.join("reboot");
+    let d = dir.display();
+    std::fs::write(
+        &reboot,
+        format!(
+            "#!/bin/sh\ncat /proc/sys/kernel/random/uuid > '{d}/boot_id'\n\
+             setsid sh -c 'sleep 0.2; pkill -KILL -P \"$(cat \"$1\")\"' sh '{d}/sshd.pid' \
+             </dev/null >/dev/null 2>&1 &\n"
+        ),
+    )?;
+    std::fs::set_permissions(&reboot, std::fs::Permissions::from_mode(0o755))?;
+    Ok(vec![
+        (boot_id, "/proc/sys/kernel/random/boot_id"),
+        (sbin, "/usr/local/sbin"),
+    ])
+}
+
+fn free_port() -> Result<u16, String> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+fn run(cmd: &mut Command) -> Result<(), String> {
+    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
