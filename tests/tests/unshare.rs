@@ -70,10 +70,9 @@ async fn leave_a_process_behind(tb: &dyn Testbed) {
 }
 
 async fn open(tarball: &str) -> UnshareTestbed {
-    UnshareTestbed::open(Options {
-        rootfs: Rootfs::Tarball(tarball.into()),
-        network: false,
+        UnshareTestbed::open(Options {
         baseimage: true,
+        ..Options::new(Rootfs::Tarball(tarball.into()))
     })
     .await
     .expect("open unshare")
