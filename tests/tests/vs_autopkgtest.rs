@@ -91,8 +91,7 @@ fn same_results_as_autopkgtest_on_null() {
 
 #[test]
 fn same_results_as_autopkgtest_on_unshare() {
-    let Some(tarball) =
-        dep8_conformance::required_resource("DEP8_TEST_ROOTFS", "a rootfs tarball")
+    let Some(tarball) = dep8_conformance::required_resource("DEP8_TEST_ROOTFS", "a rootfs tarball")
     else {
         return;
     };
