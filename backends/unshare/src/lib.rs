@@ -69,7 +69,7 @@ impl Backend for UnshareBackend {
     }
 
     fn summary(&self) -> &'static str {
-        "a rootfs tarball or dir in private namespaces over an overlay (root only)"
+        "a rootfs tarball or dir in private namespaces over an overlay, reverted by remounting"
     }
 
     fn capabilities_hint(&self) -> Vec<Capability> {
