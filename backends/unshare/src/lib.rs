@@ -336,10 +336,13 @@ impl UnshareTestbed {
                          in /etc/subuid and /etc/subgid (usermod --add-subuids \
                          --add-subgids)"
                     ))
-                } else if said.is_empty() {
-                    e
                 } else {
-                    TestbedError::Failure(format!("{e}; {said}"))
+                    match e {
+                        TestbedError::Failure(msg) if !said.is_empty() => {
+                            TestbedError::Failure(format!("{msg}; {said}"))
+                        }
+                        e => e,
+                    }
                 });
             }
         };
