@@ -1,8 +1,11 @@
 //! The `dep8` command line: argument parsing, the backend registry, and the
 //! subcommands. `main_with` lets a custom binary add its own backends.
 
+mod compare;
+mod conformance;
 mod image;
 mod registry;
+mod virt_server;
 
 pub use registry::Registry;
 
@@ -41,6 +44,9 @@ enum Command {
     Check(CheckArgs),
     /// Print each test's run/skip decision for a testbed, running nothing.
     Explain(ExplainArgs),
+    /// Run one suite on several testbeds at once and show the results side
+    /// by side: `dep8 compare SRC --on BACKEND... [-- RUN OPTIONS]`.
+    Compare(compare::CompareArgs),
     /// List the backends and the capabilities they can provide.
     Backends,
     /// Print the restriction -> capability reference.
@@ -49,6 +55,13 @@ enum Command {
         #[arg(long)]
         markdown: bool,
     },
+    /// Serve a backend over autopkgtest's virt-server protocol on stdin/stdout.
+    VirtServer(virt_server::ServerArgs),
+    /// The auxverb of `dep8 virt-server` (internal).
+    #[command(hide = true)]
+    VirtExec(virt_server::ExecArgs),
+    /// Run the conformance checks on a testbed: `dep8 conformance -- BACKEND ARGS...`.
+    Conformance(conformance::Args),
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff).
@@ -69,7 +82,7 @@ struct RunArgs {
     #[arg(last = true, value_name = "BACKEND ARGS")]
     testbed: Vec<String>,
     /// The testbed backend, when it takes no arguments (same as `-- NAME`).
-    #[arg(long, conflicts_with = "testbed")]
+    #[arg(long, visible_alias = "testbed", conflicts_with = "testbed")]
     testbed_name: Option<String>,
     /// Write log, summary and per-test files here (must be empty or new).
     #[arg(short = 'o', long)]
@@ -109,6 +122,10 @@ struct RunArgs {
     /// Add an apt source line ("deb URL SUITE COMPONENTS"; repeatable).
     #[arg(long = "add-apt-source", value_name = "LINE")]
     add_apt_source: Vec<String>,
+    /// Use packages from RELEASE-POCKET too (e.g. backports); with a list,
+    /// only those packages (`src:NAME` = its binaries) (repeatable).
+    #[arg(long = "apt-pocket", value_name = "POCKET[=PKG,...]")]
+    apt_pocket: Vec<String>,
     /// Copy a host file or dir into the testbed before setup (repeatable).
     #[arg(long, value_name = "HOSTPATH:TESTBEDPATH", value_parser = setup::copy_pair)]
     copy: Vec<(PathBuf, String)>,
@@ -158,6 +175,9 @@ struct CheckArgs {
     /// Also give each test's static skip reason on this backend.
     #[arg(long)]
     testbed: Option<String>,
+    /// The testbed's dpkg architecture (default: the host's).
+    #[arg(long)]
+    arch: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -207,6 +227,10 @@ async fn dispatch(command: Command, registry: &Registry) -> i32 {
         Command::Run(args) => run(*args, registry).await,
         Command::Image(command) => tokio::task::block_in_place(|| image::main(command)),
         Command::Check(args) => check(args, registry),
+        Command::Compare(args) => compare::compare(args).await,
+        Command::VirtServer(args) => virt_server::serve(args, registry).await,
+        Command::VirtExec(args) => virt_server::exec(args).await,
+        Command::Conformance(args) => conformance::run(args, registry).await,
         Command::Explain(args) => explain(args, registry),
         Command::Backends => {
             for b in registry.all() {
@@ -251,21 +275,6 @@ async fn dispatch(command: Command, registry: &Registry) -> i32 {
 fn error(message: impl std::fmt::Display) -> i32 {
     eprintln!("dep8: error: {message}");
     EXIT_UNEXPECTED
-}
-
-/// Finds the backend for `argv` (`[NAME, ARGS...]`, default null), or an
-/// error that lists the known ones.
-fn backend<'r>(
-    registry: &'r Registry,
-    argv: &[String],
-) -> Result<&'r dyn dep8_core::testbed::Backend, String> {
-    let name = argv.first().map_or("null", String::as_str);
-    registry.get(name).ok_or_else(|| {
-        format!(
-            "unknown backend {name:?}; known backends: {}",
-            registry.names().join(", ")
-        )
-    })
 }
 
 /// `dep8 run`'s positional arguments, sorted as autopkgtest sorts them.
@@ -361,6 +370,7 @@ fn testbed_setup(args: &RunArgs, binaries: Vec<PathBuf>) -> Result<Setup, String
     Ok(Setup {
         copies: args.copy.clone(),
         apt_sources: args.add_apt_source.clone(),
+        apt_pockets: args.apt_pocket.clone(),
         commands,
         binaries,
     })
@@ -413,7 +423,7 @@ async fn run(args: RunArgs, registry: &Registry) -> i32 {
     if testbed_argv.is_empty() {
         testbed_argv = vec!["null".into()];
     }
-    let backend = match backend(registry, &testbed_argv) {
+    let (backend, backend_args) = match registry.resolve(&testbed_argv) {
         Ok(b) => b,
         Err(e) => return error(e),
     };
@@ -456,7 +466,7 @@ async fn run(args: RunArgs, registry: &Registry) -> i32 {
     };
 
     log.info(&format!("opening testbed: {}", testbed_argv.join(" ")));
-    let mut tb = match backend.open(&testbed_argv[1..]).await {
+    let mut tb = match backend.open(&backend_args).await {
         Ok(tb) => tb,
         Err(TestbedError::Usage(msg)) => return error(format!("{}: {msg}", testbed_argv[0])),
         Err(e) => {
@@ -497,13 +507,16 @@ async fn interrupted() {
 }
 
 /// The parsed suite and the architecture used, for check and explain.
-fn load(source: &Path) -> Result<(Vec<Entry>, String), String> {
+fn load(source: &Path, arch: Option<&str>) -> Result<(Vec<Entry>, String), String> {
     source_dir(source)?;
     let control = source.join("debian/tests/control");
     if !control.exists() {
         return Err(format!("{}: no debian/tests/control", source.display()));
     }
-    let arch = runner::host_arch().unwrap_or_else(|| "amd64".into());
+    let arch = arch
+        .map(str::to_string)
+        .or_else(runner::host_arch)
+        .unwrap_or_else(|| "amd64".into());
     let opts = RunOptions {
         source: source.to_path_buf(),
         ..Default::default()
@@ -516,13 +529,13 @@ fn hint_capabilities(backend: &dyn dep8_core::testbed::Backend) -> Capabilities 
 }
 
 fn check(args: CheckArgs, registry: &Registry) -> i32 {
-    let (entries, arch) = match load(&args.source) {
+    let (entries, arch) = match load(&args.source, args.arch.as_deref()) {
         Ok(x) => x,
         Err(e) => return error(e),
     };
     let caps = match &args.testbed {
-        Some(name) => match backend(registry, std::slice::from_ref(name)) {
-            Ok(b) => Some(hint_capabilities(b)),
+        Some(name) => match registry.resolve(std::slice::from_ref(name)) {
+            Ok((b, _)) => Some(hint_capabilities(b)),
             Err(e) => return error(e),
         },
         None => None,
@@ -600,12 +613,12 @@ fn check(args: CheckArgs, registry: &Registry) -> i32 {
 }
 
 fn explain(args: ExplainArgs, registry: &Registry) -> i32 {
-    let (entries, arch) = match load(&args.source) {
+    let (entries, arch) = match load(&args.source, None) {
         Ok(x) => x,
         Err(e) => return error(e),
     };
-    let b = match backend(registry, &args.testbed) {
-        Ok(b) => b,
+    let b = match registry.resolve(&args.testbed) {
+        Ok((b, _)) => b,
         Err(e) => return error(e),
     };
     let caps = hint_capabilities(b);

@@ -3,6 +3,8 @@
 //! tests. A check whose capability the testbed does not advertise is
 //! skipped, never passed; a capability that is advertised must really work.
 
+pub mod e2e;
+
 use dep8_core::capability::Capability;
 use dep8_core::testbed::{ExecRequest, ExitStatus, Input, Output, Testbed};
 use std::future::Future;
@@ -446,29 +448,4 @@ pub fn required_resource(var: &str, what: &str) -> Option<String> {
             None
         }
     }
-}
-
-/// The repository's root (examples/ is there).
-pub fn repo() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests crate is in the repository")
-        .to_path_buf()
-}
-
-/// The dep8 binary of this build (`cargo test --workspace` builds it for the
-/// cli package's own tests; integration tests find it in the target dir).
-pub fn dep8_bin() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let bin = exe
-        .parent()
-        .and_then(std::path::Path::parent)
-        .expect("target dir")
-        .join("dep8");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p dep8` or `cargo test --workspace`",
-        bin.display()
-    );
-    bin
 }

@@ -1,7 +1,7 @@
 //! End to end: the `dep8` binary on the example packages, asserting the
 //! exact summary, the exit status and the files in the output dir.
 
-use dep8_conformance::{dep8_bin, repo};
+use dep8_conformance::e2e::{dep8_bin, repo};
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -19,6 +19,16 @@ fn run(example: &str, out: &Path, extra: &[&str]) -> Output {
         .expect("run dep8")
 }
 
+/// Asserts the exit status, showing dep8's stderr when it differs.
+fn assert_exit(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn read(path: impl AsRef<Path>) -> String {
     std::fs::read_to_string(path.as_ref())
         .unwrap_or_else(|e| panic!("{}: {e}", path.as_ref().display()))
@@ -28,12 +38,7 @@ fn read(path: impl AsRef<Path>) -> String {
 fn hello_passes() {
     let dir = tempfile::tempdir().unwrap();
     let out = run("hello", &dir.path().join("out"), &[]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "greets               PASS\ncommand1             PASS (superficial)\n"
@@ -212,12 +217,7 @@ fn a_dsc_is_unpacked_in_the_testbed() {
         ])
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     assert_eq!(
         read(out_dir.join("summary")),
         "greets               PASS\ncommand1             PASS (superficial)\n"

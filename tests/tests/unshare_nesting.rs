@@ -2,7 +2,7 @@
 //! mounts, so dep8 itself runs inside the testbed, on the base image.
 
 use dep8_backend_unshare::{Options, Rootfs, UnshareTestbed, BASEIMAGE_PATH};
-use dep8_conformance::{dep8_bin, repo};
+use dep8_conformance::e2e::{dep8_bin, repo};
 use dep8_core::capability::Capability;
 use dep8_core::testbed::{ExecRequest, Testbed};
 
