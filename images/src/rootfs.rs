@@ -126,7 +126,17 @@ pub fn build(spec: &RootfsSpec, mut progress: impl FnMut(&str)) -> Result<(), Bu
         .map_err(|e| BuildError::Io(format!("waiting for mmdebstrap: {e}")))?;
     if !status.success() {
         let _ = std::fs::remove_file(&partial);
-        let detail = tail.join("\n");
+        // mmdebstrap's and apt's error lines say what went wrong.
+        let errors: Vec<&str> = tail
+            .iter()
+            .map(String::as_str)
+            .filter(|l| l.starts_with("E: "))
+            .collect();
+        let detail = if errors.is_empty() {
+            tail.join("\n")
+        } else {
+            errors.join("\n")
+        };
         let unreachable = [
             "Failed to fetch",
             "Could not resolve",

@@ -68,20 +68,34 @@ async fn ssh_reboot() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn unshare() {
+/// The unshare backend on the test rootfs, with `extra` arguments.
+async fn certify_unshare(name: &str, extra: &[&str]) {
     let Some(tarball) = dep8_conformance::required_resource("DEP8_TEST_ROOTFS", "a rootfs tarball")
     else {
         return;
     };
-    let args: Vec<String> = ["--tarball", &tarball, "--baseimage"]
-        .map(String::from)
-        .to_vec();
+    let mut args = vec!["--tarball".to_string(), tarball, "--baseimage".into()];
+    args.extend(extra.iter().map(|s| s.to_string()));
     let tb = dep8_backend_unshare::UnshareBackend
         .open(&args)
         .await
         .expect("open unshare");
-    certify("unshare", tb).await;
+    certify(name, tb).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unshare() {
+    certify_unshare("unshare", &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unshare_in_a_user_namespace() {
+    certify_unshare("unshare --userns", &["--userns"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unshare_with_host_network() {
+    certify_unshare("unshare --network", &["--network"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -10,13 +10,19 @@ use std::time::{Duration, Instant};
 /// A process the test leaves behind, found on the host by this argv[0].
 const MARKER: &str = "dep8-leftover-marker";
 
+/// The source names of the backend's mounts (holder.sh).
+const SOURCES: [&str; 5] = ["dep8-root", "dep8-rw", "dep8-lower", "dep8-dev", "dep8-shm"];
+
 /// Host mounts that belong to unshare testbeds under `tmp`. Other programs
 /// may mount and unmount concurrently, so only ours are compared.
 fn our_mounts(tmp: &Path) -> Vec<String> {
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()
-        .filter(|l| l.contains(&*tmp.to_string_lossy()) || l.contains(" dep8-"))
+        .filter(|l| {
+            l.contains(&*tmp.to_string_lossy())
+                || SOURCES.iter().any(|s| l.contains(&format!(" {s} ")))
+        })
         .map(String::from)
         .collect()
 }
@@ -74,9 +80,8 @@ async fn leave_a_process_behind(tb: &dyn Testbed) {
 
 async fn open(tarball: &str) -> UnshareTestbed {
     UnshareTestbed::open(Options {
-        rootfs: Rootfs::Tarball(tarball.into()),
-        network: false,
         baseimage: true,
+        ..Options::new(Rootfs::Tarball(tarball.into()))
     })
     .await
     .expect("open unshare")
@@ -92,6 +97,16 @@ async fn host_is_left_as_found() {
         eprintln!("skipped: the unshare backend needs root");
         return;
     }
+    // An unpacked rootfs for `--rootfs DIR`, outside the watched temp dir.
+    let unpacked = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("tar")
+        .args(["--numeric-owner", "--exclude=./dev/*", "-C"])
+        .arg(unpacked.path())
+        .args(["-xf", &tarball])
+        .status()
+        .unwrap();
+    assert!(status.success(), "unpacking {tarball}");
+
     // Every temp dir the backend makes goes here (one test in this binary,
     // so nothing else reads TMPDIR concurrently).
     let tmp = tempfile::tempdir().unwrap();
@@ -133,6 +148,21 @@ async fn host_is_left_as_found() {
         .unwrap();
     assert!(out.timed_out);
     tb.close().await.unwrap();
+    assert_eq!(our_mounts(tmp.path()), Vec::<String>::new());
+    assert_eq!(entries(tmp.path()), Vec::<PathBuf>::new());
+
+    // a rootfs dir is the lower layer, never written
+    let mut tb = UnshareTestbed::open(Options::new(Rootfs::Dir(unpacked.path().into())))
+        .await
+        .expect("open unshare --rootfs");
+    let out = tb
+        .exec(ExecRequest::shell("echo changed > /etc/dep8-probe && rm /etc/hostname").capture())
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", out.stderr_text());
+    tb.close().await.unwrap();
+    assert!(!unpacked.path().join("etc/dep8-probe").exists());
+    assert!(unpacked.path().join("etc/hostname").exists());
     assert_eq!(our_mounts(tmp.path()), Vec::<String>::new());
     assert_eq!(entries(tmp.path()), Vec::<PathBuf>::new());
 

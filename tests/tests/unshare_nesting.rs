@@ -8,6 +8,17 @@ use dep8_core::testbed::{ExecRequest, Testbed};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dep8_runs_unshare_inside_unshare() {
+    nested_run(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dep8_runs_unshare_inside_unshare_in_a_user_namespace() {
+    nested_run(true).await;
+}
+
+/// Copies dep8 and examples/hello into an unshare testbed and runs
+/// `dep8 run hello -- unshare --rootfs $DEP8_BASEIMAGE` there.
+async fn nested_run(userns: bool) {
     let Some(tarball) = dep8_conformance::required_resource("DEP8_TEST_ROOTFS", "a rootfs tarball")
     else {
         return;
@@ -17,9 +28,9 @@ async fn dep8_runs_unshare_inside_unshare() {
         return;
     }
     let mut tb = UnshareTestbed::open(Options {
-        rootfs: Rootfs::Tarball(tarball.into()),
-        network: false,
         baseimage: true,
+        userns,
+        ..Options::new(Rootfs::Tarball(tarball.into()))
     })
     .await
     .expect("open unshare");

@@ -17,11 +17,7 @@ async fn main() {
         .next()
         .expect("usage: unshare-timing TARBALL [REVERTS]");
     let reverts: usize = args.next().map_or(10, |n| n.parse().expect("REVERTS"));
-    let options = Options {
-        rootfs: Rootfs::Tarball(tarball.into()),
-        network: false,
-        baseimage: false,
-    };
+    let options = Options::new(Rootfs::Tarball(tarball.into()));
     let t = Instant::now();
     let mut tb = UnshareTestbed::open(options).await.expect("open");
     println!("open:   {}", ms(t.elapsed()));

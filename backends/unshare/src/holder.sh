@@ -6,10 +6,11 @@
 # private mount namespace, so the host's mount table never changes.
 # A tarball is unpacked once into a tmpfs at DIR/lower (fast, and gone with
 # the namespace); a directory is used in place.
-# Usage: holder.sh DIR (tarball|dir) PATH SCRATCH (private|host) (yes|no)
+# Usage: holder.sh DIR (tarball|dir) PATH SCRATCH (private|host) BASEIMAGE USERNS
+# (BASEIMAGE and USERNS are yes or no.)
 set -u
 exec 2>&1
-dir=$1 kind=$2 source=$3 scratch=$4 network=$5 baseimage=$6
+dir=$1 kind=$2 source=$3 scratch=$4 network=$5 baseimage=$6 userns=$7
 root=$dir/root
 rw=$dir/rw
 lower=$source
@@ -17,12 +18,12 @@ if [ "$kind" = tarball ]; then
     lower=$dir/lower
     mkdir "$lower" &&
         mount -t tmpfs -o mode=0755 dep8-lower "$lower" &&
-        tar --numeric-owner -C "$lower" -xf "$source" || {
+        tar --numeric-owner --exclude='./dev/*' -C "$lower" -xf "$source" || {
         echo "dep8-holder: failed to unpack $source"
         exit 1
     }
 fi
-hostname=$(cat /proc/sys/kernel/hostname)
+read -r hostname < /proc/sys/kernel/hostname
 
 # fstab escapes for paths.
 esc() {
@@ -53,7 +54,12 @@ fstab=$dir/fstab
 {
     echo "dep8-root $(esc "$root") overlay lowerdir=$(esc "$lower"),upperdir=$(esc "$rw/upper"),workdir=$(esc "$rw/work") 0 0"
     echo "proc $(esc "$root/proc") proc nosuid,nodev,noexec 0 0"
-    echo "sysfs $(esc "$root/sys") sysfs ro,nosuid,nodev,noexec 0 0"
+    if [ "$userns" = yes ] && [ "$network" = host ]; then
+        # sysfs can only be mounted by the owner of the net namespace
+        echo "/sys $(esc "$root/sys") none rbind 0 0"
+    else
+        echo "sysfs $(esc "$root/sys") sysfs ro,nosuid,nodev,noexec 0 0"
+    fi
     echo "$(esc "$dir/dev") $(esc "$root/dev") none rbind 0 0"
     echo "devpts $(esc "$root/dev/pts") devpts newinstance,ptmxmode=0666,mode=0620,gid=5,nosuid,noexec 0 0"
     echo "dep8-shm $(esc "$root/dev/shm") tmpfs mode=1777,nosuid,nodev 0 0"
@@ -71,7 +77,14 @@ up() {
         if [ "$network" = host ]; then
             rm -f "$root/etc/resolv.conf" && cp -L /etc/resolv.conf "$root/etc/resolv.conf"
         fi &&
-        echo "$hostname" > /proc/sys/kernel/hostname
+        restore_hostname
+}
+
+# A test may have renamed the testbed (its own uts namespace).
+restore_hostname() {
+    local now
+    read -r now < /proc/sys/kernel/hostname
+    [ "$now" = "$hostname" ] || hostname "$hostname"
 }
 
 # Kills every other process of the pid namespace and waits until all are

@@ -26,9 +26,10 @@
 //! Debian system (util-linux is essential), so the same code runs nested
 //! inside a testbed. bash as pid 1 reaps the orphans it inherits.
 //!
-//! Root only: as a normal user the rootfs would have to be unpacked and
-//! owned inside a user namespace with a subuid mapping, which this backend
-//! does not do yet.
+//! As a normal user (or with `--userns`), the namespaces are owned by a new
+//! user namespace mapping the user to root and the user's /etc/subuid range
+//! to the other ids (`unshare --map-auto --map-root-user`, as
+//! autopkgtest-virt-unshare does); root inside is then not root outside.
 
 use async_trait::async_trait;
 use dep8_core::capability::{BaseImage, BaseImageKind, Capabilities, Capability};
@@ -58,7 +59,8 @@ const BASE_ENV: [&str; 4] = [
 
 pub struct UnshareBackend;
 
-const USAGE: &str = "usage: unshare (--tarball FILE | --rootfs DIR) [--network] [--baseimage]";
+const USAGE: &str =
+    "usage: unshare (--tarball FILE | --rootfs DIR) [--network] [--baseimage] [--userns]";
 
 #[async_trait]
 impl Backend for UnshareBackend {
@@ -67,7 +69,7 @@ impl Backend for UnshareBackend {
     }
 
     fn summary(&self) -> &'static str {
-        "a rootfs tarball or dir in private namespaces over an overlay (root only)"
+        "a rootfs tarball or dir in private namespaces over an overlay, reverted by remounting"
     }
 
     fn capabilities_hint(&self) -> Vec<Capability> {
@@ -104,14 +106,30 @@ pub struct Options {
     pub network: bool,
     /// Mount the pristine rootfs read-only at [`BASEIMAGE_PATH`].
     pub baseimage: bool,
+    /// Run in a user namespace (root inside is not root outside); always so
+    /// when dep8 is not root. Needs the user's range in /etc/subuid and
+    /// /etc/subgid.
+    pub userns: bool,
 }
 
 impl Options {
+    /// The defaults for `rootfs`: private network, no base image, a user
+    /// namespace unless dep8 is root.
+    pub fn new(rootfs: Rootfs) -> Options {
+        Options {
+            rootfs,
+            network: false,
+            baseimage: false,
+            userns: !nix::unistd::geteuid().is_root(),
+        }
+    }
+
     /// Parses the words after `unshare` on the command line.
     pub fn parse(args: &[String]) -> Result<Options> {
         let usage = |msg: String| TestbedError::Usage(format!("{msg}\n{USAGE}"));
         let mut rootfs = None;
         let (mut network, mut baseimage) = (false, false);
+        let mut userns = !nix::unistd::geteuid().is_root();
         let mut words = args.iter();
         while let Some(word) = words.next() {
             let (flag, inline) = match word.split_once('=') {
@@ -129,6 +147,7 @@ impl Options {
                 "--rootfs" => rootfs = Some(Rootfs::Dir(value()?.into())),
                 "--network" => network = true,
                 "--baseimage" => baseimage = true,
+                "--userns" => userns = true,
                 _ => return Err(usage(format!("unknown argument {word:?}"))),
             }
         }
@@ -149,6 +168,7 @@ impl Options {
             rootfs,
             network,
             baseimage,
+            userns,
         })
     }
 }
@@ -215,15 +235,11 @@ pub struct UnshareTestbed {
     pid: String,
     caps: Capabilities,
     network: bool,
+    userns: bool,
 }
 
 impl UnshareTestbed {
     pub async fn open(options: Options) -> Result<Self> {
-        if !nix::unistd::geteuid().is_root() {
-            return Err(TestbedError::Usage(
-                "the unshare backend needs root (user namespaces are not supported yet)".into(),
-            ));
-        }
         tokio::task::spawn_blocking(move || Self::open_blocking(options))
             .await
             .map_err(|e| TestbedError::failure("opening the unshare testbed", e))?
@@ -262,6 +278,10 @@ impl UnshareTestbed {
         }
 
         let mut cmd = Command::new("unshare");
+        if options.userns {
+            // Our uid is root inside, the subuid range the other ids.
+            cmd.args(["--user", "--map-auto", "--map-root-user"]);
+        }
         cmd.args([
             "--mount",
             "--propagation=private",
@@ -282,12 +302,15 @@ impl UnshareTestbed {
             .arg(SCRATCH)
             .arg(if options.network { "host" } else { "private" })
             .arg(if options.baseimage { "yes" } else { "no" })
+            .arg(if options.userns { "yes" } else { "no" })
             .current_dir("/")
             .env_clear()
             .envs(BASE_ENV.iter().filter_map(|kv| kv.split_once('=')))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            // unshare's own errors (no subuid range, ...); the holder
+            // writes to stdout.
+            .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| TestbedError::failure("cannot run unshare (util-linux)", e))?;
         let stdin = child.stdin.take();
@@ -302,7 +325,25 @@ impl UnshareTestbed {
             Err(e) => {
                 let _ = holder.child.kill();
                 let _ = holder.child.wait();
-                return Err(e);
+                let mut stderr = String::new();
+                if let Some(mut pipe) = holder.child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+                }
+                let said = stderr.trim();
+                return Err(if said.contains("/etc/sub") {
+                    TestbedError::Usage(format!(
+                        "{said}: a user namespace needs a range of ids for this user \
+                         in /etc/subuid and /etc/subgid (usermod --add-subuids \
+                         --add-subgids)"
+                    ))
+                } else {
+                    match e {
+                        TestbedError::Failure(msg) if !said.is_empty() => {
+                            TestbedError::Failure(format!("{msg}; {said}"))
+                        }
+                        e => e,
+                    }
+                });
             }
         };
         let pid = ready.trim_start_matches("ready ").to_string();
@@ -319,6 +360,7 @@ impl UnshareTestbed {
             pid,
             caps,
             network: options.network,
+            userns: options.userns,
         })
     }
 
@@ -326,9 +368,13 @@ impl UnshareTestbed {
     fn enter(&self) -> Vec<String> {
         let mut argv = vec!["env".to_string(), "-i".to_string()];
         argv.extend(BASE_ENV.iter().map(|s| s.to_string()));
+        argv.extend(["nsenter", "--target", &self.pid].map(String::from));
+        if self.userns {
+            argv.push("--user".into());
+        }
         argv.extend(
             [
-                "nsenter", "--target", &self.pid, "--mount", "--pid", "--uts", "--ipc", "--net",
+                "--mount", "--pid", "--uts", "--ipc", "--net",
                 // The holder's root: after entering a mount namespace the
                 // root is that namespace's, which differs when nested in a
                 // chroot.
@@ -392,7 +438,10 @@ impl Testbed for UnshareTestbed {
 
     fn describe(&self) -> BTreeMap<String, String> {
         let network = if self.network { "host" } else { "private" };
-        BTreeMap::from([("unshare_network".to_string(), network.to_string())])
+        BTreeMap::from([
+            ("unshare_network".to_string(), network.to_string()),
+            ("unshare_userns".to_string(), self.userns.to_string()),
+        ])
     }
 
     async fn exec(&self, req: ExecRequest) -> Result<ExecOutcome> {
