@@ -73,13 +73,17 @@ pub fn assert_same_as_autopkgtest(example: &str, testbed: &[&str]) {
     let src = format!("examples/{example}");
     let a_dir = a_out.to_str().expect("utf-8 path");
     let d_dir = d_out.to_str().expect("utf-8 path");
-    let theirs_args = [&["-B", "--timeout-test=3", "-o", a_dir, &src, "--"], testbed].concat();
-    let ours_args = [&["run", "--timeout-test=3", "-o", d_dir, &src, "--"], testbed].concat();
-    let (theirs, their_code) = summary_of(
-        Path::new("/usr/bin/autopkgtest"),
-        &theirs_args,
-        &a_out,
-    );
+    let theirs_args = [
+        &["-B", "--timeout-test=3", "-o", a_dir, &src, "--"],
+        testbed,
+    ]
+    .concat();
+    let ours_args = [
+        &["run", "--timeout-test=3", "-o", d_dir, &src, "--"],
+        testbed,
+    ]
+    .concat();
+    let (theirs, their_code) = summary_of(Path::new("/usr/bin/autopkgtest"), &theirs_args, &a_out);
     let (ours, our_code) = summary_of(&dep8_bin(), &ours_args, &d_out);
     let on = testbed.join(" ");
     assert!(

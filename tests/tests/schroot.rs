@@ -124,9 +124,7 @@ async fn open(chroot: &str) -> SchrootTestbed {
 /// its pid.
 async fn leave_a_process(tb: &dyn Testbed) -> i32 {
     let out = tb
-        .exec(
-            ExecRequest::shell("setsid sleep 600 </dev/null >/dev/null 2>&1 & echo $!").capture(),
-        )
+        .exec(ExecRequest::shell("setsid sleep 600 </dev/null >/dev/null 2>&1 & echo $!").capture())
         .await
         .expect("exec");
     out.stdout_text().trim().parse().expect("a pid")

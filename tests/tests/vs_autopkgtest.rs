@@ -12,7 +12,9 @@ fn comparable() -> bool {
         return false;
     }
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: compared as root only (autopkgtest's testbeds behave differently otherwise)");
+        eprintln!(
+            "skipped: compared as root only (autopkgtest's testbeds behave differently otherwise)"
+        );
         return false;
     }
     true

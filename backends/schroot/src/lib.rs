@@ -89,7 +89,9 @@ impl Options {
             }
         }
         let chroot = chroot.ok_or_else(|| {
-            TestbedError::Usage("missing the chroot name; usage: schroot CHROOT [--baseimage]".into())
+            TestbedError::Usage(
+                "missing the chroot name; usage: schroot CHROOT [--baseimage]".into(),
+            )
         })?;
         Ok(Options { chroot, baseimage })
     }
@@ -103,8 +105,8 @@ struct ChrootConfig {
 
 impl ChrootConfig {
     fn read(name: &str) -> Result<ChrootConfig> {
-        let text = host_output("schroot", &["--config", "--chroot", name])
-            .map_err(|e| match e {
+        let text =
+            host_output("schroot", &["--config", "--chroot", name]).map_err(|e| match e {
                 TestbedError::Failure(msg) => TestbedError::Usage(msg),
                 other => TestbedError::Usage(format!("schroot chroot {name}: {other}")),
             })?;
@@ -126,7 +128,10 @@ impl ChrootConfig {
 
     /// A comma-separated list value.
     fn list(&self, key: &str) -> impl Iterator<Item = &str> {
-        self.get(key).split(',').map(str::trim).filter(|s| !s.is_empty())
+        self.get(key)
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
     }
 
     /// Refuses chroots whose sessions write to the chroot itself.
@@ -201,9 +206,12 @@ impl Session {
     /// with `baseimage`, that directory mounted read-only at
     /// [`BASEIMAGE_PATH`]. Blocking.
     fn begin(chroot: &str, scratch: Option<&str>, baseimage: Option<&Path>) -> Result<Session> {
-        let id = host_output("schroot", &["--quiet", "--begin-session", "--chroot", chroot])?
-            .trim()
-            .to_string();
+        let id = host_output(
+            "schroot",
+            &["--quiet", "--begin-session", "--chroot", chroot],
+        )?
+        .trim()
+        .to_string();
         // From here on, dropping the session ends it.
         let mut session = Session {
             id,
@@ -257,8 +265,14 @@ impl Session {
         let target = self.host_path(BASEIMAGE_PATH)?;
         let what = format!("mounting {} at {BASEIMAGE_PATH}", source.display());
         std::fs::create_dir_all(&target).map_err(|e| TestbedError::failure(&what, e))?;
-        mount(Some(source), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(|e| TestbedError::failure(&what, e))?;
+        mount(
+            Some(source),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| TestbedError::failure(&what, e))?;
         self.baseimage = Some(target.clone());
         let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
         mount(None::<&str>, &target, None::<&str>, ro, None::<&str>)
@@ -346,9 +360,7 @@ fn kill_processes_in(root: &Path) {
         let victims: Vec<i32> = procs
             .flatten()
             .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|pid| {
-                std::fs::read_link(format!("/proc/{pid}/root")).is_ok_and(|r| r == root)
-            })
+            .filter(|pid| std::fs::read_link(format!("/proc/{pid}/root")).is_ok_and(|r| r == root))
             .collect();
         if victims.is_empty() {
             return;
@@ -515,10 +527,7 @@ fn normal_users(config: &ChrootConfig, session: &Session) -> Vec<String> {
         .ok()
         .and_then(|p| std::fs::read_to_string(p).ok())
         .unwrap_or_default();
-    let present: Vec<&str> = passwd
-        .lines()
-        .filter_map(|l| l.split(':').next())
-        .collect();
+    let present: Vec<&str> = passwd.lines().filter_map(|l| l.split(':').next()).collect();
     let mut users: Vec<String> = Vec::new();
     for name in config.list("users").chain(["dep8"]) {
         if name != "root" && present.contains(&name) && !users.iter().any(|u| u == name) {
