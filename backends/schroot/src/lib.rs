@@ -446,8 +446,11 @@ pub fn resolve_in_root(root: &Path, path: &str) -> Result<PathBuf> {
 type Background<T> = std::thread::JoinHandle<Result<T>>;
 
 fn join<T>(work: Background<T>) -> Result<T> {
-    work.join()
-        .unwrap_or_else(|_| Err(TestbedError::Failure("a schroot helper thread panicked".into())))
+    work.join().unwrap_or_else(|_| {
+        Err(TestbedError::Failure(
+            "a schroot helper thread panicked".into(),
+        ))
+    })
 }
 
 /// Runs blocking session work off the async runtime.
@@ -674,7 +677,10 @@ impl Testbed for SchrootTestbed {
                 old.end()
             }));
         }
-        let spare = self.spare.take().unwrap_or_else(|| self.begin_in_background());
+        let spare = self
+            .spare
+            .take()
+            .unwrap_or_else(|| self.begin_in_background());
         let scratch = self.scratch.clone();
         let session = blocking("beginning a schroot session", move || {
             let mut session = join(spare)?;
