@@ -31,6 +31,22 @@ pub fn dep8_bin() -> PathBuf {
     bin
 }
 
+/// A program the test needs from the host, found in PATH; `None` (with the
+/// reason printed) when it is missing on a developer machine, a failure
+/// under CI, where `.ci/install-deps` installs it from `package`.
+pub fn required_program(program: &str, package: &str) -> Option<PathBuf> {
+    match which::which(program) {
+        Ok(path) => Some(path),
+        Err(_) if std::env::var_os("DEP8_CI").is_some() => {
+            panic!("{program} is not installed under CI: .ci/install-deps should install {package}")
+        }
+        Err(_) => {
+            eprintln!("SKIP: {program} is not installed (apt-get install {package})");
+            None
+        }
+    }
+}
+
 /// `name -> result word` from a summary file; `*` lines and detail lines are
 /// left out.
 pub fn result_words(summary: &str) -> BTreeMap<String, String> {
