@@ -204,9 +204,21 @@ impl Session {
     /// Begins a session of `chroot` with, given `baseimage`, that directory
     /// mounted read-only at [`BASEIMAGE_PATH`]. Blocking.
     fn begin(chroot: &str, baseimage: Option<&Path>) -> Result<Session> {
+        // Named after dep8's pid, so that `schroot --list --all-sessions`
+        // tells whose a session is.
+        static BEGUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = BEGUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("dep8-{chroot}-{}-{n}", std::process::id());
         let id = host_output(
             "schroot",
-            &["--quiet", "--begin-session", "--chroot", chroot],
+            &[
+                "--quiet",
+                "--begin-session",
+                "--chroot",
+                chroot,
+                "--session-name",
+                &name,
+            ],
         )?
         .trim()
         .to_string();
