@@ -20,13 +20,20 @@ fn test_chroot() -> Option<String> {
     Some(chroot)
 }
 
+/// Every schroot command reads every chroot definition, and the host-state
+/// test counts sessions: these tests run one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A chroot definition in /etc/schroot/chroot.d, removed when dropped.
 struct ChrootDefinition(PathBuf);
 
 impl ChrootDefinition {
     fn write(name: &str, body: &str) -> Self {
+        // Written beside and renamed, so that no schroot reads half of it.
+        let draft = Path::new("/etc/schroot").join(format!(".{name}.draft"));
+        std::fs::write(&draft, format!("[{name}]\n{body}")).expect("write chroot definition");
         let path = Path::new("/etc/schroot/chroot.d").join(name);
-        std::fs::write(&path, format!("[{name}]\n{body}")).expect("write chroot definition");
+        std::fs::rename(&draft, &path).expect("install chroot definition");
         ChrootDefinition(path)
     }
 }
@@ -50,6 +57,7 @@ async fn refuses_a_chroot_that_sessions_would_change() {
     if test_chroot().is_none() {
         return;
     }
+    let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let name = format!("dep8-test-persistent-{}", std::process::id());
     let _definition = ChrootDefinition::write(
@@ -146,6 +154,7 @@ async fn host_unchanged_after_run_timeout_and_drop() {
     let Some(chroot) = test_chroot() else {
         return;
     };
+    let _serial = SERIAL.lock().await;
     let before = host_state();
 
     // A run: copies both ways, a revert, a close.

@@ -201,14 +201,24 @@ struct Session {
 }
 
 impl Session {
-    /// Begins a session of `chroot` and prepares it: an empty scratch dir at
-    /// `scratch` (or at a new `/tmp/dep8-schroot.XXXXXX` when `None`) and,
-    /// with `baseimage`, that directory mounted read-only at
-    /// [`BASEIMAGE_PATH`]. Blocking.
-    fn begin(chroot: &str, scratch: Option<&str>, baseimage: Option<&Path>) -> Result<Session> {
+    /// Begins a session of `chroot` with, given `baseimage`, that directory
+    /// mounted read-only at [`BASEIMAGE_PATH`]. Blocking.
+    fn begin(chroot: &str, baseimage: Option<&Path>) -> Result<Session> {
+        // Named after dep8's pid, so that `schroot --list --all-sessions`
+        // tells whose a session is.
+        static BEGUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = BEGUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("dep8-{chroot}-{}-{n}", std::process::id());
         let id = host_output(
             "schroot",
-            &["--quiet", "--begin-session", "--chroot", chroot],
+            &[
+                "--quiet",
+                "--begin-session",
+                "--chroot",
+                chroot,
+                "--session-name",
+                &name,
+            ],
         )?
         .trim()
         .to_string();
@@ -224,7 +234,6 @@ impl Session {
             &["--location", "--chroot", &format!("session:{}", session.id)],
         )?;
         session.location = PathBuf::from(location.trim());
-        session.make_scratch(scratch)?;
         if let Some(source) = baseimage {
             session.mount_baseimage(source)?;
         }
@@ -240,6 +249,8 @@ impl Session {
         format!("/{}", rel.display())
     }
 
+    /// Creates an empty scratch dir at `scratch`, or at a new
+    /// `/tmp/dep8-schroot.XXXXXX` when `None`.
     fn make_scratch(&mut self, scratch: Option<&str>) -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
         let fail = |e: std::io::Error| TestbedError::failure("creating the scratch dir", e);
@@ -285,23 +296,35 @@ impl Session {
         resolve_in_root(&self.location, testbed_path)
     }
 
-    /// Ends the session: kills what tests left running, removes the scratch
-    /// dir, unmounts the base image, then `schroot --end-session`.
-    /// Idempotent; blocking.
+    /// Kills what tests left running and removes the scratch dir, so that
+    /// the next session may use the same path (the usual profiles share
+    /// the host's /tmp between sessions).
+    fn release_scratch(&mut self) -> Result<()> {
+        if !self.location.as_os_str().is_empty() {
+            kill_processes_in(&self.location);
+        }
+        let scratch = std::mem::take(&mut self.scratch_host);
+        if scratch.as_os_str().is_empty() {
+            return Ok(());
+        }
+        match std::fs::remove_dir_all(&scratch) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(TestbedError::failure(
+                format!("removing {}", scratch.display()),
+                e,
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Ends the session: [`Session::release_scratch`], unmounts the base
+    /// image, then `schroot --end-session`. Idempotent; blocking.
     fn end(&mut self) -> Result<()> {
         if self.id.is_empty() {
             return Ok(());
         }
         let mut errors = Vec::new();
-        if !self.location.as_os_str().is_empty() {
-            kill_processes_in(&self.location);
-        }
-        if !self.scratch_host.as_os_str().is_empty() {
-            if let Err(e) = std::fs::remove_dir_all(&self.scratch_host) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    errors.push(format!("removing {}: {e}", self.scratch_host.display()));
-                }
-            }
+        if let Err(e) = self.release_scratch() {
+            errors.push(reason(e));
         }
         if let Some(target) = self.baseimage.take() {
             // Lazy: a process that escaped the kill cannot keep it busy.
@@ -325,14 +348,27 @@ impl Session {
             }
         }
         if let Err(e) = ended {
-            errors.push(format!("ending schroot session {}: {e}", self.id));
+            errors.push(format!("ending schroot session {}: {}", self.id, reason(e)));
         }
         self.id.clear();
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(TestbedError::Failure(errors.join("; ")))
-        }
+        failures(errors)
+    }
+}
+
+/// What went wrong, without the "testbed failure" prefix.
+fn reason(e: TestbedError) -> String {
+    match e {
+        TestbedError::Failure(msg) => msg,
+        other => other.to_string(),
+    }
+}
+
+/// One failure for all of `errors`, if any.
+fn failures(errors: Vec<String>) -> Result<()> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(TestbedError::Failure(errors.join("; ")))
     }
 }
 
@@ -417,11 +453,38 @@ pub fn resolve_in_root(root: &Path, path: &str) -> Result<PathBuf> {
     Ok(root.join(resolved))
 }
 
+/// Session work running on a thread of its own: the spare session being
+/// begun, reverted sessions being ended.
+type Background<T> = std::thread::JoinHandle<Result<T>>;
+
+fn join<T>(work: Background<T>) -> Result<T> {
+    work.join().unwrap_or_else(|_| {
+        Err(TestbedError::Failure(
+            "a schroot helper thread panicked".into(),
+        ))
+    })
+}
+
+/// Runs blocking session work off the async runtime.
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| TestbedError::failure(what, e))?
+}
+
 /// An open schroot session as a testbed.
 pub struct SchrootTestbed {
     config: ChrootConfig,
     baseimage_source: Option<PathBuf>,
     session: Option<Session>,
+    /// The next session, begun in the background from the first revert on,
+    /// so that a revert only swaps sessions.
+    spare: Option<Background<Session>>,
+    /// Reverted sessions being ended in the background.
+    ending: Vec<Background<()>>,
     scratch: String,
     caps: Capabilities,
     /// Files are copied on the host through the session's location (only
@@ -432,9 +495,10 @@ pub struct SchrootTestbed {
 impl SchrootTestbed {
     pub async fn open(opts: Options) -> Result<SchrootTestbed> {
         let chroot = opts.chroot.clone();
-        let config = tokio::task::spawn_blocking(move || ChrootConfig::read(&chroot))
-            .await
-            .map_err(|e| TestbedError::failure("reading the chroot's configuration", e))??;
+        let config = blocking("reading the chroot's configuration", move || {
+            ChrootConfig::read(&chroot)
+        })
+        .await?;
         config.check_ephemeral()?;
         let root_euid = nix::unistd::geteuid().is_root();
         let baseimage_source = if opts.baseimage {
@@ -458,13 +522,21 @@ impl SchrootTestbed {
                 kind: BaseImageKind::Directory,
             });
         }
-        let session = begin(&config.name, None, baseimage_source.as_deref()).await?;
+        let (chroot, base) = (config.name.clone(), baseimage_source.clone());
+        let session = blocking("beginning a schroot session", move || {
+            let mut session = Session::begin(&chroot, base.as_deref())?;
+            session.make_scratch(None)?;
+            Ok(session)
+        })
+        .await?;
         caps.suggested_normal_users = normal_users(&config, &session);
         let mut tb = SchrootTestbed {
             scratch: session.scratch(),
             config,
             baseimage_source,
             session: Some(session),
+            spare: None,
+            ending: Vec::new(),
             caps,
             host_copies: root_euid,
         };
@@ -488,26 +560,24 @@ impl SchrootTestbed {
             .map(|s| s.scratch_host.clone());
     }
 
-    async fn end_session(&mut self) -> Result<()> {
-        match self.session.take() {
-            Some(mut session) => tokio::task::spawn_blocking(move || session.end())
-                .await
-                .map_err(|e| TestbedError::failure("ending the schroot session", e))?,
-            None => Ok(()),
-        }
+    /// Begins a session on a thread of its own.
+    fn begin_in_background(&self) -> Background<Session> {
+        let (chroot, base) = (self.config.name.clone(), self.baseimage_source.clone());
+        std::thread::spawn(move || Session::begin(&chroot, base.as_deref()))
     }
 }
 
-/// [`Session::begin`] off the async runtime.
-async fn begin(chroot: &str, scratch: Option<&str>, baseimage: Option<&Path>) -> Result<Session> {
-    let chroot = chroot.to_string();
-    let scratch = scratch.map(str::to_string);
-    let baseimage = baseimage.map(Path::to_path_buf);
-    tokio::task::spawn_blocking(move || {
-        Session::begin(&chroot, scratch.as_deref(), baseimage.as_deref())
-    })
-    .await
-    .map_err(|e| TestbedError::failure("beginning a schroot session", e))?
+impl Drop for SchrootTestbed {
+    /// Background work must not outlive the testbed: a spare session is
+    /// ended, reverted sessions finish ending.
+    fn drop(&mut self) {
+        let spare = self.spare.take().map(|work| join(work).map(drop));
+        for result in spare.into_iter().chain(self.ending.drain(..).map(join)) {
+            if let Err(e) = result {
+                tracing::warn!("{e}");
+            }
+        }
+    }
 }
 
 /// Unprivileged accounts for tests: the invoking user when dep8 is not root
@@ -596,21 +666,63 @@ impl Testbed for SchrootTestbed {
         }
     }
 
+    /// Swaps in a fresh session: the old one is ended in the background and
+    /// the next one is begun in the background too, so that from the
+    /// second revert on, a revert costs little more than a new scratch dir.
     async fn revert(&mut self) -> Result<()> {
-        self.end_session().await?;
-        let session = begin(
-            &self.config.name,
-            Some(&self.scratch),
-            self.baseimage_source.as_deref(),
-        )
+        for work in std::mem::take(&mut self.ending) {
+            if work.is_finished() {
+                if let Err(e) = join(work) {
+                    tracing::warn!("{e}");
+                }
+            } else {
+                self.ending.push(work);
+            }
+        }
+        if let Some(mut old) = self.session.take() {
+            let old = blocking("clearing the old schroot session", move || {
+                old.release_scratch().map(|()| old)
+            })
+            .await?;
+            self.ending.push(std::thread::spawn(move || {
+                let mut old = old;
+                old.end()
+            }));
+        }
+        let spare = self
+            .spare
+            .take()
+            .unwrap_or_else(|| self.begin_in_background());
+        let scratch = self.scratch.clone();
+        let session = blocking("beginning a schroot session", move || {
+            let mut session = join(spare)?;
+            session.make_scratch(Some(&scratch))?;
+            Ok(session)
+        })
         .await?;
         self.session = Some(session);
+        self.spare = Some(self.begin_in_background());
         self.note_downtmp_host();
         Ok(())
     }
 
+    /// Ends the session, the spare one and the reverted ones, in parallel.
     async fn close(&mut self) -> Result<()> {
-        self.end_session().await
+        let mut ending = std::mem::take(&mut self.ending);
+        if let Some(spare) = self.spare.take() {
+            ending.push(std::thread::spawn(move || join(spare)?.end()));
+        }
+        let current = self.session.take();
+        blocking("ending the schroot session", move || {
+            let errors = current
+                .into_iter()
+                .filter_map(|mut session| session.end().err())
+                .chain(ending.into_iter().filter_map(|work| join(work).err()))
+                .map(reason)
+                .collect();
+            failures(errors)
+        })
+        .await
     }
 }
 
