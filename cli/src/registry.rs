@@ -24,6 +24,9 @@ impl Registry {
     pub fn builtin() -> Self {
         let mut r = Registry::empty();
         r.register(Box::new(dep8_backend_null::NullBackend));
+        r.register(Box::new(dep8_backend_unshare::UnshareBackend));
+        r.register(Box::new(dep8_backend_ssh::SshBackend));
+        r.register(Box::new(dep8_backend_schroot::SchrootBackend));
         r.register(Box::new(dep8_backend_external::ExternalBackend));
         r
     }

@@ -3,7 +3,7 @@
 //! tests. A check whose capability the testbed does not advertise is
 //! skipped, never passed; a capability that is advertised must really work.
 
-pub mod harness;
+pub mod e2e;
 
 use dep8_core::capability::Capability;
 use dep8_core::testbed::{ExecRequest, ExitStatus, Input, Output, Testbed};
@@ -233,7 +233,8 @@ async fn copy_file_round_trip(tb: &mut dyn Testbed) -> Result<(), String> {
     std::fs::write(&src, &data).map_err(|e| e.to_string())?;
     std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o755))
         .map_err(|e| e.to_string())?;
-    let target = scratch_path(tb, "-odd name.sh");
+    // The parent dirs do not exist yet: copy_down creates them.
+    let target = scratch_path(tb, "new/dirs/-odd name.sh");
     tb.copy_down(&src, &target)
         .await
         .map_err(|e| e.to_string())?;

@@ -2,9 +2,9 @@
 //! A backend whose tools are missing is skipped with a reason; one whose
 //! tools are present but broken fails loudly.
 
-use dep8_conformance::harness::{dep8_bin, required_program};
+use dep8_conformance::e2e::{dep8_bin, required_program};
 use dep8_conformance::{format_verdicts, required_resource, run_all, Verdict};
-use dep8_core::testbed::Testbed;
+use dep8_core::testbed::{Backend, Testbed};
 
 async fn certify(name: &str, mut tb: Box<dyn Testbed>) {
     let verdicts = run_all(tb.as_mut()).await;
@@ -23,9 +23,42 @@ async fn null() {
     certify("null", Box::new(tb)).await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn unshare() {
+    let Some(tarball) = dep8_conformance::required_resource("DEP8_TEST_ROOTFS", "a rootfs tarball")
+    else {
+        return;
+    };
+    let args: Vec<String> = ["--tarball", &tarball, "--baseimage"]
+        .map(String::from)
+        .to_vec();
+    let tb = dep8_backend_unshare::UnshareBackend
+        .open(&args)
+        .await
+        .expect("open unshare");
+    certify("unshare", tb).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schroot() {
+    use dep8_backend_schroot::{Options, SchrootTestbed};
+    let Some(chroot) = dep8_conformance::required_resource(
+        "DEP8_TEST_SCHROOT",
+        "a schroot chroot with a union-type",
+    ) else {
+        return;
+    };
+    let tb = SchrootTestbed::open(Options {
+        chroot,
+        baseimage: true,
+    })
+    .await
+    .expect("open schroot");
+    certify("schroot", Box::new(tb)).await;
+}
+
 /// `external PROGRAM ARGS...`, as `dep8 run SRC -- external ...` opens it.
 async fn external(program: &str, args: &[&str]) -> Box<dyn Testbed> {
-    use dep8_core::testbed::Backend;
     let mut argv = vec![program.to_string()];
     argv.extend(args.iter().map(|a| a.to_string()));
     dep8_backend_external::ExternalBackend

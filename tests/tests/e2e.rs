@@ -1,7 +1,7 @@
 //! End to end: the `dep8` binary on the example packages, asserting the
 //! exact summary, the exit status and the files in the output dir.
 
-use dep8_conformance::harness::{dep8_bin, repo};
+use dep8_conformance::e2e::{dep8_bin, repo};
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -19,6 +19,16 @@ fn run(example: &str, out: &Path, extra: &[&str]) -> Output {
         .expect("run dep8")
 }
 
+/// Asserts the exit status, showing dep8's stderr when it differs.
+fn assert_exit(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn read(path: impl AsRef<Path>) -> String {
     std::fs::read_to_string(path.as_ref())
         .unwrap_or_else(|e| panic!("{}: {e}", path.as_ref().display()))
@@ -28,12 +38,7 @@ fn read(path: impl AsRef<Path>) -> String {
 fn hello_passes() {
     let dir = tempfile::tempdir().unwrap();
     let out = run("hello", &dir.path().join("out"), &[]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "greets               PASS\ncommand1             PASS (superficial)\n"
@@ -182,4 +187,39 @@ fn read_or_empty(path: &Path) -> String {
 
 fn nix_is_root() -> bool {
     nix::unistd::geteuid().is_root()
+}
+
+#[test]
+fn a_dsc_is_unpacked_in_the_testbed() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let built = Command::new("cp")
+        .args(["-a", "examples/hello", src.to_str().unwrap()])
+        .current_dir(repo())
+        .status()
+        .unwrap();
+    assert!(built.success());
+    let dsc_made = Command::new("dpkg-source")
+        .args(["-b", "hello"])
+        .current_dir(&src)
+        .output()
+        .expect("dpkg-source (dpkg-dev) is installed by .ci/install-deps");
+    assert!(dsc_made.status.success(), "{dsc_made:?}");
+    let dsc = src.join("dep8-hello_1.0.dsc");
+    let out_dir = dir.path().join("out");
+    let out = Command::new(dep8_bin())
+        .args([
+            "run",
+            "-o",
+            out_dir.to_str().unwrap(),
+            dsc.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_exit(&out, 0);
+    assert_eq!(
+        read(out_dir.join("summary")),
+        "greets               PASS\ncommand1             PASS (superficial)\n"
+    );
 }

@@ -1,14 +1,15 @@
 //! The same example packages through Debian's autopkgtest and through dep8
-//! on the null testbed, and through each other over the virt-server
-//! protocol: every test must get the same result word, and the runs the
+//! on the null, unshare and schroot testbeds, and through each other over
+//! the virt-server protocol: every test must get the same result word, and the runs the
 //! same exit status, as `autopkgtest -B SRC -- null`.
 
-use dep8_conformance::harness::{dep8_bin, required_program, summary_of};
+use dep8_conformance::e2e::{assert_same_as_autopkgtest, dep8_bin, required_program, summary_of};
+use dep8_conformance::required_resource;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 
-const EXAMPLES: [&str; 2] = ["hello", "outcomes"];
+const EXAMPLES: [&str; 3] = ["hello", "outcomes", "build-needed"];
 
 /// Result words, exit status, and the end of the log (for the message).
 type Results = (BTreeMap<String, String>, Option<i32>, String);
@@ -114,4 +115,46 @@ fn autopkgtest_over_dep8_virt_server_null() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
     same_as_autopkgtest(&autopkgtest, &["-B"], &[wrapper.to_str().unwrap()]);
+}
+
+/// Whether the comparison can run here; prints why not.
+fn comparable() -> bool {
+    if !Path::new("/usr/bin/autopkgtest").exists() {
+        eprintln!("skipped: Debian's autopkgtest is not installed (apt-get install autopkgtest)");
+        return false;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "skipped: compared as root only (autopkgtest's testbeds behave differently otherwise)"
+        );
+        return false;
+    }
+    true
+}
+
+#[test]
+fn same_results_as_autopkgtest_on_unshare() {
+    let Some(tarball) = required_resource("DEP8_TEST_ROOTFS", "a rootfs tarball") else {
+        return;
+    };
+    if !comparable() {
+        return;
+    }
+    for example in ["hello", "outcomes"] {
+        assert_same_as_autopkgtest(example, &["unshare", "--tarball", &tarball]);
+    }
+}
+
+#[test]
+fn same_results_as_autopkgtest_on_schroot() {
+    let Some(chroot) = required_resource("DEP8_TEST_SCHROOT", "a schroot chroot with a union-type")
+    else {
+        return;
+    };
+    if !comparable() {
+        return;
+    }
+    for example in ["hello", "outcomes"] {
+        assert_same_as_autopkgtest(example, &["schroot", &chroot]);
+    }
 }

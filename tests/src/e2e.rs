@@ -1,15 +1,15 @@
-//! Helpers for the end-to-end tests: the binaries they drive and the
-//! summaries they compare.
+//! Helpers for the end-to-end tests that drive the `dep8` binary and
+//! Debian's autopkgtest on the example packages.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// The repository's root (examples/ lives there).
+/// The repository's top directory (where `examples/` is).
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("the tests crate is in the workspace")
+        .expect("repository dir")
         .to_path_buf()
 }
 
@@ -49,7 +49,7 @@ pub fn required_program(program: &str, package: &str) -> Option<PathBuf> {
 
 /// `name -> result word` from a summary file; `*` lines and detail lines are
 /// left out.
-pub fn words(summary: &str) -> BTreeMap<String, String> {
+pub fn result_words(summary: &str) -> BTreeMap<String, String> {
     summary
         .lines()
         .filter_map(|line| {
@@ -61,8 +61,8 @@ pub fn words(summary: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Runs `program args` in the repository and returns the result words of
-/// the summary it wrote in `out`, and its exit status.
+/// Runs `program args` from the repository's top directory; returns the
+/// result words of the summary it wrote in `out` and its exit status.
 pub fn summary_of(
     program: &Path,
     args: &[&str],
@@ -76,5 +76,39 @@ pub fn summary_of(
         .status()
         .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
     let summary = std::fs::read_to_string(out.join("summary")).unwrap_or_default();
-    (words(&summary), status.code())
+    (result_words(&summary), status.code())
+}
+
+/// Runs `examples/EXAMPLE` with Debian's autopkgtest (`-B`) and with dep8 on
+/// the testbed `testbed` (`BACKEND ARGS...`, the same words for both) and
+/// asserts that every test gets the same result word and that both exit
+/// with the same status.
+pub fn assert_same_as_autopkgtest(example: &str, testbed: &[&str]) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (a_out, d_out) = (dir.path().join("autopkgtest"), dir.path().join("dep8"));
+    let src = format!("examples/{example}");
+    let a_dir = a_out.to_str().expect("utf-8 path");
+    let d_dir = d_out.to_str().expect("utf-8 path");
+    let theirs_args = [
+        &["-B", "--timeout-test=3", "-o", a_dir, &src, "--"],
+        testbed,
+    ]
+    .concat();
+    let ours_args = [
+        &["run", "--timeout-test=3", "-o", d_dir, &src, "--"],
+        testbed,
+    ]
+    .concat();
+    let (theirs, their_code) = summary_of(Path::new("/usr/bin/autopkgtest"), &theirs_args, &a_out);
+    let (ours, our_code) = summary_of(&dep8_bin(), &ours_args, &d_out);
+    let on = testbed.join(" ");
+    assert!(
+        !theirs.is_empty(),
+        "autopkgtest produced no summary for {example} on {on}"
+    );
+    assert_eq!(ours, theirs, "result words differ on {example} on {on}");
+    assert_eq!(
+        our_code, their_code,
+        "exit status differs on {example} on {on}"
+    );
 }

@@ -1,0 +1,110 @@
+//! `dep8 image build KIND ...`: testbed images from Debian's archive.
+
+use dep8_images::rootfs::{self, RootfsSpec, Variant};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(clap::Subcommand)]
+pub enum ImageCommand {
+    /// Build an image.
+    #[command(subcommand)]
+    Build(BuildKind),
+}
+
+/// The kinds of image dep8 builds.
+#[derive(clap::Subcommand)]
+pub enum BuildKind {
+    /// A rootfs tarball for the unshare, schroot and lxc backends.
+    Rootfs(RootfsArgs),
+}
+
+#[derive(clap::Args)]
+pub struct RootfsArgs {
+    /// The Debian release (suite or codename).
+    #[arg(long, default_value = "bookworm")]
+    release: String,
+    #[arg(long, value_enum, default_value_t = VariantArg::Minbase)]
+    variant: VariantArg,
+    /// The archive to build from (default: http://deb.debian.org/debian).
+    #[arg(long)]
+    mirror: Option<String>,
+    /// Extra packages (comma-separated; repeatable).
+    #[arg(long, value_delimiter = ',')]
+    include: Vec<String>,
+    /// The tarball to write (.tar, .tar.gz, .tar.zst, ...).
+    #[arg(short = 'o', long)]
+    output: PathBuf,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum VariantArg {
+    Minbase,
+    Apt,
+}
+
+/// Runs `dep8 image ...`; returns the exit status.
+pub fn main(command: ImageCommand) -> i32 {
+    match command {
+        ImageCommand::Build(BuildKind::Rootfs(args)) => build_rootfs(args),
+    }
+}
+
+fn build_rootfs(args: RootfsArgs) -> i32 {
+    let spec = RootfsSpec {
+        release: args.release,
+        variant: match args.variant {
+            VariantArg::Minbase => Variant::Minbase,
+            VariantArg::Apt => Variant::Apt,
+        },
+        mirror: args.mirror,
+        include: args.include,
+        output: args.output,
+    };
+    let progress = Progress::new(&format!("building {} rootfs", spec.release));
+    let result = rootfs::build(&spec, |line| progress.line(line));
+    progress.finish();
+    match result {
+        Ok(()) => {
+            eprintln!("dep8: wrote {}", spec.output.display());
+            0
+        }
+        Err(e) => {
+            eprintln!("dep8: error: {e}");
+            1
+        }
+    }
+}
+
+/// A spinner showing the latest line of a long build on a terminal; plain
+/// lines otherwise.
+struct Progress(Option<indicatif::ProgressBar>);
+
+impl Progress {
+    fn new(what: &str) -> Self {
+        if !std::io::stderr().is_terminal() {
+            eprintln!("dep8: {what}");
+            return Progress(None);
+        }
+        let bar = indicatif::ProgressBar::new_spinner().with_prefix(what.to_string());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{elapsed}] {prefix}: {wide_msg}")
+                .expect("valid template"),
+        );
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Progress(Some(bar))
+    }
+
+    fn line(&self, line: &str) {
+        match &self.0 {
+            Some(bar) => bar.set_message(line.to_string()),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
+}
