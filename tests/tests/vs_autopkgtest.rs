@@ -7,15 +7,14 @@ use dep8_conformance::e2e::{assert_same_as_autopkgtest, dep8_bin, required_progr
 use dep8_conformance::required_resource;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 const EXAMPLES: [&str; 3] = ["hello", "outcomes", "build-needed"];
 
-type Results = (BTreeMap<String, String>, Option<i32>);
+/// Result words, exit status, and the end of the log (for the message).
+type Results = (BTreeMap<String, String>, Option<i32>, String);
 
-/// autopkgtest's own results on null, once per test binary: every
-/// comparison below waits for them (so two autopkgtest runs, which
-/// install on the host, never overlap).
+/// autopkgtest's own results on null, once per test binary.
 fn reference() -> Option<&'static BTreeMap<&'static str, Results>> {
     static REFERENCE: OnceLock<Option<BTreeMap<&'static str, Results>>> = OnceLock::new();
     REFERENCE
@@ -52,19 +51,31 @@ fn run(program: &Path, options: &[&str], example: &str, testbed: &[&str]) -> Res
     let mut args = options.to_vec();
     args.extend(["--timeout-test=3", "-o", out.to_str().unwrap(), &src, "--"]);
     args.extend(testbed);
-    summary_of(program, &args, &out)
+    let (words, code) = summary_of(program, &args, &out);
+    let log = std::fs::read_to_string(out.join("log")).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+    (words, code, tail)
 }
 
 /// Runs every example through `program` and compares with autopkgtest.
+/// One comparison at a time: autopkgtest installs packages on the host (the
+/// null testbed), which must not happen under another run's feet.
 fn same_as_autopkgtest(program: &Path, options: &[&str], testbed: &[&str]) {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let Some(reference) = reference() else {
         return;
     };
     for example in EXAMPLES {
-        let (ours, our_code) = run(program, options, example, testbed);
-        let (theirs, their_code) = &reference[example];
-        assert_eq!(&ours, theirs, "result words differ on {example}");
-        assert_eq!(&our_code, their_code, "exit status differs on {example}");
+        let (ours, our_code, our_log) = run(program, options, example, testbed);
+        let (theirs, their_code, their_log) = &reference[example];
+        let logs = format!("our log ends:\n{our_log}\nautopkgtest's log ends:\n{their_log}");
+        assert_eq!(&ours, theirs, "result words differ on {example}; {logs}");
+        assert_eq!(
+            &our_code, their_code,
+            "exit status differs on {example}; {logs}"
+        );
     }
 }
 

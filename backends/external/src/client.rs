@@ -148,6 +148,21 @@ impl Testbed for ExternalTestbed {
 
     async fn copy_down(&self, host: &Path, testbed_path: &str) -> Result<()> {
         let meta = std::fs::metadata(host).map_err(|e| TestbedError::failure(host.display(), e))?;
+        // Servers create neither the parent dirs nor (for a file) the
+        // target's dir; autopkgtest's client makes them first too.
+        let parent = Path::new(testbed_path.trim_end_matches('/')).parent();
+        if let Some(parent) = parent.filter(|p| *p != Path::new(&self.scratch)) {
+            let parent = parent.to_string_lossy();
+            let made = self
+                .exec(ExecRequest::new(["mkdir", "-p", "--", &parent]).capture())
+                .await?;
+            if !made.status.success() {
+                return Err(TestbedError::Failure(format!(
+                    "creating testbed:{parent}: {}",
+                    made.stderr_text().trim()
+                )));
+            }
+        }
         let (from, to) = paths(&host.to_string_lossy(), testbed_path, meta.is_dir());
         // The protocol's copydown does not create missing parents; dep8's
         // contract does.
@@ -210,6 +225,11 @@ impl Testbed for ExternalTestbed {
             return Ok(());
         }
         let channel = self.channel.get_mut();
+        if channel.dead.is_some() {
+            // Its failure was reported when it happened, and a server
+            // closes its testbed itself when it gives up.
+            return Ok(());
+        }
         channel.command(&["close"], 0..=0).await?;
         channel.quit().await
     }
@@ -247,6 +267,8 @@ struct Channel {
     /// A command whose reply was never read (its future was dropped): the
     /// next reply would be out of step.
     unanswered: Option<String>,
+    /// Why the server can no longer be used, once it died.
+    dead: Option<String>,
 }
 
 impl Channel {
@@ -292,6 +314,7 @@ impl Channel {
             stderr_tail,
             stderr_reader: Some(stderr_reader),
             unanswered: None,
+            dead: None,
         })
     }
 
@@ -310,6 +333,7 @@ impl Channel {
     /// The server broke: wait for it to exit so that its status and last
     /// words can be reported.
     async fn died(&mut self, what: String) -> TestbedError {
+        self.unanswered = None;
         let status = match tokio::time::timeout(EXIT_WAIT, self.child.wait()).await {
             Ok(Ok(status)) => format!(" ({status})"),
             _ => String::new(),
@@ -317,7 +341,9 @@ impl Channel {
         if let Some(reader) = self.stderr_reader.take() {
             let _ = tokio::time::timeout(Duration::from_secs(2), reader).await;
         }
-        self.failure(format!("{what}{status}"))
+        let what = format!("{what}{status}");
+        self.dead = Some(what.clone());
+        self.failure(what)
     }
 
     async fn read_line(&mut self) -> std::io::Result<Option<String>> {
@@ -345,6 +371,12 @@ impl Channel {
         words: &[&str],
         results: RangeInclusive<usize>,
     ) -> Result<Vec<String>> {
+        if let Some(why) = &self.dead {
+            return Err(TestbedError::Failure(format!(
+                "virt server {} is gone: {why}",
+                self.program
+            )));
+        }
         if let Some(sent) = &self.unanswered {
             return Err(self.failure(format!(
                 "the reply to `{sent}' was never read (interrupted); the protocol is out of step"

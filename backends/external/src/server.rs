@@ -69,13 +69,7 @@ pub async fn serve(
                 if server.session.is_some() {
                     eprintln!("dep8 virt-server: end of file on stdin (caller quit?): closing the testbed");
                 }
-                return match server.close().await {
-                    Ok(()) => 0,
-                    Err(e) => {
-                        eprintln!("dep8 virt-server: {e}");
-                        1
-                    }
-                };
+                return server.shut_down().await;
             }
         };
         let answer = match line {
@@ -83,16 +77,10 @@ pub async fn serve(
             Line::Text(text) => {
                 let command = words::parse(&text);
                 if command.first().map(String::as_str) == Some("quit") {
-                    let closed = server.close().await;
+                    let code = server.shut_down().await;
                     // autopkgtest's client stops reading before `quit`.
                     let _ = reply(&mut output, "ok").await;
-                    return match closed {
-                        Ok(()) => 0,
-                        Err(e) => {
-                            eprintln!("dep8 virt-server: {e}");
-                            1
-                        }
-                    };
+                    return code;
                 }
                 server.command(&command).await
             }
@@ -303,6 +291,15 @@ impl Server<'_> {
         if self.session.is_some() {
             return Err("`open' when already open".into());
         }
+        // The socket first: nothing to undo if it fails.
+        let dir = tempfile::Builder::new()
+            .prefix("dep8-virt-server.")
+            .tempdir()
+            .map_err(|e| format!("creating a temporary dir: {e}"))?;
+        let path = dir.path().join("exec.sock");
+        let listener = UnixListener::bind(&path)
+            .map_err(|e| format!("listening on {}: {e}", path.display()))?;
+        let listener = Arc::new(listener);
         let tb = self
             .backend
             .open(self.args)
@@ -310,18 +307,6 @@ impl Server<'_> {
             .map_err(|e| format!("opening {}: {e}", self.backend.name()))?;
         let scratch = tb.scratch().to_string();
         let tb: SharedTestbed = Arc::new(RwLock::new(tb));
-        let dir = tempfile::Builder::new()
-            .prefix("dep8-virt-server.")
-            .tempdir()
-            .map_err(|e| format!("creating a temporary dir: {e}"))?;
-        let path = dir.path().join("exec.sock");
-        let listener = match UnixListener::bind(&path) {
-            Ok(l) => Arc::new(l),
-            Err(e) => {
-                let _ = tb.write().await.close().await;
-                return Err(format!("listening on {}: {e}", path.display()));
-            }
-        };
         let acceptor = tokio::spawn(accept(listener.clone(), tb.clone()));
         self.session = Some(Session {
             tb,
@@ -354,6 +339,17 @@ impl Server<'_> {
         session.accept_commands();
         done.map(|scratch| vec![scratch])
             .map_err(|e| format!("{name}: {e}"))
+    }
+
+    /// Closes for good: the exit status, 0 unless closing failed.
+    async fn shut_down(&mut self) -> i32 {
+        match self.close().await {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("dep8 virt-server: {e}");
+                1
+            }
+        }
     }
 
     /// Closes the testbed, if open, and removes the socket's dir.
@@ -461,7 +457,7 @@ async fn serve_exec(stream: UnixStream, tb: SharedTestbed) {
             if argv.is_empty() {
                 Some((FAIL, b"no command given".to_vec()))
             } else {
-                run(argv, &tb, from_client, &to_client).await
+                run(argv, &tb, &mut from_client, &to_client).await
             }
         }
         Ok(Some((kind, _))) => Some((
@@ -472,7 +468,14 @@ async fn serve_exec(stream: UnixStream, tb: SharedTestbed) {
         Err(e) => Some((FAIL, format!("reading the command: {e}").into_bytes())),
     };
     if let Some((kind, payload)) = end {
-        let _ = write_frame(&mut *to_client.lock().await, kind, &payload).await;
+        let mut to_client = to_client.into_inner();
+        let _ = write_frame(&mut to_client, kind, &payload).await;
+        // Closing with unread input would reset the connection and could
+        // lose the last frame: signal the end, then wait for the client's.
+        let _ = to_client.shutdown().await;
+        let mut sink = tokio::io::sink();
+        let drain = tokio::io::copy(&mut from_client, &mut sink);
+        let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
     }
 }
 
@@ -495,7 +498,7 @@ fn proc_path(fd: &OwnedFd) -> PathBuf {
 async fn run(
     argv: Vec<String>,
     tb: &SharedTestbed,
-    mut from_client: OwnedReadHalf,
+    from_client: &mut OwnedReadHalf,
     to_client: &Mutex<OwnedWriteHalf>,
 ) -> Option<(u8, Vec<u8>)> {
     let pipes = (|| Ok::<_, String>((pipe()?, pipe()?, pipe()?)))();
@@ -526,7 +529,7 @@ async fn run(
             forward(err_r, exec_channel::STDERR, to_client)
         )
     };
-    let client_gone = feed_stdin(&mut from_client, stdin);
+    let client_gone = feed_stdin(from_client, stdin);
     tokio::pin!(running, forwarding, client_gone);
     let mut forwarded = false;
     let outcome = loop {
