@@ -1,6 +1,7 @@
 //! The `dep8` command line: argument parsing, the backend registry, and the
 //! subcommands. `main_with` lets a custom binary add its own backends.
 
+mod image;
 mod registry;
 
 pub use registry::Registry;
@@ -45,6 +46,9 @@ enum Command {
         #[arg(long)]
         markdown: bool,
     },
+    /// Build testbed images.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff).
@@ -207,6 +211,7 @@ async fn dispatch(command: Command, registry: &Registry) -> i32 {
             }
             0
         }
+        Command::Image(command) => image::run(command),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "dep8", &mut std::io::stdout());
             0
