@@ -21,3 +21,17 @@ async fn null() {
     let tb = dep8_backend_null::NullTestbed::open().expect("open null");
     certify("null", Box::new(tb)).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn qemu() {
+    use dep8_core::testbed::Backend;
+    let Some(image) = dep8_conformance::required_resource("DEP8_TEST_QEMU_IMAGE", "a qemu image")
+    else {
+        return;
+    };
+    let tb = dep8_backend_qemu::QemuBackend
+        .open(&[image, "--baseimage".into()])
+        .await
+        .expect("open qemu");
+    certify("qemu", tb).await;
+}

@@ -69,6 +69,7 @@ impl Ssh {
         self.port = port;
     }
 
+    /// `ssh OPTIONS... EXTRA... root@127.0.0.1`; a remote command goes after.
     fn argv(&self, extra: &[&str]) -> Vec<String> {
         let d = |name: &str| self.dir.join(name).to_string_lossy().into_owned();
         let mut argv: Vec<String> = vec!["ssh".into(), "-F".into(), "none".into()];
@@ -142,11 +143,13 @@ impl Ssh {
             "echo $$ > {pidfile}; {}; s=$?; rm -f {pidfile}; exit $s",
             shell_words::join(in_testbed_argv(&req))
         );
-        let argv = self.argv(&["-o", "ControlMaster=no", "--", &remote]);
+        let mut argv = self.argv(&["-o", "ControlMaster=no"]);
+        argv.push(remote);
         let outcome = run_local(&argv, req).await?;
         if outcome.timed_out {
             let kill = format!("kill -KILL -- -$(cat {pidfile}) 2>/dev/null; rm -f {pidfile}");
-            let argv = self.argv(&["-o", "ControlMaster=no", "--", &kill]);
+            let mut argv = self.argv(&["-o", "ControlMaster=no"]);
+            argv.push(kill);
             let req = ExecRequest::new(argv.clone()).timeout(Duration::from_secs(30));
             run_local(&argv, req).await?;
         } else if outcome.status == ExitStatus::Code(255) && !self.connected().await {
