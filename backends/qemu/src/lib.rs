@@ -153,7 +153,8 @@ enum Boot {
         initrd: Option<PathBuf>,
         append: String,
     },
-    Efi(PathBuf),
+    /// The image's own boot loader, with QEMU's BIOS or UEFI firmware.
+    Disk { firmware: Option<PathBuf> },
 }
 
 /// A running QEMU.
@@ -197,7 +198,7 @@ impl QemuTestbed {
         let qemu_version = qemu_version(&qemu)?;
         let kernel = match &boot {
             Boot::Direct { kernel, .. } => Some(kernel.as_path()),
-            Boot::Efi(_) => None,
+            Boot::Disk { .. } => None,
         };
         let accel = accel::choose(&qemu, kernel).await?;
         let user_cpu = args.cpu.clone().or_else(|| {
@@ -415,7 +416,11 @@ impl QemuTestbed {
                     add(&["-initrd", &p(initrd)]);
                 }
             }
-            Boot::Efi(firmware) => add(&["-bios", &p(firmware)]),
+            Boot::Disk { firmware } => {
+                if let Some(firmware) = firmware {
+                    add(&["-bios", &p(firmware)]);
+                }
+            }
         }
         if let Some(opts) = &self.args.qemu_options {
             let words = shell_words::split(opts)
@@ -442,10 +447,17 @@ impl QemuTestbed {
                     )));
                 }
             }
+            let console = tail(&self.console_log(), 15);
+            if console.contains("No bootable device") {
+                return Err(TestbedError::Failure(format!(
+                    "{} has no boot loader and no kernel beside it \
+                     (IMAGE.vmlinuz or --kernel); console:\n{console}",
+                    self.image.display()
+                )));
+            }
             if Instant::now() > deadline {
                 return Err(TestbedError::Failure(format!(
-                    "the guest did not answer ssh within {limit:?} ({last_error}); console:\n{}",
-                    tail(&self.console_log(), 15)
+                    "the guest did not answer ssh within {limit:?} ({last_error}); console:\n{console}"
                 )));
             }
             match self.ssh.connect().await {
@@ -686,16 +698,22 @@ fn boot_files(args: &Args, image: &Path) -> Result<Boot> {
                 firmware.display()
             )));
         }
-        return Ok(Boot::Efi(firmware));
+        return Ok(Boot::Disk {
+            firmware: Some(firmware),
+        });
     }
-    let kernel = args.kernel.clone().unwrap_or_else(|| beside(".vmlinuz"));
-    if !kernel.is_file() {
-        return Err(TestbedError::Usage(format!(
-            "no kernel {} for direct boot: build the image with `dep8 image build qemu`, \
-             pass --kernel, or boot the image's own boot loader with --efi",
-            kernel.display()
-        )));
-    }
+    let kernel = match &args.kernel {
+        Some(kernel) if !kernel.is_file() => {
+            return Err(TestbedError::Usage(format!(
+                "--kernel {}: no such file",
+                kernel.display()
+            )))
+        }
+        Some(kernel) => kernel.clone(),
+        None if beside(".vmlinuz").is_file() => beside(".vmlinuz"),
+        // No kernel beside the image: boot its own boot loader.
+        None => return Ok(Boot::Disk { firmware: None }),
+    };
     let initrd = match &args.initrd {
         Some(initrd) if !initrd.is_file() => {
             return Err(TestbedError::Usage(format!(

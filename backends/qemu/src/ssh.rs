@@ -147,7 +147,11 @@ impl Ssh {
         argv.push(remote);
         let outcome = run_local(&argv, req).await?;
         if outcome.timed_out {
-            let kill = format!("kill -KILL -- -$(cat {pidfile}) 2>/dev/null; rm -f {pidfile}");
+            // The command may not have started yet on a slow guest.
+            let kill = format!(
+                "for i in $(seq 100); do if [ -e {pidfile} ]; then \
+                 kill -KILL -- -$(cat {pidfile}); rm -f {pidfile}; exit 0; fi; sleep 0.1; done"
+            );
             let mut argv = self.argv(&["-o", "ControlMaster=no"]);
             argv.push(kill);
             let req = ExecRequest::new(argv.clone()).timeout(Duration::from_secs(30));
