@@ -7,11 +7,14 @@ mod registry;
 pub use registry::Registry;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use dep8_core::acquire::Fetch;
 use dep8_core::capability::Capabilities;
 use dep8_core::control::Entry;
+use dep8_core::install::DependencyPolicy;
 use dep8_core::report::{RunLog, EXIT_TESTBED_FAILURE, EXIT_UNEXPECTED};
 use dep8_core::restriction::{self, InternetPolicy, ResolveOptions};
 use dep8_core::runner::{self, RunOptions, Timeouts};
+use dep8_core::setup::{self, Setup};
 use dep8_core::testbed::TestbedError;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -57,8 +60,11 @@ enum Command {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// The unpacked source tree (default: the current directory).
-    source: Option<PathBuf>,
+    /// What to test: an unpacked source tree (default: the current
+    /// directory), a .dsc, or a source package name (fetched with apt-get
+    /// source in the testbed); then any binary .deb files to test with.
+    #[arg(value_name = "SRC [BINARIES]")]
+    inputs: Vec<String>,
     /// The testbed: BACKEND [ARGS...] after `--` (default: null).
     #[arg(last = true, value_name = "BACKEND ARGS")]
     testbed: Vec<String>,
@@ -92,6 +98,20 @@ struct RunArgs {
     /// How to treat needs-internet tests.
     #[arg(long, value_enum, default_value_t = Internet::Run)]
     needs_internet: Internet,
+    /// Run these shell commands as root after opening the testbed and after
+    /// every revert: commands, a file holding them, or the name of one of
+    /// autopkgtest's setup commands (repeatable; exit 100 blames the package).
+    #[arg(long = "setup-commands", value_name = "COMMANDS_OR_PATH")]
+    setup_commands: Vec<String>,
+    /// apt-get update and dist-upgrade before the setup commands.
+    #[arg(short = 'U', long)]
+    apt_upgrade: bool,
+    /// Add an apt source line ("deb URL SUITE COMPONENTS"; repeatable).
+    #[arg(long = "add-apt-source", value_name = "LINE")]
+    add_apt_source: Vec<String>,
+    /// Copy a host file or dir into the testbed before setup (repeatable).
+    #[arg(long, value_name = "HOSTPATH:TESTBEDPATH", value_parser = setup::copy_pair)]
+    copy: Vec<(PathBuf, String)>,
     /// Run tests without needs-root as this user.
     #[arg(short = 'u', long)]
     user: Option<String>,
@@ -113,6 +133,9 @@ struct RunArgs {
     /// Time limit for building the package (default 100000).
     #[arg(long, value_name = "SECONDS")]
     timeout_build: Option<u64>,
+    /// Time limit for rebooting or reverting the testbed (default 600).
+    #[arg(long, value_name = "SECONDS")]
+    timeout_reboot: Option<u64>,
     /// Multiply the default timeouts by this factor.
     #[arg(long, default_value_t = 1.0)]
     timeout_factor: f64,
@@ -135,6 +158,9 @@ struct CheckArgs {
     /// Also give each test's static skip reason on this backend.
     #[arg(long)]
     testbed: Option<String>,
+    /// The testbed's dpkg architecture (default: the host's).
+    #[arg(long)]
+    arch: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -245,13 +271,73 @@ fn backend<'r>(
     })
 }
 
+/// `dep8 run`'s positional arguments, sorted as autopkgtest sorts them.
+struct Inputs {
+    /// The tree, or what names the source for `fetch`.
+    source: PathBuf,
+    fetch: Option<Fetch>,
+    binaries: Vec<PathBuf>,
+}
+
+impl Inputs {
+    fn classify(args: &[String]) -> Result<Inputs, String> {
+        let mut source = None;
+        let mut binaries = Vec::new();
+        for arg in args {
+            let path = PathBuf::from(arg);
+            if arg.ends_with(".deb") {
+                if !path.is_file() {
+                    return Err(format!("{arg}: no such file"));
+                }
+                binaries.push(path);
+                continue;
+            }
+            if source.is_some() {
+                return Err(format!(
+                    "{arg}: only one source can be tested at a time (binaries must end in .deb)"
+                ));
+            }
+            source = Some(if arg.ends_with(".dsc") {
+                if !path.is_file() {
+                    return Err(format!("{arg}: no such file"));
+                }
+                (path.clone(), Some(Fetch::Dsc(path)))
+            } else if path.exists() || arg.contains('/') {
+                source_dir(&path)?;
+                (path, None)
+            } else if is_package_name(arg) {
+                (path, Some(Fetch::AptSource(arg.clone())))
+            } else {
+                return Err(format!("{arg}: no such file or directory"));
+            });
+        }
+        let (source, fetch) = source.unwrap_or_else(|| (PathBuf::from("."), None));
+        if fetch.is_none() {
+            source_dir(&source)?;
+        }
+        Ok(Inputs {
+            source,
+            fetch,
+            binaries,
+        })
+    }
+}
+
+/// Debian's rule for a source package name.
+fn is_package_name(s: &str) -> bool {
+    s.len() >= 2
+        && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
+}
+
 /// Checks that SRC is an existing directory.
 fn source_dir(source: &Path) -> Result<(), String> {
     if source.is_dir() {
         Ok(())
     } else if source.exists() {
         Err(format!(
-            "{}: not a source tree (only unpacked source trees are supported yet)",
+            "{}: not a source tree, .dsc or .deb",
             source.display()
         ))
     } else {
@@ -267,6 +353,22 @@ fn internet(policy: Internet) -> InternetPolicy {
     }
 }
 
+fn testbed_setup(args: &RunArgs, binaries: Vec<PathBuf>) -> Result<Setup, String> {
+    let mut commands = Vec::new();
+    if args.apt_upgrade {
+        commands.push(setup::APT_UPGRADE.to_string());
+    }
+    for arg in &args.setup_commands {
+        commands.push(setup::setup_command(arg)?);
+    }
+    Ok(Setup {
+        copies: args.copy.clone(),
+        apt_sources: args.add_apt_source.clone(),
+        commands,
+        binaries,
+    })
+}
+
 fn timeouts(args: &RunArgs) -> Timeouts {
     let d = Timeouts::default();
     let pick = |given: Option<u64>, default: Duration| {
@@ -278,6 +380,7 @@ fn timeouts(args: &RunArgs) -> Timeouts {
         install: pick(args.timeout_install, d.install),
         test: pick(args.timeout_test, d.test),
         build: pick(args.timeout_build, d.build),
+        reboot: pick(args.timeout_reboot, d.reboot),
     }
 }
 
@@ -302,10 +405,10 @@ fn output_dir(given: Option<&Path>) -> Result<PathBuf, String> {
 }
 
 async fn run(args: RunArgs, registry: &Registry) -> i32 {
-    let source = args.source.clone().unwrap_or_else(|| PathBuf::from("."));
-    if let Err(e) = source_dir(&source) {
-        return error(e);
-    }
+    let inputs = match Inputs::classify(&args.inputs) {
+        Ok(inputs) => inputs,
+        Err(e) => return error(e),
+    };
     let mut testbed_argv = args.testbed.clone();
     if let Some(name) = &args.testbed_name {
         testbed_argv = vec![name.clone()];
@@ -328,7 +431,7 @@ async fn run(args: RunArgs, registry: &Registry) -> i32 {
     };
     log.info(&format!("output dir {}", out.display()));
     let opts = RunOptions {
-        source,
+        source: inputs.source,
         override_control: args.override_control.clone(),
         output_dir: out.clone(),
         summary_file: args.summary_file.clone(),
@@ -343,6 +446,16 @@ async fn run(args: RunArgs, registry: &Registry) -> i32 {
         user: args.user.clone(),
         timeouts: timeouts(&args),
         testbed_argv: testbed_argv.clone(),
+        fetch: inputs.fetch,
+        setup: match testbed_setup(&args, inputs.binaries) {
+            Ok(setup) => setup,
+            Err(e) => return error(e),
+        },
+        dependencies: if backend.is_host() {
+            DependencyPolicy::CheckOnly
+        } else {
+            DependencyPolicy::Install
+        },
     };
 
     log.info(&format!("opening testbed: {}", testbed_argv.join(" ")));
@@ -387,18 +500,21 @@ async fn interrupted() {
 }
 
 /// The parsed suite and the architecture used, for check and explain.
-fn load(source: &Path) -> Result<(Vec<Entry>, String), String> {
+fn load(source: &Path, arch: Option<&str>) -> Result<(Vec<Entry>, String), String> {
     source_dir(source)?;
     let control = source.join("debian/tests/control");
     if !control.exists() {
         return Err(format!("{}: no debian/tests/control", source.display()));
     }
-    let arch = runner::host_arch().unwrap_or_else(|| "amd64".into());
+    let arch = arch
+        .map(str::to_string)
+        .or_else(runner::host_arch)
+        .unwrap_or_else(|| "amd64".into());
     let opts = RunOptions {
         source: source.to_path_buf(),
         ..Default::default()
     };
-    Ok((runner::load_suite(&opts, &arch)?, arch))
+    Ok((runner::load_suite(&opts, source, &arch)?, arch))
 }
 
 fn hint_capabilities(backend: &dyn dep8_core::testbed::Backend) -> Capabilities {
@@ -406,7 +522,7 @@ fn hint_capabilities(backend: &dyn dep8_core::testbed::Backend) -> Capabilities 
 }
 
 fn check(args: CheckArgs, registry: &Registry) -> i32 {
-    let (entries, arch) = match load(&args.source) {
+    let (entries, arch) = match load(&args.source, args.arch.as_deref()) {
         Ok(x) => x,
         Err(e) => return error(e),
     };
@@ -490,7 +606,7 @@ fn check(args: CheckArgs, registry: &Registry) -> i32 {
 }
 
 fn explain(args: ExplainArgs, registry: &Registry) -> i32 {
-    let (entries, arch) = match load(&args.source) {
+    let (entries, arch) = match load(&args.source, None) {
         Ok(x) => x,
         Err(e) => return error(e),
     };

@@ -19,7 +19,8 @@ fn unknown_backend_lists_the_known_ones() {
     let out = dep8(&["run", "examples/hello", "--", "frobnicator"]);
     assert_eq!(out.status.code(), Some(20));
     assert!(
-        stderr(&out).contains("unknown backend \"frobnicator\"; known backends: null"),
+        stderr(&out).contains("unknown backend \"frobnicator\"; known backends: ")
+            && stderr(&out).contains("null"),
         "{}",
         stderr(&out)
     );
@@ -91,4 +92,34 @@ fn backends_and_man_page() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(".TH dep8"));
     let out = dep8(&["completions", "bash"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("_dep8"));
+}
+
+#[test]
+fn setup_commands_blame_the_package_with_100_and_the_testbed_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    for (command, code, summary) in [
+        (
+            "exit 100",
+            12,
+            "erroneous package: testbed setup commands failed with status 100",
+        ),
+        (
+            "exit 3",
+            16,
+            "testbed failure: testbed setup commands failed with status 3",
+        ),
+    ] {
+        let out_dir = dir.path().join(code.to_string());
+        let out = dep8(&[
+            "run",
+            "-o",
+            out_dir.to_str().unwrap(),
+            "examples/hello",
+            "--setup-commands",
+            command,
+        ]);
+        assert_eq!(out.status.code(), Some(code), "{}", stderr(&out));
+        let written = std::fs::read_to_string(out_dir.join("summary")).unwrap();
+        assert_eq!(written.trim(), summary);
+    }
 }

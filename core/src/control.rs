@@ -115,7 +115,8 @@ pub struct DependsContext<'a> {
     pub arch: &'a str,
 }
 
-/// A field of a stanza: its name as written, unfolded value and first line.
+/// A field of a stanza: its name (as autopkgtest spells it, see
+/// [`capwords`]), unfolded value and first line.
 #[derive(Debug)]
 struct Field {
     name: String,
@@ -127,15 +128,16 @@ struct Field {
 struct Stanza {
     line: usize,
     fields: Vec<Field>,
-    /// A syntax problem inside the stanza (the whole stanza is broken).
-    problem: Option<(usize, String)>,
+    /// A syntax problem inside the stanza (the whole stanza is broken):
+    /// line, field concerned, message.
+    problem: Option<(usize, Option<String>, String)>,
 }
 
 impl Stanza {
+    /// The field called `name` (any spelling autopkgtest accepts).
     fn get(&self, name: &str) -> Option<&Field> {
-        self.fields
-            .iter()
-            .find(|f| f.name.eq_ignore_ascii_case(name))
+        let name = capwords(name);
+        self.fields.iter().find(|f| f.name == name)
     }
 }
 
@@ -179,16 +181,24 @@ pub fn parse_bytes(path: &Path, bytes: &[u8], ctx: &DependsContext) -> Vec<Entry
     let text = match std::str::from_utf8(bytes) {
         Ok(text) => text,
         Err(e) => {
-            let line = 1 + bytes[..e.valid_up_to()]
-                .iter()
-                .filter(|b| **b == b'\n')
-                .count();
+            let valid = &bytes[..e.valid_up_to()];
+            let breaks = |b: u8| valid.iter().filter(|c| **c == b).count();
+            let crlf = valid.windows(2).filter(|w| w == b"\r\n").count();
+            let line = 1 + breaks(b'\n') + breaks(b'\r') - crlf;
             return vec![broken_file(path, line, format!("not valid UTF-8: {e}"))];
         }
     };
     let stanzas = split_stanzas(text);
     if stanzas.is_empty() {
-        return vec![broken_file(path, 1, "no test stanzas".into())];
+        // autopkgtest: no tests, `* SKIP no tests in this package`.
+        return vec![Entry::Unsupported {
+            name: "*".into(),
+            reason: "no tests in this package".into(),
+            location: Location {
+                file: path.to_path_buf(),
+                line: 1,
+            },
+        }];
     }
     let mut entries = Vec::new();
     let mut command_counter = 0;
@@ -198,28 +208,75 @@ pub fn parse_bytes(path: &Path, bytes: &[u8], ctx: &DependsContext) -> Vec<Entry
     entries
 }
 
+/// Python's `str.isspace()` for one character, which autopkgtest's parser
+/// (python-debian, `str.split`, `str.strip`) uses: Unicode whitespace plus
+/// the ASCII separators U+001C..U+001F.
+fn py_space(c: char) -> bool {
+    c.is_whitespace() || ('\x1c'..='\x1f').contains(&c)
+}
+
+/// Whether python-debian sees a blank line (a stanza separator): empty or
+/// only ASCII whitespace, vertical tab and form feed included.
+fn is_blank(line: &str) -> bool {
+    line.bytes()
+        .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c))
+}
+
+/// The lines of `text` as Python's text files give them: `\n`, `\r\n` and
+/// a lone `\r` all end a line.
+fn lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let (line, next) = match rest.find(['\n', '\r']) {
+            Some(i) if rest[i..].starts_with("\r\n") => (&rest[..i], &rest[i + 2..]),
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, ""),
+        };
+        rest = next;
+        Some(line)
+    })
+}
+
+/// `Name: value` as python-debian reads it: the name is everything before
+/// the colon up to the first ASCII whitespace, the value is trimmed.
+fn field_line(line: &str) -> Option<(&str, &str)> {
+    let end = line
+        .find([':', ' ', '\t', '\x0b', '\x0c'])
+        .unwrap_or(line.len());
+    if end == 0 {
+        return None;
+    }
+    let (name, rest) = line.split_at(end);
+    let value = rest.trim_start_matches(py_space).strip_prefix(':')?;
+    Some((name, value.trim_matches(py_space)))
+}
+
 /// Splits the text into stanzas of unfolded fields, dropping comments the way
 /// autopkgtest does.
 fn split_stanzas(text: &str) -> Vec<Stanza> {
     let mut stanzas = Vec::new();
     let mut current: Option<Stanza> = None;
-    for (index, raw) in text.split_inclusive('\n').enumerate() {
+    for (index, raw) in lines(text).enumerate() {
         let number = index + 1;
-        let raw = raw.strip_suffix('\n').unwrap_or(raw);
-        let raw = raw.strip_suffix('\r').unwrap_or(raw);
         // A line starting with '#' vanishes; elsewhere '#' cuts the line and
         // a line left blank by the cut vanishes too.
         if raw.starts_with('#') {
             continue;
         }
         let line = match raw.find('#') {
-            Some(cut) if raw[..cut].trim().is_empty() => continue,
+            Some(cut) if raw[..cut].chars().all(py_space) => continue,
             Some(cut) => &raw[..cut],
             None => raw,
         };
-        // Blank (whitespace, form feed) lines separate stanzas.
-        if line.chars().all(char::is_whitespace) {
+        if is_blank(line) {
             stanzas.extend(current.take());
+            continue;
+        }
+        if line.chars().all(py_space) {
+            // Only non-ASCII whitespace: python-debian skips the line.
             continue;
         }
         let stanza = current.get_or_insert_with(|| Stanza {
@@ -227,37 +284,41 @@ fn split_stanzas(text: &str) -> Vec<Stanza> {
             fields: Vec::new(),
             problem: None,
         });
-        if line.starts_with([' ', '\t']) {
+        if let Some((name, value)) = field_line(line) {
+            let name = capwords(name);
+            if stanza.get(&name).is_some() {
+                // python-debian keeps the last one silently; dep8 refuses.
+                stanza.problem.get_or_insert((
+                    number,
+                    Some(name.clone()),
+                    format!("duplicate field {name}"),
+                ));
+            } else {
+                stanza.fields.push(Field {
+                    name,
+                    value: value.to_string(),
+                    line: number,
+                });
+            }
+        } else if line.starts_with(py_space) {
             match stanza.fields.last_mut() {
                 // Continuation lines are joined without a separator.
                 Some(field) => field.value.push_str(line),
                 None => {
-                    stanza
-                        .problem
-                        .get_or_insert((number, "continuation line without a field".into()));
+                    stanza.problem.get_or_insert((
+                        number,
+                        None,
+                        "continuation line without a field".into(),
+                    ));
                 }
             }
-        } else if let Some((name, value)) = line.split_once(':') {
-            let name = name.trim_end();
-            if name.is_empty() || name.contains(char::is_whitespace) {
-                stanza
-                    .problem
-                    .get_or_insert((number, format!("invalid field name {name:?}")));
-            } else if stanza.get(name).is_some() {
-                stanza
-                    .problem
-                    .get_or_insert((number, format!("duplicate field {name}")));
-            } else {
-                stanza.fields.push(Field {
-                    name: name.to_string(),
-                    value: value.trim().to_string(),
-                    line: number,
-                });
-            }
         } else {
-            stanza
-                .problem
-                .get_or_insert((number, format!("not a field: {:?}", line.trim())));
+            // python-debian drops such a line silently; dep8 refuses.
+            stanza.problem.get_or_insert((
+                number,
+                None,
+                format!("not a field: {:?}", line.trim_matches(py_space)),
+            ));
         }
     }
     stanzas.extend(current);
@@ -273,7 +334,7 @@ fn split_stanzas(text: &str) -> Vec<Stanza> {
 /// Splits a list field on commas and whitespace alike.
 fn words(value: &str) -> Vec<String> {
     value
-        .split(|c: char| c == ',' || c.is_whitespace())
+        .split(|c: char| c == ',' || py_space(c))
         .filter(|w| !w.is_empty())
         .map(str::to_string)
         .collect()
@@ -329,8 +390,8 @@ fn stanza_entries(
             .collect()
     };
 
-    if let Some((line, message)) = &stanza.problem {
-        return broken(problem(*line, None, message.clone()));
+    if let Some((line, field, message)) = &stanza.problem {
+        return broken(problem(*line, field.as_deref(), message.clone()));
     }
 
     // Features: at most one test-name=, always with a value, only with Test-Command.
@@ -418,10 +479,22 @@ fn stanza_entries(
     let unknown_field = stanza
         .fields
         .iter()
-        .find(|f| !KNOWN_FIELDS.iter().any(|k| k.eq_ignore_ascii_case(&f.name)));
-    let tests_dir = stanza
-        .get("Tests-Directory")
-        .map_or("debian/tests".to_string(), |f| f.value.trim().to_string());
+        .find(|f| !KNOWN_FIELDS.iter().any(|k| capwords(k) == f.name));
+    let tests_dir = match stanza.get("Tests-Directory") {
+        None => "debian/tests".to_string(),
+        Some(f) => {
+            let dir = f.value.trim_matches(py_space);
+            // autopkgtest runs whatever such a path names, outside the tree.
+            if dir.starts_with('/') || dir.split('/').any(|c| c == "..") {
+                return broken(problem(
+                    f.line,
+                    Some("Tests-Directory"),
+                    format!("{dir:?} is not a directory inside the source tree"),
+                ));
+            }
+            dir.to_string()
+        }
+    };
     let mut features = features.clone();
     features.sort();
     features.dedup();
@@ -433,7 +506,7 @@ fn stanza_entries(
             if let Some(f) = unknown_field {
                 return Entry::Unsupported {
                     name: name.clone(),
-                    reason: format!("unknown field {}", capwords(&f.name)),
+                    reason: format!("unknown field {}", f.name),
                     location: at(f.line),
                 };
             }
@@ -463,16 +536,23 @@ fn stanza_entries(
         .collect()
 }
 
-/// autopkgtest names fields with Python's `string.capwords`.
+/// autopkgtest names fields with Python's `string.capwords`: words split on
+/// whitespace, each capitalized, joined with one space (`TEST-COMMAND` is
+/// `Test-command`).
 fn capwords(name: &str) -> String {
-    let mut chars = name.chars();
-    match chars.next() {
-        Some(first) => first
-            .to_uppercase()
-            .chain(chars.flat_map(char::to_lowercase))
-            .collect(),
-        None => String::new(),
-    }
+    name.split(py_space)
+        .filter(|w| !w.is_empty())
+        .map(|word| {
+            let mut chars = word.chars();
+            chars.next().map_or(String::new(), |first| {
+                first
+                    .to_uppercase()
+                    .chain(chars.flat_map(char::to_lowercase))
+                    .collect()
+            })
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]
@@ -554,9 +634,11 @@ mod tests {
 
     #[test]
     fn empty_and_binary_files() {
-        assert!(
-            matches!(&parse("# only a comment\n")[0], Entry::Broken { problem, .. } if problem.message == "no test stanzas")
-        );
+        for text in ["", "# only a comment\n\n  # indented\n"] {
+            assert!(
+                matches!(&parse(text)[..], [Entry::Unsupported { name, reason, .. }] if name == "*" && reason == "no tests in this package")
+            );
+        }
         let ctx = DependsContext {
             source: None,
             arch: "amd64",

@@ -19,6 +19,21 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 /// on a leaked process that still holds them.
 const PIPE_GRACE: Duration = Duration::from_secs(5);
 
+/// Anything that runs commands in a testbed: every [`Testbed`], and the
+/// transports testbeds are built on (the ssh backend's connection, which the
+/// qemu backend reuses), so the copy helpers below work over either.
+#[async_trait::async_trait]
+pub trait Exec: Send + Sync {
+    async fn run(&self, req: ExecRequest) -> Result<ExecOutcome>;
+}
+
+#[async_trait::async_trait]
+impl<T: Testbed + ?Sized> Exec for T {
+    async fn run(&self, req: ExecRequest) -> Result<ExecOutcome> {
+        self.exec(req).await
+    }
+}
+
 /// The argv that runs `req` inside a testbed whose command runner executes
 /// argv as root: `[runuser -u USER --] env [--chdir=CWD] -- VAR=VALUE... ARGV`.
 /// Shell-free, so no quoting can go wrong; `env` also turns a missing
@@ -158,7 +173,13 @@ async fn finish_pump(pump: Option<Pump>) -> Result<Vec<u8>> {
 /// Copies a stream to an [`Output`] as it arrives.
 async fn pump(mut from: impl AsyncRead + Unpin, to: Output) -> std::io::Result<Vec<u8>> {
     let mut file = match &to.file {
-        Some(path) => Some(tokio::fs::File::create(path).await?),
+        Some(path) => Some(
+            tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .await?,
+        ),
         None => None,
     };
     let mut captured = Vec::new();
@@ -200,7 +221,11 @@ fn check(what: &str, outcome: &ExecOutcome) -> Result<()> {
 
 /// `copy_down` for testbeds the host cannot see into: a tar stream (for a
 /// directory) or the bytes (for a file) fed to a command in the testbed.
-pub async fn copy_down_via_exec(tb: &dyn Testbed, host: &Path, target: &str) -> Result<()> {
+pub async fn copy_down_via_exec(
+    tb: &(impl Exec + ?Sized),
+    host: &Path,
+    target: &str,
+) -> Result<()> {
     let meta = std::fs::metadata(host).map_err(|e| TestbedError::failure(host.display(), e))?;
     let what = format!("copying {} to testbed:{target}", host.display());
     // The tar spool must outlive the command that reads it.
@@ -228,21 +253,21 @@ pub async fn copy_down_via_exec(tb: &dyn Testbed, host: &Path, target: &str) -> 
         ExecRequest::new([
             "sh",
             "-c",
-            "cat > \"$1\" && chmod \"$2\" \"$1\"",
+            "mkdir -p -- \"$(dirname -- \"$1\")\" && cat > \"$1\" && chmod \"$2\" \"$1\"",
             "sh",
             target,
             &mode,
         ])
         .stdin(Input::File(host.to_path_buf()))
     };
-    let outcome = tb.exec(req.stderr(Output::capture())).await?;
+    let outcome = tb.run(req.stderr(Output::capture())).await?;
     drop(spool);
     check(&what, &outcome)
 }
 
 /// `copy_up` for testbeds the host cannot see into: one command sends a
 /// marker byte (`d` or `f`) and then a tar stream or the file's bytes.
-pub async fn copy_up_via_exec(tb: &dyn Testbed, source: &str, host: &Path) -> Result<()> {
+pub async fn copy_up_via_exec(tb: &(impl Exec + ?Sized), source: &str, host: &Path) -> Result<()> {
     let what = format!("copying testbed:{source} to {}", host.display());
     let fail = |e: std::io::Error| TestbedError::failure(&what, e);
     let spool = tempfile::NamedTempFile::new().map_err(fail)?;
@@ -252,7 +277,7 @@ pub async fn copy_up_via_exec(tb: &dyn Testbed, source: &str, host: &Path) -> Re
     let req = ExecRequest::new(["sh", "-c", script, "sh", source])
         .stdout(Output::file(spool.path()))
         .stderr(Output::capture());
-    check(&what, &tb.exec(req).await?)?;
+    check(&what, &tb.run(req).await?)?;
     let mut file = std::fs::File::open(spool.path()).map_err(fail)?;
     let mut marker = [0u8; 1];
     file.read_exact(&mut marker).map_err(fail)?;
@@ -293,6 +318,9 @@ pub fn host_copy(from: &Path, to: &Path) -> Result<()> {
             &["-a", "--", &src.to_string_lossy(), &to.to_string_lossy()],
         )
     } else {
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| TestbedError::failure(&what, e))?;
+        }
         host_command(
             "cp",
             &["-a", "--", &from.to_string_lossy(), &to.to_string_lossy()],

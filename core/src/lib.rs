@@ -11,11 +11,15 @@
 //!   commands through a local program.
 //! - [`runner`] runs a suite on a testbed; [`report`] writes what it found.
 
+pub mod acquire;
 pub mod capability;
 pub mod control;
 pub mod exec;
+pub mod install;
+pub mod reboot;
 pub mod report;
 pub mod restriction;
 pub mod runner;
+pub mod setup;
 pub mod source;
 pub mod testbed;

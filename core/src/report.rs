@@ -98,6 +98,8 @@ impl ExitCode {
 }
 
 /// Exit status for a testbed failure.
+/// An erroneous package: setup commands blamed it (autopkgtest's 12).
+pub const EXIT_BAD_PACKAGE: i32 = 12;
 pub const EXIT_TESTBED_FAILURE: i32 = 16;
 /// Exit status for bad usage and unexpected errors.
 pub const EXIT_UNEXPECTED: i32 = 20;

@@ -1,12 +1,18 @@
 //! Runs a DEP-8 suite on an open testbed: copy the tree in, decide each
 //! test's fate, check dependencies, run, judge, collect, revert.
 
+use crate::acquire::{self, AcquireError, Fetch};
 use crate::capability::{Capabilities, Capability};
 use crate::control::{self, DependsContext, Entry, Test};
-use crate::report::{Outcome, Reporter, RunLog, EXIT_TESTBED_FAILURE, EXIT_UNEXPECTED};
+use crate::install::{self, DependencyPolicy};
+use crate::reboot;
+use crate::report::{
+    Outcome, Reporter, RunLog, EXIT_BAD_PACKAGE, EXIT_TESTBED_FAILURE, EXIT_UNEXPECTED,
+};
 use crate::restriction::{resolve, Decision, InternetPolicy, ResolveOptions, Restriction};
+use crate::setup::{Setup, SetupError};
 use crate::source::{self, SourcePackage};
-use crate::testbed::{ExecRequest, Output, Testbed, TestbedError};
+use crate::testbed::{ExecRequest, Output, Tap, Testbed, TestbedError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +25,8 @@ pub struct Timeouts {
     pub install: Duration,
     pub test: Duration,
     pub build: Duration,
+    /// Rebooting or reverting the testbed (may be a full boot).
+    pub reboot: Duration,
 }
 
 impl Default for Timeouts {
@@ -29,6 +37,7 @@ impl Default for Timeouts {
             install: Duration::from_secs(3000),
             test: Duration::from_secs(10000),
             build: Duration::from_secs(100000),
+            reboot: Duration::from_secs(600),
         }
     }
 }
@@ -53,13 +62,20 @@ pub struct RunOptions {
     pub timeouts: Timeouts,
     /// How the testbed was asked for (for testinfo.json), e.g. `["null"]`.
     pub testbed_argv: Vec<String>,
+    /// Install test dependencies, or only check them (the host).
+    pub dependencies: DependencyPolicy,
+    /// Unpack or fetch the source in the testbed instead of using `source`.
+    pub fetch: Option<Fetch>,
+    /// What to do to the testbed after opening and every revert.
+    pub setup: Setup,
 }
 
 impl RunOptions {
-    pub fn control_path(&self) -> PathBuf {
+    /// The control file of the tree at `source`, or `--override-control`.
+    pub fn control_path(&self, source: &Path) -> PathBuf {
         self.override_control
             .clone()
-            .unwrap_or_else(|| self.source.join("debian/tests/control"))
+            .unwrap_or_else(|| source.join("debian/tests/control"))
     }
 }
 
@@ -75,16 +91,14 @@ struct Probe {
 /// A failure that ends the run early.
 enum Abort {
     Testbed(String),
+    /// The package is at fault before any test could run (exit 12).
+    BadPackage(String),
     Interrupted,
 }
 
 impl From<TestbedError> for Abort {
     fn from(e: TestbedError) -> Self {
-        Abort::Testbed(
-            e.to_string()
-                .trim_start_matches("testbed failure: ")
-                .to_string(),
-        )
+        Abort::Testbed(e.detail())
     }
 }
 
@@ -100,13 +114,13 @@ pub fn host_arch() -> Option<String> {
 }
 
 /// Parses the suite for `arch`: the control file's entries in file order.
-pub fn load_suite(opts: &RunOptions, arch: &str) -> Result<Vec<Entry>, String> {
-    let source = SourcePackage::read(&opts.source)?;
+pub fn load_suite(opts: &RunOptions, tree: &Path, arch: &str) -> Result<Vec<Entry>, String> {
+    let source = SourcePackage::read(tree)?;
     let ctx = DependsContext {
         source: source.as_ref(),
         arch,
     };
-    Ok(control::parse_file(&opts.control_path(), &ctx))
+    Ok(control::parse_file(&opts.control_path(tree), &ctx))
 }
 
 /// Runs the suite on `tb` and returns autopkgtest's exit status. Results are
@@ -145,6 +159,9 @@ pub async fn run(
         reporter,
         dirty: false,
         installed: None,
+        deps_installed: Vec::new(),
+        built_tree: None,
+        acquired: None,
     };
     tokio::pin!(interrupt);
     let result = tokio::select! {
@@ -157,6 +174,11 @@ pub async fn run(
             run.reporter
                 .summary_note(&format!("testbed failure: {msg}"));
             EXIT_TESTBED_FAILURE
+        }
+        Err(Abort::BadPackage(msg)) => {
+            run.reporter
+                .summary_note(&format!("erroneous package: {msg}"));
+            EXIT_BAD_PACKAGE
         }
         Err(Abort::Interrupted) => {
             run.reporter.summary_note("quitting: interrupted");
@@ -175,6 +197,13 @@ struct Run<'a> {
     dirty: bool,
     /// Installed packages, cached until the next revert.
     installed: Option<source::Installed>,
+    /// The dependencies installed for the last test (what a revert undoes).
+    deps_installed: Vec<String>,
+    /// The source tree after `build-needed` built it, copied back to the
+    /// host so that a revert does not cost another build.
+    built_tree: Option<tempfile::TempDir>,
+    /// The tree unpacked or fetched in the testbed (`.dsc`, package name).
+    acquired: Option<tempfile::TempDir>,
 }
 
 impl Run<'_> {
@@ -191,11 +220,14 @@ impl Run<'_> {
         let mut resolve_opts = self.opts.resolve.clone();
         resolve_opts.arch = Some(arch.clone());
 
-        let control = self.opts.control_path();
+        if let Some(fetch) = &self.opts.fetch {
+            self.acquire(tb, fetch).await?;
+        }
+        let control = self.opts.control_path(self.source());
         if !control.exists() {
             self.log.info(&format!(
                 "{} has no {}",
-                self.opts.source.display(),
+                self.source().display(),
                 control.display()
             ));
             self.reporter.record(
@@ -206,13 +238,13 @@ impl Run<'_> {
             );
             return Ok(());
         }
-        let entries = match load_suite(self.opts, &arch) {
+        let entries = match load_suite(self.opts, self.source(), &arch) {
             Ok(entries) => entries,
             Err(e) => vec![Entry::Broken {
                 name: "*".into(),
                 problem: control::Problem {
                     location: control::Location {
-                        file: self.opts.source.join("debian/control"),
+                        file: self.source().join("debian/control"),
                         line: 0,
                     },
                     field: None,
@@ -281,20 +313,14 @@ impl Run<'_> {
         }
 
         let tree = format!("{}/src", tb.scratch());
-        self.log.info(&format!(
-            "copying {} to the testbed",
-            self.opts.source.display()
-        ));
-        self.timed(
-            self.opts.timeouts.copy,
-            "copying the source tree",
-            tb.copy_down(&self.opts.source, &tree),
-        )
-        .await?;
+        self.prepare_testbed(tb, &tree).await?;
+        if runnable.iter().any(|t| t.has(&Restriction::BuildNeeded)) {
+            self.build(tb, &tree, &probe, &arch).await?;
+        }
         for test in runnable {
-            if self.dirty {
+            if self.needs_revert(tb, &test) {
                 self.revert(tb).await?;
-                tb.copy_down(&self.opts.source, &tree).await?;
+                self.prepare_testbed(tb, &tree).await?;
             }
             let started = Instant::now();
             let (outcome, details) = self.one(tb, &test, &tree, &probe).await?;
@@ -322,11 +348,150 @@ impl Run<'_> {
         }
     }
 
+    /// Copies the source tree in and installs the in-testbed helpers; after
+    /// opening and after every revert.
+    async fn prepare_testbed(&self, tb: &dyn Testbed, tree: &str) -> Result<(), Abort> {
+        if !self.opts.setup.is_empty() {
+            self.log.info("setting up the testbed");
+            let user = self.normal_user(tb.capabilities());
+            let apply = self.opts.setup.apply(
+                tb,
+                user.as_deref(),
+                self.opts.timeouts.install,
+                self.log_tap(),
+            );
+            match apply.await {
+                Ok(()) => {}
+                Err(SetupError::BadPackage(m)) => return Err(Abort::BadPackage(m)),
+                Err(SetupError::Testbed(m)) => return Err(Abort::Testbed(m)),
+            }
+        }
+        let source = self.built_tree.as_ref().map_or(self.source(), |t| t.path());
+        self.log
+            .info(&format!("copying {} to the testbed", source.display()));
+        self.timed(
+            self.opts.timeouts.copy,
+            "copying the source tree",
+            tb.copy_down(source, tree),
+        )
+        .await?;
+        if reboot::available(tb.capabilities()) {
+            self.timed(
+                self.opts.timeouts.short,
+                "preparing the testbed",
+                reboot::install(tb),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Builds the tree in the testbed once for the `build-needed` tests, as
+    /// autopkgtest does (build dependencies, `dpkg-buildpackage -b`, patches
+    /// kept applied), then keeps the built tree on the host for later copies.
+    async fn build(
+        &mut self,
+        tb: &dyn Testbed,
+        tree: &str,
+        probe: &Probe,
+        arch: &str,
+    ) -> Result<(), Abort> {
+        self.log.info("build needed for tests");
+        let source = SourcePackage::read(self.source())
+            .map_err(Abort::BadPackage)?
+            .ok_or_else(|| {
+                Abort::BadPackage("build-needed, but debian/control is missing".into())
+            })?;
+        let mut deps = source::expand_depends("@builddeps@", Some(&source), arch)
+            .map_err(Abort::BadPackage)?;
+        let as_root = tb.capabilities().has(Capability::RootOnTestbed);
+        if !as_root {
+            deps.push("fakeroot".into());
+        }
+        if let Err(why) = self
+            .ensure_packages(tb, &deps, false, arch, "build")
+            .await?
+        {
+            return Err(Abort::BadPackage(why));
+        }
+        let script = format!(
+            "cd {}; DEB_BUILD_OPTIONS=\"parallel={} $DEB_BUILD_OPTIONS\" dpkg-buildpackage -us -uc -b{} && dpkg-source --before-build .",
+            shell_words::quote(tree),
+            probe.nproc,
+            if as_root { "" } else { " -rfakeroot" },
+        );
+        let tap = self.log_tap();
+        let req = ExecRequest::new(["sh", "-ec", &script])
+            .stdout(Output::default().with_tap(tap.clone()))
+            .stderr(Output::default().with_tap(tap))
+            .timeout(self.opts.timeouts.build);
+        let out = tb.exec(req).await?;
+        if out.timed_out {
+            return Err(Abort::Testbed(format!(
+                "building the package timed out after {}s",
+                self.opts.timeouts.build.as_secs()
+            )));
+        }
+        if !out.status.success() {
+            return Err(Abort::BadPackage(format!(
+                "rules build failed with exit code {}",
+                out.status.code()
+            )));
+        }
+        let built = host_temp_dir("dep8-built-tree.")?;
+        self.timed(
+            self.opts.timeouts.copy,
+            "copying the built tree",
+            tb.copy_up(tree, built.path()),
+        )
+        .await?;
+        self.built_tree = Some(built);
+        // Build dependencies are not the tests': start the tests afresh.
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// The source tree on the host: the one given, or the one acquired.
+    fn source(&self) -> &Path {
+        self.acquired
+            .as_ref()
+            .map_or(self.opts.source.as_path(), |t| t.path())
+    }
+
+    async fn acquire(&mut self, tb: &dyn Testbed, fetch: &Fetch) -> Result<(), Abort> {
+        self.log.info(&format!("getting the source: {fetch:?}"));
+        let dir = host_temp_dir("dep8-source.")?;
+        let limit = self.opts.timeouts.install;
+        let result = self
+            .timed(
+                limit + Duration::from_secs(5),
+                "getting the source",
+                async { Ok(acquire::acquire(tb, fetch, dir.path(), limit, self.log_tap()).await) },
+            )
+            .await?;
+        match result {
+            Ok(()) => {
+                self.acquired = Some(dir);
+                Ok(())
+            }
+            Err(AcquireError::BadPackage(m)) => Err(Abort::BadPackage(m)),
+            Err(AcquireError::Testbed(m)) => Err(Abort::Testbed(m)),
+        }
+    }
+
+    /// Copies what a testbed command prints into the log as it arrives.
+    fn log_tap(&self) -> Tap {
+        let log = self.log.clone();
+        Arc::new(move |bytes: &[u8]| log.raw(bytes))
+    }
+
+    /// Reverting may restart a whole machine: it gets the reboot time limit.
     async fn revert(&mut self, tb: &mut dyn Testbed) -> Result<(), Abort> {
         self.log.info("reverting the testbed");
-        self.timed(self.opts.timeouts.short, "reverting", tb.revert())
+        self.timed(self.opts.timeouts.reboot, "reverting", tb.revert())
             .await?;
         self.installed = None;
+        self.deps_installed.clear();
         self.dirty = false;
         Ok(())
     }
@@ -397,17 +562,8 @@ impl Run<'_> {
             .or_else(|| caps.suggested_normal_users.first().cloned())
     }
 
-    /// Dependencies are checked, not installed: a missing one is `badpkg`
-    /// (or SKIP with skip-not-installable).
-    async fn check_depends(
-        &mut self,
-        tb: &dyn Testbed,
-        test: &Test,
-        arch: &str,
-    ) -> Result<Option<(Outcome, Vec<String>)>, Abort> {
-        if test.depends.is_empty() {
-            return Ok(None);
-        }
+    /// The installed packages, listed once and cached until they change.
+    async fn installed(&mut self, tb: &dyn Testbed) -> Result<Option<&source::Installed>, Abort> {
         if self.installed.is_none() {
             let req = ExecRequest::new([
                 "dpkg-query",
@@ -424,22 +580,29 @@ impl Run<'_> {
                 )
                 .await?;
             if !out.status.success() {
-                self.log
-                    .warning("the testbed has no dpkg: test dependencies are not checked");
                 return Ok(None);
             }
             self.installed = Some(source::parse_installed(&out.stdout_text()));
         }
-        let installed = self.installed.as_ref().expect("just filled");
-        let missing = source::unsatisfied(&test.depends, installed, arch);
-        if missing.is_empty() {
-            return Ok(None);
-        }
-        let why = format!(
-            "test dependencies not installed in the testbed: {} (dep8 checks dependencies but does not install them yet)",
-            missing.join(", ")
-        );
-        self.log.info(&format!("test {}: {why}", test.name));
+        Ok(self.installed.as_ref())
+    }
+
+    /// Makes the test's dependencies present; an unsatisfiable one is
+    /// `badpkg` (or SKIP with skip-not-installable).
+    async fn provide_depends(
+        &mut self,
+        tb: &dyn Testbed,
+        test: &Test,
+        arch: &str,
+    ) -> Result<Option<(Outcome, Vec<String>)>, Abort> {
+        let recommends = test.has(&Restriction::NeedsRecommends);
+        let why = match self
+            .ensure_packages(tb, &test.depends, recommends, arch, &test.name)
+            .await?
+        {
+            Ok(()) => return Ok(None),
+            Err(why) => why,
+        };
         if test.has(&Restriction::SkipNotInstallable) {
             return Ok(Some((
                 Outcome::Skip("installation fails and skip-not-installable set".into()),
@@ -449,10 +612,110 @@ impl Run<'_> {
         Ok(Some((
             Outcome::Fail("badpkg".into()),
             vec![
-                format!("blame: {}", self.opts.source.display()),
+                format!("blame: {}", self.source().display()),
                 format!("badpkg: {why}"),
             ],
         )))
+    }
+
+    /// Makes `deps` present: installed with apt where dep8 may change the
+    /// testbed's packages, otherwise checked. `Err(why)` when they are not;
+    /// `what` names the test (for `<test>-packages`) or the build.
+    async fn ensure_packages(
+        &mut self,
+        tb: &dyn Testbed,
+        deps: &[String],
+        recommends: bool,
+        arch: &str,
+        what: &str,
+    ) -> Result<Result<(), String>, Abort> {
+        if deps.is_empty() {
+            return Ok(Ok(()));
+        }
+        let Some(installed) = self.installed(tb).await? else {
+            self.log
+                .warning("the testbed has no dpkg: dependencies are not checked");
+            return Ok(Ok(()));
+        };
+        let missing = source::unsatisfied(deps, installed, arch);
+        if missing.is_empty() {
+            return Ok(Ok(()));
+        }
+        let may_install = self.opts.dependencies == DependencyPolicy::Install
+            && tb.capabilities().has(Capability::RootOnTestbed);
+        let why = if may_install {
+            self.log
+                .info(&format!("{what}: installing {}", missing.join(", ")));
+            let limit = self.opts.timeouts.install;
+            let result = self
+                .timed(
+                    limit + Duration::from_secs(5),
+                    "installing dependencies",
+                    install::apt_satisfy(tb, &missing, recommends, limit, self.log_tap()),
+                )
+                .await?;
+            let before = self.installed.take().unwrap_or_default();
+            self.deps_installed = deps.to_vec();
+            match result {
+                Ok(()) => {
+                    self.write_packages_diff(tb, what, &before).await?;
+                    return Ok(Ok(()));
+                }
+                Err(install::Unsatisfiable(said)) => format!(
+                    "Test dependencies are unsatisfiable: {}{said}",
+                    if said.is_empty() { "" } else { "apt says: " }
+                ),
+            }
+        } else if self.opts.dependencies == DependencyPolicy::CheckOnly {
+            format!(
+                "dependencies are not installed and dep8 does not install packages on this testbed: {}",
+                missing.join(", ")
+            )
+        } else {
+            format!(
+                "dependencies are not installed and the testbed has no root to install them: {}",
+                missing.join(", ")
+            )
+        };
+        self.log.info(&format!("{what}: {why}"));
+        Ok(Err(why))
+    }
+
+    /// Writes `<test>-packages`: what installing its dependencies added or
+    /// changed, as name TAB version lines (autopkgtest's format).
+    async fn write_packages_diff(
+        &mut self,
+        tb: &dyn Testbed,
+        what: &str,
+        before: &source::Installed,
+    ) -> Result<(), Abort> {
+        let Some(after) = self.installed(tb).await? else {
+            return Ok(());
+        };
+        let mut lines: Vec<String> = after
+            .iter()
+            .filter(|(name, version)| before.get(*name) != Some(*version))
+            .map(|(name, version)| format!("{name}\t{version}\n"))
+            .collect();
+        lines.sort();
+        let path = self.opts.output_dir.join(format!("{what}-packages"));
+        if let Err(e) = std::fs::write(&path, lines.concat()) {
+            self.log
+                .warning(&format!("cannot write {}: {e}", path.display()));
+        }
+        Ok(())
+    }
+
+    /// Whether the testbed must be reverted before `test`, as autopkgtest
+    /// decides: it was broken, or it holds packages installed for an earlier
+    /// test that this one does not ask for.
+    fn needs_revert(&self, tb: &dyn Testbed, test: &Test) -> bool {
+        tb.capabilities().has(Capability::Revert)
+            && (self.dirty
+                || self
+                    .deps_installed
+                    .iter()
+                    .any(|d| !test.depends.contains(d)))
     }
 
     /// needs-sudo is decided while running, as autopkgtest does.
@@ -490,7 +753,7 @@ impl Run<'_> {
         let name = &test.name;
         self.log.info(&format!("test {name}: preparing testbed"));
         let arch = probe.arch.clone().unwrap_or_default();
-        if let Some(result) = self.check_depends(tb, test, &arch).await? {
+        if let Some(result) = self.provide_depends(tb, test, &arch).await? {
             return Ok(result);
         }
         let caps = tb.capabilities().clone();
@@ -506,7 +769,7 @@ impl Run<'_> {
             }
         }
         if let Some(path) = &test.path {
-            if !self.opts.source.join(path).exists() {
+            if !self.source().join(path).exists() {
                 return Ok((
                     Outcome::Fail("badpkg".into()),
                     vec![format!("badpkg: {path} does not exist")],
@@ -516,9 +779,14 @@ impl Run<'_> {
 
         let scratch = tb.scratch().to_string();
         let artifacts = format!("{scratch}/{name}-artifacts");
+        let forget_reboot = if reboot::available(&caps) {
+            format!("; rm -f {} {}", reboot::SCRIPT_PID_FILE, reboot::MARK_FILE)
+        } else {
+            String::new()
+        };
         let tmp = format!("{scratch}/autopkgtest_tmp");
         let setup = format!(
-            "set -e; rm -rf '{tmp}'; mkdir -p -m 1777 '{artifacts}'; mkdir -p -m 1777 '{tmp}'{}{}",
+            "set -e; rm -rf '{tmp}'; mkdir -p -m 1777 '{artifacts}'; mkdir -p -m 1777 '{tmp}'{forget_reboot}{}{}",
             match (&user, test.has(&Restriction::RwBuildTree)) {
                 (Some(u), true) => format!("; chown -R '{u}' '{tree}'"),
                 _ => String::new(),
@@ -570,11 +838,19 @@ impl Run<'_> {
             (None, Some(c)) => format!("bash -ec {}", shell_words::quote(c)),
             (None, None) => unreachable!("a parsed test has a path or a command"),
         };
-        // Like autopkgtest: a login-ish environment, then exec the test.
-        let script = format!(
+        let can_reboot = reboot::available(&caps);
+        // Like autopkgtest: a login-ish environment, then the test. Where the
+        // testbed can reboot, the shell stays the test's parent and records
+        // its pid so that /tmp/autopkgtest-reboot can kill just the test.
+        let run = if can_reboot {
+            format!("echo $$ > {}; {command}; exit $?", reboot::SCRIPT_PID_FILE)
+        } else {
+            format!("exec {command}")
+        };
+        let prologue = format!(
             "export USER=$(id -nu); . /etc/profile >/dev/null 2>&1 || true; . ~/.profile >/dev/null 2>&1 || true; \
              unset LANGUAGE LC_CTYPE LC_NUMERIC LC_TIME LC_COLLATE LC_MONETARY LC_MESSAGES LC_PAPER LC_NAME \
-             LC_ADDRESS LC_TELEPHONE LC_MEASUREMENT LC_IDENTIFICATION LC_ALL; {}cd {}; exec {command}",
+             LC_ADDRESS LC_TELEPHONE LC_MEASUREMENT LC_IDENTIFICATION LC_ALL; {}cd {}; ",
             env.iter().map(|(k, v)| format!("export {k}={}; ", shell_words::quote(v))).collect::<String>(),
             shell_words::quote(tree),
         );
@@ -585,16 +861,49 @@ impl Run<'_> {
             .info(&format!("test {name}: [-----------------------"));
         let stdout_path = self.opts.output_dir.join(format!("{name}-stdout"));
         let stderr_path = self.opts.output_dir.join(format!("{name}-stderr"));
-        let tap = {
-            let log = self.log.clone();
-            Arc::new(move |bytes: &[u8]| log.raw(bytes))
+        let tap = self.log_tap();
+        let mut mark: Option<String> = None;
+        let out = loop {
+            let mark_env = mark.as_ref().map_or(String::new(), |m| {
+                let m = shell_words::quote(m);
+                format!("export AUTOPKGTEST_REBOOT_MARK={m}; export ADT_REBOOT_MARK={m}; ")
+            });
+            let script = format!("{prologue}{mark_env}{run}");
+            let mut req = ExecRequest::new(["bash", "-c", &script])
+                .stdout(Output::file(&stdout_path).with_tap(tap.clone()))
+                .stderr(Output::file(&stderr_path).with_tap(tap.clone()))
+                .timeout(self.opts.timeouts.test);
+            req.user = user.clone();
+            let out = tb.exec(req).await?;
+            if !can_reboot || out.timed_out || !reboot::killed(out.status) {
+                break out;
+            }
+            let Some(next) = self
+                .timed(
+                    self.opts.timeouts.short,
+                    "reading the reboot mark",
+                    reboot::take_mark(tb),
+                )
+                .await?
+            else {
+                break out;
+            };
+            self.log
+                .info(&format!("test {name}: requested reboot with marker {next}"));
+            self.timed(
+                self.opts.timeouts.reboot,
+                "rebooting the testbed",
+                tb.reboot(),
+            )
+            .await?;
+            self.timed(
+                self.opts.timeouts.short,
+                "preparing the testbed",
+                reboot::install(tb),
+            )
+            .await?;
+            mark = Some(next);
         };
-        let mut req = ExecRequest::new(["bash", "-c", &script])
-            .stdout(Output::file(&stdout_path).with_tap(tap.clone()))
-            .stderr(Output::file(&stderr_path).with_tap(tap))
-            .timeout(self.opts.timeouts.test);
-        req.user = user;
-        let out = tb.exec(req).await?;
         self.log
             .info(&format!("test {name}: -----------------------]"));
 
@@ -672,6 +981,13 @@ impl Run<'_> {
         }
         Ok(())
     }
+}
+
+fn host_temp_dir(prefix: &str) -> Result<tempfile::TempDir, Abort> {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .map_err(|e| Abort::Testbed(format!("creating a temp dir: {e}")))
 }
 
 fn remove_if_empty(path: &Path) {

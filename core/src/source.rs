@@ -2,7 +2,7 @@
 //! `debian-control`, `@`/`@builddeps@`/`@recommends@` expansion, dpkg
 //! architecture wildcards, and checking relations against installed packages.
 
-use debian_control::lossless::relations::{Entry as RelEntry, Relation, Relations};
+use debian_control::lossless::relations::{Relation, Relations};
 use debian_control::lossless::Control;
 use debian_control::relations::BuildProfile;
 use std::collections::HashMap;
@@ -132,42 +132,111 @@ pub fn expand_depends(
     Ok(deps)
 }
 
-/// Drops `${...}` substitution variables, which only a built package resolves.
+/// Drops `${...}` substitution variables, which only a built package
+/// resolves, as autopkgtest does: whole `${...}` entries, and version
+/// constraints that use one (`foo (= ${binary:Version})` is `foo`).
 fn without_substvars(deps: &str) -> String {
     deps.split(',')
         .map(str::trim)
         .filter(|d| !d.is_empty() && !d.starts_with("${"))
+        .map(|d| match (d.find('('), d.find("${"), d.rfind(')')) {
+            (Some(open), Some(var), Some(close)) if open < var && var < close => {
+                format!("{}{}", &d[..open], &d[close + 1..])
+            }
+            _ => d.to_string(),
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
 
-/// Validates one alternative group of a test's Depends.
+/// Validates one alternative group of a test's Depends against the grammar
+/// autopkgtest accepts for each alternative: `name[:arch] [(op version)]
+/// [[arch list]]`, lower-case names, the five relation operators and a valid
+/// Debian version. Stricter than autopkgtest in one way: it checks only up
+/// to the first alternative that is not one of the source's own binaries,
+/// dep8 checks them all, and rejects an empty version (`foo (>= )`).
+/// Hand-rolled because `debian-control`'s parser accepts more (build
+/// profiles, `>`, upper case) than apt takes in a test's Depends.
 fn check_dependency(group: &str) -> Result<(), String> {
-    let invalid = || format!("Test Depends field contains an invalid dependency `{group}'");
-    let relations: Relations = group.parse().map_err(|_| invalid())?;
-    let entries: Vec<RelEntry> = relations.entries().collect();
-    if entries.len() != 1 {
-        return Err(invalid());
-    }
-    let alternatives: Vec<&str> = group.split('|').collect();
-    for (relation, text) in entries[0].relations().zip(alternatives) {
-        let declares_version = text.contains('(');
-        match relation.try_version() {
-            None if declares_version => {
+    for alternative in group.split('|') {
+        match check_alternative(alternative.trim()) {
+            Ok(()) => {}
+            Err(Invalid::Syntax) => {
+                return Err(format!(
+                    "Test Depends field contains an invalid dependency `{group}'"
+                ))
+            }
+            Err(Invalid::Version) => {
                 return Err(format!(
                     "Test Depends field contains dependency `{group}' with an invalid version"
                 ))
             }
-            Some(Err(_)) => {
-                return Err(format!(
-                    "Test Depends field contains dependency `{group}' with an invalid version"
-                ))
-            }
-            _ if relation.try_name().is_none() => return Err(invalid()),
-            _ => {}
         }
     }
     Ok(())
+}
+
+enum Invalid {
+    Syntax,
+    Version,
+}
+
+/// One alternative of a test dependency; see [`check_dependency`].
+fn check_alternative(dep: &str) -> Result<(), Invalid> {
+    let is_name = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c);
+    let name_end = dep.find(|c| !is_name(c)).unwrap_or(dep.len());
+    if name_end == 0 {
+        return Err(Invalid::Syntax);
+    }
+    let mut rest = &dep[name_end..];
+    if let Some(qualified) = rest.strip_prefix(':') {
+        let end = qualified
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || "_-".contains(c)))
+            .unwrap_or(qualified.len());
+        if end == 0 {
+            return Err(Invalid::Syntax);
+        }
+        rest = &qualified[end..];
+    }
+    rest = rest.trim_start();
+    if let Some(constraint) = rest.strip_prefix('(') {
+        let op = ["<<", "<=", ">=", ">>", "="]
+            .into_iter()
+            .find(|op| constraint.starts_with(op))
+            .ok_or(Invalid::Syntax)?;
+        let (version, after) = constraint[op.len()..]
+            .split_once(')')
+            .ok_or(Invalid::Syntax)?;
+        if !valid_version(version.trim_start()) {
+            return Err(Invalid::Version);
+        }
+        rest = after.trim_start();
+    }
+    if let Some(list) = rest.strip_prefix('[') {
+        let is_arch = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.! ".contains(c);
+        match list.split_once(']') {
+            Some((archs, "")) if !archs.is_empty() && archs.chars().all(is_arch) => return Ok(()),
+            _ => return Err(Invalid::Syntax),
+        }
+    }
+    if rest.is_empty() {
+        Ok(())
+    } else {
+        Err(Invalid::Syntax)
+    }
+}
+
+/// Debian version syntax, as python-debian checks it: `[epoch:]upstream
+/// [-revision]` from `A-Za-z0-9.+~-` (and `:` after an epoch).
+fn valid_version(version: &str) -> bool {
+    let (epoch, rest) = match version.split_once(':') {
+        Some((e, rest)) if !e.is_empty() && e.chars().all(|c| c.is_ascii_digit()) => (true, rest),
+        _ => (false, version),
+    };
+    !rest.is_empty()
+        && rest
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".+~-".contains(c) || (epoch && c == ':'))
 }
 
 /// Reduces relations for `arch` with no build profile active (Dpkg::Deps's
@@ -396,9 +465,38 @@ mod tests {
 
     #[test]
     fn rejects_invalid_dependencies() {
-        assert!(expand_depends("foo (>= )", None, "amd64").is_err());
-        assert!(expand_depends("foo bar", None, "amd64").is_err());
-        assert!(expand_depends("foo:any (>= 1:2.3-4) [linux-any]", None, "amd64").is_ok());
+        // What autopkgtest rejects too, and the two cases where dep8 is stricter.
+        for bad in [
+            "foo bar",
+            "foo (> 1.0)",
+            "foo ( >= 1)",
+            "foo (>= 1:)",
+            "foo (>= 1.0 )",
+            "foo (>= 1.0",
+            "foo <!nocheck>",
+            "Foo",
+            "foo [amd64] bar",
+            "foo (>= )",
+            "foo |",
+        ] {
+            assert!(expand_depends(bad, None, "amd64").is_err(), "{bad}");
+        }
+        for good in [
+            "foo:any (>= 1:2.3-4) [linux-any]",
+            "foo (>=1.0) , bar(<<2)",
+            "sudo:native | foo [!i386 amd64]",
+            "g++-12 (= 12.2.0-14+deb12u1~bpo1)",
+        ] {
+            assert!(expand_depends(good, None, "amd64").is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn recommends_lose_substvars_like_autopkgtest() {
+        assert_eq!(
+            without_substvars("${misc:Recommends}, foo (= ${binary:Version}), bar (>= 1) | baz"),
+            "foo , bar (>= 1) | baz"
+        );
     }
 
     #[test]

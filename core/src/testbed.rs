@@ -28,6 +28,15 @@ impl TestbedError {
     pub fn failure(context: impl std::fmt::Display, err: impl std::fmt::Display) -> Self {
         TestbedError::Failure(format!("{context}: {err}"))
     }
+
+    /// What went wrong, without the `testbed failure:` prefix (for reports
+    /// that add their own).
+    pub fn detail(&self) -> String {
+        match self {
+            TestbedError::Failure(m) | TestbedError::Usage(m) => m.clone(),
+            other => other.to_string(),
+        }
+    }
 }
 
 pub type Result<T, E = TestbedError> = std::result::Result<T, E>;
@@ -48,6 +57,8 @@ pub enum Input {
 /// file, an in-memory capture and a live tap.
 #[derive(Clone, Default)]
 pub struct Output {
+    /// Appended to (created if missing), so a test re-run after a reboot
+    /// keeps what it printed before.
     pub file: Option<PathBuf>,
     pub capture: bool,
     pub tap: Option<Tap>,
@@ -201,7 +212,8 @@ pub trait Testbed: Send + Sync {
 
     async fn exec(&self, req: ExecRequest) -> Result<ExecOutcome>;
 
-    /// Copies a host file or directory (its contents) to `testbed_path`.
+    /// Copies a host file or directory (its contents) to `testbed_path`,
+    /// creating missing parent directories.
     async fn copy_down(&self, host: &Path, testbed_path: &str) -> Result<()>;
 
     /// Copies a testbed file or directory (its contents) to `host`.
@@ -236,4 +248,10 @@ pub trait Backend: Send + Sync {
 
     /// Opens a testbed. `args` are the words after the backend name.
     async fn open(&self, args: &[String]) -> Result<Box<dyn Testbed>>;
+
+    /// Whether the testbed is the machine dep8 runs on; dep8 then only
+    /// checks test dependencies and never installs packages.
+    fn is_host(&self) -> bool {
+        false
+    }
 }

@@ -231,7 +231,8 @@ async fn copy_file_round_trip(tb: &mut dyn Testbed) -> Result<(), String> {
     std::fs::write(&src, &data).map_err(|e| e.to_string())?;
     std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o755))
         .map_err(|e| e.to_string())?;
-    let target = scratch_path(tb, "-odd name.sh");
+    // The parent dirs do not exist yet: copy_down creates them.
+    let target = scratch_path(tb, "new/dirs/-odd name.sh");
     tb.copy_down(&src, &target)
         .await
         .map_err(|e| e.to_string())?;
@@ -445,4 +446,29 @@ pub fn required_resource(var: &str, what: &str) -> Option<String> {
             None
         }
     }
+}
+
+/// The repository's root directory.
+pub fn repo_root() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate is inside the repository")
+        .to_path_buf()
+}
+
+/// The dep8 binary next to the running test's executable (built by `cargo
+/// test --workspace`, which builds the cli package's binary for its own tests).
+pub fn dep8_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("dep8");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p dep8` or `cargo test --workspace`",
+        bin.display()
+    );
+    bin
 }

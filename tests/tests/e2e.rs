@@ -1,32 +1,9 @@
 //! End to end: the `dep8` binary on the example packages, asserting the
 //! exact summary, the exit status and the files in the output dir.
 
-use std::path::{Path, PathBuf};
+use dep8_conformance::{dep8_bin, repo_root as repo};
+use std::path::Path;
 use std::process::{Command, Output};
-
-/// The dep8 binary next to this test's executable (built by `cargo test
-/// --workspace`, which builds the cli package's binary for its own tests).
-pub fn dep8_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("dep8");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p dep8` or `cargo test --workspace`",
-        bin.display()
-    );
-    bin
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
 
 fn run(example: &str, out: &Path, extra: &[&str]) -> Output {
     Command::new(dep8_bin())
@@ -205,4 +182,44 @@ fn read_or_empty(path: &Path) -> String {
 
 fn nix_is_root() -> bool {
     nix::unistd::geteuid().is_root()
+}
+
+#[test]
+fn a_dsc_is_unpacked_in_the_testbed() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let built = Command::new("cp")
+        .args(["-a", "examples/hello", src.to_str().unwrap()])
+        .current_dir(repo())
+        .status()
+        .unwrap();
+    assert!(built.success());
+    let dsc_made = Command::new("dpkg-source")
+        .args(["-b", "hello"])
+        .current_dir(&src)
+        .output()
+        .expect("dpkg-source (dpkg-dev) is installed by .ci/install-deps");
+    assert!(dsc_made.status.success(), "{dsc_made:?}");
+    let dsc = src.join("dep8-hello_1.0.dsc");
+    let out_dir = dir.path().join("out");
+    let out = Command::new(dep8_bin())
+        .args([
+            "run",
+            "-o",
+            out_dir.to_str().unwrap(),
+            dsc.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        read(out_dir.join("summary")),
+        "greets               PASS\ncommand1             PASS (superficial)\n"
+    );
 }

@@ -1,21 +1,10 @@
 //! The same example packages through Debian's autopkgtest and through dep8,
 //! on the null testbed: every test must get the same result word.
 
+use dep8_conformance::{dep8_bin, repo_root as repo};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn dep8_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(Path::parent).unwrap().join("dep8")
-}
 
 /// `name -> result word` from a summary file; `*` lines and detail lines are
 /// left out.
@@ -60,7 +49,7 @@ fn same_results_as_autopkgtest_on_null() {
         );
         return;
     }
-    for example in ["hello", "outcomes"] {
+    for example in ["hello", "outcomes", "build-needed"] {
         let dir = tempfile::tempdir().unwrap();
         let (a_out, d_out) = (dir.path().join("autopkgtest"), dir.path().join("dep8"));
         let src = format!("examples/{example}");

@@ -34,6 +34,10 @@ impl Backend for NullBackend {
         }
         Ok(Box::new(NullTestbed::open()?))
     }
+
+    fn is_host(&self) -> bool {
+        true
+    }
 }
 
 /// The host as a testbed.

@@ -15,13 +15,13 @@
 
 mod accel;
 mod qmp;
-mod ssh;
 
 use accel::Accel;
 use async_trait::async_trait;
 use clap::Parser;
 use dep8_core::capability::{BaseImage, BaseImageKind, Capabilities, Capability};
-use dep8_core::exec::{copy_down_via_exec, copy_up_via_exec, host_command};
+use dep8_backend_ssh::{SshConnection, SshTarget};
+use dep8_core::exec::host_command;
 use dep8_core::testbed::{Backend, ExecOutcome, ExecRequest, Result, Testbed, TestbedError};
 use qmp::Qmp;
 use serde_json::json;
@@ -41,6 +41,9 @@ const NORMAL_USER: &str = "dep8";
 
 /// Kernel command line for direct kernel boot of an image built by dep8.
 const DEFAULT_CMDLINE: &str = "root=/dev/vda rw console=ttyS0";
+
+/// The name the guest's host key is recorded under, whatever the port.
+const HOST_ALIAS: &str = "dep8-testbed";
 
 /// The internal snapshot of the pristine guest.
 const SNAPSHOT: &str = "dep8-pristine";
@@ -177,8 +180,10 @@ pub struct QemuTestbed {
     overlay: PathBuf,
     /// Holds the overlay when `--overlay-dir` is given.
     _overlay_dir: Option<tempfile::TempDir>,
-    ssh: ssh::Ssh,
+    /// The port forwarded to the guest's sshd in the current boot.
+    port: u16,
     vm: Option<Vm>,
+    conn: Option<SshConnection>,
     caps: Capabilities,
     snapshot_saved: bool,
     boot_time: Duration,
@@ -223,7 +228,7 @@ impl QemuTestbed {
             .as_ref()
             .map_or(work.path(), |d| d.path())
             .join("overlay.qcow2");
-        let ssh = ssh::Ssh::new(work.path())?;
+        make_keys(work.path())?;
 
         let mut caps = Capabilities::new([
             Capability::RootOnTestbed,
@@ -255,8 +260,9 @@ impl QemuTestbed {
             work,
             overlay,
             _overlay_dir: overlay_dir,
-            ssh,
+            port: 0,
             vm: None,
+            conn: None,
             caps,
             snapshot_saved: false,
             boot_time: Duration::ZERO,
@@ -264,7 +270,7 @@ impl QemuTestbed {
         // On failure, `tb` is dropped: QEMU is killed, temp files removed.
         tb.boot_fresh().await?;
         let user = tb
-            .ssh
+            .conn()?
             .exec(ExecRequest::new(["id", "-u", NORMAL_USER]).capture())
             .await?;
         if user.status.success() {
@@ -278,6 +284,16 @@ impl QemuTestbed {
 
     fn console_log(&self) -> PathBuf {
         self.work.path().join("console.log")
+    }
+
+    fn conn(&self) -> Result<&SshConnection> {
+        self.conn
+            .as_ref()
+            .ok_or_else(|| TestbedError::Failure("the VM is not running".into()))
+    }
+
+    fn key(&self, name: &str) -> PathBuf {
+        self.work.path().join(name)
     }
 
     /// Kills any running VM, then boots a new one on a fresh overlay and
@@ -301,17 +317,17 @@ impl QemuTestbed {
         )?;
         let started = Instant::now();
         self.start_vm().await?;
-        self.wait_ready(None).await?;
+        self.connect().await?;
         self.boot_time = started.elapsed();
         tracing::info!("qemu: guest ready after {:.1?}", self.boot_time);
-        self.run_ok(&format!("mkdir -p {SCRATCH}")).await?;
+        self.run_ok(&format!("mkdir -p -m 1777 {SCRATCH}")).await?;
         self.attach_baseimage().await
     }
 
     /// Starts QEMU on the current overlay and connects to its monitor.
     async fn start_vm(&mut self) -> Result<()> {
         let port = free_port()?;
-        self.ssh.set_port(port);
+        self.port = port;
         let qmp_socket = self.work.path().join("qmp.sock");
         let _ = std::fs::remove_file(&qmp_socket);
         let argv = self.qemu_argv(port, &qmp_socket)?;
@@ -397,12 +413,12 @@ impl QemuTestbed {
             "-fw_cfg",
             &format!(
                 "name=opt/dep8/authorized_keys,file={}",
-                p(&self.ssh.authorized_keys())
+                p(&self.key("id_ed25519.pub"))
             ),
             "-fw_cfg",
             &format!(
                 "name=opt/dep8/ssh_host_ed25519_key,file={}",
-                p(&self.ssh.host_key())
+                p(&self.key("ssh_host_ed25519_key"))
             ),
         ]);
         match &self.boot {
@@ -430,60 +446,75 @@ impl QemuTestbed {
         Ok(argv)
     }
 
-    /// Waits until ssh gets in; after a reboot, until the guest has a new
-    /// boot id.
-    async fn wait_ready(&mut self, old_boot_id: Option<&str>) -> Result<()> {
-        let limit = Duration::from_secs(self.args.boot_timeout);
-        let deadline = Instant::now() + limit;
-        let mut last_error = String::new();
-        loop {
-            if let Some(vm) = self.vm.as_mut() {
-                if let Ok(Some(status)) = vm.child.try_wait() {
-                    return Err(TestbedError::Failure(format!(
-                        "{} exited while booting ({status}): {}\nconsole: {}",
-                        self.qemu,
-                        tail(&self.work.path().join("qemu.log"), 5),
-                        tail(&self.console_log(), 15)
-                    )));
-                }
-            }
-            let console = tail(&self.console_log(), 15);
-            if console.contains("No bootable device") {
-                return Err(TestbedError::Failure(format!(
-                    "{} has no boot loader and no kernel beside it \
-                     (IMAGE.vmlinuz or --kernel); console:\n{console}",
-                    self.image.display()
-                )));
-            }
-            if Instant::now() > deadline {
-                return Err(TestbedError::Failure(format!(
-                    "the guest did not answer ssh within {limit:?} ({last_error}); console:\n{console}"
-                )));
-            }
-            match self.ssh.connect().await {
-                Ok(()) => match old_boot_id {
-                    None => return Ok(()),
-                    Some(old) => {
-                        if self.boot_id().await? != old {
-                            return Ok(());
-                        }
-                        // Still the old system, on its way down.
-                        self.ssh.disconnect().await;
-                    }
-                },
-                Err(e) => last_error = e,
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+    /// How ssh reaches the guest in the current boot.
+    fn ssh_target(&self) -> SshTarget {
+        let mut target = SshTarget::new("127.0.0.1");
+        target.port = Some(self.port);
+        target.login = Some("root".into());
+        target.identity = Some(self.key("id_ed25519"));
+        target.known_hosts = Some(self.key("known_hosts"));
+        target.ssh_args = [
+            "-F",
+            "none",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+        ]
+        .map(String::from)
+        .to_vec();
+        target
+            .ssh_args
+            .extend(["-o".into(), format!("HostKeyAlias={HOST_ALIAS}")]);
+        target.connect_timeout = Duration::from_secs(self.args.boot_timeout);
+        target
     }
 
-    async fn boot_id(&self) -> Result<String> {
-        self.run_ok("cat /proc/sys/kernel/random/boot_id").await
+    /// Connects to the booting guest; fails early if QEMU dies or the
+    /// firmware finds nothing to boot.
+    async fn connect(&mut self) -> Result<()> {
+        self.conn = None;
+        let target = self.ssh_target();
+        let console = self.console_log();
+        let qemu_log = self.work.path().join("qemu.log");
+        let image = self.image.display().to_string();
+        let qemu = self.qemu.clone();
+        let vm = self
+            .vm
+            .as_mut()
+            .ok_or_else(|| TestbedError::Failure("the VM is not running".into()))?;
+        let watch = async {
+            loop {
+                if let Ok(Some(status)) = vm.child.try_wait() {
+                    return TestbedError::Failure(format!(
+                        "{qemu} exited while booting ({status}): {}\nconsole:\n{}",
+                        tail(&qemu_log, 5),
+                        tail(&console, 15)
+                    ));
+                }
+                if tail(&console, 15).contains("No bootable device") {
+                    return TestbedError::Failure(format!(
+                        "{image} has no boot loader and no kernel beside it \
+                         (IMAGE.vmlinuz or --kernel); console:\n{}",
+                        tail(&console, 15)
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        };
+        let conn = tokio::select! {
+            conn = SshConnection::connect(target) => conn.map_err(|e| {
+                TestbedError::Failure(format!("{e}\nconsole:\n{}", tail(&console, 15)))
+            })?,
+            err = watch => return Err(err),
+        };
+        self.conn = Some(conn);
+        Ok(())
     }
 
     /// Runs a setup script in the guest as root; fails with its stderr.
     async fn run_ok(&self, script: &str) -> Result<String> {
-        let out = self.ssh.exec(ExecRequest::shell(script).capture()).await?;
+        let out = self.conn()?.exec(ExecRequest::shell(script).capture()).await?;
         if !out.status.success() {
             return Err(TestbedError::Failure(format!(
                 "`{script}` failed in the guest ({}): {}",
@@ -557,19 +588,21 @@ impl QemuTestbed {
     }
 
     /// Saves the pristine guest (RAM, devices, overlay) inside the overlay.
-    /// The ssh master is closed first so the snapshot holds no session.
+    /// The ssh connection is closed first so the snapshot holds no session.
     async fn save_snapshot(&mut self) -> Result<()> {
         let started = Instant::now();
-        self.ssh.disconnect().await;
+        if let Some(mut conn) = self.conn.take() {
+            conn.close().await?;
+        }
         self.qmp()?.human(&format!("savevm {SNAPSHOT}")).await?;
         self.snapshot_saved = true;
         tracing::info!("qemu: pristine snapshot saved in {:.1?}", started.elapsed());
-        self.wait_ready(None).await
+        self.connect().await
     }
 
     /// Ends QEMU: a polite `quit`, then a kill.
     async fn stop_vm(&mut self) {
-        self.ssh.disconnect().await;
+        self.conn = None;
         let Some(mut vm) = self.vm.take() else {
             return;
         };
@@ -624,24 +657,25 @@ impl Testbed for QemuTestbed {
     }
 
     async fn exec(&self, req: ExecRequest) -> Result<ExecOutcome> {
-        self.ssh.exec(req).await
+        self.conn()?.exec(req).await
     }
 
     async fn copy_down(&self, host: &Path, testbed_path: &str) -> Result<()> {
-        copy_down_via_exec(self, host, testbed_path).await
+        self.conn()?.copy_down(host, testbed_path).await
     }
 
     async fn copy_up(&self, testbed_path: &str, host: &Path) -> Result<()> {
-        copy_up_via_exec(self, testbed_path, host).await
+        self.conn()?.copy_up(testbed_path, host).await
     }
 
     async fn revert(&mut self) -> Result<()> {
         if !self.snapshot_saved {
             return self.boot_fresh().await;
         }
-        self.ssh.disconnect().await;
+        // The connection belongs to the state being thrown away.
+        self.conn = None;
         self.qmp()?.human(&format!("loadvm {SNAPSHOT}")).await?;
-        self.wait_ready(None).await?;
+        self.connect().await?;
         // The guest's clock stopped when the snapshot was taken.
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -653,21 +687,42 @@ impl Testbed for QemuTestbed {
 
     async fn reboot(&mut self) -> Result<()> {
         self.detach_baseimage().await?;
-        let old = self.boot_id().await?;
-        // The connection may drop before systemctl returns.
-        let _ = self
-            .ssh
-            .exec(ExecRequest::new(["systemctl", "reboot"]).capture())
-            .await;
-        self.ssh.disconnect().await;
-        self.wait_ready(Some(old.as_str())).await?;
+        self.conn
+            .as_mut()
+            .ok_or_else(|| TestbedError::Failure("the VM is not running".into()))?
+            .reboot()
+            .await?;
         self.attach_baseimage().await
     }
 
     async fn close(&mut self) -> Result<()> {
+        let closed = match self.conn.as_mut() {
+            Some(conn) => conn.close().await,
+            None => Ok(()),
+        };
         self.stop_vm().await;
-        Ok(())
+        closed
     }
+}
+
+/// Makes the testbed's ssh keys in `dir`: a client key pair (`id_ed25519`)
+/// and the guest's host key pair (`ssh_host_ed25519_key`), and a
+/// known_hosts file that trusts exactly that host key.
+fn make_keys(dir: &Path) -> Result<()> {
+    for key in ["id_ed25519", "ssh_host_ed25519_key"] {
+        let path = dir.join(key);
+        host_command(
+            "ssh-keygen",
+            &["-q", "-t", "ed25519", "-N", "", "-C", "dep8", "-f", &path.to_string_lossy()],
+        )?;
+    }
+    let host_pub = std::fs::read_to_string(dir.join("ssh_host_ed25519_key.pub"))
+        .map_err(|e| TestbedError::failure("reading the new host key", e))?;
+    std::fs::write(
+        dir.join("known_hosts"),
+        format!("{HOST_ALIAS} {}\n", host_pub.trim()),
+    )
+    .map_err(|e| TestbedError::failure("writing known_hosts", e))
 }
 
 /// `qcow2` or `raw`, from the image's first bytes.

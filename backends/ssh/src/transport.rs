@@ -1,0 +1,590 @@
+//! One multiplexed ssh connection to a machine: the transport of the ssh
+//! backend, and of the qemu backend (sshd inside a VM on a forwarded
+//! loopback port).
+//!
+//! A master `ssh -M -N` holds the connection; every command is a short-lived
+//! `ssh -S SOCKET` client run through core's [`run_local`], so a command
+//! costs one local fork+exec and one channel, never a new handshake.
+//!
+//! On the remote side each command runs under a small `sh` wrapper that
+//! puts it in its own session (`setsid -w`) and records the session id in a
+//! per-connection control dir, so that:
+//! - a timeout (or [`SshConnection::close`]) kills the command's whole
+//!   process tree over a second channel, and background processes left
+//!   behind by a finished command are killed, as [`run_local`] does locally;
+//! - a command killed by a signal reports `128 + N` (sshd would report the
+//!   signal, and ssh would turn it into its own 255);
+//! - a command exiting 255 leaves a marker, so a real 255 is told apart from
+//!   ssh's 255 (transport failure, [`TestbedError::Failure`]).
+
+use dep8_core::exec::{copy_down_via_exec, copy_up_via_exec, in_testbed_argv, run_local, Exec};
+use dep8_core::testbed::{ExecOutcome, ExecRequest, ExitStatus, Result, TestbedError};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Where an sshd is and how to log in to it.
+#[derive(Clone, Debug)]
+pub struct SshTarget {
+    pub host: String,
+    pub port: Option<u16>,
+    /// `-l`: the user to log in as (default: ssh's, from its config).
+    pub login: Option<String>,
+    /// `-i`: the private key.
+    pub identity: Option<PathBuf>,
+    /// More ssh arguments (`-o Option=value`, ...), passed before dep8's own
+    /// options, so they win over dep8's defaults.
+    pub ssh_args: Vec<String>,
+    /// The known_hosts file the host key is checked against (default: the
+    /// user's and the system's).
+    pub known_hosts: Option<PathBuf>,
+    /// Trust a host key seen for the first time
+    /// (`StrictHostKeyChecking=accept-new`) and log that it was. Without
+    /// `known_hosts`, the key is recorded in a known_hosts file private to
+    /// the connection, so reconnections (after a reboot) are still checked.
+    pub accept_new_host_key: bool,
+    /// How long to keep trying to connect (a machine still booting).
+    pub connect_timeout: Duration,
+}
+
+impl SshTarget {
+    pub fn new(host: impl Into<String>) -> Self {
+        SshTarget {
+            host: host.into(),
+            port: None,
+            login: None,
+            identity: None,
+            ssh_args: Vec::new(),
+            known_hosts: None,
+            accept_new_host_key: false,
+            connect_timeout: Duration::from_secs(300),
+        }
+    }
+
+    /// `user@host:port`, for messages.
+    pub fn display(&self) -> String {
+        let mut s = String::new();
+        if let Some(login) = &self.login {
+            s.push_str(login);
+            s.push('@');
+        }
+        s.push_str(&self.host);
+        if let Some(port) = self.port {
+            s.push_str(&format!(":{port}"));
+        }
+        s
+    }
+}
+
+/// How commands get root on the remote machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Root {
+    /// The login is root.
+    Login,
+    /// `sudo -n` works for the login.
+    Sudo,
+    /// Neither: commands run as the login user.
+    None,
+}
+
+/// Lines after which a failed master connection is not retried.
+const PERMANENT_FAILURES: &[&str] = &["Host key verification failed"];
+
+/// Runs (as root when possible) the command after the job path, in its own
+/// session, and leaves `JOB.pid` while it runs and `JOB.255` if it exited
+/// 255. The inner `sh` does not `exec`, so a signal death becomes 128+N.
+const WRAPPER: &str = r#"setsid -w sh -c 'echo $$ > "$0"; "$@"' "$0.pid" "$@"
+rc=$?
+read pg < "$0.pid" && kill -KILL -- "-$pg" 2>/dev/null
+rm -f "$0.pid"
+[ $rc -ne 255 ] || : > "$0.255"
+exit $rc"#;
+
+/// Kills the session of job `$1` (waiting briefly for it to have started).
+const KILL_JOB: &str = r#"i=0
+while [ ! -s "$1.pid" ] && [ $i -lt 20 ]; do sleep 0.1; i=$((i+1)); done
+read pg < "$1.pid" && kill -KILL -- "-$pg""#;
+
+/// Kills every job still running under control dir `$1` and removes it.
+const KILL_ALL: &str = r#"for f in "$1"/*.pid; do
+  [ -e "$f" ] && read pg < "$f" && kill -KILL -- "-$pg" 2>/dev/null
+done
+rm -rf -- "$1""#;
+
+/// Prints the uid, the boot id, whether `sudo -n` works, and the control
+/// dir: `$1` (re)created, or a new one.
+const HELLO: &str = r#"id -u
+cat /proc/sys/kernel/random/boot_id
+if sudo -n true >/dev/null 2>&1; then echo sudo; else echo nosudo; fi
+if [ -n "$1" ]; then mkdir -p -m 700 "$1" && echo "$1"; else mktemp -d /tmp/dep8-ssh.XXXXXXXX; fi"#;
+
+/// An open, multiplexed ssh connection.
+pub struct SshConnection {
+    target: SshTarget,
+    /// Control socket, master log and (with accept-new) known_hosts.
+    local: tempfile::TempDir,
+    master: Option<tokio::process::Child>,
+    /// Control dir on the remote machine, for job pid files.
+    remote_dir: String,
+    root: Root,
+    boot_id: String,
+    next_job: AtomicU64,
+}
+
+impl SshConnection {
+    /// Connects (retrying until `target.connect_timeout`), checks the host
+    /// key, finds out how to get root and makes a remote control dir.
+    pub async fn connect(target: SshTarget) -> Result<Self> {
+        let local = tempfile::Builder::new()
+            .prefix("dep8-ssh.")
+            .tempdir()
+            .map_err(|e| TestbedError::failure("creating the ssh control dir", e))?;
+        let mut conn = SshConnection {
+            target,
+            local,
+            master: None,
+            remote_dir: String::new(),
+            root: Root::None,
+            boot_id: String::new(),
+            next_job: AtomicU64::new(0),
+        };
+        conn.reconnect(None).await?;
+        Ok(conn)
+    }
+
+    pub fn target(&self) -> &SshTarget {
+        &self.target
+    }
+
+    /// How commands get root.
+    pub fn root(&self) -> Root {
+        self.root
+    }
+
+    /// Whether commands run as root.
+    pub fn is_root(&self) -> bool {
+        self.root != Root::None
+    }
+
+    /// The remote machine's boot id when the connection was made.
+    pub fn boot_id(&self) -> &str {
+        &self.boot_id
+    }
+
+    /// Runs `req` on the remote machine, as root when [`Self::is_root`].
+    pub async fn exec(&self, req: ExecRequest) -> Result<ExecOutcome> {
+        if req.user.is_some() && !self.is_root() {
+            return Err(TestbedError::Unsupported(
+                "running as another user without root",
+            ));
+        }
+        let job = format!(
+            "{}/{}",
+            self.remote_dir,
+            self.next_job.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut remote = vec!["sh".to_string(), "-c".into(), WRAPPER.into()];
+        remote.extend(["dep8-exec".to_string(), job.clone()]);
+        remote.extend(in_testbed_argv(&req));
+        let argv = self.client_argv(&self.as_root(remote));
+        let outcome = run_local(&argv, req).await?;
+        if outcome.timed_out {
+            self.kill_job(&job).await;
+        } else if outcome.status == ExitStatus::Code(255) && !self.exited_255(&job).await? {
+            return Err(TestbedError::Failure(format!(
+                "ssh connection to {} failed{}",
+                self.target.display(),
+                self.master_log_tail()
+            )));
+        }
+        Ok(outcome)
+    }
+
+    /// Copies a host file or directory (its contents) to `remote_path`.
+    pub async fn copy_down(&self, host: &Path, remote_path: &str) -> Result<()> {
+        copy_down_via_exec(self, host, remote_path).await
+    }
+
+    /// Copies a remote file or directory (its contents) to `host`.
+    pub async fn copy_up(&self, remote_path: &str, host: &Path) -> Result<()> {
+        copy_up_via_exec(self, remote_path, host).await
+    }
+
+    /// Makes a new scratch dir (mode 1777) under /var/tmp, which survives a
+    /// reboot, unlike /tmp.
+    pub async fn create_scratch(&self) -> Result<String> {
+        let out = self
+            .exec(
+                ExecRequest::shell(
+                    "d=$(mktemp -d /var/tmp/dep8.XXXXXXXX) && chmod 1777 \"$d\" && echo \"$d\"",
+                )
+                .capture(),
+            )
+            .await?;
+        if !out.status.success() {
+            return Err(TestbedError::Failure(format!(
+                "creating a scratch dir on {}: {}",
+                self.target.display(),
+                out.stderr_text().trim()
+            )));
+        }
+        Ok(out.stdout_text().trim().to_string())
+    }
+
+    /// Asks the machine to reboot; the connection drops. Follow with
+    /// [`Self::reconnect`] given the boot id from before.
+    pub async fn request_reboot(&mut self) {
+        let req = ExecRequest::new(["reboot"])
+            .capture()
+            .timeout(Duration::from_secs(60));
+        // The connection may well drop before `reboot` reports anything.
+        match self.exec(req).await {
+            Ok(out) if !out.status.success() && !out.timed_out => tracing::warn!(
+                "reboot on {} exited {}: {}",
+                self.target.display(),
+                out.status.code(),
+                out.stderr_text().trim()
+            ),
+            _ => {}
+        }
+        self.stop_master().await;
+    }
+
+    /// Reboots the machine and reconnects once it is back.
+    pub async fn reboot(&mut self) -> Result<()> {
+        let before = self.boot_id.clone();
+        self.request_reboot().await;
+        self.reconnect(Some(&before)).await
+    }
+
+    /// Drops the master connection and connects again, until
+    /// `target.connect_timeout`; with `old_boot_id`, until the machine
+    /// reports another boot id (it went down and came back).
+    pub async fn reconnect(&mut self, old_boot_id: Option<&str>) -> Result<()> {
+        self.stop_master().await;
+        let deadline = Instant::now() + self.target.connect_timeout;
+        loop {
+            self.start_master(deadline).await?;
+            let hello = self.hello().await?;
+            if Some(hello.boot_id.as_str()) != old_boot_id {
+                self.boot_id = hello.boot_id;
+                self.root = hello.root;
+                self.remote_dir = hello.dir;
+                return Ok(());
+            }
+            // Still the old boot: the machine has not gone down yet.
+            self.stop_master().await;
+            if Instant::now() >= deadline {
+                return Err(TestbedError::Failure(format!(
+                    "{} did not reboot within {:?}",
+                    self.target.display(),
+                    self.target.connect_timeout
+                )));
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Kills what is left of the commands, removes the remote control dir
+    /// and ends the master connection.
+    pub async fn close(&mut self) -> Result<()> {
+        let mut result = Ok(());
+        if self.master.is_some() && !self.remote_dir.is_empty() {
+            let remote = self.as_root(
+                ["sh", "-c", KILL_ALL, "sh", &self.remote_dir]
+                    .map(String::from)
+                    .to_vec(),
+            );
+            let argv = self.client_argv(&remote);
+            let req = ExecRequest::new(argv.clone())
+                .capture()
+                .timeout(Duration::from_secs(60));
+            result = match run_local(&argv, req).await {
+                Ok(out) if out.status.success() => Ok(()),
+                Ok(out) => Err(TestbedError::Failure(format!(
+                    "removing {} on {}: {}",
+                    self.remote_dir,
+                    self.target.display(),
+                    out.stderr_text().trim()
+                ))),
+                Err(e) => Err(e),
+            };
+        }
+        self.stop_master().await;
+        result
+    }
+
+    // ---- internals ----
+
+    /// `sudo -n` in front of `argv` when root comes from sudo.
+    fn as_root(&self, argv: Vec<String>) -> Vec<String> {
+        match self.root {
+            Root::Sudo => ["sudo".to_string(), "-n".into()]
+                .into_iter()
+                .chain(argv)
+                .collect(),
+            _ => argv,
+        }
+    }
+
+    fn control_socket(&self) -> PathBuf {
+        self.local.path().join("ctl")
+    }
+
+    fn master_log(&self) -> PathBuf {
+        self.local.path().join("master.log")
+    }
+
+    /// The options every ssh invocation (master and clients) shares, up to
+    /// and including the host.
+    fn common_argv(&self) -> Vec<String> {
+        let t = &self.target;
+        let mut argv = vec!["ssh".to_string()];
+        argv.extend(t.ssh_args.iter().cloned());
+        let strict = if t.accept_new_host_key {
+            "accept-new"
+        } else {
+            "yes"
+        };
+        argv.extend([
+            "-S".into(),
+            self.control_socket().to_string_lossy().into_owned(),
+            "-o".into(),
+            "BatchMode=yes".into(),
+            "-o".into(),
+            format!("StrictHostKeyChecking={strict}"),
+            "-o".into(),
+            "ConnectTimeout=10".into(),
+            "-o".into(),
+            "ServerAliveInterval=15".into(),
+        ]);
+        let private = self.local.path().join("known_hosts");
+        let known_hosts = match (&t.known_hosts, t.accept_new_host_key) {
+            (Some(file), _) => Some(file.as_path()),
+            (None, true) => Some(private.as_path()),
+            (None, false) => None,
+        };
+        if let Some(file) = known_hosts {
+            argv.extend([
+                "-o".into(),
+                format!("UserKnownHostsFile={}", file.display()),
+            ]);
+        }
+        if let Some(port) = t.port {
+            argv.extend(["-p".into(), port.to_string()]);
+        }
+        if let Some(login) = &t.login {
+            argv.extend(["-l".into(), login.clone()]);
+        }
+        if let Some(key) = &t.identity {
+            argv.extend(["-i".into(), key.to_string_lossy().into_owned()]);
+        }
+        argv
+    }
+
+    /// `ssh ... -T -o ControlMaster=no HOST 'exec REMOTE...'`.
+    fn client_argv(&self, remote: &[String]) -> Vec<String> {
+        let mut argv = self.common_argv();
+        argv.extend(["-T", "-o", "ControlMaster=no", "--", &self.target.host].map(String::from));
+        argv.push(format!("exec {}", shell_words::join(remote)));
+        argv
+    }
+
+    /// Starts the master, retrying until `deadline` unless the failure is
+    /// permanent (a host key mismatch).
+    async fn start_master(&mut self, deadline: Instant) -> Result<()> {
+        loop {
+            match self.try_master().await {
+                Ok(()) => return Ok(()),
+                Err(log) => {
+                    let permanent = PERMANENT_FAILURES.iter().any(|p| log.contains(p));
+                    if permanent || Instant::now() >= deadline {
+                        return Err(self.connect_error(&log, permanent));
+                    }
+                    tracing::debug!(
+                        "ssh to {} failed, retrying: {}",
+                        self.target.display(),
+                        log.trim()
+                    );
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    fn connect_error(&self, log: &str, host_key: bool) -> TestbedError {
+        let t = &self.target;
+        let mut msg = format!("cannot connect to {} with ssh: {}", t.display(), log.trim());
+        if host_key {
+            let file = match &t.known_hosts {
+                Some(f) => f.display().to_string(),
+                None => "~/.ssh/known_hosts".into(),
+            };
+            msg.push_str(&format!(
+                "\nthe host key of {} does not match {file} or is not in it; \
+                 add the right key there, or pass --accept-new-host-key to trust \
+                 a host that is not listed yet",
+                t.host
+            ));
+        }
+        TestbedError::Failure(msg)
+    }
+
+    /// One attempt: spawns `ssh -M -N` and waits for its control socket.
+    /// Fails with what the master printed.
+    async fn try_master(&mut self) -> Result<(), String> {
+        let log_path = self.master_log();
+        let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
+        let mut argv = self.common_argv();
+        argv.extend(
+            [
+                "-M",
+                "-N",
+                "-T",
+                "-o",
+                "ControlPersist=no",
+                "--",
+                &self.target.host,
+            ]
+            .map(String::from),
+        );
+        let mut child = tokio::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot run ssh: {e}"))?;
+        let socket = self.control_socket();
+        let started = Instant::now();
+        loop {
+            if socket.exists() {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                return Err(if log.trim().is_empty() {
+                    format!("ssh exited with {status}")
+                } else {
+                    log
+                });
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill().await;
+                return Err("ssh did not connect within 60 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        for line in log.lines().filter(|l| l.contains("Permanently added")) {
+            tracing::warn!(
+                "--accept-new-host-key: trusted a host key not seen before: {}",
+                line.trim()
+            );
+        }
+        self.master = Some(child);
+        Ok(())
+    }
+
+    async fn stop_master(&mut self) {
+        if let Some(mut master) = self.master.take() {
+            let _ = master.kill().await;
+        }
+        let _ = std::fs::remove_file(self.control_socket());
+    }
+
+    /// The last lines the master printed, for error messages.
+    fn master_log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.master_log()).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().rev().take(5).collect();
+        if lines.is_empty() {
+            String::new()
+        } else {
+            let lines: Vec<&str> = lines.into_iter().rev().collect();
+            format!(": {}", lines.join("\n"))
+        }
+    }
+
+    /// Runs a plain (unwrapped) command over the connection, capturing its
+    /// output; any ssh failure is a transport failure.
+    async fn control(&self, what: &str, remote: Vec<String>) -> Result<String> {
+        let argv = self.client_argv(&remote);
+        let req = ExecRequest::new(argv.clone())
+            .capture()
+            .timeout(Duration::from_secs(60));
+        let out = run_local(&argv, req).await?;
+        if out.status.success() {
+            Ok(out.stdout_text())
+        } else {
+            Err(TestbedError::Failure(format!(
+                "{what} on {} failed ({}): {}{}",
+                self.target.display(),
+                out.status.code(),
+                out.stderr_text().trim(),
+                self.master_log_tail()
+            )))
+        }
+    }
+
+    async fn hello(&self) -> Result<Hello> {
+        let remote = ["sh", "-c", HELLO, "sh", &self.remote_dir].map(String::from);
+        let out = self.control("probing", remote.to_vec()).await?;
+        let lines: Vec<&str> = out.lines().collect();
+        let [uid, boot_id, sudo, dir] = lines[..] else {
+            return Err(TestbedError::Failure(format!(
+                "unexpected reply from {}: {out:?}",
+                self.target.display()
+            )));
+        };
+        let root = match (uid, sudo) {
+            ("0", _) => Root::Login,
+            (_, "sudo") => Root::Sudo,
+            _ => Root::None,
+        };
+        Ok(Hello {
+            boot_id: boot_id.to_string(),
+            root,
+            dir: dir.to_string(),
+        })
+    }
+
+    /// Whether job `job` really exited 255 (rather than ssh failing).
+    async fn exited_255(&self, job: &str) -> Result<bool> {
+        let marker = format!("{job}.255");
+        let script = "if [ -e \"$1\" ]; then rm -f \"$1\"; echo yes; else echo no; fi";
+        let remote = self.as_root(
+            ["sh", "-c", script, "sh", &marker]
+                .map(String::from)
+                .to_vec(),
+        );
+        Ok(self
+            .control("checking an exit status", remote)
+            .await?
+            .trim()
+            == "yes")
+    }
+
+    /// Kills a timed-out job's process tree; failures are only logged (the
+    /// command's outcome is already known).
+    async fn kill_job(&self, job: &str) {
+        let remote = self.as_root(["sh", "-c", KILL_JOB, "sh", job].map(String::from).to_vec());
+        if let Err(e) = self.control("killing a timed-out command", remote).await {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+struct Hello {
+    boot_id: String,
+    root: Root,
+    dir: String,
+}
+
+#[async_trait::async_trait]
+impl Exec for SshConnection {
+    async fn run(&self, req: ExecRequest) -> Result<ExecOutcome> {
+        self.exec(req).await
+    }
+}
