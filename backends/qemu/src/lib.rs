@@ -656,6 +656,10 @@ impl Testbed for QemuTestbed {
         facts
     }
 
+    fn logs(&self) -> Vec<(String, PathBuf)> {
+        vec![("qemu-console.log".into(), self.console_log())]
+    }
+
     async fn exec(&self, req: ExecRequest) -> Result<ExecOutcome> {
         self.conn()?.exec(req).await
     }
