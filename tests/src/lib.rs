@@ -3,6 +3,8 @@
 //! tests. A check whose capability the testbed does not advertise is
 //! skipped, never passed; a capability that is advertised must really work.
 
+pub mod sshd;
+
 use dep8_core::capability::Capability;
 use dep8_core::testbed::{ExecRequest, ExitStatus, Input, Output, Testbed};
 use std::future::Future;

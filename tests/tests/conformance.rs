@@ -23,6 +23,19 @@ async fn null() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn ssh() {
+    use dep8_core::testbed::Backend;
+    let Some(sshd) = dep8_conformance::sshd::LoopbackSshd::start() else {
+        return;
+    };
+    let tb = dep8_backend_ssh::SshBackend
+        .open(&sshd.backend_args())
+        .await
+        .expect("open ssh");
+    certify("ssh", tb).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn qemu() {
     use dep8_core::testbed::Backend;
     let Some(image) = dep8_conformance::required_resource("DEP8_TEST_QEMU_IMAGE", "a qemu image")

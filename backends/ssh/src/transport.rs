@@ -87,27 +87,31 @@ pub enum Root {
     None,
 }
 
+/// How long a killed command may take to end before it is abandoned.
+const KILL_GRACE: Duration = Duration::from_secs(10);
+
 /// Lines after which a failed master connection is not retried.
 const PERMANENT_FAILURES: &[&str] = &["Host key verification failed"];
 
 /// Runs (as root when possible) the command after the job path, in its own
 /// session, and leaves `JOB.pid` while it runs and `JOB.255` if it exited
 /// 255. The inner `sh` does not `exec`, so a signal death becomes 128+N.
-const WRAPPER: &str = r#"setsid -w sh -c 'echo $$ > "$0"; "$@"' "$0.pid" "$@"
+const WRAPPER: &str = r#"j=$1; shift
+setsid -w sh -c 'echo $$ > "$1"; shift; "$@"' dep8-exec "$j.pid" "$@"
 rc=$?
-read pg < "$0.pid" && kill -KILL -- "-$pg" 2>/dev/null
-rm -f "$0.pid"
-[ $rc -ne 255 ] || : > "$0.255"
+read pg < "$j.pid" && kill -KILL "-$pg" 2>/dev/null
+rm -f "$j.pid"
+[ $rc -ne 255 ] || : > "$j.255"
 exit $rc"#;
 
 /// Kills the session of job `$1` (waiting briefly for it to have started).
 const KILL_JOB: &str = r#"i=0
 while [ ! -s "$1.pid" ] && [ $i -lt 20 ]; do sleep 0.1; i=$((i+1)); done
-read pg < "$1.pid" && kill -KILL -- "-$pg""#;
+read pg < "$1.pid" && kill -KILL "-$pg""#;
 
 /// Kills every job still running under control dir `$1` and removes it.
 const KILL_ALL: &str = r#"for f in "$1"/*.pid; do
-  [ -e "$f" ] && read pg < "$f" && kill -KILL -- "-$pg" 2>/dev/null
+  [ -e "$f" ] && read pg < "$f" && kill -KILL "-$pg" 2>/dev/null
 done
 rm -rf -- "$1""#;
 
@@ -187,10 +191,49 @@ impl SshConnection {
         remote.extend(["dep8-exec".to_string(), job.clone()]);
         remote.extend(in_testbed_argv(&req));
         let argv = self.client_argv(&self.as_root(remote));
-        let outcome = run_local(&argv, req).await?;
-        if outcome.timed_out {
-            self.kill_job(&job).await;
-        } else if outcome.status == ExitStatus::Code(255) && !self.exited_255(&job).await? {
+        let Some(limit) = req.timeout else {
+            return self.finish(&job, run_local(&argv, req).await?).await;
+        };
+        // The ssh client hands its pipes to the master, so killing it would
+        // not end the command: on timeout the remote tree is killed, which
+        // ends the client.
+        let started = Instant::now();
+        let run = run_local(
+            &argv,
+            ExecRequest {
+                timeout: None,
+                ..req
+            },
+        );
+        tokio::pin!(run);
+        if let Ok(outcome) = tokio::time::timeout(limit, &mut run).await {
+            return self.finish(&job, outcome?).await;
+        }
+        self.kill_job(&job).await;
+        let mut outcome = match tokio::time::timeout(KILL_GRACE, run).await {
+            Ok(outcome) => outcome?,
+            Err(_) => {
+                tracing::warn!(
+                    "a timed-out command on {} did not end after being killed; abandoning it",
+                    self.target.display()
+                );
+                ExecOutcome {
+                    status: ExitStatus::Signal(9),
+                    timed_out: true,
+                    duration: started.elapsed(),
+                    stdout: Vec::new(),
+                    stderr: Vec::new(),
+                }
+            }
+        };
+        outcome.status = ExitStatus::Signal(9);
+        outcome.timed_out = true;
+        Ok(outcome)
+    }
+
+    /// Tells a command's own exit status 255 from ssh failing.
+    async fn finish(&self, job: &str, outcome: ExecOutcome) -> Result<ExecOutcome> {
+        if outcome.status == ExitStatus::Code(255) && !self.exited_255(job).await? {
             return Err(TestbedError::Failure(format!(
                 "ssh connection to {} failed{}",
                 self.target.display(),
