@@ -1,6 +1,9 @@
-//! `dep8 image build KIND`: testbed images from Debian's archive.
+//! `dep8 image build KIND ...`: testbed images from Debian's archive.
 
+use dep8_images::rootfs::{self, RootfsSpec, Variant};
+use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(clap::Subcommand)]
 pub enum ImageCommand {
@@ -9,48 +12,150 @@ pub enum ImageCommand {
     Build(BuildKind),
 }
 
+/// The kinds of image dep8 builds.
 #[derive(clap::Subcommand)]
 pub enum BuildKind {
-    /// A qcow2 disk image for the qemu backend (kernel and initrd beside it
-    /// as IMAGE.vmlinuz and IMAGE.initrd). Needs root.
+    /// A rootfs tarball for the unshare, schroot and lxc backends.
+    Rootfs(RootfsArgs),
+    /// A qcow2 disk image for the qemu backend, with its kernel and initrd
+    /// beside it (IMAGE.vmlinuz, IMAGE.initrd). Needs root.
     Qemu(QemuArgs),
 }
 
 #[derive(clap::Args)]
 pub struct QemuArgs {
-    /// Debian release (codename or suite).
+    /// The Debian release (suite or codename).
     #[arg(long, default_value = "bookworm")]
     release: String,
-    /// Size of the root filesystem (as mke2fs takes it).
+    /// Size of the root filesystem (as mke2fs takes it: 2G, 4096M).
     #[arg(long, default_value = "2G")]
     size: String,
-    /// Debian mirror (default: mmdebstrap's).
+    /// The archive to build from (default: http://deb.debian.org/debian).
     #[arg(long)]
     mirror: Option<String>,
-    /// Install these packages too (comma-separated; repeatable).
-    #[arg(long = "include", value_delimiter = ',')]
+    /// Extra packages (comma-separated; repeatable).
+    #[arg(long, value_delimiter = ',')]
     include: Vec<String>,
-    /// The image to write.
+    /// The qcow2 image to write.
     #[arg(short = 'o', long)]
     output: PathBuf,
 }
 
+#[derive(clap::Args)]
+pub struct RootfsArgs {
+    /// The Debian release (suite or codename).
+    #[arg(long, default_value = "bookworm")]
+    release: String,
+    #[arg(long, value_enum, default_value_t = VariantArg::Minbase)]
+    variant: VariantArg,
+    /// The archive to build from (default: http://deb.debian.org/debian).
+    #[arg(long)]
+    mirror: Option<String>,
+    /// Extra packages (comma-separated; repeatable).
+    #[arg(long, value_delimiter = ',')]
+    include: Vec<String>,
+    /// The tarball to write (.tar, .tar.gz, .tar.zst, ...).
+    #[arg(short = 'o', long)]
+    output: PathBuf,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum VariantArg {
+    Minbase,
+    Apt,
+}
+
 /// Runs `dep8 image ...`; returns the exit status.
-pub fn run(command: ImageCommand) -> i32 {
-    let result = match command {
-        ImageCommand::Build(BuildKind::Qemu(args)) => {
-            dep8_images::qemu::build(&dep8_images::qemu::QemuImageSpec {
-                release: args.release,
-                size: args.size,
-                output: args.output,
-                mirror: args.mirror,
-                extra_packages: args.include,
-            })
-            .map(|_| ())
-        }
+pub fn main(command: ImageCommand) -> i32 {
+    match command {
+        ImageCommand::Build(BuildKind::Rootfs(args)) => build_rootfs(args),
+        ImageCommand::Build(BuildKind::Qemu(args)) => build_qemu(args),
+    }
+}
+
+fn build_qemu(args: QemuArgs) -> i32 {
+    let spec = dep8_images::qemu::QemuImageSpec {
+        release: args.release,
+        size: args.size,
+        output: args.output,
+        mirror: args.mirror,
+        extra_packages: args.include,
     };
+    let progress = Progress::new(&format!("building a {} qemu image", spec.release));
+    let result = dep8_images::qemu::build(&spec, |line| progress.line(line));
+    progress.finish();
     match result {
-        Ok(()) => 0,
-        Err(e) => crate::error(e),
+        Ok(image) => {
+            eprintln!(
+                "dep8: wrote {} (kernel {}, initrd {})",
+                image.image.display(),
+                image.kernel.display(),
+                image.initrd.display()
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("dep8: error: {e}");
+            1
+        }
+    }
+}
+
+fn build_rootfs(args: RootfsArgs) -> i32 {
+    let spec = RootfsSpec {
+        release: args.release,
+        variant: match args.variant {
+            VariantArg::Minbase => Variant::Minbase,
+            VariantArg::Apt => Variant::Apt,
+        },
+        mirror: args.mirror,
+        include: args.include,
+        output: args.output,
+    };
+    let progress = Progress::new(&format!("building {} rootfs", spec.release));
+    let result = rootfs::build(&spec, |line| progress.line(line));
+    progress.finish();
+    match result {
+        Ok(()) => {
+            eprintln!("dep8: wrote {}", spec.output.display());
+            0
+        }
+        Err(e) => {
+            eprintln!("dep8: error: {e}");
+            1
+        }
+    }
+}
+
+/// A spinner showing the latest line of a long build on a terminal; plain
+/// lines otherwise.
+struct Progress(Option<indicatif::ProgressBar>);
+
+impl Progress {
+    fn new(what: &str) -> Self {
+        if !std::io::stderr().is_terminal() {
+            eprintln!("dep8: {what}");
+            return Progress(None);
+        }
+        let bar = indicatif::ProgressBar::new_spinner().with_prefix(what.to_string());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} [{elapsed}] {prefix}: {wide_msg}")
+                .expect("valid template"),
+        );
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Progress(Some(bar))
+    }
+
+    fn line(&self, line: &str) {
+        match &self.0 {
+            Some(bar) => bar.set_message(line.to_string()),
+            None => eprintln!("{line}"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
     }
 }

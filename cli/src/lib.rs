@@ -1,6 +1,7 @@
 //! The `dep8` command line: argument parsing, the backend registry, and the
 //! subcommands. `main_with` lets a custom binary add its own backends.
 
+mod compare;
 mod image;
 mod registry;
 
@@ -41,6 +42,9 @@ enum Command {
     Check(CheckArgs),
     /// Print each test's run/skip decision for a testbed, running nothing.
     Explain(ExplainArgs),
+    /// Run one suite on several testbeds at once and show the results side
+    /// by side: `dep8 compare SRC --on BACKEND... [-- RUN OPTIONS]`.
+    Compare(compare::CompareArgs),
     /// List the backends and the capabilities they can provide.
     Backends,
     /// Print the restriction -> capability reference.
@@ -49,13 +53,13 @@ enum Command {
         #[arg(long)]
         markdown: bool,
     },
-    /// Build testbed images.
-    #[command(subcommand)]
-    Image(image::ImageCommand),
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff).
     Man,
+    /// Build testbed images from Debian's archive.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
 }
 
 #[derive(clap::Args)]
@@ -69,7 +73,7 @@ struct RunArgs {
     #[arg(last = true, value_name = "BACKEND ARGS")]
     testbed: Vec<String>,
     /// The testbed backend, when it takes no arguments (same as `-- NAME`).
-    #[arg(long, conflicts_with = "testbed")]
+    #[arg(long, visible_alias = "testbed", conflicts_with = "testbed")]
     testbed_name: Option<String>,
     /// Write log, summary and per-test files here (must be empty or new).
     #[arg(short = 'o', long)]
@@ -109,6 +113,10 @@ struct RunArgs {
     /// Add an apt source line ("deb URL SUITE COMPONENTS"; repeatable).
     #[arg(long = "add-apt-source", value_name = "LINE")]
     add_apt_source: Vec<String>,
+    /// Use packages from RELEASE-POCKET too (e.g. backports); with a list,
+    /// only those packages (`src:NAME` = its binaries) (repeatable).
+    #[arg(long = "apt-pocket", value_name = "POCKET[=PKG,...]")]
+    apt_pocket: Vec<String>,
     /// Copy a host file or dir into the testbed before setup (repeatable).
     #[arg(long, value_name = "HOSTPATH:TESTBEDPATH", value_parser = setup::copy_pair)]
     copy: Vec<(PathBuf, String)>,
@@ -208,7 +216,9 @@ pub fn main_with(registry: Registry) -> i32 {
 async fn dispatch(command: Command, registry: &Registry) -> i32 {
     match command {
         Command::Run(args) => run(*args, registry).await,
+        Command::Image(command) => tokio::task::block_in_place(|| image::main(command)),
         Command::Check(args) => check(args, registry),
+        Command::Compare(args) => compare::compare(args).await,
         Command::Explain(args) => explain(args, registry),
         Command::Backends => {
             for b in registry.all() {
@@ -237,7 +247,6 @@ async fn dispatch(command: Command, registry: &Registry) -> i32 {
             }
             0
         }
-        Command::Image(command) => image::run(command),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "dep8", &mut std::io::stdout());
             0
@@ -364,6 +373,7 @@ fn testbed_setup(args: &RunArgs, binaries: Vec<PathBuf>) -> Result<Setup, String
     Ok(Setup {
         copies: args.copy.clone(),
         apt_sources: args.add_apt_source.clone(),
+        apt_pockets: args.apt_pocket.clone(),
         commands,
         binaries,
     })

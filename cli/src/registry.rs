@@ -24,6 +24,7 @@ impl Registry {
     pub fn builtin() -> Self {
         let mut r = Registry::empty();
         r.register(Box::new(dep8_backend_null::NullBackend));
+        r.register(Box::new(dep8_backend_unshare::UnshareBackend));
         r.register(Box::new(dep8_backend_ssh::SshBackend));
         r.register(Box::new(dep8_backend_qemu::QemuBackend));
         r

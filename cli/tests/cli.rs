@@ -123,3 +123,29 @@ fn setup_commands_blame_the_package_with_100_and_the_testbed_otherwise() {
         assert_eq!(written.trim(), summary);
     }
 }
+
+#[test]
+fn compare_runs_every_testbed_and_prints_a_matrix() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dep8(&[
+        "compare",
+        "examples/hello",
+        "--on",
+        "null",
+        "--on",
+        "null",
+        "-o",
+        dir.path().to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tests = doc["tests"].as_array().unwrap();
+    let names: Vec<&str> = tests.iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["greets", "command1"]);
+    assert!(tests.iter().all(|t| t["differs"] == false));
+    assert_eq!(tests[0]["results"], serde_json::json!(["PASS", "PASS"]));
+    assert!(dir.path().join("1-null/summary").exists());
+    assert!(dir.path().join("2-null/summary").exists());
+    assert!(dir.path().join("compare.html").exists());
+}

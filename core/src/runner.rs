@@ -225,6 +225,9 @@ impl Run<'_> {
         let mut resolve_opts = self.opts.resolve.clone();
         resolve_opts.arch = Some(arch.clone());
 
+        // As autopkgtest: set up first (a setup command may add the deb-src
+        // lines `apt-get source` needs), then get the source.
+        self.setup_testbed(tb).await?;
         if let Some(fetch) = &self.opts.fetch {
             self.acquire(tb, fetch).await?;
         }
@@ -235,12 +238,7 @@ impl Run<'_> {
                 self.source().display(),
                 control.display()
             ));
-            self.reporter.record(
-                "*",
-                Outcome::Skip("no tests in this package".into()),
-                Duration::ZERO,
-                vec![],
-            );
+            self.record_no_tests();
             return Ok(());
         }
         let entries = match load_suite(self.opts, self.source(), &arch) {
@@ -308,24 +306,20 @@ impl Run<'_> {
             ));
         }
         if runnable.is_empty() && self.reporter.results().is_empty() {
-            self.reporter.record(
-                "*",
-                Outcome::Skip("no tests in this package".into()),
-                Duration::ZERO,
-                vec![],
-            );
+            self.record_no_tests();
             return Ok(());
         }
 
         let tree = format!("{}/src", tb.scratch());
-        self.prepare_testbed(tb, &tree).await?;
+        self.copy_tree(tb, &tree).await?;
         if runnable.iter().any(|t| t.has(&Restriction::BuildNeeded)) {
             self.build(tb, &tree, &probe, &arch).await?;
         }
         for test in runnable {
             if self.needs_revert(tb, &test) {
                 self.revert(tb).await?;
-                self.prepare_testbed(tb, &tree).await?;
+                self.setup_testbed(tb).await?;
+                self.copy_tree(tb, &tree).await?;
             }
             let started = Instant::now();
             let (outcome, details) = self.one(tb, &test, &tree, &probe).await?;
@@ -353,9 +347,18 @@ impl Run<'_> {
         }
     }
 
-    /// Copies the source tree in and installs the in-testbed helpers; after
-    /// opening and after every revert.
-    async fn prepare_testbed(&self, tb: &dyn Testbed, tree: &str) -> Result<(), Abort> {
+    /// autopkgtest's line for a package without tests (exit 8).
+    fn record_no_tests(&mut self) {
+        self.reporter.record(
+            "*",
+            Outcome::Skip("no tests in this package".into()),
+            Duration::ZERO,
+            vec![],
+        );
+    }
+
+    /// Applies the setup options; after opening and after every revert.
+    async fn setup_testbed(&self, tb: &dyn Testbed) -> Result<(), Abort> {
         if !self.opts.setup.is_empty() {
             self.log.info("setting up the testbed");
             let user = self.normal_user(tb.capabilities());
@@ -371,6 +374,12 @@ impl Run<'_> {
                 Err(SetupError::Testbed(m)) => return Err(Abort::Testbed(m)),
             }
         }
+        Ok(())
+    }
+
+    /// Copies the source tree in and installs the in-testbed helpers; after
+    /// setting up the testbed.
+    async fn copy_tree(&self, tb: &dyn Testbed, tree: &str) -> Result<(), Abort> {
         let source = self.built_tree.as_ref().map_or(self.source(), |t| t.path());
         self.log
             .info(&format!("copying {} to the testbed", source.display()));
@@ -725,12 +734,13 @@ impl Run<'_> {
 
     /// needs-sudo is decided while running, as autopkgtest does.
     async fn check_sudo(
-        &self,
+        &mut self,
         tb: &dyn Testbed,
         user: Option<&str>,
     ) -> Result<Option<String>, Abort> {
-        let caps = tb.capabilities();
-        if caps.has(Capability::RootOnTestbed) && user.is_none() {
+        let caps = tb.capabilities().clone();
+        let root = caps.has(Capability::RootOnTestbed);
+        if root && user.is_none() {
             return Ok(Some(
                 "Cannot enable needs-sudo restriction: no ordinary user available".into(),
             ));
@@ -741,10 +751,35 @@ impl Run<'_> {
         let out = self
             .timed(self.opts.timeouts.short, "checking sudo", tb.exec(req))
             .await?;
+        if out.status.success() {
+            return Ok(None);
+        }
+        let Some(user) = user.filter(|_| root) else {
+            return Ok(Some(
+                "Cannot enable needs-sudo restriction: not root".into(),
+            ));
+        };
+        if !caps.has(Capability::RevertFullSystem) {
+            return Ok(Some(
+                "Cannot enable needs-sudo restriction: cannot revert".into(),
+            ));
+        }
+        // As autopkgtest's enable-sudo: the sudo group, without password.
+        self.log
+            .info(&format!("setting up user {user} to sudo without password"));
+        self.dirty = true;
+        let script = "usermod -a -G sudo \"$1\" && install -d /etc/sudoers.d && \
+                      echo '%sudo ALL=(ALL:ALL) NOPASSWD: ALL' > /etc/sudoers.d/dep8-needs-sudo && \
+                      chmod 440 /etc/sudoers.d/dep8-needs-sudo";
+        let req = ExecRequest::new(["sh", "-ec", script, "enable-sudo", user]).capture();
+        let out = self
+            .timed(self.opts.timeouts.short, "enabling sudo", tb.exec(req))
+            .await?;
         Ok((!out.status.success()).then(|| {
-            "Cannot enable needs-sudo restriction: the test user has no passwordless sudo, \
-             and dep8 does not set it up yet"
-                .to_string()
+            format!(
+                "Failed to enable needs-sudo restriction: exit status {}",
+                out.status.code()
+            )
         }))
     }
 

@@ -1,6 +1,6 @@
 //! Preparing a freshly opened (or reverted) testbed before any test, as
 //! autopkgtest's "test bed setup options" do: `--copy`, `--add-apt-source`,
-//! `--setup-commands` and `-U/--apt-upgrade`. Commands run as root with
+//! `--apt-pocket`, `--setup-commands` and `-U/--apt-upgrade`. Commands run as root with
 //! `sh -ec`; exit 100 blames the package (badpkg), any other failure the
 //! testbed.
 
@@ -15,6 +15,38 @@ pub const APT_UPGRADE: &str = "(O=$(bash -o pipefail -ec 'apt-get update | tee /
 { sleep 60; apt-get update; } || false) && apt-get dist-upgrade -y -o Dpkg::Options::=--force-confnew \
 && apt-get --purge autoremove -y";
 
+/// `--apt-pocket P[=PKGS]` (arguments: P, PKGS): the testbed's first
+/// release with `-P` appended, from the same mirrors and components, pinned
+/// at 500 (over NotAutomatic); with PKGS (`src:NAME` = its binaries), only
+/// those come from the pocket (995) while the default release stays at 990,
+/// as autopkgtest's pinning does.
+const APT_POCKET: &str = r#"pocket=$1 pkgs=$2
+srcs=$(ls /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null || true)
+lines=$(sed -rn 's/^deb +(\[[^]]*\] *)?((http|https|file):[^ ]+) +([^ -]+) +(.*)$/deb \1\2 \4-'"$pocket"' \5/p' $srcs /dev/null)
+for f in /etc/apt/sources.list.d/*.sources; do
+    [ -e "$f" ] || continue
+    uri=$(sed -n 's/^URIs: *\([^ ]*\).*/\1/p' "$f" | head -n1)
+    suite=$(sed -n 's/^Suites: *//p' "$f" | head -n1 | tr ' ' '\n' | grep -v -e - | head -n1)
+    comps=$(sed -n 's/^Components: *//p' "$f" | head -n1)
+    [ -z "$uri" ] || [ -z "$suite" ] || lines="$lines
+deb $uri $suite-$pocket $comps"
+done
+release=$(printf '%s\n' "$lines" | sed -n 's/^deb \(\[[^]]*\] *\)\{0,1\}[^ ]* \([^ ]*\)-'"$pocket"' .*/\2/p' | head -n1)
+[ -n "$release" ] || { echo "no apt source to derive the $pocket pocket from" >&2; exit 1; }
+list=/etc/apt/sources.list.d/dep8-$pocket.list
+printf '%s\n' "$lines" | sed '/^$/d' | sort -u > "$list"
+apt-get -q --no-list-cleanup -o Dir::Etc::sourcelist="$list" -o Dir::Etc::sourceparts=/dev/null update
+mkdir -p /etc/apt/preferences.d
+printf 'Package: *\nPin: release a=%s-%s\nPin-Priority: 500\n' "$release" "$pocket" > "/etc/apt/preferences.d/dep8-$pocket-baseline"
+if [ -n "$pkgs" ]; then
+    bins=$(printf '%s' "$pkgs" | tr ',' '\n' | sed -n '/^src:/!p' | tr '\n' ' ')
+    srcs=$(printf '%s' "$pkgs" | tr ',' '\n' | sed -n 's/^src://p' | tr '\n' ' ')
+    [ -z "$srcs" ] || bins="$bins $(apt-cache showsrc $srcs | awk '/^Package-List:/ { show=1; next } (/^ / && show==1) { print $1; next } { show=0 }' | sort -u | tr '\n' ' ')"
+    printf 'Package: %s\nPin: release a=%s-%s\nPin-Priority: 995\n\nPackage: *\nPin: release a=%s\nPin-Priority: 990\n' \
+        "$bins" "$release" "$pocket" "$release" > "/etc/apt/preferences.d/dep8-$pocket"
+fi
+"#;
+
 /// Where autopkgtest keeps its named setup commands (`--setup-commands
 /// enable-sudo`), used when it is installed.
 const NAMED_SETUP_COMMANDS: &str = "/usr/share/autopkgtest/setup-commands";
@@ -25,6 +57,8 @@ pub struct Setup {
     pub copies: Vec<(PathBuf, String)>,
     /// `--add-apt-source "deb URL SUITE COMPONENTS"`.
     pub apt_sources: Vec<String>,
+    /// `--apt-pocket POCKET[=PKG,src:SRC,...]`.
+    pub apt_pockets: Vec<String>,
     /// Shell command lists, in order (`--setup-commands`, `-U`).
     pub commands: Vec<String>,
     /// Binary packages given on the command line: published to apt in the
@@ -77,6 +111,7 @@ impl Setup {
     pub fn is_empty(&self) -> bool {
         self.copies.is_empty()
             && self.apt_sources.is_empty()
+            && self.apt_pockets.is_empty()
             && self.commands.is_empty()
             && self.binaries.is_empty()
     }
@@ -104,6 +139,18 @@ impl Setup {
                 tb,
                 req,
                 &format!("adding apt source {source:?}"),
+                timeout,
+                &log,
+            )
+            .await?;
+        }
+        for pocket in &self.apt_pockets {
+            let (pocket, packages) = pocket.split_once('=').unwrap_or((pocket, ""));
+            let req = ExecRequest::new(["sh", "-ec", APT_POCKET, "apt-pocket", pocket, packages]);
+            run(
+                tb,
+                req,
+                &format!("enabling the {pocket} pocket"),
                 timeout,
                 &log,
             )

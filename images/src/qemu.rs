@@ -1,30 +1,48 @@
 //! Bootable disk images for the qemu backend.
 //!
-//! `build` makes a Debian root filesystem with mmdebstrap (minbase plus a
-//! kernel, systemd, udev, sshd and dpkg-dev), prepares it for dep8 (fstab,
-//! the `dep8` user, a static network address for qemu's user networking,
-//! the unit that installs per-boot ssh keys from fw_cfg), writes it into an
+//! `build` makes a Debian root filesystem directory with the rootfs builder
+//! (minbase, dpkg-dev and the `dep8` user, plus a kernel, systemd, udev and
+//! sshd), prepares it for the qemu backend (fstab, a static network address
+//! for qemu's user networking, the unit that installs per-boot ssh keys
+//! from fw_cfg), writes it into an
 //! ext4 filesystem with `mke2fs -d` (no loop devices, no device-mapper) and
 //! converts that to qcow2. The image has no partition table and no boot
 //! loader: the backend boots it directly with the kernel and initrd kept
 //! beside it as `IMAGE.vmlinuz` and `IMAGE.initrd`.
 
-use crate::{require_root, run_step, ImageError, Progress};
+use crate::rootfs::{self, RootfsSpec, Variant};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
-/// Guest packages beyond minbase: what booting, the ssh channel and
-/// autopkgtest-style tests of unbuilt source trees need.
+/// Guest packages beyond the rootfs builder's: what booting and the ssh
+/// channel need.
 pub const PACKAGES: &[&str] = &[
     "linux-image-amd64",
     "systemd-sysv",
     "udev",
     "kmod",
     "openssh-server",
-    "dpkg-dev",
 ];
 
-/// The account the backend suggests for tests without needs-root.
-pub const NORMAL_USER: &str = "dep8";
+/// Why a qemu image could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum QemuImageError {
+    #[error(transparent)]
+    Rootfs(#[from] rootfs::BuildError),
+    /// Bad arguments or environment (not root, missing directory).
+    #[error("{0}")]
+    Usage(String),
+    /// A step after mmdebstrap failed.
+    #[error("{0}")]
+    Step(String),
+}
+
+impl QemuImageError {
+    fn io(what: impl std::fmt::Display, err: std::io::Error) -> Self {
+        QemuImageError::Step(format!("{what}: {err}"))
+    }
+}
+
 
 /// What to build.
 #[derive(Clone, Debug)]
@@ -59,17 +77,23 @@ pub fn boot_files(image: &Path) -> (PathBuf, PathBuf) {
     (with(".vmlinuz"), with(".initrd"))
 }
 
-/// Builds the image described by `spec`. Needs root (mke2fs -d keeps file
-/// owners only when it can read them all) and mmdebstrap, mke2fs, qemu-img.
-pub fn build(spec: &QemuImageSpec) -> Result<QemuImage, ImageError> {
-    require_root("building a qemu image")?;
+/// Builds the image described by `spec`, calling `progress` with each step
+/// and each line mmdebstrap prints. Needs root (mke2fs -d keeps file owners
+/// only when it can read them all) and mmdebstrap, mke2fs, qemu-img.
+pub fn build(
+    spec: &QemuImageSpec,
+    mut progress: impl FnMut(&str),
+) -> Result<QemuImage, QemuImageError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(QemuImageError::Usage("building a qemu image needs root".into()));
+    }
     let output = std::path::absolute(&spec.output)
-        .map_err(|e| ImageError::io(spec.output.display(), e))?;
+        .map_err(|e| QemuImageError::io(spec.output.display(), e))?;
     let out_dir = output
         .parent()
-        .ok_or_else(|| ImageError::Usage(format!("{}: no parent directory", output.display())))?;
+        .ok_or_else(|| QemuImageError::Usage(format!("{}: no parent directory", output.display())))?;
     if !out_dir.is_dir() {
-        return Err(ImageError::Usage(format!(
+        return Err(QemuImageError::Usage(format!(
             "{}: the output directory does not exist",
             out_dir.display()
         )));
@@ -79,54 +103,46 @@ pub fn build(spec: &QemuImageSpec) -> Result<QemuImage, ImageError> {
     let work = tempfile::Builder::new()
         .prefix(".dep8-image.")
         .tempdir_in(out_dir)
-        .map_err(|e| ImageError::io(out_dir.display(), e))?;
+        .map_err(|e| QemuImageError::io(out_dir.display(), e))?;
     let root = work.path().join("root");
-    let progress = Progress::new(5);
 
-    let mut packages: Vec<String> = PACKAGES.iter().map(|p| p.to_string()).collect();
-    packages.extend(spec.extra_packages.iter().cloned());
-    let mut mmdebstrap = std::process::Command::new("mmdebstrap");
-    mmdebstrap
-        .args(["--variant=minbase", "--mode=root"])
-        .arg(format!("--include={}", packages.join(",")))
-        .arg(&spec.release)
-        .arg(&root);
-    if let Some(mirror) = &spec.mirror {
-        mmdebstrap.arg(mirror);
-    }
-    run_step(
-        &progress,
-        &format!("installing Debian {} with mmdebstrap", spec.release),
-        &mut mmdebstrap,
+    progress(&format!(
+        "[1/4] installing Debian {} with mmdebstrap",
+        spec.release
+    ));
+    let mut include: Vec<String> = PACKAGES.iter().map(|p| p.to_string()).collect();
+    include.extend(spec.extra_packages.iter().cloned());
+    rootfs::build(
+        &RootfsSpec {
+            release: spec.release.clone(),
+            variant: Variant::Minbase,
+            mirror: spec.mirror.clone(),
+            include,
+            output: root.clone(),
+        },
+        &mut progress,
     )?;
 
-    progress.step("preparing the guest for dep8");
+    progress("[2/4] preparing the guest for the qemu backend");
     customize(&root)?;
     let (kernel, initrd) = boot_files(&output);
     copy_boot_file(&root, "vmlinuz-", &kernel)?;
     copy_boot_file(&root, "initrd.img-", &initrd)?;
 
     let raw = work.path().join("root.ext4");
-    run_step(
-        &progress,
-        &format!("writing a {} ext4 filesystem", spec.size),
-        std::process::Command::new("mke2fs")
+    progress(&format!("[3/4] writing a {} ext4 filesystem", spec.size));
+    run(Command::new("mke2fs")
             .args(["-q", "-F", "-t", "ext4", "-L", "dep8-root", "-d"])
             .arg(&root)
             .arg(&raw)
-            .arg(&spec.size),
-    )?;
+            .arg(&spec.size))?;
     let qcow2 = work.path().join("image.qcow2");
-    run_step(
-        &progress,
-        "converting to qcow2",
-        std::process::Command::new("qemu-img")
-            .args(["convert", "-f", "raw", "-O", "qcow2"])
-            .arg(&raw)
-            .arg(&qcow2),
-    )?;
-    std::fs::rename(&qcow2, &output).map_err(|e| ImageError::io(output.display(), e))?;
-    progress.finish(&format!("built {}", output.display()));
+    progress("[4/4] converting to qcow2");
+    run(Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&qcow2))?;
+    std::fs::rename(&qcow2, &output).map_err(|e| QemuImageError::io(output.display(), e))?;
     Ok(QemuImage {
         image: output,
         kernel,
@@ -135,10 +151,10 @@ pub fn build(spec: &QemuImageSpec) -> Result<QemuImage, ImageError> {
 }
 
 /// Copies the one `/boot/PREFIX*` file of the root tree to `to`.
-fn copy_boot_file(root: &Path, prefix: &str, to: &Path) -> Result<(), ImageError> {
+fn copy_boot_file(root: &Path, prefix: &str, to: &Path) -> Result<(), QemuImageError> {
     let boot = root.join("boot");
     let mut found: Vec<PathBuf> = std::fs::read_dir(&boot)
-        .map_err(|e| ImageError::io(boot.display(), e))?
+        .map_err(|e| QemuImageError::io(boot.display(), e))?
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
         .map(|e| e.path())
@@ -147,19 +163,19 @@ fn copy_boot_file(root: &Path, prefix: &str, to: &Path) -> Result<(), ImageError
     let from = match found.as_slice() {
         [one] => one,
         [] => {
-            return Err(ImageError::Step(format!(
+            return Err(QemuImageError::Step(format!(
                 "no {}/{prefix}* in the new root filesystem",
                 boot.display()
             )))
         }
         _ => {
-            return Err(ImageError::Step(format!(
+            return Err(QemuImageError::Step(format!(
                 "several kernels in {}: {found:?}",
                 boot.display()
             )))
         }
     };
-    std::fs::copy(from, to).map_err(|e| ImageError::io(to.display(), e))?;
+    std::fs::copy(from, to).map_err(|e| QemuImageError::io(to.display(), e))?;
     Ok(())
 }
 
@@ -201,40 +217,27 @@ const GUEST_FILES: &[(&str, u32, &str)] = &[
 ];
 
 /// Prepares the unpacked root tree for the qemu backend.
-fn customize(root: &Path) -> Result<(), ImageError> {
+fn customize(root: &Path) -> Result<(), QemuImageError> {
     use std::os::unix::fs::PermissionsExt;
     for (path, mode, text) in GUEST_FILES {
         let file = root.join(path);
         if let Some(dir) = file.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| ImageError::io(dir.display(), e))?;
+            std::fs::create_dir_all(dir).map_err(|e| QemuImageError::io(dir.display(), e))?;
         }
-        std::fs::write(&file, text).map_err(|e| ImageError::io(file.display(), e))?;
+        std::fs::write(&file, text).map_err(|e| QemuImageError::io(file.display(), e))?;
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(*mode))
-            .map_err(|e| ImageError::io(file.display(), e))?;
+            .map_err(|e| QemuImageError::io(file.display(), e))?;
     }
     // Every testbed gets its own host key at boot; none is baked in.
     let ssh_dir = root.join("etc/ssh");
-    for entry in std::fs::read_dir(&ssh_dir).map_err(|e| ImageError::io(ssh_dir.display(), e))? {
-        let entry = entry.map_err(|e| ImageError::io(ssh_dir.display(), e))?;
+    for entry in std::fs::read_dir(&ssh_dir).map_err(|e| QemuImageError::io(ssh_dir.display(), e))? {
+        let entry = entry.map_err(|e| QemuImageError::io(ssh_dir.display(), e))?;
         if entry.file_name().to_string_lossy().starts_with("ssh_host_") {
             std::fs::remove_file(entry.path())
-                .map_err(|e| ImageError::io(entry.path().display(), e))?;
+                .map_err(|e| QemuImageError::io(entry.path().display(), e))?;
         }
     }
-    let in_root = |args: &[&str]| {
-        let mut cmd = std::process::Command::new("chroot");
-        cmd.arg(root).args(args);
-        crate::run_quiet(&mut cmd)
-    };
-    in_root(&[
-        "useradd",
-        "--create-home",
-        "--uid",
-        "1000",
-        "--shell",
-        "/bin/bash",
-        NORMAL_USER,
-    ])?;
+    let in_root = |args: &[&str]| run(Command::new("chroot").arg(root).args(args));
     // A console login for debugging (the image has no network service
     // besides sshd on qemu's private user network).
     in_root(&["passwd", "--delete", "root"])?;
@@ -256,6 +259,26 @@ fn customize(root: &Path) -> Result<(), ImageError> {
         "e2scrub_all.timer",
         "fstrim.timer",
     ])
+}
+
+/// Runs a command with its output captured; fails with the last lines of it.
+fn run(cmd: &mut Command) -> Result<(), QemuImageError> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| QemuImageError::Step(format!("cannot run {program}: {e}")))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+    Err(QemuImageError::Step(format!(
+        "{program} failed ({}):\n{tail}",
+        out.status
+    )))
 }
 
 #[cfg(test)]

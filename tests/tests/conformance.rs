@@ -3,7 +3,7 @@
 //! tools are present but broken fails loudly.
 
 use dep8_conformance::{format_verdicts, run_all, Verdict};
-use dep8_core::testbed::Testbed;
+use dep8_core::testbed::{Backend, Testbed};
 
 async fn certify(name: &str, mut tb: Box<dyn Testbed>) {
     let verdicts = run_all(tb.as_mut()).await;
@@ -47,4 +47,20 @@ async fn qemu() {
         .await
         .expect("open qemu");
     certify("qemu", tb).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unshare() {
+    let Some(tarball) = dep8_conformance::required_resource("DEP8_TEST_ROOTFS", "a rootfs tarball")
+    else {
+        return;
+    };
+    let args: Vec<String> = ["--tarball", &tarball, "--baseimage"]
+        .map(String::from)
+        .to_vec();
+    let tb = dep8_backend_unshare::UnshareBackend
+        .open(&args)
+        .await
+        .expect("open unshare");
+    certify("unshare", tb).await;
 }

@@ -19,6 +19,16 @@ fn run(example: &str, out: &Path, extra: &[&str]) -> Output {
         .expect("run dep8")
 }
 
+/// Asserts the exit status, showing dep8's stderr when it differs.
+fn assert_exit(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn read(path: impl AsRef<Path>) -> String {
     std::fs::read_to_string(path.as_ref())
         .unwrap_or_else(|e| panic!("{}: {e}", path.as_ref().display()))
@@ -28,12 +38,7 @@ fn read(path: impl AsRef<Path>) -> String {
 fn hello_passes() {
     let dir = tempfile::tempdir().unwrap();
     let out = run("hello", &dir.path().join("out"), &[]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "greets               PASS\ncommand1             PASS (superficial)\n"
@@ -212,12 +217,7 @@ fn a_dsc_is_unpacked_in_the_testbed() {
         ])
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     assert_eq!(
         read(out_dir.join("summary")),
         "greets               PASS\ncommand1             PASS (superficial)\n"

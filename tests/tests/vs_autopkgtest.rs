@@ -1,5 +1,6 @@
 //! The same example packages through Debian's autopkgtest and through dep8,
-//! on the null testbed: every test must get the same result word.
+//! on the null and unshare testbeds: every test must get the same result
+//! word.
 
 use dep8_conformance::{dep8_bin, repo_root as repo};
 use std::collections::BTreeMap;
@@ -22,7 +23,7 @@ fn words(summary: &str) -> BTreeMap<String, String> {
 
 fn summary_of(
     program: &Path,
-    args: &[&str],
+    args: &[String],
     out: &Path,
 ) -> (BTreeMap<String, String>, Option<i32>) {
     let status = Command::new(program)
@@ -36,54 +37,73 @@ fn summary_of(
     (words(&summary), status.code())
 }
 
-#[test]
-fn same_results_as_autopkgtest_on_null() {
-    let autopkgtest = Path::new("/usr/bin/autopkgtest");
-    if !autopkgtest.exists() {
+/// Runs `example` through autopkgtest on `theirs` and through dep8 on
+/// `ours` (testbed words after `--`); asserts the same result word per test
+/// and the same exit status.
+fn compare(example: &str, theirs: &[&str], ours: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let (a_out, d_out) = (dir.path().join("autopkgtest"), dir.path().join("dep8"));
+    let src = format!("examples/{example}");
+    let args = |tool: &[&'static str], out: &Path, testbed: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = tool.iter().map(|s| s.to_string()).collect();
+        args.extend(["--timeout-test=3".into(), "-o".into()]);
+        args.push(out.to_string_lossy().into_owned());
+        args.extend([src.clone(), "--".into()]);
+        args.extend(testbed.iter().map(|s| s.to_string()));
+        args
+    };
+    let a_args = args(&["-B"], &a_out, theirs);
+    let d_args = args(&["run"], &d_out, ours);
+    let (their_words, their_code) = summary_of(Path::new(AUTOPKGTEST), &a_args, &a_out);
+    let (our_words, our_code) = summary_of(&dep8_bin(), &d_args, &d_out);
+    assert!(
+        !their_words.is_empty(),
+        "autopkgtest produced no summary for {example}"
+    );
+    assert_eq!(our_words, their_words, "result words differ on {example}");
+    assert_eq!(our_code, their_code, "exit status differs on {example}");
+}
+
+const AUTOPKGTEST: &str = "/usr/bin/autopkgtest";
+
+/// Whether the comparison can run here; prints why not.
+fn comparable() -> bool {
+    if !Path::new(AUTOPKGTEST).exists() {
         eprintln!("skipped: Debian's autopkgtest is not installed (apt-get install autopkgtest)");
-        return;
+        return false;
     }
     if !nix::unistd::geteuid().is_root() {
-        eprintln!(
-            "skipped: compared as root only (autopkgtest's null behaves differently otherwise)"
-        );
+        eprintln!("skipped: compared as root only (autopkgtest's null and dep8's unshare need it)");
+        return false;
+    }
+    true
+}
+
+#[test]
+fn same_results_as_autopkgtest_on_null() {
+    if !comparable() {
         return;
     }
     for example in ["hello", "outcomes", "build-needed"] {
-        let dir = tempfile::tempdir().unwrap();
-        let (a_out, d_out) = (dir.path().join("autopkgtest"), dir.path().join("dep8"));
-        let src = format!("examples/{example}");
-        let (theirs, their_code) = summary_of(
-            autopkgtest,
-            &[
-                "-B",
-                "--timeout-test=3",
-                "-o",
-                a_out.to_str().unwrap(),
-                &src,
-                "--",
-                "null",
-            ],
-            &a_out,
+        compare(example, &["null"], &["null"]);
+    }
+}
+
+#[test]
+fn same_results_as_autopkgtest_on_unshare() {
+    let Some(tarball) =
+        dep8_conformance::required_resource("DEP8_TEST_ROOTFS", "a rootfs tarball")
+    else {
+        return;
+    };
+    if !comparable() {
+        return;
+    }
+    for example in ["hello", "outcomes"] {
+        compare(
+            example,
+            &["unshare", "--tarball", &tarball],
+            &["unshare", "--tarball", &tarball],
         );
-        let (ours, our_code) = summary_of(
-            &dep8_bin(),
-            &[
-                "run",
-                "--timeout-test=3",
-                "-o",
-                d_out.to_str().unwrap(),
-                &src,
-                "--",
-                "null",
-            ],
-            &d_out,
-        );
-        assert!(
-            !theirs.is_empty(),
-            "autopkgtest produced no summary for {example}"
-        );
-        assert_eq!(ours, theirs, "result words differ on {example}");
-        assert_eq!(our_code, their_code, "exit status differs on {example}");
     }
 }

@@ -1,0 +1,122 @@
+# dep8's unshare holder: pid 1 of a testbed's pid namespace, inside its own
+# mount, uts, ipc (and by default net) namespaces. It mounts the testbed,
+# answers `revert` requests on stdin (one line each: `dep8-holder: ok` or
+# `dep8-holder: failed`), and on end of input (dep8 closed the testbed, or
+# died) kills everything, unmounts and removes DIR. Every mount lives in the
+# private mount namespace, so the host's mount table never changes.
+# A tarball is unpacked once into a tmpfs at DIR/lower (fast, and gone with
+# the namespace); a directory is used in place.
+# Usage: holder.sh DIR (tarball|dir) PATH SCRATCH (private|host) (yes|no)
+set -u
+exec 2>&1
+dir=$1 kind=$2 source=$3 scratch=$4 network=$5 baseimage=$6
+root=$dir/root
+rw=$dir/rw
+lower=$source
+if [ "$kind" = tarball ]; then
+    lower=$dir/lower
+    mkdir "$lower" &&
+        mount -t tmpfs -o mode=0755 dep8-lower "$lower" &&
+        tar --numeric-owner -C "$lower" -xf "$source" || {
+        echo "dep8-holder: failed to unpack $source"
+        exit 1
+    }
+fi
+hostname=$(cat /proc/sys/kernel/hostname)
+
+# fstab escapes for paths.
+esc() {
+    local s=${1//\\/\\134}
+    s=${s// /\\040}
+    printf '%s' "${s//$'\t'/\\011}"
+}
+
+# A minimal /dev, made once and bind-mounted into every fresh testbed.
+mkdir "$dir/dev" &&
+    mount -t tmpfs -o mode=0755,nosuid dep8-dev "$dir/dev" &&
+    for node in null zero full random urandom tty; do
+        touch "$dir/dev/$node" && mount --bind "/dev/$node" "$dir/dev/$node" || exit 1
+    done &&
+    ln -s /proc/self/fd "$dir/dev/fd" &&
+    ln -s /proc/self/fd/0 "$dir/dev/stdin" &&
+    ln -s /proc/self/fd/1 "$dir/dev/stdout" &&
+    ln -s /proc/self/fd/2 "$dir/dev/stderr" &&
+    ln -s pts/ptmx "$dir/dev/ptmx" &&
+    mkdir "$dir/dev/pts" "$dir/dev/shm" || {
+    echo "dep8-holder: failed to make /dev"
+    exit 1
+}
+
+# Everything mounted on a fresh overlay, in order, so that one `mount` call
+# does it all (a revert costs a handful of processes, not dozens).
+fstab=$dir/fstab
+{
+    echo "dep8-root $(esc "$root") overlay lowerdir=$(esc "$lower"),upperdir=$(esc "$rw/upper"),workdir=$(esc "$rw/work") 0 0"
+    echo "proc $(esc "$root/proc") proc nosuid,nodev,noexec 0 0"
+    echo "sysfs $(esc "$root/sys") sysfs ro,nosuid,nodev,noexec 0 0"
+    echo "$(esc "$dir/dev") $(esc "$root/dev") none rbind 0 0"
+    echo "devpts $(esc "$root/dev/pts") devpts newinstance,ptmxmode=0666,mode=0620,gid=5,nosuid,noexec 0 0"
+    echo "dep8-shm $(esc "$root/dev/shm") tmpfs mode=1777,nosuid,nodev 0 0"
+    if [ "$baseimage" = yes ]; then
+        echo "$(esc "$lower") $(esc "$root/run/dep8/baseimage") none bind,ro,X-mount.mkdir 0 0"
+    fi
+} > "$fstab"
+
+# A fresh testbed: an empty tmpfs upper layer over the pristine lower one.
+up() {
+    mount -t tmpfs -o mode=0755 dep8-rw "$rw" &&
+        mkdir "$rw/upper" "$rw/work" &&
+        mount --all --fstab "$fstab" &&
+        mkdir -m 0755 "$root$scratch" &&
+        if [ "$network" = host ]; then
+            rm -f "$root/etc/resolv.conf" && cp -L /etc/resolv.conf "$root/etc/resolv.conf"
+        fi &&
+        echo "$hostname" > /proc/sys/kernel/hostname
+}
+
+# Kills every other process of the pid namespace and waits until all are
+# gone (the shell reaps the ones it inherits).
+kill_all() {
+    kill -KILL -1 2>/dev/null
+    i=0
+    while kill -0 -1 2>/dev/null; do
+        i=$((i + 1))
+        if [ "$i" -gt 2000 ]; then
+            echo "processes in the testbed survive SIGKILL"
+            return 1
+        fi
+        sleep 0.005
+    done
+}
+
+down() {
+    umount -R "$root" && umount "$rw"
+}
+
+if [ "$network" = private ] && command -v ip >/dev/null; then
+    ip link set lo up || echo "warning: cannot bring up the loopback interface"
+fi
+if ! up; then
+    echo "dep8-holder: failed"
+    exit 1
+fi
+read -r pid _ < /proc/self/stat
+echo "dep8-holder: ready $pid"
+while read -r command; do
+    case $command in
+        revert)
+            if kill_all && down && up; then
+                echo "dep8-holder: ok"
+            else
+                echo "dep8-holder: failed"
+            fi
+            ;;
+        *) echo "dep8-holder: failed: unknown request $command" ;;
+    esac
+done
+kill_all
+umount -R -l "$root" 2>/dev/null
+umount -l "$rw" 2>/dev/null
+umount -R -l "$dir/dev"
+[ "$kind" = dir ] || umount -l "$lower"
+rm -rf --one-file-system "$dir"

@@ -1,0 +1,75 @@
+//! `nesting` on unshare: a test may create its own namespaces and overlay
+//! mounts, so dep8 itself runs inside the testbed, on the base image.
+
+use dep8_backend_unshare::{Options, Rootfs, UnshareTestbed, BASEIMAGE_PATH};
+use dep8_conformance::{dep8_bin, repo_root as repo};
+use dep8_core::capability::Capability;
+use dep8_core::testbed::{ExecRequest, Testbed};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dep8_runs_unshare_inside_unshare() {
+    let Some(tarball) =
+        dep8_conformance::required_resource("DEP8_TEST_ROOTFS", "a rootfs tarball")
+    else {
+        return;
+    };
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: the unshare backend needs root");
+        return;
+    }
+    let mut tb = UnshareTestbed::open(Options {
+        rootfs: Rootfs::Tarball(tarball.into()),
+        network: false,
+        baseimage: true,
+    })
+    .await
+    .expect("open unshare");
+    assert!(tb.capabilities().has(Capability::Nesting));
+    tb.copy_down(&dep8_bin(), "/usr/local/bin/dep8")
+        .await
+        .unwrap();
+    tb.copy_down(&repo().join("examples/hello"), "/root/hello")
+        .await
+        .unwrap();
+    let out = tb
+        .exec(
+            ExecRequest::new([
+                "dep8",
+                "run",
+                "-o",
+                "/root/out",
+                "/root/hello",
+                "--",
+                "unshare",
+                "--rootfs",
+                BASEIMAGE_PATH,
+            ])
+            .capture(),
+        )
+        .await
+        .unwrap();
+    let summary = tb
+        .exec(ExecRequest::new(["cat", "/root/out/summary"]).capture())
+        .await
+        .unwrap()
+        .stdout_text();
+    tb.close().await.unwrap();
+    assert!(
+        out.status.success(),
+        "nested dep8 run failed ({:?}):\n{}{}",
+        out.status,
+        out.stdout_text(),
+        out.stderr_text()
+    );
+    assert!(
+        summary.contains("greets               PASS"),
+        "nested summary:\n{summary}"
+    );
+    // The nested run's own testbed was an unshare one, not the null host.
+    assert!(
+        out.stderr_text()
+            .contains("opening testbed: unshare --rootfs /run/dep8/baseimage"),
+        "{}",
+        out.stderr_text()
+    );
+}
