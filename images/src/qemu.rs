@@ -43,7 +43,6 @@ impl QemuImageError {
     }
 }
 
-
 /// What to build.
 #[derive(Clone, Debug)]
 pub struct QemuImageSpec {
@@ -85,13 +84,15 @@ pub fn build(
     mut progress: impl FnMut(&str),
 ) -> Result<QemuImage, QemuImageError> {
     if !nix::unistd::geteuid().is_root() {
-        return Err(QemuImageError::Usage("building a qemu image needs root".into()));
+        return Err(QemuImageError::Usage(
+            "building a qemu image needs root".into(),
+        ));
     }
     let output = std::path::absolute(&spec.output)
         .map_err(|e| QemuImageError::io(spec.output.display(), e))?;
-    let out_dir = output
-        .parent()
-        .ok_or_else(|| QemuImageError::Usage(format!("{}: no parent directory", output.display())))?;
+    let out_dir = output.parent().ok_or_else(|| {
+        QemuImageError::Usage(format!("{}: no parent directory", output.display()))
+    })?;
     if !out_dir.is_dir() {
         return Err(QemuImageError::Usage(format!(
             "{}: the output directory does not exist",
@@ -132,10 +133,10 @@ pub fn build(
     let raw = work.path().join("root.ext4");
     progress(&format!("[3/4] writing a {} ext4 filesystem", spec.size));
     run(Command::new("mke2fs")
-            .args(["-q", "-F", "-t", "ext4", "-L", "dep8-root", "-d"])
-            .arg(&root)
-            .arg(&raw)
-            .arg(&spec.size))?;
+        .args(["-q", "-F", "-t", "ext4", "-L", "dep8-root", "-d"])
+        .arg(&root)
+        .arg(&raw)
+        .arg(&spec.size))?;
     let qcow2 = work.path().join("image.qcow2");
     progress("[4/4] converting to qcow2");
     run(Command::new("qemu-img")
@@ -230,7 +231,9 @@ fn customize(root: &Path) -> Result<(), QemuImageError> {
     }
     // Every testbed gets its own host key at boot; none is baked in.
     let ssh_dir = root.join("etc/ssh");
-    for entry in std::fs::read_dir(&ssh_dir).map_err(|e| QemuImageError::io(ssh_dir.display(), e))? {
+    for entry in
+        std::fs::read_dir(&ssh_dir).map_err(|e| QemuImageError::io(ssh_dir.display(), e))?
+    {
         let entry = entry.map_err(|e| QemuImageError::io(ssh_dir.display(), e))?;
         if entry.file_name().to_string_lossy().starts_with("ssh_host_") {
             std::fs::remove_file(entry.path())

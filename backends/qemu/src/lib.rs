@@ -19,8 +19,8 @@ mod qmp;
 use accel::Accel;
 use async_trait::async_trait;
 use clap::Parser;
-use dep8_core::capability::{BaseImage, BaseImageKind, Capabilities, Capability};
 use dep8_backend_ssh::{SshConnection, SshTarget};
+use dep8_core::capability::{BaseImage, BaseImageKind, Capabilities, Capability};
 use dep8_core::exec::host_command;
 use dep8_core::testbed::{Backend, ExecOutcome, ExecRequest, Result, Testbed, TestbedError};
 use qmp::Qmp;
@@ -194,7 +194,8 @@ impl QemuTestbed {
         let usage = |msg: String| TestbedError::Usage(msg);
         let image = std::path::absolute(&args.image)
             .map_err(|e| usage(format!("{}: {e}", args.image.display())))?;
-        let format = image_format(&image).map_err(|e| usage(format!("{}: {e}", image.display())))?;
+        let format =
+            image_format(&image).map_err(|e| usage(format!("{}: {e}", image.display())))?;
         let boot = boot_files(&args, &image)?;
         let qemu = args
             .qemu_command
@@ -393,7 +394,10 @@ impl QemuTestbed {
             "-serial",
             "chardev:console",
         ]);
-        add(&["-qmp", &format!("unix:{},server=on,wait=off", p(qmp_socket))]);
+        add(&[
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", p(qmp_socket)),
+        ]);
         // cache=unsafe: the overlay is thrown away if the host crashes.
         add(&[
             "-drive",
@@ -514,7 +518,10 @@ impl QemuTestbed {
 
     /// Runs a setup script in the guest as root; fails with its stderr.
     async fn run_ok(&self, script: &str) -> Result<String> {
-        let out = self.conn()?.exec(ExecRequest::shell(script).capture()).await?;
+        let out = self
+            .conn()?
+            .exec(ExecRequest::shell(script).capture())
+            .await?;
         if !out.status.success() {
             return Err(TestbedError::Failure(format!(
                 "`{script}` failed in the guest ({}): {}",
@@ -632,7 +639,9 @@ impl Testbed for QemuTestbed {
             ("qemu_accel".into(), self.accel.name().into()),
             (
                 "qemu_cpu".into(),
-                self.cpu.clone().unwrap_or_else(|| "(qemu's default)".into()),
+                self.cpu
+                    .clone()
+                    .unwrap_or_else(|| "(qemu's default)".into()),
             ),
             ("qemu_image".into(), self.image.display().to_string()),
             ("qemu_cpus".into(), self.args.cpus.to_string()),
@@ -717,7 +726,17 @@ fn make_keys(dir: &Path) -> Result<()> {
         let path = dir.join(key);
         host_command(
             "ssh-keygen",
-            &["-q", "-t", "ed25519", "-N", "", "-C", "dep8", "-f", &path.to_string_lossy()],
+            &[
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "dep8",
+                "-f",
+                &path.to_string_lossy(),
+            ],
         )?;
     }
     let host_pub = std::fs::read_to_string(dir.join("ssh_host_ed25519_key.pub"))
@@ -796,9 +815,7 @@ fn qemu_version(qemu: &str) -> Result<String> {
         .arg("--version")
         .output()
         .map_err(|e| {
-            TestbedError::Usage(format!(
-                "cannot run {qemu}: {e} (install qemu-system-x86)"
-            ))
+            TestbedError::Usage(format!("cannot run {qemu}: {e} (install qemu-system-x86)"))
         })?;
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
