@@ -687,7 +687,12 @@ impl Testbed for QemuTestbed {
         }
         // The connection belongs to the state being thrown away.
         self.conn = None;
-        self.qmp()?.human(&format!("loadvm {SNAPSHOT}")).await?;
+        if let Err(e) = self.qmp()?.human(&format!("loadvm {SNAPSHOT}")).await {
+            tracing::warn!("qemu: {e}; reverting by booting a fresh overlay instead");
+            self.snapshot_saved = false;
+            self.boot_fresh().await?;
+            return self.save_snapshot().await;
+        }
         self.connect().await?;
         // The guest's clock stopped when the snapshot was taken.
         let now = std::time::SystemTime::now()
