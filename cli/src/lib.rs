@@ -2,8 +2,10 @@
 //! subcommands. `main_with` lets a custom binary add its own backends.
 
 mod compare;
+mod conformance;
 mod image;
 mod registry;
+mod virt_server;
 
 pub use registry::Registry;
 
@@ -53,6 +55,13 @@ enum Command {
         #[arg(long)]
         markdown: bool,
     },
+    /// Serve a backend over autopkgtest's virt-server protocol on stdin/stdout.
+    VirtServer(virt_server::ServerArgs),
+    /// The auxverb of `dep8 virt-server` (internal).
+    #[command(hide = true)]
+    VirtExec(virt_server::ExecArgs),
+    /// Run the conformance checks on a testbed: `dep8 conformance -- BACKEND ARGS...`.
+    Conformance(conformance::Args),
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff).
@@ -219,6 +228,9 @@ async fn dispatch(command: Command, registry: &Registry) -> i32 {
         Command::Image(command) => tokio::task::block_in_place(|| image::main(command)),
         Command::Check(args) => check(args, registry),
         Command::Compare(args) => compare::compare(args).await,
+        Command::VirtServer(args) => virt_server::serve(args, registry).await,
+        Command::VirtExec(args) => virt_server::exec(args).await,
+        Command::Conformance(args) => conformance::run(args, registry).await,
         Command::Explain(args) => explain(args, registry),
         Command::Backends => {
             for b in registry.all() {
@@ -263,21 +275,6 @@ async fn dispatch(command: Command, registry: &Registry) -> i32 {
 fn error(message: impl std::fmt::Display) -> i32 {
     eprintln!("dep8: error: {message}");
     EXIT_UNEXPECTED
-}
-
-/// Finds the backend for `argv` (`[NAME, ARGS...]`, default null), or an
-/// error that lists the known ones.
-fn backend<'r>(
-    registry: &'r Registry,
-    argv: &[String],
-) -> Result<&'r dyn dep8_core::testbed::Backend, String> {
-    let name = argv.first().map_or("null", String::as_str);
-    registry.get(name).ok_or_else(|| {
-        format!(
-            "unknown backend {name:?}; known backends: {}",
-            registry.names().join(", ")
-        )
-    })
 }
 
 /// `dep8 run`'s positional arguments, sorted as autopkgtest sorts them.
@@ -426,7 +423,7 @@ async fn run(args: RunArgs, registry: &Registry) -> i32 {
     if testbed_argv.is_empty() {
         testbed_argv = vec!["null".into()];
     }
-    let backend = match backend(registry, &testbed_argv) {
+    let (backend, backend_args) = match registry.resolve(&testbed_argv) {
         Ok(b) => b,
         Err(e) => return error(e),
     };
@@ -469,7 +466,7 @@ async fn run(args: RunArgs, registry: &Registry) -> i32 {
     };
 
     log.info(&format!("opening testbed: {}", testbed_argv.join(" ")));
-    let mut tb = match backend.open(&testbed_argv[1..]).await {
+    let mut tb = match backend.open(&backend_args).await {
         Ok(tb) => tb,
         Err(TestbedError::Usage(msg)) => return error(format!("{}: {msg}", testbed_argv[0])),
         Err(e) => {
@@ -537,8 +534,8 @@ fn check(args: CheckArgs, registry: &Registry) -> i32 {
         Err(e) => return error(e),
     };
     let caps = match &args.testbed {
-        Some(name) => match backend(registry, std::slice::from_ref(name)) {
-            Ok(b) => Some(hint_capabilities(b)),
+        Some(name) => match registry.resolve(std::slice::from_ref(name)) {
+            Ok((b, _)) => Some(hint_capabilities(b)),
             Err(e) => return error(e),
         },
         None => None,
@@ -620,8 +617,8 @@ fn explain(args: ExplainArgs, registry: &Registry) -> i32 {
         Ok(x) => x,
         Err(e) => return error(e),
     };
-    let b = match backend(registry, &args.testbed) {
-        Ok(b) => b,
+    let b = match registry.resolve(&args.testbed) {
+        Ok((b, _)) => b,
         Err(e) => return error(e),
     };
     let caps = hint_capabilities(b);

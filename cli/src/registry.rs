@@ -26,6 +26,8 @@ impl Registry {
         r.register(Box::new(dep8_backend_null::NullBackend));
         r.register(Box::new(dep8_backend_unshare::UnshareBackend));
         r.register(Box::new(dep8_backend_ssh::SshBackend));
+        r.register(Box::new(dep8_backend_schroot::SchrootBackend));
+        r.register(Box::new(dep8_backend_external::ExternalBackend));
         r.register(Box::new(dep8_backend_qemu::QemuBackend));
         r
     }
@@ -41,6 +43,37 @@ impl Registry {
             .iter()
             .find(|b| b.name() == name)
             .map(|b| b.as_ref())
+    }
+
+    /// The backend for a testbed argv (`[NAME, ARGS...]`, default null) and
+    /// the arguments to open it with. Like autopkgtest, a NAME dep8 does not
+    /// know is also looked up as `autopkgtest-virt-NAME` in PATH (or taken
+    /// as a program path when it has a `/`), run through `external`.
+    pub fn resolve(&self, argv: &[String]) -> Result<(&dyn Backend, Vec<String>), String> {
+        let (name, args) = match argv.split_first() {
+            Some((name, args)) => (name.as_str(), args),
+            None => ("null", &[][..]),
+        };
+        if let Some(backend) = self.get(name) {
+            return Ok((backend, args.to_vec()));
+        }
+        let external = self.get("external");
+        match (external, dep8_backend_external::find_virt_server(name)) {
+            (Some(external), Some(program)) => {
+                let mut args_with_program = vec![program.to_string_lossy().into_owned()];
+                args_with_program.extend_from_slice(args);
+                Ok((external, args_with_program))
+            }
+            _ => Err(format!(
+                "unknown backend {name:?}; known backends: {}; {}",
+                self.names().join(", "),
+                if name.contains('/') {
+                    format!("{name} is not an executable virt server program")
+                } else {
+                    format!("no autopkgtest virt server autopkgtest-virt-{name} in PATH")
+                }
+            )),
+        }
     }
 
     pub fn all(&self) -> impl Iterator<Item = &dyn Backend> {

@@ -19,8 +19,9 @@ fn unknown_backend_lists_the_known_ones() {
     let out = dep8(&["run", "examples/hello", "--", "frobnicator"]);
     assert_eq!(out.status.code(), Some(20));
     assert!(
-        stderr(&out).contains("unknown backend \"frobnicator\"; known backends: ")
-            && stderr(&out).contains("null"),
+        stderr(&out).contains("unknown backend \"frobnicator\"; known backends: null, ")
+            && stderr(&out)
+                .contains("no autopkgtest virt server autopkgtest-virt-frobnicator in PATH"),
         "{}",
         stderr(&out)
     );

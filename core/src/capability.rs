@@ -128,7 +128,8 @@ impl Capabilities {
     }
 
     /// The words autopkgtest's virt-server protocol uses for this set
-    /// (`suggested-normal-user=NAME`, `downtmp-host=PATH` included).
+    /// (`suggested-normal-user=NAME`, `downtmp-host=PATH` included), plus
+    /// dep8's `baseimage=KIND:PATH`.
     pub fn protocol_words(&self) -> Vec<String> {
         let mut words: Vec<String> = self
             .flags
@@ -144,6 +145,10 @@ impl Capabilities {
         if let Some(dir) = &self.downtmp_host {
             words.push(format!("downtmp-host={}", dir.display()));
         }
+        // dep8's own fact word; autopkgtest ignores it as an unknown word.
+        if let Some(base) = &self.baseimage {
+            words.push(format!("baseimage={}:{}", base.kind, base.path));
+        }
         words
     }
 
@@ -157,6 +162,18 @@ impl Capabilities {
                 caps.suggested_normal_users.push(user.to_string());
             } else if let Some(dir) = word.strip_prefix("downtmp-host=") {
                 caps.downtmp_host = Some(PathBuf::from(dir));
+            } else if let Some(base) = word.strip_prefix("baseimage=") {
+                let kind = match base.split_once(':') {
+                    Some(("block", path)) => Some((BaseImageKind::Block, path)),
+                    Some(("directory", path)) => Some((BaseImageKind::Directory, path)),
+                    _ => None,
+                };
+                if let Some((kind, path)) = kind {
+                    caps.baseimage = Some(BaseImage {
+                        path: path.to_string(),
+                        kind,
+                    });
+                }
             } else if let Some(cap) = Capability::from_word(word) {
                 caps.insert(cap);
             }
@@ -182,7 +199,13 @@ mod tests {
         let mut caps = Capabilities::new([Capability::Revert, Capability::RootOnTestbed]);
         caps.suggested_normal_users.push("tester".into());
         caps.downtmp_host = Some("/tmp/x".into());
+        caps.insert(Capability::BaseImage);
+        caps.baseimage = Some(BaseImage {
+            path: "/dev/baseimage".into(),
+            kind: BaseImageKind::Block,
+        });
         let words = caps.protocol_words();
+        assert!(words.contains(&"baseimage=block:/dev/baseimage".to_string()));
         assert!(words.contains(&"suggested-normal-user=tester".to_string()));
         let mut with_unknown = words.clone();
         with_unknown.push("something-new".into());

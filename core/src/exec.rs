@@ -330,13 +330,19 @@ pub fn host_copy(from: &Path, to: &Path) -> Result<()> {
 
 /// Runs a helper program on the host and fails with its stderr.
 pub fn host_command(program: &str, args: &[&str]) -> Result<()> {
+    host_output(program, args).map(drop)
+}
+
+/// Runs a helper program on the host; returns its stdout, or fails with its
+/// stderr.
+pub fn host_output(program: &str, args: &[&str]) -> Result<String> {
     let out = std::process::Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .output()
         .map_err(|e| TestbedError::failure(format!("cannot run {program}"), e))?;
     if out.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(TestbedError::Failure(format!(
             "{program} {} failed: {}",

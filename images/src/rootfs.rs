@@ -181,7 +181,11 @@ mod tests {
     #[test]
     fn unreachable_mirror_is_named() {
         let dir = tempfile::tempdir().unwrap();
-        if Command::new("mmdebstrap").arg("--version").output().is_err() {
+        if Command::new("mmdebstrap")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
             eprintln!("skipped: mmdebstrap is not installed");
             return;
         }

@@ -3,6 +3,7 @@
 //! tests. A check whose capability the testbed does not advertise is
 //! skipped, never passed; a capability that is advertised must really work.
 
+pub mod e2e;
 pub mod sshd;
 
 use dep8_core::capability::Capability;
@@ -448,29 +449,4 @@ pub fn required_resource(var: &str, what: &str) -> Option<String> {
             None
         }
     }
-}
-
-/// The repository's root directory.
-pub fn repo_root() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests crate is inside the repository")
-        .to_path_buf()
-}
-
-/// The dep8 binary next to the running test's executable (built by `cargo
-/// test --workspace`, which builds the cli package's binary for its own tests).
-pub fn dep8_bin() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("dep8");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build -p dep8` or `cargo test --workspace`",
-        bin.display()
-    );
-    bin
 }

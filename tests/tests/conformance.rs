@@ -2,7 +2,8 @@
 //! A backend whose tools are missing is skipped with a reason; one whose
 //! tools are present but broken fails loudly.
 
-use dep8_conformance::{format_verdicts, run_all, Verdict};
+use dep8_conformance::e2e::{dep8_bin, required_program};
+use dep8_conformance::{format_verdicts, required_resource, run_all, Verdict};
 use dep8_core::testbed::{Backend, Testbed};
 
 async fn certify(name: &str, mut tb: Box<dyn Testbed>) {
@@ -63,4 +64,73 @@ async fn unshare() {
         .await
         .expect("open unshare");
     certify("unshare", tb).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn schroot() {
+    use dep8_backend_schroot::{Options, SchrootTestbed};
+    let Some(chroot) = dep8_conformance::required_resource(
+        "DEP8_TEST_SCHROOT",
+        "a schroot chroot with a union-type",
+    ) else {
+        return;
+    };
+    let tb = SchrootTestbed::open(Options {
+        chroot,
+        baseimage: true,
+    })
+    .await
+    .expect("open schroot");
+    certify("schroot", Box::new(tb)).await;
+}
+
+/// `external PROGRAM ARGS...`, as `dep8 run SRC -- external ...` opens it.
+async fn external(program: &str, args: &[&str]) -> Box<dyn Testbed> {
+    let mut argv = vec![program.to_string()];
+    argv.extend(args.iter().map(|a| a.to_string()));
+    dep8_backend_external::ExternalBackend
+        .open(&argv)
+        .await
+        .unwrap_or_else(|e| panic!("open external {}: {e}", argv.join(" ")))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn external_autopkgtest_virt_null() {
+    if required_program("autopkgtest-virt-null", "autopkgtest").is_none() {
+        return;
+    }
+    let tb = external("autopkgtest-virt-null", &[]).await;
+    certify("external autopkgtest-virt-null", tb).await;
+}
+
+/// dep8 driving itself: the client over `dep8 virt-server null`.
+#[tokio::test(flavor = "multi_thread")]
+async fn external_dep8_virt_server_null() {
+    let dep8 = dep8_bin();
+    let tb = external(dep8.to_str().unwrap(), &["virt-server", "null"]).await;
+    certify("external dep8 virt-server null", tb).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn external_autopkgtest_virt_unshare() {
+    let Some(tarball) = required_resource("DEP8_TEST_ROOTFS", "a rootfs tarball") else {
+        return;
+    };
+    if required_program("autopkgtest-virt-unshare", "autopkgtest").is_none() {
+        return;
+    }
+    let tb = external("autopkgtest-virt-unshare", &["-t", &tarball]).await;
+    certify("external autopkgtest-virt-unshare", tb).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn external_autopkgtest_virt_schroot() {
+    let Some(chroot) = required_resource("DEP8_TEST_SCHROOT", "a schroot chroot") else {
+        return;
+    };
+    if required_program("autopkgtest-virt-schroot", "autopkgtest").is_none() {
+        return;
+    }
+    let tb = external("autopkgtest-virt-schroot", &[&chroot]).await;
+    certify("external autopkgtest-virt-schroot", tb).await;
 }

@@ -1,7 +1,7 @@
 //! End to end: the `dep8` binary on the example packages, asserting the
 //! exact summary, the exit status and the files in the output dir.
 
-use dep8_conformance::{dep8_bin, repo_root as repo};
+use dep8_conformance::e2e::{dep8_bin, repo};
 use std::path::Path;
 use std::process::{Command, Output};
 

@@ -14,7 +14,7 @@
 //!   stops at the first invalid stanza and reports the whole package).
 
 use dep8_backend_null::NullBackend;
-use dep8_conformance::{dep8_bin, repo_root};
+use dep8_conformance::e2e::{dep8_bin, repo as repo_root};
 use dep8_core::capability::Capabilities;
 use dep8_core::control::{self, DependsContext, Entry};
 use dep8_core::restriction::{self, Decision, ResolveOptions};

@@ -64,7 +64,10 @@ async fn leave_a_process_behind(tb: &dyn Testbed) {
         first = &MARKER[..1],
         rest = &MARKER[1..]
     );
-    let out = tb.exec(ExecRequest::shell(&script).capture()).await.unwrap();
+    let out = tb
+        .exec(ExecRequest::shell(&script).capture())
+        .await
+        .unwrap();
     assert!(out.status.success(), "{}", out.stderr_text());
     assert!(!leftovers().is_empty(), "the marker process did not start");
 }
@@ -81,8 +84,7 @@ async fn open(tarball: &str) -> UnshareTestbed {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn host_is_left_as_found() {
-    let Some(tarball) =
-        dep8_conformance::required_resource("DEP8_TEST_ROOTFS", "a rootfs tarball")
+    let Some(tarball) = dep8_conformance::required_resource("DEP8_TEST_ROOTFS", "a rootfs tarball")
     else {
         return;
     };
@@ -104,7 +106,10 @@ async fn host_is_left_as_found() {
         .exec(ExecRequest::new(["cat", "/proc/self/mountinfo"]).capture())
         .await
         .unwrap();
-    assert!(inside.stdout_text().contains("overlay"), "no overlay inside");
+    assert!(
+        inside.stdout_text().contains("overlay"),
+        "no overlay inside"
+    );
     leave_a_process_behind(&tb).await;
     let started = Instant::now();
     tb.revert().await.unwrap();

@@ -2,14 +2,13 @@
 //! mounts, so dep8 itself runs inside the testbed, on the base image.
 
 use dep8_backend_unshare::{Options, Rootfs, UnshareTestbed, BASEIMAGE_PATH};
-use dep8_conformance::{dep8_bin, repo_root as repo};
+use dep8_conformance::e2e::{dep8_bin, repo};
 use dep8_core::capability::Capability;
 use dep8_core::testbed::{ExecRequest, Testbed};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dep8_runs_unshare_inside_unshare() {
-    let Some(tarball) =
-        dep8_conformance::required_resource("DEP8_TEST_ROOTFS", "a rootfs tarball")
+    let Some(tarball) = dep8_conformance::required_resource("DEP8_TEST_ROOTFS", "a rootfs tarball")
     else {
         return;
     };

@@ -1,98 +1,142 @@
-//! The same example packages through Debian's autopkgtest and through dep8,
-//! on the null and unshare testbeds: every test must get the same result
-//! word.
+//! The same example packages through Debian's autopkgtest and through dep8
+//! on the null, unshare and schroot testbeds, and through each other over
+//! the virt-server protocol: every test must get the same result word, and the runs the
+//! same exit status, as `autopkgtest -B SRC -- null`.
 
-use dep8_conformance::{dep8_bin, repo_root as repo};
+use dep8_conformance::e2e::{assert_same_as_autopkgtest, dep8_bin, required_program, summary_of};
+use dep8_conformance::required_resource;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
+use std::sync::OnceLock;
 
-/// `name -> result word` from a summary file; `*` lines and detail lines are
-/// left out.
-fn words(summary: &str) -> BTreeMap<String, String> {
-    summary
-        .lines()
-        .filter_map(|line| {
-            let (name, rest) = line.split_once(' ')?;
-            let word = rest.split_whitespace().next()?;
-            let known = ["PASS", "FAIL", "SKIP", "FLAKY", "BROKEN"];
-            (name != "*" && known.contains(&word)).then(|| (name.to_string(), word.to_string()))
+const EXAMPLES: [&str; 3] = ["hello", "outcomes", "build-needed"];
+
+type Results = (BTreeMap<String, String>, Option<i32>);
+
+/// autopkgtest's own results on null, once per test binary: every
+/// comparison below waits for them (so two autopkgtest runs, which
+/// install on the host, never overlap).
+fn reference() -> Option<&'static BTreeMap<&'static str, Results>> {
+    static REFERENCE: OnceLock<Option<BTreeMap<&'static str, Results>>> = OnceLock::new();
+    REFERENCE
+        .get_or_init(|| {
+            let autopkgtest = required_program("autopkgtest", "autopkgtest")?;
+            if !nix::unistd::geteuid().is_root() {
+                eprintln!(
+                    "SKIP: compared as root only (autopkgtest's null behaves differently otherwise)"
+                );
+                return None;
+            }
+            Some(
+                EXAMPLES
+                    .into_iter()
+                    .map(|example| {
+                        let results = run(&autopkgtest, &["-B"], example, &["null"]);
+                        assert!(
+                            !results.0.is_empty(),
+                            "autopkgtest produced no summary for {example}"
+                        );
+                        (example, results)
+                    })
+                    .collect(),
+            )
         })
-        .collect()
+        .as_ref()
 }
 
-fn summary_of(
-    program: &Path,
-    args: &[String],
-    out: &Path,
-) -> (BTreeMap<String, String>, Option<i32>) {
-    let status = Command::new(program)
-        .current_dir(repo())
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
-    let summary = std::fs::read_to_string(out.join("summary")).unwrap_or_default();
-    (words(&summary), status.code())
-}
-
-/// Runs `example` through autopkgtest on `theirs` and through dep8 on
-/// `ours` (testbed words after `--`); asserts the same result word per test
-/// and the same exit status.
-fn compare(example: &str, theirs: &[&str], ours: &[&str]) {
+/// `PROGRAM OPTIONS --timeout-test=3 -o OUT examples/EXAMPLE -- TESTBED`.
+fn run(program: &Path, options: &[&str], example: &str, testbed: &[&str]) -> Results {
     let dir = tempfile::tempdir().unwrap();
-    let (a_out, d_out) = (dir.path().join("autopkgtest"), dir.path().join("dep8"));
+    let out = dir.path().join("out");
     let src = format!("examples/{example}");
-    let args = |tool: &[&'static str], out: &Path, testbed: &[&str]| -> Vec<String> {
-        let mut args: Vec<String> = tool.iter().map(|s| s.to_string()).collect();
-        args.extend(["--timeout-test=3".into(), "-o".into()]);
-        args.push(out.to_string_lossy().into_owned());
-        args.extend([src.clone(), "--".into()]);
-        args.extend(testbed.iter().map(|s| s.to_string()));
-        args
-    };
-    let a_args = args(&["-B"], &a_out, theirs);
-    let d_args = args(&["run"], &d_out, ours);
-    let (their_words, their_code) = summary_of(Path::new(AUTOPKGTEST), &a_args, &a_out);
-    let (our_words, our_code) = summary_of(&dep8_bin(), &d_args, &d_out);
-    assert!(
-        !their_words.is_empty(),
-        "autopkgtest produced no summary for {example}"
-    );
-    assert_eq!(our_words, their_words, "result words differ on {example}");
-    assert_eq!(our_code, their_code, "exit status differs on {example}");
+    let mut args = options.to_vec();
+    args.extend(["--timeout-test=3", "-o", out.to_str().unwrap(), &src, "--"]);
+    args.extend(testbed);
+    summary_of(program, &args, &out)
 }
 
-const AUTOPKGTEST: &str = "/usr/bin/autopkgtest";
+/// Runs every example through `program` and compares with autopkgtest.
+fn same_as_autopkgtest(program: &Path, options: &[&str], testbed: &[&str]) {
+    let Some(reference) = reference() else {
+        return;
+    };
+    for example in EXAMPLES {
+        let (ours, our_code) = run(program, options, example, testbed);
+        let (theirs, their_code) = &reference[example];
+        assert_eq!(&ours, theirs, "result words differ on {example}");
+        assert_eq!(&our_code, their_code, "exit status differs on {example}");
+    }
+}
+
+#[test]
+fn dep8_on_null() {
+    same_as_autopkgtest(&dep8_bin(), &["run"], &["null"]);
+}
+
+#[test]
+fn dep8_over_autopkgtest_virt_null() {
+    if required_program("autopkgtest-virt-null", "autopkgtest").is_none() {
+        return;
+    }
+    same_as_autopkgtest(
+        &dep8_bin(),
+        &["run"],
+        &["external", "autopkgtest-virt-null"],
+    );
+}
+
+#[test]
+fn autopkgtest_over_dep8_virt_server_null() {
+    let Some(autopkgtest) = required_program("autopkgtest", "autopkgtest") else {
+        return;
+    };
+    // autopkgtest takes a path to a virt server program after `--`.
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = dir.path().join("dep8-virt-null");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec '{}' virt-server null \"$@\"\n",
+            dep8_bin().display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    same_as_autopkgtest(&autopkgtest, &["-B"], &[wrapper.to_str().unwrap()]);
+}
 
 /// Whether the comparison can run here; prints why not.
 fn comparable() -> bool {
-    if !Path::new(AUTOPKGTEST).exists() {
+    if !Path::new("/usr/bin/autopkgtest").exists() {
         eprintln!("skipped: Debian's autopkgtest is not installed (apt-get install autopkgtest)");
         return false;
     }
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: compared as root only (autopkgtest's null and dep8's unshare need it)");
+        eprintln!(
+            "skipped: compared as root only (autopkgtest's testbeds behave differently otherwise)"
+        );
         return false;
     }
     true
 }
 
 #[test]
-fn same_results_as_autopkgtest_on_null() {
+fn same_results_as_autopkgtest_on_unshare() {
+    let Some(tarball) = required_resource("DEP8_TEST_ROOTFS", "a rootfs tarball") else {
+        return;
+    };
     if !comparable() {
         return;
     }
-    for example in ["hello", "outcomes", "build-needed"] {
-        compare(example, &["null"], &["null"]);
+    for example in ["hello", "outcomes"] {
+        assert_same_as_autopkgtest(example, &["unshare", "--tarball", &tarball]);
     }
 }
 
 #[test]
-fn same_results_as_autopkgtest_on_unshare() {
-    let Some(tarball) =
-        dep8_conformance::required_resource("DEP8_TEST_ROOTFS", "a rootfs tarball")
+fn same_results_as_autopkgtest_on_schroot() {
+    let Some(chroot) = required_resource("DEP8_TEST_SCHROOT", "a schroot chroot with a union-type")
     else {
         return;
     };
@@ -100,10 +144,6 @@ fn same_results_as_autopkgtest_on_unshare() {
         return;
     }
     for example in ["hello", "outcomes"] {
-        compare(
-            example,
-            &["unshare", "--tarball", &tarball],
-            &["unshare", "--tarball", &tarball],
-        );
+        assert_same_as_autopkgtest(example, &["schroot", &chroot]);
     }
 }

@@ -13,7 +13,9 @@ fn ms(d: Duration) -> String {
 #[tokio::main]
 async fn main() {
     let mut args = std::env::args().skip(1);
-    let tarball = args.next().expect("usage: unshare-timing TARBALL [REVERTS]");
+    let tarball = args
+        .next()
+        .expect("usage: unshare-timing TARBALL [REVERTS]");
     let reverts: usize = args.next().map_or(10, |n| n.parse().expect("REVERTS"));
     let options = Options {
         rootfs: Rootfs::Tarball(tarball.into()),

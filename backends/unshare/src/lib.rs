@@ -187,7 +187,10 @@ impl Holder {
                 None => said.push(line.trim_end().to_string()),
             }
         }
-        Err(TestbedError::Failure(format!("{what}: {}", said.join("; "))))
+        Err(TestbedError::Failure(format!(
+            "{what}: {}",
+            said.join("; ")
+        )))
     }
 
     fn request(&mut self, request: &str) -> Result<()> {
@@ -325,20 +328,11 @@ impl UnshareTestbed {
         argv.extend(BASE_ENV.iter().map(|s| s.to_string()));
         argv.extend(
             [
-                "nsenter",
-                "--target",
-                &self.pid,
-                "--mount",
-                "--pid",
-                "--uts",
-                "--ipc",
-                "--net",
+                "nsenter", "--target", &self.pid, "--mount", "--pid", "--uts", "--ipc", "--net",
                 // The holder's root: after entering a mount namespace the
                 // root is that namespace's, which differs when nested in a
                 // chroot.
-                "--root",
-                "--",
-                "chroot",
+                "--root", "--", "chroot",
             ]
             .map(String::from),
         );
@@ -363,11 +357,7 @@ impl UnshareTestbed {
 /// Whether the `passwd` file has an account named `user`.
 fn has_user(passwd: &Path, user: &str) -> bool {
     std::fs::read_to_string(passwd)
-        .map(|passwd| {
-            passwd
-                .lines()
-                .any(|l| l.split(':').next() == Some(user))
-        })
+        .map(|passwd| passwd.lines().any(|l| l.split(':').next() == Some(user)))
         .unwrap_or(false)
 }
 

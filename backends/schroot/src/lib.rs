@@ -1,0 +1,694 @@
+//! The `schroot` backend: `dep8 run SRC -- schroot CHROOT [--baseimage]`.
+//!
+//! The testbed is a schroot session of CHROOT (`schroot --begin-session`);
+//! commands run through `schroot --run-session`, files are copied on the
+//! host through the session's mount location, and a revert ends the
+//! session and begins a new one. Only chroots whose sessions are thrown
+//! away are accepted (a union-type, a tarball or a snapshot), so a test can
+//! never change the chroot itself.
+//!
+//! Capabilities follow autopkgtest-virt-schroot: `revert`, and
+//! `root-on-testbed` when dep8 runs as root or the chroot's `root-users` /
+//! `root-groups` allow the invoking user. No `revert-full-system`: the
+//! usual schroot profiles share the host's `/tmp` and `/home`.
+//! With `--baseimage`, the chroot's pristine directory is bind-mounted
+//! read-only at [`BASEIMAGE_PATH`] inside every session.
+
+use async_trait::async_trait;
+use dep8_core::capability::{BaseImage, BaseImageKind, Capabilities, Capability};
+use dep8_core::exec::{
+    copy_down_via_exec, copy_up_via_exec, host_copy, host_output, in_testbed_argv, run_local,
+};
+use dep8_core::testbed::{Backend, ExecOutcome, ExecRequest, Result, Testbed, TestbedError};
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+/// Where the base image appears inside the session with `--baseimage`.
+pub const BASEIMAGE_PATH: &str = "/run/dep8/baseimage";
+
+/// schroot reports every signal death of its command as exit 1. This
+/// wrapper runs the command in a subshell so that the shell reports it as
+/// 128+N instead, with the shell's own "Terminated" notice sent to
+/// /dev/null and the command's stderr untouched.
+const SIGNAL_WRAPPER: &str = "exec 9>&2 2>/dev/null; (exec \"$@\" 2>&9 9>&-)";
+
+pub struct SchrootBackend;
+
+#[async_trait]
+impl Backend for SchrootBackend {
+    fn name(&self) -> &'static str {
+        "schroot"
+    }
+
+    fn summary(&self) -> &'static str {
+        "a session of a schroot chroot with a union-type or a tarball; revert starts a new session"
+    }
+
+    fn capabilities_hint(&self) -> Vec<Capability> {
+        vec![
+            Capability::RootOnTestbed,
+            Capability::Revert,
+            Capability::BaseImage,
+        ]
+    }
+
+    async fn open(&self, args: &[String]) -> Result<Box<dyn Testbed>> {
+        Ok(Box::new(SchrootTestbed::open(Options::parse(args)?).await?))
+    }
+}
+
+/// The backend's arguments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// The chroot's name (as in `schroot --list`).
+    pub chroot: String,
+    /// Bind-mount the chroot's pristine directory at [`BASEIMAGE_PATH`].
+    pub baseimage: bool,
+}
+
+impl Options {
+    /// Parses `CHROOT [--baseimage]`.
+    pub fn parse(args: &[String]) -> Result<Options> {
+        let mut chroot = None;
+        let mut baseimage = false;
+        for arg in args {
+            match arg.as_str() {
+                "--baseimage" => baseimage = true,
+                opt if opt.starts_with('-') => {
+                    return Err(TestbedError::Usage(format!(
+                        "unknown option {opt:?}; usage: schroot CHROOT [--baseimage]"
+                    )))
+                }
+                name if chroot.is_none() => chroot = Some(name.to_string()),
+                extra => {
+                    return Err(TestbedError::Usage(format!(
+                        "unexpected argument {extra:?}; usage: schroot CHROOT [--baseimage]"
+                    )))
+                }
+            }
+        }
+        let chroot = chroot.ok_or_else(|| {
+            TestbedError::Usage(
+                "missing the chroot name; usage: schroot CHROOT [--baseimage]".into(),
+            )
+        })?;
+        Ok(Options { chroot, baseimage })
+    }
+}
+
+/// A chroot's configuration, as `schroot --config` prints it.
+struct ChrootConfig {
+    name: String,
+    keys: BTreeMap<String, String>,
+}
+
+impl ChrootConfig {
+    fn read(name: &str) -> Result<ChrootConfig> {
+        let text =
+            host_output("schroot", &["--config", "--chroot", name]).map_err(|e| match e {
+                TestbedError::Failure(msg) => TestbedError::Usage(msg),
+                other => TestbedError::Usage(format!("schroot chroot {name}: {other}")),
+            })?;
+        let keys = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.starts_with('['))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect();
+        Ok(ChrootConfig {
+            name: name.to_string(),
+            keys,
+        })
+    }
+
+    fn get(&self, key: &str) -> &str {
+        self.keys.get(key).map(String::as_str).unwrap_or("")
+    }
+
+    /// A comma-separated list value.
+    fn list(&self, key: &str) -> impl Iterator<Item = &str> {
+        self.get(key)
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+    }
+
+    /// Refuses chroots whose sessions write to the chroot itself.
+    /// autopkgtest refuses `type=directory` without a union-type; dep8 also
+    /// refuses the other persistent kinds (plain, block-device and loopback
+    /// without a union, a tarball that is repacked at the session's end).
+    fn check_ephemeral(&self) -> Result<()> {
+        let kind = self.get("type");
+        let union = !matches!(self.get("union-type"), "" | "none");
+        let ephemeral = match kind {
+            "file" => self.get("file-repack") != "true",
+            "btrfs-snapshot" | "lvm-snapshot" | "zfs-snapshot" => true,
+            _ => union,
+        };
+        if ephemeral {
+            return Ok(());
+        }
+        Err(TestbedError::Usage(format!(
+            "schroot chroot {name} (type={kind}) is not ephemeral: its sessions would change \
+             the chroot itself. Set \"union-type\" (e.g. union-type=overlay) in its \
+             configuration, or use a tarball (type=file) or snapshot chroot",
+            name = self.name
+        )))
+    }
+
+    /// Whether `--user=root` is allowed: dep8 runs as root, or the chroot's
+    /// `root-users` / `root-groups` name the invoking user or one of its
+    /// groups (autopkgtest's rule).
+    fn root_allowed(&self) -> bool {
+        use nix::unistd::{getgid, getgroups, getuid, Group, User};
+        let uid = getuid();
+        if uid.is_root() {
+            return true;
+        }
+        let user_ok = self
+            .list("root-users")
+            .any(|name| matches!(User::from_name(name), Ok(Some(u)) if u.uid == uid));
+        let mut gids = getgroups().unwrap_or_default();
+        gids.push(getgid());
+        let group_ok = self
+            .list("root-groups")
+            .any(|name| matches!(Group::from_name(name), Ok(Some(g)) if gids.contains(&g.gid)));
+        user_ok || group_ok
+    }
+
+    /// The pristine tree the sessions are made from, for `--baseimage`.
+    fn source_directory(&self) -> Result<PathBuf> {
+        match (self.get("type"), self.get("directory")) {
+            ("directory", dir) if !dir.is_empty() => Ok(PathBuf::from(dir)),
+            (kind, _) => Err(TestbedError::Usage(format!(
+                "--baseimage needs a directory chroot, and schroot chroot {} has type={kind}",
+                self.name
+            ))),
+        }
+    }
+}
+
+/// One schroot session and what dep8 set up in it.
+struct Session {
+    id: String,
+    /// The session's root on the host (`schroot --location`).
+    location: PathBuf,
+    /// The scratch dir's host path.
+    scratch_host: PathBuf,
+    /// The base image's mount point on the host, while mounted.
+    baseimage: Option<PathBuf>,
+}
+
+impl Session {
+    /// Begins a session of `chroot` and prepares it: an empty scratch dir at
+    /// `scratch` (or at a new `/tmp/dep8-schroot.XXXXXX` when `None`) and,
+    /// with `baseimage`, that directory mounted read-only at
+    /// [`BASEIMAGE_PATH`]. Blocking.
+    fn begin(chroot: &str, scratch: Option<&str>, baseimage: Option<&Path>) -> Result<Session> {
+        let id = host_output(
+            "schroot",
+            &["--quiet", "--begin-session", "--chroot", chroot],
+        )?
+        .trim()
+        .to_string();
+        // From here on, dropping the session ends it.
+        let mut session = Session {
+            id,
+            location: PathBuf::new(),
+            scratch_host: PathBuf::new(),
+            baseimage: None,
+        };
+        let location = host_output(
+            "schroot",
+            &["--location", "--chroot", &format!("session:{}", session.id)],
+        )?;
+        session.location = PathBuf::from(location.trim());
+        session.make_scratch(scratch)?;
+        if let Some(source) = baseimage {
+            session.mount_baseimage(source)?;
+        }
+        Ok(session)
+    }
+
+    /// The testbed path of the scratch dir.
+    fn scratch(&self) -> String {
+        let rel = self
+            .scratch_host
+            .strip_prefix(&self.location)
+            .unwrap_or(&self.scratch_host);
+        format!("/{}", rel.display())
+    }
+
+    fn make_scratch(&mut self, scratch: Option<&str>) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let fail = |e: std::io::Error| TestbedError::failure("creating the scratch dir", e);
+        self.scratch_host = match scratch {
+            Some(path) => {
+                let host = self.host_path(path)?;
+                std::fs::create_dir_all(&host).map_err(fail)?;
+                host
+            }
+            None => tempfile::Builder::new()
+                .prefix("dep8-schroot.")
+                .tempdir_in(self.host_path("/tmp")?)
+                .map_err(fail)?
+                .keep(),
+        };
+        // Like autopkgtest's downtmp: any test user may write there.
+        std::fs::set_permissions(&self.scratch_host, std::fs::Permissions::from_mode(0o1777))
+            .map_err(fail)
+    }
+
+    fn mount_baseimage(&mut self, source: &Path) -> Result<()> {
+        use nix::mount::{mount, MsFlags};
+        let target = self.host_path(BASEIMAGE_PATH)?;
+        let what = format!("mounting {} at {BASEIMAGE_PATH}", source.display());
+        std::fs::create_dir_all(&target).map_err(|e| TestbedError::failure(&what, e))?;
+        mount(
+            Some(source),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| TestbedError::failure(&what, e))?;
+        self.baseimage = Some(target.clone());
+        let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        mount(None::<&str>, &target, None::<&str>, ro, None::<&str>)
+            .map_err(|e| TestbedError::failure(&what, e))
+    }
+
+    /// The host path of a testbed path, resolving symlinks inside the
+    /// session's root as the testbed would.
+    fn host_path(&self, testbed_path: &str) -> Result<PathBuf> {
+        resolve_in_root(&self.location, testbed_path)
+    }
+
+    /// Ends the session: kills what tests left running, removes the scratch
+    /// dir, unmounts the base image, then `schroot --end-session`.
+    /// Idempotent; blocking.
+    fn end(&mut self) -> Result<()> {
+        if self.id.is_empty() {
+            return Ok(());
+        }
+        let mut errors = Vec::new();
+        if !self.location.as_os_str().is_empty() {
+            kill_processes_in(&self.location);
+        }
+        if !self.scratch_host.as_os_str().is_empty() {
+            if let Err(e) = std::fs::remove_dir_all(&self.scratch_host) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    errors.push(format!("removing {}: {e}", self.scratch_host.display()));
+                }
+            }
+        }
+        if let Some(target) = self.baseimage.take() {
+            // Lazy: a process that escaped the kill cannot keep it busy.
+            if let Err(e) = nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH) {
+                errors.push(format!("unmounting {}: {e}", target.display()));
+            }
+        }
+        // schroot sometimes fails with EBUSY while the kernel lets go of
+        // the session's mounts; autopkgtest retries too.
+        let mut ended = Err(TestbedError::Failure(String::new()));
+        for attempt in 0..5 {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(200 * attempt));
+            }
+            ended = host_output(
+                "schroot",
+                &["--quiet", "--end-session", "--chroot", &self.id],
+            );
+            if ended.is_ok() {
+                break;
+            }
+        }
+        if let Err(e) = ended {
+            errors.push(format!("ending schroot session {}: {e}", self.id));
+        }
+        self.id.clear();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(TestbedError::Failure(errors.join("; ")))
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Err(e) = self.end() {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+/// SIGKILLs every process whose root directory is `root` (what tests left
+/// running), until none is left. schroot's own clean-up at the session's
+/// end does the same, but waits a second or more per process.
+fn kill_processes_in(root: &Path) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let Ok(root) = root.canonicalize() else {
+        return;
+    };
+    for _ in 0..10 {
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        let victims: Vec<i32> = procs
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| std::fs::read_link(format!("/proc/{pid}/root")).is_ok_and(|r| r == root))
+            .collect();
+        if victims.is_empty() {
+            return;
+        }
+        for pid in victims {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `path` as seen from inside the directory tree `root`, as a host path:
+/// symlinks are followed with `root` as `/`, so neither an absolute link nor
+/// `..` leads out of it. Missing components are kept as they are.
+pub fn resolve_in_root(root: &Path, path: &str) -> Result<PathBuf> {
+    let mut resolved = PathBuf::new();
+    let mut pending: Vec<PathBuf> = Path::new(path)
+        .components()
+        .rev()
+        .map(|c| PathBuf::from(c.as_os_str()))
+        .collect();
+    let mut links = 0;
+    while let Some(next) = pending.pop() {
+        match next.components().next() {
+            Some(Component::Normal(name)) => {
+                let candidate = resolved.join(name);
+                match std::fs::read_link(root.join(&candidate)) {
+                    Ok(target) => {
+                        links += 1;
+                        if links > 40 {
+                            return Err(TestbedError::Failure(format!(
+                                "{path}: too many levels of symbolic links"
+                            )));
+                        }
+                        if target.is_absolute() {
+                            resolved.clear();
+                        }
+                        pending.extend(
+                            target
+                                .components()
+                                .rev()
+                                .map(|c| PathBuf::from(c.as_os_str())),
+                        );
+                    }
+                    Err(_) => resolved = candidate,
+                }
+            }
+            Some(Component::ParentDir) => {
+                resolved.pop();
+            }
+            _ => {}
+        }
+    }
+    Ok(root.join(resolved))
+}
+
+/// An open schroot session as a testbed.
+pub struct SchrootTestbed {
+    config: ChrootConfig,
+    baseimage_source: Option<PathBuf>,
+    session: Option<Session>,
+    scratch: String,
+    caps: Capabilities,
+    /// Files are copied on the host through the session's location (only
+    /// root can see it); otherwise through commands in the session.
+    host_copies: bool,
+}
+
+impl SchrootTestbed {
+    pub async fn open(opts: Options) -> Result<SchrootTestbed> {
+        let chroot = opts.chroot.clone();
+        let config = tokio::task::spawn_blocking(move || ChrootConfig::read(&chroot))
+            .await
+            .map_err(|e| TestbedError::failure("reading the chroot's configuration", e))??;
+        config.check_ephemeral()?;
+        let root_euid = nix::unistd::geteuid().is_root();
+        let baseimage_source = if opts.baseimage {
+            if !root_euid {
+                return Err(TestbedError::Usage(
+                    "--baseimage needs root (it bind-mounts the chroot's directory)".into(),
+                ));
+            }
+            Some(config.source_directory()?)
+        } else {
+            None
+        };
+        let mut caps = Capabilities::new([Capability::Revert]);
+        if config.root_allowed() {
+            caps.insert(Capability::RootOnTestbed);
+        }
+        if baseimage_source.is_some() {
+            caps.insert(Capability::BaseImage);
+            caps.baseimage = Some(BaseImage {
+                path: BASEIMAGE_PATH.into(),
+                kind: BaseImageKind::Directory,
+            });
+        }
+        let session = begin(&config.name, None, baseimage_source.as_deref()).await?;
+        caps.suggested_normal_users = normal_users(&config, &session);
+        let mut tb = SchrootTestbed {
+            scratch: session.scratch(),
+            config,
+            baseimage_source,
+            session: Some(session),
+            caps,
+            host_copies: root_euid,
+        };
+        tb.note_downtmp_host();
+        Ok(tb)
+    }
+
+    fn session(&self) -> Result<&Session> {
+        self.session
+            .as_ref()
+            .ok_or_else(|| TestbedError::Failure("the schroot session has ended".into()))
+    }
+
+    /// The scratch dir's host path goes in the capabilities when the host
+    /// copies files, as autopkgtest's `downtmp-host`.
+    fn note_downtmp_host(&mut self) {
+        self.caps.downtmp_host = self
+            .session
+            .as_ref()
+            .filter(|_| self.host_copies)
+            .map(|s| s.scratch_host.clone());
+    }
+
+    async fn end_session(&mut self) -> Result<()> {
+        match self.session.take() {
+            Some(mut session) => tokio::task::spawn_blocking(move || session.end())
+                .await
+                .map_err(|e| TestbedError::failure("ending the schroot session", e))?,
+            None => Ok(()),
+        }
+    }
+}
+
+/// [`Session::begin`] off the async runtime.
+async fn begin(chroot: &str, scratch: Option<&str>, baseimage: Option<&Path>) -> Result<Session> {
+    let chroot = chroot.to_string();
+    let scratch = scratch.map(str::to_string);
+    let baseimage = baseimage.map(Path::to_path_buf);
+    tokio::task::spawn_blocking(move || {
+        Session::begin(&chroot, scratch.as_deref(), baseimage.as_deref())
+    })
+    .await
+    .map_err(|e| TestbedError::failure("beginning a schroot session", e))?
+}
+
+/// Unprivileged accounts for tests: the invoking user when dep8 is not root
+/// (as autopkgtest), otherwise the chroot's non-root `users=` and the
+/// `dep8` user of dep8's images, when the chroot has them.
+fn normal_users(config: &ChrootConfig, session: &Session) -> Vec<String> {
+    use nix::unistd::{getuid, User};
+    if !getuid().is_root() {
+        return User::from_uid(getuid())
+            .ok()
+            .flatten()
+            .map(|u| vec![u.name])
+            .unwrap_or_default();
+    }
+    let passwd = session
+        .host_path("/etc/passwd")
+        .ok()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default();
+    let present: Vec<&str> = passwd.lines().filter_map(|l| l.split(':').next()).collect();
+    let mut users: Vec<String> = Vec::new();
+    for name in config.list("users").chain(["dep8"]) {
+        if name != "root" && present.contains(&name) && !users.iter().any(|u| u == name) {
+            users.push(name.to_string());
+        }
+    }
+    users
+}
+
+#[async_trait]
+impl Testbed for SchrootTestbed {
+    fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    fn scratch(&self) -> &str {
+        &self.scratch
+    }
+
+    fn describe(&self) -> BTreeMap<String, String> {
+        let mut facts = BTreeMap::new();
+        facts.insert("schroot-chroot".into(), self.config.name.clone());
+        facts.insert("schroot-type".into(), self.config.get("type").to_string());
+        let union = self.config.get("union-type");
+        if !union.is_empty() {
+            facts.insert("schroot-union-type".into(), union.to_string());
+        }
+        facts
+    }
+
+    async fn exec(&self, mut req: ExecRequest) -> Result<ExecOutcome> {
+        let session = self.session()?;
+        let mut argv: Vec<String> = ["schroot", "--run-session", "--quiet", "--chroot"]
+            .map(String::from)
+            .to_vec();
+        argv.push(session.id.clone());
+        argv.push("--directory=/".into());
+        if self.caps.has(Capability::RootOnTestbed) {
+            argv.push("--user=root".into());
+        } else if let Some(user) = req.user.take() {
+            // Without root, commands run as the invoking user only.
+            if !self.caps.suggested_normal_users.contains(&user) {
+                return Err(TestbedError::Unsupported(
+                    "running as another user without root",
+                ));
+            }
+        }
+        argv.extend(["--", "sh", "-c", SIGNAL_WRAPPER, "sh"].map(String::from));
+        argv.extend(in_testbed_argv(&req));
+        run_local(&argv, req).await
+    }
+
+    async fn copy_down(&self, host: &Path, testbed_path: &str) -> Result<()> {
+        if self.host_copies {
+            host_copy(host, &self.session()?.host_path(testbed_path)?)
+        } else {
+            copy_down_via_exec(self, host, testbed_path).await
+        }
+    }
+
+    async fn copy_up(&self, testbed_path: &str, host: &Path) -> Result<()> {
+        if self.host_copies {
+            host_copy(&self.session()?.host_path(testbed_path)?, host)
+        } else {
+            copy_up_via_exec(self, testbed_path, host).await
+        }
+    }
+
+    async fn revert(&mut self) -> Result<()> {
+        self.end_session().await?;
+        let session = begin(
+            &self.config.name,
+            Some(&self.scratch),
+            self.baseimage_source.as_deref(),
+        )
+        .await?;
+        self.session = Some(session);
+        self.note_downtmp_host();
+        Ok(())
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        self.end_session().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn parses_arguments() {
+        assert_eq!(
+            Options::parse(&args(&["sid", "--baseimage"])).unwrap(),
+            Options {
+                chroot: "sid".into(),
+                baseimage: true
+            }
+        );
+        assert!(!Options::parse(&args(&["sid"])).unwrap().baseimage);
+        for bad in [&[][..], &["--frob", "sid"], &["sid", "other"]] {
+            assert!(matches!(
+                Options::parse(&args(bad)),
+                Err(TestbedError::Usage(_))
+            ));
+        }
+    }
+
+    fn config(pairs: &[(&str, &str)]) -> ChrootConfig {
+        ChrootConfig {
+            name: "c".into(),
+            keys: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn only_ephemeral_chroots() {
+        let ok = [
+            &[("type", "directory"), ("union-type", "overlay")][..],
+            &[("type", "file")],
+            &[("type", "btrfs-snapshot")],
+            &[("type", "loopback"), ("union-type", "aufs")],
+        ];
+        for keys in ok {
+            assert!(config(keys).check_ephemeral().is_ok(), "{keys:?}");
+        }
+        let refused = [
+            &[("type", "directory")][..],
+            &[("type", "directory"), ("union-type", "none")],
+            &[("type", "plain")],
+            &[("type", "file"), ("file-repack", "true")],
+        ];
+        for keys in refused {
+            let err = config(keys).check_ephemeral().unwrap_err().to_string();
+            assert!(err.contains("schroot chroot c "), "{err}");
+        }
+    }
+
+    #[test]
+    fn resolves_links_inside_the_root() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir_all(r.join("usr/lib")).unwrap();
+        std::fs::create_dir_all(r.join("run")).unwrap();
+        std::os::unix::fs::symlink("usr/lib", r.join("lib")).unwrap();
+        std::os::unix::fs::symlink("/run", r.join("var-run")).unwrap();
+        std::os::unix::fs::symlink("../../..", r.join("usr/lib/up")).unwrap();
+        std::os::unix::fs::symlink("loop", r.join("loop")).unwrap();
+        let at = |p: &str| resolve_in_root(r, p).unwrap();
+        assert_eq!(at("/lib/x"), r.join("usr/lib/x"));
+        assert_eq!(at("/var-run/lock"), r.join("run/lock"));
+        assert_eq!(at("/usr/lib/up/etc"), r.join("etc"));
+        assert_eq!(at("/../../etc/passwd"), r.join("etc/passwd"));
+        assert_eq!(at("/missing/./a/../b"), r.join("missing/b"));
+        assert!(resolve_in_root(r, "/loop/x").is_err());
+    }
+}
