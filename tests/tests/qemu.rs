@@ -39,7 +39,12 @@ async fn baseimage_console_log_and_facts() {
         return;
     };
     let mut tb = dep8_backend_qemu::QemuBackend
-        .open(&[image, "--baseimage".into(), "--revert".into(), "boot".into()])
+        .open(&[
+            image,
+            "--baseimage".into(),
+            "--revert".into(),
+            "boot".into(),
+        ])
         .await
         .expect("open qemu");
     let facts = tb.describe();
