@@ -17,6 +17,28 @@ pub enum ImageCommand {
 pub enum BuildKind {
     /// A rootfs tarball for the unshare, schroot and lxc backends.
     Rootfs(RootfsArgs),
+    /// A qcow2 disk image for the qemu backend, with its kernel and initrd
+    /// beside it (IMAGE.vmlinuz, IMAGE.initrd). Needs root.
+    Qemu(QemuArgs),
+}
+
+#[derive(clap::Args)]
+pub struct QemuArgs {
+    /// The Debian release (suite or codename).
+    #[arg(long, default_value = "bookworm")]
+    release: String,
+    /// Size of the root filesystem (as mke2fs takes it: 2G, 4096M).
+    #[arg(long, default_value = "2G")]
+    size: String,
+    /// The archive to build from (default: http://deb.debian.org/debian).
+    #[arg(long)]
+    mirror: Option<String>,
+    /// Extra packages (comma-separated; repeatable).
+    #[arg(long, value_delimiter = ',')]
+    include: Vec<String>,
+    /// The qcow2 image to write.
+    #[arg(short = 'o', long)]
+    output: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -47,6 +69,35 @@ enum VariantArg {
 pub fn main(command: ImageCommand) -> i32 {
     match command {
         ImageCommand::Build(BuildKind::Rootfs(args)) => build_rootfs(args),
+        ImageCommand::Build(BuildKind::Qemu(args)) => build_qemu(args),
+    }
+}
+
+fn build_qemu(args: QemuArgs) -> i32 {
+    let spec = dep8_images::qemu::QemuImageSpec {
+        release: args.release,
+        size: args.size,
+        output: args.output,
+        mirror: args.mirror,
+        extra_packages: args.include,
+    };
+    let progress = Progress::new(&format!("building a {} qemu image", spec.release));
+    let result = dep8_images::qemu::build(&spec, |line| progress.line(line));
+    progress.finish();
+    match result {
+        Ok(image) => {
+            eprintln!(
+                "dep8: wrote {} (kernel {}, initrd {})",
+                image.image.display(),
+                image.kernel.display(),
+                image.initrd.display()
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("dep8: error: {e}");
+            1
+        }
     }
 }
 

@@ -28,6 +28,7 @@ impl Registry {
         r.register(Box::new(dep8_backend_ssh::SshBackend));
         r.register(Box::new(dep8_backend_schroot::SchrootBackend));
         r.register(Box::new(dep8_backend_external::ExternalBackend));
+        r.register(Box::new(dep8_backend_qemu::QemuBackend));
         r
     }
 

@@ -185,6 +185,11 @@ pub async fn run(
             EXIT_UNEXPECTED
         }
     };
+    for (name, path) in tb.logs() {
+        if let Err(e) = std::fs::copy(&path, opts.output_dir.join(&name)) {
+            log.error(&format!("keeping {}: {e}", path.display()));
+        }
+    }
     run.reporter.write_files(Some(code));
     code
 }

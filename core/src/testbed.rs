@@ -210,6 +210,12 @@ pub trait Testbed: Send + Sync {
         BTreeMap::new()
     }
 
+    /// Host files kept with the results when the run ends (a VM's console
+    /// log): each as (file name in the output dir, host path).
+    fn logs(&self) -> Vec<(String, PathBuf)> {
+        Vec::new()
+    }
+
     async fn exec(&self, req: ExecRequest) -> Result<ExecOutcome>;
 
     /// Copies a host file or directory (its contents) to `testbed_path`,

@@ -166,3 +166,15 @@ async fn external_autopkgtest_virt_schroot() {
     let tb = external("autopkgtest-virt-schroot", &[&chroot]).await;
     certify("external autopkgtest-virt-schroot", tb).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn qemu() {
+    let Some(image) = required_resource("DEP8_TEST_QEMU_IMAGE", "a qemu image") else {
+        return;
+    };
+    let tb = dep8_backend_qemu::QemuBackend
+        .open(&[image, "--baseimage".into()])
+        .await
+        .expect("open qemu");
+    certify("qemu", tb).await;
+}

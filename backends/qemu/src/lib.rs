@@ -1,0 +1,887 @@
+//! The `qemu` backend: a whole virtual machine per testbed.
+//!
+//! The image is never written: the VM runs on a temporary qcow2 overlay
+//! backed by it. Commands go over ssh to the guest's sshd through a
+//! user-network port forward on 127.0.0.1; the client key and the guest's
+//! host key are made per testbed and handed to the guest with `-fw_cfg`
+//! (a unit installed by `dep8 image build qemu` puts them in place before
+//! sshd starts), so the host key is checked exactly. QEMU is driven over
+//! QMP; the serial console goes to a log file.
+//!
+//! KVM is used only when a boot probe proves it works (see [`accel`]),
+//! TCG otherwise. Revert restores a snapshot taken right after the first
+//! boot (`savevm`/`loadvm` in the overlay) or, with `--revert boot`, boots
+//! a fresh overlay.
+
+mod accel;
+mod qmp;
+
+use accel::Accel;
+use async_trait::async_trait;
+use clap::Parser;
+use dep8_backend_ssh::{SshConnection, SshTarget};
+use dep8_core::capability::{BaseImage, BaseImageKind, Capabilities, Capability};
+use dep8_core::exec::host_command;
+use dep8_core::testbed::{Backend, ExecOutcome, ExecRequest, Result, Testbed, TestbedError};
+use qmp::Qmp;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The scratch dir in the guest: on disk (not /tmp, which systemd empties
+/// at boot), so it survives a reboot.
+const SCRATCH: &str = "/var/tmp/dep8-scratch";
+
+/// The QEMU binary dep8 runs unless told otherwise.
+const DEFAULT_QEMU: &str = "qemu-system-x86_64";
+
+/// The account `dep8 image build qemu` creates for tests without needs-root.
+const NORMAL_USER: &str = "dep8";
+
+/// Kernel command line for direct kernel boot of an image built by dep8.
+const DEFAULT_CMDLINE: &str = "root=/dev/vda rw console=ttyS0";
+
+/// The name the guest's host key is recorded under, whatever the port.
+const HOST_ALIAS: &str = "dep8-testbed";
+
+/// The internal snapshot of the pristine guest.
+const SNAPSHOT: &str = "dep8-pristine";
+
+/// The udev rule that names the base image drive `/dev/baseimage` and
+/// keeps it out of `/dev/disk/by-*` (its filesystem has the root's UUID
+/// and label), written to /run before the drive is plugged in.
+const BASEIMAGE_RULE: &str = "\
+SUBSYSTEM==\"block\", KERNEL==\"vd*\", ATTRS{serial}==\"BASEIMAGE\", \
+ENV{UDEV_DISABLE_PERSISTENT_STORAGE_RULES_FLAG}=\"1\", OPTIONS+=\"link_priority=-1024\"
+SUBSYSTEM==\"block\", KERNEL==\"vd*\", ENV{DEVTYPE}==\"disk\", ATTRS{serial}==\"BASEIMAGE\", \
+SYMLINK+=\"baseimage\"
+SUBSYSTEM==\"block\", KERNEL==\"vd*\", ENV{DEVTYPE}==\"partition\", ATTRS{serial}==\"BASEIMAGE\", \
+SYMLINK+=\"baseimage-part%n\"
+";
+
+/// How `revert` restores the pristine guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum RevertMethod {
+    /// Load the snapshot saved right after the first boot (`loadvm`).
+    Snapshot,
+    /// Kill the VM and boot it again on a fresh overlay.
+    Boot,
+}
+
+/// `dep8 run SRC -- qemu IMAGE [OPTIONS]`.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "qemu", no_binary_name = true)]
+struct Args {
+    /// The disk image (qcow2 or raw). It is only read: the VM writes to a
+    /// temporary overlay.
+    image: PathBuf,
+    /// Virtual CPUs.
+    #[arg(long, default_value_t = 1)]
+    cpus: u32,
+    /// Guest memory in MiB.
+    #[arg(long, value_name = "MB", default_value_t = 1024)]
+    ram_size: u32,
+    /// Put the overlay here instead of in a temporary dir.
+    #[arg(long, value_name = "DIR")]
+    overlay_dir: Option<PathBuf>,
+    /// Boot the image's own boot loader with UEFI firmware (OVMF) instead
+    /// of a kernel beside the image.
+    #[arg(long, conflicts_with_all = ["kernel", "initrd"])]
+    efi: bool,
+    /// More QEMU options (one string, split like a shell does).
+    #[arg(long, value_name = "OPTIONS", allow_hyphen_values = true)]
+    qemu_options: Option<String>,
+    /// The QEMU binary (then dep8 picks no CPU model).
+    #[arg(long, value_name = "PROGRAM")]
+    qemu_command: Option<String>,
+    /// Attach the pristine image read-only as /dev/baseimage.
+    #[arg(long)]
+    baseimage: bool,
+    /// QEMU CPU model (default: `host` under KVM, `qemu64` under TCG).
+    #[arg(long, value_name = "MODEL")]
+    cpu: Option<String>,
+    /// Kernel for direct boot (default: IMAGE.vmlinuz).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initrd for direct boot (default: IMAGE.initrd, if present).
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line for direct boot.
+    #[arg(long, default_value = DEFAULT_CMDLINE)]
+    append: String,
+    /// How long a boot may take until ssh answers, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    boot_timeout: u64,
+    /// How to revert.
+    #[arg(long, value_enum, default_value_t = RevertMethod::Snapshot)]
+    revert: RevertMethod,
+}
+
+pub struct QemuBackend;
+
+#[async_trait]
+impl Backend for QemuBackend {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn summary(&self) -> &'static str {
+        "a QEMU virtual machine on a throw-away overlay of a disk image"
+    }
+
+    fn capabilities_hint(&self) -> Vec<Capability> {
+        vec![
+            Capability::RootOnTestbed,
+            Capability::Revert,
+            Capability::RevertFullSystem,
+            Capability::IsolationContainer,
+            Capability::IsolationMachine,
+            Capability::Reboot,
+            Capability::BaseImage,
+            Capability::Nesting,
+        ]
+    }
+
+    async fn open(&self, args: &[String]) -> Result<Box<dyn Testbed>> {
+        let args = Args::try_parse_from(args).map_err(|e| TestbedError::Usage(e.to_string()))?;
+        Ok(Box::new(QemuTestbed::open(args).await?))
+    }
+}
+
+/// How the image is booted.
+enum Boot {
+    Direct {
+        kernel: PathBuf,
+        initrd: Option<PathBuf>,
+        append: String,
+    },
+    /// The image's own boot loader, with QEMU's BIOS or UEFI firmware.
+    Disk { firmware: Option<PathBuf> },
+}
+
+/// A running QEMU.
+struct Vm {
+    child: tokio::process::Child,
+    qmp: Qmp,
+}
+
+/// A qemu testbed.
+pub struct QemuTestbed {
+    args: Args,
+    image: PathBuf,
+    format: &'static str,
+    boot: Boot,
+    qemu: String,
+    qemu_version: String,
+    accel: Accel,
+    cpu: Option<String>,
+    work: tempfile::TempDir,
+    overlay: PathBuf,
+    /// Holds the overlay when `--overlay-dir` is given.
+    _overlay_dir: Option<tempfile::TempDir>,
+    /// The port forwarded to the guest's sshd in the current boot.
+    port: u16,
+    vm: Option<Vm>,
+    conn: Option<SshConnection>,
+    caps: Capabilities,
+    snapshot_saved: bool,
+    boot_time: Duration,
+}
+
+impl QemuTestbed {
+    async fn open(args: Args) -> Result<Self> {
+        let usage = |msg: String| TestbedError::Usage(msg);
+        let image = std::path::absolute(&args.image)
+            .map_err(|e| usage(format!("{}: {e}", args.image.display())))?;
+        let format =
+            image_format(&image).map_err(|e| usage(format!("{}: {e}", image.display())))?;
+        let boot = boot_files(&args, &image)?;
+        let qemu = args
+            .qemu_command
+            .clone()
+            .unwrap_or_else(|| DEFAULT_QEMU.into());
+        let qemu_version = qemu_version(&qemu)?;
+        let kernel = match &boot {
+            Boot::Direct { kernel, .. } => Some(kernel.as_path()),
+            Boot::Disk { .. } => None,
+        };
+        let accel = accel::choose(&qemu, kernel).await?;
+        let user_cpu = args.cpu.clone().or_else(|| {
+            let opts = args.qemu_options.as_deref().unwrap_or("");
+            (args.qemu_command.is_none() && !opts.contains("-cpu"))
+                .then(|| accel.default_cpu().to_string())
+        });
+        let work = tempfile::Builder::new()
+            .prefix("dep8-qemu.")
+            .tempdir()
+            .map_err(|e| TestbedError::failure("creating a temp dir", e))?;
+        let overlay_dir = match &args.overlay_dir {
+            Some(dir) => Some(
+                tempfile::Builder::new()
+                    .prefix("dep8-qemu-overlay.")
+                    .tempdir_in(dir)
+                    .map_err(|e| usage(format!("--overlay-dir {}: {e}", dir.display())))?,
+            ),
+            None => None,
+        };
+        let overlay = overlay_dir
+            .as_ref()
+            .map_or(work.path(), |d| d.path())
+            .join("overlay.qcow2");
+        make_keys(work.path())?;
+
+        let mut caps = Capabilities::new([
+            Capability::RootOnTestbed,
+            Capability::Revert,
+            Capability::RevertFullSystem,
+            Capability::IsolationContainer,
+            Capability::IsolationMachine,
+            Capability::Reboot,
+        ]);
+        if args.baseimage {
+            caps.insert(Capability::BaseImage);
+            caps.baseimage = Some(BaseImage {
+                path: "/dev/baseimage".into(),
+                kind: BaseImageKind::Block,
+            });
+        }
+        if accel == Accel::Kvm && nested_kvm() {
+            caps.insert(Capability::Nesting);
+        }
+        let mut tb = QemuTestbed {
+            args,
+            image,
+            format,
+            boot,
+            qemu,
+            qemu_version,
+            accel,
+            cpu: user_cpu,
+            work,
+            overlay,
+            _overlay_dir: overlay_dir,
+            port: 0,
+            vm: None,
+            conn: None,
+            caps,
+            snapshot_saved: false,
+            boot_time: Duration::ZERO,
+        };
+        // On failure, `tb` is dropped: QEMU is killed, temp files removed.
+        tb.boot_fresh().await?;
+        let user = tb
+            .conn()?
+            .exec(ExecRequest::new(["id", "-u", NORMAL_USER]).capture())
+            .await?;
+        if user.status.success() {
+            tb.caps.suggested_normal_users.push(NORMAL_USER.into());
+        }
+        if tb.args.revert == RevertMethod::Snapshot {
+            tb.save_snapshot().await?;
+        }
+        Ok(tb)
+    }
+
+    fn console_log(&self) -> PathBuf {
+        self.work.path().join("console.log")
+    }
+
+    fn conn(&self) -> Result<&SshConnection> {
+        self.conn
+            .as_ref()
+            .ok_or_else(|| TestbedError::Failure("the VM is not running".into()))
+    }
+
+    fn key(&self, name: &str) -> PathBuf {
+        self.work.path().join(name)
+    }
+
+    /// Kills any running VM, then boots a new one on a fresh overlay and
+    /// prepares it (scratch dir, base image).
+    async fn boot_fresh(&mut self) -> Result<()> {
+        self.stop_vm().await;
+        let _ = std::fs::remove_file(&self.overlay);
+        host_command(
+            "qemu-img",
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-b",
+                &self.image.to_string_lossy(),
+                "-F",
+                self.format,
+                &self.overlay.to_string_lossy(),
+            ],
+        )?;
+        let started = Instant::now();
+        self.start_vm().await?;
+        self.connect().await?;
+        self.boot_time = started.elapsed();
+        tracing::info!("qemu: guest ready after {:.1?}", self.boot_time);
+        self.run_ok(&format!("mkdir -p -m 1777 {SCRATCH}")).await?;
+        self.attach_baseimage().await
+    }
+
+    /// Starts QEMU on the current overlay and connects to its monitor.
+    async fn start_vm(&mut self) -> Result<()> {
+        let port = free_port()?;
+        self.port = port;
+        let qmp_socket = self.work.path().join("qmp.sock");
+        let _ = std::fs::remove_file(&qmp_socket);
+        let argv = self.qemu_argv(port, &qmp_socket)?;
+        tracing::debug!("qemu: {}", shell_words::join(&argv));
+        let log_path = self.work.path().join("qemu.log");
+        let open_log = || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)
+                .map_err(|e| TestbedError::failure(log_path.display(), e))
+        };
+        let mut child = tokio::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(std::process::Stdio::null())
+            .stdout(open_log()?)
+            .stderr(open_log()?)
+            // Ctrl-C on the terminal is dep8's to handle, not QEMU's.
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| TestbedError::failure(format!("cannot run {}", self.qemu), e))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let qmp = loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(TestbedError::Failure(format!(
+                    "{} exited at start ({status}): {}",
+                    self.qemu,
+                    tail(&log_path, 10)
+                )));
+            }
+            if qmp_socket.exists() {
+                if let Ok(qmp) = Qmp::connect(&qmp_socket).await {
+                    break qmp;
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(TestbedError::Failure(format!(
+                    "{}: no QMP socket after 30 s",
+                    self.qemu
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        self.vm = Some(Vm { child, qmp });
+        Ok(())
+    }
+
+    fn qemu_argv(&self, port: u16, qmp_socket: &Path) -> Result<Vec<String>> {
+        let p = |path: &Path| path.to_string_lossy().into_owned();
+        let mut argv: Vec<String> = vec![self.qemu.clone()];
+        let mut add = |words: &[&str]| argv.extend(words.iter().map(|w| w.to_string()));
+        add(&["-nodefaults", "-no-user-config", "-display", "none"]);
+        add(&["-machine", "pc", "-accel", self.accel.name()]);
+        if let Some(cpu) = &self.cpu {
+            add(&["-cpu", cpu]);
+        }
+        add(&["-smp", &self.args.cpus.to_string()]);
+        add(&["-m", &self.args.ram_size.to_string()]);
+        add(&[
+            "-chardev",
+            &format!("file,id=console,path={},append=on", p(&self.console_log())),
+            "-serial",
+            "chardev:console",
+        ]);
+        add(&[
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", p(qmp_socket)),
+        ]);
+        // cache=unsafe: the overlay is thrown away if the host crashes.
+        add(&[
+            "-drive",
+            &format!(
+                "file={},if=virtio,format=qcow2,cache=unsafe",
+                p(&self.overlay)
+            ),
+        ]);
+        add(&[
+            "-netdev",
+            &format!("user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:22"),
+            "-device",
+            "virtio-net-pci,netdev=net0",
+        ]);
+        add(&["-device", "virtio-rng-pci"]);
+        add(&[
+            "-fw_cfg",
+            &format!(
+                "name=opt/dep8/authorized_keys,file={}",
+                p(&self.key("id_ed25519.pub"))
+            ),
+            "-fw_cfg",
+            &format!(
+                "name=opt/dep8/ssh_host_ed25519_key,file={}",
+                p(&self.key("ssh_host_ed25519_key"))
+            ),
+        ]);
+        match &self.boot {
+            Boot::Direct {
+                kernel,
+                initrd,
+                append,
+            } => {
+                add(&["-kernel", &p(kernel), "-append", append]);
+                if let Some(initrd) = initrd {
+                    add(&["-initrd", &p(initrd)]);
+                }
+            }
+            Boot::Disk { firmware } => {
+                if let Some(firmware) = firmware {
+                    add(&["-bios", &p(firmware)]);
+                }
+            }
+        }
+        if let Some(opts) = &self.args.qemu_options {
+            let words = shell_words::split(opts)
+                .map_err(|e| TestbedError::Usage(format!("--qemu-options: {e}")))?;
+            argv.extend(words);
+        }
+        Ok(argv)
+    }
+
+    /// How ssh reaches the guest in the current boot.
+    fn ssh_target(&self) -> SshTarget {
+        let mut target = SshTarget::new("127.0.0.1");
+        target.port = Some(self.port);
+        target.login = Some("root".into());
+        target.identity = Some(self.key("id_ed25519"));
+        target.known_hosts = Some(self.key("known_hosts"));
+        target.ssh_args = [
+            "-F",
+            "none",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "GlobalKnownHostsFile=/dev/null",
+        ]
+        .map(String::from)
+        .to_vec();
+        target
+            .ssh_args
+            .extend(["-o".into(), format!("HostKeyAlias={HOST_ALIAS}")]);
+        target.connect_timeout = Duration::from_secs(self.args.boot_timeout);
+        target
+    }
+
+    /// Connects to the booting guest; fails early if QEMU dies or the
+    /// firmware finds nothing to boot.
+    async fn connect(&mut self) -> Result<()> {
+        self.conn = None;
+        let target = self.ssh_target();
+        let console = self.console_log();
+        let qemu_log = self.work.path().join("qemu.log");
+        let image = self.image.display().to_string();
+        let qemu = self.qemu.clone();
+        let vm = self
+            .vm
+            .as_mut()
+            .ok_or_else(|| TestbedError::Failure("the VM is not running".into()))?;
+        let watch = async {
+            loop {
+                if let Ok(Some(status)) = vm.child.try_wait() {
+                    return TestbedError::Failure(format!(
+                        "{qemu} exited while booting ({status}): {}\nconsole:\n{}",
+                        tail(&qemu_log, 5),
+                        tail(&console, 15)
+                    ));
+                }
+                if tail(&console, 15).contains("No bootable device") {
+                    return TestbedError::Failure(format!(
+                        "{image} has no boot loader and no kernel beside it \
+                         (IMAGE.vmlinuz or --kernel); console:\n{}",
+                        tail(&console, 15)
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        };
+        let conn = tokio::select! {
+            conn = SshConnection::connect(target) => conn.map_err(|e| {
+                TestbedError::Failure(format!("{e}\nconsole:\n{}", tail(&console, 15)))
+            })?,
+            err = watch => return Err(err),
+        };
+        self.conn = Some(conn);
+        Ok(())
+    }
+
+    /// Runs a setup script in the guest as root; fails with its stderr.
+    async fn run_ok(&self, script: &str) -> Result<String> {
+        let out = self
+            .conn()?
+            .exec(ExecRequest::shell(script).capture())
+            .await?;
+        if !out.status.success() {
+            return Err(TestbedError::Failure(format!(
+                "`{script}` failed in the guest ({}): {}",
+                out.status.code(),
+                out.stderr_text().trim()
+            )));
+        }
+        Ok(out.stdout_text())
+    }
+
+    fn qmp(&mut self) -> Result<&mut Qmp> {
+        self.vm
+            .as_mut()
+            .map(|vm| &mut vm.qmp)
+            .ok_or_else(|| TestbedError::Failure("the VM is not running".into()))
+    }
+
+    /// Plugs the pristine image in read-only as `/dev/baseimage`.
+    async fn attach_baseimage(&mut self) -> Result<()> {
+        if !self.args.baseimage {
+            return Ok(());
+        }
+        self.run_ok(&format!(
+            "mkdir -p /run/udev/rules.d && cat > /run/udev/rules.d/59-dep8-baseimage.rules <<'EOF'\n{BASEIMAGE_RULE}EOF\nudevadm control --reload"
+        ))
+        .await?;
+        let (format, image) = (self.format, self.image.to_string_lossy().into_owned());
+        let qmp = self.qmp()?;
+        qmp.execute(
+            "blockdev-add",
+            json!({
+                "driver": format, "node-name": "dep8-base", "read-only": true,
+                "file": { "driver": "file", "filename": image, "read-only": true },
+            }),
+        )
+        .await?;
+        qmp.execute(
+            "device_add",
+            json!({
+                "driver": "virtio-blk-pci", "id": "dep8-base",
+                "drive": "dep8-base", "serial": "BASEIMAGE",
+            }),
+        )
+        .await?;
+        self.run_ok(
+            "for i in $(seq 300); do [ -e /dev/baseimage ] && exit 0; sleep 0.1; done; \
+             echo '/dev/baseimage did not appear' >&2; exit 1",
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Unplugs the base image (before a reboot: the next boot must not see
+    /// two disks with the root's filesystem).
+    async fn detach_baseimage(&mut self) -> Result<()> {
+        if !self.args.baseimage {
+            return Ok(());
+        }
+        let qmp = self.qmp()?;
+        qmp.execute("device_del", json!({ "id": "dep8-base" }))
+            .await?;
+        qmp.wait_event(
+            "DEVICE_DELETED",
+            |data| data["device"] == "dep8-base",
+            Duration::from_secs(60),
+        )
+        .await?;
+        qmp.execute("blockdev-del", json!({ "node-name": "dep8-base" }))
+            .await?;
+        Ok(())
+    }
+
+    /// Saves the pristine guest (RAM, devices, overlay) inside the overlay.
+    /// The ssh connection is closed first so the snapshot holds no session.
+    async fn save_snapshot(&mut self) -> Result<()> {
+        let started = Instant::now();
+        if let Some(mut conn) = self.conn.take() {
+            conn.close().await?;
+        }
+        self.qmp()?.human(&format!("savevm {SNAPSHOT}")).await?;
+        self.snapshot_saved = true;
+        tracing::info!("qemu: pristine snapshot saved in {:.1?}", started.elapsed());
+        self.connect().await
+    }
+
+    /// Ends QEMU: a polite `quit`, then a kill.
+    async fn stop_vm(&mut self) {
+        self.conn = None;
+        let Some(mut vm) = self.vm.take() else {
+            return;
+        };
+        let _ = vm.qmp.execute("quit", json!({})).await;
+        if tokio::time::timeout(Duration::from_secs(10), vm.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = vm.child.kill().await;
+        }
+    }
+}
+
+#[async_trait]
+impl Testbed for QemuTestbed {
+    fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    fn scratch(&self) -> &str {
+        SCRATCH
+    }
+
+    fn describe(&self) -> BTreeMap<String, String> {
+        let mut facts = BTreeMap::from([
+            ("qemu_version".into(), self.qemu_version.clone()),
+            ("qemu_accel".into(), self.accel.name().into()),
+            (
+                "qemu_cpu".into(),
+                self.cpu
+                    .clone()
+                    .unwrap_or_else(|| "(qemu's default)".into()),
+            ),
+            ("qemu_image".into(), self.image.display().to_string()),
+            ("qemu_cpus".into(), self.args.cpus.to_string()),
+            ("qemu_ram_mb".into(), self.args.ram_size.to_string()),
+            (
+                "qemu_revert".into(),
+                match self.args.revert {
+                    RevertMethod::Snapshot => "snapshot",
+                    RevertMethod::Boot => "boot",
+                }
+                .into(),
+            ),
+            (
+                "qemu_boot_seconds".into(),
+                format!("{:.1}", self.boot_time.as_secs_f64()),
+            ),
+        ]);
+        if let Boot::Direct { kernel, .. } = &self.boot {
+            facts.insert("qemu_kernel".into(), kernel.display().to_string());
+        }
+        facts
+    }
+
+    fn logs(&self) -> Vec<(String, PathBuf)> {
+        vec![("qemu-console.log".into(), self.console_log())]
+    }
+
+    async fn exec(&self, req: ExecRequest) -> Result<ExecOutcome> {
+        self.conn()?.exec(req).await
+    }
+
+    async fn copy_down(&self, host: &Path, testbed_path: &str) -> Result<()> {
+        self.conn()?.copy_down(host, testbed_path).await
+    }
+
+    async fn copy_up(&self, testbed_path: &str, host: &Path) -> Result<()> {
+        self.conn()?.copy_up(testbed_path, host).await
+    }
+
+    async fn revert(&mut self) -> Result<()> {
+        if !self.snapshot_saved {
+            return self.boot_fresh().await;
+        }
+        // The connection belongs to the state being thrown away.
+        self.conn = None;
+        if let Err(e) = self.qmp()?.human(&format!("loadvm {SNAPSHOT}")).await {
+            tracing::warn!("qemu: {e}; reverting by booting a fresh overlay instead");
+            self.snapshot_saved = false;
+            self.boot_fresh().await?;
+            return self.save_snapshot().await;
+        }
+        self.connect().await?;
+        // The guest's clock stopped when the snapshot was taken.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.run_ok(&format!("date -u -s @{now} >/dev/null"))
+            .await
+            .map(|_| ())
+    }
+
+    async fn reboot(&mut self) -> Result<()> {
+        self.detach_baseimage().await?;
+        self.conn
+            .as_mut()
+            .ok_or_else(|| TestbedError::Failure("the VM is not running".into()))?
+            .reboot()
+            .await?;
+        self.attach_baseimage().await
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        let closed = match self.conn.as_mut() {
+            Some(conn) => conn.close().await,
+            None => Ok(()),
+        };
+        self.stop_vm().await;
+        closed
+    }
+}
+
+/// Makes the testbed's ssh keys in `dir`: a client key pair (`id_ed25519`)
+/// and the guest's host key pair (`ssh_host_ed25519_key`), and a
+/// known_hosts file that trusts exactly that host key.
+fn make_keys(dir: &Path) -> Result<()> {
+    for key in ["id_ed25519", "ssh_host_ed25519_key"] {
+        let path = dir.join(key);
+        host_command(
+            "ssh-keygen",
+            &[
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "dep8",
+                "-f",
+                &path.to_string_lossy(),
+            ],
+        )?;
+    }
+    let host_pub = std::fs::read_to_string(dir.join("ssh_host_ed25519_key.pub"))
+        .map_err(|e| TestbedError::failure("reading the new host key", e))?;
+    std::fs::write(
+        dir.join("known_hosts"),
+        format!("{HOST_ALIAS} {}\n", host_pub.trim()),
+    )
+    .map_err(|e| TestbedError::failure("writing known_hosts", e))
+}
+
+/// `qcow2` or `raw`, from the image's first bytes.
+fn image_format(image: &Path) -> std::io::Result<&'static str> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let mut file = std::fs::File::open(image)?;
+    let n = file.read(&mut magic)?;
+    Ok(if n == 4 && magic == *b"QFI\xfb" {
+        "qcow2"
+    } else {
+        "raw"
+    })
+}
+
+/// The kernel and initrd (or firmware) the image is booted with.
+fn boot_files(args: &Args, image: &Path) -> Result<Boot> {
+    let beside = |suffix: &str| {
+        let mut name = image.as_os_str().to_owned();
+        name.push(suffix);
+        PathBuf::from(name)
+    };
+    if args.efi {
+        let firmware = PathBuf::from("/usr/share/ovmf/OVMF.fd");
+        if !firmware.exists() {
+            return Err(TestbedError::Usage(format!(
+                "--efi needs {} (install the ovmf package)",
+                firmware.display()
+            )));
+        }
+        return Ok(Boot::Disk {
+            firmware: Some(firmware),
+        });
+    }
+    let kernel = match &args.kernel {
+        Some(kernel) if !kernel.is_file() => {
+            return Err(TestbedError::Usage(format!(
+                "--kernel {}: no such file",
+                kernel.display()
+            )))
+        }
+        Some(kernel) => kernel.clone(),
+        None if beside(".vmlinuz").is_file() => beside(".vmlinuz"),
+        // No kernel beside the image: boot its own boot loader.
+        None => return Ok(Boot::Disk { firmware: None }),
+    };
+    let initrd = match &args.initrd {
+        Some(initrd) if !initrd.is_file() => {
+            return Err(TestbedError::Usage(format!(
+                "--initrd {}: no such file",
+                initrd.display()
+            )))
+        }
+        Some(initrd) => Some(initrd.clone()),
+        None => Some(beside(".initrd")).filter(|p| p.is_file()),
+    };
+    Ok(Boot::Direct {
+        kernel,
+        initrd,
+        append: args.append.clone(),
+    })
+}
+
+/// The first line of `qemu --version`.
+fn qemu_version(qemu: &str) -> Result<String> {
+    let out = std::process::Command::new(qemu)
+        .arg("--version")
+        .output()
+        .map_err(|e| {
+            TestbedError::Usage(format!("cannot run {qemu}: {e} (install qemu-system-x86)"))
+        })?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string())
+}
+
+/// Whether the host's KVM module lets guests run VMs themselves.
+fn nested_kvm() -> bool {
+    ["kvm_intel", "kvm_amd"].iter().any(|m| {
+        std::fs::read_to_string(format!("/sys/module/{m}/parameters/nested"))
+            .is_ok_and(|v| matches!(v.trim(), "Y" | "1"))
+    })
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+fn free_port() -> Result<u16> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| TestbedError::failure("finding a free port", e))
+}
+
+/// The last `lines` lines of a log file, for error messages.
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments() {
+        let args = Args::try_parse_from([
+            "img.qcow2",
+            "--cpus",
+            "2",
+            "--qemu-options",
+            "-device virtio-balloon",
+            "--baseimage",
+        ])
+        .unwrap();
+        assert_eq!(args.cpus, 2);
+        assert_eq!(args.qemu_options.as_deref(), Some("-device virtio-balloon"));
+        assert!(args.baseimage);
+        assert_eq!(args.revert, RevertMethod::Snapshot);
+        assert!(Args::try_parse_from(["img", "--efi", "--kernel", "k"]).is_err());
+    }
+
+    #[test]
+    fn format_from_magic() {
+        let dir = tempfile::tempdir().unwrap();
+        let qcow = dir.path().join("a");
+        std::fs::write(&qcow, b"QFI\xfb\0\0\0\x03").unwrap();
+        assert_eq!(image_format(&qcow).unwrap(), "qcow2");
+        let raw = dir.path().join("b");
+        std::fs::write(&raw, [0u8; 512]).unwrap();
+        assert_eq!(image_format(&raw).unwrap(), "raw");
+    }
+}
