@@ -150,3 +150,23 @@ fn compare_runs_every_testbed_and_prints_a_matrix() {
     assert!(dir.path().join("2-null/summary").exists());
     assert!(dir.path().join("compare.html").exists());
 }
+
+/// The worked example of a backend as a program (docs/backends.md) is
+/// certified by the conformance suite through the external backend.
+#[test]
+fn example_shell_backend_passes_conformance() {
+    let out = dep8(&[
+        "conformance",
+        "--",
+        "external",
+        "examples/backend-shell/virt-hostdir",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("0 failed"), "{report}");
+}
