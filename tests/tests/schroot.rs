@@ -131,8 +131,16 @@ async fn open(chroot: &str) -> SchrootTestbed {
 /// Starts a process in its own session that outlives the command; returns
 /// its pid.
 async fn leave_a_process(tb: &dyn Testbed) -> i32 {
+    // The pid file is written from inside the new session, so once it is
+    // there the process is out of the command's process group (which is
+    // killed when the command ends) and the pid is its own (setsid may fork).
+    let pid_file = format!("{}/left-behind.pid", tb.scratch());
+    let script = format!(
+        "setsid sh -c 'echo $$ > {pid_file}.new && mv {pid_file}.new {pid_file}; exec sleep 600' \
+         </dev/null >/dev/null 2>&1 & while [ ! -s {pid_file} ]; do sleep 0.05; done; cat {pid_file}"
+    );
     let out = tb
-        .exec(ExecRequest::shell("setsid sleep 600 </dev/null >/dev/null 2>&1 & echo $!").capture())
+        .exec(ExecRequest::shell(&script).capture())
         .await
         .expect("exec");
     out.stdout_text().trim().parse().expect("a pid")
