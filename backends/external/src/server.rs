@@ -294,6 +294,7 @@ impl Server<'_> {
         // The socket first: nothing to undo if it fails.
         let dir = tempfile::Builder::new()
             .prefix("dep8-virt-server.")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .tempdir()
             .map_err(|e| format!("creating a temporary dir: {e}"))?;
         let path = dir.path().join("exec.sock");
