@@ -387,9 +387,8 @@ impl Run<'_> {
         // As autopkgtest: the tree belongs to the normal user, so tests
         // without needs-root may write into it (chmod where chown fails).
         if let Some(user) = self.normal_user(tb.capabilities()) {
-            let own = format!(
-                "chown -R '{user}' -- '{tree}' 2>/dev/null || chmod -R go+rwX -- '{tree}'"
-            );
+            let own =
+                format!("chown -R '{user}' -- '{tree}' 2>/dev/null || chmod -R go+rwX -- '{tree}'");
             let out = self
                 .timed(
                     self.opts.timeouts.short,
