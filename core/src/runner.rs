@@ -389,6 +389,25 @@ impl Run<'_> {
             tb.copy_down(source, tree),
         )
         .await?;
+        // As autopkgtest: the tree belongs to the normal user, so tests
+        // without needs-root may write into it (chmod where chown fails).
+        if let Some(user) = self.normal_user(tb.capabilities()) {
+            let own =
+                format!("chown -R '{user}' -- '{tree}' 2>/dev/null || chmod -R go+rwX -- '{tree}'");
+            let out = self
+                .timed(
+                    self.opts.timeouts.short,
+                    "handing the source tree to the normal user",
+                    tb.exec(ExecRequest::shell(&own).capture()),
+                )
+                .await?;
+            if !out.status.success() {
+                return Err(Abort::Testbed(format!(
+                    "handing {tree} to {user} failed: {}",
+                    out.stderr_text().trim()
+                )));
+            }
+        }
         if reboot::available(tb.capabilities()) {
             self.timed(
                 self.opts.timeouts.short,

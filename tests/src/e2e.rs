@@ -84,31 +84,60 @@ pub fn summary_of(
 /// asserts that every test gets the same result word and that both exit
 /// with the same status.
 pub fn assert_same_as_autopkgtest(example: &str, testbed: &[&str]) {
+    assert_same_results(
+        &format!("examples/{example}"),
+        &["--timeout-test=3"],
+        testbed,
+        testbed,
+    );
+}
+
+/// Runs the source package `src` (relative to the repository, or absolute)
+/// with `autopkgtest -B OPTIONS -o OUT SRC -- THEIR_TESTBED` and `dep8 run
+/// OPTIONS -o OUT SRC -- OUR_TESTBED`, both at once, and asserts that every
+/// test gets the same result word and that both exit with the same status.
+pub fn assert_same_results(
+    src: &str,
+    options: &[&str],
+    their_testbed: &[&str],
+    our_testbed: &[&str],
+) {
     let dir = tempfile::tempdir().expect("temp dir");
     let (a_out, d_out) = (dir.path().join("autopkgtest"), dir.path().join("dep8"));
-    let src = format!("examples/{example}");
     let a_dir = a_out.to_str().expect("utf-8 path");
     let d_dir = d_out.to_str().expect("utf-8 path");
-    let theirs_args = [
-        &["-B", "--timeout-test=3", "-o", a_dir, &src, "--"],
-        testbed,
-    ]
-    .concat();
-    let ours_args = [
-        &["run", "--timeout-test=3", "-o", d_dir, &src, "--"],
-        testbed,
-    ]
-    .concat();
-    let (theirs, their_code) = summary_of(Path::new("/usr/bin/autopkgtest"), &theirs_args, &a_out);
-    let (ours, our_code) = summary_of(&dep8_bin(), &ours_args, &d_out);
-    let on = testbed.join(" ");
+    let theirs_args = [&["-B"], options, &["-o", a_dir, src, "--"], their_testbed].concat();
+    let ours_args = [&["run"], options, &["-o", d_dir, src, "--"], our_testbed].concat();
+    let dep8 = dep8_bin();
+    let ((theirs, their_code), (ours, our_code)) = std::thread::scope(|s| {
+        let theirs =
+            s.spawn(|| summary_of(Path::new("/usr/bin/autopkgtest"), &theirs_args, &a_out));
+        let ours = summary_of(&dep8, &ours_args, &d_out);
+        (theirs.join().expect("autopkgtest thread"), ours)
+    });
+    let on = our_testbed.join(" ");
+    let summaries = || {
+        let read = |out: &Path| std::fs::read_to_string(out.join("summary")).unwrap_or_default();
+        format!(
+            "\n--- autopkgtest's summary:\n{}--- dep8's summary:\n{}",
+            read(&a_out),
+            read(&d_out)
+        )
+    };
     assert!(
         !theirs.is_empty(),
-        "autopkgtest produced no summary for {example} on {on}"
+        "autopkgtest produced no summary for {src} on {on}"
     );
-    assert_eq!(ours, theirs, "result words differ on {example} on {on}");
     assert_eq!(
-        our_code, their_code,
-        "exit status differs on {example} on {on}"
+        ours,
+        theirs,
+        "result words differ on {src} on {on}{}",
+        summaries()
+    );
+    assert_eq!(
+        our_code,
+        their_code,
+        "exit status differs on {src} on {on}{}",
+        summaries()
     );
 }
