@@ -94,8 +94,8 @@ async fn unshare_in_a_user_namespace() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn unshare_with_host_network() {
-    certify_unshare("unshare --network", &["--network"]).await;
+async fn unshare_with_private_network() {
+    certify_unshare("unshare --private-network", &["--private-network"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -54,7 +54,8 @@ fstab=$dir/fstab
 {
     echo "dep8-root $(esc "$root") overlay lowerdir=$(esc "$lower"),upperdir=$(esc "$rw/upper"),workdir=$(esc "$rw/work") 0 0"
     echo "proc $(esc "$root/proc") proc nosuid,nodev,noexec 0 0"
-    if [ "$userns" = yes ] && [ "$network" = host ]; then
+    if [ "$network" = host ] && ! grep -qE '^ *0 +0 +4294967295$' /proc/self/uid_map; then
+        # In a user namespace (ours, or the one a nested dep8 runs in),
         # sysfs can only be mounted by the owner of the net namespace
         echo "/sys $(esc "$root/sys") none rbind 0 0"
     else
@@ -102,8 +103,15 @@ kill_all() {
     done
 }
 
+# In a user namespace the submounts of an rbind (/sys with the host's
+# network) are locked to their parent: only a lazy detach of the whole tree
+# removes them.
 down() {
-    umount -R "$root" && umount "$rw"
+    if umount -R "$root" 2>/dev/null; then
+        umount "$rw"
+    else
+        umount -l "$root" && umount -l "$rw"
+    fi
 }
 
 if [ "$network" = private ] && command -v ip >/dev/null; then
@@ -128,7 +136,7 @@ while read -r command; do
     esac
 done
 kill_all
-umount -R -l "$root" 2>/dev/null
+umount -l "$root" 2>/dev/null
 umount -l "$rw" 2>/dev/null
 umount -R -l "$dir/dev"
 [ "$kind" = dir ] || umount -l "$lower"

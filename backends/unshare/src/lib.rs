@@ -3,7 +3,7 @@
 //!
 //! Opening a testbed starts a *holder*: util-linux `unshare` running a small
 //! bash script (`holder.sh`) as pid 1 of new mount, pid, uts, ipc and
-//! (unless `--network`) net namespaces. The holder unpacks the rootfs
+//! (with `--private-network`) net namespaces. The holder unpacks the rootfs
 //! tarball once into a tmpfs (a `--rootfs DIR` is used in place; the tmpfs
 //! costs RAM the size of the rootfs but unpacks several times faster than a
 //! disk and vanishes with the namespace) and mounts an overlay whose lower layer is the pristine rootfs and whose upper
@@ -60,7 +60,7 @@ const BASE_ENV: [&str; 4] = [
 pub struct UnshareBackend;
 
 const USAGE: &str =
-    "usage: unshare (--tarball FILE | --rootfs DIR) [--network] [--baseimage] [--userns]";
+    "usage: unshare (--tarball FILE | --rootfs DIR) [--private-network] [--baseimage] [--userns]";
 
 #[async_trait]
 impl Backend for UnshareBackend {
@@ -101,8 +101,9 @@ pub enum Rootfs {
 #[derive(Clone, Debug)]
 pub struct Options {
     pub rootfs: Rootfs,
-    /// Share the host's network (and its resolv.conf) instead of a private
-    /// network namespace with only loopback.
+    /// Share the host's network (and its resolv.conf), as
+    /// autopkgtest-virt-unshare does; `--private-network` gives the testbed
+    /// a network namespace of its own with only loopback instead.
     pub network: bool,
     /// Mount the pristine rootfs read-only at [`BASEIMAGE_PATH`].
     pub baseimage: bool,
@@ -113,12 +114,12 @@ pub struct Options {
 }
 
 impl Options {
-    /// The defaults for `rootfs`: private network, no base image, a user
+    /// The defaults for `rootfs`: the host's network, no base image, a user
     /// namespace unless dep8 is root.
     pub fn new(rootfs: Rootfs) -> Options {
         Options {
             rootfs,
-            network: false,
+            network: true,
             baseimage: false,
             userns: !nix::unistd::geteuid().is_root(),
         }
@@ -128,7 +129,7 @@ impl Options {
     pub fn parse(args: &[String]) -> Result<Options> {
         let usage = |msg: String| TestbedError::Usage(format!("{msg}\n{USAGE}"));
         let mut rootfs = None;
-        let (mut network, mut baseimage) = (false, false);
+        let (mut network, mut baseimage) = (true, false);
         let mut userns = !nix::unistd::geteuid().is_root();
         let mut words = args.iter();
         while let Some(word) = words.next() {
@@ -146,6 +147,7 @@ impl Options {
                 "-t" | "--tarball" => rootfs = Some(Rootfs::Tarball(value()?.into())),
                 "--rootfs" => rootfs = Some(Rootfs::Dir(value()?.into())),
                 "--network" => network = true,
+                "--private-network" => network = false,
                 "--baseimage" => baseimage = true,
                 "--userns" => userns = true,
                 _ => return Err(usage(format!("unknown argument {word:?}"))),
@@ -372,9 +374,14 @@ impl UnshareTestbed {
         if self.userns {
             argv.push("--user".into());
         }
+        argv.extend(["--mount", "--pid", "--uts", "--ipc"].map(String::from));
+        if !self.network {
+            // With the host's network there is nothing to enter (and in a
+            // user namespace entering it again is not permitted).
+            argv.push("--net".into());
+        }
         argv.extend(
             [
-                "--mount", "--pid", "--uts", "--ipc", "--net",
                 // The holder's root: after entering a mount namespace the
                 // root is that namespace's, which differs when nested in a
                 // chroot.
@@ -516,8 +523,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("etc")).unwrap();
         let d = dir.path().display();
-        let o = Options::parse(&words(&format!("--rootfs {d} --network --baseimage"))).unwrap();
-        assert!(o.network && o.baseimage);
+        let o = Options::parse(&words(&format!("--rootfs {d} --baseimage"))).unwrap();
+        assert!(o.network && o.baseimage, "the host's network by default");
+        let o = Options::parse(&words(&format!("--rootfs {d} --private-network"))).unwrap();
+        assert!(!o.network);
         assert!(matches!(o.rootfs, Rootfs::Dir(_)));
         let err = Options::parse(&words("--tarball /nonexistent.tar")).unwrap_err();
         assert!(err.to_string().contains("/nonexistent.tar"), "{err}");
