@@ -3,7 +3,9 @@
 //! the virt-server protocol: every test must get the same result word, and the runs the
 //! same exit status, as `autopkgtest -B SRC -- null`.
 
-use dep8_conformance::e2e::{assert_same_as_autopkgtest, dep8_bin, required_program, summary_of};
+use dep8_conformance::e2e::{
+    assert_same_as_autopkgtest, assert_same_results, dep8_bin, required_program, summary_of,
+};
 use dep8_conformance::required_resource;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -96,25 +98,76 @@ fn dep8_over_autopkgtest_virt_null() {
     );
 }
 
+/// A virt server program for autopkgtest (which takes a path after `--`)
+/// that runs `dep8 virt-server ARGS`.
+fn virt_server_wrapper(dir: &Path, args: &[&str]) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let wrapper = dir.join("dep8-virt-server");
+    let args: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec '{}' virt-server {} \"$@\"\n",
+            dep8_bin().display(),
+            args.join(" ")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    wrapper
+}
+
 #[test]
 fn autopkgtest_over_dep8_virt_server_null() {
     let Some(autopkgtest) = required_program("autopkgtest", "autopkgtest") else {
         return;
     };
-    // autopkgtest takes a path to a virt server program after `--`.
     let dir = tempfile::tempdir().unwrap();
-    let wrapper = dir.path().join("dep8-virt-null");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nexec '{}' virt-server null \"$@\"\n",
-            dep8_bin().display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let wrapper = virt_server_wrapper(dir.path(), &["null"]);
     same_as_autopkgtest(&autopkgtest, &["-B"], &[wrapper.to_str().unwrap()]);
+}
+
+/// Both directions of the protocol on a container testbed: Debian's
+/// autopkgtest driving dep8's unshare backend, and dep8 driving
+/// autopkgtest's unshare and schroot servers, each against the native run.
+#[test]
+fn protocol_both_ways_on_containers() {
+    if !comparable() {
+        return;
+    }
+    const OPTIONS: [&str; 1] = ["--timeout-test=3"];
+    if let Some(tarball) = required_resource("DEP8_TEST_ROOTFS", "a rootfs tarball") {
+        let dir = tempfile::tempdir().unwrap();
+        let wrapper = virt_server_wrapper(dir.path(), &["unshare", "--tarball", &tarball]);
+        let unshare = ["unshare", "--tarball", &tarball];
+        // autopkgtest over dep8's unshare = dep8's own unshare run.
+        assert_same_results(
+            "examples/outcomes",
+            &OPTIONS,
+            &[wrapper.to_str().unwrap()],
+            &unshare,
+        );
+        // dep8 over autopkgtest's unshare = autopkgtest's own.
+        assert_same_results(
+            "examples/outcomes",
+            &OPTIONS,
+            &unshare,
+            &[
+                "external",
+                "autopkgtest-virt-unshare",
+                "--tarball",
+                &tarball,
+            ],
+        );
+    }
+    if let Some(chroot) = required_resource("DEP8_TEST_SCHROOT", "a schroot chroot") {
+        assert_same_results(
+            "examples/outcomes",
+            &OPTIONS,
+            &["schroot", &chroot],
+            &["external", "autopkgtest-virt-schroot", &chroot],
+        );
+    }
 }
 
 /// Whether the comparison can run here; prints why not.
