@@ -22,41 +22,38 @@ pub enum BuildKind {
     Qemu(QemuArgs),
 }
 
+/// What every image is built from.
 #[derive(clap::Args)]
-pub struct QemuArgs {
+pub struct ArchiveArgs {
     /// The Debian release (suite or codename).
     #[arg(long, default_value = "bookworm")]
     release: String,
-    /// Size of the root filesystem (as mke2fs takes it: 2G, 4096M).
-    #[arg(long, default_value = "2G")]
-    size: String,
     /// The archive to build from (default: http://deb.debian.org/debian).
     #[arg(long)]
     mirror: Option<String>,
     /// Extra packages (comma-separated; repeatable).
     #[arg(long, value_delimiter = ',')]
     include: Vec<String>,
-    /// The qcow2 image to write.
+    /// The file to write (rootfs: .tar, .tar.gz, .tar.zst, ...; qemu: qcow2).
     #[arg(short = 'o', long)]
     output: PathBuf,
 }
 
 #[derive(clap::Args)]
+pub struct QemuArgs {
+    #[command(flatten)]
+    archive: ArchiveArgs,
+    /// Size of the root filesystem (as mke2fs takes it: 2G, 4096M).
+    #[arg(long, default_value = "2G")]
+    size: String,
+}
+
+#[derive(clap::Args)]
 pub struct RootfsArgs {
-    /// The Debian release (suite or codename).
-    #[arg(long, default_value = "bookworm")]
-    release: String,
+    #[command(flatten)]
+    archive: ArchiveArgs,
     #[arg(long, value_enum, default_value_t = VariantArg::Minbase)]
     variant: VariantArg,
-    /// The archive to build from (default: http://deb.debian.org/debian).
-    #[arg(long)]
-    mirror: Option<String>,
-    /// Extra packages (comma-separated; repeatable).
-    #[arg(long, value_delimiter = ',')]
-    include: Vec<String>,
-    /// The tarball to write (.tar, .tar.gz, .tar.zst, ...).
-    #[arg(short = 'o', long)]
-    output: PathBuf,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -75,11 +72,11 @@ pub fn main(command: ImageCommand) -> i32 {
 
 fn build_qemu(args: QemuArgs) -> i32 {
     let spec = dep8_images::qemu::QemuImageSpec {
-        release: args.release,
+        release: args.archive.release,
         size: args.size,
-        output: args.output,
-        mirror: args.mirror,
-        extra_packages: args.include,
+        output: args.archive.output,
+        mirror: args.archive.mirror,
+        extra_packages: args.archive.include,
     };
     let progress = Progress::new(&format!("building a {} qemu image", spec.release));
     let result = dep8_images::qemu::build(&spec, |line| progress.line(line));
@@ -103,14 +100,14 @@ fn build_qemu(args: QemuArgs) -> i32 {
 
 fn build_rootfs(args: RootfsArgs) -> i32 {
     let spec = RootfsSpec {
-        release: args.release,
+        release: args.archive.release,
         variant: match args.variant {
             VariantArg::Minbase => Variant::Minbase,
             VariantArg::Apt => Variant::Apt,
         },
-        mirror: args.mirror,
-        include: args.include,
-        output: args.output,
+        mirror: args.archive.mirror,
+        include: args.archive.include,
+        output: args.archive.output,
     };
     let progress = Progress::new(&format!("building {} rootfs", spec.release));
     let result = rootfs::build(&spec, |line| progress.line(line));

@@ -347,6 +347,26 @@ impl Run<'_> {
         }
     }
 
+    /// Runs one of the runner's own shell steps in the testbed, as root,
+    /// with the short time limit; a failure is the testbed's.
+    async fn shell_step(&self, tb: &dyn Testbed, script: &str, what: &str) -> Result<(), Abort> {
+        let out = self
+            .timed(
+                self.opts.timeouts.short,
+                what,
+                tb.exec(ExecRequest::shell(script).capture()),
+            )
+            .await?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(Abort::Testbed(format!(
+                "{what} failed: {}",
+                out.stderr_text().trim()
+            )))
+        }
+    }
+
     /// autopkgtest's line for a package without tests (exit 8).
     fn record_no_tests(&mut self) {
         self.reporter.record(
@@ -394,19 +414,8 @@ impl Run<'_> {
         if let Some(user) = self.normal_user(tb.capabilities()) {
             let own =
                 format!("chown -R '{user}' -- '{tree}' 2>/dev/null || chmod -R go+rwX -- '{tree}'");
-            let out = self
-                .timed(
-                    self.opts.timeouts.short,
-                    "handing the source tree to the normal user",
-                    tb.exec(ExecRequest::shell(&own).capture()),
-                )
+            self.shell_step(tb, &own, &format!("handing {tree} to {user}"))
                 .await?;
-            if !out.status.success() {
-                return Err(Abort::Testbed(format!(
-                    "handing {tree} to {user} failed: {}",
-                    out.stderr_text().trim()
-                )));
-            }
         }
         if reboot::available(tb.capabilities()) {
             self.timed(
@@ -855,19 +864,8 @@ impl Run<'_> {
                 None => String::new(),
             }
         );
-        let out = self
-            .timed(
-                self.opts.timeouts.short,
-                "preparing the test",
-                tb.exec(ExecRequest::shell(&setup).capture()),
-            )
+        self.shell_step(tb, &setup, &format!("preparing test {name}"))
             .await?;
-        if !out.status.success() {
-            return Err(Abort::Testbed(format!(
-                "preparing test {name} failed: {}",
-                out.stderr_text().trim()
-            )));
-        }
 
         let mut env: Vec<(String, String)> = vec![
             ("AUTOPKGTEST_TMP".into(), tmp.clone()),
@@ -1016,12 +1014,8 @@ impl Run<'_> {
         }
         self.collect_artifacts(tb, &artifacts).await?;
         let cleanup = format!("rm -rf '{artifacts}' '{tmp}'");
-        self.timed(
-            self.opts.timeouts.short,
-            "cleaning up after the test",
-            tb.exec(ExecRequest::shell(&cleanup).capture()),
-        )
-        .await?;
+        self.shell_step(tb, &cleanup, &format!("cleaning up after test {name}"))
+            .await?;
         Ok((outcome, vec![]))
     }
 
