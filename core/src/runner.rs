@@ -900,7 +900,15 @@ impl Run<'_> {
         // testbed can reboot, the shell stays the test's parent and records
         // its pid so that /tmp/autopkgtest-reboot can kill just the test.
         let run = if can_reboot {
-            format!("echo $$ > {}; {command}; exit $?", reboot::SCRIPT_PID_FILE)
+            // The shell's own stderr (its "Killed" when a reboot request
+            // kills the test) is not the test's: only the test writes to
+            // the stderr that is judged, as with autopkgtest's wrapper. The
+            // subshell keeps the redirection out of the reporting shell.
+            let inner = format!(
+                "echo $$ > {}; (exec {command} 2>&3 3>&-); exit $?",
+                reboot::SCRIPT_PID_FILE
+            );
+            format!("exec sh -c {} 3>&2 2>/dev/null", shell_words::quote(&inner))
         } else {
             format!("exec {command}")
         };

@@ -61,3 +61,43 @@ async fn baseimage_console_log_and_facts() {
     assert!(console.contains("Linux version"), "{console}");
     tb.close().await.expect("close");
 }
+
+/// A `needs-reboot` test that reboots twice through
+/// `/tmp/autopkgtest-reboot`: the runner reboots the VM and re-runs it with
+/// `AUTOPKGTEST_REBOOT_MARK`; the shell's "Killed" is not the test's stderr.
+#[test]
+fn a_test_reboots_twice() {
+    let Some(image) = dep8_conformance::required_resource("DEP8_TEST_QEMU_IMAGE", "a qemu image")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
+    let out = std::process::Command::new(dep8_conformance::e2e::dep8_bin())
+        .current_dir(dep8_conformance::e2e::repo())
+        .args([
+            "run",
+            "-o",
+            out_dir.to_str().unwrap(),
+            "examples/reboot",
+            "--",
+            "qemu",
+            &image,
+        ])
+        .output()
+        .unwrap();
+    let read = |name: &str| std::fs::read_to_string(out_dir.join(name)).unwrap_or_default();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        read("summary"),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(read("summary"), "reboots-twice        PASS\n");
+    assert_eq!(
+        read("reboots-twice-stdout"),
+        "first run\nafter reboot one\nafter reboot two\nthree boots\n"
+    );
+    assert!(out_dir.join("qemu-console.log").exists());
+}
