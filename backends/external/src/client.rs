@@ -164,20 +164,6 @@ impl Testbed for ExternalTestbed {
             }
         }
         let (from, to) = paths(&host.to_string_lossy(), testbed_path, meta.is_dir());
-        // The protocol's copydown does not create missing parents; dep8's
-        // contract does.
-        if let Some(parent) = Path::new(testbed_path).parent() {
-            let parent = parent.to_string_lossy();
-            let mkdir = self
-                .exec(ExecRequest::new(["mkdir", "-p", "--", &parent]).capture())
-                .await?;
-            if !mkdir.status.success() {
-                return Err(TestbedError::failure(
-                    format!("mkdir {parent}"),
-                    mkdir.stderr_text().trim(),
-                ));
-            }
-        }
         self.channel
             .lock()
             .await
