@@ -120,6 +120,17 @@ struct Args {
 
 pub struct QemuBackend;
 
+/// What every qemu testbed provides; `baseimage` (with `--baseimage`) and
+/// `nesting` (with working nested KVM) are added when they hold.
+const ALWAYS: [Capability; 6] = [
+    Capability::RootOnTestbed,
+    Capability::Revert,
+    Capability::RevertFullSystem,
+    Capability::IsolationContainer,
+    Capability::IsolationMachine,
+    Capability::Reboot,
+];
+
 #[async_trait]
 impl Backend for QemuBackend {
     fn name(&self) -> &'static str {
@@ -131,16 +142,9 @@ impl Backend for QemuBackend {
     }
 
     fn capabilities_hint(&self) -> Vec<Capability> {
-        vec![
-            Capability::RootOnTestbed,
-            Capability::Revert,
-            Capability::RevertFullSystem,
-            Capability::IsolationContainer,
-            Capability::IsolationMachine,
-            Capability::Reboot,
-            Capability::BaseImage,
-            Capability::Nesting,
-        ]
+        let mut caps = ALWAYS.to_vec();
+        caps.extend([Capability::BaseImage, Capability::Nesting]);
+        caps
     }
 
     async fn open(&self, args: &[String]) -> Result<Box<dyn Testbed>> {
@@ -231,14 +235,7 @@ impl QemuTestbed {
             .join("overlay.qcow2");
         make_keys(work.path())?;
 
-        let mut caps = Capabilities::new([
-            Capability::RootOnTestbed,
-            Capability::Revert,
-            Capability::RevertFullSystem,
-            Capability::IsolationContainer,
-            Capability::IsolationMachine,
-            Capability::Reboot,
-        ]);
+        let mut caps = Capabilities::new(ALWAYS);
         if args.baseimage {
             caps.insert(Capability::BaseImage);
             caps.baseimage = Some(BaseImage {
