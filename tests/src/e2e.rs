@@ -47,6 +47,31 @@ pub fn required_program(program: &str, package: &str) -> Option<PathBuf> {
     }
 }
 
+/// The rootfs tarball (`DEP8_TEST_ROOTFS`) for tests that open unshare
+/// testbeds as root; `None` with the reason printed otherwise.
+pub fn unshare_rootfs_as_root() -> Option<String> {
+    let tarball = crate::required_resource("DEP8_TEST_ROOTFS", "a rootfs tarball")?;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: the unshare backend needs root");
+        return None;
+    }
+    Some(tarball)
+}
+
+/// Debian's autopkgtest, when the comparison with it can run here (as
+/// root: its testbeds behave differently otherwise); `None` with the
+/// reason printed, a failure under CI when it is not installed.
+pub fn autopkgtest_as_root() -> Option<PathBuf> {
+    let autopkgtest = required_program("autopkgtest", "autopkgtest")?;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "skipped: compared as root only (autopkgtest's testbeds behave differently otherwise)"
+        );
+        return None;
+    }
+    Some(autopkgtest)
+}
+
 /// `name -> result word` from a summary file; `*` lines and detail lines are
 /// left out.
 pub fn result_words(summary: &str) -> BTreeMap<String, String> {

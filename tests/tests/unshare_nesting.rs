@@ -19,14 +19,9 @@ async fn dep8_runs_unshare_inside_unshare_in_a_user_namespace() {
 /// Copies dep8 and examples/hello into an unshare testbed and runs
 /// `dep8 run hello -- unshare --rootfs $DEP8_BASEIMAGE` there.
 async fn nested_run(userns: bool) {
-    let Some(tarball) = dep8_conformance::required_resource("DEP8_TEST_ROOTFS", "a rootfs tarball")
-    else {
+    let Some(tarball) = dep8_conformance::e2e::unshare_rootfs_as_root() else {
         return;
     };
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: the unshare backend needs root");
-        return;
-    }
     let mut tb = UnshareTestbed::open(Options {
         baseimage: true,
         userns,

@@ -4,7 +4,8 @@
 //! same exit status, as `autopkgtest -B SRC -- null`.
 
 use dep8_conformance::e2e::{
-    assert_same_as_autopkgtest, assert_same_results, dep8_bin, required_program, summary_of,
+    assert_same_as_autopkgtest, assert_same_results, autopkgtest_as_root, dep8_bin,
+    required_program, summary_of,
 };
 use dep8_conformance::required_resource;
 use std::collections::BTreeMap;
@@ -21,13 +22,7 @@ fn reference() -> Option<&'static BTreeMap<&'static str, Results>> {
     static REFERENCE: OnceLock<Option<BTreeMap<&'static str, Results>>> = OnceLock::new();
     REFERENCE
         .get_or_init(|| {
-            let autopkgtest = required_program("autopkgtest", "autopkgtest")?;
-            if !nix::unistd::geteuid().is_root() {
-                eprintln!(
-                    "SKIP: compared as root only (autopkgtest's null behaves differently otherwise)"
-                );
-                return None;
-            }
+            let autopkgtest = autopkgtest_as_root()?;
             Some(
                 EXAMPLES
                     .into_iter()
@@ -132,7 +127,7 @@ fn autopkgtest_over_dep8_virt_server_null() {
 /// autopkgtest's unshare and schroot servers, each against the native run.
 #[test]
 fn protocol_both_ways_on_containers() {
-    if !comparable() {
+    if autopkgtest_as_root().is_none() {
         return;
     }
     const OPTIONS: [&str; 1] = ["--timeout-test=3"];
@@ -170,27 +165,12 @@ fn protocol_both_ways_on_containers() {
     }
 }
 
-/// Whether the comparison can run here; prints why not.
-fn comparable() -> bool {
-    if !Path::new("/usr/bin/autopkgtest").exists() {
-        eprintln!("skipped: Debian's autopkgtest is not installed (apt-get install autopkgtest)");
-        return false;
-    }
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!(
-            "skipped: compared as root only (autopkgtest's testbeds behave differently otherwise)"
-        );
-        return false;
-    }
-    true
-}
-
 #[test]
 fn same_results_as_autopkgtest_on_unshare() {
     let Some(tarball) = required_resource("DEP8_TEST_ROOTFS", "a rootfs tarball") else {
         return;
     };
-    if !comparable() {
+    if autopkgtest_as_root().is_none() {
         return;
     }
     for example in ["hello", "outcomes"] {
@@ -204,7 +184,7 @@ fn same_results_as_autopkgtest_on_schroot() {
     else {
         return;
     };
-    if !comparable() {
+    if autopkgtest_as_root().is_none() {
         return;
     }
     for example in ["hello", "outcomes"] {
