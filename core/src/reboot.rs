@@ -1,12 +1,15 @@
 //! Reboots requested by a test, as autopkgtest's README.package-tests
-//! describes them: a `needs-reboot` test calls `/tmp/autopkgtest-reboot
-//! MARK`, which records MARK and kills the test; the runner reboots the
-//! testbed and runs the test again from the start with
-//! `AUTOPKGTEST_REBOOT_MARK=MARK`, keeping the scratch dir.
-//!
-//! `/tmp/autopkgtest-reboot-prepare` (the test reboots by itself) is not
-//! provided yet: it needs a "wait for the testbed to come back" operation
-//! that the Testbed trait does not have.
+//! describes them:
+//! - a `needs-reboot` test calls `/tmp/autopkgtest-reboot MARK`, which
+//!   records MARK and kills the test; the runner reboots the testbed and
+//!   runs the test again from the start with `AUTOPKGTEST_REBOOT_MARK=MARK`,
+//!   keeping the scratch dir;
+//! - or it calls `/tmp/autopkgtest-reboot-prepare MARK`, which records MARK
+//!   and waits; the runner, which watches for that mark while the test
+//!   runs, stops reading the test's output, gets the testbed ready to go
+//!   down ([`crate::testbed::Testbed::await_reboot`]) and removes the mark;
+//!   the test then reboots the testbed by itself (`reboot`, kexec, ...) and
+//!   is run again with the mark once the testbed is back.
 
 use crate::capability::{Capabilities, Capability};
 use crate::testbed::{ExecRequest, ExitStatus, Input, Result, Testbed, TestbedError};
@@ -15,6 +18,12 @@ use crate::testbed::{ExecRequest, ExitStatus, Input, Result, Testbed, TestbedErr
 pub const SCRIPT_PID_FILE: &str = "/tmp/autopkgtest_script_pid";
 /// Where `/tmp/autopkgtest-reboot` records the test's mark.
 pub const MARK_FILE: &str = "/run/autopkgtest-reboot-mark";
+/// Where `/tmp/autopkgtest-reboot-prepare` records the test's mark, and
+/// waits for it to go.
+pub const PREPARE_MARK_FILE: &str = "/run/autopkgtest-reboot-prepare-mark";
+/// What lets a test waiting in `/tmp/autopkgtest-reboot-prepare` go on (as
+/// autopkgtest's virt servers do it for `reboot prepare-only`).
+pub const RELEASE_PREPARED: &str = "rm -f /run/autopkgtest-reboot-prepare-mark";
 
 /// The in-testbed `autopkgtest-reboot` command: records the mark, then
 /// SIGKILLs the test, i.e. the ancestor of this script whose parent is the
@@ -36,6 +45,35 @@ echo "$0: not called from a test that dep8 runs" >&2
 exit 1
 "#;
 
+/// The in-testbed `autopkgtest-reboot-prepare` command: keeps the test's
+/// output pipes drained (dep8 stops reading them, and a write to a pipe
+/// nobody reads would kill the test before it reboots), records the mark,
+/// and waits until dep8 removes it.
+const PREPARE_SCRIPT: &str = r#"#!/bin/sh
+# Usage: /tmp/autopkgtest-reboot-prepare MARK  (provided by dep8)
+set -e
+[ -n "$1" ] || { echo "Usage: $0 MARK" >&2; exit 1; }
+for fd in 1 2; do
+    if [ -p "/proc/$$/fd/$fd" ]; then
+        cat "/proc/$$/fd/$fd" >/dev/null 2>&1 </dev/null &
+    fi
+done
+echo "$1" > /run/autopkgtest-reboot-prepare-mark
+while [ -e /run/autopkgtest-reboot-prepare-mark ]; do sleep 0.5; done
+"#;
+
+/// Run beside a test: prints the mark and exits 0 when the test calls
+/// `/tmp/autopkgtest-reboot-prepare`, exits 1 once the test's shell (whose
+/// pid it finds in [`SCRIPT_PID_FILE`]) is gone.
+const WATCH_PREPARE: &str = r#"while :; do
+    [ -e /run/autopkgtest-reboot-prepare-mark ] && exec cat /run/autopkgtest-reboot-prepare-mark
+    if [ -s /tmp/autopkgtest_script_pid ]; then
+        read -r pid < /tmp/autopkgtest_script_pid
+        kill -0 "$pid" 2>/dev/null || exit 1
+    fi
+    sleep 0.5
+done"#;
+
 /// Whether tests on this testbed can ask for a reboot.
 pub fn available(caps: &Capabilities) -> bool {
     caps.has(Capability::Reboot) && caps.has(Capability::RootOnTestbed)
@@ -46,18 +84,24 @@ pub fn killed(status: ExitStatus) -> bool {
     matches!(status, ExitStatus::Signal(9) | ExitStatus::Code(137))
 }
 
-/// Puts `/tmp/autopkgtest-reboot` (and `/sbin/autopkgtest-reboot`) in place;
+/// Puts `/tmp/autopkgtest-reboot` and `/tmp/autopkgtest-reboot-prepare`
+/// (and their `/sbin` links) in place and forgets the last test's shell;
 /// again after every reboot, since /tmp may not survive one.
 pub async fn install(tb: &dyn Testbed) -> Result<()> {
-    let path = format!("{}/autopkgtest-reboot", tb.scratch());
+    let scratch = tb.scratch();
+    // Both scripts on stdin, split at the second `#!` line.
     let script = format!(
-        "set -e; cat > '{path}'; chmod 755 '{path}'; \
-         ln -fns '{path}' /tmp/autopkgtest-reboot; ln -fns '{path}' /sbin/autopkgtest-reboot"
+        "set -e; rm -f {SCRIPT_PID_FILE}; cd '{scratch}'; \
+         awk 'NR > 1 && /^#!/ {{ n++ }} {{ print > (n ? \"autopkgtest-reboot-prepare\" : \"autopkgtest-reboot\") }}'; \
+         for s in autopkgtest-reboot autopkgtest-reboot-prepare; do \
+         chmod 755 $s; ln -fns '{scratch}'/$s /tmp/$s; ln -fns '{scratch}'/$s /sbin/$s; done"
     );
     let out = tb
         .exec(
             ExecRequest::shell(&script)
-                .stdin(Input::Bytes(REBOOT_SCRIPT.as_bytes().to_vec()))
+                .stdin(Input::Bytes(
+                    [REBOOT_SCRIPT, PREPARE_SCRIPT].concat().into_bytes(),
+                ))
                 .capture(),
         )
         .await?;
@@ -69,6 +113,17 @@ pub async fn install(tb: &dyn Testbed) -> Result<()> {
             out.stderr_text().trim(),
         ))
     }
+}
+
+/// Waits beside a running test until it calls
+/// `/tmp/autopkgtest-reboot-prepare`: its mark, or `None` once the test's
+/// shell has ended without.
+pub async fn watch_prepare(tb: &dyn Testbed) -> Result<Option<String>> {
+    let out = tb.exec(ExecRequest::shell(WATCH_PREPARE).capture()).await?;
+    Ok(out
+        .status
+        .success()
+        .then(|| out.stdout_text().trim().to_string()))
 }
 
 /// The mark a killed test left, if it asked for a reboot; removes it.

@@ -88,6 +88,15 @@ struct Probe {
     packages: Option<String>,
 }
 
+/// How a test's command came back.
+enum TestRun {
+    /// It ended (maybe killed by `/tmp/autopkgtest-reboot`).
+    Ended(crate::testbed::ExecOutcome),
+    /// The test called `/tmp/autopkgtest-reboot-prepare` with this mark
+    /// and is rebooting the testbed.
+    PreparedReboot(String),
+}
+
 /// A failure that ends the run early.
 enum Abort {
     Testbed(String),
@@ -527,6 +536,63 @@ impl Run<'_> {
         Arc::new(move |bytes: &[u8]| log.raw(bytes))
     }
 
+    /// Runs a test's command; where the testbed can reboot, a watcher runs
+    /// beside it for `/tmp/autopkgtest-reboot-prepare`. When the test calls
+    /// that, the testbed is got ready to go down, the test released, and
+    /// its command left to end as the testbed goes down; what it wrote to
+    /// `outputs` (its stdout and stderr files) from then on is dropped, as
+    /// autopkgtest drops it.
+    async fn run_watched(
+        &self,
+        tb: &dyn Testbed,
+        req: ExecRequest,
+        can_reboot: bool,
+        name: &str,
+        outputs: [&Path; 2],
+    ) -> Result<TestRun, Abort> {
+        let watch = async {
+            match reboot::watch_prepare(tb).await {
+                Ok(Some(mark)) => mark,
+                Ok(None) => std::future::pending().await,
+                Err(e) => {
+                    tracing::debug!("watching for a reboot preparation: {e}");
+                    std::future::pending().await
+                }
+            }
+        };
+        let mut exec = std::pin::pin!(tb.exec(req));
+        let mark = tokio::select! {
+            out = &mut exec => return Ok(TestRun::Ended(out?)),
+            mark = watch, if can_reboot => mark,
+        };
+        self.log.info(&format!(
+            "test {name}: preparing for a reboot with marker {mark}"
+        ));
+        let kept = outputs.map(|path| std::fs::metadata(path).map_or(0, |m| m.len()));
+        let going_down = async {
+            if tokio::time::timeout(self.opts.timeouts.reboot, &mut exec)
+                .await
+                .is_err()
+            {
+                tracing::warn!("test {name}: still running after its reboot");
+            }
+        };
+        let (prepared, ()) = tokio::join!(
+            self.timed(
+                self.opts.timeouts.reboot,
+                "getting the testbed ready to reboot",
+                tb.prepare_reboot(),
+            ),
+            going_down
+        );
+        for (path, len) in outputs.iter().zip(kept) {
+            if let Ok(file) = std::fs::OpenOptions::new().write(true).open(path) {
+                let _ = file.set_len(len);
+            }
+        }
+        prepared.map(|()| TestRun::PreparedReboot(mark))
+    }
+
     /// Reverting may restart a whole machine: it gets the reboot time limit.
     async fn revert(&mut self, tb: &mut dyn Testbed) -> Result<(), Abort> {
         self.log.info("reverting the testbed");
@@ -848,7 +914,12 @@ impl Run<'_> {
         let scratch = tb.scratch().to_string();
         let artifacts = format!("{scratch}/{name}-artifacts");
         let forget_reboot = if reboot::available(&caps) {
-            format!("; rm -f {} {}", reboot::SCRIPT_PID_FILE, reboot::MARK_FILE)
+            format!(
+                "; rm -f {} {} {}",
+                reboot::SCRIPT_PID_FILE,
+                reboot::MARK_FILE,
+                reboot::PREPARE_MARK_FILE
+            )
         } else {
             String::new()
         };
@@ -939,7 +1010,28 @@ impl Run<'_> {
                 .stderr(Output::file(&stderr_path).with_tap(tap.clone()))
                 .timeout(self.opts.timeouts.test);
             req.user = user.clone();
-            let out = tb.exec(req).await?;
+            let out = match self
+                .run_watched(tb, req, can_reboot, name, [&stdout_path, &stderr_path])
+                .await?
+            {
+                TestRun::Ended(out) => out,
+                TestRun::PreparedReboot(next) => {
+                    self.timed(
+                        self.opts.timeouts.reboot,
+                        "waiting for the testbed to reboot",
+                        tb.await_reboot(),
+                    )
+                    .await?;
+                    self.timed(
+                        self.opts.timeouts.short,
+                        "preparing the testbed",
+                        reboot::install(tb),
+                    )
+                    .await?;
+                    mark = Some(next);
+                    continue;
+                }
+            };
             if !can_reboot || out.timed_out || !reboot::killed(out.status) {
                 break out;
             }

@@ -235,6 +235,21 @@ pub trait Testbed: Send + Sync {
         Err(TestbedError::Unsupported("reboot"))
     }
 
+    /// First half of a reboot that a test starts by itself (autopkgtest's
+    /// `reboot prepare-only`), called while the test's command still runs:
+    /// gets the testbed ready to go down, then runs
+    /// [`crate::reboot::RELEASE_PREPARED`] as root, which lets the test go
+    /// on and reboot. Only with [`Capability::Reboot`].
+    async fn prepare_reboot(&self) -> Result<()> {
+        Err(TestbedError::Unsupported("reboot prepare-only"))
+    }
+
+    /// Second half, once the test's command has ended: returns when the
+    /// testbed is back, scratch dir kept.
+    async fn await_reboot(&mut self) -> Result<()> {
+        Err(TestbedError::Unsupported("reboot prepare-only"))
+    }
+
     /// Releases the testbed: processes, mounts, temporary files.
     async fn close(&mut self) -> Result<()>;
 }

@@ -166,3 +166,52 @@ pub fn assert_same_results(
         summaries()
     );
 }
+
+/// A finished `dep8 run -o DIR SRC -- TESTBED...`.
+pub struct Dep8Run {
+    pub status: Option<i32>,
+    pub stderr: String,
+    dir: tempfile::TempDir,
+}
+
+impl Dep8Run {
+    /// Runs dep8 from the repository's top directory.
+    pub fn new(src: &str, testbed: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let out = Command::new(dep8_bin())
+            .current_dir(repo())
+            .args(["run", "-o"])
+            .arg(dir.path().join("out"))
+            .arg(src)
+            .arg("--")
+            .args(testbed)
+            .output()
+            .expect("running dep8");
+        Dep8Run {
+            status: out.status.code(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            dir,
+        }
+    }
+
+    /// The output dir.
+    pub fn out(&self) -> PathBuf {
+        self.dir.path().join("out")
+    }
+
+    /// A file of the output dir ("" if there is none).
+    pub fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.out().join(name)).unwrap_or_default()
+    }
+
+    /// Asserts that dep8 exited with `code`, showing the summary and log if not.
+    pub fn assert_exit(&self, code: i32) {
+        assert_eq!(
+            self.status,
+            Some(code),
+            "summary:\n{}\nstderr:\n{}",
+            self.read("summary"),
+            self.stderr
+        );
+    }
+}

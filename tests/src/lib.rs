@@ -62,6 +62,7 @@ pub fn checks() -> Vec<Check> {
         check!(revert_restores_root_filesystem, [Revert]),
         check!(revert_full_system_restores_tmp, [RevertFullSystem]),
         check!(reboot_keeps_scratch, [Reboot]),
+        check!(reboot_started_by_the_testbed, [Reboot]),
     ]
 }
 
@@ -428,6 +429,39 @@ async fn reboot_keeps_scratch(tb: &mut dyn Testbed) -> Result<(), String> {
         return Err("boot_id unchanged: the testbed did not reboot".into());
     }
     Ok(())
+}
+
+/// `prepare_reboot` + `await_reboot`: a process on the testbed waits for
+/// the prepare mark (what `/tmp/autopkgtest-reboot-prepare` writes) to go,
+/// then reboots the testbed itself; the backend removes the mark and
+/// returns once the testbed is back.
+async fn reboot_started_by_the_testbed(tb: &mut dyn Testbed) -> Result<(), String> {
+    let flag = dep8_core::reboot::PREPARE_MARK_FILE;
+    let ready = scratch_path(tb, "waiting-for-the-mark");
+    let boot_id = ok(tb, "cat /proc/sys/kernel/random/boot_id").await?;
+    // In a session of its own (the command waits until it is), or the
+    // command's end would kill it.
+    ok(
+        tb,
+        &format!(
+            "echo mark > {flag}; \
+             setsid sh -c 'touch \"$1\"; while [ -e {flag} ]; do sleep 0.1; done; reboot' \
+             sh '{ready}' </dev/null >/dev/null 2>&1 & \
+             while [ ! -e '{ready}' ]; do sleep 0.05; done"
+        ),
+    )
+    .await?;
+    tb.prepare_reboot().await.map_err(|e| e.to_string())?;
+    tb.await_reboot().await.map_err(|e| e.to_string())?;
+    let after = ok(tb, "cat /proc/sys/kernel/random/boot_id").await?;
+    if after == boot_id {
+        return Err("boot_id unchanged: the testbed did not reboot".into());
+    }
+    expect(
+        "the mark after the reboot",
+        sh(tb, &format!("test -e {flag}")).await?.status.success(),
+        false,
+    )
 }
 
 /// A resource the tests drive for real (an image, a chroot name), named by

@@ -143,6 +143,25 @@ async fn external_dep8_virt_server_null() {
     certify("external dep8 virt-server null", tb).await;
 }
 
+/// Reboots both ways through the protocol (`reboot`, `reboot
+/// prepare-only`): the client over `dep8 virt-server ssh --reboot` on a
+/// machine whose reboot is simulated.
+#[tokio::test(flavor = "multi_thread")]
+async fn external_dep8_virt_server_ssh_reboot() {
+    let Some(sshd) = dep8_conformance::sshd::LoopbackSshd::start_with(
+        dep8_conformance::sshd::Login::RootFakeReboot,
+    ) else {
+        return;
+    };
+    let dep8 = dep8_bin();
+    let mut args = vec!["virt-server".to_string(), "ssh".into()];
+    args.extend(sshd.backend_args());
+    args.push("--reboot".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let tb = external(dep8.to_str().unwrap(), &args).await;
+    certify("external dep8 virt-server ssh --reboot", tb).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn external_autopkgtest_virt_unshare() {
     let Some(tarball) = required_resource("DEP8_TEST_ROOTFS", "a rootfs tarball") else {

@@ -2,6 +2,7 @@
 //! kept out of /dev/disk/by-*, is read-only, comes back after a reboot; the
 //! console log and the accelerator facts are reported.
 
+use dep8_conformance::e2e::Dep8Run;
 use dep8_core::testbed::{Backend, ExecRequest, Testbed};
 
 async fn sh(tb: &dyn Testbed, script: &str) -> String {
@@ -51,7 +52,10 @@ async fn baseimage_console_log_and_facts() {
     let accel = facts.get("qemu_accel").expect("qemu_accel").clone();
     assert!(accel == "tcg" || accel == "kvm", "{facts:?}");
     if accel == "tcg" {
-        assert_eq!(facts.get("qemu_cpu").map(String::as_str), Some("qemu64"));
+        assert_eq!(
+            facts.get("qemu_cpu").map(String::as_str),
+            Some("qemu64,-svm")
+        );
     }
     check_baseimage(tb.as_ref()).await;
     tb.reboot().await.expect("reboot");
@@ -65,39 +69,49 @@ async fn baseimage_console_log_and_facts() {
 /// A `needs-reboot` test that reboots twice through
 /// `/tmp/autopkgtest-reboot`: the runner reboots the VM and re-runs it with
 /// `AUTOPKGTEST_REBOOT_MARK`; the shell's "Killed" is not the test's stderr.
+/// And one that calls `/tmp/autopkgtest-reboot-prepare`, then reboots the
+/// VM itself.
 #[test]
-fn a_test_reboots_twice() {
+fn tests_reboot_twice_and_by_themselves() {
     let Some(image) = dep8_conformance::required_resource("DEP8_TEST_QEMU_IMAGE", "a qemu image")
     else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let out_dir = dir.path().join("out");
-    let out = std::process::Command::new(dep8_conformance::e2e::dep8_bin())
-        .current_dir(dep8_conformance::e2e::repo())
-        .args([
-            "run",
-            "-o",
-            out_dir.to_str().unwrap(),
-            "examples/reboot",
-            "--",
-            "qemu",
-            &image,
-        ])
-        .output()
-        .unwrap();
-    let read = |name: &str| std::fs::read_to_string(out_dir.join(name)).unwrap_or_default();
+    let run = Dep8Run::new("examples/reboot", &["qemu", &image]);
+    run.assert_exit(0);
     assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        read("summary"),
-        String::from_utf8_lossy(&out.stderr)
+        run.read("summary"),
+        "reboots-twice        PASS\nreboots-itself       PASS\n"
     );
-    assert_eq!(read("summary"), "reboots-twice        PASS\n");
     assert_eq!(
-        read("reboots-twice-stdout"),
+        run.read("reboots-twice-stdout"),
         "first run\nafter reboot one\nafter reboot two\nthree boots\n"
     );
-    assert!(out_dir.join("qemu-console.log").exists());
+    // What the test wrote after /tmp/autopkgtest-reboot-prepare (its
+    // "rebooting now", reboot's complaints) is dropped, as autopkgtest does.
+    assert_eq!(
+        run.read("reboots-itself-stdout"),
+        "before the reboot\nafter rebooting myself\n"
+    );
+    assert!(run.out().join("qemu-console.log").exists());
+}
+
+/// examples/nested on qemu: the test boots a VM of its own (software
+/// emulation inside software emulation) from /dev/baseimage, with the base
+/// image's own kernel, and runs a command in it.
+#[test]
+fn a_nested_vm_boots_from_the_base_image() {
+    let Some(image) = dep8_conformance::required_resource("DEP8_TEST_QEMU_IMAGE", "a qemu image")
+    else {
+        return;
+    };
+    let run = Dep8Run::new("examples/nested", &["qemu", &image, "--baseimage"]);
+    run.assert_exit(0);
+    assert_eq!(run.read("summary"), "nested-testbed       PASS\n");
+    let stdout = run.read("nested-testbed-stdout");
+    assert!(
+        stdout.contains("nested testbed says 12.")
+            && stdout.contains("booted from /dev/baseimage (block) and answered"),
+        "{stdout}"
+    );
 }

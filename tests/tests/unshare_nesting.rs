@@ -78,3 +78,24 @@ async fn nested_run(userns: bool) {
         out.stderr_text()
     );
 }
+
+/// examples/nested on unshare: the same test as on qemu finds a directory
+/// in DEP8_BASEIMAGE and starts a container on it.
+#[test]
+fn the_nested_example_starts_a_container_on_the_base_image() {
+    let Some(tarball) = dep8_conformance::e2e::unshare_rootfs_as_root() else {
+        return;
+    };
+    let run = dep8_conformance::e2e::Dep8Run::new(
+        "examples/nested",
+        &["unshare", "--tarball", &tarball, "--baseimage"],
+    );
+    run.assert_exit(0);
+    assert_eq!(run.read("summary"), "nested-testbed       PASS\n");
+    let stdout = run.read("nested-testbed-stdout");
+    assert!(
+        stdout.contains("nested testbed says 12.")
+            && stdout.contains("booted from /run/dep8/baseimage (directory) and answered"),
+        "{stdout}"
+    );
+}

@@ -76,18 +76,9 @@ impl ExternalTestbed {
         Ok(())
     }
 
-    /// `revert` or `reboot`: the scratch dir must stay where it was.
-    async fn restart(&mut self, command: &str, results: RangeInclusive<usize>) -> Result<()> {
-        let channel = self.channel.get_mut();
-        let reply = channel.command(&[command], results).await?;
-        if let Some(scratch) = reply.first().map(|s| words::decode(s)) {
-            if scratch != self.scratch {
-                return Err(channel.failure(format!(
-                    "{command} moved the scratch dir from {} to {scratch}",
-                    self.scratch
-                )));
-            }
-        }
+    /// `revert` or `reboot`.
+    async fn restart(&mut self, command: &[&str], results: RangeInclusive<usize>) -> Result<()> {
+        restart_command(self.channel.get_mut(), command, results, &self.scratch).await?;
         self.refresh().await
     }
 
@@ -195,7 +186,7 @@ impl Testbed for ExternalTestbed {
         if !self.caps.has(Capability::Revert) {
             return Err(TestbedError::Unsupported("revert"));
         }
-        self.restart("revert", 1..=1).await
+        self.restart(&["revert"], 1..=1).await
     }
 
     async fn reboot(&mut self) -> Result<()> {
@@ -203,7 +194,27 @@ impl Testbed for ExternalTestbed {
             return Err(TestbedError::Unsupported("reboot"));
         }
         // The spec says `ok SCRATCH`; autopkgtest's servers say `ok`.
-        self.restart("reboot", 0..=1).await
+        self.restart(&["reboot"], 0..=1).await
+    }
+
+    /// `reboot prepare-only`: the server removes the prepare mark, which
+    /// lets the test reboot, and answers once the testbed is back.
+    async fn prepare_reboot(&self) -> Result<()> {
+        if !self.caps.has(Capability::Reboot) {
+            return Err(TestbedError::Unsupported("reboot"));
+        }
+        let mut channel = self.channel.lock().await;
+        restart_command(
+            &mut channel,
+            &["reboot", "prepare-only"],
+            0..=1,
+            &self.scratch,
+        )
+        .await
+    }
+
+    async fn await_reboot(&mut self) -> Result<()> {
+        self.refresh().await
     }
 
     async fn close(&mut self) -> Result<()> {
@@ -218,6 +229,24 @@ impl Testbed for ExternalTestbed {
         }
         channel.command(&["close"], 0..=0).await?;
         channel.quit().await
+    }
+}
+
+/// Sends `revert` or `reboot [prepare-only]`: the scratch dir must stay
+/// where it was.
+async fn restart_command(
+    channel: &mut Channel,
+    command: &[&str],
+    results: RangeInclusive<usize>,
+    scratch: &str,
+) -> Result<()> {
+    let reply = channel.command(command, results).await?;
+    match reply.first().map(|s| words::decode(s)) {
+        Some(moved) if moved != scratch => Err(channel.failure(format!(
+            "{} moved the scratch dir from {scratch} to {moved}",
+            command.join(" "),
+        ))),
+        _ => Ok(()),
     }
 }
 

@@ -209,6 +209,19 @@ impl Drop for Session {
 
 type Reply = Result<Vec<String>, String>;
 
+/// How long the commands running when a test reboots the testbed itself
+/// may take to end (as the testbed goes down) before they are killed.
+const GOING_DOWN: Duration = Duration::from_secs(120);
+
+/// What [`Server::restart`] does to the testbed.
+#[derive(Clone, Copy)]
+enum Restart {
+    Revert,
+    Reboot,
+    /// `reboot prepare-only`: a test reboots the testbed by itself.
+    AwaitReboot,
+}
+
 impl Server<'_> {
     async fn command(&mut self, command: &[String]) -> Reply {
         let Some((name, args)) = command.split_first() else {
@@ -240,16 +253,13 @@ impl Server<'_> {
             }
             "revert" => {
                 arity(0, 0)?;
-                self.restart(Capability::Revert, false).await
+                self.restart(Restart::Revert).await
             }
             "reboot" => {
                 arity(0, 1)?;
                 match args.first().map(String::as_str) {
-                    None => self.restart(Capability::Reboot, true).await,
-                    Some("prepare-only") => Err(
-                        "`reboot prepare-only' is not supported: dep8 backends reboot on request only"
-                            .into(),
-                    ),
+                    None => self.restart(Restart::Reboot).await,
+                    Some("prepare-only") => self.restart(Restart::AwaitReboot).await,
                     Some(other) => Err(format!("unknown reboot option `{other}'")),
                 }
             }
@@ -318,8 +328,12 @@ impl Server<'_> {
         Ok(vec![words::encode(&scratch)])
     }
 
-    /// `revert`, or `reboot` when `reboot` is set.
-    async fn restart(&mut self, needs: Capability, reboot: bool) -> Reply {
+    /// `revert`, `reboot` or `reboot prepare-only`.
+    async fn restart(&mut self, how: Restart) -> Reply {
+        let needs = match how {
+            Restart::Revert => Capability::Revert,
+            Restart::Reboot | Restart::AwaitReboot => Capability::Reboot,
+        };
         let name = needs.word();
         let Some(session) = self.session.as_mut() else {
             return Err(format!("`{name}' when not open"));
@@ -327,13 +341,20 @@ impl Server<'_> {
         if !session.tb.read().await.capabilities().has(needs) {
             return Err(format!("`{name}' when `{name}' not advertised"));
         }
+        if let Restart::AwaitReboot = how {
+            // The test's command still runs: let the test go on, then let
+            // the commands running now end as the testbed goes down.
+            let prepared = session.tb.read().await.prepare_reboot().await;
+            prepared.map_err(|e| format!("{name}: {e}"))?;
+            let _ = tokio::time::timeout(GOING_DOWN, session.tb.write()).await;
+        }
         session.stop_commands().await;
         let done = {
             let mut tb = session.tb.write().await;
-            if reboot {
-                tb.reboot().await
-            } else {
-                tb.revert().await
+            match how {
+                Restart::Revert => tb.revert().await,
+                Restart::Reboot => tb.reboot().await,
+                Restart::AwaitReboot => tb.await_reboot().await,
             }
             .map(|()| words::encode(tb.scratch()))
         };

@@ -31,11 +31,15 @@ impl Accel {
     /// The CPU model dep8 picks when the user gave none: the host's own
     /// under KVM (anything else only hides features, and nested guests need
     /// VMX/SVM), the stable baseline `qemu64` under TCG, which every QEMU
-    /// version emulates the same way and Debian's amd64 baseline runs on.
+    /// version emulates the same way and Debian's amd64 baseline runs on,
+    /// without its SVM flag: TCG's SVM is too partial for KVM in the guest
+    /// (`kvm_amd` loads, /dev/kvm appears, and a nested guest dies at its
+    /// first instruction), so the guest is told the truth and a nested VM
+    /// falls back to software emulation.
     pub fn default_cpu(self) -> &'static str {
         match self {
             Accel::Kvm => "host",
-            Accel::Tcg => "qemu64",
+            Accel::Tcg => "qemu64,-svm",
         }
     }
 }

@@ -98,7 +98,7 @@ struct Args {
     /// Attach the pristine image read-only as /dev/baseimage.
     #[arg(long)]
     baseimage: bool,
-    /// QEMU CPU model (default: `host` under KVM, `qemu64` under TCG).
+    /// QEMU CPU model (default: `host` under KVM, `qemu64,-svm` under TCG).
     #[arg(long, value_name = "MODEL")]
     cpu: Option<String>,
     /// Kernel for direct boot (default: IMAGE.vmlinuz).
@@ -120,15 +120,18 @@ struct Args {
 
 pub struct QemuBackend;
 
-/// What every qemu testbed provides; `baseimage` (with `--baseimage`) and
-/// `nesting` (with working nested KVM) are added when they hold.
-const ALWAYS: [Capability; 6] = [
+/// What every qemu testbed provides; `baseimage` is added with
+/// `--baseimage`. `nesting` always holds: a guest can run VMs of its own,
+/// with nested KVM where the host exposes it, by software emulation
+/// otherwise, and containers on its own kernel.
+const ALWAYS: [Capability; 7] = [
     Capability::RootOnTestbed,
     Capability::Revert,
     Capability::RevertFullSystem,
     Capability::IsolationContainer,
     Capability::IsolationMachine,
     Capability::Reboot,
+    Capability::Nesting,
 ];
 
 #[async_trait]
@@ -143,7 +146,7 @@ impl Backend for QemuBackend {
 
     fn capabilities_hint(&self) -> Vec<Capability> {
         let mut caps = ALWAYS.to_vec();
-        caps.extend([Capability::BaseImage, Capability::Nesting]);
+        caps.push(Capability::BaseImage);
         caps
     }
 
@@ -167,7 +170,8 @@ enum Boot {
 /// A running QEMU.
 struct Vm {
     child: tokio::process::Child,
-    qmp: Qmp,
+    /// Locked only where the testbed is shared ([`Testbed::prepare_reboot`]).
+    qmp: tokio::sync::Mutex<Qmp>,
 }
 
 /// A qemu testbed.
@@ -243,9 +247,6 @@ impl QemuTestbed {
                 kind: BaseImageKind::Block,
             });
         }
-        if accel == Accel::Kvm && nested_kvm() {
-            caps.insert(Capability::Nesting);
-        }
         let mut tb = QemuTestbed {
             args,
             image,
@@ -287,6 +288,12 @@ impl QemuTestbed {
     fn conn(&self) -> Result<&SshConnection> {
         self.conn
             .as_ref()
+            .ok_or_else(|| TestbedError::Failure("the VM is not running".into()))
+    }
+
+    fn conn_mut(&mut self) -> Result<&mut SshConnection> {
+        self.conn
+            .as_mut()
             .ok_or_else(|| TestbedError::Failure("the VM is not running".into()))
     }
 
@@ -370,7 +377,10 @@ impl QemuTestbed {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
-        self.vm = Some(Vm { child, qmp });
+        self.vm = Some(Vm {
+            child,
+            qmp: tokio::sync::Mutex::new(qmp),
+        });
         Ok(())
     }
 
@@ -532,7 +542,7 @@ impl QemuTestbed {
     fn qmp(&mut self) -> Result<&mut Qmp> {
         self.vm
             .as_mut()
-            .map(|vm| &mut vm.qmp)
+            .map(|vm| vm.qmp.get_mut())
             .ok_or_else(|| TestbedError::Failure("the VM is not running".into()))
     }
 
@@ -573,11 +583,17 @@ impl QemuTestbed {
 
     /// Unplugs the base image (before a reboot: the next boot must not see
     /// two disks with the root's filesystem).
-    async fn detach_baseimage(&mut self) -> Result<()> {
+    async fn detach_baseimage(&self) -> Result<()> {
         if !self.args.baseimage {
             return Ok(());
         }
-        let qmp = self.qmp()?;
+        let mut qmp = self
+            .vm
+            .as_ref()
+            .ok_or_else(|| TestbedError::Failure("the VM is not running".into()))?
+            .qmp
+            .lock()
+            .await;
         qmp.execute("device_del", json!({ "id": "dep8-base" }))
             .await?;
         qmp.wait_event(
@@ -610,7 +626,7 @@ impl QemuTestbed {
         let Some(mut vm) = self.vm.take() else {
             return;
         };
-        let _ = vm.qmp.execute("quit", json!({})).await;
+        let _ = vm.qmp.get_mut().execute("quit", json!({})).await;
         if tokio::time::timeout(Duration::from_secs(10), vm.child.wait())
             .await
             .is_err()
@@ -641,6 +657,10 @@ impl Testbed for QemuTestbed {
                     .unwrap_or_else(|| "(qemu's default)".into()),
             ),
             ("qemu_image".into(), self.image.display().to_string()),
+            (
+                "qemu_nested_kvm".into(),
+                (self.accel == Accel::Kvm && nested_kvm()).to_string(),
+            ),
             ("qemu_cpus".into(), self.args.cpus.to_string()),
             ("qemu_ram_mb".into(), self.args.ram_size.to_string()),
             (
@@ -702,11 +722,19 @@ impl Testbed for QemuTestbed {
 
     async fn reboot(&mut self) -> Result<()> {
         self.detach_baseimage().await?;
-        self.conn
-            .as_mut()
-            .ok_or_else(|| TestbedError::Failure("the VM is not running".into()))?
-            .reboot()
-            .await?;
+        self.conn_mut()?.reboot().await?;
+        self.attach_baseimage().await
+    }
+
+    async fn prepare_reboot(&self) -> Result<()> {
+        self.detach_baseimage().await?;
+        self.conn()?
+            .release_reboot(dep8_core::reboot::RELEASE_PREPARED)
+            .await
+    }
+
+    async fn await_reboot(&mut self) -> Result<()> {
+        self.conn_mut()?.await_reboot().await?;
         self.attach_baseimage().await
     }
 

@@ -229,6 +229,31 @@ impl SshTestbed {
             )))
         }
     }
+
+    /// Reboots (`request`) or waits for a reboot the machine started
+    /// itself, then reconnects and restores the scratch dir.
+    async fn restart(&mut self, request: bool) -> Result<()> {
+        if !self.caps.has(Capability::Reboot) {
+            return Err(TestbedError::Unsupported("reboot"));
+        }
+        let before = self.conn.boot_id().to_string();
+        if request {
+            self.conn.request_reboot().await;
+        }
+        if let Some(script) = &self.script {
+            let (ok, _) = script.run("wait-reboot").await?;
+            if !ok {
+                tracing::debug!("setup script wait-reboot failed; waiting for a new boot id");
+            }
+        }
+        if let Err(e) = self.conn.reconnect(Some(&before)).await {
+            if let Some(script) = &self.script {
+                script.debug_failure().await;
+            }
+            return Err(e);
+        }
+        self.ensure_scratch().await
+    }
 }
 
 fn declared_capabilities(args: &Args) -> Capabilities {
@@ -350,24 +375,20 @@ impl Testbed for SshTestbed {
     }
 
     async fn reboot(&mut self) -> Result<()> {
+        self.restart(true).await
+    }
+
+    async fn prepare_reboot(&self) -> Result<()> {
         if !self.caps.has(Capability::Reboot) {
             return Err(TestbedError::Unsupported("reboot"));
         }
-        let before = self.conn.boot_id().to_string();
-        self.conn.request_reboot().await;
-        if let Some(script) = &self.script {
-            let (ok, _) = script.run("wait-reboot").await?;
-            if !ok {
-                tracing::debug!("setup script wait-reboot failed; waiting for a new boot id");
-            }
-        }
-        if let Err(e) = self.conn.reconnect(Some(&before)).await {
-            if let Some(script) = &self.script {
-                script.debug_failure().await;
-            }
-            return Err(e);
-        }
-        self.ensure_scratch().await
+        self.conn
+            .release_reboot(dep8_core::reboot::RELEASE_PREPARED)
+            .await
+    }
+
+    async fn await_reboot(&mut self) -> Result<()> {
+        self.restart(false).await
     }
 
     async fn close(&mut self) -> Result<()> {

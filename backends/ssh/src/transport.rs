@@ -129,6 +129,26 @@ cat /proc/sys/kernel/random/boot_id
 if sudo -n true >/dev/null 2>&1; then echo sudo; else echo nosudo; fi
 if [ -n "$1" ]; then mkdir -p -m 700 "$1" && echo "$1"; else mktemp -d /tmp/dep8-jobs.XXXXXXXX; fi"#;
 
+/// Kills a remote job when dropped still armed (its command's future was
+/// dropped before the command ended): runs the ssh command it holds in the
+/// background, reaped by a thread of its own.
+struct KillOnDrop(Option<Vec<String>>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(argv) = self.0.take() {
+            std::thread::spawn(move || {
+                let _ = std::process::Command::new(&argv[0])
+                    .args(&argv[1..])
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            });
+        }
+    }
+}
+
 /// An open, multiplexed ssh connection.
 pub struct SshConnection {
     target: SshTarget,
@@ -198,8 +218,12 @@ impl SshConnection {
         remote.extend(["dep8-exec".to_string(), job.clone()]);
         remote.extend(in_testbed_argv(&req));
         let argv = self.client_argv(&self.as_root(remote));
+        // Dropping this future (a caller that gave up) kills the command.
+        let mut guard = KillOnDrop(Some(self.client_argv(&self.kill_job_remote(&job))));
         let Some(limit) = req.timeout else {
-            return self.finish(&job, run_local(&argv, req).await?).await;
+            let outcome = run_local(&argv, req).await;
+            guard.0 = None;
+            return self.finish(&job, outcome?).await;
         };
         // The ssh client hands its pipes to the master, so killing it would
         // not end the command: on timeout the remote tree is killed, which
@@ -214,8 +238,10 @@ impl SshConnection {
         );
         tokio::pin!(run);
         if let Ok(outcome) = tokio::time::timeout(limit, &mut run).await {
+            guard.0 = None;
             return self.finish(&job, outcome?).await;
         }
+        guard.0 = None;
         self.kill_job(&job).await;
         let mut outcome = match tokio::time::timeout(KILL_GRACE, run).await {
             Ok(outcome) => outcome?,
@@ -282,7 +308,7 @@ impl SshConnection {
     }
 
     /// Asks the machine to reboot; the connection drops. Follow with
-    /// [`Self::reconnect`] given the boot id from before.
+    /// [`Self::await_reboot`].
     pub async fn request_reboot(&mut self) {
         let req = ExecRequest::new(["reboot"])
             .capture()
@@ -300,10 +326,42 @@ impl SshConnection {
         self.stop_master().await;
     }
 
+    /// Runs `release` as root: the command that lets a process waiting on
+    /// the machine go on and reboot it by itself. Follow with
+    /// [`Self::await_reboot`].
+    pub async fn release_reboot(&self, release: &str) -> Result<()> {
+        let req = ExecRequest::shell(release)
+            .capture()
+            .timeout(Duration::from_secs(60));
+        let out = match self.exec(req).await {
+            Ok(out) => out,
+            // The machine may go down before `release` reports back.
+            Err(e) => {
+                tracing::debug!("{e} (the machine is going down)");
+                return Ok(());
+            }
+        };
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(TestbedError::Failure(format!(
+                "`{release}` on {} exited {}: {}",
+                self.target.display(),
+                out.status.code(),
+                out.stderr_text().trim()
+            )))
+        }
+    }
+
     /// Reboots the machine and reconnects once it is back.
     pub async fn reboot(&mut self) -> Result<()> {
-        let before = self.boot_id.clone();
         self.request_reboot().await;
+        self.await_reboot().await
+    }
+
+    /// Reconnects once the machine has rebooted (it has another boot id).
+    pub async fn await_reboot(&mut self) -> Result<()> {
+        let before = self.boot_id.clone();
         self.reconnect(Some(&before)).await
     }
 
@@ -626,10 +684,16 @@ impl SshConnection {
     /// Kills a timed-out job's process tree; failures are only logged (the
     /// command's outcome is already known).
     async fn kill_job(&self, job: &str) {
-        let remote = self.as_root(["sh", "-c", KILL_JOB, "sh", job].map(String::from).to_vec());
-        if let Err(e) = self.control("killing a timed-out command", remote).await {
+        if let Err(e) = self
+            .control("killing a timed-out command", self.kill_job_remote(job))
+            .await
+        {
             tracing::warn!("{e}");
         }
+    }
+
+    fn kill_job_remote(&self, job: &str) -> Vec<String> {
+        self.as_root(["sh", "-c", KILL_JOB, "sh", job].map(String::from).to_vec())
     }
 }
 
