@@ -173,9 +173,41 @@ impl Setup {
     }
 }
 
+/// Indexes the `.deb` files in `$1` (the binaries dir) as a flat apt
+/// repository with dpkg-deb and coreutils only (a minimal testbed has no
+/// apt-ftparchive, and may have no package lists to install it from),
+/// pins it at 1002 and reads it in. As autopkgtest does, given binaries that
+/// are already installed are then reinstalled from it: a test depending on
+/// them would otherwise use the testbed's copy. Exit 100: a binary is
+/// unreadable or cannot be installed (the package's fault).
+const PUBLISH_BINARIES: &str = r#"dir=$1
+cd "$dir"
+: > Packages
+for deb in *.deb; do
+    fields=$(dpkg-deb --field "$deb") || { echo "$deb: not a binary package dpkg-deb can read" >&2; exit 100; }
+    printf '%s\nFilename: ./%s\nSize: %s\nSHA256: %s\n\n' "$fields" "$deb" "$(stat -c %s "$deb")" \
+        "$(sha256sum < "$deb" | cut -d' ' -f1)" >> Packages
+done
+mkdir -p /etc/apt/preferences.d
+printf 'Package: *\nPin: origin ""\nPin-Priority: 1002\n' > /etc/apt/preferences.d/90dep8
+echo "deb [trusted=yes] file://$dir /" > /etc/apt/sources.list.d/dep8-binaries.list
+apt-get -q --no-list-cleanup -o Dir::Etc::sourcelist=/etc/apt/sources.list.d/dep8-binaries.list \
+    -o Dir::Etc::sourceparts=/dev/null update || { echo "apt-get update of $dir failed" >&2; exit 1; }
+installed=
+for deb in *.deb; do
+    pkg=$(dpkg-deb --field "$deb" Package)
+    [ "$(dpkg-query -W -f '${db:Status-Abbrev}' "$pkg" 2>/dev/null)" != "ii " ] || installed="$installed $pkg"
+done
+if [ -n "$installed" ]; then
+    echo "reinstalling the given binaries that are installed:$installed"
+    DEBIAN_FRONTEND=noninteractive apt-get -q -y -o Dpkg::Options::=--force-confnew --reinstall install $installed ||
+        { echo "installing the given binaries$installed failed" >&2; exit 100; }
+fi
+"#;
+
 impl Setup {
-    /// Copies the binaries to `SCRATCH/binaries` and makes them an apt
-    /// repository with priority 1002 (as autopkgtest does).
+    /// Copies the binaries to `SCRATCH/binaries` and publishes them there
+    /// ([`PUBLISH_BINARIES`]).
     async fn publish_binaries(
         &self,
         tb: &dyn Testbed,
@@ -187,21 +219,52 @@ impl Setup {
             let name = deb.file_name().unwrap_or_default().to_string_lossy();
             tb.copy_down(deb, &format!("{dir}/{name}")).await?;
         }
-        let script = format!(
-            "cd '{dir}'; \
-             command -v apt-ftparchive >/dev/null || apt-get install -y -q apt-utils; \
-             apt-ftparchive packages . > Packages; apt-ftparchive release . > Release; \
-             printf 'Package: *\\nPin: origin \"\"\\nPin-Priority: 1002\\n' > /etc/apt/preferences.d/90dep8; \
-             echo 'deb [trusted=yes] file://{dir} /' > /etc/apt/sources.list.d/dep8-binaries.list; \
-             apt-get -q --no-list-cleanup -o Dir::Etc::sourcelist=/etc/apt/sources.list.d/dep8-binaries.list \
-             -o Dir::Etc::sourceparts=/dev/null update"
-        );
-        let req = ExecRequest::new(["sh", "-ec", &script]);
+        let req = ExecRequest::new(["sh", "-ec", PUBLISH_BINARIES, "publish", &dir]);
         run(tb, req, "publishing the binaries", timeout, log).await
     }
 }
 
-/// Runs one setup step as root with its output in the log.
+/// Checks that `path` is a Debian binary package as far as its `ar`
+/// structure goes (`debian-binary`, then `control.tar*` and `data.tar*`, all
+/// whole), so that random bytes or a truncated download are refused on the
+/// host, before a testbed is opened.
+pub fn check_binary(path: &Path) -> Result<(), String> {
+    let bad = |why: &str| format!("{}: not a Debian binary package: {why}", path.display());
+    let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut rest = data
+        .strip_prefix(b"!<arch>\n")
+        .ok_or_else(|| bad("no ar archive header"))?;
+    let mut members = Vec::new();
+    while !rest.is_empty() {
+        if rest.len() < 60 || &rest[58..60] != b"`\n" {
+            return Err(bad("truncated or corrupt ar member header"));
+        }
+        let name = String::from_utf8_lossy(&rest[..16]);
+        let size: usize = std::str::from_utf8(&rest[48..58])
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| bad("corrupt ar member size"))?;
+        let end = 60 + size + size % 2;
+        if rest.len() < 60 + size {
+            return Err(bad(&format!("{} is truncated", name.trim_end())));
+        }
+        members.push(name.trim_end().trim_end_matches('/').to_string());
+        rest = &rest[end.min(rest.len())..];
+    }
+    match members.as_slice() {
+        [first, control, data, ..]
+            if first == "debian-binary"
+                && control.starts_with("control.tar")
+                && data.starts_with("data.tar") =>
+        {
+            Ok(())
+        }
+        _ => Err(bad(&format!("unexpected members {members:?}"))),
+    }
+}
+
+/// Runs one setup step as root with its output in the log; a failure names
+/// the step and quotes the last line it wrote on stderr.
 async fn run(
     tb: &dyn Testbed,
     req: ExecRequest,
@@ -211,9 +274,14 @@ async fn run(
 ) -> Result<(), SetupError> {
     let req = req
         .stdout(Output::default().with_tap(log.clone()))
-        .stderr(Output::default().with_tap(log.clone()))
+        .stderr(Output::capture().with_tap(log.clone()))
         .timeout(timeout);
     let out = tb.exec(req).await?;
+    let stderr = out.stderr_text();
+    let said = match stderr.lines().rev().find(|l| !l.trim().is_empty()) {
+        Some(line) => format!(": {}", line.trim()),
+        None => String::new(),
+    };
     match out.status.code() {
         0 => Ok(()),
         _ if out.timed_out => Err(SetupError::Testbed(format!(
@@ -221,10 +289,10 @@ async fn run(
             timeout.as_secs()
         ))),
         100 => Err(SetupError::BadPackage(format!(
-            "{what} failed with status 100"
+            "{what} failed with status 100{said}"
         ))),
         code => Err(SetupError::Testbed(format!(
-            "{what} failed with status {code}"
+            "{what} failed with status {code}{said}"
         ))),
     }
 }
