@@ -19,7 +19,7 @@ pub const APT_UPGRADE: &str = "(O=$(bash -o pipefail -ec 'apt-get update | tee /
 /// release with `-P` appended, from the same mirrors and components, pinned
 /// at 500 (over NotAutomatic); with PKGS (`src:NAME` = its binaries), only
 /// those come from the pocket (995) while the default release stays at 990,
-/// as autopkgtest's pinning does.
+/// as autopkgtest's pinning does (by suite or codename).
 const APT_POCKET: &str = r#"pocket=$1 pkgs=$2
 srcs=$(ls /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null || true)
 lines=$(sed -rn 's/^deb +(\[[^]]*\] *)?((http|https|file):[^ ]+) +([^ -]+) +(.*)$/deb \1\2 \4-'"$pocket"' \5/p' $srcs /dev/null)
@@ -36,14 +36,19 @@ release=$(printf '%s\n' "$lines" | sed -n 's/^deb \(\[[^]]*\] *\)\{0,1\}[^ ]* \(
 list=/etc/apt/sources.list.d/dep8-$pocket.list
 printf '%s\n' "$lines" | sed '/^$/d' | sort -u > "$list"
 apt-get -q --no-list-cleanup -o Dir::Etc::sourcelist="$list" -o Dir::Etc::sourceparts=/dev/null update
+# pin PACKAGES RELEASE PRIORITY: RELEASE may be a suite (a=) or a codename
+# (n=), as in sources.list; autopkgtest's a= alone misses codenames.
+pin() {
+    printf 'Package: %s\nPin: release a=%s\nPin-Priority: %s\n\nPackage: %s\nPin: release n=%s\nPin-Priority: %s\n\n' \
+        "$1" "$2" "$3" "$1" "$2" "$3"
+}
 mkdir -p /etc/apt/preferences.d
-printf 'Package: *\nPin: release a=%s-%s\nPin-Priority: 500\n' "$release" "$pocket" > "/etc/apt/preferences.d/dep8-$pocket-baseline"
+pin '*' "$release-$pocket" 500 > "/etc/apt/preferences.d/dep8-$pocket-baseline"
 if [ -n "$pkgs" ]; then
     bins=$(printf '%s' "$pkgs" | tr ',' '\n' | sed -n '/^src:/!p' | tr '\n' ' ')
     srcs=$(printf '%s' "$pkgs" | tr ',' '\n' | sed -n 's/^src://p' | tr '\n' ' ')
     [ -z "$srcs" ] || bins="$bins $(apt-cache showsrc $srcs | awk '/^Package-List:/ { show=1; next } (/^ / && show==1) { print $1; next } { show=0 }' | sort -u | tr '\n' ' ')"
-    printf 'Package: %s\nPin: release a=%s-%s\nPin-Priority: 995\n\nPackage: *\nPin: release a=%s\nPin-Priority: 990\n' \
-        "$bins" "$release" "$pocket" "$release" > "/etc/apt/preferences.d/dep8-$pocket"
+    { pin "$bins" "$release-$pocket" 995; pin '*' "$release" 990; } > "/etc/apt/preferences.d/dep8-$pocket"
 fi
 "#;
 
