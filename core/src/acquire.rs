@@ -149,7 +149,9 @@ pub async fn acquire(
             Fetch::AptSource(p) if stderr.contains("Unable to find a source package") => {
                 AcquireError::BadPackage(format!("apt-get source {p} failed: {said}"))
             }
-            Fetch::AptSource(p) => AcquireError::Testbed(format!("apt-get source {p} failed: {said}")),
+            Fetch::AptSource(p) => {
+                AcquireError::Testbed(format!("apt-get source {p} failed: {said}"))
+            }
         });
     }
     tb.copy_up(&format!("{work}/tree"), host).await?;

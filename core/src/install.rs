@@ -95,7 +95,10 @@ fn apt_complaint(output: &str) -> String {
             1 => String::new(),
             n => format!(" (and {} more)", n - 1),
         };
-        said.push(format!("{}{more}", first.split_whitespace().collect::<Vec<_>>().join(" ")));
+        said.push(format!(
+            "{}{more}",
+            first.split_whitespace().collect::<Vec<_>>().join(" ")
+        ));
     }
     said.extend(
         output

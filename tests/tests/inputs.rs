@@ -144,7 +144,10 @@ fn build_deb(dir: &Path, package: &str, version: &str, files: &[(&str, &str)]) -
     }
     let deb = dir.join(format!("{package}_{version}_all.deb"));
     let args = ["--build", "--root-owner-group"];
-    let (root, deb_arg) = (root.path().to_str().expect("utf-8"), deb.to_str().expect("utf-8"));
+    let (root, deb_arg) = (
+        root.path().to_str().expect("utf-8"),
+        deb.to_str().expect("utf-8"),
+    );
     check("dpkg-deb", &[&args[..], &[root, deb_arg]].concat(), dir);
     deb
 }
@@ -206,7 +209,7 @@ fn same_as_autopkgtest(dir: &Path, theirs: &[&str], ours: impl FnOnce() -> Run) 
 
 /// Point 1: a new binary is installed from the given `.deb`; a given binary
 /// of the same name and version as an installed package is reinstalled from
-/// it (as autopkgtest does), and again after a revert.
+/// it, and again after a revert, with the same results as autopkgtest.
 #[test]
 fn given_binaries_are_installed_and_reinstalled() {
     let Some(tarball) = rootfs() else { return };
@@ -222,7 +225,10 @@ fn given_binaries_are_installed_and_reinstalled() {
         dir.path(),
         INSTALLED,
         &version,
-        &[("/usr/share/dep8-inputs/reinstalled", "from the given binary\n")],
+        &[(
+            "/usr/share/dep8-inputs/reinstalled",
+            "from the given binary\n",
+        )],
     );
     let reinstalled = format!(
         "Depends: {INSTALLED}\n\
@@ -242,7 +248,16 @@ fn given_binaries_are_installed_and_reinstalled() {
         same.to_str().expect("utf-8"),
         tree.to_str().expect("utf-8"),
     ];
-    let run = dep8(dir.path(), "out", &[&args[..], &unshare(&tarball)].concat());
+    // autopkgtest needs package lists to install apt-utils (dep8 does not).
+    let theirs = [
+        &["--setup-commands=apt-get update"][..],
+        &args,
+        &unshare(&tarball),
+    ]
+    .concat();
+    let run = same_as_autopkgtest(dir.path(), &theirs, || {
+        dep8(dir.path(), "out", &[&args[..], &unshare(&tarball)].concat())
+    });
     run.assert_exit(0);
     assert_eq!(
         run.summary,
@@ -250,9 +265,16 @@ fn given_binaries_are_installed_and_reinstalled() {
     );
     let reinstalls = run
         .log
-        .matches(&format!("reinstalling the given binaries that are installed: {INSTALLED}"))
+        .matches(&format!(
+            "reinstalling the given binaries that are installed: {INSTALLED}"
+        ))
         .count();
-    assert_eq!(reinstalls, 2, "once after opening, once after the revert{}", run.said());
+    assert_eq!(
+        reinstalls,
+        2,
+        "once after opening, once after the revert{}",
+        run.said()
+    );
     assert!(run.log.contains("reverting the testbed"), "{}", run.said());
 }
 
@@ -270,7 +292,11 @@ fn a_source_package_name_is_fetched_in_the_testbed() {
     let update = "--setup-commands=apt-get update";
     let theirs = [&[deb_src, update, "hello"][..], &unshare(&tarball)].concat();
     let run = same_as_autopkgtest(dir.path(), &theirs, || {
-        dep8(dir.path(), "out", &[&["hello"][..], &unshare(&tarball)].concat())
+        dep8(
+            dir.path(),
+            "out",
+            &[&["hello"][..], &unshare(&tarball)].concat(),
+        )
     });
     run.assert_exit(0);
     assert_eq!(
@@ -283,8 +309,11 @@ fn a_source_package_name_is_fetched_in_the_testbed() {
         run.said()
     );
     assert!(
-        run.log.contains("no deb-src entries: adding one for each deb entry")
-            && run.log.contains("dpkg-source: info: extracting hello in hello-"),
+        run.log
+            .contains("no deb-src entries: adding one for each deb entry")
+            && run
+                .log
+                .contains("dpkg-source: info: extracting hello in hello-"),
         "{}",
         run.said()
     );
@@ -346,7 +375,8 @@ fn setup_options_take_effect() {
         run.said()
     );
     assert!(
-        run.log.contains("setting up user dep8 to sudo without password"),
+        run.log
+            .contains("setting up user dep8 to sudo without password"),
         "{}",
         run.said()
     );
@@ -421,7 +451,11 @@ fn an_unknown_source_package_is_badpkg() {
 fn a_dsc_with_missing_files_is_refused_before_opening() {
     let Some(tarball) = rootfs() else { return };
     let dir = tempfile::tempdir().expect("temp dir");
-    source_tree(dir.path(), "dep8-dsc", "Depends:\nTest-Command: cat debian/source/format\n");
+    source_tree(
+        dir.path(),
+        "dep8-dsc",
+        "Depends:\nTest-Command: cat debian/source/format\n",
+    );
     check("dpkg-source", &["-b", "dep8-dsc"], dir.path());
     let run = dep8(
         dir.path(),
@@ -493,7 +527,11 @@ fn corrupt_debs_are_refused_before_opening() {
 fn no_network_names_the_failed_download() {
     let Some(tarball) = rootfs() else { return };
     let dir = tempfile::tempdir().expect("temp dir");
-    let tree = source_tree(dir.path(), "offline", "Test-Command: hello\nDepends: hello\n");
+    let tree = source_tree(
+        dir.path(),
+        "offline",
+        "Test-Command: hello\nDepends: hello\n",
+    );
     let args = [
         &[tree.to_str().expect("utf-8")][..],
         &unshare(&tarball),
