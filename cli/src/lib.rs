@@ -427,6 +427,14 @@ async fn run(args: RunArgs, registry: &Registry) -> i32 {
         Ok(b) => b,
         Err(e) => return error(e),
     };
+    if backend.is_host() && !inputs.binaries.is_empty() {
+        return error(format!(
+            "{}: dep8 installs no packages on the host ({}): install them yourself, \
+             or test them on another testbed",
+            inputs.binaries[0].display(),
+            backend.name()
+        ));
+    }
     let out = match output_dir(args.output_dir.as_deref()) {
         Ok(dir) => dir,
         Err(e) => return error(e),

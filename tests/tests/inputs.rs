@@ -545,3 +545,24 @@ fn no_network_names_the_failed_download() {
     run.assert_says("W: Failed to fetch http://deb.debian.org/debian/dists/bookworm/InRelease");
     run.assert_says("Temporary failure resolving 'deb.debian.org'");
 }
+
+/// dep8 installs no packages on the host: binaries given with the null
+/// backend are refused (exit 20, before anything runs), naming the file.
+#[test]
+fn binaries_are_refused_on_the_host() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tree = source_tree(dir.path(), "host", "Depends:\nTest-Command: true\n");
+    std::fs::write(dir.path().join("foo_1_all.deb"), "not used").expect("write");
+    let run = dep8(
+        dir.path(),
+        "out",
+        &["foo_1_all.deb", tree.to_str().expect("utf-8"), "--", "null"],
+    );
+    run.assert_exit(20);
+    assert!(
+        run.stderr
+            .contains("foo_1_all.deb: dep8 installs no packages on the host (null)"),
+        "{}",
+        run.said()
+    );
+}
