@@ -5,6 +5,7 @@
 //! that the runner can read its control files and copy it again after a
 //! revert.
 
+use crate::install::UPDATE_IF_NO_LISTS;
 use crate::testbed::{ExecRequest, Output, Tap, Testbed, TestbedError};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -106,6 +107,27 @@ pub async fn acquire(
         return Err(AcquireError::Testbed(format!(
             "mkdir {work}: {}",
             mkdir.stderr_text().trim()
+        )));
+    }
+    // As autopkgtest: dpkg-source (for both) comes with dpkg-dev.
+    let dpkg_dev = format!(
+        "command -v dpkg-source >/dev/null && exit 0; \
+         echo 'the testbed has no dpkg-source: installing dpkg-dev' >&2; \
+         export DEBIAN_FRONTEND=noninteractive; {UPDATE_IF_NO_LISTS}; \
+         apt-get install -y -q --no-install-recommends dpkg-dev"
+    );
+    let out = tb
+        .exec(
+            ExecRequest::new(["sh", "-ec", &dpkg_dev])
+                .stdout(Output::default().with_tap(log.clone()))
+                .stderr(Output::capture().with_tap(log.clone()))
+                .timeout(timeout),
+        )
+        .await?;
+    if !out.status.success() {
+        return Err(AcquireError::Testbed(format!(
+            "installing dpkg-dev for dpkg-source failed: {}",
+            out.stderr_text().lines().last().unwrap_or("").trim()
         )));
     }
     let script = match fetch {

@@ -10,6 +10,12 @@
 use crate::testbed::{ExecRequest, Output, Result, Tap, Testbed};
 use std::time::Duration;
 
+/// Runs `apt-get update` when the testbed has no package lists of a remote
+/// archive (lists of local `file:` sources, such as the given binaries',
+/// are named from their path and start with `_`).
+pub const UPDATE_IF_NO_LISTS: &str =
+    "ls /var/lib/apt/lists | grep -q '^[^_].*_Packages$' || apt-get update -q";
+
 /// Whether dependencies are installed or only checked.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DependencyPolicy {
@@ -25,10 +31,7 @@ pub enum DependencyPolicy {
 pub struct Unsatisfiable(pub String);
 
 /// Installs the alternative groups `deps` without recommends (unless
-/// `recommends`); runs `apt-get update` first when the testbed has no
-/// package lists of a remote archive (lists of local `file:` sources, such
-/// as the given binaries', are named from their path and start with `_`).
-/// apt's output goes to `log`.
+/// `recommends`), after [`UPDATE_IF_NO_LISTS`]. apt's output goes to `log`.
 pub async fn apt_satisfy(
     tb: &dyn Testbed,
     deps: &[String],
@@ -39,7 +42,7 @@ pub async fn apt_satisfy(
     let relations = deps.join(", ");
     let script = format!(
         "set -e; export DEBIAN_FRONTEND=noninteractive; \
-         ls /var/lib/apt/lists | grep -q '^[^_].*_Packages$' || apt-get update -q; \
+         {UPDATE_IF_NO_LISTS}; \
          apt-get satisfy -y -q {} -o Dpkg::Options::=--force-confnew {}",
         if recommends {
             "--install-recommends"

@@ -234,27 +234,33 @@ impl Setup {
 /// whole), so that random bytes or a truncated download are refused on the
 /// host, before a testbed is opened.
 pub fn check_binary(path: &Path) -> Result<(), String> {
+    use std::io::{Read, Seek, SeekFrom};
     let bad = |why: &str| format!("{}: not a Debian binary package: {why}", path.display());
-    let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut rest = data
-        .strip_prefix(b"!<arch>\n")
-        .ok_or_else(|| bad("no ar archive header"))?;
-    let mut members = Vec::new();
-    while !rest.is_empty() {
-        if rest.len() < 60 || &rest[58..60] != b"`\n" {
+    let io = |e: std::io::Error| format!("{}: {e}", path.display());
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    let mut magic = [0u8; 8];
+    if file.read_exact(&mut magic).is_err() || &magic != b"!<arch>\n" {
+        return Err(bad("no ar archive header"));
+    }
+    let (mut at, mut members) = (8u64, Vec::new());
+    while at < len {
+        let mut header = [0u8; 60];
+        if file.read_exact(&mut header).is_err() || &header[58..] != b"`\n" {
             return Err(bad("truncated or corrupt ar member header"));
         }
-        let name = String::from_utf8_lossy(&rest[..16]);
-        let size: usize = std::str::from_utf8(&rest[48..58])
+        let name = String::from_utf8_lossy(&header[..16]);
+        let name = name.trim_end().trim_end_matches('/').to_string();
+        let size: u64 = std::str::from_utf8(&header[48..58])
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .ok_or_else(|| bad("corrupt ar member size"))?;
-        let end = 60 + size + size % 2;
-        if rest.len() < 60 + size {
-            return Err(bad(&format!("{} is truncated", name.trim_end())));
+        if at + 60 + size > len {
+            return Err(bad(&format!("{name} is truncated")));
         }
-        members.push(name.trim_end().trim_end_matches('/').to_string());
-        rest = &rest[end.min(rest.len())..];
+        at = (at + 60 + size + size % 2).min(len);
+        file.seek(SeekFrom::Start(at)).map_err(io)?;
+        members.push(name);
     }
     match members.as_slice() {
         [first, control, data, ..]

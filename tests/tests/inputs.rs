@@ -446,7 +446,8 @@ fn an_unknown_source_package_is_badpkg() {
 
 /// Point 4: a `.dsc` whose files are missing is refused on the host, before
 /// a testbed is opened, naming the missing file (exit 12; autopkgtest dies
-/// of a Python traceback with 16 there). With its files it runs.
+/// of a Python traceback with 16 there). With its files it runs, even on a
+/// testbed without dpkg-dev.
 #[test]
 fn a_dsc_with_missing_files_is_refused_before_opening() {
     let Some(tarball) = rootfs() else { return };
@@ -457,13 +458,24 @@ fn a_dsc_with_missing_files_is_refused_before_opening() {
         "Depends:\nTest-Command: cat debian/source/format\n",
     );
     check("dpkg-source", &["-b", "dep8-dsc"], dir.path());
+    // A testbed without dpkg-source gets dpkg-dev installed first.
+    let without = "--setup-commands=apt-get remove -y -q dpkg-dev";
     let run = dep8(
         dir.path(),
         "whole",
-        &[&["dep8-dsc_1.0.dsc"][..], &unshare(&tarball)].concat(),
+        &[&[without, "dep8-dsc_1.0.dsc"][..], &unshare(&tarball)].concat(),
     );
     run.assert_exit(0);
     assert_eq!(run.summary, "command1             PASS\n", "{}", run.said());
+    assert!(
+        run.log
+            .contains("the testbed has no dpkg-source: installing dpkg-dev")
+            && run
+                .log
+                .contains("dpkg-source: info: extracting dep8-dsc in tree"),
+        "{}",
+        run.said()
+    );
 
     std::fs::remove_file(dir.path().join("dep8-dsc_1.0.tar.xz")).expect("rm");
     let run = dep8(
