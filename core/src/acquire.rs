@@ -91,13 +91,16 @@ pub fn check_dsc(dsc: &Path) -> Result<(), String> {
 }
 
 /// Unpacks or fetches `fetch` in the testbed (under `SCRATCH/acquire`) and
-/// copies the tree to `host`.
+/// copies the tree to `host`. Where dep8 may change the testbed's packages
+/// (`may_install`), it installs dpkg-dev when dpkg-source is missing and
+/// adds `deb-src` entries when there are none.
 pub async fn acquire(
     tb: &dyn Testbed,
     fetch: &Fetch,
     host: &Path,
     timeout: Duration,
     log: Tap,
+    may_install: bool,
 ) -> Result<(), AcquireError> {
     let work = format!("{}/acquire", tb.scratch());
     let mkdir = tb
@@ -110,12 +113,17 @@ pub async fn acquire(
         )));
     }
     // As autopkgtest: dpkg-source (for both) comes with dpkg-dev.
-    let dpkg_dev = format!(
-        "command -v dpkg-source >/dev/null && exit 0; \
-         echo 'the testbed has no dpkg-source: installing dpkg-dev' >&2; \
-         export DEBIAN_FRONTEND=noninteractive; {UPDATE_IF_NO_LISTS}; \
-         apt-get install -y -q --no-install-recommends dpkg-dev"
-    );
+    let dpkg_dev = if may_install {
+        format!(
+            "command -v dpkg-source >/dev/null && exit 0; \
+             echo 'the testbed has no dpkg-source: installing dpkg-dev' >&2; \
+             export DEBIAN_FRONTEND=noninteractive; {UPDATE_IF_NO_LISTS}; \
+             apt-get install -y -q --no-install-recommends dpkg-dev"
+        )
+    } else {
+        "command -v dpkg-source >/dev/null || { echo 'the testbed has no dpkg-source' >&2; exit 1; }"
+            .to_string()
+    };
     let out = tb
         .exec(
             ExecRequest::new(["sh", "-ec", &dpkg_dev])
@@ -126,7 +134,7 @@ pub async fn acquire(
         .await?;
     if !out.status.success() {
         return Err(AcquireError::Testbed(format!(
-            "installing dpkg-dev for dpkg-source failed: {}",
+            "getting dpkg-source (dpkg-dev) failed: {}",
             out.stderr_text().lines().last().unwrap_or("").trim()
         )));
     }
@@ -145,8 +153,9 @@ pub async fn acquire(
             )
         }
         Fetch::AptSource(package) => format!(
-            "{DEB_SRC}\ncd '{work}' && apt-get source -q --only-source {} && \
+            "{}\ncd '{work}' && apt-get source -q --only-source {} && \
              for d in */; do mv \"$d\" tree; break; done",
+            if may_install { DEB_SRC } else { "" },
             shell_words::quote(package)
         ),
     };
