@@ -14,7 +14,7 @@ use dep8_core::acquire::Fetch;
 use dep8_core::capability::Capabilities;
 use dep8_core::control::Entry;
 use dep8_core::install::DependencyPolicy;
-use dep8_core::report::{RunLog, EXIT_TESTBED_FAILURE, EXIT_UNEXPECTED};
+use dep8_core::report::{RunLog, EXIT_BAD_PACKAGE, EXIT_TESTBED_FAILURE, EXIT_UNEXPECTED};
 use dep8_core::restriction::{self, InternetPolicy, ResolveOptions};
 use dep8_core::runner::{self, RunOptions, Timeouts};
 use dep8_core::setup::{self, Setup};
@@ -427,6 +427,14 @@ async fn run(args: RunArgs, registry: &Registry) -> i32 {
         Ok(b) => b,
         Err(e) => return error(e),
     };
+    if backend.is_host() && !inputs.binaries.is_empty() {
+        return error(format!(
+            "{}: dep8 installs no packages on the host ({}): install them yourself, \
+             or test them on another testbed",
+            inputs.binaries[0].display(),
+            backend.name()
+        ));
+    }
     let out = match output_dir(args.output_dir.as_deref()) {
         Ok(dir) => dir,
         Err(e) => return error(e),
@@ -465,19 +473,24 @@ async fn run(args: RunArgs, registry: &Registry) -> i32 {
         },
     };
 
+    let summary = opts
+        .summary_file
+        .clone()
+        .unwrap_or_else(|| out.join("summary"));
+    // Ends the run before a testbed is opened: the log, the summary, the code.
+    let stop = |message: String, code: i32| {
+        log.error(&message);
+        let _ = std::fs::write(&summary, format!("{message}\n"));
+        code
+    };
+    if let Err(e) = check_inputs(&opts) {
+        return stop(format!("erroneous package: {e}"), EXIT_BAD_PACKAGE);
+    }
     log.info(&format!("opening testbed: {}", testbed_argv.join(" ")));
     let mut tb = match backend.open(&backend_args).await {
         Ok(tb) => tb,
         Err(TestbedError::Usage(msg)) => return error(format!("{}: {msg}", testbed_argv[0])),
-        Err(e) => {
-            log.error(&e.to_string());
-            let summary = opts
-                .summary_file
-                .clone()
-                .unwrap_or_else(|| out.join("summary"));
-            let _ = std::fs::write(summary, format!("{e}\n"));
-            return EXIT_TESTBED_FAILURE;
-        }
+        Err(e) => return stop(e.to_string(), EXIT_TESTBED_FAILURE),
     };
     let code = runner::run(&opts, tb.as_mut(), &log, interrupted()).await;
     if code == EXIT_UNEXPECTED {
@@ -486,13 +499,21 @@ async fn run(args: RunArgs, registry: &Registry) -> i32 {
     if let Err(e) = tb.close().await {
         log.error(&format!("closing the testbed: {e}"));
     }
-    let summary = opts
-        .summary_file
-        .clone()
-        .unwrap_or_else(|| out.join("summary"));
     log.info("@@@@@@@@@@@@@@@@@@@@ summary");
     log.raw(&std::fs::read(summary).unwrap_or_default());
     code
+}
+
+/// What can be checked of the inputs on the host, before a testbed is
+/// opened: a `.dsc`'s files are all there, binaries are whole `.deb`s.
+fn check_inputs(opts: &RunOptions) -> Result<(), String> {
+    if let Some(Fetch::Dsc(dsc)) = &opts.fetch {
+        dep8_core::acquire::check_dsc(dsc)?;
+    }
+    opts.setup
+        .binaries
+        .iter()
+        .try_for_each(|deb| setup::check_binary(deb))
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

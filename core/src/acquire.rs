@@ -5,9 +5,29 @@
 //! that the runner can read its control files and copy it again after a
 //! revert.
 
+use crate::install::UPDATE_IF_NO_LISTS;
 use crate::testbed::{ExecRequest, Output, Tap, Testbed, TestbedError};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// Before `apt-get source`: a testbed whose apt sources have no `deb-src`
+/// entry (a minimal rootfs, unlike autopkgtest's own images) gets one for
+/// each `deb` entry, and their lists. autopkgtest would stop with "You must
+/// put some 'deb-src' URIs in your sources.list".
+const DEB_SRC: &str = r#"lists=$(ls /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null || true)
+sources=$(ls /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+if ! grep -qsE '^[[:space:]]*deb-src[[:space:]]|^Types:.*deb-src' $lists $sources /dev/null; then
+    echo "the testbed's apt sources have no deb-src entries: adding one for each deb entry" >&2
+    parts=$(mktemp -d)
+    sed -n 's/^[[:space:]]*deb\([[:space:]]\)/deb-src\1/p' $lists /dev/null > "$parts/dep8-deb-src.list"
+    for f in $sources; do
+        grep -q '^Types:.*\bdeb\b' "$f" || continue
+        sed 's/^Types:.*/Types: deb-src/' "$f" > "$parts/dep8-deb-src-${f##*/}"
+    done
+    apt-get -q --no-list-cleanup -o Dir::Etc::sourcelist=/dev/null -o Dir::Etc::sourceparts="$parts" update
+    cp "$parts"/* /etc/apt/sources.list.d/
+    rm -rf "$parts"
+fi"#;
 
 /// A source that must be unpacked or fetched in the testbed first.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,14 +72,35 @@ pub fn dsc_files(dsc: &Path) -> Result<Vec<PathBuf>, String> {
         .collect())
 }
 
+/// Checks on the host that a `.dsc` and every file it lists are there.
+pub fn check_dsc(dsc: &Path) -> Result<(), String> {
+    let missing: Vec<String> = dsc_files(dsc)?
+        .iter()
+        .filter(|f| !f.is_file())
+        .map(|f| f.display().to_string())
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} lists files that are missing: {}",
+            dsc.display(),
+            missing.join(", ")
+        ))
+    }
+}
+
 /// Unpacks or fetches `fetch` in the testbed (under `SCRATCH/acquire`) and
-/// copies the tree to `host`.
+/// copies the tree to `host`. Where dep8 may change the testbed's packages
+/// (`may_install`), it installs dpkg-dev when dpkg-source is missing and
+/// adds `deb-src` entries when there are none.
 pub async fn acquire(
     tb: &dyn Testbed,
     fetch: &Fetch,
     host: &Path,
     timeout: Duration,
     log: Tap,
+    may_install: bool,
 ) -> Result<(), AcquireError> {
     let work = format!("{}/acquire", tb.scratch());
     let mkdir = tb
@@ -69,6 +110,32 @@ pub async fn acquire(
         return Err(AcquireError::Testbed(format!(
             "mkdir {work}: {}",
             mkdir.stderr_text().trim()
+        )));
+    }
+    // As autopkgtest: dpkg-source (for both) comes with dpkg-dev.
+    let dpkg_dev = if may_install {
+        format!(
+            "command -v dpkg-source >/dev/null && exit 0; \
+             echo 'the testbed has no dpkg-source: installing dpkg-dev' >&2; \
+             export DEBIAN_FRONTEND=noninteractive; {UPDATE_IF_NO_LISTS}; \
+             apt-get install -y -q --no-install-recommends dpkg-dev"
+        )
+    } else {
+        "command -v dpkg-source >/dev/null || { echo 'the testbed has no dpkg-source' >&2; exit 1; }"
+            .to_string()
+    };
+    let out = tb
+        .exec(
+            ExecRequest::new(["sh", "-ec", &dpkg_dev])
+                .stdout(Output::default().with_tap(log.clone()))
+                .stderr(Output::capture().with_tap(log.clone()))
+                .timeout(timeout),
+        )
+        .await?;
+    if !out.status.success() {
+        return Err(AcquireError::Testbed(format!(
+            "getting dpkg-source (dpkg-dev) failed: {}",
+            out.stderr_text().lines().last().unwrap_or("").trim()
         )));
     }
     let script = match fetch {
@@ -86,8 +153,9 @@ pub async fn acquire(
             )
         }
         Fetch::AptSource(package) => format!(
-            "cd '{work}' && apt-get source -q --only-source {} && \
+            "{}\ncd '{work}' && apt-get source -q --only-source {} && \
              for d in */; do mv \"$d\" tree; break; done",
+            if may_install { DEB_SRC } else { "" },
             shell_words::quote(package)
         ),
     };
@@ -100,14 +168,22 @@ pub async fn acquire(
         )
         .await?;
     if !out.status.success() {
-        let what = match fetch {
-            Fetch::Dsc(dsc) => format!("dpkg-source -x {}", dsc.display()),
-            Fetch::AptSource(p) => format!("apt-get source {p}"),
-        };
-        return Err(AcquireError::BadPackage(format!(
-            "{what} failed: {}",
-            out.stderr_text().lines().last().unwrap_or("").trim()
-        )));
+        let stderr = out.stderr_text();
+        let said = stderr.lines().last().unwrap_or("").trim();
+        return Err(match fetch {
+            Fetch::Dsc(dsc) => {
+                AcquireError::BadPackage(format!("dpkg-source -x {} failed: {said}", dsc.display()))
+            }
+            // As autopkgtest: no such source package is the package's
+            // fault; any other apt failure (the network, the mirror) the
+            // testbed's.
+            Fetch::AptSource(p) if stderr.contains("Unable to find a source package") => {
+                AcquireError::BadPackage(format!("apt-get source {p} failed: {said}"))
+            }
+            Fetch::AptSource(p) => {
+                AcquireError::Testbed(format!("apt-get source {p} failed: {said}"))
+            }
+        });
     }
     tb.copy_up(&format!("{work}/tree"), host).await?;
     let cleanup = tb

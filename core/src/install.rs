@@ -10,6 +10,12 @@
 use crate::testbed::{ExecRequest, Output, Result, Tap, Testbed};
 use std::time::Duration;
 
+/// Runs `apt-get update` when the testbed has no package lists of a remote
+/// archive (lists of local `file:` sources, such as the given binaries',
+/// are named from their path and start with `_`).
+pub const UPDATE_IF_NO_LISTS: &str =
+    "ls /var/lib/apt/lists | grep -q '^[^_].*_Packages$' || apt-get update -q";
+
 /// Whether dependencies are installed or only checked.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DependencyPolicy {
@@ -25,8 +31,7 @@ pub enum DependencyPolicy {
 pub struct Unsatisfiable(pub String);
 
 /// Installs the alternative groups `deps` without recommends (unless
-/// `recommends`); runs `apt-get update` first when the testbed has no
-/// package lists. apt's output goes to `log`.
+/// `recommends`), after [`UPDATE_IF_NO_LISTS`]. apt's output goes to `log`.
 pub async fn apt_satisfy(
     tb: &dyn Testbed,
     deps: &[String],
@@ -37,7 +42,7 @@ pub async fn apt_satisfy(
     let relations = deps.join(", ");
     let script = format!(
         "set -e; export DEBIAN_FRONTEND=noninteractive; \
-         ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1 || apt-get update -q; \
+         {UPDATE_IF_NO_LISTS}; \
          apt-get satisfy -y -q {} -o Dpkg::Options::=--force-confnew {}",
         if recommends {
             "--install-recommends"
@@ -63,11 +68,70 @@ pub async fn apt_satisfy(
             timeout.as_secs()
         )
     } else {
-        out.stderr_text()
-            .lines()
-            .filter(|l| l.starts_with("E:"))
-            .collect::<Vec<_>>()
-            .join(" ")
+        apt_complaint(&format!("{}{}", out.stdout_text(), out.stderr_text()))
     };
     Ok(Err(Unsatisfiable(said)))
+}
+
+/// What apt's output says went wrong, in one line: the unmet dependencies
+/// it lists, the first download that failed (with how many more did), and
+/// its `E:` lines.
+fn apt_complaint(output: &str) -> String {
+    let mut said: Vec<String> = Vec::new();
+    let mut unmet = false;
+    for line in output.lines() {
+        if line.starts_with("The following packages have unmet dependencies") {
+            unmet = true;
+        } else if unmet && line.starts_with(' ') {
+            let relation = line.split_once(" : ").map_or(line, |(_, r)| r);
+            said.push(relation.trim().to_string());
+        } else {
+            unmet = false;
+        }
+    }
+    let failed: Vec<&str> = output
+        .lines()
+        .filter(|l| l.starts_with("W: Failed to fetch") || l.starts_with("E: Failed to fetch"))
+        .collect();
+    if let Some(first) = failed.first() {
+        let more = match failed.len() {
+            1 => String::new(),
+            n => format!(" (and {} more)", n - 1),
+        };
+        said.push(format!(
+            "{}{more}",
+            first.split_whitespace().collect::<Vec<_>>().join(" ")
+        ));
+    }
+    said.extend(
+        output
+            .lines()
+            .filter(|l| l.starts_with("E:") && !l.starts_with("E: Failed to fetch"))
+            .map(str::to_string),
+    );
+    said.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::apt_complaint;
+
+    #[test]
+    fn names_the_unmet_dependency_and_the_failed_download() {
+        let apt = "Reading package lists...
+W: Failed to fetch http://deb.debian.org/debian/dists/bookworm/InRelease  Temporary failure resolving 'deb.debian.org'
+W: Failed to fetch http://security.debian.org/debian-security/dists/bookworm-security/InRelease  Temporary failure resolving 'security.debian.org'
+W: Some index files failed to download. They have been ignored, or old ones used instead.
+The following packages have unmet dependencies:
+ satisfy:command-line : Depends: hello but it is not installable
+E: Unable to correct problems, you have held broken packages.
+";
+        assert_eq!(
+            apt_complaint(apt),
+            "Depends: hello but it is not installable; \
+             W: Failed to fetch http://deb.debian.org/debian/dists/bookworm/InRelease \
+             Temporary failure resolving 'deb.debian.org' (and 1 more); \
+             E: Unable to correct problems, you have held broken packages."
+        );
+    }
 }

@@ -513,11 +513,14 @@ impl Run<'_> {
         self.log.info(&format!("getting the source: {fetch:?}"));
         let dir = host_temp_dir("dep8-source.")?;
         let limit = self.opts.timeouts.install;
+        let may_install = self.opts.dependencies == DependencyPolicy::Install
+            && tb.capabilities().has(Capability::RootOnTestbed);
+        let get = acquire::acquire(tb, fetch, dir.path(), limit, self.log_tap(), may_install);
         let result = self
             .timed(
                 limit + Duration::from_secs(5),
                 "getting the source",
-                async { Ok(acquire::acquire(tb, fetch, dir.path(), limit, self.log_tap()).await) },
+                async { Ok(get.await) },
             )
             .await?;
         match result {

@@ -19,7 +19,7 @@ pub const APT_UPGRADE: &str = "(O=$(bash -o pipefail -ec 'apt-get update | tee /
 /// release with `-P` appended, from the same mirrors and components, pinned
 /// at 500 (over NotAutomatic); with PKGS (`src:NAME` = its binaries), only
 /// those come from the pocket (995) while the default release stays at 990,
-/// as autopkgtest's pinning does.
+/// as autopkgtest's pinning does (by suite or codename).
 const APT_POCKET: &str = r#"pocket=$1 pkgs=$2
 srcs=$(ls /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null || true)
 lines=$(sed -rn 's/^deb +(\[[^]]*\] *)?((http|https|file):[^ ]+) +([^ -]+) +(.*)$/deb \1\2 \4-'"$pocket"' \5/p' $srcs /dev/null)
@@ -36,14 +36,19 @@ release=$(printf '%s\n' "$lines" | sed -n 's/^deb \(\[[^]]*\] *\)\{0,1\}[^ ]* \(
 list=/etc/apt/sources.list.d/dep8-$pocket.list
 printf '%s\n' "$lines" | sed '/^$/d' | sort -u > "$list"
 apt-get -q --no-list-cleanup -o Dir::Etc::sourcelist="$list" -o Dir::Etc::sourceparts=/dev/null update
+# pin PACKAGES RELEASE PRIORITY: RELEASE may be a suite (a=) or a codename
+# (n=), as in sources.list; autopkgtest's a= alone misses codenames.
+pin() {
+    printf 'Package: %s\nPin: release a=%s\nPin-Priority: %s\n\nPackage: %s\nPin: release n=%s\nPin-Priority: %s\n\n' \
+        "$1" "$2" "$3" "$1" "$2" "$3"
+}
 mkdir -p /etc/apt/preferences.d
-printf 'Package: *\nPin: release a=%s-%s\nPin-Priority: 500\n' "$release" "$pocket" > "/etc/apt/preferences.d/dep8-$pocket-baseline"
+pin '*' "$release-$pocket" 500 > "/etc/apt/preferences.d/dep8-$pocket-baseline"
 if [ -n "$pkgs" ]; then
     bins=$(printf '%s' "$pkgs" | tr ',' '\n' | sed -n '/^src:/!p' | tr '\n' ' ')
     srcs=$(printf '%s' "$pkgs" | tr ',' '\n' | sed -n 's/^src://p' | tr '\n' ' ')
     [ -z "$srcs" ] || bins="$bins $(apt-cache showsrc $srcs | awk '/^Package-List:/ { show=1; next } (/^ / && show==1) { print $1; next } { show=0 }' | sort -u | tr '\n' ' ')"
-    printf 'Package: %s\nPin: release a=%s-%s\nPin-Priority: 995\n\nPackage: *\nPin: release a=%s\nPin-Priority: 990\n' \
-        "$bins" "$release" "$pocket" "$release" > "/etc/apt/preferences.d/dep8-$pocket"
+    { pin "$bins" "$release-$pocket" 995; pin '*' "$release" 990; } > "/etc/apt/preferences.d/dep8-$pocket"
 fi
 "#;
 
@@ -173,9 +178,41 @@ impl Setup {
     }
 }
 
+/// Indexes the `.deb` files in `$1` (the binaries dir) as a flat apt
+/// repository with dpkg-deb and coreutils only (a minimal testbed has no
+/// apt-ftparchive, and may have no package lists to install it from),
+/// pins it at 1002 and reads it in. As autopkgtest does, given binaries that
+/// are already installed are then reinstalled from it: a test depending on
+/// them would otherwise use the testbed's copy. Exit 100: a binary is
+/// unreadable or cannot be installed (the package's fault).
+const PUBLISH_BINARIES: &str = r#"dir=$1
+cd "$dir"
+: > Packages
+for deb in *.deb; do
+    fields=$(dpkg-deb --field "$deb") || { echo "$deb: not a binary package dpkg-deb can read" >&2; exit 100; }
+    printf '%s\nFilename: ./%s\nSize: %s\nSHA256: %s\n\n' "$fields" "$deb" "$(stat -c %s "$deb")" \
+        "$(sha256sum < "$deb" | cut -d' ' -f1)" >> Packages
+done
+mkdir -p /etc/apt/preferences.d
+printf 'Package: *\nPin: origin ""\nPin-Priority: 1002\n' > /etc/apt/preferences.d/90dep8
+echo "deb [trusted=yes] file://$dir /" > /etc/apt/sources.list.d/dep8-binaries.list
+apt-get -q --no-list-cleanup -o Dir::Etc::sourcelist=/etc/apt/sources.list.d/dep8-binaries.list \
+    -o Dir::Etc::sourceparts=/dev/null update || { echo "apt-get update of $dir failed" >&2; exit 1; }
+installed=
+for deb in *.deb; do
+    pkg=$(dpkg-deb --field "$deb" Package)
+    [ "$(dpkg-query -W -f '${db:Status-Abbrev}' "$pkg" 2>/dev/null)" != "ii " ] || installed="$installed $pkg"
+done
+if [ -n "$installed" ]; then
+    echo "reinstalling the given binaries that are installed:$installed"
+    DEBIAN_FRONTEND=noninteractive apt-get -q -y -o Dpkg::Options::=--force-confnew --reinstall install $installed ||
+        { echo "installing the given binaries$installed failed" >&2; exit 100; }
+fi
+"#;
+
 impl Setup {
-    /// Copies the binaries to `SCRATCH/binaries` and makes them an apt
-    /// repository with priority 1002 (as autopkgtest does).
+    /// Copies the binaries to `SCRATCH/binaries` and publishes them there
+    /// ([`PUBLISH_BINARIES`]).
     async fn publish_binaries(
         &self,
         tb: &dyn Testbed,
@@ -187,21 +224,58 @@ impl Setup {
             let name = deb.file_name().unwrap_or_default().to_string_lossy();
             tb.copy_down(deb, &format!("{dir}/{name}")).await?;
         }
-        let script = format!(
-            "cd '{dir}'; \
-             command -v apt-ftparchive >/dev/null || apt-get install -y -q apt-utils; \
-             apt-ftparchive packages . > Packages; apt-ftparchive release . > Release; \
-             printf 'Package: *\\nPin: origin \"\"\\nPin-Priority: 1002\\n' > /etc/apt/preferences.d/90dep8; \
-             echo 'deb [trusted=yes] file://{dir} /' > /etc/apt/sources.list.d/dep8-binaries.list; \
-             apt-get -q --no-list-cleanup -o Dir::Etc::sourcelist=/etc/apt/sources.list.d/dep8-binaries.list \
-             -o Dir::Etc::sourceparts=/dev/null update"
-        );
-        let req = ExecRequest::new(["sh", "-ec", &script]);
+        let req = ExecRequest::new(["sh", "-ec", PUBLISH_BINARIES, "publish", &dir]);
         run(tb, req, "publishing the binaries", timeout, log).await
     }
 }
 
-/// Runs one setup step as root with its output in the log.
+/// Checks that `path` is a Debian binary package as far as its `ar`
+/// structure goes (`debian-binary`, then `control.tar*` and `data.tar*`, all
+/// whole), so that random bytes or a truncated download are refused on the
+/// host, before a testbed is opened.
+pub fn check_binary(path: &Path) -> Result<(), String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let bad = |why: &str| format!("{}: not a Debian binary package: {why}", path.display());
+    let io = |e: std::io::Error| format!("{}: {e}", path.display());
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    let mut magic = [0u8; 8];
+    if file.read_exact(&mut magic).is_err() || &magic != b"!<arch>\n" {
+        return Err(bad("no ar archive header"));
+    }
+    let (mut at, mut members) = (8u64, Vec::new());
+    while at < len {
+        let mut header = [0u8; 60];
+        if file.read_exact(&mut header).is_err() || &header[58..] != b"`\n" {
+            return Err(bad("truncated or corrupt ar member header"));
+        }
+        let name = String::from_utf8_lossy(&header[..16]);
+        let name = name.trim_end().trim_end_matches('/').to_string();
+        let size: u64 = std::str::from_utf8(&header[48..58])
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .ok_or_else(|| bad("corrupt ar member size"))?;
+        if at + 60 + size > len {
+            return Err(bad(&format!("{name} is truncated")));
+        }
+        at = (at + 60 + size + size % 2).min(len);
+        file.seek(SeekFrom::Start(at)).map_err(io)?;
+        members.push(name);
+    }
+    match members.as_slice() {
+        [first, control, data, ..]
+            if first == "debian-binary"
+                && control.starts_with("control.tar")
+                && data.starts_with("data.tar") =>
+        {
+            Ok(())
+        }
+        _ => Err(bad(&format!("unexpected members {members:?}"))),
+    }
+}
+
+/// Runs one setup step as root with its output in the log; a failure names
+/// the step and quotes the last line it wrote on stderr.
 async fn run(
     tb: &dyn Testbed,
     req: ExecRequest,
@@ -211,9 +285,14 @@ async fn run(
 ) -> Result<(), SetupError> {
     let req = req
         .stdout(Output::default().with_tap(log.clone()))
-        .stderr(Output::default().with_tap(log.clone()))
+        .stderr(Output::capture().with_tap(log.clone()))
         .timeout(timeout);
     let out = tb.exec(req).await?;
+    let stderr = out.stderr_text();
+    let said = match stderr.lines().rev().find(|l| !l.trim().is_empty()) {
+        Some(line) => format!(": {}", line.trim()),
+        None => String::new(),
+    };
     match out.status.code() {
         0 => Ok(()),
         _ if out.timed_out => Err(SetupError::Testbed(format!(
@@ -221,10 +300,10 @@ async fn run(
             timeout.as_secs()
         ))),
         100 => Err(SetupError::BadPackage(format!(
-            "{what} failed with status 100"
+            "{what} failed with status 100{said}"
         ))),
         code => Err(SetupError::Testbed(format!(
-            "{what} failed with status {code}"
+            "{what} failed with status {code}{said}"
         ))),
     }
 }

@@ -78,7 +78,16 @@ up() {
         if [ "$network" = host ]; then
             rm -f "$root/etc/resolv.conf" && cp -L /etc/resolv.conf "$root/etc/resolv.conf"
         fi &&
+        hosts &&
         restore_hostname
+}
+
+# A rootfs without /etc/hosts (mmdebstrap makes none) gets one naming the
+# testbed, as container runtimes do: sudo and others resolve the hostname.
+hosts() {
+    [ -e "$root/etc/hosts" ] ||
+        printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' \
+            "$hostname" > "$root/etc/hosts"
 }
 
 # A test may have renamed the testbed (its own uts namespace).

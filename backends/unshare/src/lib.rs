@@ -9,7 +9,8 @@
 //! disk and vanishes with the namespace) and mounts an overlay whose lower layer is the pristine rootfs and whose upper
 //! layer is a fresh tmpfs, plus /proc, /sys (read-only), a minimal /dev
 //! (bind mounts of the host's null, zero, full, random, urandom, tty; its
-//! own devpts and /dev/shm). Commands enter the namespaces with `nsenter`
+//! own devpts and /dev/shm), and an /etc/hosts naming the testbed where the
+//! rootfs has none (as container runtimes give). Commands enter the namespaces with `nsenter`
 //! and `chroot` into the overlay.
 //!
 //! Revert asks the holder (a line on its stdin) to kill every other process
