@@ -223,3 +223,65 @@ fn a_dsc_is_unpacked_in_the_testbed() {
         "greets               PASS\ncommand1             PASS (superficial)\n"
     );
 }
+
+/// `--needs-internet=run|try|skip` decide what a failing needs-internet
+/// test becomes, and `-u USER` runs the tests as that user.
+#[test]
+fn needs_internet_modes_and_the_test_user() {
+    if !nix_is_root() {
+        eprintln!("skipped: -u needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("debian/tests")).unwrap();
+    std::fs::write(
+        src.join("debian/control"),
+        "Source: options\n\nPackage: options\nArchitecture: all\n",
+    )
+    .unwrap();
+    std::fs::write(
+        src.join("debian/tests/control"),
+        "Test-Command: id -un\nDepends:\nFeatures: test-name=who\n\n\
+         Test-Command: echo offline >&2; exit 1\nDepends:\nFeatures: test-name=online\n\
+         Restrictions: needs-internet\n",
+    )
+    .unwrap();
+    let summary = |args: &[&str]| {
+        let out_dir = dir.path().join(format!("out{}", args.join("")));
+        let out = Command::new(dep8_bin())
+            .args([
+                "run",
+                src.to_str().unwrap(),
+                "-o",
+                out_dir.to_str().unwrap(),
+            ])
+            .args(args)
+            .output()
+            .expect("run dep8");
+        (read(out_dir.join("summary")), out.status.code(), out_dir)
+    };
+    let (text, code, _) = summary(&["--needs-internet=run"]);
+    assert!(
+        text.contains("online               FAIL non-zero exit status 1"),
+        "{text}"
+    );
+    assert_eq!(code, Some(4));
+    let (text, code, _) = summary(&["--needs-internet=try"]);
+    assert!(
+        text.contains("online               SKIP Failed, but test has needs-internet and that's not guaranteed"),
+        "{text}"
+    );
+    assert_eq!(code, Some(2));
+    let (text, code, out_dir) = summary(&["--needs-internet=skip", "-u", "nobody"]);
+    assert!(
+        text.contains("online               SKIP Test restriction \"needs-internet\" requires testbed capability \"has_internet\""),
+        "{text}"
+    );
+    assert!(
+        !out_dir.join("online-stderr").exists(),
+        "a skipped test does not run"
+    );
+    assert_eq!(read(out_dir.join("who-stdout")), "nobody\n");
+    assert_eq!(code, Some(2));
+}
