@@ -285,3 +285,24 @@ fn needs_internet_modes_and_the_test_user() {
     assert_eq!(read(out_dir.join("who-stdout")), "nobody\n");
     assert_eq!(code, Some(2));
 }
+
+/// `--override-control FILE` replaces the tree's debian/tests/control.
+#[test]
+fn override_control_replaces_the_trees_tests() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = dir.path().join("control");
+    std::fs::write(
+        &control,
+        "Test-Command: echo overridden\nDepends:\nFeatures: test-name=instead\n",
+    )
+    .unwrap();
+    let out_dir = dir.path().join("out");
+    let out = run(
+        "hello",
+        &out_dir,
+        &["--override-control", control.to_str().unwrap()],
+    );
+    assert_exit(&out, 0);
+    assert_eq!(read(out_dir.join("summary")), "instead              PASS\n");
+    assert_eq!(read(out_dir.join("instead-stdout")), "overridden\n");
+}
