@@ -1013,11 +1013,34 @@ impl Run<'_> {
                 .stderr(Output::file(&stderr_path).with_tap(tap.clone()))
                 .timeout(self.opts.timeouts.test);
             req.user = user.clone();
-            let out = match self
+            let next = match self
                 .run_watched(tb, req, can_reboot, name, [&stdout_path, &stderr_path])
                 .await?
             {
-                TestRun::Ended(out) => out,
+                TestRun::Ended(out) => {
+                    if !can_reboot || out.timed_out || !reboot::killed(out.status) {
+                        break out;
+                    }
+                    let Some(next) = self
+                        .timed(
+                            self.opts.timeouts.short,
+                            "reading the reboot mark",
+                            reboot::take_mark(tb),
+                        )
+                        .await?
+                    else {
+                        break out;
+                    };
+                    self.log
+                        .info(&format!("test {name}: requested reboot with marker {next}"));
+                    self.timed(
+                        self.opts.timeouts.reboot,
+                        "rebooting the testbed",
+                        tb.reboot(),
+                    )
+                    .await?;
+                    next
+                }
                 TestRun::PreparedReboot(next) => {
                     self.timed(
                         self.opts.timeouts.reboot,
@@ -1025,37 +1048,9 @@ impl Run<'_> {
                         tb.await_reboot(),
                     )
                     .await?;
-                    self.timed(
-                        self.opts.timeouts.short,
-                        "preparing the testbed",
-                        reboot::install(tb),
-                    )
-                    .await?;
-                    mark = Some(next);
-                    continue;
+                    next
                 }
             };
-            if !can_reboot || out.timed_out || !reboot::killed(out.status) {
-                break out;
-            }
-            let Some(next) = self
-                .timed(
-                    self.opts.timeouts.short,
-                    "reading the reboot mark",
-                    reboot::take_mark(tb),
-                )
-                .await?
-            else {
-                break out;
-            };
-            self.log
-                .info(&format!("test {name}: requested reboot with marker {next}"));
-            self.timed(
-                self.opts.timeouts.reboot,
-                "rebooting the testbed",
-                tb.reboot(),
-            )
-            .await?;
             self.timed(
                 self.opts.timeouts.short,
                 "preparing the testbed",

@@ -167,6 +167,26 @@ pub fn assert_same_results(
     );
 }
 
+/// Runs `program args` in `dir`; returns its stdout, panics with its
+/// output on failure.
+pub fn check(program: &str, args: &[&str], dir: &Path) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {} failed in {}:\n{}{}",
+        args.join(" "),
+        dir.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A finished `dep8 run -o DIR SRC -- TESTBED...`.
 pub struct Dep8Run {
     pub status: Option<i32>,

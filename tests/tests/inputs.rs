@@ -11,7 +11,7 @@
 //! Most tests need the network to deb.debian.org (as CI has).
 
 use dep8_conformance::e2e::{
-    autopkgtest_as_root, dep8_bin, required_program, result_words, summary_of,
+    autopkgtest_as_root, check, dep8_bin, required_program, result_words, summary_of,
     unshare_rootfs_as_root,
 };
 use std::collections::BTreeMap;
@@ -87,23 +87,6 @@ fn unshare(tarball: &str) -> Vec<&str> {
 fn write(path: &Path, text: &str) {
     std::fs::create_dir_all(path.parent().expect("parent dir")).expect("mkdir");
     std::fs::write(path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-}
-
-/// Runs `program args` in `dir`; panics with its output on failure.
-fn check(program: &str, args: &[&str], dir: &Path) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {} failed:\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A source tree `dir/NAME` of the native source package `NAME` whose

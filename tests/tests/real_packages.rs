@@ -13,33 +13,14 @@
 //! (grep) builds its whole test suite for minutes: `examples/tests-directory`
 //! covers those four.
 
-use dep8_conformance::e2e::{assert_same_results, required_program};
+use dep8_conformance::e2e::{assert_same_results, check, required_program};
 use dep8_conformance::required_resource;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use tempfile::TempDir;
 
 /// The testbed needs the archive's package lists to install dependencies;
 /// a rootfs tarball has none, and `-U` would also dist-upgrade.
 const OPTIONS: [&str; 1] = ["--setup-commands=apt-get update"];
-
-/// Runs `program args` in `dir`; panics with its output on failure.
-fn check(program: &str, args: &[&str], dir: &Path) {
-    let out = Command::new(program)
-        .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {} failed in {}:\n{}{}",
-        args.join(" "),
-        dir.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Downloads the bookworm source package `name` and unpacks it; returns
 /// the temp dir (removed on drop) and the unpacked tree in it.
