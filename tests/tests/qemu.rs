@@ -1,6 +1,7 @@
 //! qemu specifics the conformance suite does not see: the base image is
 //! kept out of /dev/disk/by-*, is read-only, comes back after a reboot; the
-//! console log and the accelerator facts are reported.
+//! console log and the accelerator facts are reported; `--efi` boots the
+//! kernel under UEFI; a snapshot revert sets the clock.
 
 use dep8_core::testbed::{Backend, ExecRequest, Testbed};
 
@@ -59,6 +60,48 @@ async fn baseimage_console_log_and_facts() {
     let logs = tb.logs();
     let console = std::fs::read_to_string(&logs[0].1).expect("console log");
     assert!(console.contains("Linux version"), "{console}");
+    tb.close().await.expect("close");
+}
+
+/// `--efi` with the CI image's kernel (direct boot, no boot loader in the
+/// image): OVMF loads it, the guest runs under UEFI; a snapshot revert
+/// works with that firmware and gives the guest the host's time back.
+#[tokio::test(flavor = "multi_thread")]
+async fn efi_direct_boot_and_snapshot_revert() {
+    let Some(image) = dep8_conformance::required_resource("DEP8_TEST_QEMU_IMAGE", "a qemu image")
+    else {
+        return;
+    };
+    if !dep8_conformance::e2e::required_file("/usr/share/ovmf/OVMF.fd", "ovmf") {
+        return;
+    }
+    let mut tb = dep8_backend_qemu::QemuBackend
+        .open(&[image, "--efi".into()])
+        .await
+        .expect("open qemu --efi");
+    let facts = tb.describe();
+    assert_eq!(facts.get("qemu_firmware").map(String::as_str), Some("uefi"));
+    assert_eq!(facts.get("qemu_boot").map(String::as_str), Some("kernel"));
+    let efi = "test -d /sys/firmware/efi && echo uefi";
+    assert_eq!(sh(tb.as_ref(), efi).await, "uefi");
+    sh(tb.as_ref(), "touch /var/tmp/dirty").await;
+    // Long enough for a clock left at the snapshot's time to show.
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    tb.revert().await.expect("revert");
+    assert_eq!(sh(tb.as_ref(), efi).await, "uefi");
+    assert_eq!(
+        sh(tb.as_ref(), "ls /var/tmp/dirty 2>&1 || true").await,
+        "ls: cannot access '/var/tmp/dirty': No such file or directory"
+    );
+    let guest: f64 = sh(tb.as_ref(), "date +%s.%N").await.parse().unwrap();
+    let host = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        (guest - host).abs() < 2.0,
+        "guest clock {guest}, host {host}"
+    );
     tb.close().await.expect("close");
 }
 

@@ -85,9 +85,9 @@ struct Args {
     /// Put the overlay here instead of in a temporary dir.
     #[arg(long, value_name = "DIR")]
     overlay_dir: Option<PathBuf>,
-    /// Boot the image's own boot loader with UEFI firmware (OVMF) instead
-    /// of a kernel beside the image.
-    #[arg(long, conflicts_with_all = ["kernel", "initrd"])]
+    /// Boot with UEFI firmware (OVMF) instead of QEMU's BIOS: the kernel
+    /// (direct boot) or the image's own boot loader.
+    #[arg(long)]
     efi: bool,
     /// More QEMU options (one string, split like a shell does).
     #[arg(long, value_name = "OPTIONS", allow_hyphen_values = true)]
@@ -153,15 +153,20 @@ impl Backend for QemuBackend {
     }
 }
 
-/// How the image is booted.
+/// The UEFI firmware `--efi` boots with (package `ovmf`): one image with
+/// its variable store in RAM, so no writable flash drive keeps `savevm`
+/// from working.
+const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
+
+/// What the firmware boots.
 enum Boot {
     Direct {
         kernel: PathBuf,
         initrd: Option<PathBuf>,
         append: String,
     },
-    /// The image's own boot loader, with QEMU's BIOS or UEFI firmware.
-    Disk { firmware: Option<PathBuf> },
+    /// The image's own boot loader.
+    Disk,
 }
 
 /// A running QEMU.
@@ -176,6 +181,8 @@ pub struct QemuTestbed {
     image: PathBuf,
     format: &'static str,
     boot: Boot,
+    /// UEFI firmware (`--efi`); QEMU's BIOS without.
+    firmware: Option<PathBuf>,
     qemu: String,
     qemu_version: String,
     accel: Accel,
@@ -201,6 +208,13 @@ impl QemuTestbed {
         let format =
             image_format(&image).map_err(|e| usage(format!("{}: {e}", image.display())))?;
         let boot = boot_files(&args, &image)?;
+        let firmware = args.efi.then(|| PathBuf::from(OVMF));
+        if let Some(firmware) = firmware.as_ref().filter(|f| !f.exists()) {
+            return Err(usage(format!(
+                "--efi needs {} (install the ovmf package)",
+                firmware.display()
+            )));
+        }
         let qemu = args
             .qemu_command
             .clone()
@@ -208,7 +222,7 @@ impl QemuTestbed {
         let qemu_version = qemu_version(&qemu)?;
         let kernel = match &boot {
             Boot::Direct { kernel, .. } => Some(kernel.as_path()),
-            Boot::Disk { .. } => None,
+            Boot::Disk => None,
         };
         let accel = accel::choose(&qemu, kernel).await?;
         let user_cpu = args.cpu.clone().or_else(|| {
@@ -251,6 +265,7 @@ impl QemuTestbed {
             image,
             format,
             boot,
+            firmware,
             qemu,
             qemu_version,
             accel,
@@ -433,11 +448,11 @@ impl QemuTestbed {
                     add(&["-initrd", &p(initrd)]);
                 }
             }
-            Boot::Disk { firmware } => {
-                if let Some(firmware) = firmware {
-                    add(&["-bios", &p(firmware)]);
-                }
-            }
+            Boot::Disk => {}
+        }
+        // OVMF loads a direct-boot kernel from fw_cfg as an EFI program.
+        if let Some(firmware) = &self.firmware {
+            add(&["-bios", &p(firmware)]);
         }
         if let Some(opts) = &self.args.qemu_options {
             let words = shell_words::split(opts)
@@ -500,7 +515,9 @@ impl QemuTestbed {
                         tail(&console, 15)
                     ));
                 }
-                if tail(&console, 15).contains("No bootable device") {
+                // SeaBIOS's words, or OVMF falling back to its UEFI shell.
+                let end = tail(&console, 15);
+                if end.contains("No bootable device") || end.contains("Shell> ") {
                     return TestbedError::Failure(format!(
                         "{image} has no boot loader and no kernel beside it \
                          (IMAGE.vmlinuz or --kernel); console:\n{}",
@@ -663,8 +680,23 @@ impl Testbed for QemuTestbed {
                 format!("{:.1}", self.boot_time.as_secs_f64()),
             ),
         ]);
-        if let Boot::Direct { kernel, .. } = &self.boot {
-            facts.insert("qemu_kernel".into(), kernel.display().to_string());
+        match &self.boot {
+            Boot::Direct { kernel, .. } => {
+                facts.insert("qemu_boot".into(), "kernel".into());
+                facts.insert("qemu_kernel".into(), kernel.display().to_string());
+            }
+            Boot::Disk => {
+                facts.insert("qemu_boot".into(), "boot-loader".into());
+            }
+        }
+        match &self.firmware {
+            Some(file) => {
+                facts.insert("qemu_firmware".into(), "uefi".into());
+                facts.insert("qemu_firmware_file".into(), file.display().to_string());
+            }
+            None => {
+                facts.insert("qemu_firmware".into(), "bios".into());
+            }
         }
         facts
     }
@@ -772,25 +804,13 @@ fn image_format(image: &Path) -> std::io::Result<&'static str> {
     })
 }
 
-/// The kernel and initrd (or firmware) the image is booted with.
+/// The kernel and initrd the image is booted with, or its boot loader.
 fn boot_files(args: &Args, image: &Path) -> Result<Boot> {
     let beside = |suffix: &str| {
         let mut name = image.as_os_str().to_owned();
         name.push(suffix);
         PathBuf::from(name)
     };
-    if args.efi {
-        let firmware = PathBuf::from("/usr/share/ovmf/OVMF.fd");
-        if !firmware.exists() {
-            return Err(TestbedError::Usage(format!(
-                "--efi needs {} (install the ovmf package)",
-                firmware.display()
-            )));
-        }
-        return Ok(Boot::Disk {
-            firmware: Some(firmware),
-        });
-    }
     let kernel = match &args.kernel {
         Some(kernel) if !kernel.is_file() => {
             return Err(TestbedError::Usage(format!(
@@ -801,7 +821,7 @@ fn boot_files(args: &Args, image: &Path) -> Result<Boot> {
         Some(kernel) => kernel.clone(),
         None if beside(".vmlinuz").is_file() => beside(".vmlinuz"),
         // No kernel beside the image: boot its own boot loader.
-        None => return Ok(Boot::Disk { firmware: None }),
+        None => return Ok(Boot::Disk),
     };
     let initrd = match &args.initrd {
         Some(initrd) if !initrd.is_file() => {
@@ -877,7 +897,7 @@ mod tests {
         assert_eq!(args.qemu_options.as_deref(), Some("-device virtio-balloon"));
         assert!(args.baseimage);
         assert_eq!(args.revert, RevertMethod::Snapshot);
-        assert!(Args::try_parse_from(["img", "--efi", "--kernel", "k"]).is_err());
+        assert!(Args::try_parse_from(["img", "--efi", "--kernel", "k"]).is_ok());
     }
 
     #[test]
