@@ -955,12 +955,13 @@ impl Run<'_> {
             };
             self.log
                 .info(&format!("test {name}: requested reboot with marker {next}"));
-            self.timed(
-                self.opts.timeouts.reboot,
-                "rebooting the testbed",
-                tb.reboot(),
-            )
-            .await?;
+            let what = format!("test {name}: the reboot with marker {next}");
+            let reboot = async {
+                tb.reboot().await.map_err(|e| {
+                    TestbedError::Failure(format!("{what} did not come back: {}", e.detail()))
+                })
+            };
+            self.timed(self.opts.timeouts.reboot, &what, reboot).await?;
             self.timed(
                 self.opts.timeouts.short,
                 "preparing the testbed",

@@ -4,6 +4,7 @@
 //! kernel under UEFI; a snapshot revert sets the clock.
 
 use dep8_core::testbed::{Backend, ExecRequest, Testbed};
+use std::os::unix::fs::PermissionsExt;
 
 async fn sh(tb: &dyn Testbed, script: &str) -> String {
     let out = tb
@@ -143,4 +144,67 @@ fn a_test_reboots_twice() {
         "first run\nafter reboot one\nafter reboot two\nthree boots\n"
     );
     assert!(out_dir.join("qemu-console.log").exists());
+}
+
+/// A `needs-reboot` test that masks sshd before asking for a reboot: the
+/// guest never answers again. dep8 gives up after its reboot time limit,
+/// exits 16 (testbed failure) naming the reboot, and keeps the console log,
+/// which shows the boot that did not come back.
+#[test]
+fn a_reboot_that_does_not_come_back_is_a_testbed_failure() {
+    let Some(image) = dep8_conformance::required_resource("DEP8_TEST_QEMU_IMAGE", "a qemu image")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let tests = src.join("debian/tests");
+    std::fs::create_dir_all(&tests).unwrap();
+    std::fs::write(
+        src.join("debian/control"),
+        "Source: dep8-breaks-ssh\nMaintainer: dep8 <dep8@example.org>\n\n\
+         Package: dep8-breaks-ssh\nArchitecture: all\nDescription: breaks ssh\n",
+    )
+    .unwrap();
+    std::fs::write(
+        tests.join("control"),
+        "Tests: breaks-ssh\nDepends:\nRestrictions: needs-reboot, needs-root\n",
+    )
+    .unwrap();
+    let script = tests.join("breaks-ssh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nset -e\n\
+         if [ -n \"${AUTOPKGTEST_REBOOT_MARK:-}\" ]; then echo 'ssh came back' >&2; exit 1; fi\n\
+         systemctl mask ssh.service ssh.socket\n\
+         /tmp/autopkgtest-reboot no-ssh\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out_dir = dir.path().join("out");
+    let out = std::process::Command::new(dep8_conformance::e2e::dep8_bin())
+        .args([
+            "run",
+            "--timeout-reboot",
+            "20",
+            "-o",
+            out_dir.to_str().unwrap(),
+            src.to_str().unwrap(),
+            "--",
+            "qemu",
+            &image,
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(16), "{stderr}");
+    assert!(
+        stderr.contains(
+            "testbed failure: test breaks-ssh: the reboot with marker no-ssh timed out after 20s"
+        ),
+        "{stderr}"
+    );
+    // Two kernels: the first boot's and the one that never got to sshd.
+    let console = std::fs::read_to_string(out_dir.join("qemu-console.log")).unwrap_or_default();
+    assert_eq!(console.matches("Linux version").count(), 2, "{console}");
 }

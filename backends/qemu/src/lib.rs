@@ -747,7 +747,11 @@ impl Testbed for QemuTestbed {
             .as_mut()
             .ok_or_else(|| TestbedError::Failure("the VM is not running".into()))?
             .reboot()
-            .await?;
+            .await
+            .map_err(|e| {
+                let console = tail(&self.console_log(), 15);
+                TestbedError::Failure(format!("{}\nconsole:\n{console}", e.detail()))
+            })?;
         self.attach_baseimage().await
     }
 
