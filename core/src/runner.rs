@@ -539,6 +539,23 @@ impl Run<'_> {
         Arc::new(move |bytes: &[u8]| log.raw(bytes))
     }
 
+    /// A reboot a test asked for: errors and the timeout name the test and
+    /// its mark.
+    async fn reboot_step(
+        &self,
+        name: &str,
+        mark: &str,
+        reboot: impl std::future::Future<Output = Result<(), TestbedError>>,
+    ) -> Result<(), Abort> {
+        let what = format!("test {name}: the reboot with marker {mark}");
+        let reboot = async {
+            reboot.await.map_err(|e| {
+                TestbedError::Failure(format!("{what} did not come back: {}", e.detail()))
+            })
+        };
+        self.timed(self.opts.timeouts.reboot, &what, reboot).await
+    }
+
     /// Runs a test's command; where the testbed can reboot, a watcher runs
     /// beside it for `/tmp/autopkgtest-reboot-prepare`. When the test calls
     /// that, the testbed is got ready to go down, the test released, and
@@ -1033,21 +1050,11 @@ impl Run<'_> {
                     };
                     self.log
                         .info(&format!("test {name}: requested reboot with marker {next}"));
-                    self.timed(
-                        self.opts.timeouts.reboot,
-                        "rebooting the testbed",
-                        tb.reboot(),
-                    )
-                    .await?;
+                    self.reboot_step(name, &next, tb.reboot()).await?;
                     next
                 }
                 TestRun::PreparedReboot(next) => {
-                    self.timed(
-                        self.opts.timeouts.reboot,
-                        "waiting for the testbed to reboot",
-                        tb.await_reboot(),
-                    )
-                    .await?;
+                    self.reboot_step(name, &next, tb.await_reboot()).await?;
                     next
                 }
             };

@@ -47,6 +47,20 @@ pub fn required_program(program: &str, package: &str) -> Option<PathBuf> {
     }
 }
 
+/// A file the test needs from the host (firmware, data); `false` (with the
+/// reason printed) when it is missing on a developer machine, a failure
+/// under CI, where `.ci/install-deps` installs it from `package`.
+pub fn required_file(path: &str, package: &str) -> bool {
+    if Path::new(path).exists() {
+        true
+    } else if std::env::var_os("DEP8_CI").is_some() {
+        panic!("{path} is missing under CI: .ci/install-deps should install {package}")
+    } else {
+        eprintln!("SKIP: {path} is missing (apt-get install {package})");
+        false
+    }
+}
+
 /// The rootfs tarball (`DEP8_TEST_ROOTFS`) for tests that open unshare
 /// testbeds as root; `None` with the reason printed otherwise.
 pub fn unshare_rootfs_as_root() -> Option<String> {

@@ -1,9 +1,11 @@
 //! qemu specifics the conformance suite does not see: the base image is
 //! kept out of /dev/disk/by-*, is read-only, comes back after a reboot; the
-//! console log and the accelerator facts are reported.
+//! console log and the accelerator facts are reported; `--efi` boots the
+//! kernel under UEFI; a snapshot revert sets the clock.
 
 use dep8_conformance::e2e::Dep8Run;
 use dep8_core::testbed::{Backend, ExecRequest, Testbed};
+use std::os::unix::fs::PermissionsExt;
 
 async fn sh(tb: &dyn Testbed, script: &str) -> String {
     let out = tb
@@ -66,6 +68,48 @@ async fn baseimage_console_log_and_facts() {
     tb.close().await.expect("close");
 }
 
+/// `--efi` with the CI image's kernel (direct boot, no boot loader in the
+/// image): OVMF loads it, the guest runs under UEFI; a snapshot revert
+/// works with that firmware and gives the guest the host's time back.
+#[tokio::test(flavor = "multi_thread")]
+async fn efi_direct_boot_and_snapshot_revert() {
+    let Some(image) = dep8_conformance::required_resource("DEP8_TEST_QEMU_IMAGE", "a qemu image")
+    else {
+        return;
+    };
+    if !dep8_conformance::e2e::required_file("/usr/share/ovmf/OVMF.fd", "ovmf") {
+        return;
+    }
+    let mut tb = dep8_backend_qemu::QemuBackend
+        .open(&[image, "--efi".into()])
+        .await
+        .expect("open qemu --efi");
+    let facts = tb.describe();
+    assert_eq!(facts.get("qemu_firmware").map(String::as_str), Some("uefi"));
+    assert_eq!(facts.get("qemu_boot").map(String::as_str), Some("kernel"));
+    let efi = "test -d /sys/firmware/efi && echo uefi";
+    assert_eq!(sh(tb.as_ref(), efi).await, "uefi");
+    sh(tb.as_ref(), "touch /var/tmp/dirty").await;
+    // Long enough for a clock left at the snapshot's time to show.
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    tb.revert().await.expect("revert");
+    assert_eq!(sh(tb.as_ref(), efi).await, "uefi");
+    assert_eq!(
+        sh(tb.as_ref(), "ls /var/tmp/dirty 2>&1 || true").await,
+        "ls: cannot access '/var/tmp/dirty': No such file or directory"
+    );
+    let guest: f64 = sh(tb.as_ref(), "date +%s.%N").await.parse().unwrap();
+    let host = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        (guest - host).abs() < 2.0,
+        "guest clock {guest}, host {host}"
+    );
+    tb.close().await.expect("close");
+}
+
 /// A `needs-reboot` test that reboots twice through
 /// `/tmp/autopkgtest-reboot`: the runner reboots the VM and re-runs it with
 /// `AUTOPKGTEST_REBOOT_MARK`; the shell's "Killed" is not the test's stderr.
@@ -114,4 +158,67 @@ fn a_nested_vm_boots_from_the_base_image() {
             && stdout.contains("booted from /dev/baseimage (block) and answered"),
         "{stdout}"
     );
+}
+
+/// A `needs-reboot` test that masks sshd before asking for a reboot: the
+/// guest never answers again. dep8 gives up after its reboot time limit,
+/// exits 16 (testbed failure) naming the reboot, and keeps the console log,
+/// which shows the boot that did not come back.
+#[test]
+fn a_reboot_that_does_not_come_back_is_a_testbed_failure() {
+    let Some(image) = dep8_conformance::required_resource("DEP8_TEST_QEMU_IMAGE", "a qemu image")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let tests = src.join("debian/tests");
+    std::fs::create_dir_all(&tests).unwrap();
+    std::fs::write(
+        src.join("debian/control"),
+        "Source: dep8-breaks-ssh\nMaintainer: dep8 <dep8@example.org>\n\n\
+         Package: dep8-breaks-ssh\nArchitecture: all\nDescription: breaks ssh\n",
+    )
+    .unwrap();
+    std::fs::write(
+        tests.join("control"),
+        "Tests: breaks-ssh\nDepends:\nRestrictions: needs-reboot, needs-root\n",
+    )
+    .unwrap();
+    let script = tests.join("breaks-ssh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nset -e\n\
+         if [ -n \"${AUTOPKGTEST_REBOOT_MARK:-}\" ]; then echo 'ssh came back' >&2; exit 1; fi\n\
+         systemctl mask ssh.service ssh.socket\n\
+         /tmp/autopkgtest-reboot no-ssh\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out_dir = dir.path().join("out");
+    let out = std::process::Command::new(dep8_conformance::e2e::dep8_bin())
+        .args([
+            "run",
+            "--timeout-reboot",
+            "20",
+            "-o",
+            out_dir.to_str().unwrap(),
+            src.to_str().unwrap(),
+            "--",
+            "qemu",
+            &image,
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(16), "{stderr}");
+    assert!(
+        stderr.contains(
+            "testbed failure: test breaks-ssh: the reboot with marker no-ssh timed out after 20s"
+        ),
+        "{stderr}"
+    );
+    // Two kernels: the first boot's and the one that never got to sshd.
+    let console = std::fs::read_to_string(out_dir.join("qemu-console.log")).unwrap_or_default();
+    assert_eq!(console.matches("Linux version").count(), 2, "{console}");
 }

@@ -51,6 +51,11 @@ pub struct SshTarget {
     pub accept_new_host_key: bool,
     /// How long to keep trying to connect (a machine still booting).
     pub connect_timeout: Duration,
+    /// Set the remote clock to the local one at every (re)connection, in
+    /// the same round trip as the connection's probe (a machine restored
+    /// from a snapshot wakes up with the snapshot's time). Needs root (as
+    /// the login or through `sudo -n`).
+    pub sync_clock: bool,
 }
 
 impl SshTarget {
@@ -64,6 +69,7 @@ impl SshTarget {
             known_hosts: None,
             accept_new_host_key: false,
             connect_timeout: Duration::from_secs(300),
+            sync_clock: false,
         }
     }
 
@@ -122,11 +128,17 @@ const KILL_ALL: &str = r#"for f in "$1"/*.pid; do
 done
 rm -rf -- "$1""#;
 
-/// Prints the uid, the boot id, whether `sudo -n` works, and the control
-/// dir: `$1` (re)created, or a new one.
-const HELLO: &str = r#"id -u
-cat /proc/sys/kernel/random/boot_id
-if sudo -n true >/dev/null 2>&1; then echo sudo; else echo nosudo; fi
+/// Prints the uid, the boot id, how root is had (`root`, `sudo`,
+/// `nosudo`), and the control dir: `$1` (re)created, or a new one. With
+/// `$2` (seconds since the epoch), also sets the clock to it. As few
+/// processes as possible: each costs under emulation.
+const HELLO: &str = r#"u=$(id -u)
+if [ "$u" = 0 ]; then r=root; elif sudo -n true >/dev/null 2>&1; then r=sudo; else r=nosudo; fi
+if [ -n "$2" ]; then
+  case $r in root) date -u -s "@$2" ;; sudo) sudo -n date -u -s "@$2" ;; *) false ;; esac >/dev/null || exit 1
+fi
+read b < /proc/sys/kernel/random/boot_id
+echo "$u"; echo "$b"; echo "$r"
 if [ -n "$1" ]; then mkdir -p -m 700 "$1" && echo "$1"; else mktemp -d /tmp/dep8-jobs.XXXXXXXX; fi"#;
 
 /// Kills a remote job when dropped still armed (its command's future was
@@ -644,7 +656,14 @@ impl SshConnection {
     }
 
     async fn hello(&self) -> Result<Hello> {
-        let remote = ["sh", "-c", HELLO, "sh", &self.remote_dir].map(String::from);
+        let now = if self.target.sync_clock {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(String::new(), |d| format!("{:.3}", d.as_secs_f64()))
+        } else {
+            String::new()
+        };
+        let remote = ["sh", "-c", HELLO, "sh", &self.remote_dir, &now].map(String::from);
         let out = self.control("probing", remote.to_vec()).await?;
         let lines: Vec<&str> = out.lines().collect();
         let [uid, boot_id, sudo, dir] = lines[..] else {
