@@ -59,6 +59,10 @@ pub fn checks() -> Vec<Check> {
         check!(root_is_real, [RootOnTestbed]),
         check!(normal_user_is_real, [RootOnTestbed]),
         check!(baseimage_is_read_only_and_pristine, [BaseImage]),
+        check!(
+            nested_testbed_on_the_base_image,
+            [Nesting, BaseImage, RootOnTestbed]
+        ),
         check!(revert_restores_root_filesystem, [Revert]),
         check!(revert_full_system_restores_tmp, [RevertFullSystem]),
         check!(reboot_keeps_scratch, [Reboot]),
@@ -429,6 +433,55 @@ async fn reboot_keeps_scratch(tb: &mut dyn Testbed) -> Result<(), String> {
         return Err("boot_id unchanged: the testbed did not reboot".into());
     }
     Ok(())
+}
+
+/// The test of `examples/nested`, the one way a test author finds the base
+/// image on every backend.
+const NESTED_TEST: &str = include_str!("../../examples/nested/debian/tests/nested-testbed");
+
+/// `examples/nested`'s test, run as is: a nested testbed made from the base
+/// image (a VM booted from a block device, a container on a directory)
+/// runs a command and answers with the base image's Debian version.
+async fn nested_testbed_on_the_base_image(tb: &mut dyn Testbed) -> Result<(), String> {
+    let base = tb
+        .capabilities()
+        .baseimage
+        .clone()
+        .ok_or("baseimage advertised without a path")?;
+    if base.kind == dep8_core::capability::BaseImageKind::Block {
+        // What the example's Depends installs.
+        ok(
+            tb,
+            "command -v qemu-system-x86_64 >/dev/null || \
+             { apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+               apt-get install -y -q --no-install-recommends qemu-system-x86; } >/dev/null",
+        )
+        .await?;
+    }
+    let tmp = scratch_path(tb, "nested-tmp");
+    ok(tb, &format!("mkdir -p '{tmp}'")).await?;
+    let out = tb
+        .exec(
+            ExecRequest::new(["sh", "-c", NESTED_TEST, "nested-testbed"])
+                .env("DEP8_BASEIMAGE", &base.path)
+                .env("DEP8_BASEIMAGE_KIND", &base.kind.to_string())
+                .env("AUTOPKGTEST_TMP", &tmp)
+                .capture()
+                .timeout(Duration::from_secs(1800)),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let said = format!("booted from {} ({}) and answered", base.path, base.kind);
+    if out.status.success() && out.stdout_text().contains(&said) {
+        Ok(())
+    } else {
+        Err(format!(
+            "the nested testbed did not answer ({:?}): {}\n{}",
+            out.status,
+            out.stdout_text(),
+            out.stderr_text()
+        ))
+    }
 }
 
 /// `prepare_reboot` + `await_reboot`: a process on the testbed waits for
