@@ -201,6 +201,35 @@ pub fn check(program: &str, args: &[&str], dir: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Writes `text` to `path`, creating its parent dirs.
+pub fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().expect("parent dir")).expect("mkdir");
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
+/// A source tree `dir/NAME` of the native source package `NAME` whose
+/// debian/tests/control is `control`.
+pub fn source_tree(dir: &Path, name: &str, control: &str) -> PathBuf {
+    let tree = dir.join(name);
+    write(
+        &tree.join("debian/control"),
+        &format!(
+            "Source: {name}\nMaintainer: dep8 <dep8@example.org>\n\n\
+             Package: {name}\nArchitecture: all\nDescription: dep8 test fixture\n fixture\n"
+        ),
+    );
+    write(
+        &tree.join("debian/changelog"),
+        &format!(
+            "{name} (1.0) unstable; urgency=medium\n\n  * Fixture.\n\n \
+             -- dep8 <dep8@example.org>  Tue, 25 Nov 2025 12:00:00 +0000\n"
+        ),
+    );
+    write(&tree.join("debian/source/format"), "3.0 (native)\n");
+    write(&tree.join("debian/tests/control"), control);
+    tree
+}
+
 /// A finished `dep8 run -o DIR SRC -- TESTBED...`.
 pub struct Dep8Run {
     pub status: Option<i32>,

@@ -1,7 +1,7 @@
 //! End to end: the `dep8` binary on the example packages, asserting the
 //! exact summary, the exit status and the files in the output dir.
 
-use dep8_conformance::e2e::{dep8_bin, repo};
+use dep8_conformance::e2e::{dep8_bin, repo, source_tree};
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -233,20 +233,13 @@ fn needs_internet_modes_and_the_test_user() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("src");
-    std::fs::create_dir_all(src.join("debian/tests")).unwrap();
-    std::fs::write(
-        src.join("debian/control"),
-        "Source: options\n\nPackage: options\nArchitecture: all\n",
-    )
-    .unwrap();
-    std::fs::write(
-        src.join("debian/tests/control"),
+    let src = source_tree(
+        dir.path(),
+        "options",
         "Test-Command: id -un\nDepends:\nFeatures: test-name=who\n\n\
          Test-Command: echo offline >&2; exit 1\nDepends:\nFeatures: test-name=online\n\
          Restrictions: needs-internet\n",
-    )
-    .unwrap();
+    );
     let summary = |args: &[&str]| {
         let out_dir = dir.path().join(format!("out{}", args.join("")));
         let out = Command::new(dep8_bin())

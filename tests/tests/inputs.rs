@@ -11,8 +11,8 @@
 //! Most tests need the network to deb.debian.org (as CI has).
 
 use dep8_conformance::e2e::{
-    autopkgtest_as_root, check, dep8_bin, required_program, result_words, summary_of,
-    unshare_rootfs_as_root,
+    autopkgtest_as_root, check, dep8_bin, required_program, result_words, source_tree, summary_of,
+    unshare_rootfs_as_root, write,
 };
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -82,34 +82,6 @@ fn dep8(dir: &Path, out: &str, args: &[&str]) -> Run {
 /// The words after `--` for an unshare testbed of `tarball`.
 fn unshare(tarball: &str) -> Vec<&str> {
     vec!["--", "unshare", "--tarball", tarball]
-}
-
-fn write(path: &Path, text: &str) {
-    std::fs::create_dir_all(path.parent().expect("parent dir")).expect("mkdir");
-    std::fs::write(path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-}
-
-/// A source tree `dir/NAME` of the native source package `NAME` whose
-/// debian/tests/control is `control`.
-fn source_tree(dir: &Path, name: &str, control: &str) -> PathBuf {
-    let tree = dir.join(name);
-    write(
-        &tree.join("debian/control"),
-        &format!(
-            "Source: {name}\nMaintainer: dep8 <dep8@example.org>\n\n\
-             Package: {name}\nArchitecture: all\nDescription: dep8 test fixture\n fixture\n"
-        ),
-    );
-    write(
-        &tree.join("debian/changelog"),
-        &format!(
-            "{name} (1.0) unstable; urgency=medium\n\n  * Fixture.\n\n \
-             -- dep8 <dep8@example.org>  Tue, 25 Nov 2025 12:00:00 +0000\n"
-        ),
-    );
-    write(&tree.join("debian/source/format"), "3.0 (native)\n");
-    write(&tree.join("debian/tests/control"), control);
-    tree
 }
 
 /// Builds `dir/PACKAGE_VERSION_all.deb` holding `files` (path, content).

@@ -160,6 +160,32 @@ fn a_nested_vm_boots_from_the_base_image() {
     );
 }
 
+/// A `breaks-testbed` test, then one that proves the revert: dep8 restores
+/// the snapshot between them.
+#[test]
+fn a_broken_testbed_is_reverted_before_the_next_test() {
+    let Some(image) = dep8_conformance::required_resource("DEP8_TEST_QEMU_IMAGE", "a qemu image")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let src = dep8_conformance::e2e::source_tree(
+        dir.path(),
+        "dep8-breaks",
+        "Test-Command: echo broken > /etc/dep8-broken; rm -f /usr/bin/dpkg-query\n\
+         Depends:\nFeatures: test-name=breaks\nRestrictions: needs-root, breaks-testbed\n\n\
+         Test-Command: test ! -e /etc/dep8-broken && command -v dpkg-query\n\
+         Depends:\nFeatures: test-name=sees-it-pristine\nRestrictions: needs-root\n",
+    );
+    let run = Dep8Run::new(src.to_str().unwrap(), &["qemu", &image]);
+    run.assert_exit(0);
+    assert_eq!(
+        run.read("summary"),
+        "breaks               PASS\nsees-it-pristine     PASS\n"
+    );
+    assert!(run.read("log").contains("reverting"), "{}", run.read("log"));
+}
+
 /// A `needs-reboot` test that masks sshd before asking for a reboot: the
 /// guest never answers again. dep8 gives up after its reboot time limit,
 /// exits 16 (testbed failure) naming the reboot, and keeps the console log,
