@@ -392,9 +392,17 @@ impl Channel {
                 self.program
             )));
         }
-        if let Some(sent) = &self.unanswered {
+        if let Some(sent) = self.unanswered.clone() {
+            // The caller gave up waiting for that reply: because the server
+            // died, or because it is still busy.
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return Err(self
+                    .died(format!("exited after `{sent}' without replying"))
+                    .await);
+            }
             return Err(self.failure(format!(
-                "the reply to `{sent}' was never read (interrupted); the protocol is out of step"
+                "the reply to `{sent}' was never read (its caller gave up waiting); \
+                 the protocol is out of step"
             )));
         }
         let line = words::line(words);

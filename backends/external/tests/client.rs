@@ -95,3 +95,36 @@ async fn auxverb_exit_255_is_a_transport_failure() {
     }
     tb.close().await.unwrap();
 }
+
+/// A caller that gives up waiting for a reply (its timeout) and finds the
+/// server dead on its next command hears that the server died, not that
+/// the protocol is out of step.
+#[tokio::test]
+async fn a_server_that_dies_after_a_timed_out_command_is_reported_dead() {
+    let dir = tempfile::tempdir().unwrap();
+    let scratch = dir.path().to_string_lossy().into_owned();
+    let program = server(
+        &dir,
+        &format!(
+            "open) echo 'ok {scratch}';;\n\
+             print-execute-command) echo 'ok env';;\n\
+             capabilities) echo 'ok revert';;\n\
+             revert) echo 'revert hangs' >&2; sleep 1; exit 4;;"
+        ),
+    );
+    let mut tb = open(&program).await.unwrap();
+    let gave_up = tokio::time::timeout(std::time::Duration::from_millis(200), tb.revert()).await;
+    assert!(gave_up.is_err(), "the revert should still be running");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    match tb.revert().await {
+        Err(TestbedError::Failure(message)) => {
+            assert!(
+                message.contains("exited after `revert' without replying"),
+                "{message}"
+            );
+            assert!(message.contains("exit status: 4"), "{message}");
+            assert!(message.contains("revert hangs"), "{message}");
+        }
+        other => panic!("expected the server's death, got {other:?}"),
+    }
+}
