@@ -236,7 +236,6 @@ impl SshTestbed {
         if !self.caps.has(Capability::Reboot) {
             return Err(TestbedError::Unsupported("reboot"));
         }
-        let before = self.conn.boot_id().to_string();
         if request {
             self.conn.request_reboot().await;
         }
@@ -246,7 +245,7 @@ impl SshTestbed {
                 tracing::debug!("setup script wait-reboot failed; waiting for a new boot id");
             }
         }
-        if let Err(e) = self.conn.reconnect(Some(&before)).await {
+        if let Err(e) = self.conn.await_reboot().await {
             if let Some(script) = &self.script {
                 script.debug_failure().await;
             }

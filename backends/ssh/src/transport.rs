@@ -209,11 +209,6 @@ impl SshConnection {
         self.root != Root::None
     }
 
-    /// The remote machine's boot id when the connection was made.
-    pub fn boot_id(&self) -> &str {
-        &self.boot_id
-    }
-
     /// Runs `req` on the remote machine, as root when [`Self::is_root`].
     pub async fn exec(&self, req: ExecRequest) -> Result<ExecOutcome> {
         if req.user.is_some() && !self.is_root() {
@@ -380,7 +375,7 @@ impl SshConnection {
     /// Drops the master connection and connects again, until
     /// `target.connect_timeout`; with `old_boot_id`, until the machine
     /// reports another boot id (it went down and came back).
-    pub async fn reconnect(&mut self, old_boot_id: Option<&str>) -> Result<()> {
+    async fn reconnect(&mut self, old_boot_id: Option<&str>) -> Result<()> {
         self.stop_master().await;
         let deadline = Instant::now() + self.target.connect_timeout;
         loop {
