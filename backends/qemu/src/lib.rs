@@ -301,9 +301,7 @@ impl QemuTestbed {
     }
 
     fn conn(&self) -> Result<&SshConnection> {
-        self.conn
-            .as_ref()
-            .ok_or_else(|| TestbedError::Failure("the VM is not running".into()))
+        self.conn.as_ref().ok_or_else(not_running)
     }
 
     /// A failed reboot's error, with the tail of the console log.
@@ -315,9 +313,7 @@ impl QemuTestbed {
     }
 
     fn conn_mut(&mut self) -> Result<&mut SshConnection> {
-        self.conn
-            .as_mut()
-            .ok_or_else(|| TestbedError::Failure("the VM is not running".into()))
+        self.conn.as_mut().ok_or_else(not_running)
     }
 
     fn key(&self, name: &str) -> PathBuf {
@@ -520,10 +516,7 @@ impl QemuTestbed {
         let qemu_log = self.work.path().join("qemu.log");
         let image = self.image.display().to_string();
         let qemu = self.qemu.clone();
-        let vm = self
-            .vm
-            .as_mut()
-            .ok_or_else(|| TestbedError::Failure("the VM is not running".into()))?;
+        let vm = self.vm.as_mut().ok_or_else(not_running)?;
         let watch = async {
             loop {
                 if let Ok(Some(status)) = vm.child.try_wait() {
@@ -575,7 +568,7 @@ impl QemuTestbed {
         self.vm
             .as_mut()
             .map(|vm| vm.qmp.get_mut())
-            .ok_or_else(|| TestbedError::Failure("the VM is not running".into()))
+            .ok_or_else(not_running)
     }
 
     /// Plugs the pristine image in read-only as `/dev/baseimage`.
@@ -619,13 +612,7 @@ impl QemuTestbed {
         if !self.args.baseimage {
             return Ok(());
         }
-        let mut qmp = self
-            .vm
-            .as_ref()
-            .ok_or_else(|| TestbedError::Failure("the VM is not running".into()))?
-            .qmp
-            .lock()
-            .await;
+        let mut qmp = self.vm.as_ref().ok_or_else(not_running)?.qmp.lock().await;
         qmp.execute("device_del", json!({ "id": "dep8-base" }))
             .await?;
         qmp.wait_event(
@@ -907,6 +894,11 @@ fn free_port() -> Result<u16> {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .map_err(|e| TestbedError::failure("finding a free port", e))
+}
+
+/// What every operation that needs the VM says when there is none.
+fn not_running() -> TestbedError {
+    TestbedError::Failure("the VM is not running".into())
 }
 
 /// The last `lines` lines of a log file, for error messages.
