@@ -6,10 +6,11 @@
 //!   keeping the scratch dir;
 //! - or it calls `/tmp/autopkgtest-reboot-prepare MARK`, which records MARK
 //!   and waits; the runner, which watches for that mark while the test
-//!   runs, stops reading the test's output, gets the testbed ready to go
-//!   down ([`crate::testbed::Testbed::await_reboot`]) and removes the mark;
-//!   the test then reboots the testbed by itself (`reboot`, kexec, ...) and
-//!   is run again with the mark once the testbed is back.
+//!   runs, gets the testbed ready to go down and removes the mark
+//!   ([`crate::testbed::Testbed::prepare_reboot`]); the test then reboots
+//!   the testbed by itself (`reboot`, kexec, ...), what it printed since is
+//!   dropped, and it is run again with the mark once the testbed is back
+//!   ([`crate::testbed::Testbed::await_reboot`]).
 
 use crate::capability::{Capabilities, Capability};
 use crate::testbed::{ExecRequest, ExitStatus, Input, Result, Testbed, TestbedError};
