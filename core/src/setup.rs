@@ -188,10 +188,12 @@ impl Setup {
 const PUBLISH_BINARIES: &str = r#"dir=$1
 cd "$dir"
 : > Packages
+packages=
 for deb in *.deb; do
     fields=$(dpkg-deb --field "$deb") || { echo "$deb: not a binary package dpkg-deb can read" >&2; exit 100; }
     printf '%s\nFilename: ./%s\nSize: %s\nSHA256: %s\n\n' "$fields" "$deb" "$(stat -c %s "$deb")" \
         "$(sha256sum < "$deb" | cut -d' ' -f1)" >> Packages
+    packages="$packages $(printf '%s\n' "$fields" | sed -n 's/^Package: *//p')"
 done
 mkdir -p /etc/apt/preferences.d
 printf 'Package: *\nPin: origin ""\nPin-Priority: 1002\n' > /etc/apt/preferences.d/90dep8
@@ -199,8 +201,7 @@ echo "deb [trusted=yes] file://$dir /" > /etc/apt/sources.list.d/dep8-binaries.l
 apt-get -q --no-list-cleanup -o Dir::Etc::sourcelist=/etc/apt/sources.list.d/dep8-binaries.list \
     -o Dir::Etc::sourceparts=/dev/null update || { echo "apt-get update of $dir failed" >&2; exit 1; }
 installed=
-for deb in *.deb; do
-    pkg=$(dpkg-deb --field "$deb" Package)
+for pkg in $packages; do
     [ "$(dpkg-query -W -f '${db:Status-Abbrev}' "$pkg" 2>/dev/null)" != "ii " ] || installed="$installed $pkg"
 done
 if [ -n "$installed" ]; then
