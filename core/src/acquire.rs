@@ -135,7 +135,7 @@ pub async fn acquire(
     if !out.status.success() {
         return Err(AcquireError::Testbed(format!(
             "getting dpkg-source (dpkg-dev) failed: {}",
-            out.stderr_text().lines().last().unwrap_or("").trim()
+            out.stderr_last_line()
         )));
     }
     let script = match fetch {
@@ -169,7 +169,7 @@ pub async fn acquire(
         .await?;
     if !out.status.success() {
         let stderr = out.stderr_text();
-        let said = stderr.lines().last().unwrap_or("").trim();
+        let said = out.stderr_last_line();
         return Err(match fetch {
             Fetch::Dsc(dsc) => {
                 AcquireError::BadPackage(format!("dpkg-source -x {} failed: {said}", dsc.display()))

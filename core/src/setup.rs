@@ -289,10 +289,9 @@ async fn run(
         .stderr(Output::capture().with_tap(log.clone()))
         .timeout(timeout);
     let out = tb.exec(req).await?;
-    let stderr = out.stderr_text();
-    let said = match stderr.lines().rev().find(|l| !l.trim().is_empty()) {
-        Some(line) => format!(": {}", line.trim()),
-        None => String::new(),
+    let said = match out.stderr_last_line() {
+        line if line.is_empty() => line,
+        line => format!(": {line}"),
     };
     match out.status.code() {
         0 => Ok(()),

@@ -194,6 +194,13 @@ impl ExecOutcome {
     pub fn stderr_text(&self) -> String {
         String::from_utf8_lossy(&self.stderr).into_owned()
     }
+    /// The last non-blank line of the captured stderr, trimmed ("" if none):
+    /// what a failed command said last, for an error message.
+    pub fn stderr_last_line(&self) -> String {
+        let text = self.stderr_text();
+        let last = text.lines().rev().find(|l| !l.trim().is_empty());
+        last.unwrap_or("").trim().to_string()
+    }
 }
 
 /// An open testbed. The scratch dir stays at the same path across reverts,
