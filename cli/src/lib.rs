@@ -196,7 +196,7 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 
 /// Runs the command line with `registry`'s backends; returns the exit status.
 pub fn main_with(registry: Registry) -> i32 {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(command_line(std::env::args_os())) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -220,6 +220,21 @@ pub fn main_with(registry: Registry) -> i32 {
         .build()
         .expect("tokio runtime");
     runtime.block_on(dispatch(cli.command, &registry))
+}
+
+/// The command line as `dep8` reads it. Started as `autopkgtest` (a symlink
+/// to dep8), the arguments are autopkgtest's: they become `dep8 run ...`.
+fn command_line(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<_> = args.collect();
+    let called_as = args
+        .first()
+        .map(Path::new)
+        .and_then(Path::file_name)
+        .map(|name| name.to_os_string());
+    if called_as.as_deref() == Some(std::ffi::OsStr::new("autopkgtest")) {
+        args.insert(1, "run".into());
+    }
+    args
 }
 
 async fn dispatch(command: Command, registry: &Registry) -> i32 {
