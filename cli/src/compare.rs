@@ -104,9 +104,9 @@ pub async fn compare(args: CompareArgs) -> i32 {
         });
     }
     if args.json {
-        println!("{}", matrix_json(&columns));
+        super::emit(matrix_json(&columns) + "\n");
     } else {
-        print!("{}", matrix_text(&columns));
+        super::emit(matrix_text(&columns));
     }
     let html = root.join("compare.html");
     if let Err(e) = std::fs::write(&html, matrix_html(&columns)) {

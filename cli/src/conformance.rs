@@ -34,14 +34,14 @@ pub async fn run(args: Args, registry: &Registry) -> i32 {
     };
     let verdicts = run_all(tb.as_mut()).await;
     let closed = tb.close().await;
-    print!("{}", format_verdicts(&verdicts));
     let count = |f: fn(&Verdict) -> bool| verdicts.iter().filter(|(_, v)| f(v)).count();
     let failed = count(|v| matches!(v, Verdict::Fail(_)));
-    println!(
-        "{} passed, {failed} failed, {} skipped",
+    super::emit(format!(
+        "{}{} passed, {failed} failed, {} skipped\n",
+        format_verdicts(&verdicts),
         count(|v| matches!(v, Verdict::Pass)),
         count(|v| matches!(v, Verdict::Skip(_)))
-    );
+    ));
     if let Err(e) = closed {
         eprintln!("dep8: closing the testbed: {e}");
         return EXIT_TESTBED_FAILURE;

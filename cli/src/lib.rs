@@ -19,6 +19,7 @@ use dep8_core::restriction::{self, InternetPolicy, ResolveOptions};
 use dep8_core::runner::{self, RunOptions, Timeouts};
 use dep8_core::setup::{self, Setup};
 use dep8_core::testbed::TestbedError;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -136,25 +137,25 @@ struct RunArgs {
     #[arg(short = 'B', long = "no-built-binaries")]
     no_built_binaries: bool,
     /// Time limit for short testbed operations (default 100).
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true, value_parser = seconds())]
     timeout_short: Option<u64>,
     /// Time limit for copying the source tree and results (default 300).
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true, value_parser = seconds())]
     timeout_copy: Option<u64>,
     /// Time limit for installing a test's dependencies (default 3000).
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true, value_parser = seconds())]
     timeout_install: Option<u64>,
     /// Kill a test (and everything it started) after this long.
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true, value_parser = seconds())]
     timeout_test: Option<u64>,
     /// Time limit for building the package (default 100000).
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true, value_parser = seconds())]
     timeout_build: Option<u64>,
     /// Time limit for rebooting or reverting the testbed (default 600).
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true, value_parser = seconds())]
     timeout_reboot: Option<u64>,
     /// Multiply the default timeouts by this factor.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true, value_parser = parse_factor)]
     timeout_factor: f64,
 }
 
@@ -189,9 +190,40 @@ struct ExplainArgs {
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("{s:?} is not VAR=VALUE"))
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not VAR=VALUE"))?;
+    let name_ok = k.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+        && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !name_ok {
+        return Err(format!("{k:?} is not a variable name (letters, digits, _)"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// The longest time limit: autopkgtest's limits are alarm(2) seconds, an
+/// unsigned int. 0 means no limit, as in autopkgtest.
+const MAX_SECONDS: u64 = u32::MAX as u64;
+
+/// A `--timeout-*` value: whole seconds, 0 (no limit) to [`MAX_SECONDS`].
+fn seconds() -> clap::builder::RangedU64ValueParser {
+    clap::value_parser!(u64).range(..=MAX_SECONDS)
+}
+
+/// `--timeout-factor`: a number >= 0 that keeps the longest default limit
+/// within [`MAX_SECONDS`] (autopkgtest crashes on NaN and takes negative
+/// factors).
+fn parse_factor(s: &str) -> Result<f64, String> {
+    let factor: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    let longest = Timeouts::default().build.as_secs_f64();
+    if factor.is_finite() && factor >= 0.0 && factor * longest <= MAX_SECONDS as f64 {
+        Ok(factor)
+    } else {
+        Err(format!(
+            "not a number from 0 to {}",
+            MAX_SECONDS as f64 / longest
+        ))
+    }
 }
 
 /// Runs the command line with `registry`'s backends; returns the exit status.
@@ -248,48 +280,62 @@ async fn dispatch(command: Command, registry: &Registry) -> i32 {
         Command::Conformance(args) => conformance::run(args, registry).await,
         Command::Explain(args) => explain(args, registry),
         Command::Backends => {
+            let mut text = String::new();
             for b in registry.all() {
                 let caps: Vec<String> = b
                     .capabilities_hint()
                     .iter()
                     .map(|c| c.to_string())
                     .collect();
-                println!(
-                    "{:<10} {}\n{:<10} capabilities: {}",
+                text += &format!(
+                    "{:<10} {}\n{:<10} capabilities: {}\n",
                     b.name(),
                     b.summary(),
                     "",
                     caps.join(", ")
                 );
             }
-            0
+            emit(text)
         }
-        Command::Restrictions { markdown } => {
-            if markdown {
-                print!("{}", restriction::reference_markdown());
-            } else {
-                for row in restriction::table() {
-                    println!("{:<26} {}", row.restriction.word(), row.meaning);
-                }
-            }
-            0
-        }
+        Command::Restrictions { markdown } => emit(if markdown {
+            restriction::reference_markdown()
+        } else {
+            restriction::table()
+                .iter()
+                .map(|row| format!("{:<26} {}\n", row.restriction.word(), row.meaning))
+                .collect()
+        }),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "dep8", &mut std::io::stdout());
-            0
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "dep8", &mut script);
+            emit(script)
         }
         Command::Man => {
-            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
-                Ok(()) => 0,
-                Err(_) => EXIT_UNEXPECTED,
+            let mut page = Vec::new();
+            match clap_mangen::Man::new(Cli::command()).render(&mut page) {
+                Ok(()) => emit(page),
+                Err(e) => error(format!("rendering the man page: {e}")),
             }
         }
     }
 }
 
 fn error(message: impl std::fmt::Display) -> i32 {
-    eprintln!("dep8: error: {message}");
+    // A closed stderr must not turn an error into a panic.
+    let _ = writeln!(std::io::stderr(), "dep8: error: {message}");
     EXIT_UNEXPECTED
+}
+
+/// Writes a command's whole output to stdout; returns 0, or 20 if it could
+/// not be written. A reader that went away (`dep8 explain | head -1`) ends
+/// it quietly, as with other Unix tools.
+fn emit(text: impl AsRef<[u8]>) -> i32 {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_ref()).and_then(|()| out.flush()) {
+        Ok(()) => 0,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(e) => error(format!("writing to stdout: {e}")),
+    }
 }
 
 /// `dep8 run`'s positional arguments, sorted as autopkgtest sorts them.
@@ -394,7 +440,14 @@ fn testbed_setup(args: &RunArgs, binaries: Vec<PathBuf>) -> Result<Setup, String
 fn timeouts(args: &RunArgs) -> Timeouts {
     let d = Timeouts::default();
     let pick = |given: Option<u64>, default: Duration| {
-        given.map_or_else(|| default.mul_f64(args.timeout_factor), Duration::from_secs)
+        let secs = given.unwrap_or((default.as_secs_f64() * args.timeout_factor) as u64);
+        // 0 is no limit, as autopkgtest's alarm(0); tokio's timers take a
+        // deadline past the end of time as never.
+        if secs == 0 {
+            Duration::MAX
+        } else {
+            Duration::from_secs(secs)
+        }
     };
     Timeouts {
         short: pick(args.timeout_short, d.short),
@@ -581,6 +634,7 @@ fn check(args: CheckArgs, registry: &Registry) -> i32 {
         ..Default::default()
     };
     let broken = entries.iter().any(|e| matches!(e, Entry::Broken { .. }));
+    let mut text = String::new();
     if args.json {
         let tests: Vec<serde_json::Value> = entries
             .iter()
@@ -614,10 +668,7 @@ fn check(args: CheckArgs, registry: &Registry) -> i32 {
                 }
             })
             .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&tests).unwrap_or_default()
-        );
+        text = serde_json::to_string_pretty(&tests).unwrap_or_default() + "\n";
     } else {
         for entry in &entries {
             let line = match entry {
@@ -638,13 +689,12 @@ fn check(args: CheckArgs, registry: &Registry) -> i32 {
                 } => format!("SKIP {reason} ({location})"),
                 Entry::Broken { problem, .. } => format!("BROKEN {problem}"),
             };
-            println!("{:<20} {line}", entry.name());
+            text += &format!("{:<20} {line}\n", entry.name());
         }
     }
-    if broken {
-        12
-    } else {
-        0
+    match emit(text) {
+        0 if broken => EXIT_BAD_PACKAGE,
+        code => code,
     }
 }
 
@@ -659,13 +709,13 @@ fn explain(args: ExplainArgs, registry: &Registry) -> i32 {
     };
     let caps = hint_capabilities(b);
     let words: Vec<String> = caps.flags.iter().map(|c| c.to_string()).collect();
-    println!("testbed {} can provide: {}", b.name(), words.join(", "));
+    let mut text = format!("testbed {} can provide: {}\n", b.name(), words.join(", "));
     let resolve_opts = ResolveOptions {
         arch: Some(arch),
         ..Default::default()
     };
     for (name, verdict) in runner::explain(&entries, &caps, &resolve_opts) {
-        println!("{name:<20} {verdict}");
+        text += &format!("{name:<20} {verdict}\n");
     }
-    0
+    emit(text)
 }

@@ -217,11 +217,15 @@ impl Reporter {
             result.outcome.summary_text()
         )];
         lines.extend(result.details.iter().cloned());
+        // A closed stdout (`dep8 run | head -1`) loses only the echo: the
+        // files and the remaining tests go on.
+        let mut stdout = std::io::stdout().lock();
         for line in &lines {
-            println!("{line}");
+            let _ = writeln!(stdout, "{line}");
             let _ = writeln!(self.summary, "{line}");
         }
-        let _ = std::io::stdout().flush();
+        let _ = stdout.flush();
+        drop(stdout);
         self.exit.record(&result);
         self.results.push(result);
         self.write_files(None);
