@@ -148,14 +148,16 @@ pub async fn acquire(
             }
             let name = dsc.file_name().unwrap_or_default().to_string_lossy();
             format!(
-                "cd '{work}' && dpkg-source -x {} tree",
+                "cd {} && dpkg-source -x {} tree",
+                shell_words::quote(&work),
                 shell_words::quote(&name)
             )
         }
         Fetch::AptSource(package) => format!(
-            "{}\ncd '{work}' && apt-get source -q --only-source {} && \
+            "{}\ncd {} && apt-get source -q --only-source {} && \
              for d in */; do mv \"$d\" tree; break; done",
             if may_install { DEB_SRC } else { "" },
+            shell_words::quote(&work),
             shell_words::quote(package)
         ),
     };

@@ -448,6 +448,10 @@ fn stanza_entries(
     if let Some((line, field, message)) = &stanza.problem {
         return broken(problem(*line, field.as_deref(), message.clone()));
     }
+    // No command, path or name can hold one (autopkgtest crashes, exit 20).
+    if let Some(f) = stanza.fields.iter().find(|f| f.value.contains('\0')) {
+        return broken(problem(f.line, Some(&f.name), "contains a NUL byte".into()));
+    }
 
     // Features: at most one test-name=, always with a value, only with Test-Command.
     let test_names: Vec<&String> = features
@@ -751,6 +755,8 @@ mod tests {
             "Features: test-name=a test-name=b\nTest-Command: x\n",
             "Tests: a\nFeatures: test-name=x\n",
             "Tests: a\nDepends: (((\n",
+            "Test-Command: echo a\0b\nDepends:\n",
+            "Tests: a\0b\n",
         ] {
             let e = parse(text);
             assert!(

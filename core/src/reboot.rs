@@ -89,13 +89,13 @@ pub fn killed(status: ExitStatus) -> bool {
 /// (and their `/sbin` links) in place and forgets the last test's shell;
 /// again after every reboot, since /tmp may not survive one.
 pub async fn install(tb: &dyn Testbed) -> Result<()> {
-    let scratch = tb.scratch();
+    let scratch = shell_words::quote(tb.scratch());
     // Both scripts on stdin, split at the second `#!` line.
     let script = format!(
-        "set -e; rm -f {SCRIPT_PID_FILE}; cd '{scratch}'; \
+        "set -e; rm -f {SCRIPT_PID_FILE}; cd {scratch}; \
          awk 'NR > 1 && /^#!/ {{ n++ }} {{ print > (n ? \"autopkgtest-reboot-prepare\" : \"autopkgtest-reboot\") }}'; \
          for s in autopkgtest-reboot autopkgtest-reboot-prepare; do \
-         chmod 755 $s; ln -fns '{scratch}'/$s /tmp/$s; ln -fns '{scratch}'/$s /sbin/$s; done"
+         chmod 755 $s; ln -fns {scratch}/$s /tmp/$s; ln -fns {scratch}/$s /sbin/$s; done"
     );
     let out = tb
         .exec(

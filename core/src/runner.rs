@@ -13,6 +13,7 @@ use crate::restriction::{resolve, Decision, InternetPolicy, ResolveOptions, Rest
 use crate::setup::{Setup, SetupError};
 use crate::source::{self, SourcePackage};
 use crate::testbed::{ExecRequest, Output, Tap, Testbed, TestbedError};
+use shell_words::quote;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -356,6 +357,20 @@ impl Run<'_> {
         }
     }
 
+    /// Puts `text` into the testbed file `target`, through a host temp file.
+    async fn copy_text(&self, tb: &dyn Testbed, text: &str, target: &str) -> Result<(), Abort> {
+        let dir = host_temp_dir("dep8-text.")?;
+        let file = dir.path().join("text");
+        std::fs::write(&file, text)
+            .map_err(|e| Abort::Testbed(format!("writing {}: {e}", file.display())))?;
+        self.timed(
+            self.opts.timeouts.copy,
+            &format!("copying {target} to the testbed"),
+            tb.copy_down(&file, target),
+        )
+        .await
+    }
+
     /// Runs one of the runner's own shell steps in the testbed, as root,
     /// with the short time limit; a failure is the testbed's.
     async fn shell_step(&self, tb: &dyn Testbed, script: &str, what: &str) -> Result<(), Abort> {
@@ -421,8 +436,8 @@ impl Run<'_> {
         // As autopkgtest: the tree belongs to the normal user, so tests
         // without needs-root may write into it (chmod where chown fails).
         if let Some(user) = self.normal_user(tb.capabilities()) {
-            let own =
-                format!("chown -R '{user}' -- '{tree}' 2>/dev/null || chmod -R go+rwX -- '{tree}'");
+            let (user, tree) = (quote(&user), quote(tree));
+            let own = format!("chown -R {user} -- {tree} 2>/dev/null || chmod -R go+rwX -- {tree}");
             self.shell_step(tb, &own, &format!("handing {tree} to {user}"))
                 .await?;
         }
@@ -923,10 +938,10 @@ impl Run<'_> {
             }
         }
         if let Some(path) = &test.path {
-            if !self.source().join(path).exists() {
+            if let Err(why) = test_path_inside(self.source(), path) {
                 return Ok((
                     Outcome::Fail("badpkg".into()),
-                    vec![format!("badpkg: {path} does not exist")],
+                    vec![format!("badpkg: {why}")],
                 ));
             }
         }
@@ -944,14 +959,15 @@ impl Run<'_> {
             String::new()
         };
         let tmp = format!("{scratch}/autopkgtest_tmp");
+        let (q_tmp, q_artifacts) = (quote(&tmp), quote(&artifacts));
         let setup = format!(
-            "set -e; rm -rf '{tmp}'; mkdir -p -m 1777 '{artifacts}'; mkdir -p -m 1777 '{tmp}'{forget_reboot}{}{}",
+            "set -e; rm -rf {q_tmp}; mkdir -p -m 1777 {q_artifacts}; mkdir -p -m 1777 {q_tmp}{forget_reboot}{}{}",
             match (&user, test.has(&Restriction::RwBuildTree)) {
-                (Some(u), true) => format!("; chown -R '{u}' '{tree}'"),
+                (Some(u), true) => format!("; chown -R {} -- {}", quote(u), quote(tree)),
                 _ => String::new(),
             },
             match &test.path {
-                Some(p) => format!("; chmod +x '{tree}/{p}'"),
+                Some(p) => format!("; chmod +x -- {}", quote(&format!("{tree}/{p}"))),
                 None => String::new(),
             }
         );
@@ -981,9 +997,14 @@ impl Run<'_> {
             env.push(("DEP8_BASEIMAGE_KIND".into(), base.kind.to_string()));
         }
         env.extend(self.opts.env.iter().cloned());
+        let command_file = format!("{scratch}/{name}-command");
         let command = match (&test.path, &test.command) {
             (Some(p), _) => shell_words::quote(&format!("{tree}/{p}")).into_owned(),
-            (None, Some(c)) => format!("bash -ec {}", shell_words::quote(c)),
+            (None, Some(c)) if c.len() > LONG_COMMAND => {
+                self.copy_text(tb, c, &command_file).await?;
+                format!("bash -e {}", quote(&command_file))
+            }
+            (None, Some(c)) => format!("bash -ec {}", quote(c)),
             (None, None) => unreachable!("a parsed test has a path or a command"),
         };
         let can_reboot = reboot::available(&caps);
@@ -1011,7 +1032,7 @@ impl Run<'_> {
             shell_words::quote(tree),
         );
         if let Some(c) = &test.command {
-            self.log.info(&format!("test {name}: {c}"));
+            self.log.info(&format!("test {name}: {}", abridged(c)));
         }
         self.log
             .info(&format!("test {name}: [-----------------------"));
@@ -1118,7 +1139,7 @@ impl Run<'_> {
             return Ok((outcome, vec![]));
         }
         self.collect_artifacts(tb, &artifacts).await?;
-        let cleanup = format!("rm -rf '{artifacts}' '{tmp}'");
+        let cleanup = format!("rm -rf -- {q_artifacts} {q_tmp} {}", quote(&command_file));
         self.shell_step(tb, &cleanup, &format!("cleaning up after test {name}"))
             .await?;
         Ok((outcome, vec![]))
@@ -1146,6 +1167,42 @@ fn host_temp_dir(prefix: &str) -> Result<tempfile::TempDir, Abort> {
         .prefix(prefix)
         .tempdir()
         .map_err(|e| Abort::Testbed(format!("creating a temp dir: {e}")))
+}
+
+/// A `Test-Command` longer than this reaches the testbed as a file: one
+/// argument may hold at most 128 KiB (Linux's MAX_ARG_STRLEN), and the
+/// script that runs the test holds more than the command.
+const LONG_COMMAND: usize = 32 * 1024;
+
+/// How much of a command the log shows.
+const LOGGED_COMMAND: usize = 1024;
+
+/// `command`, cut after [`LOGGED_COMMAND`] bytes with a note of its size.
+fn abridged(command: &str) -> std::borrow::Cow<'_, str> {
+    if command.len() <= LOGGED_COMMAND {
+        return command.into();
+    }
+    let mut end = LOGGED_COMMAND;
+    while !command.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes in all)", &command[..end], command.len()).into()
+}
+
+/// Checks that a test's `path` names a file of the tree `source`, after
+/// symlinks: a test may not run what lies outside its package.
+fn test_path_inside(source: &Path, path: &str) -> Result<(), String> {
+    let real =
+        std::fs::canonicalize(source.join(path)).map_err(|_| format!("{path} does not exist"))?;
+    let root = std::fs::canonicalize(source).map_err(|e| format!("{}: {e}", source.display()))?;
+    if real.starts_with(&root) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{path} leads out of the source tree (to {})",
+            real.display()
+        ))
+    }
 }
 
 fn remove_if_empty(path: &Path) {
