@@ -16,7 +16,7 @@ use dep8_core::control::Entry;
 use dep8_core::install::DependencyPolicy;
 use dep8_core::report::{RunLog, EXIT_BAD_PACKAGE, EXIT_TESTBED_FAILURE, EXIT_UNEXPECTED};
 use dep8_core::restriction::{self, InternetPolicy, ResolveOptions};
-use dep8_core::runner::{self, RunOptions, Timeouts};
+use dep8_core::runner::{self, verdict, RunOptions, Timeouts, Verdict};
 use dep8_core::setup::{self, Setup};
 use dep8_core::testbed::TestbedError;
 use std::io::Write;
@@ -613,8 +613,14 @@ fn load(source: &Path, arch: Option<&str>) -> Result<(Vec<Entry>, String), Strin
     Ok((runner::load_suite(&opts, source, &arch)?, arch))
 }
 
-fn hint_capabilities(backend: &dyn dep8_core::testbed::Backend) -> Capabilities {
-    Capabilities::new(backend.capabilities_hint())
+/// The capabilities a testbed argv (`[NAME, ARGS...]`) would offer, with
+/// the backend's name; nothing is opened.
+fn testbed_capabilities(
+    registry: &Registry,
+    testbed: &[String],
+) -> Result<(&'static str, Capabilities), String> {
+    let (b, args) = registry.resolve(testbed)?;
+    Ok((b.name(), Capabilities::new(b.capabilities_for(&args))))
 }
 
 fn check(args: CheckArgs, registry: &Registry) -> i32 {
@@ -623,8 +629,8 @@ fn check(args: CheckArgs, registry: &Registry) -> i32 {
         Err(e) => return error(e),
     };
     let caps = match &args.testbed {
-        Some(name) => match registry.resolve(std::slice::from_ref(name)) {
-            Ok((b, _)) => Some(hint_capabilities(b)),
+        Some(name) => match testbed_capabilities(registry, std::slice::from_ref(name)) {
+            Ok((_, caps)) => Some(caps),
             Err(e) => return error(e),
         },
         None => None,
@@ -639,14 +645,12 @@ fn check(args: CheckArgs, registry: &Registry) -> i32 {
         let tests: Vec<serde_json::Value> = entries
             .iter()
             .map(|e| {
-                let skip = caps.as_ref().and_then(|caps| match e {
-                    Entry::Test(t) => match restriction::resolve(t, caps, &resolve_opts) {
-                        restriction::Decision::Skip(r) => Some(r),
-                        restriction::Decision::Run => None,
-                    },
-                    Entry::Unsupported { reason, .. } => Some(reason.clone()),
-                    Entry::Broken { .. } => None,
-                });
+                let skip = caps
+                    .as_ref()
+                    .and_then(|caps| match verdict(e, caps, &resolve_opts) {
+                        Verdict::Skip(r) => Some(r),
+                        Verdict::Run | Verdict::Broken(_) => None,
+                    });
                 match e {
                     Entry::Test(t) => serde_json::json!({
                         "name": t.name, "path": t.path, "command": t.command,
@@ -676,12 +680,12 @@ fn check(args: CheckArgs, registry: &Registry) -> i32 {
                     let what = t.path.clone().unwrap_or_else(|| {
                         format!("command: {}", t.command.as_deref().unwrap_or(""))
                     });
-                    let decision = caps.as_ref().map(|caps| {
-                        match restriction::resolve(t, caps, &resolve_opts) {
-                            restriction::Decision::Run => "  [runs]".to_string(),
-                            restriction::Decision::Skip(r) => format!("  [SKIP {r}]"),
-                        }
-                    });
+                    let decision =
+                        caps.as_ref()
+                            .map(|caps| match verdict(entry, caps, &resolve_opts) {
+                                Verdict::Run => "  [runs]".to_string(),
+                                other => format!("  [{other}]"),
+                            });
                     format!("{what}{}", decision.unwrap_or_default())
                 }
                 Entry::Unsupported {
@@ -703,19 +707,19 @@ fn explain(args: ExplainArgs, registry: &Registry) -> i32 {
         Ok(x) => x,
         Err(e) => return error(e),
     };
-    let b = match registry.resolve(&args.testbed) {
-        Ok((b, _)) => b,
+    let (name, caps) = match testbed_capabilities(registry, &args.testbed) {
+        Ok(x) => x,
         Err(e) => return error(e),
     };
-    let caps = hint_capabilities(b);
     let words: Vec<String> = caps.flags.iter().map(|c| c.to_string()).collect();
-    let mut text = format!("testbed {} can provide: {}\n", b.name(), words.join(", "));
+    let mut text = format!("testbed {name} can provide: {}\n", words.join(", "));
     let resolve_opts = ResolveOptions {
         arch: Some(arch),
         ..Default::default()
     };
-    for (name, verdict) in runner::explain(&entries, &caps, &resolve_opts) {
-        text += &format!("{name:<20} {verdict}\n");
+    for entry in &entries {
+        let verdict = verdict(entry, &caps, &resolve_opts);
+        text += &format!("{:<20} {verdict}\n", entry.name());
     }
     emit(text)
 }

@@ -276,35 +276,26 @@ impl Run<'_> {
             .into_iter()
             .filter(|e| selected(e.name()) || e.name() == "*")
         {
-            match entry {
-                Entry::Broken { name, problem } => {
-                    self.log.error(&problem.to_string());
-                    self.reporter.record(
-                        &name,
-                        Outcome::Broken(problem.to_string()),
-                        Duration::ZERO,
-                        vec![],
-                    );
+            let name = entry.name().to_string();
+            let outcome = match verdict(&entry, tb.capabilities(), &resolve_opts) {
+                Verdict::Run => {
+                    if let Entry::Test(test) = entry {
+                        runnable.push(test);
+                    }
+                    continue;
                 }
-                Entry::Unsupported {
-                    name,
-                    reason,
-                    location,
-                } => {
-                    self.log.warning(&format!("{location}: {name}: {reason}"));
-                    self.reporter
-                        .record(&name, Outcome::Skip(reason), Duration::ZERO, vec![]);
+                Verdict::Broken(problem) => {
+                    self.log.error(&problem);
+                    Outcome::Broken(problem)
                 }
-                Entry::Test(test) => match resolve(&test, tb.capabilities(), &resolve_opts) {
-                    Decision::Skip(reason) => self.reporter.record(
-                        &test.name,
-                        Outcome::Skip(reason),
-                        Duration::ZERO,
-                        vec![],
-                    ),
-                    Decision::Run => runnable.push(test),
-                },
-            }
+                Verdict::Skip(reason) => {
+                    if let Entry::Unsupported { location, .. } = &entry {
+                        self.log.warning(&format!("{location}: {name}: {reason}"));
+                    }
+                    Outcome::Skip(reason)
+                }
+            };
+            self.reporter.record(&name, outcome, Duration::ZERO, vec![]);
         }
         if !self.opts.only_tests.is_empty()
             && runnable.is_empty()
@@ -1221,25 +1212,34 @@ fn dpkg_list(dpkg_query: &str) -> String {
     lines.concat()
 }
 
-/// Each entry's fate on a testbed with `caps`, without running anything
-/// (`dep8 explain`): `(name, "RUN" | "SKIP reason" | "BROKEN problem")`.
-pub fn explain(
-    entries: &[Entry],
-    caps: &Capabilities,
-    opts: &ResolveOptions,
-) -> Vec<(String, String)> {
-    entries
-        .iter()
-        .map(|e| {
-            let verdict = match e {
-                Entry::Test(t) => match resolve(t, caps, opts) {
-                    Decision::Run => "RUN".to_string(),
-                    Decision::Skip(r) => format!("SKIP {r}"),
-                },
-                Entry::Unsupported { reason, .. } => format!("SKIP {reason}"),
-                Entry::Broken { problem, .. } => format!("BROKEN {problem}"),
-            };
-            (e.name().to_string(), verdict)
-        })
-        .collect()
+/// What is decided of an entry before anything runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Run,
+    Skip(String),
+    Broken(String),
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Verdict::Run => write!(f, "RUN"),
+            Verdict::Skip(reason) => write!(f, "SKIP {reason}"),
+            Verdict::Broken(problem) => write!(f, "BROKEN {problem}"),
+        }
+    }
+}
+
+/// An entry's fate on a testbed with `caps`: the one decision `dep8 run`
+/// (with the opened testbed's capabilities), `check --testbed` and
+/// `explain` (with `Backend::capabilities_for`) share.
+pub fn verdict(entry: &Entry, caps: &Capabilities, opts: &ResolveOptions) -> Verdict {
+    match entry {
+        Entry::Test(t) => match resolve(t, caps, opts) {
+            Decision::Run => Verdict::Run,
+            Decision::Skip(reason) => Verdict::Skip(reason),
+        },
+        Entry::Unsupported { reason, .. } => Verdict::Skip(reason.clone()),
+        Entry::Broken { problem, .. } => Verdict::Broken(problem.to_string()),
+    }
 }

@@ -274,6 +274,14 @@ pub trait Backend: Send + Sync {
     /// arguments or on the host).
     fn capabilities_hint(&self) -> Vec<Capability>;
 
+    /// The capabilities a testbed opened with `args` would offer, as far as
+    /// the arguments tell, without opening anything (`dep8 explain`); by
+    /// default the hint. Arguments `open` would refuse may give the hint.
+    fn capabilities_for(&self, args: &[String]) -> Vec<Capability> {
+        let _ = args;
+        self.capabilities_hint()
+    }
+
     /// Opens a testbed. `args` are the words after the backend name.
     async fn open(&self, args: &[String]) -> Result<Box<dyn Testbed>>;
 

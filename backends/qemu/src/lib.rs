@@ -150,6 +150,13 @@ impl Backend for QemuBackend {
         caps
     }
 
+    fn capabilities_for(&self, args: &[String]) -> Vec<Capability> {
+        match Args::try_parse_from(args) {
+            Ok(args) if !args.baseimage => ALWAYS.to_vec(),
+            _ => self.capabilities_hint(),
+        }
+    }
+
     async fn open(&self, args: &[String]) -> Result<Box<dyn Testbed>> {
         let args = Args::try_parse_from(args).map_err(|e| TestbedError::Usage(e.to_string()))?;
         Ok(Box::new(QemuTestbed::open(args).await?))

@@ -115,6 +115,19 @@ impl Backend for SshBackend {
         ]
     }
 
+    /// What is declared (`--capability`, `--reboot`) and root; with a setup
+    /// script, which may declare anything when it runs, the hint.
+    fn capabilities_for(&self, args: &[String]) -> Vec<Capability> {
+        match Args::try_parse_from(args) {
+            Ok(args) if args.setup_script.is_none() => {
+                let mut caps = declared_capabilities(&args);
+                caps.insert(Capability::RootOnTestbed);
+                caps.flags.into_iter().collect()
+            }
+            _ => self.capabilities_hint(),
+        }
+    }
+
     async fn open(&self, args: &[String]) -> Result<Box<dyn Testbed>> {
         let args =
             Args::try_parse_from(args).map_err(|e| TestbedError::Usage(e.render().to_string()))?;

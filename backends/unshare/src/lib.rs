@@ -83,6 +83,13 @@ impl Backend for UnshareBackend {
         ]
     }
 
+    fn capabilities_for(&self, args: &[String]) -> Vec<Capability> {
+        let baseimage = Options::parse(args).map_or(true, |o| o.baseimage);
+        let mut caps = self.capabilities_hint();
+        caps.retain(|c| baseimage || *c != Capability::BaseImage);
+        caps
+    }
+
     async fn open(&self, args: &[String]) -> Result<Box<dyn Testbed>> {
         let options = Options::parse(args)?;
         Ok(Box::new(UnshareTestbed::open(options).await?))
