@@ -599,7 +599,7 @@ async fn interrupted() {
 fn load(source: &Path, arch: Option<&str>) -> Result<(Vec<Entry>, String), String> {
     source_dir(source)?;
     let control = source.join("debian/tests/control");
-    if !control.exists() {
+    if let Ok(false) = control.try_exists() {
         return Err(format!("{}: no debian/tests/control", source.display()));
     }
     let arch = arch

@@ -242,7 +242,8 @@ impl Run<'_> {
             self.acquire(tb, fetch).await?;
         }
         let control = self.opts.control_path(self.source());
-        if !control.exists() {
+        // One that cannot be read is BROKEN below, not missing.
+        if let Ok(false) = control.try_exists() {
             self.log.info(&format!(
                 "{} has no {}",
                 self.source().display(),
@@ -416,6 +417,12 @@ impl Run<'_> {
     /// setting up the testbed.
     async fn copy_tree(&self, tb: &dyn Testbed, tree: &str) -> Result<(), Abort> {
         let source = self.built_tree.as_ref().map_or(self.source(), |t| t.path());
+        let tree_copy = source.to_path_buf();
+        if let Ok(Err(why)) = tokio::task::spawn_blocking(move || readable(&tree_copy)).await {
+            return Err(Abort::BadPackage(format!(
+                "cannot read the source tree: {why}"
+            )));
+        }
         self.log
             .info(&format!("copying {} to the testbed", source.display()));
         self.timed(
@@ -1194,6 +1201,27 @@ fn test_path_inside(source: &Path, path: &str) -> Result<(), String> {
             real.display()
         ))
     }
+}
+
+/// Checks that every file and dir of `tree` can be read, so that an
+/// unreadable package fails as one, not as a copy that broke half-way.
+fn readable(tree: &Path) -> Result<(), String> {
+    fn at(path: &Path) -> impl Fn(std::io::Error) -> String + '_ {
+        move |e| format!("{}: {e}", path.display())
+    }
+    let mut dirs = vec![tree.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).map_err(at(&dir))? {
+            let path = entry.map_err(at(&dir))?.path();
+            let meta = std::fs::symlink_metadata(&path).map_err(at(&path))?;
+            if meta.is_dir() {
+                dirs.push(path);
+            } else if meta.is_file() {
+                std::fs::File::open(&path).map_err(at(&path))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn remove_if_empty(path: &Path) {
