@@ -131,7 +131,7 @@ struct RunArgs {
     #[arg(long, value_name = "HOSTPATH:TESTBEDPATH", value_parser = setup::copy_pair)]
     copy: Vec<(PathBuf, String)>,
     /// Run tests without needs-root as this user.
-    #[arg(short = 'u', long)]
+    #[arg(short = 'u', long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
     user: Option<String>,
     /// Accepted for compatibility: dep8 never builds binaries before testing.
     #[arg(short = 'B', long = "no-built-binaries")]

@@ -8,6 +8,7 @@ use crate::testbed::{
 };
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
+use std::ffi::OsStr;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -235,11 +236,11 @@ pub async fn copy_down_via_exec(
         host_command(
             "tar",
             &[
-                "-C",
-                &host.to_string_lossy(),
-                "-cf",
-                &tar.path().to_string_lossy(),
-                ".",
+                OsStr::new("-C"),
+                host.as_os_str(),
+                OsStr::new("-cf"),
+                tar.path().as_os_str(),
+                OsStr::new("."),
             ],
         )?;
         let script = "mkdir -p -- \"$1\" && tar --no-same-owner -C \"$1\" -xf -";
@@ -315,7 +316,7 @@ pub fn host_copy(from: &Path, to: &Path) -> Result<()> {
         src.push("/.");
         host_command(
             "cp",
-            &["-a", "--", &src.to_string_lossy(), &to.to_string_lossy()],
+            &[OsStr::new("-a"), OsStr::new("--"), &src, to.as_os_str()],
         )
     } else {
         if let Some(parent) = to.parent() {
@@ -323,19 +324,24 @@ pub fn host_copy(from: &Path, to: &Path) -> Result<()> {
         }
         host_command(
             "cp",
-            &["-a", "--", &from.to_string_lossy(), &to.to_string_lossy()],
+            &[
+                OsStr::new("-a"),
+                OsStr::new("--"),
+                from.as_os_str(),
+                to.as_os_str(),
+            ],
         )
     }
 }
 
 /// Runs a helper program on the host and fails with its stderr.
-pub fn host_command(program: &str, args: &[&str]) -> Result<()> {
+pub fn host_command<S: AsRef<OsStr>>(program: &str, args: &[S]) -> Result<()> {
     host_output(program, args).map(drop)
 }
 
 /// Runs a helper program on the host; returns its stdout, or fails with its
 /// stderr.
-pub fn host_output(program: &str, args: &[&str]) -> Result<String> {
+pub fn host_output<S: AsRef<OsStr>>(program: &str, args: &[S]) -> Result<String> {
     let out = std::process::Command::new(program)
         .args(args)
         .stdin(Stdio::null())
@@ -346,7 +352,10 @@ pub fn host_output(program: &str, args: &[&str]) -> Result<String> {
     } else {
         Err(TestbedError::Failure(format!(
             "{program} {} failed: {}",
-            args.join(" "),
+            args.iter()
+                .map(|a| a.as_ref().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         )))
     }
