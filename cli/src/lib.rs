@@ -137,25 +137,25 @@ struct RunArgs {
     #[arg(short = 'B', long = "no-built-binaries")]
     no_built_binaries: bool,
     /// Time limit for short testbed operations (default 100).
-    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true, value_parser = seconds())]
+    #[arg(long, value_name = "SECONDS", allow_hyphen_values = true, value_parser = seconds())]
     timeout_short: Option<u64>,
     /// Time limit for copying the source tree and results (default 300).
-    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true, value_parser = seconds())]
+    #[arg(long, value_name = "SECONDS", allow_hyphen_values = true, value_parser = seconds())]
     timeout_copy: Option<u64>,
     /// Time limit for installing a test's dependencies (default 3000).
-    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true, value_parser = seconds())]
+    #[arg(long, value_name = "SECONDS", allow_hyphen_values = true, value_parser = seconds())]
     timeout_install: Option<u64>,
     /// Kill a test (and everything it started) after this long.
-    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true, value_parser = seconds())]
+    #[arg(long, value_name = "SECONDS", allow_hyphen_values = true, value_parser = seconds())]
     timeout_test: Option<u64>,
     /// Time limit for building the package (default 100000).
-    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true, value_parser = seconds())]
+    #[arg(long, value_name = "SECONDS", allow_hyphen_values = true, value_parser = seconds())]
     timeout_build: Option<u64>,
     /// Time limit for rebooting or reverting the testbed (default 600).
-    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true, value_parser = seconds())]
+    #[arg(long, value_name = "SECONDS", allow_hyphen_values = true, value_parser = seconds())]
     timeout_reboot: Option<u64>,
     /// Multiply the default timeouts by this factor.
-    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true, value_parser = parse_factor)]
+    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true, value_parser = parse_factor)]
     timeout_factor: f64,
 }
 
