@@ -1026,7 +1026,7 @@ impl Run<'_> {
             "export USER=$(id -nu); . /etc/profile >/dev/null 2>&1 || true; . ~/.profile >/dev/null 2>&1 || true; \
              unset LANGUAGE LC_CTYPE LC_NUMERIC LC_TIME LC_COLLATE LC_MONETARY LC_MESSAGES LC_PAPER LC_NAME \
              LC_ADDRESS LC_TELEPHONE LC_MEASUREMENT LC_IDENTIFICATION LC_ALL; {}cd {}; ",
-            env.iter().map(|(k, v)| format!("export {k}={}; ", shell_words::quote(v))).collect::<String>(),
+            env.iter().map(|(k, v)| format!("export {}; ", quote(&format!("{k}={v}")))).collect::<String>(),
             shell_words::quote(tree),
         );
         if let Some(c) = &test.command {
