@@ -219,7 +219,7 @@ fn runner(cases: u32) -> TestRunner {
 
 #[test]
 fn hostile_names_dirs_and_values_reach_no_shell_on_null() {
-    runner(24)
+    runner(16)
         .run(&suite(), |suite| check_suite(&suite, &["null"]))
         .unwrap();
 }
@@ -246,7 +246,7 @@ fn hostile_depends_are_broken_or_checked_never_run() {
         proptest::sample::select(vec!["", " (>= ", " [", " <", " | "]),
     )
         .prop_map(|(w, sep)| format!("bash{sep}{w}"));
-    runner(24)
+    runner(16)
         .run(&depends, |depends| {
             let control = format!("Test-Command: true\nDepends: {depends}\n");
             let ran = run(&control, &[], "", &["null"]);

@@ -377,7 +377,10 @@ impl SshConnection {
     /// reports another boot id (it went down and came back).
     async fn reconnect(&mut self, old_boot_id: Option<&str>) -> Result<()> {
         self.stop_master().await;
-        let deadline = Instant::now() + self.target.connect_timeout;
+        // A limit past the end of time (a huge --timeout-ssh) is none.
+        let deadline = Instant::now()
+            .checked_add(self.target.connect_timeout)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(u64::from(u32::MAX)));
         loop {
             self.start_master(deadline).await?;
             match self.hello().await {
