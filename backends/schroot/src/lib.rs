@@ -266,8 +266,9 @@ impl Session {
                 .map_err(fail)?
                 .keep(),
         };
-        // Like autopkgtest's downtmp: any test user may write there.
-        std::fs::set_permissions(&self.scratch_host, std::fs::Permissions::from_mode(0o1777))
+        // Not world-writable: the runner gives it to the normal user
+        // (autopkgtest 5.48's downtmp).
+        std::fs::set_permissions(&self.scratch_host, std::fs::Permissions::from_mode(0o755))
             .map_err(fail)
     }
 

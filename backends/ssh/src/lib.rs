@@ -217,7 +217,7 @@ impl SshTestbed {
     async fn ensure_scratch(&self) -> Result<()> {
         let out = self
             .conn
-            .exec(ExecRequest::new(["mkdir", "-p", "-m", "1777", &self.scratch]).capture())
+            .exec(ExecRequest::new(["mkdir", "-p", "-m", "755", &self.scratch]).capture())
             .await?;
         if out.status.success() {
             Ok(())

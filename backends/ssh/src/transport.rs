@@ -293,13 +293,13 @@ impl SshConnection {
         copy_up_via_exec(self, remote_path, host).await
     }
 
-    /// Makes a new scratch dir (mode 1777) under /var/tmp, which survives a
-    /// reboot, unlike /tmp.
+    /// Makes a new scratch dir (mode 0755: the runner decides who else may
+    /// write there) under /var/tmp, which survives a reboot, unlike /tmp.
     pub async fn create_scratch(&self) -> Result<String> {
         let out = self
             .exec(
                 ExecRequest::shell(
-                    "d=$(mktemp -d /var/tmp/dep8.XXXXXXXX) && chmod 1777 \"$d\" && echo \"$d\"",
+                    "d=$(mktemp -d /var/tmp/dep8.XXXXXXXX) && chmod 755 \"$d\" && echo \"$d\"",
                 )
                 .capture(),
             )

@@ -74,7 +74,7 @@ up() {
     mount -t tmpfs -o mode=0755 dep8-rw "$rw" &&
         mkdir "$rw/upper" "$rw/work" &&
         mount --all --fstab "$fstab" &&
-        mkdir -m 1777 "$root$scratch" &&
+        mkdir -m 755 "$root$scratch" &&
         if [ "$network" = host ]; then
             rm -f "$root/etc/resolv.conf" && cp -L /etc/resolv.conf "$root/etc/resolv.conf"
         fi &&
