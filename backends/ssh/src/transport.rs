@@ -178,8 +178,10 @@ impl SshConnection {
     /// Connects (retrying until `target.connect_timeout`), checks the host
     /// key, finds out how to get root and makes a remote control dir.
     pub async fn connect(target: SshTarget) -> Result<Self> {
+        // 0700: it holds the ControlMaster socket.
         let local = tempfile::Builder::new()
             .prefix("dep8-ssh.")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .tempdir()
             .map_err(|e| TestbedError::failure("creating the ssh control dir", e))?;
         let mut conn = SshConnection {

@@ -430,6 +430,7 @@ fn host_dir(place: &HostDir) -> Result<PathBuf> {
     match place {
         HostDir::Temp => tempfile::Builder::new()
             .prefix("dep8-unshare.")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .tempdir()
             .map(tempfile::TempDir::keep)
             .map_err(|e| fail(&"creating the testbed's temp dir", e)),
@@ -441,6 +442,7 @@ fn host_dir(place: &HostDir) -> Result<PathBuf> {
             };
             tempfile::Builder::new()
                 .prefix(name)
+                .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
                 .tempdir_in(&parent)
                 .map(tempfile::TempDir::keep)
                 .map_err(|e| fail(&format!("--prefix {prefix}"), e))
