@@ -539,6 +539,7 @@ async fn run(args: RunArgs, registry: &Registry) -> i32 {
         } else {
             DependencyPolicy::Install
         },
+        insecure: false,
     };
 
     let summary = opts

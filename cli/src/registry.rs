@@ -8,6 +8,17 @@
 
 use dep8_core::testbed::Backend;
 
+/// The virt servers Debian's autopkgtest 5.49 ships that dep8 has no
+/// native backend for, and the Debian package each needs beside it.
+const AUTOPKGTEST_VIRT: [(&str, &str); 6] = [
+    ("chroot", "a chroot of your own"),
+    ("docker", "docker.io"),
+    ("incus", "incus"),
+    ("lxc", "lxc"),
+    ("lxd", "lxd"),
+    ("podman", "podman"),
+];
+
 pub struct Registry {
     backends: Vec<Box<dyn Backend>>,
 }
@@ -70,7 +81,17 @@ impl Registry {
                 if name.contains('/') {
                     format!("{name} is not an executable virt server program")
                 } else {
-                    format!("no autopkgtest virt server autopkgtest-virt-{name} in PATH")
+                    match AUTOPKGTEST_VIRT.iter().find(|(n, _)| *n == name) {
+                        Some((_, needs)) => format!(
+                            "autopkgtest-virt-{name} is not installed: it comes with Debian's \
+                             autopkgtest package (apt-get install autopkgtest; it needs {needs})"
+                        ),
+                        None => format!(
+                            "no autopkgtest virt server autopkgtest-virt-{name} in PATH \
+                             (Debian's autopkgtest package has {})",
+                            AUTOPKGTEST_VIRT.map(|(n, _)| n).join(", ")
+                        ),
+                    }
                 }
             )),
         }

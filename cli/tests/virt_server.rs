@@ -117,7 +117,8 @@ fn malformed_requests_get_error_replies() {
         "No such file",
     );
     let caps = server.send("capabilities");
-    assert!(caps.contains(" isolation-machine"), "{caps}");
+    // autopkgtest 5.48: null does not claim isolation.
+    assert!(!caps.contains("isolation"), "{caps}");
     assert!(
         caps.contains(&format!("downtmp-host%3D{scratch}")),
         "{caps}"

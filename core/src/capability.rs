@@ -127,6 +127,24 @@ impl Capabilities {
         self.flags.insert(cap);
     }
 
+    /// Whether the host isolates the testbed (`isolation-container` or
+    /// `isolation-machine`): as in autopkgtest 5.48, only then may its
+    /// shared dirs be world-writable, since nothing untrusted runs there.
+    pub fn isolates(&self) -> bool {
+        self.has(Capability::IsolationContainer) || self.has(Capability::IsolationMachine)
+    }
+
+    /// The mode of the testbed's scratch dir: world-writable (sticky) only
+    /// where the testbed isolates or with `--insecure`, else 0755 (owned by
+    /// the normal user, who must write there).
+    pub fn scratch_mode(&self, insecure: bool) -> &'static str {
+        if self.isolates() || insecure {
+            "1777"
+        } else {
+            "755"
+        }
+    }
+
     /// The words autopkgtest's virt-server protocol uses for this set
     /// (`suggested-normal-user=NAME`, `downtmp-host=PATH` included), plus
     /// dep8's `baseimage=KIND:PATH`.

@@ -69,6 +69,9 @@ pub struct RunOptions {
     pub fetch: Option<Fetch>,
     /// What to do to the testbed after opening and every revert.
     pub setup: Setup,
+    /// autopkgtest's `--insecure`: world-writable scratch, artifacts and
+    /// source tree even where the testbed does not isolate (5.28's modes).
+    pub insecure: bool,
 }
 
 impl RunOptions {
@@ -237,6 +240,7 @@ impl Run<'_> {
 
         // As autopkgtest: set up first (a setup command may add the deb-src
         // lines `apt-get source` needs), then get the source.
+        self.secure_scratch(tb).await?;
         self.setup_testbed(tb).await?;
         if let Some(fetch) = &self.opts.fetch {
             self.acquire(tb, fetch).await?;
@@ -393,6 +397,38 @@ impl Run<'_> {
         );
     }
 
+    /// Gives the scratch dir autopkgtest 5.48's mode
+    /// ([`Capabilities::scratch_mode`]); where it is not world-writable, the
+    /// normal user owns it. After opening and after every revert.
+    async fn secure_scratch(&self, tb: &dyn Testbed) -> Result<(), Abort> {
+        let caps = tb.capabilities();
+        let mode = caps.scratch_mode(self.opts.insecure);
+        let owner = match self.normal_user(caps) {
+            Some(user) if mode != "1777" && caps.has(Capability::RootOnTestbed) => {
+                format!(" && chown -- '{user}' \"$1\"")
+            }
+            _ => String::new(),
+        };
+        let script = format!("chmod {mode} -- \"$1\"{owner}");
+        let req = ExecRequest::new(["sh", "-ec", &script, "sh", tb.scratch()]).capture();
+        let out = self
+            .timed(
+                self.opts.timeouts.short,
+                "securing the scratch dir",
+                tb.exec(req),
+            )
+            .await?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(Abort::Testbed(format!(
+                "setting the mode of {}: {}",
+                tb.scratch(),
+                out.stderr_text().trim()
+            )))
+        }
+    }
+
     /// Applies the setup options; after opening and after every revert.
     async fn setup_testbed(&self, tb: &dyn Testbed) -> Result<(), Abort> {
         if !self.opts.setup.is_empty() {
@@ -432,10 +468,16 @@ impl Run<'_> {
         )
         .await?;
         // As autopkgtest: the tree belongs to the normal user, so tests
-        // without needs-root may write into it (chmod where chown fails).
+        // without needs-root may write into it (world-writable where chown
+        // fails only with --insecure, as in autopkgtest 5.48).
         if let Some(user) = self.normal_user(tb.capabilities()) {
             let (user, tree) = (quote(&user), quote(tree));
-            let own = format!("chown -R {user} -- {tree} 2>/dev/null || chmod -R go+rwX -- {tree}");
+            let fallback = if self.opts.insecure {
+                format!(" 2>/dev/null || chmod -R go+rwX -- {tree}")
+            } else {
+                String::new()
+            };
+            let own = format!("chown -R {user} -- {tree}{fallback}");
             self.shell_step(tb, &own, &format!("handing {tree} to {user}"))
                 .await?;
         }
@@ -631,6 +673,7 @@ impl Run<'_> {
         self.log.info("reverting the testbed");
         self.timed(self.opts.timeouts.reboot, "reverting", tb.revert())
             .await?;
+        self.secure_scratch(tb).await?;
         self.installed = None;
         self.deps_installed.clear();
         self.dirty = false;
@@ -957,9 +1000,24 @@ impl Run<'_> {
             String::new()
         };
         let tmp = format!("{scratch}/autopkgtest_tmp");
+        // As autopkgtest 5.48's wrapper: AUTOPKGTEST_TMP 0755 and the
+        // artifacts dir world-writable only for a test that declares
+        // isolation (or --insecure), both the test user's.
+        let artifacts_mode = if self.opts.insecure
+            || test.has(&Restriction::IsolationContainer)
+            || test.has(&Restriction::IsolationMachine)
+        {
+            "1777"
+        } else {
+            "755"
+        };
         let (q_tmp, q_artifacts) = (quote(&tmp), quote(&artifacts));
         let setup = format!(
-            "set -e; rm -rf {q_tmp}; mkdir -p -m 1777 {q_artifacts}; mkdir -p -m 1777 {q_tmp}{forget_reboot}{}{}",
+            "set -e; rm -rf {q_tmp}; mkdir -p -m {artifacts_mode} {q_artifacts}; mkdir -p -m 755 {q_tmp}{}{forget_reboot}{}{}",
+            match &user {
+                Some(u) => format!("; chown {} {q_artifacts} {q_tmp}", quote(u)),
+                None => String::new(),
+            },
             match (&user, test.has(&Restriction::RwBuildTree)) {
                 (Some(u), true) => format!("; chown -R {} -- {}", quote(u), quote(tree)),
                 _ => String::new(),

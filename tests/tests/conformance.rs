@@ -110,6 +110,8 @@ async fn schroot() {
     let tb = SchrootTestbed::open(Options {
         chroot,
         baseimage: true,
+        session_id: None,
+        debug: false,
     })
     .await
     .expect("open schroot");

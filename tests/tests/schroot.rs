@@ -123,6 +123,8 @@ async fn open(chroot: &str) -> SchrootTestbed {
     SchrootTestbed::open(Options {
         chroot: chroot.to_string(),
         baseimage: true,
+        session_id: None,
+        debug: false,
     })
     .await
     .expect("open schroot")

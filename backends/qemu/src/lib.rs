@@ -69,32 +69,82 @@ enum RevertMethod {
     Boot,
 }
 
-/// `dep8 run SRC -- qemu IMAGE [OPTIONS]`.
+/// How the firmware boots the VM (autopkgtest-virt-qemu's `--boot`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum BootMode {
+    /// BIOS on x86 (autopkgtest's choice for amd64 and i386).
+    Auto,
+    /// QEMU's BIOS (SeaBIOS).
+    Bios,
+    /// UEFI firmware (OVMF).
+    Efi,
+    /// OpenFirmware (POWER): refused, dep8 runs x86 guests.
+    Ieee1275,
+    /// No firmware setup of autopkgtest's own: QEMU's default, the BIOS.
+    None,
+}
+
+/// The Debian architectures dep8's QEMU (`qemu-system-x86_64`, machine
+/// `pc`) runs, and their QEMU names.
+const X86: [(&str, &str); 2] = [("amd64", "x86_64"), ("i386", "i386")];
+
+/// `dep8 run SRC -- qemu [OPTIONS] IMAGE [IMAGE...]`: dep8's options and
+/// autopkgtest-virt-qemu's (5.49), as Debusine and debci write them.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "qemu", no_binary_name = true)]
+#[command(name = "qemu", no_binary_name = true, infer_long_args = true)]
 struct Args {
-    /// The disk image (qcow2 or raw). It is only read: the VM writes to a
-    /// temporary overlay.
-    image: PathBuf,
+    /// The disk image (qcow2 or raw), then more disks attached read-only
+    /// in order. The first is only read: the VM writes to a temporary
+    /// overlay.
+    #[arg(required = true, num_args = 1..)]
+    images: Vec<PathBuf>,
     /// Virtual CPUs.
-    #[arg(long, default_value_t = 1)]
+    #[arg(short, long, default_value_t = 1)]
     cpus: u32,
     /// Guest memory in MiB.
     #[arg(long, value_name = "MB", default_value_t = 1024)]
     ram_size: u32,
     /// Put the overlay here instead of in a temporary dir.
-    #[arg(long, value_name = "DIR")]
+    #[arg(short, long, value_name = "DIR")]
     overlay_dir: Option<PathBuf>,
     /// Boot with UEFI firmware (OVMF) instead of QEMU's BIOS: the kernel
-    /// (direct boot) or the image's own boot loader.
+    /// (direct boot) or the image's own boot loader. Same as --boot efi.
     #[arg(long)]
     efi: bool,
+    /// The boot protocol: auto and bios boot with QEMU's BIOS, efi with
+    /// OVMF; ieee1275 (POWER) is refused.
+    #[arg(long, value_enum)]
+    boot: Option<BootMode>,
+    /// The guest's Debian architecture (amd64 or i386; checked once booted).
+    #[arg(long, value_name = "ARCH")]
+    dpkg_architecture: Option<String>,
+    /// The guest's QEMU architecture (x86_64 or i386).
+    #[arg(long, value_name = "ARCH")]
+    qemu_architecture: Option<String>,
     /// More QEMU options (one string, split like a shell does).
     #[arg(long, value_name = "OPTIONS", allow_hyphen_values = true)]
     qemu_options: Option<String>,
     /// The QEMU binary (then dep8 picks no CPU model).
-    #[arg(long, value_name = "PROGRAM")]
+    #[arg(short, long, value_name = "PROGRAM")]
     qemu_command: Option<String>,
+    /// Refused: dep8 never logs in on the serial console (it reaches the
+    /// guest over ssh with keys handed over by fw_cfg).
+    #[arg(short, long, hide = true)]
+    user: Option<String>,
+    /// Refused, as --user.
+    #[arg(short, long, hide = true)]
+    password: Option<String>,
+    /// Print the serial console's boot messages once the guest is up.
+    #[arg(long)]
+    show_boot: bool,
+    /// At close, power the guest off from within and wait this long before
+    /// killing QEMU (default: QEMU is stopped at once).
+    #[arg(long, value_name = "SECONDS")]
+    timeout_poweroff: Option<u64>,
+    /// Accepted for autopkgtest-virt-qemu; dep8's own `-d` (before `--`)
+    /// turns on debug output.
+    #[arg(short, long)]
+    debug: bool,
     /// Attach the pristine image read-only as /dev/baseimage.
     #[arg(long)]
     baseimage: bool,
@@ -110,8 +160,14 @@ struct Args {
     /// Kernel command line for direct boot.
     #[arg(long, default_value = DEFAULT_CMDLINE)]
     append: String,
-    /// How long a boot may take until ssh answers, in seconds.
-    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    /// How long a boot or reboot may take until ssh answers, in seconds
+    /// (autopkgtest's --timeout-reboot).
+    #[arg(
+        long,
+        alias = "timeout-reboot",
+        value_name = "SECONDS",
+        default_value_t = 300
+    )]
     boot_timeout: u64,
     /// How to revert.
     #[arg(long, value_enum, default_value_t = RevertMethod::Snapshot)]
@@ -159,8 +215,51 @@ impl Backend for QemuBackend {
 
     async fn open(&self, args: &[String]) -> Result<Box<dyn Testbed>> {
         let args = Args::try_parse_from(args).map_err(|e| TestbedError::Usage(e.to_string()))?;
+        check_args(&args)?;
         Ok(Box::new(QemuTestbed::open(args).await?))
     }
+}
+
+/// Refuses what dep8's QEMU cannot honour (exit 20, never ignored).
+fn check_args(args: &Args) -> Result<()> {
+    let usage = |msg: String| Err(TestbedError::Usage(msg));
+    match (args.efi, args.boot) {
+        (true, Some(mode)) if mode != BootMode::Efi => {
+            return usage(format!("--efi and --boot {mode:?} disagree").to_lowercase())
+        }
+        (_, Some(BootMode::Ieee1275)) => {
+            return usage(
+                "--boot ieee1275: OpenFirmware boots POWER machines; dep8's qemu backend \
+                 runs x86 guests (qemu-system-x86_64)"
+                    .into(),
+            )
+        }
+        _ => {}
+    }
+    if let Some(arch) = &args.dpkg_architecture {
+        if !X86.iter().any(|(dpkg, _)| dpkg == arch) {
+            return usage(format!(
+                "--dpkg-architecture {arch}: dep8's qemu backend runs x86 guests (amd64, i386) \
+                 with qemu-system-x86_64; a foreign architecture is not supported"
+            ));
+        }
+    }
+    if let Some(arch) = &args.qemu_architecture {
+        if !X86.iter().any(|(_, qemu)| qemu == arch) && arch != "i686" {
+            return usage(format!(
+                "--qemu-architecture {arch}: dep8's qemu backend runs x86 guests (x86_64, i386) \
+                 with qemu-system-x86_64"
+            ));
+        }
+    }
+    if args.user.is_some() || args.password.is_some() {
+        return usage(
+            "--user/--password: dep8 never logs in on the serial console; it reaches the guest \
+             over ssh as root with a key handed over by fw_cfg (images from `dep8 image build qemu`)"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 /// The UEFI firmware `--efi` boots with (package `ovmf`): one image with
@@ -191,6 +290,8 @@ pub struct QemuTestbed {
     args: Args,
     image: PathBuf,
     format: &'static str,
+    /// More disks, attached read-only after the image (and their formats).
+    extra_disks: Vec<(PathBuf, &'static str)>,
     boot: Boot,
     /// UEFI firmware (`--efi`); QEMU's BIOS without.
     firmware: Option<PathBuf>,
@@ -214,12 +315,18 @@ pub struct QemuTestbed {
 impl QemuTestbed {
     async fn open(args: Args) -> Result<Self> {
         let usage = |msg: String| TestbedError::Usage(msg);
-        let image = std::path::absolute(&args.image)
-            .map_err(|e| usage(format!("{}: {e}", args.image.display())))?;
-        let format =
-            image_format(&image).map_err(|e| usage(format!("{}: {e}", image.display())))?;
+        let mut disks = Vec::new();
+        for image in &args.images {
+            let path = std::path::absolute(image)
+                .map_err(|e| usage(format!("{}: {e}", image.display())))?;
+            let format =
+                image_format(&path).map_err(|e| usage(format!("{}: {e}", path.display())))?;
+            disks.push((path, format));
+        }
+        let (image, format) = disks.remove(0);
         let boot = boot_files(&args, &image)?;
-        let firmware = args.efi.then(|| PathBuf::from(OVMF));
+        let efi = args.efi || args.boot == Some(BootMode::Efi);
+        let firmware = efi.then(|| PathBuf::from(OVMF));
         if let Some(firmware) = firmware.as_ref().filter(|f| !f.exists()) {
             return Err(usage(format!(
                 "--efi needs {} (install the ovmf package)",
@@ -241,8 +348,10 @@ impl QemuTestbed {
             (args.qemu_command.is_none() && !opts.contains("-cpu"))
                 .then(|| accel.default_cpu().to_string())
         });
+        // 0700: it holds the ssh keys and the QMP socket.
         let work = tempfile::Builder::new()
             .prefix("dep8-qemu.")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .tempdir()
             .map_err(|e| TestbedError::failure("creating a temp dir", e))?;
         let overlay_dir = match &args.overlay_dir {
@@ -272,6 +381,7 @@ impl QemuTestbed {
             args,
             image,
             format,
+            extra_disks: disks,
             boot,
             firmware,
             qemu,
@@ -290,6 +400,22 @@ impl QemuTestbed {
         };
         // On failure, `tb` is dropped: QEMU is killed, temp files removed.
         tb.boot_fresh().await?;
+        if tb.args.show_boot {
+            eprintln!(
+                "qemu: boot messages (serial console):\n{}",
+                std::fs::read_to_string(tb.console_log()).unwrap_or_default()
+            );
+        }
+        if let Some(want) = &tb.args.dpkg_architecture {
+            let arch = tb.run_ok("dpkg --print-architecture").await?;
+            if arch.trim() != want {
+                return Err(TestbedError::Usage(format!(
+                    "--dpkg-architecture {want}: the guest of {} is {}",
+                    tb.image.display(),
+                    arch.trim()
+                )));
+            }
+        }
         let user = tb
             .conn()?
             .exec(ExecRequest::new(["id", "-u", NORMAL_USER]).capture())
@@ -305,6 +431,10 @@ impl QemuTestbed {
 
     fn console_log(&self) -> PathBuf {
         self.work.path().join("console.log")
+    }
+
+    fn firmware_log(&self) -> PathBuf {
+        self.work.path().join("firmware.log")
     }
 
     fn conn(&self) -> Result<&SshConnection> {
@@ -439,6 +569,12 @@ impl QemuTestbed {
                 p(&self.overlay)
             ),
         ]);
+        for (disk, format) in &self.extra_disks {
+            add(&[
+                "-drive",
+                &format!("file={},if=virtio,format={format},readonly=on", p(disk)),
+            ]);
+        }
         add(&[
             "-netdev",
             &format!("user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:22"),
@@ -446,6 +582,14 @@ impl QemuTestbed {
             "virtio-net-pci,netdev=net0",
         ]);
         add(&["-device", "virtio-rng-pci"]);
+        // SeaBIOS's log (its I/O port 0x402), where "No bootable device"
+        // shows: the serial console stays silent when nothing boots.
+        add(&[
+            "-chardev",
+            &format!("file,id=firmware,path={}", p(&self.firmware_log())),
+            "-device",
+            "isa-debugcon,iobase=0x402,chardev=firmware",
+        ]);
         add(&[
             "-fw_cfg",
             &format!(
@@ -520,6 +664,7 @@ impl QemuTestbed {
         self.conn = None;
         let target = self.ssh_target();
         let console = self.console_log();
+        let firmware = self.firmware_log();
         let qemu_log = self.work.path().join("qemu.log");
         let image = self.image.display().to_string();
         let qemu = self.qemu.clone();
@@ -533,12 +678,24 @@ impl QemuTestbed {
                         tail(&console, 15)
                     ));
                 }
-                // SeaBIOS's words, or OVMF falling back to its UEFI shell.
+                // SeaBIOS's words, or OVMF past the disks: trying the
+                // network (dep8 never boots from it) or its UEFI shell.
                 let end = tail(&console, 15);
-                if end.contains("No bootable device") || end.contains("Shell> ") {
+                if tail(&firmware, 5).contains("No bootable device")
+                    || [
+                        "No bootable device",
+                        "Start PXE over",
+                        "Start HTTP Boot",
+                        "Shell> ",
+                    ]
+                    .iter()
+                    .any(|words| end.contains(words))
+                {
                     return TestbedError::Failure(format!(
-                        "{image} has no boot loader and no kernel beside it \
-                         (IMAGE.vmlinuz or --kernel); console:\n{}",
+                        "{image} cannot be booted: the firmware found no boot loader on it, \
+                         and there is no kernel beside it (IMAGE.vmlinuz or --kernel); \
+                         firmware:\n{}\nconsole:\n{}",
+                        tail(&firmware, 5),
                         tail(&console, 15)
                     ));
                 }
@@ -648,10 +805,23 @@ impl QemuTestbed {
 
     /// Ends QEMU: a polite `quit`, then a kill.
     async fn stop_vm(&mut self) {
-        self.conn = None;
+        let conn = self.conn.take();
         let Some(mut vm) = self.vm.take() else {
             return;
         };
+        if let (Some(secs), Some(conn)) = (self.args.timeout_poweroff, conn) {
+            // The connection drops as the guest goes down: no status to read.
+            let _ = conn
+                .exec(ExecRequest::shell("poweroff").timeout(Duration::from_secs(secs)))
+                .await;
+            if tokio::time::timeout(Duration::from_secs(secs), vm.child.wait())
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tracing::warn!("qemu: the guest did not power off within {secs} s: stopping QEMU");
+        }
         let _ = vm.qmp.get_mut().execute("quit", json!({})).await;
         if tokio::time::timeout(Duration::from_secs(10), vm.child.wait())
             .await
@@ -935,6 +1105,65 @@ mod tests {
         assert!(args.baseimage);
         assert_eq!(args.revert, RevertMethod::Snapshot);
         assert!(Args::try_parse_from(["img", "--efi", "--kernel", "k"]).is_ok());
+    }
+
+    #[test]
+    fn autopkgtest_virt_qemu_arguments() {
+        let parse =
+            |words: &[&str]| Args::try_parse_from(words).map(|a| check_args(&a).map(|()| a));
+        // Debusine's form; -c/-o/-q short options; several images.
+        let a = parse(&["--boot", "efi", "--dpkg-architecture", "amd64", "img"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(a.boot, Some(BootMode::Efi));
+        let a = parse(&[
+            "-c",
+            "2",
+            "--ram-size=4096",
+            "-o",
+            "/var/tmp",
+            "-q",
+            "qemu-x",
+            "a",
+            "b",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!((a.cpus, a.ram_size), (2, 4096));
+        assert_eq!(a.images, [PathBuf::from("a"), PathBuf::from("b")]);
+        assert_eq!(a.qemu_command.as_deref(), Some("qemu-x"));
+        let a = parse(&[
+            "--timeout-reboot",
+            "90",
+            "--timeout-poweroff=5",
+            "--show-boot",
+            "-d",
+            "i",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!((a.boot_timeout, a.timeout_poweroff), (90, Some(5)));
+        for mode in ["auto", "bios", "none"] {
+            assert!(parse(&["--boot", mode, "img"]).unwrap().is_ok(), "{mode}");
+        }
+        // What dep8 cannot honour: exit 20 with a reason.
+        for (words, reason) in [
+            (&["--boot", "ieee1275", "img"][..], "POWER"),
+            (
+                &["--dpkg-architecture", "arm64", "img"],
+                "foreign architecture",
+            ),
+            (&["--qemu-architecture", "aarch64", "img"], "x86"),
+            (&["--efi", "--boot", "bios", "img"], "disagree"),
+            (&["-u", "root", "-p", "pw", "img"], "serial console"),
+        ] {
+            let err = parse(words).unwrap().unwrap_err();
+            assert!(
+                matches!(&err, TestbedError::Usage(m) if m.contains(reason)),
+                "{words:?}: {err}"
+            );
+        }
+        assert!(parse(&["--cpus", "2"]).is_err(), "an image is required");
     }
 
     #[test]

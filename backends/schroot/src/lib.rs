@@ -1,4 +1,7 @@
-//! The `schroot` backend: `dep8 run SRC -- schroot CHROOT [--baseimage]`.
+//! The `schroot` backend:
+//! `dep8 run SRC -- schroot [-s|--session-id ID] [-d] [--baseimage] CHROOT`
+//! (autopkgtest-virt-schroot's arguments, as debci writes them, plus
+//! `--baseimage`).
 //!
 //! The testbed is a schroot session of CHROOT (`schroot --begin-session`);
 //! commands run through `schroot --run-session`, files are copied on the
@@ -15,6 +18,7 @@
 //! read-only at [`BASEIMAGE_PATH`] inside every session.
 
 use async_trait::async_trait;
+use clap::Parser;
 use dep8_core::capability::{BaseImage, BaseImageKind, Capabilities, Capability};
 use dep8_core::exec::{
     copy_down_via_exec, copy_up_via_exec, host_copy, host_output, in_testbed_argv, run_local,
@@ -66,41 +70,48 @@ impl Backend for SchrootBackend {
 }
 
 /// The backend's arguments.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Parser, Clone, Debug, PartialEq, Eq)]
+#[command(
+    name = "schroot",
+    no_binary_name = true,
+    infer_long_args = true,
+    about = "Run tests in schroot sessions (dep8 run SRC -- schroot ...)"
+)]
 pub struct Options {
     /// The chroot's name (as in `schroot --list`).
     pub chroot: String,
     /// Bind-mount the chroot's pristine directory at [`BASEIMAGE_PATH`].
+    #[arg(long)]
     pub baseimage: bool,
+    /// Name of the session (`schroot --list --all-sessions`); later
+    /// sessions of the same testbed (reverts) are ID-1, ID-2, ...
+    #[arg(short, long, value_name = "ID")]
+    pub session_id: Option<String>,
+    /// Accepted for autopkgtest-virt-schroot; dep8's own `-d` (before `--`)
+    /// turns on debug output.
+    #[arg(short, long)]
+    pub debug: bool,
 }
 
 impl Options {
-    /// Parses `CHROOT [--baseimage]`.
+    /// Parses the words after `schroot` on the command line.
     pub fn parse(args: &[String]) -> Result<Options> {
-        let mut chroot = None;
-        let mut baseimage = false;
-        for arg in args {
-            match arg.as_str() {
-                "--baseimage" => baseimage = true,
-                opt if opt.starts_with('-') => {
-                    return Err(TestbedError::Usage(format!(
-                        "unknown option {opt:?}; usage: schroot CHROOT [--baseimage]"
-                    )))
-                }
-                name if chroot.is_none() => chroot = Some(name.to_string()),
-                extra => {
-                    return Err(TestbedError::Usage(format!(
-                        "unexpected argument {extra:?}; usage: schroot CHROOT [--baseimage]"
-                    )))
-                }
-            }
+        Options::try_parse_from(args).map_err(|e| TestbedError::Usage(e.render().to_string()))
+    }
+}
+
+/// The name of a testbed's `n`th session (from 0): `--session-id`, then
+/// ID-1, ID-2...; by default named after dep8's pid, so that
+/// `schroot --list --all-sessions` tells whose a session is.
+fn session_name(id: Option<&str>, chroot: &str, n: usize) -> String {
+    static BEGUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    match (id, n) {
+        (Some(id), 0) => id.to_string(),
+        (Some(id), n) => format!("{id}-{n}"),
+        (None, _) => {
+            let unique = BEGUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            format!("dep8-{chroot}-{}-{unique}", std::process::id())
         }
-        let chroot = chroot.ok_or_else(|| {
-            TestbedError::Usage(
-                "missing the chroot name; usage: schroot CHROOT [--baseimage]".into(),
-            )
-        })?;
-        Ok(Options { chroot, baseimage })
     }
 }
 
@@ -208,14 +219,9 @@ struct Session {
 }
 
 impl Session {
-    /// Begins a session of `chroot` with, given `baseimage`, that directory
-    /// mounted read-only at [`BASEIMAGE_PATH`]. Blocking.
-    fn begin(chroot: &str, baseimage: Option<&Path>) -> Result<Session> {
-        // Named after dep8's pid, so that `schroot --list --all-sessions`
-        // tells whose a session is.
-        static BEGUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = BEGUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let name = format!("dep8-{chroot}-{}-{n}", std::process::id());
+    /// Begins a session `name` of `chroot` with, given `baseimage`, that
+    /// directory mounted read-only at [`BASEIMAGE_PATH`]. Blocking.
+    fn begin(chroot: &str, name: &str, baseimage: Option<&Path>) -> Result<Session> {
         let id = host_output(
             "schroot",
             &[
@@ -224,7 +230,7 @@ impl Session {
                 "--chroot",
                 chroot,
                 "--session-name",
-                &name,
+                name,
             ],
         )?
         .trim()
@@ -273,8 +279,9 @@ impl Session {
                 .map_err(fail)?
                 .keep(),
         };
-        // Like autopkgtest's downtmp: any test user may write there.
-        std::fs::set_permissions(&self.scratch_host, std::fs::Permissions::from_mode(0o1777))
+        // Not world-writable: the runner gives it to the normal user
+        // (autopkgtest 5.48's downtmp).
+        std::fs::set_permissions(&self.scratch_host, std::fs::Permissions::from_mode(0o755))
             .map_err(fail)
     }
 
@@ -497,6 +504,10 @@ pub struct SchrootTestbed {
     /// Files are copied on the host through the session's location (only
     /// root can see it); otherwise through commands in the session.
     host_copies: bool,
+    /// `--session-id`, the first session's name.
+    session_id: Option<String>,
+    /// Sessions begun so far (for their names).
+    begun: std::sync::atomic::AtomicUsize,
 }
 
 impl SchrootTestbed {
@@ -530,8 +541,9 @@ impl SchrootTestbed {
             });
         }
         let (chroot, base) = (config.name.clone(), baseimage_source.clone());
+        let name = session_name(opts.session_id.as_deref(), &chroot, 0);
         let session = blocking("beginning a schroot session", move || {
-            let mut session = Session::begin(&chroot, base.as_deref())?;
+            let mut session = Session::begin(&chroot, &name, base.as_deref())?;
             session.make_scratch(None)?;
             Ok(session)
         })
@@ -546,6 +558,8 @@ impl SchrootTestbed {
             ending: Vec::new(),
             caps,
             host_copies: root_euid,
+            session_id: opts.session_id,
+            begun: std::sync::atomic::AtomicUsize::new(1),
         };
         tb.note_downtmp_host();
         Ok(tb)
@@ -570,7 +584,11 @@ impl SchrootTestbed {
     /// Begins a session on a thread of its own.
     fn begin_in_background(&self) -> Background<Session> {
         let (chroot, base) = (self.config.name.clone(), self.baseimage_source.clone());
-        std::thread::spawn(move || Session::begin(&chroot, base.as_deref()))
+        let n = self
+            .begun
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = session_name(self.session_id.as_deref(), &chroot, n);
+        std::thread::spawn(move || Session::begin(&chroot, &name, base.as_deref()))
     }
 }
 
@@ -747,10 +765,26 @@ mod tests {
             Options::parse(&args(&["sid", "--baseimage"])).unwrap(),
             Options {
                 chroot: "sid".into(),
-                baseimage: true
+                baseimage: true,
+                session_id: None,
+                debug: false,
             }
         );
         assert!(!Options::parse(&args(&["sid"])).unwrap().baseimage);
+        // debci's form, autopkgtest-virt-schroot's short options, and
+        // argparse's unambiguous prefixes.
+        for words in [
+            &["--session-id=sid-hello", "sid"][..],
+            &["-s", "sid-hello", "-d", "sid"],
+            &["sid", "--session", "sid-hello"],
+        ] {
+            let o = Options::parse(&args(words)).unwrap();
+            assert_eq!(o.chroot, "sid", "{words:?}");
+            assert_eq!(o.session_id.as_deref(), Some("sid-hello"), "{words:?}");
+        }
+        assert_eq!(session_name(Some("x"), "sid", 0), "x");
+        assert_eq!(session_name(Some("x"), "sid", 2), "x-2");
+        assert!(session_name(None, "sid", 0).starts_with("dep8-sid-"));
         for bad in [&[][..], &["--frob", "sid"], &["sid", "other"]] {
             assert!(matches!(
                 Options::parse(&args(bad)),

@@ -6,11 +6,18 @@
 //! ```text
 //! dep8 run SRC -- ssh -H HOST [-p PORT] [-l LOGIN] [-i KEY] [-o OPT]...
 //!     [--known-hosts FILE] [--accept-new-host-key] [--capability CAP]...
-//!     [--reboot] [--timeout-ssh SECS] [-s SETUP-SCRIPT [-- ARGS...]]
+//!     [--reboot] [--timeout-ssh SECS] [-d] [-s SETUP-SCRIPT [-- ARGS...]]
 //! ```
+//!
+//! These are autopkgtest-virt-ssh's arguments (5.49), and `-o` also takes
+//! its form: a value that starts with `-` is raw ssh arguments
+//! (`-o "-o Foo=bar -4"`). Its `-P/--password` (a sudo password) is refused.
 //!
 //! Root comes from logging in as root, or from `sudo -n` when the login is
 //! not root; `root-on-testbed` is advertised only when one of them works.
+//! As autopkgtest 5.48 documents, root over ssh is only safe on a testbed
+//! that never runs untrusted code; dep8 warns when it has root on a testbed
+//! declared neither `isolation-container` nor `isolation-machine`.
 //! Host keys are always checked (`StrictHostKeyChecking=yes` against the
 //! user's known_hosts, or `--known-hosts`); `--accept-new-host-key` trusts a
 //! key seen for the first time and logs it. autopkgtest instead turns host
@@ -53,6 +60,7 @@ pub struct SshBackend;
 #[command(
     name = "ssh",
     no_binary_name = true,
+    infer_long_args = true,
     about = "Run tests on a machine reached over ssh (dep8 run SRC -- ssh ...)"
 )]
 struct Args {
@@ -68,8 +76,15 @@ struct Args {
     /// Private key file.
     #[arg(short, long)]
     identity: Option<PathBuf>,
-    /// An ssh option (`ssh -o OPT`), repeatable.
-    #[arg(short = 'o', long = "option", value_name = "OPT")]
+    /// An ssh option (`ssh -o OPT`), repeatable; a value starting with `-`
+    /// is raw ssh arguments, split on whitespace (autopkgtest's form).
+    #[arg(
+        short = 'o',
+        long = "options",
+        alias = "option",
+        value_name = "OPT",
+        allow_hyphen_values = true
+    )]
     options: Vec<String>,
     /// known_hosts file to check the host key against.
     #[arg(long, value_name = "FILE")]
@@ -90,6 +105,14 @@ struct Args {
     /// How long to wait for the ssh connection, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     timeout_ssh: u64,
+    /// Refused: a sudo password (dep8 uses `sudo -n`: log in as root, or
+    /// give the login passwordless sudo).
+    #[arg(short = 'P', long, hide = true)]
+    password: Option<String>,
+    /// Accepted for autopkgtest-virt-ssh; dep8's own `-d` (before `--`)
+    /// turns on debug output.
+    #[arg(short, long)]
+    debug: bool,
     /// Arguments for the setup script.
     #[arg(last = true, value_name = "SCRIPT ARGS")]
     script_args: Vec<String>,
@@ -148,6 +171,13 @@ pub struct SshTestbed {
 
 impl SshTestbed {
     async fn open(args: Args) -> Result<Self> {
+        if args.password.is_some() {
+            return Err(TestbedError::Usage(
+                "-P/--password: sudo passwords are not supported; log in as root, or give the \
+                 login passwordless sudo (dep8 uses `sudo -n`)"
+                    .into(),
+            ));
+        }
         let declared = declared_capabilities(&args);
         if declared.has(Capability::Revert) && args.setup_script.is_none() {
             return Err(TestbedError::Usage(
@@ -189,6 +219,14 @@ impl SshTestbed {
             conn,
         };
         tb.caps = tb.capabilities_now();
+        if tb.caps.has(Capability::RootOnTestbed) && !tb.caps.isolates() {
+            tracing::warn!(
+                "{}: dep8 has root there; as autopkgtest 5.48 says, that is only safe on a \
+                 testbed that never runs untrusted code (declare --capability \
+                 isolation-machine when it is a throw-away machine)",
+                tb.conn.target().display()
+            );
+        }
         match tb.conn.create_scratch().await {
             Ok(scratch) => tb.scratch = scratch,
             Err(e) => {
@@ -230,7 +268,7 @@ impl SshTestbed {
     async fn ensure_scratch(&self) -> Result<()> {
         let out = self
             .conn
-            .exec(ExecRequest::new(["mkdir", "-p", "-m", "1777", &self.scratch]).capture())
+            .exec(ExecRequest::new(["mkdir", "-p", "-m", "755", &self.scratch]).capture())
             .await?;
         if out.status.success() {
             Ok(())
@@ -311,7 +349,11 @@ fn target(args: &Args, config: &BTreeMap<String, String>) -> Result<SshTarget> {
         t.ssh_args.extend(raw.split_whitespace().map(String::from));
     }
     for opt in &args.options {
-        t.ssh_args.extend(["-o".to_string(), opt.clone()]);
+        if opt.starts_with('-') {
+            t.ssh_args.extend(opt.split_whitespace().map(String::from));
+        } else {
+            t.ssh_args.extend(["-o".to_string(), opt.clone()]);
+        }
     }
     if t.ssh_args
         .iter()
@@ -456,6 +498,46 @@ mod tests {
         assert_eq!(t.port, Some(2222));
         assert_eq!(t.login.as_deref(), Some("tester"));
         assert_eq!(t.ssh_args, ["-4", "-C", "-o", "Compression=yes"]);
+    }
+
+    #[test]
+    fn autopkgtest_virt_ssh_arguments() {
+        let args = parse(&[
+            "-H",
+            "h",
+            "-l",
+            "tester",
+            "-i",
+            "/k",
+            "-p",
+            "2222",
+            "--options",
+            "-o Compression=yes -4",
+            "-o",
+            "BatchMode=yes",
+            "-d",
+            "--capability",
+            "isolation-machine",
+            "--reboot",
+            "--timeout-ssh",
+            "9",
+            "-s",
+            "nova",
+            "--",
+            "--flavor",
+            "m1",
+        ]);
+        let t = target(&args, &BTreeMap::new()).unwrap();
+        assert_eq!(
+            t.ssh_args,
+            ["-o", "Compression=yes", "-4", "-o", "BatchMode=yes"]
+        );
+        assert_eq!((t.port, t.login.as_deref()), (Some(2222), Some("tester")));
+        assert_eq!(t.connect_timeout, Duration::from_secs(9));
+        assert_eq!(args.script_args, ["--flavor", "m1"]);
+        // argparse's prefixes: --host for --hostname.
+        assert_eq!(parse(&["--host", "h2"]).hostname.as_deref(), Some("h2"));
+        assert!(parse(&["-H", "h", "-P", "secret"]).password.is_some());
     }
 
     #[test]

@@ -178,8 +178,10 @@ impl SshConnection {
     /// Connects (retrying until `target.connect_timeout`), checks the host
     /// key, finds out how to get root and makes a remote control dir.
     pub async fn connect(target: SshTarget) -> Result<Self> {
+        // 0700: it holds the ControlMaster socket.
         let local = tempfile::Builder::new()
             .prefix("dep8-ssh.")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .tempdir()
             .map_err(|e| TestbedError::failure("creating the ssh control dir", e))?;
         let mut conn = SshConnection {
@@ -293,13 +295,13 @@ impl SshConnection {
         copy_up_via_exec(self, remote_path, host).await
     }
 
-    /// Makes a new scratch dir (mode 1777) under /var/tmp, which survives a
-    /// reboot, unlike /tmp.
+    /// Makes a new scratch dir (mode 0755: the runner decides who else may
+    /// write there) under /var/tmp, which survives a reboot, unlike /tmp.
     pub async fn create_scratch(&self) -> Result<String> {
         let out = self
             .exec(
                 ExecRequest::shell(
-                    "d=$(mktemp -d /var/tmp/dep8.XXXXXXXX) && chmod 1777 \"$d\" && echo \"$d\"",
+                    "d=$(mktemp -d /var/tmp/dep8.XXXXXXXX) && chmod 755 \"$d\" && echo \"$d\"",
                 )
                 .capture(),
             )

@@ -6,11 +6,13 @@
 # private mount namespace, so the host's mount table never changes.
 # A tarball is unpacked once into a tmpfs at DIR/lower (fast, and gone with
 # the namespace); a directory is used in place.
-# Usage: holder.sh DIR (tarball|dir) PATH SCRATCH (private|host) BASEIMAGE USERNS
-# (BASEIMAGE and USERNS are yes or no.)
+# Usage: holder.sh DIR (tarball|dir) PATH SCRATCH (private|host) BASEIMAGE USERNS [OUTSIDE INSIDE]...
+# (BASEIMAGE and USERNS are yes or no; each OUTSIDE INSIDE pair is a host dir
+# bind-mounted into the testbed.)
 set -u
 exec 2>&1
 dir=$1 kind=$2 source=$3 scratch=$4 network=$5 baseimage=$6 userns=$7
+shift 7
 root=$dir/root
 rw=$dir/rw
 lower=$source
@@ -67,6 +69,10 @@ fstab=$dir/fstab
     if [ "$baseimage" = yes ]; then
         echo "$(esc "$lower") $(esc "$root/run/dep8/baseimage") none bind,ro,X-mount.mkdir 0 0"
     fi
+    while [ $# -ge 2 ]; do
+        echo "$(esc "$1") $(esc "$root$2") none rbind,X-mount.mkdir 0 0"
+        shift 2
+    done
 } > "$fstab"
 
 # A fresh testbed: an empty tmpfs upper layer over the pristine lower one.
@@ -74,7 +80,7 @@ up() {
     mount -t tmpfs -o mode=0755 dep8-rw "$rw" &&
         mkdir "$rw/upper" "$rw/work" &&
         mount --all --fstab "$fstab" &&
-        mkdir -m 1777 "$root$scratch" &&
+        mkdir -m 755 "$root$scratch" &&
         if [ "$network" = host ]; then
             rm -f "$root/etc/resolv.conf" && cp -L /etc/resolv.conf "$root/etc/resolv.conf"
         fi &&

@@ -33,6 +33,7 @@
 //! autopkgtest-virt-unshare does); root inside is then not root outside.
 
 use async_trait::async_trait;
+use clap::Parser;
 use dep8_core::capability::{BaseImage, BaseImageKind, Capabilities, Capability};
 use dep8_core::exec::{copy_down_via_exec, copy_up_via_exec, in_testbed_argv, run_local};
 use dep8_core::testbed::{Backend, ExecOutcome, ExecRequest, Result, Testbed, TestbedError};
@@ -60,8 +61,66 @@ const BASE_ENV: [&str; 4] = [
 
 pub struct UnshareBackend;
 
-const USAGE: &str =
-    "usage: unshare (--tarball FILE | --rootfs DIR) [--private-network] [--baseimage] [--userns]";
+/// autopkgtest-virt-unshare's default `--bootstrapcmd` (5.49).
+const BOOTSTRAP: &str = "mmdebstrap --mode=unshare --variant=apt \
+    --skip=output/mknod,cleanup/apt/lists \
+    --customize-hook='sed \"s/^deb /deb-src /\" \"$1/etc/apt/sources.list\" > \
+    \"$1/etc/apt/sources.list.d/src.list\" && APT_CONFIG=$MMDEBSTRAP_APT_CONFIG apt-get update'";
+
+/// The backend's command line, after `-- unshare`: dep8's options and
+/// autopkgtest-virt-unshare's (5.49), as sbuild and Debusine write them.
+#[derive(Parser, Debug)]
+#[command(
+    name = "unshare",
+    no_binary_name = true,
+    infer_long_args = true,
+    about = "Run tests in a rootfs in private namespaces (dep8 run SRC -- unshare ...)"
+)]
+struct Args {
+    /// Rootfs tarball (any compression tar understands).
+    #[arg(short, long, value_name = "FILE", conflicts_with = "rootfs")]
+    tarball: Option<PathBuf>,
+    /// An unpacked rootfs, used read-only as the lower layer.
+    #[arg(long, value_name = "DIR")]
+    rootfs: Option<PathBuf>,
+    /// Without --tarball: the release of sbuild's cached tarball
+    /// (~/.cache/sbuild/RELEASE-ARCH.t*), or the one mmdebstrap makes.
+    #[arg(short, long, default_value = "*")]
+    release: String,
+    /// Without --tarball: the architecture of sbuild's cached tarball, or
+    /// the one mmdebstrap makes.
+    #[arg(short, long, default_value = "*")]
+    arch: String,
+    /// The command that makes a tarball when there is none (the release
+    /// and the output file are appended).
+    #[arg(long, value_name = "COMMAND", default_value = BOOTSTRAP, hide_default_value = true)]
+    bootstrapcmd: String,
+    /// Bind mount the host dir OUTSIDE at INSIDE in the testbed (repeatable).
+    #[arg(short, long, num_args = 2, value_names = ["OUTSIDE", "INSIDE"])]
+    bind: Vec<String>,
+    /// Prefix of the testbed's temp dir on the host (`/var/tmp/x-`).
+    #[arg(short, long, conflicts_with = "unpack_dir")]
+    prefix: Option<String>,
+    /// The testbed's dir on the host (created; must not exist).
+    #[arg(short, long, value_name = "DIR")]
+    unpack_dir: Option<PathBuf>,
+    /// Accepted for autopkgtest-virt-unshare; dep8's own `-d` (before `--`)
+    /// turns on debug output.
+    #[arg(short, long)]
+    debug: bool,
+    /// Share the host's network (the default).
+    #[arg(long, overrides_with = "private_network")]
+    network: bool,
+    /// A network namespace with only loopback.
+    #[arg(long, overrides_with = "network")]
+    private_network: bool,
+    /// Mount the pristine rootfs read-only at /run/dep8/baseimage.
+    #[arg(long)]
+    baseimage: bool,
+    /// Run in a user namespace even as root.
+    #[arg(long)]
+    userns: bool,
+}
 
 #[async_trait]
 impl Backend for UnshareBackend {
@@ -103,6 +162,22 @@ pub enum Rootfs {
     Tarball(PathBuf),
     /// An unpacked root filesystem, used read-only as the lower layer.
     Dir(PathBuf),
+    /// A tarball this command makes first (the output file appended), as
+    /// autopkgtest-virt-unshare does with mmdebstrap when no tarball is
+    /// given and sbuild has none cached; removed at close.
+    Bootstrap(Vec<String>),
+}
+
+/// Where the testbed's dir (mount points only) goes on the host.
+#[derive(Clone, Debug, Default)]
+pub enum HostDir {
+    /// A new temp dir in $TMPDIR.
+    #[default]
+    Temp,
+    /// A new temp dir whose path starts with this (`-p`).
+    Prefix(String),
+    /// This dir, created (`-u`).
+    Exactly(PathBuf),
 }
 
 /// How to open an unshare testbed.
@@ -119,6 +194,9 @@ pub struct Options {
     /// when dep8 is not root. Needs the user's range in /etc/subuid and
     /// /etc/subgid.
     pub userns: bool,
+    /// Host dirs bind-mounted into the testbed: (outside, absolute inside).
+    pub binds: Vec<(PathBuf, String)>,
+    pub host_dir: HostDir,
 }
 
 impl Options {
@@ -130,57 +208,160 @@ impl Options {
             network: true,
             baseimage: false,
             userns: !nix::unistd::geteuid().is_root(),
+            binds: Vec::new(),
+            host_dir: HostDir::Temp,
         }
     }
 
     /// Parses the words after `unshare` on the command line.
     pub fn parse(args: &[String]) -> Result<Options> {
-        let usage = |msg: String| TestbedError::Usage(format!("{msg}\n{USAGE}"));
-        let mut rootfs = None;
-        let (mut network, mut baseimage) = (true, false);
-        let mut userns = !nix::unistd::geteuid().is_root();
-        let mut words = args.iter();
-        while let Some(word) = words.next() {
-            let (flag, inline) = match word.split_once('=') {
-                Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
-                _ => (word.as_str(), None),
-            };
-            let mut value = || {
-                inline
-                    .clone()
-                    .or_else(|| words.next().cloned())
-                    .ok_or_else(|| usage(format!("{flag} needs a value")))
-            };
-            match flag {
-                "-t" | "--tarball" => rootfs = Some(Rootfs::Tarball(value()?.into())),
-                "--rootfs" => rootfs = Some(Rootfs::Dir(value()?.into())),
-                "--network" => network = true,
-                "--private-network" => network = false,
-                "--baseimage" => baseimage = true,
-                "--userns" => userns = true,
-                _ => return Err(usage(format!("unknown argument {word:?}"))),
-            }
-        }
-        let rootfs = rootfs.ok_or_else(|| usage("no --tarball or --rootfs given".into()))?;
-        match &rootfs {
-            Rootfs::Tarball(p) if !p.is_file() => {
+        Self::parse_with_cache(args, sbuild_cache())
+    }
+
+    /// [`Options::parse`] with sbuild's tarball cache dir given.
+    fn parse_with_cache(args: &[String], cache: Option<PathBuf>) -> Result<Options> {
+        let args =
+            Args::try_parse_from(args).map_err(|e| TestbedError::Usage(e.render().to_string()))?;
+        let usage = |msg: String| TestbedError::Usage(msg);
+        let rootfs = match (&args.tarball, &args.rootfs) {
+            (Some(p), _) if !p.is_file() => {
                 return Err(usage(format!("--tarball {}: no such file", p.display())))
             }
-            Rootfs::Dir(p) if !p.join("etc").is_dir() => {
+            (Some(p), _) => Rootfs::Tarball(p.clone()),
+            (None, Some(p)) if !p.join("etc").is_dir() => {
                 return Err(usage(format!(
                     "--rootfs {}: not a root filesystem (no etc/)",
                     p.display()
                 )))
             }
-            _ => {}
+            (None, Some(p)) => Rootfs::Dir(p.clone()),
+            (None, None) => cached_or_bootstrap(&args, cache)?,
+        };
+        let mut binds = Vec::new();
+        for pair in args.bind.chunks(2) {
+            let (outside, inside) = (PathBuf::from(&pair[0]), pair[1].clone());
+            if !outside.is_dir() {
+                return Err(usage(format!("--bind {}: no such dir", outside.display())));
+            }
+            if !inside.starts_with('/') {
+                return Err(usage(format!(
+                    "--bind {} {inside}: the mount point must be an absolute path in the testbed",
+                    outside.display()
+                )));
+            }
+            let outside = std::path::absolute(&outside)
+                .map_err(|e| usage(format!("--bind {}: {e}", outside.display())))?;
+            binds.push((outside, inside));
         }
         Ok(Options {
             rootfs,
-            network,
-            baseimage,
-            userns,
+            network: !args.private_network,
+            baseimage: args.baseimage,
+            userns: args.userns || !nix::unistd::geteuid().is_root(),
+            binds,
+            host_dir: match (args.prefix, args.unpack_dir) {
+                (Some(prefix), _) => HostDir::Prefix(prefix),
+                (None, Some(dir)) => HostDir::Exactly(dir),
+                (None, None) => HostDir::Temp,
+            },
         })
     }
+}
+
+/// autopkgtest-virt-unshare's release names: experimental, rc-buggy and
+/// UNRELEASED* are unstable; -backports and -security are their base.
+fn release_name(release: &str) -> &str {
+    if ["experimental", "rc-buggy", "UNRELEASED"]
+        .iter()
+        .any(|p| release.starts_with(p))
+    {
+        return "unstable";
+    }
+    release
+        .strip_suffix("-backports")
+        .or_else(|| release.strip_suffix("-security"))
+        .unwrap_or(release)
+}
+
+/// sbuild's tarball cache: `$XDG_CACHE_HOME/sbuild`, else `~/.cache/sbuild`.
+fn sbuild_cache() -> Option<PathBuf> {
+    match std::env::var_os("XDG_CACHE_HOME") {
+        Some(dir) if !dir.is_empty() => Some(PathBuf::from(dir).join("sbuild")),
+        _ => std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/sbuild")),
+    }
+}
+
+/// Whether `name` is `RELEASE-ARCH.t…`, where `*` matches anything.
+fn is_cached_tarball(name: &str, release: &str, arch: &str) -> bool {
+    let Some((stem, _)) = name.split_once(".t") else {
+        return false;
+    };
+    match (release, arch) {
+        ("*", "*") => stem.contains('-'),
+        ("*", arch) => stem.ends_with(&format!("-{arch}")),
+        (release, "*") => stem
+            .strip_prefix(release)
+            .is_some_and(|rest| rest.starts_with('-')),
+        (release, arch) => stem == format!("{release}-{arch}"),
+    }
+}
+
+/// The first (by name) `RELEASE-ARCH.t*` in sbuild's cache dir.
+fn cached_tarball(cache: &Path, release: &str, arch: &str) -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(cache)
+        .ok()?
+        .flatten()
+        .filter(|e| is_cached_tarball(&e.file_name().to_string_lossy(), release, arch))
+        .map(|e| e.path())
+        .collect();
+    found.sort();
+    found.into_iter().next()
+}
+
+/// Without `--tarball`: sbuild's cached `RELEASE-ARCH.t*` tarball, else
+/// one mmdebstrap makes (as autopkgtest-virt-unshare 5.49).
+fn cached_or_bootstrap(args: &Args, cache: Option<PathBuf>) -> Result<Rootfs> {
+    let release = release_name(&args.release);
+    let cache = cache.unwrap_or_default();
+    if let Some(tarball) = cached_tarball(&cache, release, &args.arch) {
+        tracing::info!("unshare: using sbuild's tarball {}", tarball.display());
+        return Ok(Rootfs::Tarball(tarball));
+    }
+    if release == "*" {
+        return Err(TestbedError::Usage(format!(
+            "unshare: no --tarball, no --rootfs, and no --release to find sbuild's tarball \
+             ({}/RELEASE-ARCH.t*) or to make one with mmdebstrap",
+            cache.display()
+        )));
+    }
+    let mut command = shell_words::split(&args.bootstrapcmd)
+        .map_err(|e| TestbedError::Usage(format!("--bootstrapcmd: {e}")))?;
+    if command.is_empty() {
+        return Err(TestbedError::Usage("--bootstrapcmd is empty".into()));
+    }
+    if which(&command[0]).is_none() {
+        return Err(TestbedError::Usage(format!(
+            "unshare: no tarball for {release} in {} and no {} to make one \
+             (install the mmdebstrap package, or give --tarball)",
+            cache.display(),
+            command[0]
+        )));
+    }
+    if args.arch != "*" {
+        command.push(format!("--arch={}", args.arch));
+    }
+    command.push(release.to_string());
+    Ok(Rootfs::Bootstrap(command))
+}
+
+/// `program` found in PATH (or as a path).
+fn which(program: &str) -> Option<PathBuf> {
+    if program.contains('/') {
+        return Some(PathBuf::from(program)).filter(|p| p.is_file());
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
 }
 
 /// The holder process and the pipes to talk to it.
@@ -246,6 +427,78 @@ pub struct UnshareTestbed {
     caps: Capabilities,
     network: bool,
     userns: bool,
+    /// The tarball made by `--bootstrapcmd`, removed with the testbed.
+    _bootstrapped: Option<tempfile::TempDir>,
+}
+
+/// Makes the testbed's dir on the host (mount points only, 0700).
+fn host_dir(place: &HostDir) -> Result<PathBuf> {
+    let fail = |what: &dyn std::fmt::Display, e| TestbedError::failure(what, e);
+    match place {
+        HostDir::Temp => tempfile::Builder::new()
+            .prefix("dep8-unshare.")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .tempdir()
+            .map(tempfile::TempDir::keep)
+            .map_err(|e| fail(&"creating the testbed's temp dir", e)),
+        HostDir::Prefix(prefix) => {
+            let (parent, name) = match prefix.rsplit_once('/') {
+                Some(("", name)) => (PathBuf::from("/"), name),
+                Some((parent, name)) => (PathBuf::from(parent), name),
+                None => (std::env::temp_dir(), prefix.as_str()),
+            };
+            tempfile::Builder::new()
+                .prefix(name)
+                .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                .tempdir_in(&parent)
+                .map(tempfile::TempDir::keep)
+                .map_err(|e| fail(&format!("--prefix {prefix}"), e))
+        }
+        HostDir::Exactly(dir) => {
+            use std::os::unix::fs::DirBuilderExt;
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| fail(&format!("--unpack-dir {}", dir.display()), e))?;
+            }
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| fail(&format!("--unpack-dir {}", dir.display()), e))?;
+            std::path::absolute(dir).map_err(|e| fail(&dir.display(), e))
+        }
+    }
+}
+
+/// Runs the bootstrap command (mmdebstrap) to make `chroot.tar` in a new
+/// temp dir, as autopkgtest-virt-unshare does without a tarball.
+fn bootstrap(command: &[String]) -> Result<tempfile::TempDir> {
+    let made = tempfile::Builder::new()
+        .prefix("dep8-unshare-bootstrap.")
+        .tempdir()
+        .map_err(|e| TestbedError::failure("creating a dir for the bootstrapped tarball", e))?;
+    let tarball = made.path().join("chroot.tar");
+    tracing::info!(
+        "unshare: no cached tarball; making one: {} {}",
+        shell_words::join(command),
+        tarball.display()
+    );
+    let out = Command::new(&command[0])
+        .args(&command[1..])
+        .arg(&tarball)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| TestbedError::failure(format!("cannot run {}", command[0]), e))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(10).collect();
+        return Err(TestbedError::Failure(format!(
+            "{} failed ({}): {}",
+            shell_words::join(command),
+            out.status,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        )));
+    }
+    Ok(made)
 }
 
 impl UnshareTestbed {
@@ -256,23 +509,25 @@ impl UnshareTestbed {
     }
 
     fn open_blocking(options: Options) -> Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("dep8-unshare.")
-            .tempdir()
-            .map_err(|e| TestbedError::failure("creating the testbed's temp dir", e))?
-            .keep();
+        let dir = host_dir(&options.host_dir)?;
         // From here on, a failure must remove `dir`.
         let cleanup = DirGuard(Some(dir.clone()));
         for sub in ["root", "rw"] {
             std::fs::create_dir(dir.join(sub))
                 .map_err(|e| TestbedError::failure(dir.join(sub).display(), e))?;
         }
-        let (kind, source) = match &options.rootfs {
-            Rootfs::Tarball(path) => ("tarball", path),
-            Rootfs::Dir(path) => ("dir", path),
+        let bootstrapped = match &options.rootfs {
+            Rootfs::Bootstrap(command) => Some(bootstrap(command)?),
+            _ => None,
+        };
+        let (kind, source) = match (&options.rootfs, &bootstrapped) {
+            (Rootfs::Tarball(path), _) => ("tarball", path.clone()),
+            (Rootfs::Dir(path), _) => ("dir", path.clone()),
+            (Rootfs::Bootstrap(_), Some(made)) => ("tarball", made.path().join("chroot.tar")),
+            (Rootfs::Bootstrap(_), None) => unreachable!("bootstrapped above"),
         };
         let source =
-            std::path::absolute(source).map_err(|e| TestbedError::failure(source.display(), e))?;
+            std::path::absolute(&source).map_err(|e| TestbedError::failure(source.display(), e))?;
         let mut caps = Capabilities::new([
             Capability::RootOnTestbed,
             Capability::Revert,
@@ -313,6 +568,12 @@ impl UnshareTestbed {
             .arg(if options.network { "host" } else { "private" })
             .arg(if options.baseimage { "yes" } else { "no" })
             .arg(if options.userns { "yes" } else { "no" })
+            .args(
+                options
+                    .binds
+                    .iter()
+                    .flat_map(|(outside, inside)| [outside.as_os_str(), inside.as_ref()]),
+            )
             .current_dir("/")
             .env_clear()
             .envs(BASE_ENV.iter().filter_map(|kv| kv.split_once('=')))
@@ -371,6 +632,7 @@ impl UnshareTestbed {
             caps,
             network: options.network,
             userns: options.userns,
+            _bootstrapped: bootstrapped,
         })
     }
 
@@ -522,6 +784,12 @@ impl Drop for UnshareTestbed {
 mod tests {
     use super::*;
 
+    /// Parses with an empty sbuild cache, whatever the machine's holds.
+    fn parse(args: &[String]) -> Result<Options> {
+        let empty = tempfile::tempdir().unwrap();
+        Options::parse_with_cache(args, Some(empty.path().into()))
+    }
+
     fn words(s: &str) -> Vec<String> {
         s.split_whitespace().map(String::from).collect()
     }
@@ -531,15 +799,105 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("etc")).unwrap();
         let d = dir.path().display();
-        let o = Options::parse(&words(&format!("--rootfs {d} --baseimage"))).unwrap();
+        let o = parse(&words(&format!("--rootfs {d} --baseimage"))).unwrap();
         assert!(o.network && o.baseimage, "the host's network by default");
-        let o = Options::parse(&words(&format!("--rootfs {d} --private-network"))).unwrap();
+        let o = parse(&words(&format!("--rootfs {d} --private-network"))).unwrap();
         assert!(!o.network);
         assert!(matches!(o.rootfs, Rootfs::Dir(_)));
-        let err = Options::parse(&words("--tarball /nonexistent.tar")).unwrap_err();
+        let err = parse(&words("--tarball /nonexistent.tar")).unwrap_err();
         assert!(err.to_string().contains("/nonexistent.tar"), "{err}");
-        let err = Options::parse(&words("--frobnicate")).unwrap_err();
+        let err = parse(&words("--frobnicate")).unwrap_err();
         assert!(err.to_string().contains("--frobnicate"), "{err}");
-        assert!(Options::parse(&[]).is_err());
+        let err = parse(&[]).unwrap_err();
+        assert!(err.to_string().contains("--release"), "{err}");
+    }
+
+    #[test]
+    fn autopkgtest_virt_unshare_arguments() {
+        let dir = tempfile::tempdir().unwrap();
+        let tarball = dir.path().join("sid.tar");
+        std::fs::write(&tarball, "").unwrap();
+        let d = dir.path().display();
+        // Debusine's form; argparse's unambiguous prefixes too.
+        for line in [
+            format!("-r bookworm -a amd64 -t {d}/sid.tar"),
+            format!("--arch amd64 --release bookworm --tarball {d}/sid.tar"),
+            format!("--arc=amd64 --rel=bookworm --tar={d}/sid.tar -d"),
+        ] {
+            let o = parse(&words(&line)).unwrap();
+            assert!(
+                matches!(&o.rootfs, Rootfs::Tarball(p) if *p == tarball),
+                "{line}"
+            );
+        }
+        let o = parse(&words(&format!(
+            "-t {d}/sid.tar -b {d} /srv/in -p /var/tmp/x- --private-network"
+        )))
+        .unwrap();
+        assert_eq!(o.binds, [(dir.path().to_path_buf(), "/srv/in".to_string())]);
+        assert!(matches!(&o.host_dir, HostDir::Prefix(p) if p == "/var/tmp/x-"));
+        assert!(!o.network);
+        let o = parse(&words(&format!("-t {d}/sid.tar -u {d}/unpack"))).unwrap();
+        assert!(matches!(&o.host_dir, HostDir::Exactly(p) if p.ends_with("unpack")));
+        let err = parse(&words(&format!("-t {d}/sid.tar -b {d} relative"))).unwrap_err();
+        assert!(err.to_string().contains("absolute"), "{err}");
+        let err = parse(&words(&format!("-t {d}/sid.tar -b {d}/nonexistent /x"))).unwrap_err();
+        assert!(err.to_string().contains("no such dir"), "{err}");
+        // No cached tarball: the bootstrap command, with the arch and the
+        // mapped release appended (the output file comes at open).
+        let mut args = words("-r UNRELEASED -a arm64");
+        args.push("--bootstrapcmd=/bin/true --variant='a b'".into());
+        match parse(&args).unwrap().rootfs {
+            Rootfs::Bootstrap(cmd) => {
+                assert_eq!(
+                    cmd,
+                    ["/bin/true", "--variant=a b", "--arch=arm64", "unstable"]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let err = parse(&words("-r sid --bootstrapcmd no-such-mmdebstrap")).unwrap_err();
+        assert!(err.to_string().contains("mmdebstrap package"), "{err}");
+    }
+
+    #[test]
+    fn sbuild_release_names_and_cache() {
+        assert_eq!(release_name("experimental"), "unstable");
+        assert_eq!(release_name("rc-buggy"), "unstable");
+        assert_eq!(release_name("UNRELEASED-foo"), "unstable");
+        assert_eq!(release_name("bookworm-backports"), "bookworm");
+        assert_eq!(release_name("bookworm-security"), "bookworm");
+        assert_eq!(release_name("trixie"), "trixie");
+        let cache = tempfile::tempdir().unwrap();
+        for name in [
+            "bookworm-amd64.tar.zst",
+            "bookworm-arm64.tgz",
+            "sid-amd64.tar",
+            "README",
+        ] {
+            std::fs::write(cache.path().join(name), "").unwrap();
+        }
+        let found = |r, a| {
+            cached_tarball(cache.path(), r, a)
+                .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        };
+        assert_eq!(
+            found("bookworm", "amd64").as_deref(),
+            Some("bookworm-amd64.tar.zst")
+        );
+        assert_eq!(
+            found("bookworm", "arm64").as_deref(),
+            Some("bookworm-arm64.tgz")
+        );
+        assert_eq!(
+            found("bookworm", "*").as_deref(),
+            Some("bookworm-amd64.tar.zst")
+        );
+        assert_eq!(
+            found("*", "amd64").as_deref(),
+            Some("bookworm-amd64.tar.zst")
+        );
+        assert_eq!(found("sid", "arm64"), None);
+        assert_eq!(found("trixie", "*"), None);
     }
 }
