@@ -693,12 +693,15 @@ impl Run<'_> {
         let script = "uname -srv; nproc; dpkg --print-architecture 2>/dev/null || echo; \
                       cpu() { v=$(grep -m1 -iE \"^($1)[[:space:]]*:\" /proc/cpuinfo 2>/dev/null | sed 's/^[^:]*:[[:space:]]*//'); echo \"$v\"; }; \
                       cpu 'model.*name|cpu'; cpu 'flags|features'; \
-                      dpkg-query -W -f '${Package}\\t${Version}\\t${db:Status-Abbrev}\\n' 2>/dev/null || true";
+                      dpkg-query -W -f \"$1\" 2>/dev/null || true";
         let out = self
             .timed(
                 self.opts.timeouts.short,
                 "probing the testbed",
-                tb.exec(ExecRequest::shell(script).capture()),
+                tb.exec(
+                    ExecRequest::new(["sh", "-c", script, "probe", source::DPKG_QUERY_FORMAT])
+                        .capture(),
+                ),
             )
             .await?;
         if !out.status.success() {
@@ -838,13 +841,8 @@ impl Run<'_> {
     /// The installed packages, listed once and cached until they change.
     async fn installed(&mut self, tb: &dyn Testbed) -> Result<Option<&source::Installed>, Abort> {
         if self.installed.is_none() {
-            let req = ExecRequest::new([
-                "dpkg-query",
-                "-W",
-                "-f",
-                "${Package}\t${Version}\t${db:Status-Abbrev}\n",
-            ])
-            .capture();
+            let req =
+                ExecRequest::new(["dpkg-query", "-W", "-f", source::DPKG_QUERY_FORMAT]).capture();
             let out = self
                 .timed(
                     self.opts.timeouts.short,
@@ -974,7 +972,7 @@ impl Run<'_> {
         };
         let mut lines: Vec<String> = after
             .iter()
-            .filter(|(name, version)| before.get(*name) != Some(*version))
+            .filter(|(name, version)| before.get(name) != Some(*version))
             .map(|(name, version)| format!("{name}\t{version}\n"))
             .collect();
         lines.sort();
@@ -1346,7 +1344,7 @@ fn virt_server_line(argv: &[String]) -> String {
 /// `dpkg-query` lines as autopkgtest's `testbed-packages`: name TAB version.
 fn dpkg_list(dpkg_query: &str) -> String {
     let mut lines: Vec<String> = source::parse_installed(dpkg_query)
-        .into_iter()
+        .iter()
         .map(|(name, version)| format!("{name}\t{version}\n"))
         .collect();
     lines.sort();

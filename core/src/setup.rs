@@ -584,3 +584,51 @@ async fn run(
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apt_sources_in_the_forms_autopkgtest_takes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("extra.sources");
+        std::fs::write(
+            &file,
+            "Types: deb\nURIs: http://x\nSuites: y\nComponents: main\n",
+        )
+        .unwrap();
+        let line = "deb [signed-by=/k.asc] http://deb.debian.org/debian bookworm-backports main";
+        let args = [
+            format!("{line}\n# a comment\n\n  deb-src http://x y main contrib  "),
+            line.to_string(),
+            file.display().to_string(),
+        ];
+        assert_eq!(
+            apt_sources(&args).unwrap(),
+            [
+                AptSource::Line(line.into()),
+                AptSource::Line("deb-src http://x y main contrib".into()),
+                AptSource::File(file),
+            ]
+        );
+        for bad in [
+            "deb http://x",
+            "debx http://x y z",
+            "ppa:owner/name",
+            "/nonexistent.list",
+        ] {
+            assert!(apt_sources(&[bad.to_string()]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn pins_need_a_release() {
+        assert_eq!(
+            pin_packages("unstable=foo,src:bar").unwrap(),
+            ("unstable".into(), "foo,src:bar".into())
+        );
+        assert!(pin_packages("foo").is_err());
+        assert!(pin_packages("=foo").is_err());
+    }
+}
