@@ -10,11 +10,11 @@ pub const PROGRAM: &str = "autopkgtest";
 
 /// The `dep8 run` flag the `autopkgtest` entry point implies: on the host
 /// (`null`), change it as autopkgtest does.
-pub const CHANGE_HOST: &str = "--change-host";
+pub const ON_HOST_AS_AUTOPKGTEST: &str = "--on-host-as-autopkgtest";
 
 /// The command line as `dep8` reads it. Started as `autopkgtest` (a symlink
 /// to dep8), the arguments are autopkgtest's: they become `dep8 run
-/// --change-host ...`. For `run`, `@FILE` arguments are expanded and `---`
+/// --on-host-as-autopkgtest ...`. For `run`, `@FILE` arguments are expanded and `---`
 /// is taken for `--`, as autopkgtest does.
 pub fn command_line(args: impl Iterator<Item = OsString>) -> Result<Vec<OsString>, String> {
     let mut args: Vec<_> = args.collect();
@@ -24,7 +24,7 @@ pub fn command_line(args: impl Iterator<Item = OsString>) -> Result<Vec<OsString
         .and_then(Path::file_name)
         .map(OsStr::to_os_string);
     if called_as.as_deref() == Some(OsStr::new(PROGRAM)) {
-        args.splice(1..1, ["run".into(), CHANGE_HOST.into()]);
+        args.splice(1..1, ["run".into(), ON_HOST_AS_AUTOPKGTEST.into()]);
     }
     if args.get(1).map(OsString::as_os_str) != Some(OsStr::new("run")) {
         return Ok(args);
@@ -88,7 +88,7 @@ mod tests {
             [
                 "/usr/local/bin/autopkgtest",
                 "run",
-                CHANGE_HOST,
+                ON_HOST_AS_AUTOPKGTEST,
                 "-B",
                 "x",
                 "--",

@@ -196,7 +196,7 @@ struct RunArgs {
     /// dependencies and the given binaries with apt and apply the apt
     /// options there. Implied when dep8 is started as `autopkgtest`.
     #[arg(long)]
-    change_host: bool,
+    on_host_as_autopkgtest: bool,
     /// Time limit for short testbed operations (default 100).
     #[arg(long, value_name = "SECONDS")]
     timeout_short: Option<u64>,
@@ -448,7 +448,7 @@ fn testbed_setup(args: &RunArgs, binaries: Vec<PathBuf>) -> Result<Setup, String
 }
 
 /// The options that would change the host under `null`, as given: refused
-/// there unless `--change-host` (the `autopkgtest` entry point) asks for
+/// there unless `--on-host-as-autopkgtest` (the `autopkgtest` entry point) asks for
 /// autopkgtest's behaviour.
 fn host_changing_options(args: &RunArgs, binaries: &[PathBuf]) -> Vec<String> {
     let mut given = Vec::new();
@@ -525,11 +525,11 @@ async fn run(args: RunArgs, registry: &Registry) -> i32 {
     };
     let on_host = backend.is_host();
     let host_changes = host_changing_options(&args, &inputs.binaries);
-    if on_host && !args.change_host && !host_changes.is_empty() {
+    if on_host && !args.on_host_as_autopkgtest && !host_changes.is_empty() {
         return error(format!(
             "{}: would change the host ({} is the host itself); dep8 run changes \
              the host only through --setup-commands: test on another testbed, or \
-             give --change-host for autopkgtest's behaviour",
+             give --on-host-as-autopkgtest for autopkgtest's behaviour",
             host_changes.join(", "),
             backend.name()
         ));
@@ -544,7 +544,7 @@ async fn run(args: RunArgs, registry: &Registry) -> i32 {
         Err(e) => return error(format!("{}: {e}", log_path.display())),
     };
     log.info(&format!("output dir {}", out.display()));
-    if on_host && args.change_host {
+    if on_host && args.on_host_as_autopkgtest {
         log.warning(&format!(
             "testbed {} is THIS HOST: as autopkgtest does, dep8 installs the tests' \
              dependencies here with apt{}, and does not undo it",
@@ -584,7 +584,7 @@ async fn run(args: RunArgs, registry: &Registry) -> i32 {
             Ok(setup) => setup,
             Err(e) => return error(e),
         },
-        dependencies: if on_host && !args.change_host {
+        dependencies: if on_host && !args.on_host_as_autopkgtest {
             DependencyPolicy::CheckOnly
         } else {
             DependencyPolicy::Install
