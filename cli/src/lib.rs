@@ -1,6 +1,7 @@
 //! The `dep8` command line: argument parsing, the backend registry, and the
 //! subcommands. `main_with` lets a custom binary add its own backends.
 
+mod autopkgtest;
 mod compare;
 mod conformance;
 mod image;
@@ -16,7 +17,7 @@ use dep8_core::control::Entry;
 use dep8_core::install::DependencyPolicy;
 use dep8_core::report::{RunLog, EXIT_BAD_PACKAGE, EXIT_TESTBED_FAILURE, EXIT_UNEXPECTED};
 use dep8_core::restriction::{self, InternetPolicy, ResolveOptions};
-use dep8_core::runner::{self, verdict, RunOptions, Timeouts, Verdict};
+use dep8_core::runner::{self, verdict, RunOptions, ShellPolicy, Timeouts, Verdict};
 use dep8_core::setup::{self, Setup};
 use dep8_core::testbed::TestbedError;
 use std::io::Write;
@@ -40,6 +41,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a source tree's tests: `dep8 run [OPTIONS] SRC [-- BACKEND ARGS...]`.
+    /// Takes autopkgtest's options, unambiguous prefixes of them and
+    /// `@FILE` argument files (one argument per line).
+    #[command(infer_long_args = true)]
     Run(Box<RunArgs>),
     /// Validate debian/tests/control and list the tests it defines.
     Check(CheckArgs),
@@ -133,9 +137,67 @@ struct RunArgs {
     /// Run tests without needs-root as this user.
     #[arg(short = 'u', long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
     user: Option<String>,
-    /// Accepted for compatibility: dep8 never builds binaries before testing.
+    /// Do not build or use binaries from a .dsc or an unbuilt tree.
     #[arg(short = 'B', long = "no-built-binaries")]
     no_built_binaries: bool,
+    /// Set parallel=N in DEB_BUILD_OPTIONS for building (default: the
+    /// testbed's number of processors).
+    #[arg(long, value_name = "N")]
+    build_parallel: Option<u32>,
+    /// Do not generate tests with autodep8 for packages without
+    /// debian/tests/control.
+    #[arg(long)]
+    no_auto_control: bool,
+    /// Command to gain root when building as a user (dpkg-buildpackage -r).
+    #[arg(long = "gain-root", value_name = "COMMAND")]
+    gain_root: Option<String>,
+    /// Run the tests for ARCH instead of the testbed's architecture.
+    #[arg(short = 'a', long, value_name = "ARCH")]
+    test_architecture: Option<String>,
+    /// Add apt sources for RELEASE, derived from the testbed's sources
+    /// for its own release (repeatable).
+    #[arg(long = "add-apt-release", value_name = "RELEASE")]
+    add_apt_release: Vec<String>,
+    /// Take only these packages from RELEASE (apt pinning; `src:NAME` =
+    /// its binaries) (repeatable).
+    #[arg(long = "pin-packages", value_name = "RELEASE=PKG,src:NAME,...", value_parser = setup::pin_packages)]
+    pin_packages: Vec<(String, String)>,
+    /// apt's default release (pinned at 990), for pinning to work.
+    #[arg(long, value_name = "SUITE_OR_CODENAME")]
+    apt_default_release: Option<String>,
+    /// When installing dependencies fails under --apt-pocket or
+    /// --pin-packages pins, do not retry without them.
+    #[arg(long)]
+    no_apt_fallback: bool,
+    /// Run these commands after --setup-commands and after every reboot
+    /// (repeatable).
+    #[arg(long = "setup-commands-boot", value_name = "COMMANDS_OR_PATH")]
+    setup_commands_boot: Vec<String>,
+    /// Set LANG in the tests' environment (default C.UTF-8).
+    #[arg(long, value_name = "LANGVAL")]
+    set_lang: Option<String>,
+    /// Allow what autopkgtest 5.48 made opt-in because it is unsafe.
+    #[arg(long)]
+    insecure: bool,
+    /// Only the test results on the terminal: dep8's own messages go to
+    /// the log file only.
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// Open a shell in the testbed after a failed build, setup or test (on
+    /// a terminal).
+    #[arg(short = 's', long)]
+    shell_fail: bool,
+    /// Open a shell in the testbed after every test (on a terminal).
+    #[arg(long)]
+    shell: bool,
+    /// Validate the test control file and exit.
+    #[arg(short = 'V', long)]
+    validate: bool,
+    /// On the host (`null`), do what autopkgtest does: install the tests'
+    /// dependencies and the given binaries with apt and apply the apt
+    /// options there. Implied when dep8 is started as `autopkgtest`.
+    #[arg(long)]
+    on_host_as_autopkgtest: bool,
     /// Time limit for short testbed operations (default 100).
     #[arg(long, value_name = "SECONDS", allow_hyphen_values = true, value_parser = seconds())]
     timeout_short: Option<u64>,
@@ -157,6 +219,9 @@ struct RunArgs {
     /// Multiply the default timeouts by this factor.
     #[arg(long, default_value_t = 1.0, allow_hyphen_values = true, value_parser = parse_factor)]
     timeout_factor: f64,
+    /// Limit the whole run's tests and builds to this many seconds (0: none).
+    #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+    timeout: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -228,7 +293,11 @@ fn parse_factor(s: &str) -> Result<f64, String> {
 
 /// Runs the command line with `registry`'s backends; returns the exit status.
 pub fn main_with(registry: Registry) -> i32 {
-    let cli = match Cli::try_parse_from(command_line(std::env::args_os())) {
+    let args = match autopkgtest::command_line(std::env::args_os()) {
+        Ok(args) => args,
+        Err(e) => return error(e),
+    };
+    let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
@@ -252,21 +321,6 @@ pub fn main_with(registry: Registry) -> i32 {
         .build()
         .expect("tokio runtime");
     runtime.block_on(dispatch(cli.command, &registry))
-}
-
-/// The command line as `dep8` reads it. Started as `autopkgtest` (a symlink
-/// to dep8), the arguments are autopkgtest's: they become `dep8 run ...`.
-fn command_line(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
-    let mut args: Vec<_> = args.collect();
-    let called_as = args
-        .first()
-        .map(Path::new)
-        .and_then(Path::file_name)
-        .map(|name| name.to_os_string());
-    if called_as.as_deref() == Some(std::ffi::OsStr::new("autopkgtest")) {
-        args.insert(1, "run".into());
-    }
-    args
 }
 
 async fn dispatch(command: Command, registry: &Registry) -> i32 {
@@ -421,20 +475,45 @@ fn internet(policy: Internet) -> InternetPolicy {
 }
 
 fn testbed_setup(args: &RunArgs, binaries: Vec<PathBuf>) -> Result<Setup, String> {
-    let mut commands = Vec::new();
-    if args.apt_upgrade {
-        commands.push(setup::APT_UPGRADE.to_string());
-    }
-    for arg in &args.setup_commands {
-        commands.push(setup::setup_command(arg)?);
-    }
+    let commands = |given: &[String]| -> Result<Vec<String>, String> {
+        given.iter().map(|c| setup::setup_command(c)).collect()
+    };
     Ok(Setup {
         copies: args.copy.clone(),
-        apt_sources: args.add_apt_source.clone(),
+        apt_sources: setup::apt_sources(&args.add_apt_source)?,
+        apt_releases: args.add_apt_release.clone(),
         apt_pockets: args.apt_pocket.clone(),
-        commands,
+        pins: args.pin_packages.clone(),
+        default_release: args.apt_default_release.clone(),
+        apt_upgrade: args.apt_upgrade,
+        no_apt_fallback: args.no_apt_fallback,
+        commands: commands(&args.setup_commands)?,
+        boot_commands: commands(&args.setup_commands_boot)?,
         binaries,
     })
+}
+
+/// The options that would change the host under `null`, as given: refused
+/// there unless `--on-host-as-autopkgtest` (the `autopkgtest` entry point) asks for
+/// autopkgtest's behaviour.
+fn host_changing_options(args: &RunArgs, binaries: &[PathBuf]) -> Vec<String> {
+    let mut given = Vec::new();
+    if let Some(deb) = binaries.first() {
+        given.push(format!("{} (a binary to install)", deb.display()));
+    }
+    let mut flag = |name: &str, set: bool| {
+        if set {
+            given.push(name.to_string());
+        }
+    };
+    flag("--add-apt-source", !args.add_apt_source.is_empty());
+    flag("--add-apt-release", !args.add_apt_release.is_empty());
+    flag("--pin-packages", !args.pin_packages.is_empty());
+    flag("--apt-pocket", !args.apt_pocket.is_empty());
+    flag("--apt-default-release", args.apt_default_release.is_some());
+    flag("-U/--apt-upgrade", args.apt_upgrade);
+    flag("--copy", !args.copy.is_empty());
+    given
 }
 
 fn timeouts(args: &RunArgs) -> Timeouts {
@@ -491,15 +570,20 @@ async fn run(args: RunArgs, registry: &Registry) -> i32 {
     if testbed_argv.is_empty() {
         testbed_argv = vec!["null".into()];
     }
+    let short = autopkgtest::native_name(&testbed_argv[0], |n| registry.get(n).is_some());
+    testbed_argv[0] = short.to_string();
     let (backend, backend_args) = match registry.resolve(&testbed_argv) {
         Ok(b) => b,
         Err(e) => return error(e),
     };
-    if backend.is_host() && !inputs.binaries.is_empty() {
+    let on_host = backend.is_host();
+    let host_changes = host_changing_options(&args, &inputs.binaries);
+    if on_host && !args.on_host_as_autopkgtest && !host_changes.is_empty() {
         return error(format!(
-            "{}: dep8 installs no packages on the host ({}): install them yourself, \
-             or test them on another testbed",
-            inputs.binaries[0].display(),
+            "{}: would change the host ({} is the host itself); dep8 run changes \
+             the host only through --setup-commands: test on another testbed, or \
+             give --on-host-as-autopkgtest for autopkgtest's behaviour",
+            host_changes.join(", "),
             backend.name()
         ));
     }
@@ -508,11 +592,30 @@ async fn run(args: RunArgs, registry: &Registry) -> i32 {
         Err(e) => return error(e),
     };
     let log_path = args.log_file.clone().unwrap_or_else(|| out.join("log"));
-    let log = match RunLog::new(Some(&log_path), true) {
+    let log = match RunLog::new(Some(&log_path), !args.quiet) {
         Ok(log) => log,
         Err(e) => return error(format!("{}: {e}", log_path.display())),
     };
     log.info(&format!("output dir {}", out.display()));
+    if on_host && args.on_host_as_autopkgtest {
+        log.warning(&format!(
+            "testbed {} is THIS HOST: as autopkgtest does, dep8 installs the tests' \
+             dependencies here with apt{}, and does not undo it",
+            backend.name(),
+            if host_changes.is_empty() {
+                String::new()
+            } else {
+                format!(", and applies {}", host_changes.join(", "))
+            }
+        ));
+    }
+    if args.insecure {
+        log.warning("--insecure: security checks autopkgtest 5.48 made opt-in are off");
+    }
+    let mut env = args.env.clone();
+    if let Some(lang) = &args.set_lang {
+        env.push(("LANG".into(), lang.clone()));
+    }
     let opts = RunOptions {
         source: inputs.source,
         override_control: args.override_control.clone(),
@@ -525,7 +628,7 @@ async fn run(args: RunArgs, registry: &Registry) -> i32 {
             needs_internet: internet(args.needs_internet),
             arch: None,
         },
-        env: args.env.clone(),
+        env,
         user: args.user.clone(),
         timeouts: timeouts(&args),
         testbed_argv: testbed_argv.clone(),
@@ -534,12 +637,24 @@ async fn run(args: RunArgs, registry: &Registry) -> i32 {
             Ok(setup) => setup,
             Err(e) => return error(e),
         },
-        dependencies: if backend.is_host() {
+        dependencies: if on_host && !args.on_host_as_autopkgtest {
             DependencyPolicy::CheckOnly
         } else {
             DependencyPolicy::Install
         },
-        insecure: false,
+        test_arch: args.test_architecture.clone(),
+        shell: if args.shell {
+            ShellPolicy::Always
+        } else if args.shell_fail {
+            ShellPolicy::OnFailure
+        } else {
+            ShellPolicy::Never
+        },
+        gain_root: args.gain_root.clone(),
+        build_parallel: args.build_parallel,
+        no_auto_control: args.no_auto_control,
+        validate: args.validate,
+        insecure: args.insecure,
     };
 
     let summary = opts
@@ -561,7 +676,8 @@ async fn run(args: RunArgs, registry: &Registry) -> i32 {
         Err(TestbedError::Usage(msg)) => return error(format!("{}: {msg}", testbed_argv[0])),
         Err(e) => return stop(e.to_string(), EXIT_TESTBED_FAILURE),
     };
-    let code = runner::run(&opts, tb.as_mut(), &log, interrupted()).await;
+    let global = (args.timeout > 0).then(|| Duration::from_secs(args.timeout));
+    let code = runner::run(&opts, tb.as_mut(), &log, interrupted(global, &log)).await;
     if code == EXIT_UNEXPECTED {
         log.error("interrupted: the running test was killed; results so far are kept");
     }
@@ -585,14 +701,24 @@ fn check_inputs(opts: &RunOptions) -> Result<(), String> {
         .try_for_each(|deb| setup::check_binary(deb))
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn interrupted() {
+/// Resolves on Ctrl-C or SIGTERM, or once `--timeout` (`global`) is up.
+async fn interrupted(global: Option<Duration>, log: &RunLog) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let deadline = async {
+        match global {
+            Some(limit) => tokio::time::sleep(limit).await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+        _ = deadline => log.error(&format!(
+            "global timeout reached (--timeout {})",
+            global.unwrap_or_default().as_secs()
+        )),
     }
 }
 

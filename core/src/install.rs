@@ -30,26 +30,43 @@ pub enum DependencyPolicy {
 /// What `apt-get satisfy` said when it could not install the dependencies.
 pub struct Unsatisfiable(pub String);
 
+/// The pins `--pin-packages` and `--apt-pocket P=PKGS` leave in the testbed.
+const PIN_FILES: &str = "/etc/apt/preferences.d/dep8-pin-*.pref";
+
 /// Installs the alternative groups `deps` without recommends (unless
 /// `recommends`), after [`UPDATE_IF_NO_LISTS`]. apt's output goes to `log`.
+/// With `pin_fallback`, a failure is retried after dropping the pins of
+/// one release at a time, as autopkgtest's apt fallback does.
 pub async fn apt_satisfy(
     tb: &dyn Testbed,
     deps: &[String],
     recommends: bool,
+    pin_fallback: bool,
     timeout: Duration,
     log: Tap,
 ) -> Result<std::result::Result<(), Unsatisfiable>> {
     let relations = deps.join(", ");
-    let script = format!(
-        "set -e; export DEBIAN_FRONTEND=noninteractive; \
-         {UPDATE_IF_NO_LISTS}; \
-         apt-get satisfy -y -q {} -o Dpkg::Options::=--force-confnew {}",
+    let satisfy = format!(
+        "apt-get satisfy -y -q {} -o Dpkg::Options::=--force-confnew {}",
         if recommends {
             "--install-recommends"
         } else {
             "--no-install-recommends"
         },
         shell_words::quote(&relations)
+    );
+    let fallback = if pin_fallback {
+        format!(
+            "for f in $(ls -r {PIN_FILES} 2>/dev/null); do \
+             echo \"WARNING: Test dependencies are unsatisfiable with apt pinning; retrying without $f\" >&2; \
+             rm -f \"$f\"; {satisfy} && exit 0; done; "
+        )
+    } else {
+        String::new()
+    };
+    let script = format!(
+        "set -e; export DEBIAN_FRONTEND=noninteractive; \
+         {UPDATE_IF_NO_LISTS}; {satisfy} && exit 0; {fallback}exit 1"
     );
     let out = tb
         .exec(

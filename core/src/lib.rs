@@ -3,7 +3,8 @@
 //! - [`control`] reads DEP-8 `debian/tests/control` files into [`control::Test`]s,
 //!   with source positions for every problem.
 //! - [`source`] reads `debian/control` to expand `@`, `@builddeps@` and
-//!   `@recommends@`, and checks dependency relations.
+//!   `@recommends@`, and checks dependency relations; [`arch`] has dpkg's
+//!   architecture wildcards.
 //! - [`capability`] and [`restriction`] are the typed model; [`restriction::resolve`]
 //!   is the one pure function that decides whether a test runs on a testbed.
 //! - [`testbed`] holds the [`testbed::Backend`] and [`testbed::Testbed`] traits;
@@ -12,6 +13,7 @@
 //! - [`runner`] runs a suite on a testbed; [`report`] writes what it found.
 
 pub mod acquire;
+pub mod arch;
 pub mod capability;
 pub mod control;
 pub mod exec;

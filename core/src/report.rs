@@ -31,6 +31,8 @@ pub enum Outcome {
 
 impl Outcome {
     /// The summary text after the name: `PASS`, `FAIL non-zero exit status 1`, ...
+    /// Only autopkgtest's words: a test dep8 could not parse (BROKEN in
+    /// results.json) is `FAIL badpkg`, as autopkgtest blames the package.
     pub fn summary_text(&self) -> String {
         match self {
             Outcome::Pass => "PASS".into(),
@@ -38,7 +40,7 @@ impl Outcome {
             Outcome::Fail(r) => format!("FAIL {r}"),
             Outcome::Flaky(r) => format!("FLAKY {r}"),
             Outcome::Skip(r) => format!("SKIP {r}"),
-            Outcome::Broken(r) => format!("BROKEN {r}"),
+            Outcome::Broken(_) => "FAIL badpkg".into(),
         }
     }
 
@@ -229,6 +231,13 @@ impl Reporter {
         self.exit.record(&result);
         self.results.push(result);
         self.write_files(None);
+    }
+
+    /// A line in the summary file and on stdout that is not a test's result
+    /// (`-V`'s "Test specification is valid").
+    pub fn summary_line(&mut self, line: &str) {
+        println!("{line}");
+        let _ = writeln!(self.summary, "{line}");
     }
 
     /// A line in the summary file that is not a test result (`testbed failure: ...`).

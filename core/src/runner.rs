@@ -69,9 +69,32 @@ pub struct RunOptions {
     pub fetch: Option<Fetch>,
     /// What to do to the testbed after opening and every revert.
     pub setup: Setup,
-    /// autopkgtest's `--insecure`: world-writable scratch, artifacts and
-    /// source tree even where the testbed does not isolate (5.28's modes).
+    /// `-a`: the architecture to test (default: the testbed's).
+    pub test_arch: Option<String>,
+    /// `--shell-fail`, `--shell`.
+    pub shell: ShellPolicy,
+    /// `--gain-root`: how a build as a user gains root (dpkg-buildpackage -r).
+    pub gain_root: Option<String>,
+    /// `--build-parallel`: parallel=N for builds and tests (default nproc).
+    pub build_parallel: Option<u32>,
+    /// `--no-auto-control`: no autodep8 tests for packages without any.
+    pub no_auto_control: bool,
+    /// `-V`: validate the test control file, run nothing.
+    pub validate: bool,
+    /// `--insecure`: allow what autopkgtest 5.48 made opt-in.
     pub insecure: bool,
+}
+
+/// When to open an interactive shell in the testbed (`--shell-fail`,
+/// `--shell`), as autopkgtest does: only on a terminal.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ShellPolicy {
+    #[default]
+    Never,
+    /// After a failed test or dependency installation.
+    OnFailure,
+    /// After every test.
+    Always,
 }
 
 impl RunOptions {
@@ -88,6 +111,9 @@ struct Probe {
     arch: Option<String>,
     kernel: String,
     nproc: String,
+    /// /proc/cpuinfo's model name and flags, for testinfo.json.
+    cpu_model: String,
+    cpu_flags: String,
     /// `dpkg-query` output, when the testbed has dpkg.
     packages: Option<String>,
 }
@@ -104,6 +130,8 @@ enum TestRun {
 /// A failure that ends the run early.
 enum Abort {
     Testbed(String),
+    /// An option the testbed cannot honour (exit 20).
+    Usage(String),
     /// The package is at fault before any test could run (exit 12).
     BadPackage(String),
     Interrupted,
@@ -182,6 +210,7 @@ pub async fn run(
         _ = &mut interrupt => Err(Abort::Interrupted),
     };
     let code = match result {
+        Ok(()) if opts.validate => 0,
         Ok(()) => run.reporter.exit.finish(),
         Err(Abort::Testbed(msg)) => {
             run.reporter
@@ -193,11 +222,18 @@ pub async fn run(
                 .summary_note(&format!("erroneous package: {msg}"));
             EXIT_BAD_PACKAGE
         }
+        Err(Abort::Usage(msg)) => {
+            run.reporter.summary_note(&msg);
+            EXIT_UNEXPECTED
+        }
         Err(Abort::Interrupted) => {
             run.reporter.summary_note("quitting: interrupted");
             EXIT_UNEXPECTED
         }
     };
+    if let Err(e) = opts.setup.unpublish_binaries(tb, opts.timeouts.short).await {
+        log.error(&e.detail());
+    }
     for (name, path) in tb.logs() {
         if let Err(e) = std::fs::copy(&path, opts.output_dir.join(&name)) {
             log.error(&format!("keeping {}: {e}", path.display()));
@@ -235,6 +271,11 @@ impl Run<'_> {
             );
         }
         let arch = probe.arch.clone().unwrap_or_else(|| "amd64".into());
+        if let Some(test_arch) = self.opts.test_arch.as_ref().filter(|a| **a != arch) {
+            return Err(Abort::Usage(format!(
+                "--test-architecture {test_arch}: dep8 tests only the testbed's own architecture ({arch})"
+            )));
+        }
         let mut resolve_opts = self.opts.resolve.clone();
         resolve_opts.arch = Some(arch.clone());
 
@@ -245,6 +286,7 @@ impl Run<'_> {
         if let Some(fetch) = &self.opts.fetch {
             self.acquire(tb, fetch).await?;
         }
+        self.write_testpkg_version();
         let control = self.opts.control_path(self.source());
         // One that cannot be read is BROKEN below, not missing.
         if let Ok(false) = control.try_exists() {
@@ -270,6 +312,16 @@ impl Run<'_> {
                 },
             }],
         };
+        if self.opts.validate {
+            if let Some(Entry::Broken { problem, .. }) =
+                entries.iter().find(|e| matches!(e, Entry::Broken { .. }))
+            {
+                return Err(Abort::BadPackage(problem.to_string()));
+            }
+            self.reporter
+                .summary_line("*                    Test specification is valid");
+            return Ok(());
+        }
         let selected = |name: &str| {
             (self.opts.only_tests.is_empty() || self.opts.only_tests.iter().any(|t| t == name))
                 && !self.opts.skip_tests.iter().any(|t| t == name)
@@ -282,6 +334,7 @@ impl Run<'_> {
             .filter(|e| selected(e.name()) || e.name() == "*")
         {
             let name = entry.name().to_string();
+            let mut details = vec![];
             let outcome = match verdict(&entry, tb.capabilities(), &resolve_opts) {
                 Verdict::Run => {
                     if let Entry::Test(test) = entry {
@@ -291,6 +344,11 @@ impl Run<'_> {
                 }
                 Verdict::Broken(problem) => {
                     self.log.error(&problem);
+                    // autopkgtest's summary has no BROKEN: a bad package.
+                    details = vec![
+                        format!("blame: {}", self.source().display()),
+                        format!("badpkg: {problem}"),
+                    ];
                     Outcome::Broken(problem)
                 }
                 Verdict::Skip(reason) => {
@@ -300,7 +358,7 @@ impl Run<'_> {
                     Outcome::Skip(reason)
                 }
             };
-            self.reporter.record(&name, outcome, Duration::ZERO, vec![]);
+            self.reporter.record(&name, outcome, Duration::ZERO, details);
         }
         if !self.opts.only_tests.is_empty()
             && runnable.is_empty()
@@ -520,11 +578,15 @@ impl Run<'_> {
         {
             return Err(Abort::BadPackage(why));
         }
+        let gain_root = match &self.opts.gain_root {
+            Some(command) => format!(" -r{}", shell_words::quote(command)),
+            None if as_root => String::new(),
+            None => " -rfakeroot".into(),
+        };
         let script = format!(
-            "cd {}; DEB_BUILD_OPTIONS=\"parallel={} $DEB_BUILD_OPTIONS\" dpkg-buildpackage -us -uc -b{} && dpkg-source --before-build .",
+            "cd {}; DEB_BUILD_OPTIONS=\"parallel={} $DEB_BUILD_OPTIONS\" dpkg-buildpackage -us -uc -b{gain_root} && dpkg-source --before-build .",
             shell_words::quote(tree),
-            probe.nproc,
-            if as_root { "" } else { " -rfakeroot" },
+            self.parallel(probe),
         );
         let tap = self.log_tap();
         let req = ExecRequest::new(["sh", "-ec", &script])
@@ -683,12 +745,17 @@ impl Run<'_> {
     /// One exec learns everything the runner needs about the testbed.
     async fn probe(&self, tb: &dyn Testbed) -> Result<Probe, Abort> {
         let script = "uname -srv; nproc; dpkg --print-architecture 2>/dev/null || echo; \
-                      dpkg-query -W -f '${Package}\\t${Version}\\t${db:Status-Abbrev}\\n' 2>/dev/null || true";
+                      cpu() { v=$(grep -m1 -iE \"^($1)[[:space:]]*:\" /proc/cpuinfo 2>/dev/null | sed 's/^[^:]*:[[:space:]]*//'); echo \"$v\"; }; \
+                      cpu 'model.*name|cpu'; cpu 'flags|features'; \
+                      dpkg-query -W -f \"$1\" 2>/dev/null || true";
         let out = self
             .timed(
                 self.opts.timeouts.short,
                 "probing the testbed",
-                tb.exec(ExecRequest::shell(script).capture()),
+                tb.exec(
+                    ExecRequest::new(["sh", "-c", script, "probe", source::DPKG_QUERY_FORMAT])
+                        .capture(),
+                ),
             )
             .await?;
         if !out.status.success() {
@@ -698,14 +765,17 @@ impl Run<'_> {
             )));
         }
         let text = out.stdout_text();
-        let mut lines = text.splitn(4, '\n');
+        let mut lines = text.splitn(6, '\n');
         let mut next = || lines.next().unwrap_or_default().trim().to_string();
         let (kernel, nproc, arch) = (next(), next(), next());
+        let (cpu_model, cpu_flags) = (next(), next());
         let packages = next();
         Ok(Probe {
             arch: (!arch.is_empty()).then_some(arch),
             kernel,
             nproc,
+            cpu_model,
+            cpu_flags,
             packages: (!packages.is_empty()).then_some(packages),
         })
     }
@@ -714,10 +784,18 @@ impl Run<'_> {
         let mut info = serde_json::Map::new();
         info.insert(
             "virt_server".into(),
-            self.opts.testbed_argv.join(" ").into(),
+            virt_server_line(&self.opts.testbed_argv).into(),
         );
         info.insert("kernel_version".into(), probe.kernel.clone().into());
         info.insert("nproc".into(), probe.nproc.clone().into());
+        for (key, value) in [
+            ("cpu_model", &probe.cpu_model),
+            ("cpu_flags", &probe.cpu_flags),
+        ] {
+            if !value.is_empty() {
+                info.insert(key.into(), value.clone().into());
+            }
+        }
         if let Some(arch) = &probe.arch {
             info.insert("dpkg_architecture".into(), arch.clone().into());
         }
@@ -738,6 +816,74 @@ impl Run<'_> {
         let _ = std::fs::write(self.opts.output_dir.join("testinfo.json"), text);
     }
 
+    /// parallel=N for DEB_BUILD_OPTIONS: `--build-parallel`, or nproc.
+    fn parallel(&self, probe: &Probe) -> String {
+        self.opts
+            .build_parallel
+            .map_or_else(|| probe.nproc.clone(), |n| n.to_string())
+    }
+
+    /// `--setup-commands-boot` after a reboot.
+    async fn boot_setup(&self, tb: &dyn Testbed) -> Result<(), Abort> {
+        let user = self.normal_user(tb.capabilities());
+        let boot = self.opts.setup.boot(
+            tb,
+            user.as_deref(),
+            self.opts.timeouts.install,
+            self.log_tap(),
+        );
+        match boot.await {
+            Ok(()) => Ok(()),
+            Err(SetupError::BadPackage(m)) => Err(Abort::BadPackage(m)),
+            Err(SetupError::Testbed(m)) => Err(Abort::Testbed(m)),
+        }
+    }
+
+    /// `--shell`, `--shell-fail`: an interactive shell in the testbed, in
+    /// `cwd` with `env`, on dep8's terminal; without one, only a note.
+    async fn shell(&self, tb: &dyn Testbed, cwd: &str, env: &[String]) -> Result<(), Abort> {
+        use std::io::IsTerminal;
+        if !std::io::stdin().is_terminal() {
+            self.log
+                .warning("--shell/--shell-fail: stdin is not a terminal, so no shell is opened");
+            return Ok(());
+        }
+        self.log
+            .info(" - - - - - - - - - - running shell - - - - - - - - - -");
+        let tty = Path::new("/dev/tty");
+        let mut req = ExecRequest::new(["env"])
+            .stdin(crate::testbed::Input::File(tty.to_path_buf()))
+            .stdout(Output::file(tty))
+            .stderr(Output::file(tty))
+            .cwd(cwd);
+        req.argv.extend(env.iter().cloned());
+        req.argv.extend(["bash".to_string(), "-i".to_string()]);
+        tb.exec(req).await?;
+        Ok(())
+    }
+
+    /// `testpkg-version`: "SOURCE VERSION" from the tree's changelog, as
+    /// autopkgtest writes it for debci.
+    fn write_testpkg_version(&self) {
+        let changelog = self.source().join("debian/changelog");
+        let Ok(text) = std::fs::read_to_string(&changelog) else {
+            return;
+        };
+        let first = text.lines().next().unwrap_or_default();
+        let mut words = first.splitn(3, ' ');
+        let (Some(name), Some(version)) = (words.next(), words.next()) else {
+            return;
+        };
+        let version = version.trim_start_matches('(').trim_end_matches(')');
+        self.log
+            .info(&format!("testing package {name} version {version}"));
+        let path = self.opts.output_dir.join("testpkg-version");
+        if let Err(e) = std::fs::write(&path, format!("{name} {version}\n")) {
+            self.log
+                .warning(&format!("cannot write {}: {e}", path.display()));
+        }
+    }
+
     /// The normal user for tests without needs-root, if any.
     fn normal_user(&self, caps: &Capabilities) -> Option<String> {
         self.opts
@@ -749,13 +895,8 @@ impl Run<'_> {
     /// The installed packages, listed once and cached until they change.
     async fn installed(&mut self, tb: &dyn Testbed) -> Result<Option<&source::Installed>, Abort> {
         if self.installed.is_none() {
-            let req = ExecRequest::new([
-                "dpkg-query",
-                "-W",
-                "-f",
-                "${Package}\t${Version}\t${db:Status-Abbrev}\n",
-            ])
-            .capture();
+            let req =
+                ExecRequest::new(["dpkg-query", "-W", "-f", source::DPKG_QUERY_FORMAT]).capture();
             let out = self
                 .timed(
                     self.opts.timeouts.short,
@@ -835,7 +976,14 @@ impl Run<'_> {
                 .timed(
                     limit + Duration::from_secs(5),
                     "installing dependencies",
-                    install::apt_satisfy(tb, &missing, recommends, limit, self.log_tap()),
+                    install::apt_satisfy(
+                        tb,
+                        &missing,
+                        recommends,
+                        self.opts.setup.apt_fallback(),
+                        limit,
+                        self.log_tap(),
+                    ),
                 )
                 .await?;
             let before = self.installed.take().unwrap_or_default();
@@ -878,7 +1026,7 @@ impl Run<'_> {
         };
         let mut lines: Vec<String> = after
             .iter()
-            .filter(|(name, version)| before.get(*name) != Some(*version))
+            .filter(|(name, version)| before.get(name) != Some(*version))
             .map(|(name, version)| format!("{name}\t{version}\n"))
             .collect();
         lines.sort();
@@ -964,7 +1112,18 @@ impl Run<'_> {
         self.log.info(&format!("test {name}: preparing testbed"));
         let arch = probe.arch.clone().unwrap_or_default();
         if let Some(result) = self.provide_depends(tb, test, &arch).await? {
+            if self.opts.shell != ShellPolicy::Never && matches!(result.0, Outcome::Fail(_)) {
+                self.shell(tb, "/", &[]).await?;
+            }
             return Ok(result);
+        }
+        // As autopkgtest: every test that ran has its -packages file.
+        let packages = self.opts.output_dir.join(format!("{name}-packages"));
+        if !packages.exists() {
+            if let Err(e) = std::fs::write(&packages, "") {
+                self.log
+                    .warning(&format!("cannot write {}: {e}", packages.display()));
+            }
         }
         let caps = tb.capabilities().clone();
         let user = if test.has(&Restriction::NeedsRoot) {
@@ -1035,11 +1194,13 @@ impl Run<'_> {
             ("ADTTMP".into(), tmp.clone()),
             ("AUTOPKGTEST_ARTIFACTS".into(), artifacts.clone()),
             ("ADT_ARTIFACTS".into(), artifacts.clone()),
+            ("AUTOPKGTEST_TESTBED_ARCH".into(), arch.clone()),
+            ("AUTOPKGTEST_TEST_ARCH".into(), arch.clone()),
             ("DEBIAN_FRONTEND".into(), "noninteractive".into()),
             ("LANG".into(), "C.UTF-8".into()),
             (
                 "DEB_BUILD_OPTIONS".into(),
-                format!("parallel={}", probe.nproc),
+                format!("parallel={}", self.parallel(probe)),
             ),
         ];
         if test.has(&Restriction::NeedsRoot) {
@@ -1141,6 +1302,7 @@ impl Run<'_> {
                 reboot::install(tb),
             )
             .await?;
+            self.boot_setup(tb).await?;
             mark = Some(next);
         };
         self.log
@@ -1182,6 +1344,16 @@ impl Run<'_> {
         self.log.info(&format!(
             "test {name}:  - - - - - - - - - - results - - - - - - - - - -"
         ));
+        let failed = matches!(outcome, Outcome::Fail(_) | Outcome::Flaky(_));
+        if self.opts.shell == ShellPolicy::Always
+            || (self.opts.shell == ShellPolicy::OnFailure && failed)
+        {
+            let env = [
+                format!("AUTOPKGTEST_ARTIFACTS={artifacts}"),
+                format!("AUTOPKGTEST_TMP={tmp}"),
+            ];
+            self.shell(tb, tree, &env).await?;
+        }
         remove_if_empty(&stdout_path);
         if stderr_size == 0 || allow_stderr {
             remove_if_empty(&stderr_path);
@@ -1288,10 +1460,23 @@ fn remove_if_empty(path: &Path) {
     }
 }
 
+/// testinfo.json's `virt_server` as autopkgtest writes it: the virt
+/// server's command line, shell-quoted, `NAME` spelled
+/// `autopkgtest-virt-NAME`.
+fn virt_server_line(argv: &[String]) -> String {
+    let mut words: Vec<String> = argv.to_vec();
+    if let Some(first) = words.first_mut() {
+        if !first.contains('/') && !first.starts_with("autopkgtest-virt-") {
+            *first = format!("autopkgtest-virt-{first}");
+        }
+    }
+    shell_words::join(words)
+}
+
 /// `dpkg-query` lines as autopkgtest's `testbed-packages`: name TAB version.
 fn dpkg_list(dpkg_query: &str) -> String {
     let mut lines: Vec<String> = source::parse_installed(dpkg_query)
-        .into_iter()
+        .iter()
         .map(|(name, version)| format!("{name}\t{version}\n"))
         .collect();
     lines.sort();

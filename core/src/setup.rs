@@ -1,6 +1,8 @@
 //! Preparing a freshly opened (or reverted) testbed before any test, as
-//! autopkgtest's "test bed setup options" do: `--copy`, `--add-apt-source`,
-//! `--apt-pocket`, `--setup-commands` and `-U/--apt-upgrade`. Commands run as root with
+//! autopkgtest 5.49's "test bed setup options" do: `--copy`,
+//! `--add-apt-source`, `--add-apt-release`, `--apt-pocket`,
+//! `--pin-packages`, `--apt-default-release`, `--setup-commands`,
+//! `-U/--apt-upgrade` and `--setup-commands-boot`. Commands run as root with
 //! `sh -ec`; exit 100 blames the package (badpkg), any other failure the
 //! testbed.
 
@@ -8,49 +10,102 @@ use crate::testbed::{ExecRequest, Output, Tap, Testbed, TestbedError};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// `-U`: update the package lists (a 404 means a bad source: exit 100,
-/// anything else is retried, as transient), then dist-upgrade.
-pub const APT_UPGRADE: &str = "(O=$(bash -o pipefail -ec 'apt-get update | tee /proc/self/fd/2') || \
-{ [ \"${O%404*Not Found*}\" = \"$O\" ] || exit 100; sleep 15; apt-get update; } || \
-{ sleep 60; apt-get update; } || false) && apt-get dist-upgrade -y -o Dpkg::Options::=--force-confnew \
-&& apt-get --purge autoremove -y";
-
-/// `--apt-pocket P[=PKGS]` (arguments: P, PKGS): the testbed's first
-/// release with `-P` appended, from the same mirrors and components, pinned
-/// at 500 (over NotAutomatic); with PKGS (`src:NAME` = its binaries), only
-/// those come from the pocket (995) while the default release stays at 990,
-/// as autopkgtest's pinning does (by suite or codename).
-const APT_POCKET: &str = r#"pocket=$1 pkgs=$2
-srcs=$(ls /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null || true)
-lines=$(sed -rn 's/^deb +(\[[^]]*\] *)?((http|https|file):[^ ]+) +([^ -]+) +(.*)$/deb \1\2 \4-'"$pocket"' \5/p' $srcs /dev/null)
-for f in /etc/apt/sources.list.d/*.sources; do
-    [ -e "$f" ] || continue
-    uri=$(sed -n 's/^URIs: *\([^ ]*\).*/\1/p' "$f" | head -n1)
-    suite=$(sed -n 's/^Suites: *//p' "$f" | head -n1 | tr ' ' '\n' | grep -v -e - | head -n1)
-    comps=$(sed -n 's/^Components: *//p' "$f" | head -n1)
-    [ -z "$uri" ] || [ -z "$suite" ] || lines="$lines
-deb $uri $suite-$pocket $comps"
-done
-release=$(printf '%s\n' "$lines" | sed -n 's/^deb \(\[[^]]*\] *\)\{0,1\}[^ ]* \([^ ]*\)-'"$pocket"' .*/\2/p' | head -n1)
-[ -n "$release" ] || { echo "no apt source to derive the $pocket pocket from" >&2; exit 1; }
-list=/etc/apt/sources.list.d/dep8-$pocket.list
-printf '%s\n' "$lines" | sed '/^$/d' | sort -u > "$list"
-apt-get -q --no-list-cleanup -o Dir::Etc::sourcelist="$list" -o Dir::Etc::sourceparts=/dev/null update
-# pin PACKAGES RELEASE PRIORITY: RELEASE may be a suite (a=) or a codename
-# (n=), as in sources.list; autopkgtest's a= alone misses codenames.
+/// The apt part of the setup, in autopkgtest 5.49's order, configured by
+/// the environment (lists are newline-separated):
+/// - `DEP8_DEFAULT_RELEASE`: `--apt-default-release`, pinned at 990;
+/// - `DEP8_RELEASES`, `DEP8_POCKETS`: `--add-apt-release R` and
+///   `--apt-pocket P[=PKGS]` (the release `BASE-P`, BASE being the first
+///   suite of the testbed's own sources). For each, deb and deb-src entries
+///   copied from the testbed's own entries for BASE (one-line and deb822),
+///   and a baseline pin at 500 over NotAutomatic;
+/// - `DEP8_SOURCES`: `--add-apt-source` lines; `DEP8_SOURCE_FILES`: copied
+///   .list/.sources files, added under their own names;
+/// - `DEP8_UPDATE=1`: apt-get update (a 404 is the package's fault: exit
+///   100, other failures are retried);
+/// - `DEP8_PINS`: `--pin-packages R=PKGS` (and the pockets' PKGS): only
+///   PKGS from R (995), the rest of R at 100.
+const APT_SETUP: &str = r#"lists=/etc/apt/sources.list.d prefs=/etc/apt/preferences.d
+mkdir -p "$lists" "$prefs"
+# pin FILE PACKAGES RELEASE PRIORITY: RELEASE may be a suite (a=) or a
+# codename (n=), as in sources.list.
 pin() {
     printf 'Package: %s\nPin: release a=%s\nPin-Priority: %s\n\nPackage: %s\nPin: release n=%s\nPin-Priority: %s\n\n' \
-        "$1" "$2" "$3" "$1" "$2" "$3"
+        "$2" "$3" "$4" "$2" "$3" "$4" >> "$prefs/$1"
 }
-mkdir -p /etc/apt/preferences.d
-pin '*' "$release-$pocket" 500 > "/etc/apt/preferences.d/dep8-$pocket-baseline"
-if [ -n "$pkgs" ]; then
-    bins=$(printf '%s' "$pkgs" | tr ',' '\n' | sed -n '/^src:/!p' | tr '\n' ' ')
-    srcs=$(printf '%s' "$pkgs" | tr ',' '\n' | sed -n 's/^src://p' | tr '\n' ' ')
-    [ -z "$srcs" ] || bins="$bins $(apt-cache showsrc $srcs | awk '/^Package-List:/ { show=1; next } (/^ / && show==1) { print $1; next } { show=0 }' | sort -u | tr '\n' ' ')"
-    { pin "$bins" "$release-$pocket" 995; pin '*' "$release" 990; } > "/etc/apt/preferences.d/dep8-$pocket"
+[ -z "$DEP8_DEFAULT_RELEASE" ] || { rm -f "$prefs/dep8-00-default-release.pref"; pin dep8-00-default-release.pref '*' "$DEP8_DEFAULT_RELEASE" 990; }
+releases=$DEP8_RELEASES pins=$DEP8_PINS
+if [ -n "$DEP8_RELEASES$DEP8_POCKETS" ]; then
+    base=$(sed -n 's/^Suites:[[:space:]]*\([^[:space:]]*\).*/\1/Ip' "$lists"/*.sources 2>/dev/null | head -n1)
+    [ -n "$base" ] || base=$(cat /etc/apt/sources.list "$lists"/*.list 2>/dev/null |
+        sed -En 's/^deb +(\[[^]]*\] *)?[^ ]+ +([^ ]+) .*/\2/p' | head -n1)
+    [ -n "$base" ] || { echo "cannot guess the testbed's release from its apt sources, but adding releases or pockets needs it" >&2; exit 1; }
+    echo "testbed release detected to be: $base"
+    for p in $DEP8_POCKETS; do
+        releases="$releases
+$base-${p%%=*}"
+        case $p in *=?*) pins="$pins
+$base-${p%%=*}=${p#*=}" ;; esac
+    done
+    for r in $(printf '%s\n' $releases | awk 'NF && !seen[$0]++'); do
+        cat /etc/apt/sources.list "$lists"/*.list 2>/dev/null |
+            awk -v base="$base" -v rel="$r" '$1 == "deb" {
+                    i = 2; opts = ""
+                    if ($2 ~ /^\[/) { while (i <= NF && $i !~ /\]$/) { opts = opts $i " "; i++ } opts = opts $i " "; i++ }
+                    if ($(i + 1) != base) next
+                    comps = ""; for (j = i + 2; j <= NF; j++) comps = comps " " $j
+                    print "deb " opts $i " " rel comps; print "deb-src " opts $i " " rel comps
+                }' > "$lists/dep8-add-apt-release-$r.list"
+        cat "$lists"/*.sources 2>/dev/null |
+            awk -v base="$base" -v rel="$r" 'BEGIN { RS = ""; ORS = "\n\n" } {
+                    n = split($0, l, "\n"); types = ""; suites = ""
+                    for (i = 1; i <= n; i++) {
+                        if (tolower(l[i]) ~ /^types:/) types = " " substr(l[i], 7) " "
+                        if (tolower(l[i]) ~ /^suites:/) suites = " " substr(l[i], 8) " "
+                    }
+                    gsub(/[ \t]+/, " ", types); gsub(/[ \t]+/, " ", suites)
+                    if (types !~ / deb / || index(suites, " " base " ") == 0) next
+                    out = ""
+                    for (i = 1; i <= n; i++) {
+                        if (tolower(l[i]) ~ /^types:/) l[i] = "Types: deb deb-src"
+                        else if (tolower(l[i]) ~ /^suites:/) l[i] = "Suites: " rel
+                        out = out (out == "" ? "" : "\n") l[i]
+                    }
+                    print out
+                }' > "$lists/dep8-add-apt-release-$r.sources"
+        for f in "$lists/dep8-add-apt-release-$r.list" "$lists/dep8-add-apt-release-$r.sources"; do
+            [ -s "$f" ] || rm -f "$f"
+        done
+        rm -f "$prefs/dep8-zz-$r-baseline.pref"
+        pin "dep8-zz-$r-baseline.pref" '*' "$r" 500
+    done
 fi
+if [ -n "$DEP8_SOURCES" ]; then
+    printf '%s\n' "$DEP8_SOURCES" >> "$lists/dep8-add-apt-sources.list"
+fi
+for f in $DEP8_SOURCE_FILES; do
+    cat "$f" >> "$lists/${f##*/}"
+    case $f in *.sources) echo >> "$lists/${f##*/}" ;; esac
+done
+if [ -n "$DEP8_UPDATE" ]; then
+    echo "updating the testbed's package index (apt-get update)"
+    O=$(bash -o pipefail -ec 'apt-get update 2>&1 | tee /proc/self/fd/2') ||
+        { [ "${O%404*Not Found*}" = "$O" ] || exit 100; sleep 15; apt-get update; } ||
+        { sleep 60; apt-get update; } ||
+        { echo "apt-get update failed" >&2; exit 1; }
+fi
+for p in $(printf '%s\n' $pins | awk 'NF && !seen[$0]++'); do
+    r=${p%%=*}
+    pkgs=$(printf '%s' "${p#*=}" | tr ',' '\n' | awk 'NF { x = $0; sub(/^src:/, "", x); if (x !~ /:/) $0 = $0 ":any"; printf "%s ", $0 }')
+    rm -f "$prefs/dep8-pin-$r.pref"
+    pin "dep8-pin-$r.pref" '*' "$r" 100
+    [ -z "$pkgs" ] || pin "dep8-pin-$r.pref" "${pkgs% }" "$r" 995
+done
 "#;
+
+/// `-U`, after the setup commands (the package lists were updated before
+/// them): dist-upgrade, then autoremove.
+const APT_DIST_UPGRADE: &str = "export DEBIAN_FRONTEND=noninteractive; \
+    apt-get dist-upgrade -y -q -o Dpkg::Options::=--force-confnew && apt-get --purge autoremove -y -q";
 
 /// Where autopkgtest keeps its named setup commands (`--setup-commands
 /// enable-sudo`), used when it is installed.
@@ -60,16 +115,103 @@ const NAMED_SETUP_COMMANDS: &str = "/usr/share/autopkgtest/setup-commands";
 pub struct Setup {
     /// `--copy HOST:TESTBED`.
     pub copies: Vec<(PathBuf, String)>,
-    /// `--add-apt-source "deb URL SUITE COMPONENTS"`.
-    pub apt_sources: Vec<String>,
+    /// `--add-apt-source`.
+    pub apt_sources: Vec<AptSource>,
+    /// `--add-apt-release RELEASE`.
+    pub apt_releases: Vec<String>,
     /// `--apt-pocket POCKET[=PKG,src:SRC,...]`.
     pub apt_pockets: Vec<String>,
-    /// Shell command lists, in order (`--setup-commands`, `-U`).
+    /// `--pin-packages RELEASE=PKG,src:SRC,...`.
+    pub pins: Vec<(String, String)>,
+    /// `--apt-default-release`.
+    pub default_release: Option<String>,
+    /// `-U`: apt-get update before the commands, dist-upgrade after.
+    pub apt_upgrade: bool,
+    /// `--no-apt-fallback`: keep the pins when dependencies cannot be
+    /// installed under them.
+    pub no_apt_fallback: bool,
+    /// Shell command lists, in order (`--setup-commands`).
     pub commands: Vec<String>,
+    /// `--setup-commands-boot`: after `commands`, and after every reboot.
+    pub boot_commands: Vec<String>,
     /// Binary packages given on the command line: published to apt in the
     /// testbed as a local repository pinned above every other, so that
     /// dependencies are satisfied from them first.
     pub binaries: Vec<PathBuf>,
+}
+
+/// One `--add-apt-source`, in a form autopkgtest 5.49 takes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AptSource {
+    /// A one-line `deb`/`deb-src` entry, options such as `[signed-by=...]`
+    /// included.
+    Line(String),
+    /// A host `.list` or `.sources` (deb822) file, added under its name.
+    File(PathBuf),
+}
+
+/// Splits `--add-apt-source` arguments as autopkgtest 5.49 does: each line
+/// of each argument is an entry (trimmed; blank and `#` lines dropped,
+/// duplicates once); a readable host file ending in `.list` or `.sources`
+/// is added whole. Launchpad PPAs (`ppa:OWNER/NAME`) are refused: dep8
+/// cannot fetch their keys.
+pub fn apt_sources(args: &[String]) -> Result<Vec<AptSource>, String> {
+    let mut sources = Vec::new();
+    for line in args.iter().flat_map(|a| a.lines()).map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let path = Path::new(line);
+        let source = if is_one_line_entry(line) {
+            AptSource::Line(line.to_string())
+        } else if (line.ends_with(".list") || line.ends_with(".sources")) && path.is_file() {
+            std::fs::File::open(path).map_err(|e| format!("--add-apt-source {line}: {e}"))?;
+            AptSource::File(path.to_path_buf())
+        } else if line.to_ascii_lowercase().starts_with("ppa:") {
+            return Err(format!(
+                "--add-apt-source {line}: dep8 does not add Launchpad PPAs; give their \
+                 \"deb [signed-by=KEY] URL SUITE COMPONENTS\" line and --copy the key"
+            ));
+        } else {
+            return Err(format!("--add-apt-source: invalid apt source: {line}"));
+        };
+        if !sources.contains(&source) {
+            sources.push(source);
+        }
+    }
+    Ok(sources)
+}
+
+/// autopkgtest's pattern for a one-line entry: TYPE [OPTIONS] URI SUITE COMPONENTS.
+fn is_one_line_entry(line: &str) -> bool {
+    let Some(rest) = line
+        .strip_prefix("deb-src")
+        .or_else(|| line.strip_prefix("deb"))
+        .filter(|r| r.starts_with(char::is_whitespace))
+    else {
+        return false;
+    };
+    let rest = rest.trim_start();
+    let rest = match rest.strip_prefix('[') {
+        Some(opts) => match opts.split_once(']') {
+            Some((o, after)) if !o.is_empty() && after.starts_with(char::is_whitespace) => after,
+            _ => return false,
+        },
+        None => rest,
+    };
+    rest.split_whitespace().count() >= 3
+}
+
+/// `--pin-packages RELEASE=PKG,...`.
+pub fn pin_packages(arg: &str) -> Result<(String, String), String> {
+    match arg.split_once('=') {
+        Some((release, packages)) if !release.trim().is_empty() => {
+            Ok((release.trim().to_string(), packages.trim().to_string()))
+        }
+        _ => Err(format!(
+            "--pin-packages {arg}: expected RELEASE=PKG,src:NAME,..."
+        )),
+    }
 }
 
 /// Why setup failed.
@@ -115,15 +257,34 @@ pub fn copy_pair(arg: &str) -> Result<(PathBuf, String), String> {
 impl Setup {
     pub fn is_empty(&self) -> bool {
         self.copies.is_empty()
-            && self.apt_sources.is_empty()
-            && self.apt_pockets.is_empty()
+            && !self.changes_apt()
             && self.commands.is_empty()
+            && self.boot_commands.is_empty()
             && self.binaries.is_empty()
     }
 
-    /// Applies everything in autopkgtest's order: copies, apt sources,
-    /// commands. `normal_user` is exported to the commands as
-    /// `AUTOPKGTEST_NORMAL_USER`.
+    /// Whether the apt options change the testbed's apt configuration.
+    pub fn changes_apt(&self) -> bool {
+        !self.apt_sources.is_empty()
+            || !self.apt_releases.is_empty()
+            || !self.apt_pockets.is_empty()
+            || !self.pins.is_empty()
+            || self.default_release.is_some()
+            || self.apt_upgrade
+    }
+
+    /// Whether a failed dependency installation is retried without the
+    /// pins of `--pin-packages` and `--apt-pocket P=PKGS`, one release at a
+    /// time, as autopkgtest's apt fallback does.
+    pub fn apt_fallback(&self) -> bool {
+        !self.no_apt_fallback
+            && (!self.pins.is_empty() || self.apt_pockets.iter().any(|p| p.contains('=')))
+    }
+
+    /// Applies everything in autopkgtest 5.49's order: copies, apt
+    /// configuration and update, setup commands, dist-upgrade, boot
+    /// commands, then the given binaries. `normal_user` is exported to the
+    /// commands as `AUTOPKGTEST_NORMAL_USER`.
     pub async fn apply(
         &self,
         tb: &dyn Testbed,
@@ -134,48 +295,131 @@ impl Setup {
         for (host, path) in &self.copies {
             tb.copy_down(host, path).await?;
         }
-        for source in &self.apt_sources {
-            let script = "echo \"$1\" >> /etc/apt/sources.list.d/dep8-add-apt-sources.list; \
-                for retry in 1 2 3; do apt-get --no-list-cleanup \
-                -o Dir::Etc::sourcelist=/etc/apt/sources.list.d/dep8-add-apt-sources.list \
-                -o Dir::Etc::sourceparts=/dev/null update 2>&1 && exit 0; sleep 15; done; exit 1";
-            let req = ExecRequest::new(["sh", "-ec", script, "sh", source.as_str()]);
+        if self.changes_apt() {
+            self.configure_apt(tb, timeout, &log).await?;
+        }
+        let commands = self.commands.iter().map(String::as_str);
+        run_commands(tb, commands, false, normal_user, timeout, &log).await?;
+        if self.apt_upgrade {
+            let req = ExecRequest::new(["sh", "-ec", APT_DIST_UPGRADE]);
             run(
                 tb,
                 req,
-                &format!("adding apt source {source:?}"),
+                "upgrading the testbed (apt-get dist-upgrade)",
                 timeout,
                 &log,
             )
             .await?;
         }
-        for pocket in &self.apt_pockets {
-            let (pocket, packages) = pocket.split_once('=').unwrap_or((pocket, ""));
-            let req = ExecRequest::new(["sh", "-ec", APT_POCKET, "apt-pocket", pocket, packages]);
-            run(
-                tb,
-                req,
-                &format!("enabling the {pocket} pocket"),
-                timeout,
-                &log,
-            )
-            .await?;
-        }
-        for command in &self.commands {
-            let mut req = ExecRequest::new(["sh", "-ec", command.as_str()])
-                .env("AUTOPKGTEST_IS_SETUP_COMMAND", "1");
-            if let Some(user) = normal_user {
-                req = req
-                    .env("AUTOPKGTEST_NORMAL_USER", user)
-                    .env("ADT_NORMAL_USER", user);
-            }
-            run(tb, req, "testbed setup commands", timeout, &log).await?;
-        }
+        self.boot(tb, normal_user, timeout, log.clone()).await?;
         if !self.binaries.is_empty() {
             self.publish_binaries(tb, timeout, &log).await?;
         }
         Ok(())
     }
+
+    /// `--setup-commands-boot`: after the setup and after every reboot.
+    pub async fn boot(
+        &self,
+        tb: &dyn Testbed,
+        normal_user: Option<&str>,
+        timeout: Duration,
+        log: Tap,
+    ) -> Result<(), SetupError> {
+        let commands = self.boot_commands.iter().map(String::as_str);
+        run_commands(tb, commands, true, normal_user, timeout, &log).await
+    }
+
+    /// Runs [`APT_SETUP`]; `--add-apt-source` files are copied to the
+    /// scratch dir first.
+    async fn configure_apt(
+        &self,
+        tb: &dyn Testbed,
+        timeout: Duration,
+        log: &Tap,
+    ) -> Result<(), SetupError> {
+        let mut lines = Vec::new();
+        let mut files = Vec::new();
+        for source in &self.apt_sources {
+            match source {
+                AptSource::Line(line) => lines.push(line.as_str()),
+                AptSource::File(path) => {
+                    let name = path.file_name().unwrap_or_default().to_string_lossy();
+                    let tb_path =
+                        format!("{}/apt-sources/{}", tb.scratch(), sanitize_apt_name(&name));
+                    tb.copy_down(path, &tb_path).await?;
+                    files.push(tb_path);
+                }
+            }
+        }
+        let pins: Vec<String> = self.pins.iter().map(|(r, p)| format!("{r}={p}")).collect();
+        let update = !self.apt_sources.is_empty()
+            || !self.apt_releases.is_empty()
+            || !self.apt_pockets.is_empty()
+            || self.apt_upgrade;
+        let req = ExecRequest::new(["sh", "-ec", APT_SETUP])
+            .env(
+                "DEP8_DEFAULT_RELEASE",
+                self.default_release.as_deref().unwrap_or(""),
+            )
+            .env("DEP8_RELEASES", &self.apt_releases.join("\n"))
+            .env("DEP8_POCKETS", &self.apt_pockets.join("\n"))
+            .env("DEP8_SOURCES", &lines.join("\n"))
+            .env("DEP8_SOURCE_FILES", &files.join("\n"))
+            .env("DEP8_PINS", &pins.join("\n"))
+            .env("DEP8_UPDATE", if update { "1" } else { "" });
+        run(
+            tb,
+            req,
+            "setting up apt (apt sources, releases, pockets, pinning)",
+            timeout,
+            log,
+        )
+        .await
+    }
+}
+
+/// A file name apt reads in sources.list.d: what it ignores (other
+/// characters than letters, digits, `_`, `-` and `.`) becomes `_`.
+fn sanitize_apt_name(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_-.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Runs setup commands (`boot`: `--setup-commands-boot`) as root.
+async fn run_commands<'a>(
+    tb: &dyn Testbed,
+    commands: impl Iterator<Item = &'a str>,
+    boot: bool,
+    normal_user: Option<&str>,
+    timeout: Duration,
+    log: &Tap,
+) -> Result<(), SetupError> {
+    let (marker, what) = if boot {
+        (
+            "AUTOPKGTEST_IS_SETUP_BOOT_COMMAND",
+            "testbed boot setup commands",
+        )
+    } else {
+        ("AUTOPKGTEST_IS_SETUP_COMMAND", "testbed setup commands")
+    };
+    for command in commands {
+        let mut req = ExecRequest::new(["sh", "-ec", command]).env(marker, "1");
+        if let Some(user) = normal_user {
+            req = req
+                .env("AUTOPKGTEST_NORMAL_USER", user)
+                .env("ADT_NORMAL_USER", user);
+        }
+        run(tb, req, what, timeout, log).await?;
+    }
+    Ok(())
 }
 
 /// Indexes the `.deb` files in `$1` (the binaries dir) as a flat apt
@@ -211,7 +455,40 @@ if [ -n "$installed" ]; then
 fi
 "#;
 
+/// Undoes [`PUBLISH_BINARIES`]' apt configuration, whose repository is in
+/// the scratch dir that goes with the testbed: on a testbed that is not
+/// thrown away (the host), apt would otherwise be left pointing at it.
+const UNPUBLISH_BINARIES: &str =
+    "rm -f /etc/apt/preferences.d/90dep8 /etc/apt/sources.list.d/dep8-binaries.list";
+
 impl Setup {
+    /// Removes what publishing the binaries left in the testbed's apt
+    /// configuration; a no-op without binaries.
+    pub async fn unpublish_binaries(
+        &self,
+        tb: &dyn Testbed,
+        timeout: Duration,
+    ) -> Result<(), TestbedError> {
+        if self.binaries.is_empty() {
+            return Ok(());
+        }
+        let out = tb
+            .exec(
+                ExecRequest::shell(UNPUBLISH_BINARIES)
+                    .capture()
+                    .timeout(timeout),
+            )
+            .await?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(TestbedError::Failure(format!(
+                "removing the binaries' apt source: {}",
+                out.stderr_last_line()
+            )))
+        }
+    }
+
     /// Copies the binaries to `SCRATCH/binaries` and publishes them there
     /// ([`PUBLISH_BINARIES`]).
     async fn publish_binaries(
@@ -305,5 +582,53 @@ async fn run(
         code => Err(SetupError::Testbed(format!(
             "{what} failed with status {code}{said}"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apt_sources_in_the_forms_autopkgtest_takes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("extra.sources");
+        std::fs::write(
+            &file,
+            "Types: deb\nURIs: http://x\nSuites: y\nComponents: main\n",
+        )
+        .unwrap();
+        let line = "deb [signed-by=/k.asc] http://deb.debian.org/debian bookworm-backports main";
+        let args = [
+            format!("{line}\n# a comment\n\n  deb-src http://x y main contrib  "),
+            line.to_string(),
+            file.display().to_string(),
+        ];
+        assert_eq!(
+            apt_sources(&args).unwrap(),
+            [
+                AptSource::Line(line.into()),
+                AptSource::Line("deb-src http://x y main contrib".into()),
+                AptSource::File(file),
+            ]
+        );
+        for bad in [
+            "deb http://x",
+            "debx http://x y z",
+            "ppa:owner/name",
+            "/nonexistent.list",
+        ] {
+            assert!(apt_sources(&[bad.to_string()]).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn pins_need_a_release() {
+        assert_eq!(
+            pin_packages("unstable=foo,src:bar").unwrap(),
+            ("unstable".into(), "foo,src:bar".into())
+        );
+        assert!(pin_packages("foo").is_err());
+        assert!(pin_packages("=foo").is_err());
     }
 }

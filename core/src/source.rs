@@ -303,27 +303,10 @@ fn arch_list_matches(arch: &str, list: &[String]) -> bool {
     }
 }
 
-/// `(os, cpu)` of a dpkg architecture name, for the common Debian ones.
-fn arch_tuple(arch: &str) -> (&str, &str) {
-    match arch.split_once('-') {
-        Some((os, cpu)) => (os, cpu),
-        None => ("linux", arch),
-    }
-}
-
-/// dpkg's `debarch_is`: exact names and the `any`, `OS-any`, `any-CPU`
-/// wildcards (plus `linux-any` style names). ABI wildcards are not supported.
+/// dpkg's `debarch_is`: exact names and wildcards (`any`, `linux-any`,
+/// `any-arm`, ...), by dpkg's architecture tables ([`crate::arch`]).
 pub fn arch_matches(arch: &str, wildcard: &str) -> bool {
-    if wildcard == "any" || wildcard == arch {
-        return true;
-    }
-    let (os, cpu) = arch_tuple(arch);
-    match wildcard.split_once('-') {
-        Some(("any", wcpu)) => wcpu == cpu,
-        Some((wos, "any")) => wos == os,
-        Some((wos, wcpu)) => wos == os && wcpu == cpu,
-        None => false,
-    }
+    crate::arch::is(arch, wildcard)
 }
 
 /// The `Architecture:` field check, with autopkgtest's reason texts.
@@ -361,26 +344,86 @@ pub fn check_architecture(arch: &str, architectures: &[String]) -> Result<(), St
     Ok(())
 }
 
-/// Installed packages and their versions (from `dpkg-query`).
-pub type Installed = HashMap<String, debversion::Version>;
+/// The `dpkg-query -W -f` format [`parse_installed`] reads.
+pub const DPKG_QUERY_FORMAT: &str = "${Package}\t${Version}\t${db:Status-Abbrev}\t${Provides}\n";
 
-/// Parses `dpkg-query -W -f '${Package}\t${Version}\t${db:Status-Abbrev}\n'`
-/// output, keeping packages that are really installed.
-pub fn parse_installed(dpkg_query: &str) -> Installed {
-    dpkg_query
-        .lines()
-        .filter_map(|l| {
-            let mut parts = l.split('\t');
-            let (name, version, status) = (parts.next()?, parts.next()?, parts.next()?);
-            if !status.starts_with("ii") {
-                return None;
-            }
-            Some((name.to_string(), version.parse().ok()?))
-        })
-        .collect()
+/// Installed packages and their versions, and the virtual packages they
+/// provide (from `dpkg-query`).
+#[derive(Clone, Debug, Default)]
+pub struct Installed {
+    versions: HashMap<String, debversion::Version>,
+    /// Virtual package -> the versions it is provided at (`None`: an
+    /// unversioned Provides, which satisfies only unversioned relations).
+    provided: HashMap<String, Vec<Option<debversion::Version>>>,
 }
 
-/// The alternative groups in `deps` that `installed` does not satisfy on `arch`.
+impl Installed {
+    /// The installed version of a real package.
+    pub fn get(&self, name: &str) -> Option<&debversion::Version> {
+        self.versions.get(name)
+    }
+
+    /// The real packages and their versions.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &debversion::Version)> {
+        self.versions.iter()
+    }
+
+    /// Whether `relation`'s package is installed or provided at a version
+    /// that satisfies it, as dpkg decides.
+    fn satisfies(&self, relation: &Relation) -> bool {
+        let name = relation.try_name().unwrap_or_default();
+        let version = relation.version();
+        let fits = |have: Option<&debversion::Version>| match (&version, have) {
+            (None, _) => true,
+            (Some((op, want)), Some(have)) => version_satisfies(have, op.clone(), want),
+            (Some(_), None) => false,
+        };
+        self.versions.get(&name).is_some_and(|v| fits(Some(v)))
+            || self
+                .provided
+                .get(&name)
+                .is_some_and(|vs| vs.iter().any(|v| fits(v.as_ref())))
+    }
+}
+
+/// Parses `dpkg-query -W -f DPKG_QUERY_FORMAT` output, keeping packages
+/// that are really installed and what they provide.
+pub fn parse_installed(dpkg_query: &str) -> Installed {
+    let mut installed = Installed::default();
+    for line in dpkg_query.lines() {
+        let mut parts = line.split('\t');
+        let (Some(name), Some(version), Some(status)) = (parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        let Ok(version) = version.parse() else {
+            continue;
+        };
+        if !status.starts_with("ii") {
+            continue;
+        }
+        installed.versions.insert(name.to_string(), version);
+        let provides = parts.next().unwrap_or_default();
+        let Ok(provides) = provides.parse::<Relations>() else {
+            continue;
+        };
+        for relation in provides
+            .entries()
+            .flat_map(|e| e.relations().collect::<Vec<_>>())
+        {
+            let provided = relation.version().map(|(_, v)| v);
+            installed
+                .provided
+                .entry(relation.try_name().unwrap_or_default())
+                .or_default()
+                .push(provided);
+        }
+    }
+    installed
+}
+
+/// The alternative groups in `deps` that `installed` does not satisfy on
+/// `arch`; a virtual package that an installed one provides counts.
 pub fn unsatisfied(deps: &[String], installed: &Installed, arch: &str) -> Vec<String> {
     deps.iter()
         .filter(|group| {
@@ -392,14 +435,7 @@ pub fn unsatisfied(deps: &[String], installed: &Installed, arch: &str) -> Vec<St
                     .relations()
                     .filter(|r| relation_applies(r, arch))
                     .collect();
-                !applicable.is_empty()
-                    && !applicable.iter().any(|r| {
-                        let name = r.try_name().unwrap_or_default();
-                        installed.get(&name).is_some_and(|have| match r.version() {
-                            None => true,
-                            Some((op, want)) => version_satisfies(have, op, &want),
-                        })
-                    })
+                !applicable.is_empty() && !applicable.iter().any(|r| installed.satisfies(r))
             });
             unmet
         })
@@ -519,6 +555,31 @@ mod tests {
         assert_eq!(
             unsatisfied(&deps, &installed, "amd64"),
             ["bash (<< 5) | old", "nope"]
+        );
+    }
+
+    #[test]
+    fn virtual_packages_and_architecture_wildcards() {
+        let installed = parse_installed(
+            "mawk\t1.3.4\tii \tawk\nlibc6\t2.36\tii \tlibc6-x (= 2.36), x\ngone\t1\trc \tghost\n",
+        );
+        let deps: Vec<String> = [
+            "awk",
+            "awk (>= 1)",
+            "libc6-x (>= 2.30)",
+            "libc6-x (>= 3)",
+            "ghost",
+            "hello [any-arm]",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            unsatisfied(&deps, &installed, "armhf"),
+            ["awk (>= 1)", "libc6-x (>= 3)", "ghost", "hello [any-arm]"]
+        );
+        assert_eq!(
+            unsatisfied(&deps[5..], &installed, "amd64"),
+            Vec::<String>::new()
         );
     }
 }

@@ -128,14 +128,24 @@ fn broken_stanzas_do_not_stop_the_run() {
     let out = run("broken", &dir.path().join("out"), &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let control = "examples/broken/debian/tests/control";
+    // autopkgtest's words in the summary: a broken stanza blames the package.
     let expected = format!("\
-both                 BROKEN {control}:8: Test-Command: Only one of \"Tests\" or \"Test-Command\" may be given
-*                    BROKEN {control}:11: missing \"Tests\" or \"Test-Command\" field
-bad-depends          BROKEN {control}:15: Depends: Test Depends field contains dependency `foo (>= )' with an invalid version
+both                 FAIL badpkg
+blame: examples/broken
+badpkg: {control}:8: Test-Command: Only one of \"Tests\" or \"Test-Command\" may be given
+*                    FAIL badpkg
+blame: examples/broken
+badpkg: {control}:11: missing \"Tests\" or \"Test-Command\" field
+bad-depends          FAIL badpkg
+blame: examples/broken
+badpkg: {control}:15: Depends: Test Depends field contains dependency `foo (>= )' with an invalid version
 odd                  SKIP unknown field Frobnicate
 good                 PASS
 ");
     assert_eq!(stdout, expected);
+    // results.json keeps dep8's word.
+    let results = std::fs::read_to_string(dir.path().join("out/results.json")).unwrap();
+    assert!(results.contains("\"BROKEN\""), "{results}");
     assert_eq!(out.status.code(), Some(14), "erroneous package and skips");
 }
 

@@ -1,0 +1,321 @@
+//! dep8 as a drop-in `autopkgtest`: started through a symlink named
+//! `autopkgtest`, it takes autopkgtest 5.49's command line (every option of
+//! its own parser, argparse's prefixes, `@file`), writes the output dir the
+//! callers read, and exits as autopkgtest does. `dep8 run` on `null` refuses
+//! what would change the host.
+
+use dep8_conformance::e2e::{autopkgtest_as_root, dep8_bin, repo, required_file};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// A temp dir holding `autopkgtest`, a symlink to dep8.
+fn entry_point() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("autopkgtest");
+    std::os::unix::fs::symlink(dep8_bin(), &link).unwrap();
+    (dir, link)
+}
+
+fn run(program: &Path, args: &[&str]) -> Output {
+    Command::new(program)
+        .current_dir(repo())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", program.display()))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// autopkgtest 5.49's options as its own parser declares them, each as
+/// (option strings, whether it takes a value), listed by
+/// tests/scripts/autopkgtest-options; `None` when autopkgtest is missing.
+fn autopkgtest_options() -> Option<Vec<(Vec<String>, bool)>> {
+    if !required_file(
+        "/usr/share/autopkgtest/lib/autopkgtest_args.py",
+        "autopkgtest",
+    ) {
+        return None;
+    }
+    let out = run(&repo().join("tests/scripts/autopkgtest-options"), &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let options: Vec<(Vec<String>, bool)> = text(&out.stdout)
+        .lines()
+        .map(|line| {
+            let (names, kind) = line.split_once('\t').unwrap();
+            let names = names.split(' ').map(str::to_string).collect();
+            (names, kind == "takes-value")
+        })
+        .collect();
+    assert!(options.len() > 35, "{options:?}");
+    Some(options)
+}
+
+/// A value each option accepts.
+fn value_for(option: &str) -> &'static str {
+    match option {
+        "--pin-packages" => "bookworm-backports=hello,src:dpkg",
+        "--env" => "A=b",
+        "--copy" => "/etc/hostname:/tmp/x",
+        "--needs-internet" => "try",
+        "--ignore-restrictions" => "needs-root,flaky",
+        o if o.starts_with("--timeout") || o == "--build-parallel" => "2",
+        _ => "x",
+    }
+}
+
+/// Asserts that dep8 parsed `args` (given before a source that does not
+/// exist): it then stops, exit 20, on the missing source, not on an option.
+fn assert_parsed(link: &Path, args: &[&str]) {
+    let mut all = args.to_vec();
+    all.extend(["/nonexistent-dropin-source", "--", "null"]);
+    let out = run(link, &all);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(20), "{args:?}: {stderr}");
+    assert!(
+        stderr.contains("/nonexistent-dropin-source") && !stderr.contains("argument"),
+        "{args:?} was not parsed: {stderr}"
+    );
+}
+
+#[test]
+fn every_option_of_autopkgtest_5_49_is_accepted() {
+    let Some(options) = autopkgtest_options() else {
+        return;
+    };
+    let (_dir, link) = entry_point();
+    for (names, takes_value) in &options {
+        if names.iter().any(|n| n == "--help") {
+            continue;
+        }
+        let long = names.last().unwrap();
+        for name in names {
+            if *takes_value {
+                assert_parsed(&link, &[name, value_for(long)]);
+            } else {
+                assert_parsed(&link, &[name]);
+            }
+        }
+    }
+}
+
+#[test]
+fn unambiguous_prefixes_as_argparse_takes_them() {
+    let Some(options) = autopkgtest_options() else {
+        return;
+    };
+    let longs: Vec<(&str, bool)> = options
+        .iter()
+        .flat_map(|(names, value)| {
+            names
+                .iter()
+                .filter(|n| n.starts_with("--") && *n != "--help")
+                .map(move |n| (n.as_str(), *value))
+        })
+        .collect();
+    let (_dir, link) = entry_point();
+    for (long, takes_value) in &longs {
+        // The shortest prefix no other option of autopkgtest's starts with.
+        let prefix = (3..=long.len())
+            .map(|n| &long[..n])
+            .find(|p| longs.iter().filter(|(o, _)| o.starts_with(p)).count() == 1);
+        let Some(prefix) = prefix.filter(|p| p != long) else {
+            continue;
+        };
+        if *takes_value {
+            assert_parsed(&link, &[&format!("{prefix}={}", value_for(long))]);
+        } else {
+            assert_parsed(&link, &[prefix]);
+        }
+    }
+    // Debusine's spelling of --summary-file.
+    assert_parsed(&link, &["--summary=/tmp/x"]);
+    // An ambiguous prefix is a usage error, as with argparse.
+    let out = run(&link, &["--test", "x", "examples/hello", "--", "null"]);
+    assert_eq!(out.status.code(), Some(20), "{}", text(&out.stderr));
+}
+
+#[test]
+fn arguments_from_files_and_the_virt_server_forms() {
+    let (dir, link) = entry_point();
+    let out = dir.path().join("out");
+    let args = dir.path().join("args");
+    std::fs::write(
+        &args,
+        format!("-o\n  {}  \n--test-name\ngreets\n", out.display()),
+    )
+    .unwrap();
+    let res = run(
+        &link,
+        &[
+            &format!("@{}", args.display()),
+            "-B",
+            "examples/hello",
+            "--",
+            "autopkgtest-virt-null",
+        ],
+    );
+    assert_eq!(res.status.code(), Some(0), "{}", text(&res.stderr));
+    let summary = std::fs::read_to_string(out.join("summary")).unwrap();
+    assert_eq!(summary, "greets               PASS\n");
+    let info = std::fs::read_to_string(out.join("testinfo.json")).unwrap();
+    assert!(
+        info.contains("\"virt_server\": \"autopkgtest-virt-null\""),
+        "{info}"
+    );
+}
+
+/// Every file under the host's apt configuration dirs, with its size and
+/// modification time.
+fn apt_configuration() -> BTreeSet<(PathBuf, u64, std::time::SystemTime)> {
+    let mut files = BTreeSet::new();
+    for dir in ["/etc/apt/sources.list.d", "/etc/apt/preferences.d"] {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let meta = entry.metadata().unwrap();
+            files.insert((entry.path(), meta.len(), meta.modified().unwrap()));
+        }
+    }
+    files
+}
+
+#[test]
+fn dep8_run_refuses_to_change_the_host_on_null() {
+    let dir = tempfile::tempdir().unwrap();
+    let deb = dir.path().join("x_1_all.deb");
+    std::fs::write(&deb, "not looked at").unwrap();
+    let before = apt_configuration();
+    let deb = deb.to_str().unwrap();
+    for (args, named) in [
+        (
+            vec!["--add-apt-source", "deb http://x y z"],
+            "--add-apt-source",
+        ),
+        (
+            vec!["--add-apt-release=bookworm-backports"],
+            "--add-apt-release",
+        ),
+        (vec!["--pin-packages", "unstable=hello"], "--pin-packages"),
+        (vec!["--apt-pocket", "backports"], "--apt-pocket"),
+        (
+            vec!["--apt-default-release", "bookworm"],
+            "--apt-default-release",
+        ),
+        (vec!["-U"], "-U/--apt-upgrade"),
+        (vec!["--copy", "/etc/hostname:/tmp/x"], "--copy"),
+        (vec![deb], deb),
+    ] {
+        let mut all = vec!["run"];
+        all.extend(&args);
+        all.extend(["examples/hello", "--", "null"]);
+        let out = run(&dep8_bin(), &all);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(20), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(named) && stderr.contains("would change the host"),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert_eq!(
+        apt_configuration(),
+        before,
+        "the host's apt configuration changed"
+    );
+}
+
+/// Whether Debusine's `_parse_summary_file` takes `line`: `[a-z ]+: ...`
+/// (blame, badpkg, errors) or `NAME WORD ...` with one of autopkgtest's
+/// result words.
+fn parsed_as_debusine_does(line: &str) -> bool {
+    let note = line.split_once(": ").is_some_and(|(head, _)| {
+        !head.is_empty() && head.chars().all(|c| c.is_ascii_lowercase() || c == ' ')
+    });
+    let word = line.split_whitespace().nth(1).unwrap_or_default();
+    note || ["PASS", "FAIL", "SKIP", "FLAKY"].contains(&word)
+}
+
+/// The output files, the summary (exactly for hello; in autopkgtest's
+/// words for outcomes, whose skip reasons differ) and the exit status of
+/// `autopkgtest -B -- null` and of dep8 started as autopkgtest.
+#[test]
+fn output_dir_and_exit_status_as_autopkgtest_writes_them() {
+    let Some(autopkgtest) = autopkgtest_as_root() else {
+        return;
+    };
+    let (dir, link) = entry_point();
+    for example in ["hello", "outcomes"] {
+        let theirs = dir.path().join(format!("autopkgtest-{example}"));
+        let ours = dir.path().join(format!("dep8-{example}"));
+        let args = |out: &Path| {
+            let out = out.to_str().unwrap().to_string();
+            let src = format!("examples/{example}");
+            ["-B", "--timeout-test=3", "-o", &out, &src, "--", "null"].map(str::to_string)
+        };
+        let (their_run, our_run) = std::thread::scope(|s| {
+            let theirs_args = args(&theirs);
+            let autopkgtest = &autopkgtest;
+            let theirs = s.spawn(move || {
+                let args: Vec<&str> = theirs_args.iter().map(String::as_str).collect();
+                run(autopkgtest, &args)
+            });
+            let ours_args = args(&ours);
+            let args: Vec<&str> = ours_args.iter().map(String::as_str).collect();
+            (theirs.join().unwrap(), run(&link, &args))
+        });
+        let read = |dir: &Path, name: &str| std::fs::read_to_string(dir.join(name)).unwrap();
+        let (their_summary, our_summary) = (read(&theirs, "summary"), read(&ours, "summary"));
+        let context = format!(
+            "{example}:\n--- autopkgtest's summary:\n{their_summary}--- dep8's:\n{our_summary}{}",
+            text(&our_run.stderr)
+        );
+        assert_eq!(our_run.status.code(), their_run.status.code(), "{context}");
+        if example == "hello" {
+            assert_eq!(our_summary, their_summary, "{context}");
+        }
+        for line in our_summary.lines() {
+            assert!(
+                parsed_as_debusine_does(line),
+                "{context}\nunexpected line {line:?}"
+            );
+        }
+        assert_eq!(
+            read(&ours, "testpkg-version"),
+            read(&theirs, "testpkg-version")
+        );
+        let names = |dir: &Path| -> BTreeSet<String> {
+            std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        };
+        // outcomes: until null stops offering isolation-machine (autopkgtest
+        // 5.48), dep8 runs two tests there that autopkgtest skips.
+        if example == "hello" {
+            let ours_only: BTreeSet<String> =
+                names(&ours).difference(&names(&theirs)).cloned().collect();
+            let extras: BTreeSet<String> = ["results.json", "junit.xml"].map(String::from).into();
+            assert!(
+                ours_only.is_subset(&extras),
+                "{context}\nonly dep8 wrote {ours_only:?}"
+            );
+            let theirs_only: Vec<String> =
+                names(&theirs).difference(&names(&ours)).cloned().collect();
+            assert!(
+                theirs_only.is_empty(),
+                "{context}\nonly autopkgtest wrote {theirs_only:?}"
+            );
+        }
+        let keys = |dir: &Path| -> BTreeSet<String> {
+            let info: serde_json::Value =
+                serde_json::from_str(&read(dir, "testinfo.json")).unwrap();
+            info.as_object().unwrap().keys().cloned().collect()
+        };
+        let missing: Vec<String> = keys(&theirs).difference(&keys(&ours)).cloned().collect();
+        assert!(missing.is_empty(), "testinfo.json lacks {missing:?}");
+    }
+}
