@@ -12,9 +12,11 @@
 //! - [`runner`] runs a suite on a testbed; [`report`] writes what it found.
 
 pub mod acquire;
+pub mod build;
 pub mod capability;
 pub mod control;
 pub mod exec;
+pub mod inputs;
 pub mod install;
 pub mod reboot;
 pub mod report;
