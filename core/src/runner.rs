@@ -185,6 +185,8 @@ pub async fn run(
         r = run.all(tb) => r,
         _ = &mut interrupt => Err(Abort::Interrupted),
     };
+    // As autopkgtest: no apt reset on the way out of an interrupted run.
+    let interrupted = matches!(result, Err(Abort::Interrupted));
     let code = match result {
         Ok(()) => run.reporter.exit.finish(),
         Err(Abort::Testbed(msg)) => {
@@ -206,6 +208,14 @@ pub async fn run(
             EXIT_UNEXPECTED
         }
     };
+    let unpublished = if interrupted {
+        Ok(())
+    } else {
+        run.unpublish(tb).await
+    };
+    if let Err(msg) = unpublished {
+        log.error(&format!("resetting the testbed's apt configuration: {msg}"));
+    }
     for (name, path) in tb.logs() {
         if let Err(e) = std::fs::copy(&path, opts.output_dir.join(&name)) {
             log.error(&format!("keeping {}: {e}", path.display()));
@@ -437,6 +447,22 @@ impl Run<'_> {
                 .extend(self.built_debs.0.iter().cloned());
         }
         self.apply(tb, &setup).await
+    }
+
+    /// Takes the published binaries (given or built) out of the apt
+    /// sources of a testbed that cannot revert, as autopkgtest does.
+    async fn unpublish(&self, tb: &dyn Testbed) -> Result<(), String> {
+        let published = !self.opts.setup.binaries.is_empty() || !self.built_debs.0.is_empty();
+        if !published || tb.capabilities().has(Capability::Revert) {
+            return Ok(());
+        }
+        self.log
+            .info("removing the binaries from the testbed's apt sources");
+        let tap = self.log_tap();
+        match crate::setup::unpublish_binaries(tb, self.opts.timeouts.install, &tap).await {
+            Ok(()) => Ok(()),
+            Err(SetupError::BadPackage(m) | SetupError::Testbed(m)) => Err(m),
+        }
     }
 
     /// Applies `setup`, with what it says in the log.

@@ -211,6 +211,23 @@ if [ -n "$installed" ]; then
 fi
 "#;
 
+/// Undoes [`PUBLISH_BINARIES`]'s apt configuration, on a testbed that
+/// cannot revert (as autopkgtest's binaries reset).
+const UNPUBLISH_BINARIES: &str =
+    "rm -f /etc/apt/sources.list.d/dep8-binaries.list /etc/apt/preferences.d/90dep8; \
+    apt-get -q update || { sleep 15; apt-get -q update; }";
+
+/// Removes the published binaries from the testbed's apt sources, where
+/// no revert will.
+pub async fn unpublish_binaries(
+    tb: &dyn Testbed,
+    timeout: Duration,
+    log: &Tap,
+) -> Result<(), SetupError> {
+    let req = ExecRequest::new(["sh", "-ec", UNPUBLISH_BINARIES]);
+    run(tb, req, "resetting the apt configuration", timeout, log).await
+}
+
 impl Setup {
     /// Copies the binaries to `SCRATCH/binaries` and publishes them there
     /// ([`PUBLISH_BINARIES`]).
