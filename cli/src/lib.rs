@@ -12,8 +12,10 @@ pub use registry::Registry;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use dep8_core::acquire::Fetch;
+use dep8_core::build::BuildOptions;
 use dep8_core::capability::Capabilities;
 use dep8_core::control::Entry;
+use dep8_core::inputs::Inputs;
 use dep8_core::install::DependencyPolicy;
 use dep8_core::report::{RunLog, EXIT_BAD_PACKAGE, EXIT_TESTBED_FAILURE, EXIT_UNEXPECTED};
 use dep8_core::restriction::{self, InternetPolicy, ResolveOptions};
@@ -78,9 +80,10 @@ enum Command {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// What to test: an unpacked source tree (default: the current
-    /// directory), a .dsc, or a source package name (fetched with apt-get
-    /// source in the testbed); then any binary .deb files to test with.
+    /// What to test, sorted as autopkgtest sorts it: a source tree
+    /// (default: the current directory), a .dsc, a .changes (its .dsc and
+    /// .debs), a source package name (apt-get source in the testbed) or a
+    /// git URL[#BRANCH]; and any binary .deb files to test with.
     #[arg(value_name = "SRC [BINARIES]")]
     inputs: Vec<String>,
     /// The testbed: BACKEND [ARGS...] after `--` (default: null).
@@ -137,16 +140,16 @@ struct RunArgs {
     /// Run tests without needs-root as this user.
     #[arg(short = 'u', long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
     user: Option<String>,
-    /// Do not build or use binaries from a .dsc or an unbuilt tree.
+    /// Do not build an unbuilt tree, .dsc or git source to test its
+    /// binaries (implied on null, where dep8 installs no packages).
     #[arg(short = 'B', long = "no-built-binaries")]
     no_built_binaries: bool,
-    /// Set parallel=N in DEB_BUILD_OPTIONS for building (default: the
-    /// testbed's number of processors).
+    /// parallel=N in DEB_BUILD_OPTIONS for builds (default: the testbed's
+    /// processor count).
     #[arg(long, value_name = "N")]
     build_parallel: Option<u32>,
-    /// Do not generate tests with autodep8 for packages without
-    /// debian/tests/control.
-    #[arg(long)]
+    /// Never generate tests with autodep8.
+    #[arg(long = "no-auto-control")]
     no_auto_control: bool,
     /// Command to gain root when building as a user (dpkg-buildpackage -r).
     #[arg(long = "gain-root", value_name = "COMMAND")]
@@ -392,66 +395,6 @@ fn emit(text: impl AsRef<[u8]>) -> i32 {
     }
 }
 
-/// `dep8 run`'s positional arguments, sorted as autopkgtest sorts them.
-struct Inputs {
-    /// The tree, or what names the source for `fetch`.
-    source: PathBuf,
-    fetch: Option<Fetch>,
-    binaries: Vec<PathBuf>,
-}
-
-impl Inputs {
-    fn classify(args: &[String]) -> Result<Inputs, String> {
-        let mut source = None;
-        let mut binaries = Vec::new();
-        for arg in args {
-            let path = PathBuf::from(arg);
-            if arg.ends_with(".deb") {
-                if !path.is_file() {
-                    return Err(format!("{arg}: no such file"));
-                }
-                binaries.push(path);
-                continue;
-            }
-            if source.is_some() {
-                return Err(format!(
-                    "{arg}: only one source can be tested at a time (binaries must end in .deb)"
-                ));
-            }
-            source = Some(if arg.ends_with(".dsc") {
-                if !path.is_file() {
-                    return Err(format!("{arg}: no such file"));
-                }
-                (path.clone(), Some(Fetch::Dsc(path)))
-            } else if path.exists() || arg.contains('/') {
-                source_dir(&path)?;
-                (path, None)
-            } else if is_package_name(arg) {
-                (path, Some(Fetch::AptSource(arg.clone())))
-            } else {
-                return Err(format!("{arg}: no such file or directory"));
-            });
-        }
-        let (source, fetch) = source.unwrap_or_else(|| (PathBuf::from("."), None));
-        if fetch.is_none() {
-            source_dir(&source)?;
-        }
-        Ok(Inputs {
-            source,
-            fetch,
-            binaries,
-        })
-    }
-}
-
-/// Debian's rule for a source package name.
-fn is_package_name(s: &str) -> bool {
-    s.len() >= 2
-        && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
-}
-
 /// Checks that SRC is an existing directory.
 fn source_dir(source: &Path) -> Result<(), String> {
     if source.is_dir() {
@@ -559,7 +502,7 @@ fn output_dir(given: Option<&Path>) -> Result<PathBuf, String> {
 }
 
 async fn run(args: RunArgs, registry: &Registry) -> i32 {
-    let inputs = match Inputs::classify(&args.inputs) {
+    let inputs = match Inputs::classify(&args.inputs, args.no_built_binaries) {
         Ok(inputs) => inputs,
         Err(e) => return error(e),
     };
@@ -650,8 +593,11 @@ async fn run(args: RunArgs, registry: &Registry) -> i32 {
         } else {
             ShellPolicy::Never
         },
-        gain_root: args.gain_root.clone(),
-        build_parallel: args.build_parallel,
+        build: BuildOptions {
+            binaries: inputs.build,
+            parallel: args.build_parallel,
+            gain_root: args.gain_root.clone(),
+        },
         no_auto_control: args.no_auto_control,
         validate: args.validate,
         insecure: args.insecure,
@@ -733,11 +679,7 @@ fn load(source: &Path, arch: Option<&str>) -> Result<(Vec<Entry>, String), Strin
         .map(str::to_string)
         .or_else(runner::host_arch)
         .unwrap_or_else(|| "amd64".into());
-    let opts = RunOptions {
-        source: source.to_path_buf(),
-        ..Default::default()
-    };
-    Ok((runner::load_suite(&opts, source, &arch)?, arch))
+    Ok((runner::load_suite(&control, source, &arch)?, arch))
 }
 
 /// The capabilities a testbed argv (`[NAME, ARGS...]`) would offer, with

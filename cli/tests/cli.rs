@@ -63,8 +63,14 @@ fn non_empty_output_dir_is_refused() {
 #[test]
 fn source_without_tests() {
     let dir = tempfile::tempdir().unwrap();
+    // As autopkgtest: a directory without debian/control is no source.
     let out = dep8(&["run", dir.path().to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(8));
+    assert_eq!(out.status.code(), Some(20));
+    assert!(stderr(&out).contains("is not a valid test package"));
+    std::fs::create_dir(dir.path().join("debian")).unwrap();
+    std::fs::write(dir.path().join("debian/control"), "Source: x\n").unwrap();
+    let out = dep8(&["run", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "*                    SKIP no tests in this package\n"
@@ -106,7 +112,9 @@ fn setup_commands_blame_the_package_with_100_and_the_testbed_otherwise() {
         (
             "exit 100",
             12,
-            "erroneous package: testbed setup commands failed with status 100",
+            // As autopkgtest: nothing is blamed yet when the testbed is set up.
+            "blame: \nbadpkg: testbed setup commands failed with status 100\n\
+             erroneous package: testbed setup commands failed with status 100",
         ),
         (
             "exit 3",

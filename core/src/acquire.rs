@@ -1,7 +1,7 @@
 //! Getting the source tree when the user gave something else than an
 //! unpacked tree, as autopkgtest does: a `.dsc` is unpacked in the testbed
 //! with `dpkg-source -x`, a source package name is fetched there with
-//! `apt-get source`. The unpacked tree is copied back to a host temp dir so
+//! `apt-get source`, a git URL cloned with git. The unpacked tree is copied back to a host temp dir so
 //! that the runner can read its control files and copy it again after a
 //! revert.
 
@@ -36,6 +36,8 @@ pub enum Fetch {
     Dsc(PathBuf),
     /// A source package name, for `apt-get source` in the testbed.
     AptSource(String),
+    /// A git repository, `URL[#BRANCH_OR_REFSPEC]`, cloned in the testbed.
+    Git(String),
 }
 
 /// Why the source could not be had: the package's fault (badpkg) or the
@@ -51,19 +53,24 @@ impl From<TestbedError> for AcquireError {
     }
 }
 
-/// The files a `.dsc` lists in `Files:` (signed or not).
-pub fn dsc_files(dsc: &Path) -> Result<Vec<PathBuf>, String> {
-    let text = std::fs::read_to_string(dsc).map_err(|e| format!("{}: {e}", dsc.display()))?;
+/// The `Files:` field of a `.dsc` or `.changes` (signed or not).
+pub fn files_field(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let (body, _) = debian_control::pgp::strip_pgp_signature(&text)
-        .map_err(|e| format!("{}: {e:?}", dsc.display()))?;
+        .map_err(|e| format!("{}: {e:?}", path.display()))?;
     let deb822: deb822_lossless::Deb822 = body
         .parse()
-        .map_err(|e| format!("{}: {e}", dsc.display()))?;
-    let files = deb822
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    deb822
         .paragraphs()
         .next()
         .and_then(|p| p.get("Files"))
-        .ok_or_else(|| format!("{}: no Files field", dsc.display()))?;
+        .ok_or_else(|| format!("{} is invalid and does not contain Files:", path.display()))
+}
+
+/// The files a `.dsc` lists in `Files:`.
+pub fn dsc_files(dsc: &Path) -> Result<Vec<PathBuf>, String> {
+    let files = files_field(dsc)?;
     let dir = dsc.parent().unwrap_or(Path::new("."));
     Ok(files
         .lines()
@@ -160,6 +167,7 @@ pub async fn acquire(
             shell_words::quote(&work),
             shell_words::quote(package)
         ),
+        Fetch::Git(url) => git_clone(url, may_install, &work),
     };
     let out = tb
         .exec(
@@ -185,6 +193,8 @@ pub async fn acquire(
             Fetch::AptSource(p) => {
                 AcquireError::Testbed(format!("apt-get source {p} failed: {said}"))
             }
+            // As autopkgtest: a clone that fails is the package's fault.
+            Fetch::Git(url) => AcquireError::BadPackage(format!("git clone {url} failed: {said}")),
         });
     }
     tb.copy_up(&format!("{work}/tree"), host).await?;
@@ -195,4 +205,25 @@ pub async fn acquire(
         return Err(AcquireError::Testbed(format!("removing {work} failed")));
     }
     Ok(())
+}
+
+/// Clones `URL[#BRANCH]` into `WORK/tree` as autopkgtest does (one retry
+/// after 15 s; a branch or refspec fetched as `testbranch` and checked
+/// out), installing git first where dep8 may.
+fn git_clone(source: &str, may_install: bool, work: &str) -> String {
+    let (url, branch) = source.split_once('#').unwrap_or((source, ""));
+    let (url, branch) = (shell_words::quote(url), shell_words::quote(branch));
+    let install = if may_install {
+        format!(
+            "command -v git >/dev/null || {{ export DEBIAN_FRONTEND=noninteractive; \
+             {UPDATE_IF_NO_LISTS}; apt-get install -y -q --no-install-recommends git ca-certificates; }}\n"
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "{install}cd '{work}' && {{ git clone {url} tree || {{ sleep 15; git clone {url} tree; }}; }}\n\
+         [ -z {branch} ] || {{ cd tree && {{ git fetch -fu origin {branch}:testbranch || \
+         {{ sleep 15; git fetch -fu origin {branch}:testbranch; }}; }} && git checkout testbranch; }}"
+    )
 }

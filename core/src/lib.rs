@@ -14,9 +14,11 @@
 
 pub mod acquire;
 pub mod arch;
+pub mod build;
 pub mod capability;
 pub mod control;
 pub mod exec;
+pub mod inputs;
 pub mod install;
 pub mod reboot;
 pub mod report;

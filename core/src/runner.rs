@@ -2,6 +2,7 @@
 //! test's fate, check dependencies, run, judge, collect, revert.
 
 use crate::acquire::{self, AcquireError, Fetch};
+use crate::build::{self, BuildError, BuildOptions};
 use crate::capability::{Capabilities, Capability};
 use crate::control::{self, DependsContext, Entry, Test};
 use crate::install::{self, DependencyPolicy};
@@ -73,11 +74,9 @@ pub struct RunOptions {
     pub test_arch: Option<String>,
     /// `--shell-fail`, `--shell`.
     pub shell: ShellPolicy,
-    /// `--gain-root`: how a build as a user gains root (dpkg-buildpackage -r).
-    pub gain_root: Option<String>,
-    /// `--build-parallel`: parallel=N for builds and tests (default nproc).
-    pub build_parallel: Option<u32>,
-    /// `--no-auto-control`: no autodep8 tests for packages without any.
+    /// Whether and how the source is built.
+    pub build: BuildOptions,
+    /// `--no-auto-control`: never ask autodep8 for tests.
     pub no_auto_control: bool,
     /// `-V`: validate the test control file, run nothing.
     pub validate: bool,
@@ -154,14 +153,15 @@ pub fn host_arch() -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// Parses the suite for `arch`: the control file's entries in file order.
-pub fn load_suite(opts: &RunOptions, tree: &Path, arch: &str) -> Result<Vec<Entry>, String> {
+/// Parses the suite of `tree` in `control` for `arch`: the entries in file
+/// order.
+pub fn load_suite(control: &Path, tree: &Path, arch: &str) -> Result<Vec<Entry>, String> {
     let source = SourcePackage::read(tree)?;
     let ctx = DependsContext {
         source: source.as_ref(),
         arch,
     };
-    Ok(control::parse_file(&opts.control_path(tree), &ctx))
+    Ok(control::parse_file(control, &ctx))
 }
 
 /// Runs the suite on `tb` and returns autopkgtest's exit status. Results are
@@ -202,6 +202,8 @@ pub async fn run(
         installed: None,
         deps_installed: Vec::new(),
         built_tree: None,
+        built_debs: (Vec::new(), None),
+        blamed: Vec::new(),
         acquired: None,
     };
     tokio::pin!(interrupt);
@@ -209,6 +211,8 @@ pub async fn run(
         r = run.all(tb) => r,
         _ = &mut interrupt => Err(Abort::Interrupted),
     };
+    // As autopkgtest: no apt reset on the way out of an interrupted run.
+    let interrupted = matches!(result, Err(Abort::Interrupted));
     let code = match result {
         Ok(()) if opts.validate => 0,
         Ok(()) => run.reporter.exit.finish(),
@@ -218,6 +222,10 @@ pub async fn run(
             EXIT_TESTBED_FAILURE
         }
         Err(Abort::BadPackage(msg)) => {
+            // As autopkgtest: what it blames, why, then the verdict.
+            let blame = format!("blame: {}", run.blamed.join(" "));
+            run.reporter.summary_note(&blame);
+            run.reporter.summary_note(&format!("badpkg: {msg}"));
             run.reporter
                 .summary_note(&format!("erroneous package: {msg}"));
             EXIT_BAD_PACKAGE
@@ -231,8 +239,13 @@ pub async fn run(
             EXIT_UNEXPECTED
         }
     };
-    if let Err(e) = opts.setup.unpublish_binaries(tb, opts.timeouts.short).await {
-        log.error(&e.detail());
+    let unpublished = if interrupted {
+        Ok(())
+    } else {
+        run.unpublish(tb).await
+    };
+    if let Err(msg) = unpublished {
+        log.error(&format!("resetting the testbed's apt configuration: {msg}"));
     }
     for (name, path) in tb.logs() {
         if let Err(e) = std::fs::copy(&path, opts.output_dir.join(&name)) {
@@ -253,9 +266,16 @@ struct Run<'a> {
     installed: Option<source::Installed>,
     /// The dependencies installed for the last test (what a revert undoes).
     deps_installed: Vec<String>,
-    /// The source tree after `build-needed` built it, copied back to the
-    /// host so that a revert does not cost another build.
+    /// The source tree after it was built, copied back to the host so
+    /// that a revert does not cost another build.
     built_tree: Option<tempfile::TempDir>,
+    /// The binaries the build made, when they are tested, and their host
+    /// temp dir: published like given binaries after every revert.
+    built_debs: (Vec<PathBuf>, Option<tempfile::TempDir>),
+    /// What a bad package blames, as autopkgtest lists it (`arg:DEB
+    /// deb:NAME` for each binary, then the source as given), once the
+    /// testbed is set up.
+    blamed: Vec<String>,
     /// The tree unpacked or fetched in the testbed (`.dsc`, package name).
     acquired: Option<tempfile::TempDir>,
 }
@@ -283,11 +303,28 @@ impl Run<'_> {
         // lines `apt-get source` needs), then get the source.
         self.secure_scratch(tb).await?;
         self.setup_testbed(tb).await?;
+        self.blamed = blame(self.opts);
         if let Some(fetch) = &self.opts.fetch {
             self.acquire(tb, fetch).await?;
         }
         self.write_testpkg_version();
-        let control = self.opts.control_path(self.source());
+        if self.opts.build.binaries {
+            if self.opts.dependencies == DependencyPolicy::CheckOnly {
+                self.log.info(
+                    "not building the source: dep8 installs no build dependencies on this \
+                     testbed, so -B is implied (dep8 started as autopkgtest builds here)",
+                );
+            } else {
+                self.log.info("build needed for binaries");
+                self.build(tb, &probe, true).await?;
+            }
+        }
+        let tests_tree = self.tests_tree().to_path_buf();
+        let generated = self.autodep8(&tests_tree);
+        let control = generated.as_ref().map_or_else(
+            || self.opts.control_path(&tests_tree),
+            |f| f.path().to_path_buf(),
+        );
         // One that cannot be read is BROKEN below, not missing.
         if let Ok(false) = control.try_exists() {
             self.log.info(&format!(
@@ -298,7 +335,7 @@ impl Run<'_> {
             self.record_no_tests();
             return Ok(());
         }
-        let entries = match load_suite(self.opts, self.source(), &arch) {
+        let entries = match load_suite(&control, &tests_tree, &arch) {
             Ok(entries) => entries,
             Err(e) => vec![Entry::Broken {
                 name: "*".into(),
@@ -374,16 +411,21 @@ impl Run<'_> {
             return Ok(());
         }
 
-        let tree = format!("{}/src", tb.scratch());
-        self.copy_tree(tb, &tree).await?;
-        if runnable.iter().any(|t| t.has(&Restriction::BuildNeeded)) {
-            self.build(tb, &tree, &probe, &arch).await?;
+        if self.built_tree.is_none() && runnable.iter().any(|t| t.has(&Restriction::BuildNeeded)) {
+            self.log.info("build needed for tests");
+            self.build(tb, &probe, false).await?;
         }
+        let tree = format!("{}/src", tb.scratch());
+        let mut copied = false;
         for test in runnable {
             if self.needs_revert(tb, &test) {
                 self.revert(tb).await?;
                 self.setup_testbed(tb).await?;
+                copied = false;
+            }
+            if !copied {
                 self.copy_tree(tb, &tree).await?;
+                copied = true;
             }
             let started = Instant::now();
             let (outcome, details) = self.one(tb, &test, &tree, &probe).await?;
@@ -489,10 +531,38 @@ impl Run<'_> {
 
     /// Applies the setup options; after opening and after every revert.
     async fn setup_testbed(&self, tb: &dyn Testbed) -> Result<(), Abort> {
-        if !self.opts.setup.is_empty() {
+        let mut setup = std::borrow::Cow::Borrowed(&self.opts.setup);
+        if !self.built_debs.0.is_empty() {
+            setup
+                .to_mut()
+                .binaries
+                .extend(self.built_debs.0.iter().cloned());
+        }
+        self.apply(tb, &setup).await
+    }
+
+    /// Takes the published binaries (given or built) out of the apt
+    /// sources of a testbed that cannot revert, as autopkgtest does.
+    async fn unpublish(&self, tb: &dyn Testbed) -> Result<(), String> {
+        let published = !self.opts.setup.binaries.is_empty() || !self.built_debs.0.is_empty();
+        if !published || tb.capabilities().has(Capability::Revert) {
+            return Ok(());
+        }
+        self.log
+            .info("removing the binaries from the testbed's apt sources");
+        let tap = self.log_tap();
+        match crate::setup::unpublish_binaries(tb, self.opts.timeouts.install, &tap).await {
+            Ok(()) => Ok(()),
+            Err(SetupError::BadPackage(m) | SetupError::Testbed(m)) => Err(m),
+        }
+    }
+
+    /// Applies `setup`, with what it says in the log.
+    async fn apply(&self, tb: &dyn Testbed, setup: &Setup) -> Result<(), Abort> {
+        if !setup.is_empty() {
             self.log.info("setting up the testbed");
             let user = self.normal_user(tb.capabilities());
-            let apply = self.opts.setup.apply(
+            let apply = setup.apply(
                 tb,
                 user.as_deref(),
                 self.opts.timeouts.install,
@@ -510,7 +580,7 @@ impl Run<'_> {
     /// Copies the source tree in and installs the in-testbed helpers; after
     /// setting up the testbed.
     async fn copy_tree(&self, tb: &dyn Testbed, tree: &str) -> Result<(), Abort> {
-        let source = self.built_tree.as_ref().map_or(self.source(), |t| t.path());
+        let source = self.tests_tree();
         let tree_copy = source.to_path_buf();
         if let Ok(Err(why)) = tokio::task::spawn_blocking(move || readable(&tree_copy)).await {
             return Err(Abort::BadPackage(format!(
@@ -550,73 +620,126 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// Builds the tree in the testbed once for the `build-needed` tests, as
-    /// autopkgtest does (build dependencies, `dpkg-buildpackage -b`, patches
-    /// kept applied), then keeps the built tree on the host for later copies.
+    /// Builds the source in `SCRATCH/build` ([`build::Build`]) and keeps
+    /// the built tree on the host for the tests; with `binaries`, also the
+    /// `.deb`s it made, published in the testbed like given ones (now
+    /// where the testbed cannot revert; otherwise after the revert that
+    /// drops the build dependencies).
     async fn build(
         &mut self,
         tb: &dyn Testbed,
-        tree: &str,
         probe: &Probe,
-        arch: &str,
+        binaries: bool,
     ) -> Result<(), Abort> {
-        self.log.info("build needed for tests");
-        let source = SourcePackage::read(self.source())
-            .map_err(Abort::BadPackage)?
-            .ok_or_else(|| {
-                Abort::BadPackage("build-needed, but debian/control is missing".into())
-            })?;
-        let mut deps = source::expand_depends("@builddeps@", Some(&source), arch)
-            .map_err(Abort::BadPackage)?;
-        let as_root = tb.capabilities().has(Capability::RootOnTestbed);
-        if !as_root {
-            deps.push("fakeroot".into());
+        let caps = tb.capabilities().clone();
+        let root = caps.has(Capability::RootOnTestbed);
+        let user = self.normal_user(&caps).filter(|_| root);
+        let dir = format!("{}/build", tb.scratch());
+        let tree = format!("{dir}/src");
+        self.shell_step(
+            tb,
+            &format!("rm -rf '{dir}'; mkdir -p '{dir}'"),
+            "making the build dir",
+        )
+        .await?;
+        self.timed(
+            self.opts.timeouts.copy,
+            "copying the source tree",
+            tb.copy_down(self.source(), &tree),
+        )
+        .await?;
+        if let Some(user) = &user {
+            self.shell_step(
+                tb,
+                &format!("chown -R '{user}' -- '{dir}'"),
+                "handing the build dir over",
+            )
+            .await?;
         }
-        if let Err(why) = self
-            .ensure_packages(tb, &deps, false, arch, "build")
-            .await?
-        {
-            return Err(Abort::BadPackage(why));
-        }
-        let gain_root = match &self.opts.gain_root {
-            Some(command) => format!(" -r{}", shell_words::quote(command)),
-            None if as_root => String::new(),
-            None => " -rfakeroot".into(),
+        let parallel = self
+            .opts
+            .build
+            .parallel
+            .map_or(probe.nproc.clone(), |n| n.to_string());
+        let build = build::Build {
+            tree: &tree,
+            user: user.as_deref(),
+            root,
+            may_install: self.opts.dependencies == DependencyPolicy::Install,
+            parallel,
+            gain_root: self.opts.build.gain_root.as_deref(),
+            env: &self.opts.env,
+            install_timeout: self.opts.timeouts.install,
+            build_timeout: self.opts.timeouts.build,
+            log: self.log_tap(),
         };
-        let script = format!(
-            "cd {}; DEB_BUILD_OPTIONS=\"parallel={} $DEB_BUILD_OPTIONS\" dpkg-buildpackage -us -uc -b{gain_root} && dpkg-source --before-build .",
-            shell_words::quote(tree),
-            self.parallel(probe),
-        );
-        let tap = self.log_tap();
-        let req = ExecRequest::new(["sh", "-ec", &script])
-            .stdout(Output::default().with_tap(tap.clone()))
-            .stderr(Output::default().with_tap(tap))
-            .timeout(self.opts.timeouts.build);
-        let out = tb.exec(req).await?;
-        if out.timed_out {
-            return Err(Abort::Testbed(format!(
-                "building the package timed out after {}s",
-                self.opts.timeouts.build.as_secs()
-            )));
-        }
-        if !out.status.success() {
-            return Err(Abort::BadPackage(format!(
-                "rules build failed with exit code {}",
-                out.status.code()
-            )));
-        }
+        // The build dependencies stay: start the tests afresh.
+        self.dirty = true;
+        self.installed = None;
+        build.run(tb).await.map_err(abort)?;
         let built = host_temp_dir("dep8-built-tree.")?;
         self.timed(
             self.opts.timeouts.copy,
             "copying the built tree",
-            tb.copy_up(tree, built.path()),
+            tb.copy_up(&tree, built.path()),
         )
         .await?;
         self.built_tree = Some(built);
-        // Build dependencies are not the tests': start the tests afresh.
-        self.dirty = true;
-        Ok(())
+        if binaries {
+            let host = host_temp_dir("dep8-built-debs.")?;
+            let debs = self
+                .timed(
+                    self.opts.timeouts.copy,
+                    "copying the built binaries",
+                    async { Ok(build::collect_debs(tb, &dir, host.path()).await) },
+                )
+                .await?
+                .map_err(abort)?;
+            let names: Vec<String> = debs
+                .iter()
+                .filter_map(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .collect();
+            self.log
+                .info(&format!("built binaries: {}", names.join(" ")));
+            self.built_debs = (debs, Some(host));
+            if !caps.has(Capability::Revert) && !self.built_debs.0.is_empty() {
+                let publish = Setup {
+                    binaries: self.built_debs.0.clone(),
+                    ..Setup::default()
+                };
+                self.apply(tb, &publish).await?;
+            }
+        }
+        self.shell_step(tb, &format!("rm -rf '{dir}'"), "removing the build dir")
+            .await
+    }
+
+    /// The tree the tests run from: the built one, or the source.
+    fn tests_tree(&self) -> &Path {
+        self.built_tree.as_ref().map_or(self.source(), |t| t.path())
+    }
+
+    /// autodep8's control file for `tree`, where autopkgtest would ask for
+    /// one (no `--no-auto-control` or `--override-control`, and no
+    /// debian/tests/control or a `Testsuite: autopkgtest-pkg-*`).
+    fn autodep8(&self, tree: &Path) -> Option<tempfile::NamedTempFile> {
+        if self.opts.no_auto_control
+            || self.opts.override_control.is_some()
+            || !source::wants_autodep8(tree)
+        {
+            return None;
+        }
+        match source::autodep8(tree) {
+            Ok(Some(control)) => {
+                self.log.info("tests generated by autodep8");
+                Some(control)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                self.log.info(&format!("autodep8 generated no tests: {e}"));
+                None
+            }
+        }
     }
 
     /// The source tree on the host: the one given, or the one acquired.
@@ -937,7 +1060,7 @@ impl Run<'_> {
         Ok(Some((
             Outcome::Fail("badpkg".into()),
             vec![
-                format!("blame: {}", self.source().display()),
+                format!("blame: {}", self.blamed.join(" ")),
                 format!("badpkg: {why}"),
             ],
         )))
@@ -1388,6 +1511,36 @@ impl Run<'_> {
         }
         Ok(())
     }
+}
+
+/// A build that failed ends the run as the package's or the testbed's fault.
+fn abort(e: BuildError) -> Abort {
+    match e {
+        BuildError::BadPackage(m) => Abort::BadPackage(m),
+        BuildError::Testbed(m) => Abort::Testbed(m),
+    }
+}
+
+/// What a bad package blames, as autopkgtest lists it: `arg:PATH
+/// deb:NAME` for each given binary, then the source as given.
+fn blame(opts: &RunOptions) -> Vec<String> {
+    let mut blamed = Vec::new();
+    for deb in &opts.setup.binaries {
+        blamed.push(format!("arg:{}", deb.display()));
+        let name = std::process::Command::new("dpkg-deb")
+            .arg("--field")
+            .arg(deb)
+            .arg("Package")
+            .output();
+        if let Some(out) = name.ok().filter(|o| o.status.success()) {
+            blamed.push(format!(
+                "deb:{}",
+                String::from_utf8_lossy(&out.stdout).trim()
+            ));
+        }
+    }
+    blamed.push(opts.source.display().to_string());
+    blamed
 }
 
 fn host_temp_dir(prefix: &str) -> Result<tempfile::TempDir, Abort> {

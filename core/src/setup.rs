@@ -455,40 +455,24 @@ if [ -n "$installed" ]; then
 fi
 "#;
 
-/// Undoes [`PUBLISH_BINARIES`]' apt configuration, whose repository is in
-/// the scratch dir that goes with the testbed: on a testbed that is not
-/// thrown away (the host), apt would otherwise be left pointing at it.
+/// Undoes [`PUBLISH_BINARIES`]'s apt configuration, on a testbed that
+/// cannot revert (as autopkgtest's binaries reset).
 const UNPUBLISH_BINARIES: &str =
-    "rm -f /etc/apt/preferences.d/90dep8 /etc/apt/sources.list.d/dep8-binaries.list";
+    "rm -f /etc/apt/sources.list.d/dep8-binaries.list /etc/apt/preferences.d/90dep8; \
+    apt-get -q update || { sleep 15; apt-get -q update; }";
+
+/// Removes the published binaries from the testbed's apt sources, where
+/// no revert will.
+pub async fn unpublish_binaries(
+    tb: &dyn Testbed,
+    timeout: Duration,
+    log: &Tap,
+) -> Result<(), SetupError> {
+    let req = ExecRequest::new(["sh", "-ec", UNPUBLISH_BINARIES]);
+    run(tb, req, "resetting the apt configuration", timeout, log).await
+}
 
 impl Setup {
-    /// Removes what publishing the binaries left in the testbed's apt
-    /// configuration; a no-op without binaries.
-    pub async fn unpublish_binaries(
-        &self,
-        tb: &dyn Testbed,
-        timeout: Duration,
-    ) -> Result<(), TestbedError> {
-        if self.binaries.is_empty() {
-            return Ok(());
-        }
-        let out = tb
-            .exec(
-                ExecRequest::shell(UNPUBLISH_BINARIES)
-                    .capture()
-                    .timeout(timeout),
-            )
-            .await?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(TestbedError::Failure(format!(
-                "removing the binaries' apt source: {}",
-                out.stderr_last_line()
-            )))
-        }
-    }
-
     /// Copies the binaries to `SCRATCH/binaries` and publishes them there
     /// ([`PUBLISH_BINARIES`]).
     async fn publish_binaries(

@@ -26,6 +26,9 @@ pub struct SourcePackage {
     pub build_depends: String,
     /// Every binary's Recommends, joined.
     pub recommends: String,
+    /// The source paragraph's `Testsuite:` (autodep8's
+    /// `autopkgtest-pkg-*` words).
+    pub testsuite: String,
 }
 
 impl SourcePackage {
@@ -91,7 +94,51 @@ impl SourcePackage {
             binaries,
             build_depends,
             recommends: recommends.join(", "),
+            testsuite: field("Testsuite"),
         })
+    }
+}
+
+/// Whether autopkgtest asks autodep8 for the tests of `tree`: it has no
+/// debian/tests/control, or its debian/control says `Testsuite:
+/// autopkgtest-pkg-*`.
+pub fn wants_autodep8(tree: &Path) -> bool {
+    !tree.join("debian/tests/control").exists()
+        || SourcePackage::read(tree)
+            .ok()
+            .flatten()
+            .is_some_and(|s| s.testsuite.contains("autopkgtest-pkg-"))
+}
+
+/// The control file `autodep8` writes for `tree`, run on the host in the
+/// tree as autopkgtest runs it; `Ok(None)` when it is not installed,
+/// `Err` with what it said when it generates nothing.
+pub fn autodep8(tree: &Path) -> Result<Option<tempfile::NamedTempFile>, String> {
+    let control = tempfile::Builder::new()
+        .prefix("autodep8.")
+        .tempfile()
+        .map_err(|e| format!("creating a temp file: {e}"))?;
+    let stdout = control
+        .reopen()
+        .map_err(|e| format!("{}: {e}", control.path().display()))?;
+    let out = match std::process::Command::new("autodep8")
+        .current_dir(tree)
+        .stdin(std::process::Stdio::null())
+        .stdout(stdout)
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("autodep8: {e}")),
+    };
+    if out.status.success() {
+        Ok(Some(control))
+    } else {
+        Err(format!(
+            "autodep8 exited with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 

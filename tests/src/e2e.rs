@@ -133,7 +133,7 @@ pub fn assert_same_as_autopkgtest(example: &str, testbed: &[&str]) {
 
 /// Runs the source package `src` (relative to the repository, or absolute)
 /// with `autopkgtest -B OPTIONS -o OUT SRC -- THEIR_TESTBED` and `dep8 run
-/// OPTIONS -o OUT SRC -- OUR_TESTBED`, both at once, and asserts that every
+/// -B OPTIONS -o OUT SRC -- OUR_TESTBED` (the tests, not a build), both at once, and asserts that every
 /// test gets the same result word and that both exit with the same status.
 pub fn assert_same_results(
     src: &str,
@@ -146,7 +146,13 @@ pub fn assert_same_results(
     let a_dir = a_out.to_str().expect("utf-8 path");
     let d_dir = d_out.to_str().expect("utf-8 path");
     let theirs_args = [&["-B"], options, &["-o", a_dir, src, "--"], their_testbed].concat();
-    let ours_args = [&["run"], options, &["-o", d_dir, src, "--"], our_testbed].concat();
+    let ours_args = [
+        &["run", "-B"],
+        options,
+        &["-o", d_dir, src, "--"],
+        our_testbed,
+    ]
+    .concat();
     let dep8 = dep8_bin();
     let ((theirs, their_code), (ours, our_code)) = std::thread::scope(|s| {
         let theirs =
@@ -238,12 +244,21 @@ pub struct Dep8Run {
 }
 
 impl Dep8Run {
-    /// Runs dep8 from the repository's top directory.
+    /// Runs dep8 from the repository's top directory, with `-B`: the
+    /// tests as they are, no build.
     pub fn new(src: &str, testbed: &[&str]) -> Self {
+        Self::with(&["-B"], src, testbed)
+    }
+
+    /// `dep8 run OPTIONS -o DIR SRC -- TESTBED...` from the repository's
+    /// top directory.
+    pub fn with(options: &[&str], src: &str, testbed: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let out = Command::new(dep8_bin())
             .current_dir(repo())
-            .args(["run", "-o"])
+            .arg("run")
+            .args(options)
+            .arg("-o")
             .arg(dir.path().join("out"))
             .arg(src)
             .arg("--")

@@ -10,6 +10,7 @@ fn run(example: &str, out: &Path, extra: &[&str]) -> Output {
         .current_dir(repo())
         .args([
             "run",
+            "-B",
             &format!("examples/{example}"),
             "-o",
             out.to_str().unwrap(),

@@ -60,12 +60,12 @@ impl Run {
     }
 }
 
-/// Runs `dep8 run -o DIR/OUT ARGS` in `dir`.
+/// Runs `dep8 run -B -o DIR/OUT ARGS` in `dir` (the tests, not a build).
 fn dep8(dir: &Path, out: &str, args: &[&str]) -> Run {
     let out_dir = dir.join(out);
     let output = Command::new(dep8_bin())
         .current_dir(dir)
-        .args(["run", "-o", out_dir.to_str().expect("utf-8 path")])
+        .args(["run", "-B", "-o", out_dir.to_str().expect("utf-8 path")])
         .args(args)
         .stdin(Stdio::null())
         .output()

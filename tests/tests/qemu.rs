@@ -225,6 +225,7 @@ fn a_reboot_that_does_not_come_back_is_a_testbed_failure() {
     let out = std::process::Command::new(dep8_conformance::e2e::dep8_bin())
         .args([
             "run",
+            "-B",
             "--timeout-reboot",
             "20",
             "-o",

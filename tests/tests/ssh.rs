@@ -265,7 +265,7 @@ fn dep8_run_over_ssh() {
     let out = sshd.dir().join("out");
     let run = std::process::Command::new(dep8_conformance::e2e::dep8_bin())
         .current_dir(repo)
-        .args(["run", "examples/hello", "-o"])
+        .args(["run", "-B", "examples/hello", "-o"])
         .arg(&out)
         .arg("--")
         .arg("ssh")

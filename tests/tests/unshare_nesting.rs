@@ -41,6 +41,7 @@ async fn nested_run(userns: bool) {
             ExecRequest::new([
                 "dep8",
                 "run",
+                "-B",
                 "-o",
                 "/root/out",
                 "/root/hello",

@@ -78,7 +78,7 @@ fn same_as_autopkgtest(program: &Path, options: &[&str], testbed: &[&str]) {
 
 #[test]
 fn dep8_on_null() {
-    same_as_autopkgtest(&dep8_bin(), &["run"], &["null"]);
+    same_as_autopkgtest(&dep8_bin(), &["run", "-B"], &["null"]);
 }
 
 #[test]
@@ -88,7 +88,7 @@ fn dep8_over_autopkgtest_virt_null() {
     }
     same_as_autopkgtest(
         &dep8_bin(),
-        &["run"],
+        &["run", "-B"],
         &["external", "autopkgtest-virt-null"],
     );
 }
