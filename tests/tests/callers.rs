@@ -590,3 +590,76 @@ fn debusine_autopkgtest_task_on_unshare() {
     }
     assert_no_mismatches("Debusine's autopkgtest task", mismatches, start.elapsed());
 }
+
+// ---- sbuild ----
+
+/// sbuild 0.89's `--run-autopkgtest` in unshare mode, with dep8 as the
+/// `autopkgtest` it runs (`$autopkgtest` in the file SBUILD_CONFIG names):
+/// sbuild builds examples/hello's .dsc in a chroot from its bookworm
+/// tarball, then runs `autopkgtest DSC CHANGES -- unshare --release
+/// bookworm --arch amd64`, its default options in unshare mode, which name
+/// no tarball: the testbed comes from the same `$XDG_CACHE_HOME/sbuild/`
+/// tarball. The build log's summary must say "Autopkgtest: pass", as it
+/// does with Debian's autopkgtest (not run here: it takes six minutes
+/// there, two of them to unpack the tarball for each testbed).
+#[test]
+fn sbuild_run_autopkgtest_on_unshare() {
+    let Some(tarball) = required_resource(
+        "DEP8_TEST_SBUILD_TARBALL",
+        "sbuild's bookworm tarball (mmdebstrap --variant=buildd)",
+    ) else {
+        return;
+    };
+    if !can_run(&[("sbuild", "sbuild"), ("dpkg-source", "dpkg-dev")]) {
+        return;
+    }
+    let start = Instant::now();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cache = dir.path().join("cache");
+    std::fs::create_dir_all(cache.join("sbuild")).expect("cache dir");
+    std::os::unix::fs::symlink(&tarball, cache.join("sbuild/bookworm-amd64.tar.zst"))
+        .expect("tarball symlink");
+    let dsc = dsc_of(&repo().join("examples/hello"), &dir.path().join("build"));
+    let build = dsc.parent().expect("build dir");
+    let on = AutopkgtestOnPath::new(Autopkgtest::Dep8);
+    let config = dir.path().join("sbuild.conf");
+    write(
+        &config,
+        &format!("$autopkgtest = '{}';\n1;\n", on.program().display()),
+    );
+    let mut command = on.command("sbuild");
+    command
+        .current_dir(build)
+        .env("XDG_CACHE_HOME", &cache)
+        .env("SBUILD_CONFIG", &config)
+        // Not what this checks, and slow.
+        .args([
+            "--chroot-mode=unshare",
+            "-d",
+            "bookworm",
+            "--run-autopkgtest",
+            "--no-run-lintian",
+        ])
+        .arg(&dsc);
+    let out = output_within(command, Duration::from_secs(1200));
+    let log =
+        std::fs::read_to_string(build.join("dep8-hello_1.0_amd64.build")).unwrap_or_else(|e| {
+            panic!(
+                "sbuild wrote no build log ({e}):\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    eprintln!("sbuild --run-autopkgtest: {:.0?}", start.elapsed());
+    // The autopkgtest run is logged between these two headings.
+    let autopkgtest_part = log
+        .split_once("| Post Build")
+        .and_then(|(_, rest)| rest.split_once("| Cleanup"))
+        .map_or(log.as_str(), |(part, _)| part);
+    let summary = log.rsplit_once("| Summary").map_or("", |(_, s)| s);
+    assert!(
+        summary.lines().any(|l| l == "Autopkgtest: pass"),
+        "sbuild's summary does not say \"Autopkgtest: pass\":{summary}\n\
+         --- the autopkgtest part of the build log:{autopkgtest_part}"
+    );
+}
