@@ -3,6 +3,7 @@
 //! tests. A check whose capability the testbed does not advertise is
 //! skipped, never passed; a capability that is advertised must really work.
 
+pub mod callers;
 pub mod e2e;
 pub mod sshd;
 
