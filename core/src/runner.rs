@@ -656,11 +656,7 @@ impl Run<'_> {
             )
             .await?;
         }
-        let parallel = self
-            .opts
-            .build
-            .parallel
-            .map_or(probe.nproc.clone(), |n| n.to_string());
+        let parallel = self.parallel(probe);
         let build = build::Build {
             tree: &tree,
             user: user.as_deref(),
@@ -942,7 +938,8 @@ impl Run<'_> {
     /// parallel=N for DEB_BUILD_OPTIONS: `--build-parallel`, or nproc.
     fn parallel(&self, probe: &Probe) -> String {
         self.opts
-            .build_parallel
+            .build
+            .parallel
             .map_or_else(|| probe.nproc.clone(), |n| n.to_string())
     }
 
