@@ -312,6 +312,12 @@ impl Run<'_> {
             return Ok(());
         }
 
+        let source = self.source().to_path_buf();
+        if let Ok(Err(why)) = tokio::task::spawn_blocking(move || readable(&source)).await {
+            return Err(Abort::BadPackage(format!(
+                "cannot read the source tree: {why}"
+            )));
+        }
         let tree = format!("{}/src", tb.scratch());
         self.copy_tree(tb, &tree).await?;
         if runnable.iter().any(|t| t.has(&Restriction::BuildNeeded)) {
@@ -417,12 +423,6 @@ impl Run<'_> {
     /// setting up the testbed.
     async fn copy_tree(&self, tb: &dyn Testbed, tree: &str) -> Result<(), Abort> {
         let source = self.built_tree.as_ref().map_or(self.source(), |t| t.path());
-        let tree_copy = source.to_path_buf();
-        if let Ok(Err(why)) = tokio::task::spawn_blocking(move || readable(&tree_copy)).await {
-            return Err(Abort::BadPackage(format!(
-                "cannot read the source tree: {why}"
-            )));
-        }
         self.log
             .info(&format!("copying {} to the testbed", source.display()));
         self.timed(
