@@ -64,7 +64,7 @@ pub async fn compare(args: CompareArgs) -> i32 {
         Ok(exe) => exe,
         Err(e) => return super::error(format!("cannot find the dep8 binary: {e}")),
     };
-    eprintln!(
+    say!(
         "dep8 compare: running on {} testbeds; output in {}",
         specs.len(),
         root.display()
@@ -110,7 +110,7 @@ pub async fn compare(args: CompareArgs) -> i32 {
     }
     let html = root.join("compare.html");
     if let Err(e) = std::fs::write(&html, matrix_html(&columns)) {
-        eprintln!("dep8 compare: cannot write {}: {e}", html.display());
+        say!("dep8 compare: cannot write {}: {e}", html.display());
     }
     columns.iter().fold(0, |code, c| {
         code | c.exit_code.unwrap_or(super::EXIT_UNEXPECTED)

@@ -28,7 +28,7 @@ pub async fn run(args: Args, registry: &Registry) -> i32 {
             return super::error(format!("{}: {msg}", args.testbed[0]))
         }
         Err(e) => {
-            eprintln!("dep8: {e}");
+            say!("dep8: {e}");
             return EXIT_TESTBED_FAILURE;
         }
     };
@@ -43,7 +43,7 @@ pub async fn run(args: Args, registry: &Registry) -> i32 {
         count(|v| matches!(v, Verdict::Skip(_)))
     ));
     if let Err(e) = closed {
-        eprintln!("dep8: closing the testbed: {e}");
+        say!("dep8: closing the testbed: {e}");
         return EXIT_TESTBED_FAILURE;
     }
     if failed > 0 {

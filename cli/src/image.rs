@@ -83,7 +83,7 @@ fn build_qemu(args: QemuArgs) -> i32 {
     progress.finish();
     match result {
         Ok(image) => {
-            eprintln!(
+            say!(
                 "dep8: wrote {} (kernel {}, initrd {})",
                 image.image.display(),
                 image.kernel.display(),
@@ -92,7 +92,7 @@ fn build_qemu(args: QemuArgs) -> i32 {
             0
         }
         Err(e) => {
-            eprintln!("dep8: error: {e}");
+            say!("dep8: error: {e}");
             1
         }
     }
@@ -114,11 +114,11 @@ fn build_rootfs(args: RootfsArgs) -> i32 {
     progress.finish();
     match result {
         Ok(()) => {
-            eprintln!("dep8: wrote {}", spec.output.display());
+            say!("dep8: wrote {}", spec.output.display());
             0
         }
         Err(e) => {
-            eprintln!("dep8: error: {e}");
+            say!("dep8: error: {e}");
             1
         }
     }
@@ -131,7 +131,7 @@ struct Progress(Option<indicatif::ProgressBar>);
 impl Progress {
     fn new(what: &str) -> Self {
         if !std::io::stderr().is_terminal() {
-            eprintln!("dep8: {what}");
+            say!("dep8: {what}");
             return Progress(None);
         }
         let bar = indicatif::ProgressBar::new_spinner().with_prefix(what.to_string());
@@ -146,7 +146,7 @@ impl Progress {
     fn line(&self, line: &str) {
         match &self.0 {
             Some(bar) => bar.set_message(line.to_string()),
-            None => eprintln!("{line}"),
+            None => say!("{line}"),
         }
     }
 

@@ -1,6 +1,14 @@
 //! The `dep8` command line: argument parsing, the backend registry, and the
 //! subcommands. `main_with` lets a custom binary add its own backends.
 
+/// `eprintln!` that a closed stderr cannot turn into a panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod autopkgtest;
 mod compare;
 mod conformance;
@@ -378,8 +386,7 @@ async fn dispatch(command: Command, registry: &Registry) -> i32 {
 }
 
 fn error(message: impl std::fmt::Display) -> i32 {
-    // A closed stderr must not turn an error into a panic.
-    let _ = writeln!(std::io::stderr(), "dep8: error: {message}");
+    say!("dep8: error: {message}");
     EXIT_UNEXPECTED
 }
 

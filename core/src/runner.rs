@@ -411,6 +411,12 @@ impl Run<'_> {
             return Ok(());
         }
 
+        let source = self.tests_tree().to_path_buf();
+        if let Ok(Err(why)) = tokio::task::spawn_blocking(move || readable(&source)).await {
+            return Err(Abort::BadPackage(format!(
+                "cannot read the source tree: {why}"
+            )));
+        }
         if self.built_tree.is_none() && runnable.iter().any(|t| t.has(&Restriction::BuildNeeded)) {
             self.log.info("build needed for tests");
             self.build(tb, &probe, false).await?;
@@ -581,12 +587,6 @@ impl Run<'_> {
     /// setting up the testbed.
     async fn copy_tree(&self, tb: &dyn Testbed, tree: &str) -> Result<(), Abort> {
         let source = self.tests_tree();
-        let tree_copy = source.to_path_buf();
-        if let Ok(Err(why)) = tokio::task::spawn_blocking(move || readable(&tree_copy)).await {
-            return Err(Abort::BadPackage(format!(
-                "cannot read the source tree: {why}"
-            )));
-        }
         self.log
             .info(&format!("copying {} to the testbed", source.display()));
         self.timed(

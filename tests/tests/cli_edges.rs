@@ -575,3 +575,28 @@ fn explain_takes_the_backend_s_arguments() {
         assert_eq!(line(&summary, name), line(&null, name), "{name}");
     }
 }
+
+#[test]
+fn a_long_command_and_a_quoted_name_on_unshare() {
+    let Some(tarball) = dep8_conformance::e2e::unshare_rootfs_as_root() else {
+        return;
+    };
+    let big = format!("echo done; true {}\n", "x".repeat(1 << 20));
+    let (dir, tree) = package(&format!(
+        "Test-Command: {big}Depends:\n\nTest-Command: echo hi\nFeatures: test-name=it's\nDepends:\n"
+    ));
+    let out_dir = dir.path().join("out");
+    let out = dep8(&[
+        OsStr::new("run"),
+        OsStr::new("-o"),
+        out_dir.as_os_str(),
+        tree.as_os_str(),
+        OsStr::new("--"),
+        OsStr::new("unshare"),
+        OsStr::new("--tarball"),
+        OsStr::new(&tarball),
+    ]);
+    assert_exit(&out, 0, "bytes in all)", "unshare");
+    assert_eq!(read(&out_dir.join("command1-stdout")), "done\n");
+    assert_eq!(read(&out_dir.join("it's-stdout")), "hi\n");
+}
