@@ -381,3 +381,27 @@ fn qemu_listening(tmp: &Path) -> Option<Vec<String>> {
         .collect();
     (!addrs.is_empty()).then_some(addrs)
 }
+
+/// `--insecure` (`RunOptions::insecure`) brings back autopkgtest 5.28's
+/// world-writable scratch and artifacts dirs.
+#[tokio::test(flavor = "multi_thread")]
+async fn insecure_brings_back_world_writable_dirs() {
+    let (dir, src) = fixture();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let opts = dep8_core::runner::RunOptions {
+        source: src,
+        output_dir: out.clone(),
+        insecure: true,
+        ..Default::default()
+    };
+    let log = dep8_core::report::RunLog::new(None, false).unwrap();
+    let mut tb = dep8_backend_null::NullTestbed::open().unwrap();
+    let code = dep8_core::runner::run(&opts, &mut tb, &log, std::future::pending()).await;
+    assert_eq!(code, 2, "{}", read(&out.join("summary")));
+    let modes = modes(&out);
+    let mode = |line: &String| line.split(' ').next().unwrap().to_string();
+    assert_eq!(mode(&modes[0]), "755", "AUTOPKGTEST_TMP: {modes:?}");
+    assert_eq!(mode(&modes[1]), "1777", "artifacts: {modes:?}");
+    assert_eq!(mode(&modes[2]), "1777", "scratch: {modes:?}");
+}
