@@ -4,7 +4,9 @@
 //! no world-writable dir where the testbed does not isolate, keys and
 //! sockets in 0700 dirs, the guest's ssh port on 127.0.0.1 only.
 
-use dep8_conformance::e2e::{dep8_bin, repo, required_program, source_tree};
+use dep8_conformance::e2e::{
+    assert_same_as_autopkgtest, autopkgtest_as_root, dep8_bin, repo, required_program, source_tree,
+};
 use dep8_conformance::required_resource;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -255,6 +257,19 @@ fn an_unknown_backend_is_an_autopkgtest_virt_server_in_path() {
         "{}",
         stderr(&o)
     );
+}
+
+/// A real one: Debian's autopkgtest-virt-lxc on a privileged container
+/// (`.ci/setup-lxc`), through `external`, gives autopkgtest's results.
+#[test]
+fn lxc_runs_through_autopkgtest_virt_lxc() {
+    let Some(name) = required_resource("DEP8_TEST_LXC", "an lxc container") else {
+        return;
+    };
+    if autopkgtest_as_root().is_none() {
+        return;
+    }
+    assert_same_as_autopkgtest("hello", &["lxc", "--ephemeral", &name]);
 }
 
 /// Options a backend cannot honour fail at once with exit 20, never ignored.
