@@ -135,10 +135,11 @@ impl Capabilities {
     }
 
     /// The mode of the testbed's scratch dir: world-writable (sticky) only
-    /// where the testbed isolates or with `--insecure`, else 0755 (owned by
-    /// the normal user, who must write there).
+    /// where the testbed isolates and the host cannot see the dir (as
+    /// autopkgtest 5.48's downtmp_mktemp insists), or with `--insecure`;
+    /// else 0755, owned by the normal user, who must write there.
     pub fn scratch_mode(&self, insecure: bool) -> &'static str {
-        if self.isolates() || insecure {
+        if (self.isolates() && self.downtmp_host.is_none()) || insecure {
             "1777"
         } else {
             "755"
@@ -210,6 +211,17 @@ mod tests {
             assert_eq!(Capability::from_word(cap.word()), Some(cap));
         }
         assert_eq!(Capability::from_word("frobnicate"), None);
+    }
+
+    #[test]
+    fn world_writable_scratch_only_where_isolated_from_the_host() {
+        let mut caps = Capabilities::new([Capability::RootOnTestbed]);
+        assert_eq!(caps.scratch_mode(false), "755");
+        assert_eq!(caps.scratch_mode(true), "1777", "--insecure");
+        caps.insert(Capability::IsolationContainer);
+        assert_eq!(caps.scratch_mode(false), "1777");
+        caps.downtmp_host = Some("/tmp/x".into());
+        assert_eq!(caps.scratch_mode(false), "755", "the host sees it");
     }
 
     #[test]

@@ -509,14 +509,12 @@ impl Run<'_> {
     async fn secure_scratch(&self, tb: &dyn Testbed) -> Result<(), Abort> {
         let caps = tb.capabilities();
         let mode = caps.scratch_mode(self.opts.insecure);
+        let script = format!("chmod {mode} -- \"$1\"; [ -z \"$2\" ] || chown -- \"$2\" \"$1\"");
         let owner = match self.normal_user(caps) {
-            Some(user) if mode != "1777" && caps.has(Capability::RootOnTestbed) => {
-                format!(" && chown -- '{user}' \"$1\"")
-            }
+            Some(user) if mode != "1777" && caps.has(Capability::RootOnTestbed) => user,
             _ => String::new(),
         };
-        let script = format!("chmod {mode} -- \"$1\"{owner}");
-        let req = ExecRequest::new(["sh", "-ec", &script, "sh", tb.scratch()]).capture();
+        let req = ExecRequest::new(["sh", "-ec", &script, "sh", tb.scratch(), &owner]).capture();
         let out = self
             .timed(
                 self.opts.timeouts.short,

@@ -58,6 +58,8 @@ fn every_outcome_on_null() {
     let expected = "\
 command3             SKIP Test restriction \"breaks-testbed\" requires testbed capability \"revert-full-system\"
 command4             SKIP Test restriction \"needs-reboot\" requires testbed capability \"reboot\"
+container            SKIP Test restriction \"isolation-container\" requires testbed capability \"isolation-container\" and/or \"isolation-machine\"
+machine              SKIP Test restriction \"isolation-machine\" requires testbed capability \"isolation-machine\"
 unknown-restriction  SKIP unknown restriction needs-a-unicorn
 triggers-only        SKIP Test restriction \"hint-testsuite-triggers\" means it is never run
 nested               SKIP Test restriction \"needs-nesting\" requires testbed capability \"nesting\"
@@ -71,8 +73,6 @@ skips-itself         SKIP exit status 77 and marked as skippable
 flaky-fails          FLAKY non-zero exit status 1
 command1             PASS (superficial)
 command2             PASS
-container            PASS
-machine              PASS
 not-installable      SKIP installation fails and skip-not-installable set
 sleeps-too-long      FAIL timed out
 env-and-artifacts    PASS
