@@ -797,14 +797,19 @@ impl Run<'_> {
         self.log
             .info(" - - - - - - - - - - running shell - - - - - - - - - -");
         let tty = Path::new("/dev/tty");
-        let mut req = ExecRequest::new(["env"])
+        // The command runs in a process group of its own: the shell takes
+        // the terminal's foreground (perl is in every Debian), and dep8
+        // takes it back afterwards.
+        let mut req = ExecRequest::new(["perl", "-MPOSIX", "-e", TAKE_TERMINAL, "env"])
             .stdin(crate::testbed::Input::File(tty.to_path_buf()))
             .stdout(Output::file(tty))
             .stderr(Output::file(tty))
             .cwd(cwd);
         req.argv.extend(env.iter().cloned());
         req.argv.extend(["bash".to_string(), "-i".to_string()]);
-        tb.exec(req).await?;
+        let result = tb.exec(req).await;
+        take_back_terminal();
+        result?;
         Ok(())
     }
 
@@ -1325,6 +1330,24 @@ fn host_temp_dir(prefix: &str) -> Result<tempfile::TempDir, Abort> {
 fn remove_if_empty(path: &Path) {
     if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
         let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Perl that makes its process group the terminal's foreground one, then
+/// runs its arguments (for `--shell`).
+const TAKE_TERMINAL: &str = "$SIG{TTOU} = 'IGNORE'; \
+    open(my $t, '+<', '/dev/tty') and tcsetpgrp(fileno($t), getpgrp()); exec @ARGV or die \"$ARGV[0]: $!\\n\"";
+
+/// Makes dep8's process group the terminal's foreground one again, after
+/// an interactive shell had it.
+fn take_back_terminal() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: SIGTTOU is ignored only around tcsetpgrp, from this thread;
+    // no handler of dep8's is replaced.
+    unsafe {
+        let _ = signal(Signal::SIGTTOU, SigHandler::SigIgn);
+        let _ = nix::unistd::tcsetpgrp(std::io::stdin(), nix::unistd::getpgrp());
+        let _ = signal(Signal::SIGTTOU, SigHandler::SigDfl);
     }
 }
 

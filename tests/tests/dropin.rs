@@ -319,3 +319,40 @@ fn output_dir_and_exit_status_as_autopkgtest_writes_them() {
         assert!(missing.is_empty(), "testinfo.json lacks {missing:?}");
     }
 }
+
+/// `--shell` on a terminal (a pty from script(1)) opens a shell in the
+/// testbed after the test; without one, dep8 says so and goes on.
+#[test]
+fn shell_after_a_test_on_a_terminal_only() {
+    let dep8 = dep8_bin();
+    let command = format!(
+        "{} run --shell --test-name greets examples/hello",
+        dep8.display()
+    );
+    // The input comes once the shell has had time to start.
+    let typed =
+        "sleep 5; echo 'echo IN-SHELL-$((6*7)) $AUTOPKGTEST_TMP'; sleep 1; echo exit; sleep 2";
+    let out = Command::new("sh")
+        .current_dir(repo())
+        .args([
+            "-c",
+            &format!("({typed}) | script -qec \"$0\" /dev/null"),
+            &command,
+        ])
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("IN-SHELL-42 /tmp/dep8-null."),
+        "no shell ran: {stdout}"
+    );
+    assert!(stdout.contains("greets               PASS"), "{stdout}");
+
+    let out = run(&dep8, &["run", "--shell", "examples/hello"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("stdin is not a terminal, so no shell is opened"),
+        "{}",
+        text(&out.stderr)
+    );
+}
