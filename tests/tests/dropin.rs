@@ -356,3 +356,36 @@ fn shell_after_a_test_on_a_terminal_only() {
         text(&out.stderr)
     );
 }
+
+/// What debci's null backend runs (`debci-autopkgtest` on `-- null`, as
+/// root) for bookworm's hello, fetched with `apt-get source` on the host:
+/// started as autopkgtest, dep8 installs the tests' dependencies on the
+/// host as autopkgtest does, says so, and the tests pass.
+#[test]
+fn debci_null_run_of_hello_installs_on_the_host_and_passes() {
+    if autopkgtest_as_root().is_none() {
+        return;
+    }
+    let (dir, link) = entry_point();
+    let out = dir.path().join("out");
+    let res = run(
+        &link,
+        &[
+            "--no-built-binaries",
+            "--setup-commands=echo 'hello bookworm/amd64' > /var/tmp/debci.pkg 2>&1 || true",
+            "--setup-commands=echo 'Acquire::Retries \"10\";' > /etc/apt/apt.conf.d/75retry 2>&1 || true",
+            "--output-dir",
+            out.to_str().unwrap(),
+            "hello",
+            "--",
+            "null",
+        ],
+    );
+    let log = std::fs::read_to_string(out.join("log")).unwrap_or_default();
+    assert_eq!(res.status.code(), Some(0), "{log}");
+    assert!(log.contains("is THIS HOST"), "{log}");
+    let version = std::fs::read_to_string(out.join("testpkg-version")).unwrap();
+    assert!(version.starts_with("hello 2.10"), "{version}");
+    let installed = run(Path::new("dpkg-query"), &["-W", "-f", "${Status}", "hello"]);
+    assert_eq!(text(&installed.stdout), "install ok installed");
+}
