@@ -278,6 +278,13 @@ impl Run<'_> {
         let mut resolve_opts = self.opts.resolve.clone();
         resolve_opts.arch = Some(arch.clone());
 
+        let apt_options = self.opts.setup.apt_options();
+        if !apt_options.is_empty() && !tb.capabilities().has(Capability::RootOnTestbed) {
+            return Err(Abort::Usage(format!(
+                "{}: the testbed offers no root to change its apt configuration",
+                apt_options.join(", ")
+            )));
+        }
         // As autopkgtest: set up first (a setup command may add the deb-src
         // lines `apt-get source` needs), then get the source.
         self.setup_testbed(tb).await?;

@@ -263,14 +263,38 @@ impl Setup {
             && self.binaries.is_empty()
     }
 
-    /// Whether the apt options change the testbed's apt configuration.
-    pub fn changes_apt(&self) -> bool {
-        !self.apt_sources.is_empty()
-            || !self.apt_releases.is_empty()
-            || !self.apt_pockets.is_empty()
-            || !self.pins.is_empty()
-            || self.default_release.is_some()
-            || self.apt_upgrade
+    /// The apt options given: they change the testbed's apt configuration
+    /// (and need root there).
+    pub fn apt_options(&self) -> Vec<&'static str> {
+        [
+            ("--add-apt-source", !self.apt_sources.is_empty()),
+            ("--add-apt-release", !self.apt_releases.is_empty()),
+            ("--apt-pocket", !self.apt_pockets.is_empty()),
+            ("--pin-packages", !self.pins.is_empty()),
+            ("--apt-default-release", self.default_release.is_some()),
+            ("-U/--apt-upgrade", self.apt_upgrade),
+        ]
+        .into_iter()
+        .filter_map(|(name, given)| given.then_some(name))
+        .collect()
+    }
+
+    fn changes_apt(&self) -> bool {
+        !self.apt_options().is_empty()
+    }
+
+    /// What is given that changes the testbed as a system, beyond the
+    /// scratch dir and the user's own setup commands: the apt options,
+    /// `--copy`, binaries to install. `dep8 run` refuses these on the host.
+    pub fn system_changes(&self) -> Vec<String> {
+        let mut given: Vec<String> = self.binaries.first().map_or_else(Vec::new, |deb| {
+            vec![format!("{} (a binary to install)", deb.display())]
+        });
+        given.extend(self.apt_options().into_iter().map(String::from));
+        if !self.copies.is_empty() {
+            given.push("--copy".into());
+        }
+        given
     }
 
     /// Whether a failed dependency installation is retried without the
