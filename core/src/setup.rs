@@ -182,24 +182,14 @@ pub fn apt_sources(args: &[String]) -> Result<Vec<AptSource>, String> {
     Ok(sources)
 }
 
-/// autopkgtest's pattern for a one-line entry: TYPE [OPTIONS] URI SUITE COMPONENTS.
+/// autopkgtest's pattern for a one-line entry, `TYPE [OPTIONS] URI SUITE
+/// COMPONENTS`, as its regular expression matches: the type, then at least
+/// three words (a flat repository's `[trusted=yes] URI /` passes).
 fn is_one_line_entry(line: &str) -> bool {
-    let Some(rest) = line
-        .strip_prefix("deb-src")
+    line.strip_prefix("deb-src")
         .or_else(|| line.strip_prefix("deb"))
-        .filter(|r| r.starts_with(char::is_whitespace))
-    else {
-        return false;
-    };
-    let rest = rest.trim_start();
-    let rest = match rest.strip_prefix('[') {
-        Some(opts) => match opts.split_once(']') {
-            Some((o, after)) if !o.is_empty() && after.starts_with(char::is_whitespace) => after,
-            _ => return false,
-        },
-        None => rest,
-    };
-    rest.split_whitespace().count() >= 3
+        .filter(|rest| rest.starts_with(char::is_whitespace))
+        .is_some_and(|rest| rest.split_whitespace().count() >= 3)
 }
 
 /// `--pin-packages RELEASE=PKG,...`.
