@@ -202,6 +202,7 @@ pub async fn run(
         deps_installed: Vec::new(),
         built_tree: None,
         acquired: None,
+        test_kernels: Vec::new(),
     };
     tokio::pin!(interrupt);
     let result = tokio::select! {
@@ -257,6 +258,9 @@ struct Run<'a> {
     built_tree: Option<tempfile::TempDir>,
     /// The tree unpacked or fetched in the testbed (`.dsc`, package name).
     acquired: Option<tempfile::TempDir>,
+    /// Kernels other than the first that tests rebooted into: (test,
+    /// reboot mark, `uname -srv`).
+    test_kernels: Vec<(String, String, String)>,
 }
 
 impl Run<'_> {
@@ -733,6 +737,33 @@ impl Run<'_> {
         })
     }
 
+    /// After a test's reboot: a kernel other than the first one is
+    /// recorded (testinfo.json's `test_kernel_versions`), as autopkgtest does.
+    async fn note_kernel(
+        &mut self,
+        tb: &dyn Testbed,
+        test: &str,
+        mark: &str,
+        probe: &Probe,
+    ) -> Result<(), Abort> {
+        let out = self
+            .timed(
+                self.opts.timeouts.short,
+                "reading the kernel version",
+                tb.exec(ExecRequest::new(["uname", "-srv"]).capture()),
+            )
+            .await?;
+        let kernel = out.stdout_text().trim().to_string();
+        if out.status.success() && kernel != probe.kernel {
+            self.log.info(&format!(
+                "testbed running kernel changed: {kernel} (current test: {test}, last reboot marker: {mark})"
+            ));
+            self.test_kernels.push((test.into(), mark.into(), kernel));
+            self.write_testinfo(tb, probe);
+        }
+        Ok(())
+    }
+
     fn write_testinfo(&self, tb: &dyn Testbed, probe: &Probe) {
         let mut info = serde_json::Map::new();
         info.insert(
@@ -741,6 +772,12 @@ impl Run<'_> {
         );
         info.insert("kernel_version".into(), probe.kernel.clone().into());
         info.insert("nproc".into(), probe.nproc.clone().into());
+        if !self.test_kernels.is_empty() {
+            info.insert(
+                "test_kernel_versions".into(),
+                serde_json::to_value(&self.test_kernels).unwrap_or_default(),
+            );
+        }
         for (key, value) in [
             ("cpu_model", &probe.cpu_model),
             ("cpu_flags", &probe.cpu_flags),
@@ -1240,6 +1277,7 @@ impl Run<'_> {
             )
             .await?;
             self.boot_setup(tb).await?;
+            self.note_kernel(tb, name, &next, probe).await?;
             mark = Some(next);
         };
         self.log
