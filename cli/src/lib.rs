@@ -528,12 +528,12 @@ async fn run(args: RunArgs, registry: &Registry) -> i32 {
     if on_host && args.on_host_as_autopkgtest {
         log.warning(&format!(
             "testbed {} is THIS HOST: as autopkgtest does, dep8 installs the tests' \
-             dependencies here with apt{}, and does not undo it",
+             dependencies here with apt and does not undo it{}",
             backend.name(),
             if host_changes.is_empty() {
                 String::new()
             } else {
-                format!(", and applies {}", host_changes.join(", "))
+                format!("; also applied here: {}", host_changes.join(", "))
             }
         ));
     }
