@@ -443,29 +443,6 @@ fn testbed_setup(args: &RunArgs, binaries: Vec<PathBuf>) -> Result<Setup, String
     })
 }
 
-/// The options that would change the host under `null`, as given: refused
-/// there unless `--on-host-as-autopkgtest` (the `autopkgtest` entry point) asks for
-/// autopkgtest's behaviour.
-fn host_changing_options(args: &RunArgs, binaries: &[PathBuf]) -> Vec<String> {
-    let mut given = Vec::new();
-    if let Some(deb) = binaries.first() {
-        given.push(format!("{} (a binary to install)", deb.display()));
-    }
-    let mut flag = |name: &str, set: bool| {
-        if set {
-            given.push(name.to_string());
-        }
-    };
-    flag("--add-apt-source", !args.add_apt_source.is_empty());
-    flag("--add-apt-release", !args.add_apt_release.is_empty());
-    flag("--pin-packages", !args.pin_packages.is_empty());
-    flag("--apt-pocket", !args.apt_pocket.is_empty());
-    flag("--apt-default-release", args.apt_default_release.is_some());
-    flag("-U/--apt-upgrade", args.apt_upgrade);
-    flag("--copy", !args.copy.is_empty());
-    given
-}
-
 fn timeouts(args: &RunArgs) -> Timeouts {
     let d = Timeouts::default();
     let pick = |given: Option<u64>, default: Duration| {
@@ -527,7 +504,11 @@ async fn run(args: RunArgs, registry: &Registry) -> i32 {
         Err(e) => return error(e),
     };
     let on_host = backend.is_host();
-    let host_changes = host_changing_options(&args, &inputs.binaries);
+    let setup = match testbed_setup(&args, inputs.binaries) {
+        Ok(setup) => setup,
+        Err(e) => return error(e),
+    };
+    let host_changes = setup.system_changes();
     if on_host && !args.on_host_as_autopkgtest && !host_changes.is_empty() {
         return error(format!(
             "{}: would change the host ({} is the host itself); dep8 run changes \
@@ -550,12 +531,12 @@ async fn run(args: RunArgs, registry: &Registry) -> i32 {
     if on_host && args.on_host_as_autopkgtest {
         log.warning(&format!(
             "testbed {} is THIS HOST: as autopkgtest does, dep8 installs the tests' \
-             dependencies here with apt{}, and does not undo it",
+             dependencies here with apt and does not undo it{}",
             backend.name(),
             if host_changes.is_empty() {
                 String::new()
             } else {
-                format!(", and applies {}", host_changes.join(", "))
+                format!("; also applied here: {}", host_changes.join(", "))
             }
         ));
     }
@@ -583,10 +564,7 @@ async fn run(args: RunArgs, registry: &Registry) -> i32 {
         timeouts: timeouts(&args),
         testbed_argv: testbed_argv.clone(),
         fetch: inputs.fetch,
-        setup: match testbed_setup(&args, inputs.binaries) {
-            Ok(setup) => setup,
-            Err(e) => return error(e),
-        },
+        setup,
         dependencies: if on_host && !args.on_host_as_autopkgtest {
             DependencyPolicy::CheckOnly
         } else {

@@ -205,6 +205,7 @@ pub async fn run(
         built_debs: (Vec::new(), None),
         blamed: Vec::new(),
         acquired: None,
+        test_kernels: Vec::new(),
     };
     tokio::pin!(interrupt);
     let result = tokio::select! {
@@ -278,6 +279,9 @@ struct Run<'a> {
     blamed: Vec<String>,
     /// The tree unpacked or fetched in the testbed (`.dsc`, package name).
     acquired: Option<tempfile::TempDir>,
+    /// Kernels other than the first that tests rebooted into: (test,
+    /// reboot mark, `uname -srv`).
+    test_kernels: Vec<(String, String, String)>,
 }
 
 impl Run<'_> {
@@ -299,6 +303,13 @@ impl Run<'_> {
         let mut resolve_opts = self.opts.resolve.clone();
         resolve_opts.arch = Some(arch.clone());
 
+        let apt_options = self.opts.setup.apt_options();
+        if !apt_options.is_empty() && !tb.capabilities().has(Capability::RootOnTestbed) {
+            return Err(Abort::Usage(format!(
+                "{}: the testbed offers no root to change its apt configuration",
+                apt_options.join(", ")
+            )));
+        }
         // As autopkgtest: set up first (a setup command may add the deb-src
         // lines `apt-get source` needs), then get the source.
         self.secure_scratch(tb).await?;
@@ -897,6 +908,33 @@ impl Run<'_> {
         })
     }
 
+    /// After a test's reboot: a kernel other than the first one is
+    /// recorded (testinfo.json's `test_kernel_versions`), as autopkgtest does.
+    async fn note_kernel(
+        &mut self,
+        tb: &dyn Testbed,
+        test: &str,
+        mark: &str,
+        probe: &Probe,
+    ) -> Result<(), Abort> {
+        let out = self
+            .timed(
+                self.opts.timeouts.short,
+                "reading the kernel version",
+                tb.exec(ExecRequest::new(["uname", "-srv"]).capture()),
+            )
+            .await?;
+        let kernel = out.stdout_text().trim().to_string();
+        if out.status.success() && kernel != probe.kernel {
+            self.log.info(&format!(
+                "testbed running kernel changed: {kernel} (current test: {test}, last reboot marker: {mark})"
+            ));
+            self.test_kernels.push((test.into(), mark.into(), kernel));
+            self.write_testinfo(tb, probe);
+        }
+        Ok(())
+    }
+
     fn write_testinfo(&self, tb: &dyn Testbed, probe: &Probe) {
         let mut info = serde_json::Map::new();
         info.insert(
@@ -905,6 +943,12 @@ impl Run<'_> {
         );
         info.insert("kernel_version".into(), probe.kernel.clone().into());
         info.insert("nproc".into(), probe.nproc.clone().into());
+        if !self.test_kernels.is_empty() {
+            info.insert(
+                "test_kernel_versions".into(),
+                serde_json::to_value(&self.test_kernels).unwrap_or_default(),
+            );
+        }
         for (key, value) in [
             ("cpu_model", &probe.cpu_model),
             ("cpu_flags", &probe.cpu_flags),
@@ -969,14 +1013,19 @@ impl Run<'_> {
         self.log
             .info(" - - - - - - - - - - running shell - - - - - - - - - -");
         let tty = Path::new("/dev/tty");
-        let mut req = ExecRequest::new(["env"])
+        // The command runs in a process group of its own: the shell takes
+        // the terminal's foreground (perl is in every Debian), and dep8
+        // takes it back afterwards.
+        let mut req = ExecRequest::new(["perl", "-MPOSIX", "-e", TAKE_TERMINAL, "env"])
             .stdin(crate::testbed::Input::File(tty.to_path_buf()))
             .stdout(Output::file(tty))
             .stderr(Output::file(tty))
             .cwd(cwd);
         req.argv.extend(env.iter().cloned());
         req.argv.extend(["bash".to_string(), "-i".to_string()]);
-        tb.exec(req).await?;
+        let result = tb.exec(req).await;
+        take_back_terminal();
+        result?;
         Ok(())
     }
 
@@ -1421,6 +1470,7 @@ impl Run<'_> {
             )
             .await?;
             self.boot_setup(tb).await?;
+            self.note_kernel(tb, name, &next, probe).await?;
             mark = Some(next);
         };
         self.log
@@ -1605,6 +1655,24 @@ fn readable(tree: &Path) -> Result<(), String> {
 fn remove_if_empty(path: &Path) {
     if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
         let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Perl that makes its process group the terminal's foreground one, then
+/// runs its arguments (for `--shell`).
+const TAKE_TERMINAL: &str = "$SIG{TTOU} = 'IGNORE'; \
+    open(my $t, '+<', '/dev/tty') and tcsetpgrp(fileno($t), getpgrp()); exec @ARGV or die \"$ARGV[0]: $!\\n\"";
+
+/// Makes dep8's process group the terminal's foreground one again, after
+/// an interactive shell had it.
+fn take_back_terminal() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: SIGTTOU is ignored only around tcsetpgrp, from this thread;
+    // no handler of dep8's is replaced.
+    unsafe {
+        let _ = signal(Signal::SIGTTOU, SigHandler::SigIgn);
+        let _ = nix::unistd::tcsetpgrp(std::io::stdin(), nix::unistd::getpgrp());
+        let _ = signal(Signal::SIGTTOU, SigHandler::SigDfl);
     }
 }
 

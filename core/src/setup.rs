@@ -182,24 +182,14 @@ pub fn apt_sources(args: &[String]) -> Result<Vec<AptSource>, String> {
     Ok(sources)
 }
 
-/// autopkgtest's pattern for a one-line entry: TYPE [OPTIONS] URI SUITE COMPONENTS.
+/// autopkgtest's pattern for a one-line entry, `TYPE [OPTIONS] URI SUITE
+/// COMPONENTS`, as its regular expression matches: the type, then at least
+/// three words (a flat repository's `[trusted=yes] URI /` passes).
 fn is_one_line_entry(line: &str) -> bool {
-    let Some(rest) = line
-        .strip_prefix("deb-src")
+    line.strip_prefix("deb-src")
         .or_else(|| line.strip_prefix("deb"))
-        .filter(|r| r.starts_with(char::is_whitespace))
-    else {
-        return false;
-    };
-    let rest = rest.trim_start();
-    let rest = match rest.strip_prefix('[') {
-        Some(opts) => match opts.split_once(']') {
-            Some((o, after)) if !o.is_empty() && after.starts_with(char::is_whitespace) => after,
-            _ => return false,
-        },
-        None => rest,
-    };
-    rest.split_whitespace().count() >= 3
+        .filter(|rest| rest.starts_with(char::is_whitespace))
+        .is_some_and(|rest| rest.split_whitespace().count() >= 3)
 }
 
 /// `--pin-packages RELEASE=PKG,...`.
@@ -263,14 +253,38 @@ impl Setup {
             && self.binaries.is_empty()
     }
 
-    /// Whether the apt options change the testbed's apt configuration.
-    pub fn changes_apt(&self) -> bool {
-        !self.apt_sources.is_empty()
-            || !self.apt_releases.is_empty()
-            || !self.apt_pockets.is_empty()
-            || !self.pins.is_empty()
-            || self.default_release.is_some()
-            || self.apt_upgrade
+    /// The apt options given: they change the testbed's apt configuration
+    /// (and need root there).
+    pub fn apt_options(&self) -> Vec<&'static str> {
+        [
+            ("--add-apt-source", !self.apt_sources.is_empty()),
+            ("--add-apt-release", !self.apt_releases.is_empty()),
+            ("--apt-pocket", !self.apt_pockets.is_empty()),
+            ("--pin-packages", !self.pins.is_empty()),
+            ("--apt-default-release", self.default_release.is_some()),
+            ("-U/--apt-upgrade", self.apt_upgrade),
+        ]
+        .into_iter()
+        .filter_map(|(name, given)| given.then_some(name))
+        .collect()
+    }
+
+    fn changes_apt(&self) -> bool {
+        !self.apt_options().is_empty()
+    }
+
+    /// What is given that changes the testbed as a system, beyond the
+    /// scratch dir and the user's own setup commands: the apt options,
+    /// `--copy`, binaries to install. `dep8 run` refuses these on the host.
+    pub fn system_changes(&self) -> Vec<String> {
+        let mut given: Vec<String> = self.binaries.first().map_or_else(Vec::new, |deb| {
+            vec![format!("{} (a binary to install)", deb.display())]
+        });
+        given.extend(self.apt_options().into_iter().map(String::from));
+        if !self.copies.is_empty() {
+            given.push("--copy".into());
+        }
+        given
     }
 
     /// Whether a failed dependency installation is retried without the

@@ -319,3 +319,161 @@ fn output_dir_and_exit_status_as_autopkgtest_writes_them() {
         assert!(missing.is_empty(), "testinfo.json lacks {missing:?}");
     }
 }
+
+/// `--shell` on a terminal (a pty from script(1)) opens a shell in the
+/// testbed after the test; without one, dep8 says so and goes on.
+#[test]
+fn shell_after_a_test_on_a_terminal_only() {
+    let dep8 = dep8_bin();
+    let command = format!(
+        "{} run --shell --test-name greets examples/hello",
+        dep8.display()
+    );
+    // The input comes once the shell has had time to start.
+    let typed =
+        "sleep 5; echo 'echo IN-SHELL-$((6*7)) $AUTOPKGTEST_TMP'; sleep 1; echo exit; sleep 2";
+    let out = Command::new("sh")
+        .current_dir(repo())
+        .args([
+            "-c",
+            &format!("({typed}) | script -qec \"$0\" /dev/null"),
+            &command,
+        ])
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("IN-SHELL-42 /tmp/dep8-null."),
+        "no shell ran: {stdout}"
+    );
+    assert!(stdout.contains("greets               PASS"), "{stdout}");
+
+    let out = run(&dep8, &["run", "--shell", "examples/hello"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stderr).contains("stdin is not a terminal, so no shell is opened"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// What debci's null backend runs (`debci-autopkgtest` on `-- null`, as
+/// root) for bookworm's hello, fetched with `apt-get source` on the host:
+/// started as autopkgtest, dep8 installs the tests' dependencies on the
+/// host as autopkgtest does, says so, and the tests pass.
+#[test]
+fn debci_null_run_of_hello_installs_on_the_host_and_passes() {
+    if autopkgtest_as_root().is_none() {
+        return;
+    }
+    let (dir, link) = entry_point();
+    let out = dir.path().join("out");
+    let res = run(
+        &link,
+        &[
+            "--no-built-binaries",
+            "--setup-commands=echo 'hello bookworm/amd64' > /var/tmp/debci.pkg 2>&1 || true",
+            "--setup-commands=echo 'Acquire::Retries \"10\";' > /etc/apt/apt.conf.d/75retry 2>&1 || true",
+            "--output-dir",
+            out.to_str().unwrap(),
+            "hello",
+            "--",
+            "null",
+        ],
+    );
+    let log = std::fs::read_to_string(out.join("log")).unwrap_or_default();
+    assert_eq!(res.status.code(), Some(0), "{log}");
+    assert!(log.contains("is THIS HOST"), "{log}");
+    let version = std::fs::read_to_string(out.join("testpkg-version")).unwrap();
+    assert!(version.starts_with("hello 2.10"), "{version}");
+    let installed = run(Path::new("dpkg-query"), &["-W", "-f", "${Status}", "hello"]);
+    assert_eq!(text(&installed.stdout), "install ok installed");
+}
+
+/// 5.49's apt options on a container: `--apt-pocket` with packages (a
+/// release derived from the testbed's one-line and deb822 sources, and
+/// pins), `--apt-default-release`, `--add-apt-source` from a host file.
+#[test]
+fn apt_pockets_releases_pins_and_source_files_on_unshare() {
+    let Some(tarball) = dep8_conformance::e2e::unshare_rootfs_as_root() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let deb822 = dir.path().join("extra.sources");
+    std::fs::write(
+        &deb822,
+        "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm\n\
+         Components: main contrib\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
+    )
+    .unwrap();
+    let list = dir.path().join("proposed.list");
+    std::fs::write(
+        &list,
+        "deb http://deb.debian.org/debian bookworm-proposed-updates main\n",
+    )
+    .unwrap();
+    let show = "cat /etc/apt/sources.list.d/dep8-add-apt-release-bookworm-backports.sources \
+                /etc/apt/sources.list.d/proposed.list /etc/apt/preferences.d/dep8-*; \
+                apt-cache policy autopkgtest | sed -n 's/^ *Candidate: /CANDIDATE /p'";
+    let out = run(
+        &dep8_bin(),
+        &[
+            "run",
+            "--copy",
+            &format!("{}:/etc/apt/sources.list.d/extra.sources", deb822.display()),
+            "--apt-pocket=backports=src:autopkgtest",
+            "--apt-default-release=bookworm",
+            "--add-apt-source",
+            list.to_str().unwrap(),
+            "--setup-commands",
+            show,
+            "--test-name=greets",
+            "examples/hello",
+            "--",
+            "unshare",
+            "--tarball",
+            &tarball,
+        ],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    for expected in [
+        "testbed release detected to be: bookworm",
+        "Types: deb deb-src\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main contrib",
+        "deb http://deb.debian.org/debian bookworm-proposed-updates main",
+        "Package: *\nPin: release a=bookworm\nPin-Priority: 990",
+        "Package: *\nPin: release a=bookworm-backports\nPin-Priority: 100",
+        "Package: src:autopkgtest:any\nPin: release a=bookworm-backports\nPin-Priority: 995",
+        "Package: *\nPin: release a=bookworm-backports\nPin-Priority: 500",
+        "CANDIDATE 5.49~bpo12+1",
+    ] {
+        assert!(stderr.contains(expected), "no {expected:?} in:\n{stderr}");
+    }
+}
+
+/// `--timeout` ends the run, `-q` keeps dep8's messages off the terminal.
+#[test]
+fn global_timeout_and_quiet() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
+    let out = run(
+        &dep8_bin(),
+        &[
+            "run",
+            "-q",
+            "--timeout=3",
+            "--env=SLOW_MARKER=/dev/null",
+            "-o",
+            out_dir.to_str().unwrap(),
+            "examples/slow",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(20));
+    assert_eq!(text(&out.stderr), "", "-q");
+    assert_eq!(text(&out.stdout), "quick                PASS\n");
+    let log = std::fs::read_to_string(out_dir.join("log")).unwrap();
+    assert!(
+        log.contains("global timeout reached (--timeout 3)"),
+        "{log}"
+    );
+}

@@ -104,7 +104,7 @@ elsewhere            PASS
 
     let testinfo: serde_json::Value =
         serde_json::from_str(&read(out_dir.join("testinfo.json"))).unwrap();
-    assert_eq!(testinfo["virt_server"], "null");
+    assert_eq!(testinfo["virt_server"], "autopkgtest-virt-null");
     let results: serde_json::Value =
         serde_json::from_str(&read(out_dir.join("results.json"))).unwrap();
     assert_eq!(results["schema"], "dep8-results/1");

@@ -353,16 +353,17 @@ fn setup_options_take_effect() {
     );
 }
 
-/// Point 3: `--apt-pocket backports=PKG` adds bookworm-backports at 500
-/// and pins PKG from it at 995 (a package not listed stays at 500).
+/// Point 3: `--apt-pocket backports=PKG` adds bookworm-backports and, as
+/// autopkgtest 5.49 pins it, takes PKG from it (995) and nothing else
+/// (100).
 #[test]
 fn apt_pocket_pins_the_listed_packages() {
     let Some(tarball) = rootfs() else { return };
     let dir = tempfile::tempdir().expect("temp dir");
     let control = "Depends:\nTest-Command: cd \"$AUTOPKGTEST_TMP\"; apt-cache policy > all; \
-        grep -E '^ +500 http://deb.debian.org/debian bookworm-backports/main' all \
+        grep -E '^ +100 http://deb.debian.org/debian bookworm-backports/main' all \
         && apt-cache policy ubuntu-archive-keyring | grep -E '^ +[^ ]+~bpo[^ ]* 995$' \
-        && apt-cache policy debian-tag2upload-keyring | grep -E '^ +[^ ]+~bpo[^ ]* 500$'\n";
+        && apt-cache policy debian-tag2upload-keyring | grep -E '^ +[^ ]+~bpo[^ ]* 100$'\n";
     let tree = source_tree(dir.path(), "pocket", control);
     let args = [
         "--apt-pocket=backports=ubuntu-archive-keyring",
@@ -531,8 +532,9 @@ fn no_network_names_the_failed_download() {
     run.assert_says("Temporary failure resolving 'deb.debian.org'");
 }
 
-/// dep8 installs no packages on the host: binaries given with the null
-/// backend are refused (exit 20, before anything runs), naming the file.
+/// `dep8 run` installs no packages on the host: binaries given with the
+/// null backend are refused (exit 20, before anything runs), naming the
+/// file.
 #[test]
 fn binaries_are_refused_on_the_host() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -546,7 +548,7 @@ fn binaries_are_refused_on_the_host() {
     run.assert_exit(20);
     assert!(
         run.stderr
-            .contains("foo_1_all.deb: dep8 installs no packages on the host (null)"),
+            .contains("foo_1_all.deb (a binary to install): would change the host"),
         "{}",
         run.said()
     );
