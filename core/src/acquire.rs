@@ -38,6 +38,10 @@ pub enum Fetch {
     AptSource(String),
     /// A git repository, `URL[#BRANCH_OR_REFSPEC]`, cloned in the testbed.
     Git(String),
+    /// An unbuilt tree whose quilt patches are not applied: copied in and
+    /// patched with `dpkg-source --before-build`, as autopkgtest prepares
+    /// every unbuilt tree (for the others that changes nothing).
+    Unapplied(PathBuf),
 }
 
 /// Why the source could not be had: the package's fault (badpkg) or the
@@ -166,6 +170,10 @@ pub async fn acquire(
             shell_words::quote(package)
         ),
         Fetch::Git(url) => git_clone(url, may_install, &work),
+        Fetch::Unapplied(tree) => {
+            tb.copy_down(tree, &format!("{work}/tree")).await?;
+            format!("cd '{work}' && dpkg-source --before-build tree")
+        }
     };
     let out = tb
         .exec(
@@ -191,8 +199,12 @@ pub async fn acquire(
             Fetch::AptSource(p) => {
                 AcquireError::Testbed(format!("apt-get source {p} failed: {said}"))
             }
-            // As autopkgtest: a clone that fails is the package's fault.
+            // As autopkgtest: a clone or patch that fails is the package's fault.
             Fetch::Git(url) => AcquireError::BadPackage(format!("git clone {url} failed: {said}")),
+            Fetch::Unapplied(tree) => AcquireError::BadPackage(format!(
+                "dpkg-source --before-build {} failed: {said}",
+                tree.display()
+            )),
         });
     }
     tb.copy_up(&format!("{work}/tree"), host).await?;

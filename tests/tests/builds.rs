@@ -263,3 +263,36 @@ fn a_git_source_is_cloned_at_its_branch() {
     assert_eq!(run.read("summary"), "command1             PASS\n");
     assert_eq!(run.read("command1-stdout"), "from the tested branch\n");
 }
+
+/// An unbuilt `3.0 (quilt)` tree whose patches are not applied is tested
+/// patched, also with `-B`, as autopkgtest prepares unbuilt trees
+/// (`dpkg-source --before-build`); the tree given is left as it was.
+#[test]
+fn an_unbuilt_tree_is_tested_with_its_patches_applied() {
+    let Some(tarball) = unshare_rootfs_as_root() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tree = source_tree(
+        dir.path(),
+        "dep8-quilt",
+        "Test-Command: cat file\nDepends:\n",
+    );
+    write(&tree.join("debian/source/format"), "3.0 (quilt)\n");
+    write(
+        &tree.join("debian/changelog"),
+        "dep8-quilt (1.0-1) unstable; urgency=medium\n\n  * Fixture.\n\n \
+         -- dep8 <dep8@example.org>  Fri, 04 Dec 2026 12:00:00 +0000\n",
+    );
+    write(&tree.join("file"), "original\n");
+    write(
+        &tree.join("debian/patches/fix"),
+        "--- a/file\n+++ b/file\n@@ -1 +1 @@\n-original\n+patched\n",
+    );
+    write(&tree.join("debian/patches/series"), "fix\n");
+    let run = Dep8Run::with(&["-B"], tree.to_str().expect("utf-8"), &unshare(&tarball));
+    run.assert_exit(0);
+    assert_eq!(run.read("command1-stdout"), "patched\n");
+    let given = std::fs::read_to_string(tree.join("file")).expect("read");
+    assert_eq!(given, "original\n");
+}
