@@ -44,6 +44,18 @@ pub enum Fetch {
     Unapplied(PathBuf),
 }
 
+impl std::fmt::Display for Fetch {
+    /// What getting the tree does, for the log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fetch::Dsc(dsc) => write!(f, "unpacking {}", dsc.display()),
+            Fetch::AptSource(name) => write!(f, "apt-get source {name}"),
+            Fetch::Git(url) => write!(f, "cloning {url}"),
+            Fetch::Unapplied(tree) => write!(f, "applying the patches of {}", tree.display()),
+        }
+    }
+}
+
 /// Why the source could not be had: the package's fault (badpkg) or the
 /// testbed's.
 pub enum AcquireError {
