@@ -38,6 +38,22 @@ pub enum Fetch {
     AptSource(String),
     /// A git repository, `URL[#BRANCH_OR_REFSPEC]`, cloned in the testbed.
     Git(String),
+    /// An unbuilt tree whose quilt patches are not applied: copied in and
+    /// patched with `dpkg-source --before-build`, as autopkgtest prepares
+    /// every unbuilt tree (for the others that changes nothing).
+    Unapplied(PathBuf),
+}
+
+impl std::fmt::Display for Fetch {
+    /// What getting the tree does, for the log.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fetch::Dsc(dsc) => write!(f, "unpacking {}", dsc.display()),
+            Fetch::AptSource(name) => write!(f, "apt-get source {name}"),
+            Fetch::Git(url) => write!(f, "cloning {url}"),
+            Fetch::Unapplied(tree) => write!(f, "applying the patches of {}", tree.display()),
+        }
+    }
 }
 
 /// Why the source could not be had: the package's fault (badpkg) or the
@@ -168,6 +184,10 @@ pub async fn acquire(
             shell_words::quote(package)
         ),
         Fetch::Git(url) => git_clone(url, may_install, &work),
+        Fetch::Unapplied(tree) => {
+            tb.copy_down(tree, &format!("{work}/tree")).await?;
+            format!("cd '{work}' && dpkg-source --before-build tree")
+        }
     };
     let out = tb
         .exec(
@@ -193,8 +213,12 @@ pub async fn acquire(
             Fetch::AptSource(p) => {
                 AcquireError::Testbed(format!("apt-get source {p} failed: {said}"))
             }
-            // As autopkgtest: a clone that fails is the package's fault.
+            // As autopkgtest: a clone or patch that fails is the package's fault.
             Fetch::Git(url) => AcquireError::BadPackage(format!("git clone {url} failed: {said}")),
+            Fetch::Unapplied(tree) => AcquireError::BadPackage(format!(
+                "dpkg-source --before-build {} failed: {said}",
+                tree.display()
+            )),
         });
     }
     tb.copy_up(&format!("{work}/tree"), host).await?;

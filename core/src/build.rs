@@ -116,9 +116,9 @@ impl Build<'_> {
 
     /// `apt-get build-dep` on the tree, after a simulation that tells
     /// whether anything is missing (so a testbed without root builds when
-    /// nothing is). The simulation failing is the package's fault;
-    /// anything needed where dep8 may not install, or the installation
-    /// failing, the testbed's.
+    /// nothing is). The simulation failing, or something missing where dep8
+    /// installs nothing, is the package's fault; something missing without
+    /// root, or the installation failing, the testbed's.
     async fn build_depends(&self, tb: &dyn Testbed) -> Result<(), BuildError> {
         let tree = shell_words::quote(self.tree);
         let update = if self.may_install {
@@ -150,14 +150,17 @@ impl Build<'_> {
         if needed.is_empty() {
             return Ok(());
         }
-        if !(self.may_install && self.root) {
+        if !self.root {
             return Err(BuildError::Testbed(format!(
-                "Can't install build dependencies ({}): {}",
-                if self.root {
-                    "dep8 installs no packages on this testbed"
-                } else {
-                    "must be root"
-                },
+                "Can't install build dependencies (must be root): {}",
+                needed.join(", ")
+            )));
+        }
+        if !self.may_install {
+            // As for a test's dependencies on such a testbed: badpkg.
+            return Err(BuildError::BadPackage(format!(
+                "build dependencies are not installed and dep8 does not install packages \
+                 on this testbed: {}",
                 needed.join(", ")
             )));
         }

@@ -91,6 +91,9 @@ impl Inputs {
             Kind::Dsc => Some(Fetch::Dsc(source.clone())),
             Kind::AptSource => Some(Fetch::AptSource(source.to_string_lossy().into_owned())),
             Kind::Git => Some(Fetch::Git(source.to_string_lossy().into_owned())),
+            Kind::UnbuiltTree if unapplied_patches(&source) => {
+                Some(Fetch::Unapplied(source.clone()))
+            }
             Kind::BuiltTree | Kind::UnbuiltTree => None,
         };
         let buildable = matches!(kind, Kind::Dsc | Kind::UnbuiltTree | Kind::Git);
@@ -116,6 +119,17 @@ fn tree_kind(dir: &Path) -> Option<Kind> {
     } else {
         None
     }
+}
+
+/// Whether `tree` is a `3.0 (quilt)` source with patches that are not
+/// applied (no `.pc/applied-patches`).
+fn unapplied_patches(tree: &Path) -> bool {
+    let read = |path: &str| std::fs::read_to_string(tree.join(path)).unwrap_or_default();
+    read("debian/source/format").trim() == "3.0 (quilt)"
+        && read("debian/patches/series")
+            .lines()
+            .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        && !tree.join(".pc/applied-patches").exists()
 }
 
 /// autopkgtest's test for a source package name: `[0-9a-z][0-9a-z.+-]+`.
@@ -175,6 +189,25 @@ mod tests {
             .contains("no such file or directory"));
         let two = classify(&[&unbuilt, &built], false).unwrap_err();
         assert!(two.contains("only one source package"), "{two}");
+    }
+
+    #[test]
+    fn unapplied_quilt_patches_are_applied_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let quilt = tree(dir.path(), "quilt", &["debian/control"]);
+        let write =
+            |file: &str, text: &str| std::fs::write(dir.path().join("quilt").join(file), text);
+        std::fs::create_dir_all(dir.path().join("quilt/debian/source")).unwrap();
+        std::fs::create_dir_all(dir.path().join("quilt/debian/patches")).unwrap();
+        write("debian/source/format", "3.0 (quilt)\n").unwrap();
+        write("debian/patches/series", "# none\n").unwrap();
+        assert_eq!(classify(&[&quilt], false).unwrap().fetch, None);
+        write("debian/patches/series", "fix.patch\n").unwrap();
+        let fetch = classify(&[&quilt], true).unwrap().fetch;
+        assert_eq!(fetch, Some(Fetch::Unapplied(quilt.clone().into())));
+        std::fs::create_dir(dir.path().join("quilt/.pc")).unwrap();
+        write(".pc/applied-patches", "fix.patch\n").unwrap();
+        assert_eq!(classify(&[&quilt], false).unwrap().fetch, None);
     }
 
     #[test]

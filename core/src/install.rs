@@ -22,8 +22,9 @@ pub enum DependencyPolicy {
     /// Install missing dependencies with apt (needs root on the testbed).
     #[default]
     Install,
-    /// Never change the testbed's packages: a missing dependency is badpkg.
-    /// The default for the host itself (`null`).
+    /// Never change the testbed's packages: a missing dependency is badpkg,
+    /// and the source is not built for its binaries (`-B` is implied). The
+    /// default for the host itself (`null`) under `dep8 run`.
     CheckOnly,
 }
 

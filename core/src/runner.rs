@@ -755,7 +755,7 @@ impl Run<'_> {
     }
 
     async fn acquire(&mut self, tb: &dyn Testbed, fetch: &Fetch) -> Result<(), Abort> {
-        self.log.info(&format!("getting the source: {fetch:?}"));
+        self.log.info(&format!("getting the source: {fetch}"));
         let dir = host_temp_dir("dep8-source.")?;
         let limit = self.opts.timeouts.install;
         let may_install = self.opts.dependencies == DependencyPolicy::Install

@@ -5,7 +5,7 @@
 //! so nothing is built; a build that fails blames the package with
 //! autopkgtest's exit status and summary; autodep8 adds its tests to a
 //! `Testsuite: autopkgtest-pkg-python` package as in autopkgtest, and
-//! `--no-auto-control` leaves them out.
+//! `--no-auto-control` leaves them out; a git URL is cloned at its branch.
 //!
 //! The fixtures are tests/fixtures/built (debhelper, installs a program
 //! that says which DEB_BUILD_OPTIONS it was built with) and
@@ -13,7 +13,7 @@
 //! deb.debian.org (as CI has).
 
 use dep8_conformance::e2e::{
-    autopkgtest_as_root, check, repo, required_program, result_words, summary_of,
+    autopkgtest_as_root, check, repo, required_program, result_words, source_tree, summary_of,
     unshare_rootfs_as_root, write, Dep8Run,
 };
 use std::collections::BTreeMap;
@@ -223,4 +223,76 @@ fn autodep8_adds_its_tests_as_with_autopkgtest() {
     let run = Dep8Run::with(&["-B", "--no-auto-control"], src, &unshare(&tarball));
     run.assert_exit(0);
     assert_eq!(run.read("summary"), "own-test             PASS\n");
+}
+
+/// A git URL with a branch is cloned in the testbed (git installed there
+/// first) and that branch's tests run: here a repository copied in with
+/// `--copy` and cloned over `file://`, with `-B` (tests, not a build).
+#[test]
+fn a_git_source_is_cloned_at_its_branch() {
+    let Some(tarball) = unshare_rootfs_as_root() else {
+        return;
+    };
+    if required_program("git", "git").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let repo_dir = source_tree(
+        dir.path(),
+        "dep8-git",
+        "Test-Command: test \"$(git branch --show-current)\" = testbranch && cat on-the-branch\n\
+         Depends: git\n",
+    );
+    let git = |args: &[&str]| {
+        let base = ["-c", "user.name=dep8", "-c", "user.email=dep8@example.org"];
+        check("git", &[&base[..], args].concat(), &repo_dir)
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "main"]);
+    git(&["checkout", "-q", "-b", "tested"]);
+    write(&repo_dir.join("on-the-branch"), "from the tested branch\n");
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "tested"]);
+    git(&["checkout", "-q", "main"]);
+    let repo_path = repo_dir.to_str().expect("utf-8");
+    let copy = format!("--copy={repo_path}:{repo_path}");
+    let url = format!("file://{repo_path}#tested");
+    let run = Dep8Run::with(&["-B", &copy], &url, &unshare(&tarball));
+    run.assert_exit(0);
+    assert_eq!(run.read("summary"), "command1             PASS\n");
+    assert_eq!(run.read("command1-stdout"), "from the tested branch\n");
+}
+
+/// An unbuilt `3.0 (quilt)` tree whose patches are not applied is tested
+/// patched, also with `-B`, as autopkgtest prepares unbuilt trees
+/// (`dpkg-source --before-build`); the tree given is left as it was.
+#[test]
+fn an_unbuilt_tree_is_tested_with_its_patches_applied() {
+    let Some(tarball) = unshare_rootfs_as_root() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tree = source_tree(
+        dir.path(),
+        "dep8-quilt",
+        "Test-Command: cat file\nDepends:\n",
+    );
+    write(&tree.join("debian/source/format"), "3.0 (quilt)\n");
+    write(
+        &tree.join("debian/changelog"),
+        "dep8-quilt (1.0-1) unstable; urgency=medium\n\n  * Fixture.\n\n \
+         -- dep8 <dep8@example.org>  Fri, 04 Dec 2026 12:00:00 +0000\n",
+    );
+    write(&tree.join("file"), "original\n");
+    write(
+        &tree.join("debian/patches/fix"),
+        "--- a/file\n+++ b/file\n@@ -1 +1 @@\n-original\n+patched\n",
+    );
+    write(&tree.join("debian/patches/series"), "fix\n");
+    let run = Dep8Run::with(&["-B"], tree.to_str().expect("utf-8"), &unshare(&tarball));
+    run.assert_exit(0);
+    assert_eq!(run.read("command1-stdout"), "patched\n");
+    let given = std::fs::read_to_string(tree.join("file")).expect("read");
+    assert_eq!(given, "original\n");
 }
