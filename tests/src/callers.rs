@@ -33,7 +33,6 @@ impl Autopkgtest {
 /// A directory holding only `autopkgtest`, a symlink to one implementation,
 /// to put first in a caller's PATH. Removed when dropped.
 pub struct AutopkgtestOnPath {
-    pub which: Autopkgtest,
     dir: tempfile::TempDir,
 }
 
@@ -45,7 +44,7 @@ impl AutopkgtestOnPath {
             .expect("temp dir");
         std::os::unix::fs::symlink(which.target(), dir.path().join("autopkgtest"))
             .expect("autopkgtest symlink");
-        AutopkgtestOnPath { which, dir }
+        AutopkgtestOnPath { dir }
     }
 
     /// The `autopkgtest` symlink.
@@ -71,12 +70,12 @@ impl AutopkgtestOnPath {
     }
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("binding a free port")
-        .port()
+/// `N` distinct TCP ports on 127.0.0.1 that were free a moment ago.
+fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("binding a free port"))
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().expect("local address").port())
 }
 
 /// Runs `command` to the end, failing the test after `limit` (the command
@@ -219,7 +218,7 @@ impl Rabbitmq {
             .prefix("dep8-rabbitmq.")
             .tempdir()
             .expect("temp dir");
-        let (port, dist_port) = (free_port(), free_port());
+        let [port, dist_port] = free_ports();
         let base = dir.path();
         std::fs::write(base.join("enabled_plugins"), "[].\n").expect("enabled_plugins");
         let mut command = Command::new("/usr/lib/rabbitmq/bin/rabbitmq-server");
@@ -406,7 +405,7 @@ impl DebciResult {
 /// The status debci gives an autopkgtest exit code (`debci-worker`'s
 /// `case`): 0 and 2 pass; 4, 6, 12 and 14 fail; 8 neutral; anything else
 /// (16, 20, none) tmpfail.
-pub fn debci_status(exitcode: &str) -> &'static str {
+fn debci_status(exitcode: &str) -> &'static str {
     match exitcode {
         "0" | "2" => "pass",
         "4" | "6" | "12" | "14" => "fail",

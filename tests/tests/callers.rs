@@ -1,9 +1,10 @@
 //! dep8 as the `autopkgtest` that Debian's real callers run, unchanged:
 //! debci 3.6 (`debci localtest` on null and schroot, and `debci worker`
 //! fed by a RabbitMQ broker), Debusine 0.11's autopkgtest task and
-//! sbuild 0.89's `--run-autopkgtest`. Each runs once with dep8 and once
-//! with Debian's autopkgtest 5.49 as its `autopkgtest` (a symlink first in
-//! PATH), and what the caller makes of the run must be the same.
+//! sbuild 0.89's `--run-autopkgtest`. debci and Debusine run once with
+//! dep8 and once with Debian's autopkgtest 5.49 as their `autopkgtest` (a
+//! symlink first in PATH), and what the caller makes of the run must be
+//! the same; sbuild's log must say what it says with Debian's.
 //!
 //! On null both implementations install test dependencies on the host
 //! with dpkg: those runs take [`HOST`] and go one at a time, dep8 first, so
