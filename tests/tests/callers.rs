@@ -327,13 +327,28 @@ const JOB_QUEUE: &str = "debci-tests-amd64-null";
 /// The queue debci's workers publish results to (`debci_amqp_results_queue`).
 const RESULTS_QUEUE: &str = "debci_results";
 
-/// What one `debci worker` reported for each package: the status it
-/// logged and what debci reads from the result tarball it published.
+/// What one `debci worker` reported for one package.
+struct WorkerResult {
+    /// The status the worker logged.
+    status: Option<String>,
+    /// What debci reads from the result tarball the worker published.
+    read: Option<DebciResult>,
+    /// The end of the tarball's log.gz, for messages.
+    log_tail: String,
+}
+
+impl WorkerResult {
+    fn same_as(&self, other: &WorkerResult) -> bool {
+        (&self.status, &self.read) == (&other.status, &other.read)
+    }
+}
+
+/// What one `debci worker` reported for each package.
 fn worker_results(
     broker: &Rabbitmq,
     on: &AutopkgtestOnPath,
     packages: &[&str],
-) -> Vec<(String, Option<String>, Option<DebciResult>)> {
+) -> Vec<WorkerResult> {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("data");
     std::fs::create_dir(&data).expect("data dir");
@@ -378,11 +393,20 @@ fn worker_results(
             });
             let prefix = &package[..1];
             let runs = incoming.join(prefix).join(package);
-            let result = std::fs::read_dir(&runs)
+            let run = std::fs::read_dir(&runs)
                 .ok()
                 .and_then(|mut runs| runs.next())
-                .map(|run| DebciResult::read(&run.expect("dir entry").path(), true));
-            (package.to_string(), status, result)
+                .map(|run| run.expect("dir entry").path());
+            let log_tail = run.as_ref().map_or(String::new(), |run| {
+                let log = check("zcat", &["log.gz"], run);
+                let lines: Vec<&str> = log.lines().collect();
+                lines[lines.len().saturating_sub(15)..].join("\n")
+            });
+            WorkerResult {
+                status,
+                read: run.map(|run| DebciResult::read(&run, true)),
+                log_tail,
+            }
         })
         .collect()
 }
@@ -428,16 +452,19 @@ fn debci_worker_over_rabbitmq() {
     let mut mismatches = Vec::new();
     for (i, (package, expect)) in cases.iter().enumerate() {
         let (ours, theirs) = (&results[0][i], &results[1][i]);
-        let their_status = theirs.2.as_ref().map(|r| r.status.as_str());
-        if theirs.1.as_deref() != Some(expect) || their_status != Some(expect) {
+        let their_status = theirs.read.as_ref().map(|r| r.status.as_str());
+        if theirs.status.as_deref() != Some(expect) || their_status != Some(expect) {
             mismatches.push(format!(
-                "{package}: with Debian's autopkgtest the worker gave {theirs:?}, \
-                 where this test expects {expect}"
+                "{package}: with Debian's autopkgtest the worker gave {:?} {:?}, \
+                 where this test expects {expect}\n--- its log ends:\n{}",
+                theirs.status, theirs.read, theirs.log_tail
             ));
-        } else if ours != theirs {
+        } else if !ours.same_as(theirs) {
             mismatches.push(format!(
                 "{package}: the worker's status and what debci read\n  \
-                 with dep8:        {ours:?}\n  with autopkgtest: {theirs:?}"
+                 with dep8:        {:?} {:?}\n  with autopkgtest: {:?} {:?}\n\
+                 --- with dep8, the log ends:\n{}",
+                ours.status, ours.read, theirs.status, theirs.read, ours.log_tail
             ));
         }
     }
