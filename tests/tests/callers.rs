@@ -252,17 +252,29 @@ struct DebciChroot(PathBuf);
 impl DebciChroot {
     const NAME: &'static str = "debci-bookworm-amd64";
 
-    /// The definition of `chroot` (DEP8_TEST_SCHROOT) under debci's name.
+    /// The first line of the definitions this test writes.
+    const MARK: &'static str = "# dep8's tests/tests/callers.rs: removed after the test\n";
+
+    /// The definition of `chroot` (DEP8_TEST_SCHROOT) under debci's name;
+    /// one of debci's own is never replaced.
     fn over(chroot: &str) -> Self {
+        let path = Path::new("/etc/schroot/chroot.d").join(Self::NAME);
+        if let Ok(existing) = std::fs::read_to_string(&path) {
+            assert!(
+                existing.starts_with(Self::MARK),
+                "{} exists and is not this test's: debci has a chroot of that name here",
+                path.display()
+            );
+        }
         let config = check(
             "schroot",
             &["--config", "--chroot", &format!("chroot:{chroot}")],
             Path::new("/"),
         );
-        let body = config
-            .replace(&format!("[{chroot}]"), &format!("[{}]", Self::NAME))
-            .replace("aliases=\n", "");
-        let path = Path::new("/etc/schroot/chroot.d").join(Self::NAME);
+        let body = Self::MARK.to_string()
+            + &config
+                .replace(&format!("[{chroot}]"), &format!("[{}]", Self::NAME))
+                .replace("aliases=\n", "");
         let draft = Path::new("/etc/schroot").join(format!(".{}.draft", Self::NAME));
         std::fs::write(&draft, body).expect("write chroot definition");
         std::fs::rename(&draft, &path).expect("install chroot definition");
