@@ -46,7 +46,7 @@ fn remove_from_host(package: &str) {
 }
 
 /// The longest one caller's run of one package may take.
-const RUN_LIMIT: Duration = Duration::from_secs(600);
+const RUN_LIMIT: Duration = Duration::from_secs(300);
 
 /// Whether these tests can run here: as root (the callers' testbeds and
 /// debci's null runs need it) with `programs` installed.
@@ -681,7 +681,7 @@ fn sbuild_run_autopkgtest_on_unshare() {
             "--no-run-lintian",
         ])
         .arg(&dsc);
-    let out = output_within(command, Duration::from_secs(1200));
+    let out = output_within(command, Duration::from_secs(900));
     let log =
         std::fs::read_to_string(build.join("dep8-hello_1.0_amd64.build")).unwrap_or_else(|e| {
             panic!(
