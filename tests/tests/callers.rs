@@ -81,6 +81,12 @@ fn parallel<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> R +
     results.into_iter().map(|(_, r)| r).collect()
 }
 
+/// The last lines of a program's output, for messages.
+fn tail(output: &str) -> String {
+    let lines: Vec<&str> = output.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
 /// Fails with every mismatch at once, so that one run shows them all.
 fn assert_no_mismatches(what: &str, mismatches: Vec<String>, took: Duration) {
     eprintln!("{what}: {:.0?}", took);
@@ -187,10 +193,6 @@ fn compare_debci(
 ) -> Option<String> {
     let (ours, our_output) = run(&AutopkgtestOnPath::new(Autopkgtest::Dep8), case);
     let (theirs, their_output) = run(&AutopkgtestOnPath::new(Autopkgtest::Debian), case);
-    let tail = |output: &str| {
-        let lines: Vec<&str> = output.lines().collect();
-        lines[lines.len().saturating_sub(15)..].join("\n")
-    };
     if theirs.status != case.expect {
         Some(format!(
             "{}: Debian's autopkgtest gave {:?}, where this test expects {}: the case \
@@ -409,11 +411,9 @@ fn worker_results(
                 .ok()
                 .and_then(|mut runs| runs.next())
                 .map(|run| run.expect("dir entry").path());
-            let log_tail = run.as_ref().map_or(String::new(), |run| {
-                let log = check("zcat", &["log.gz"], run);
-                let lines: Vec<&str> = log.lines().collect();
-                lines[lines.len().saturating_sub(15)..].join("\n")
-            });
+            let log_tail = run
+                .as_ref()
+                .map_or(String::new(), |run| tail(&check("zcat", &["log.gz"], run)));
             WorkerResult {
                 status,
                 read: run.map(|run| DebciResult::read(&run, true)),
@@ -608,10 +608,6 @@ fn debusine_autopkgtest_task_on_unshare() {
     });
     let mut mismatches = Vec::new();
     for (i, ((case, which), (verdict, output))) in runs.iter().zip(&results).enumerate() {
-        let tail = |output: &str| {
-            let lines: Vec<&str> = output.lines().collect();
-            lines[lines.len().saturating_sub(12)..].join("\n")
-        };
         if *which == Autopkgtest::Debian {
             let ours = &results[i - 1].0;
             if ours != verdict {
