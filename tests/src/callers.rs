@@ -5,7 +5,7 @@
 
 use crate::e2e::dep8_bin;
 use std::ffi::OsString;
-use std::io::Read;
+use std::io::{Read, Seek};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -79,27 +79,32 @@ fn free_ports<const N: usize>() -> [u16; N] {
 }
 
 /// Runs `command` to the end, failing the test after `limit` (the command
-/// and its children are killed then); returns its output.
+/// and its children are killed then); returns its output. The output goes
+/// through files, so that a process left behind with them open cannot
+/// hold the test up.
 pub fn output_within(mut command: Command, limit: Duration) -> Output {
     let what = format!("{command:?}");
+    let (mut out, mut err) = (
+        tempfile::tempfile().expect("temp file"),
+        tempfile::tempfile().expect("temp file"),
+    );
     let mut child = command
         .process_group(0)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(out.try_clone().expect("temp file"))
+        .stderr(err.try_clone().expect("temp file"))
         .spawn()
         .unwrap_or_else(|e| panic!("{what}: {e}"));
-    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-    let reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = err.read_to_end(&mut buf);
-        buf
-    });
-    let mut stdout = Vec::new();
     let watchdog = Watchdog::new(child.id(), limit);
-    let _ = out.read_to_end(&mut stdout);
     let status = child.wait().expect("wait");
     let timed_out = watchdog.disarm();
-    let stderr = reader.join().expect("stderr reader");
+    let read = |file: &mut std::fs::File| {
+        let mut buf = Vec::new();
+        file.seek(std::io::SeekFrom::Start(0))
+            .and_then(|_| file.read_to_end(&mut buf))
+            .expect("reading the output back");
+        buf
+    };
+    let (stdout, stderr) = (read(&mut out), read(&mut err));
     assert!(
         !timed_out,
         "{what} took longer than {limit:?}; its output:\n{}{}",
