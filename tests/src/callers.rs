@@ -5,7 +5,7 @@
 
 use crate::e2e::dep8_bin;
 use std::ffi::OsString;
-use std::io::Read;
+use std::io::{Read, Seek};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -33,7 +33,6 @@ impl Autopkgtest {
 /// A directory holding only `autopkgtest`, a symlink to one implementation,
 /// to put first in a caller's PATH. Removed when dropped.
 pub struct AutopkgtestOnPath {
-    pub which: Autopkgtest,
     dir: tempfile::TempDir,
 }
 
@@ -45,7 +44,7 @@ impl AutopkgtestOnPath {
             .expect("temp dir");
         std::os::unix::fs::symlink(which.target(), dir.path().join("autopkgtest"))
             .expect("autopkgtest symlink");
-        AutopkgtestOnPath { which, dir }
+        AutopkgtestOnPath { dir }
     }
 
     /// The `autopkgtest` symlink.
@@ -71,36 +70,41 @@ impl AutopkgtestOnPath {
     }
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("binding a free port")
-        .port()
+/// `N` distinct TCP ports on 127.0.0.1 that were free a moment ago.
+fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("binding a free port"))
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().expect("local address").port())
 }
 
 /// Runs `command` to the end, failing the test after `limit` (the command
-/// and its children are killed then); returns its output.
+/// and its children are killed then); returns its output. The output goes
+/// through files, so that a process left behind with them open cannot
+/// hold the test up.
 pub fn output_within(mut command: Command, limit: Duration) -> Output {
     let what = format!("{command:?}");
+    let (mut out, mut err) = (
+        tempfile::tempfile().expect("temp file"),
+        tempfile::tempfile().expect("temp file"),
+    );
     let mut child = command
         .process_group(0)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(out.try_clone().expect("temp file"))
+        .stderr(err.try_clone().expect("temp file"))
         .spawn()
         .unwrap_or_else(|e| panic!("{what}: {e}"));
-    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-    let reader = std::thread::spawn(move || {
-        let mut buf = Vec::new();
-        let _ = err.read_to_end(&mut buf);
-        buf
-    });
-    let mut stdout = Vec::new();
     let watchdog = Watchdog::new(child.id(), limit);
-    let _ = out.read_to_end(&mut stdout);
     let status = child.wait().expect("wait");
     let timed_out = watchdog.disarm();
-    let stderr = reader.join().expect("stderr reader");
+    let read = |file: &mut std::fs::File| {
+        let mut buf = Vec::new();
+        file.seek(std::io::SeekFrom::Start(0))
+            .and_then(|_| file.read_to_end(&mut buf))
+            .expect("reading the output back");
+        buf
+    };
+    let (stdout, stderr) = (read(&mut out), read(&mut err));
     assert!(
         !timed_out,
         "{what} took longer than {limit:?}; its output:\n{}{}",
@@ -219,7 +223,7 @@ impl Rabbitmq {
             .prefix("dep8-rabbitmq.")
             .tempdir()
             .expect("temp dir");
-        let (port, dist_port) = (free_port(), free_port());
+        let [port, dist_port] = free_ports();
         let base = dir.path();
         std::fs::write(base.join("enabled_plugins"), "[].\n").expect("enabled_plugins");
         let mut command = Command::new("/usr/lib/rabbitmq/bin/rabbitmq-server");
@@ -406,7 +410,7 @@ impl DebciResult {
 /// The status debci gives an autopkgtest exit code (`debci-worker`'s
 /// `case`): 0 and 2 pass; 4, 6, 12 and 14 fail; 8 neutral; anything else
 /// (16, 20, none) tmpfail.
-pub fn debci_status(exitcode: &str) -> &'static str {
+fn debci_status(exitcode: &str) -> &'static str {
     match exitcode {
         "0" | "2" => "pass",
         "4" | "6" | "12" | "14" => "fail",

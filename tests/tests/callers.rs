@@ -1,9 +1,10 @@
 //! dep8 as the `autopkgtest` that Debian's real callers run, unchanged:
 //! debci 3.6 (`debci localtest` on null and schroot, and `debci worker`
 //! fed by a RabbitMQ broker), Debusine 0.11's autopkgtest task and
-//! sbuild 0.89's `--run-autopkgtest`. Each runs once with dep8 and once
-//! with Debian's autopkgtest 5.49 as its `autopkgtest` (a symlink first in
-//! PATH), and what the caller makes of the run must be the same.
+//! sbuild 0.89's `--run-autopkgtest`. debci and Debusine run once with
+//! dep8 and once with Debian's autopkgtest 5.49 as their `autopkgtest` (a
+//! symlink first in PATH), and what the caller makes of the run must be
+//! the same; sbuild's log must say what it says with Debian's.
 //!
 //! On null both implementations install test dependencies on the host
 //! with dpkg: those runs take [`HOST`] and go one at a time, dep8 first, so
@@ -45,7 +46,7 @@ fn remove_from_host(package: &str) {
 }
 
 /// The longest one caller's run of one package may take.
-const RUN_LIMIT: Duration = Duration::from_secs(600);
+const RUN_LIMIT: Duration = Duration::from_secs(300);
 
 /// Whether these tests can run here: as root (the callers' testbeds and
 /// debci's null runs need it) with `programs` installed.
@@ -78,6 +79,12 @@ fn parallel<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> R +
     let mut results = results.into_inner().unwrap();
     results.sort_by_key(|(i, _)| *i);
     results.into_iter().map(|(_, r)| r).collect()
+}
+
+/// The last lines of a program's output, for messages.
+fn tail(output: &str) -> String {
+    let lines: Vec<&str> = output.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
 }
 
 /// Fails with every mismatch at once, so that one run shows them all.
@@ -186,10 +193,6 @@ fn compare_debci(
 ) -> Option<String> {
     let (ours, our_output) = run(&AutopkgtestOnPath::new(Autopkgtest::Dep8), case);
     let (theirs, their_output) = run(&AutopkgtestOnPath::new(Autopkgtest::Debian), case);
-    let tail = |output: &str| {
-        let lines: Vec<&str> = output.lines().collect();
-        lines[lines.len().saturating_sub(15)..].join("\n")
-    };
     if theirs.status != case.expect {
         Some(format!(
             "{}: Debian's autopkgtest gave {:?}, where this test expects {}: the case \
@@ -251,17 +254,29 @@ struct DebciChroot(PathBuf);
 impl DebciChroot {
     const NAME: &'static str = "debci-bookworm-amd64";
 
-    /// The definition of `chroot` (DEP8_TEST_SCHROOT) under debci's name.
+    /// The first line of the definitions this test writes.
+    const MARK: &'static str = "# dep8's tests/tests/callers.rs: removed after the test\n";
+
+    /// The definition of `chroot` (DEP8_TEST_SCHROOT) under debci's name;
+    /// one of debci's own is never replaced.
     fn over(chroot: &str) -> Self {
+        let path = Path::new("/etc/schroot/chroot.d").join(Self::NAME);
+        if let Ok(existing) = std::fs::read_to_string(&path) {
+            assert!(
+                existing.starts_with(Self::MARK),
+                "{} exists and is not this test's: debci has a chroot of that name here",
+                path.display()
+            );
+        }
         let config = check(
             "schroot",
             &["--config", "--chroot", &format!("chroot:{chroot}")],
             Path::new("/"),
         );
-        let body = config
-            .replace(&format!("[{chroot}]"), &format!("[{}]", Self::NAME))
-            .replace("aliases=\n", "");
-        let path = Path::new("/etc/schroot/chroot.d").join(Self::NAME);
+        let body = Self::MARK.to_string()
+            + &config
+                .replace(&format!("[{chroot}]"), &format!("[{}]", Self::NAME))
+                .replace("aliases=\n", "");
         let draft = Path::new("/etc/schroot").join(format!(".{}.draft", Self::NAME));
         std::fs::write(&draft, body).expect("write chroot definition");
         std::fs::rename(&draft, &path).expect("install chroot definition");
@@ -326,13 +341,28 @@ const JOB_QUEUE: &str = "debci-tests-amd64-null";
 /// The queue debci's workers publish results to (`debci_amqp_results_queue`).
 const RESULTS_QUEUE: &str = "debci_results";
 
-/// What one `debci worker` reported for each package: the status it
-/// logged and what debci reads from the result tarball it published.
+/// What one `debci worker` reported for one package.
+struct WorkerResult {
+    /// The status the worker logged.
+    status: Option<String>,
+    /// What debci reads from the result tarball the worker published.
+    read: Option<DebciResult>,
+    /// The end of the tarball's log.gz, for messages.
+    log_tail: String,
+}
+
+impl WorkerResult {
+    fn same_as(&self, other: &WorkerResult) -> bool {
+        (&self.status, &self.read) == (&other.status, &other.read)
+    }
+}
+
+/// What one `debci worker` reported for each package.
 fn worker_results(
     broker: &Rabbitmq,
     on: &AutopkgtestOnPath,
     packages: &[&str],
-) -> Vec<(String, Option<String>, Option<DebciResult>)> {
+) -> Vec<WorkerResult> {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("data");
     std::fs::create_dir(&data).expect("data dir");
@@ -377,11 +407,18 @@ fn worker_results(
             });
             let prefix = &package[..1];
             let runs = incoming.join(prefix).join(package);
-            let result = std::fs::read_dir(&runs)
+            let run = std::fs::read_dir(&runs)
                 .ok()
                 .and_then(|mut runs| runs.next())
-                .map(|run| DebciResult::read(&run.expect("dir entry").path(), true));
-            (package.to_string(), status, result)
+                .map(|run| run.expect("dir entry").path());
+            let log_tail = run
+                .as_ref()
+                .map_or(String::new(), |run| tail(&check("zcat", &["log.gz"], run)));
+            WorkerResult {
+                status,
+                read: run.map(|run| DebciResult::read(&run, true)),
+                log_tail,
+            }
         })
         .collect()
 }
@@ -427,16 +464,19 @@ fn debci_worker_over_rabbitmq() {
     let mut mismatches = Vec::new();
     for (i, (package, expect)) in cases.iter().enumerate() {
         let (ours, theirs) = (&results[0][i], &results[1][i]);
-        let their_status = theirs.2.as_ref().map(|r| r.status.as_str());
-        if theirs.1.as_deref() != Some(expect) || their_status != Some(expect) {
+        let their_status = theirs.read.as_ref().map(|r| r.status.as_str());
+        if theirs.status.as_deref() != Some(expect) || their_status != Some(expect) {
             mismatches.push(format!(
-                "{package}: with Debian's autopkgtest the worker gave {theirs:?}, \
-                 where this test expects {expect}"
+                "{package}: with Debian's autopkgtest the worker gave {:?} {:?}, \
+                 where this test expects {expect}\n--- its log ends:\n{}",
+                theirs.status, theirs.read, theirs.log_tail
             ));
-        } else if ours != theirs {
+        } else if !ours.same_as(theirs) {
             mismatches.push(format!(
                 "{package}: the worker's status and what debci read\n  \
-                 with dep8:        {ours:?}\n  with autopkgtest: {theirs:?}"
+                 with dep8:        {:?} {:?}\n  with autopkgtest: {:?} {:?}\n\
+                 --- with dep8, the log ends:\n{}",
+                ours.status, ours.read, theirs.status, theirs.read, ours.log_tail
             ));
         }
     }
@@ -568,10 +608,6 @@ fn debusine_autopkgtest_task_on_unshare() {
     });
     let mut mismatches = Vec::new();
     for (i, ((case, which), (verdict, output))) in runs.iter().zip(&results).enumerate() {
-        let tail = |output: &str| {
-            let lines: Vec<&str> = output.lines().collect();
-            lines[lines.len().saturating_sub(12)..].join("\n")
-        };
         if *which == Autopkgtest::Debian {
             let ours = &results[i - 1].0;
             if ours != verdict {
@@ -641,7 +677,7 @@ fn sbuild_run_autopkgtest_on_unshare() {
             "--no-run-lintian",
         ])
         .arg(&dsc);
-    let out = output_within(command, Duration::from_secs(1200));
+    let out = output_within(command, Duration::from_secs(900));
     let log =
         std::fs::read_to_string(build.join("dep8-hello_1.0_amd64.build")).unwrap_or_else(|e| {
             panic!(
