@@ -16,7 +16,7 @@ use dep8_core::control::Entry;
 use dep8_core::install::DependencyPolicy;
 use dep8_core::report::{RunLog, EXIT_BAD_PACKAGE, EXIT_TESTBED_FAILURE, EXIT_UNEXPECTED};
 use dep8_core::restriction::{self, InternetPolicy, ResolveOptions};
-use dep8_core::runner::{self, RunOptions, Timeouts};
+use dep8_core::runner::{self, RunEnd, RunOptions, Timeouts};
 use dep8_core::setup::{self, Setup};
 use dep8_core::testbed::TestbedError;
 use std::path::{Path, PathBuf};
@@ -219,7 +219,30 @@ pub fn main_with(registry: Registry) -> i32 {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    runtime.block_on(dispatch(cli.command, &registry))
+    let exit = runtime.block_on(dispatch(cli.command, &registry));
+    // Whatever is still running (a testbed's processes killed on drop) ends
+    // with the runtime, before dep8 itself does.
+    drop(runtime);
+    match exit {
+        Exit::Code(code) => code,
+        Exit::Signal(signal) => {
+            dep8_core::exec::die_by_signal(signal);
+            128 + signal
+        }
+    }
+}
+
+/// How a subcommand ends: an exit status, or (a run, after cleaning up) by
+/// the signal that interrupted it, as autopkgtest ends on SIGTERM.
+enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl From<i32> for Exit {
+    fn from(code: i32) -> Self {
+        Exit::Code(code)
+    }
 }
 
 /// The command line as `dep8` reads it. Started as `autopkgtest` (a symlink
@@ -237,9 +260,9 @@ fn command_line(args: impl Iterator<Item = std::ffi::OsString>) -> Vec<std::ffi:
     args
 }
 
-async fn dispatch(command: Command, registry: &Registry) -> i32 {
-    match command {
-        Command::Run(args) => run(*args, registry).await,
+async fn dispatch(command: Command, registry: &Registry) -> Exit {
+    let code = match command {
+        Command::Run(args) => return run(*args, registry).await,
         Command::Image(command) => tokio::task::block_in_place(|| image::main(command)),
         Command::Check(args) => check(args, registry),
         Command::Compare(args) => compare::compare(args).await,
@@ -284,7 +307,8 @@ async fn dispatch(command: Command, registry: &Registry) -> i32 {
                 Err(_) => EXIT_UNEXPECTED,
             }
         }
-    }
+    };
+    code.into()
 }
 
 fn error(message: impl std::fmt::Display) -> i32 {
@@ -406,8 +430,9 @@ fn timeouts(args: &RunArgs) -> Timeouts {
     }
 }
 
-/// Creates OUTPUT_DIR, refusing a non-empty one as autopkgtest does.
-fn output_dir(given: Option<&Path>) -> Result<PathBuf, String> {
+/// Creates OUTPUT_DIR, refusing a non-empty one as autopkgtest does;
+/// without `-o`, a temporary one (`true`: remove it at the end).
+fn output_dir(given: Option<&Path>) -> Result<(PathBuf, bool), String> {
     match given {
         Some(dir) => {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -416,20 +441,45 @@ fn output_dir(given: Option<&Path>) -> Result<PathBuf, String> {
             if entries.next().is_some() {
                 return Err(format!("--output-dir \"{}\" is not empty", dir.display()));
             }
-            Ok(dir.to_path_buf())
+            Ok((dir.to_path_buf(), false))
         }
         None => tempfile::Builder::new()
             .prefix("dep8.output.")
             .tempdir()
-            .map(|d| d.keep())
+            .map(|d| (d.keep(), true))
             .map_err(|e| format!("creating an output dir: {e}")),
     }
 }
 
-async fn run(args: RunArgs, registry: &Registry) -> i32 {
+/// `dep8 run`: the output dir and log first, so that every later error is
+/// in the log; a temporary output dir is removed at the end, as autopkgtest
+/// removes its own.
+async fn run(args: RunArgs, registry: &Registry) -> Exit {
+    let (out, temporary) = match output_dir(args.output_dir.as_deref()) {
+        Ok(dir) => dir,
+        Err(e) => return error(e).into(),
+    };
+    let exit = run_in(&args, registry, &out).await;
+    if temporary {
+        let _ = tokio::fs::remove_dir_all(&out).await;
+    }
+    exit
+}
+
+async fn run_in(args: &RunArgs, registry: &Registry, out: &Path) -> Exit {
+    let log_path = args.log_file.clone().unwrap_or_else(|| out.join("log"));
+    let log = match RunLog::new(Some(&log_path), true) {
+        Ok(log) => log,
+        Err(e) => return error(format!("{}: {e}", log_path.display())).into(),
+    };
+    let mut signals = listen(log.clone());
+    let usage = |message: String| {
+        log.error(&message);
+        Exit::Code(EXIT_UNEXPECTED)
+    };
     let inputs = match Inputs::classify(&args.inputs) {
         Ok(inputs) => inputs,
-        Err(e) => return error(e),
+        Err(e) => return usage(e),
     };
     let mut testbed_argv = args.testbed.clone();
     if let Some(name) = &args.testbed_name {
@@ -440,30 +490,21 @@ async fn run(args: RunArgs, registry: &Registry) -> i32 {
     }
     let (backend, backend_args) = match registry.resolve(&testbed_argv) {
         Ok(b) => b,
-        Err(e) => return error(e),
+        Err(e) => return usage(e),
     };
     if backend.is_host() && !inputs.binaries.is_empty() {
-        return error(format!(
+        return usage(format!(
             "{}: dep8 installs no packages on the host ({}): install them yourself, \
              or test them on another testbed",
             inputs.binaries[0].display(),
             backend.name()
         ));
     }
-    let out = match output_dir(args.output_dir.as_deref()) {
-        Ok(dir) => dir,
-        Err(e) => return error(e),
-    };
-    let log_path = args.log_file.clone().unwrap_or_else(|| out.join("log"));
-    let log = match RunLog::new(Some(&log_path), true) {
-        Ok(log) => log,
-        Err(e) => return error(format!("{}: {e}", log_path.display())),
-    };
     log.info(&format!("output dir {}", out.display()));
     let opts = RunOptions {
         source: inputs.source,
         override_control: args.override_control.clone(),
-        output_dir: out.clone(),
+        output_dir: out.to_path_buf(),
         summary_file: args.summary_file.clone(),
         only_tests: args.test_name.clone(),
         skip_tests: args.skip_test.clone(),
@@ -474,12 +515,12 @@ async fn run(args: RunArgs, registry: &Registry) -> i32 {
         },
         env: args.env.clone(),
         user: args.user.clone(),
-        timeouts: timeouts(&args),
+        timeouts: timeouts(args),
         testbed_argv: testbed_argv.clone(),
         fetch: inputs.fetch,
-        setup: match testbed_setup(&args, inputs.binaries) {
+        setup: match testbed_setup(args, inputs.binaries) {
             Ok(setup) => setup,
-            Err(e) => return error(e),
+            Err(e) => return usage(e),
         },
         dependencies: if backend.is_host() {
             DependencyPolicy::CheckOnly
@@ -496,27 +537,70 @@ async fn run(args: RunArgs, registry: &Registry) -> i32 {
     let stop = |message: String, code: i32| {
         log.error(&message);
         let _ = std::fs::write(&summary, format!("{message}\n"));
-        code
+        Exit::Code(code)
     };
     if let Err(e) = check_inputs(&opts) {
         return stop(format!("erroneous package: {e}"), EXIT_BAD_PACKAGE);
     }
     log.info(&format!("opening testbed: {}", testbed_argv.join(" ")));
-    let mut tb = match backend.open(&backend_args).await {
+    // An interrupted open drops its future: what it started is killed.
+    let opened = tokio::select! {
+        opened = backend.open(&backend_args) => opened,
+        Some(signal) = signals.recv() => {
+            runner::interrupted_before_start(&opts, &log, signal);
+            return Exit::Signal(signal);
+        }
+    };
+    let mut tb = match opened {
         Ok(tb) => tb,
-        Err(TestbedError::Usage(msg)) => return error(format!("{}: {msg}", testbed_argv[0])),
+        Err(TestbedError::Usage(msg)) => return usage(format!("{}: {msg}", testbed_argv[0])),
         Err(e) => return stop(e.to_string(), EXIT_TESTBED_FAILURE),
     };
-    let code = runner::run(&opts, tb.as_mut(), &log, interrupted()).await;
-    if code == EXIT_UNEXPECTED {
-        log.error("interrupted: the running test was killed; results so far are kept");
+    let interrupt = async {
+        match signals.recv().await {
+            Some(signal) => signal,
+            None => std::future::pending().await,
+        }
+    };
+    let end = runner::run(&opts, tb.as_mut(), &log, interrupt).await;
+    // A second signal stops the close; dropping the testbed still kills
+    // and removes what it can.
+    tokio::select! {
+        closed = tb.close() => if let Err(e) = closed {
+            log.error(&format!("closing the testbed: {e}"));
+        },
+        Some(_) = signals.recv() => log.error("closing the testbed: interrupted again"),
     }
-    if let Err(e) = tb.close().await {
-        log.error(&format!("closing the testbed: {e}"));
-    }
+    drop(tb);
     log.info("@@@@@@@@@@@@@@@@@@@@ summary");
     log.raw(&std::fs::read(summary).unwrap_or_default());
-    code
+    match end {
+        RunEnd::Exited(code) => Exit::Code(code),
+        RunEnd::Interrupted(signal) => Exit::Signal(signal),
+    }
+}
+
+/// Listens to SIGINT and SIGTERM from the start of a run; each one is
+/// logged as autopkgtest logs it, and sent on.
+fn listen(log: RunLog) -> tokio::sync::mpsc::UnboundedReceiver<i32> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let signal = tokio::select! {
+                _ = term.recv() => SignalKind::terminate(),
+                _ = int.recv() => SignalKind::interrupt(),
+            }
+            .as_raw_value();
+            log.error(&format!("Received signal {signal}, cleaning up..."));
+            if tx.send(signal).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 /// What can be checked of the inputs on the host, before a testbed is
@@ -529,17 +613,6 @@ fn check_inputs(opts: &RunOptions) -> Result<(), String> {
         .binaries
         .iter()
         .try_for_each(|deb| setup::check_binary(deb))
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-async fn interrupted() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }
 
 /// The parsed suite and the architecture used, for check and explain.

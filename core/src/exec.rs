@@ -352,6 +352,23 @@ pub fn host_output(program: &str, args: &[&str]) -> Result<String> {
     }
 }
 
+/// Raises `sig` with its default action (and no core dump): how a program
+/// that cleaned up after a signal ends, so that its parent sees the signal.
+pub fn die_by_signal(sig: i32) {
+    use nix::sys::resource::{setrlimit, Resource};
+    use nix::sys::signal::{raise, signal, SigHandler, SigSet, Signal};
+    let Ok(sig) = Signal::try_from(sig) else {
+        return;
+    };
+    let _ = setrlimit(Resource::RLIMIT_CORE, 0, 0);
+    // SAFETY: restoring the default action installs no handler code.
+    let _ = unsafe { signal(sig, SigHandler::SigDfl) };
+    let mut set = SigSet::empty();
+    set.add(sig);
+    let _ = set.thread_unblock();
+    let _ = raise(sig);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@ use crate::control::{self, DependsContext, Entry, Test};
 use crate::install::{self, DependencyPolicy};
 use crate::reboot;
 use crate::report::{
-    Outcome, Reporter, RunLog, EXIT_BAD_PACKAGE, EXIT_TESTBED_FAILURE, EXIT_UNEXPECTED,
+    Outcome, Reporter, RunLog, Unfinished, EXIT_BAD_PACKAGE, EXIT_TESTBED_FAILURE, EXIT_UNEXPECTED,
 };
 use crate::restriction::{resolve, Decision, InternetPolicy, ResolveOptions, Restriction};
 use crate::setup::{Setup, SetupError};
@@ -77,6 +77,12 @@ impl RunOptions {
             .clone()
             .unwrap_or_else(|| source.join("debian/tests/control"))
     }
+
+    /// Whether `--test-name` and `--skip-test` select the test `name`.
+    pub fn selected(&self, name: &str) -> bool {
+        (self.only_tests.is_empty() || self.only_tests.iter().any(|t| t == name))
+            && !self.skip_tests.iter().any(|t| t == name)
+    }
 }
 
 /// What the runner learns about the testbed once, right after opening it.
@@ -102,7 +108,17 @@ enum Abort {
     Testbed(String),
     /// The package is at fault before any test could run (exit 12).
     BadPackage(String),
-    Interrupted,
+    /// This signal stopped the run.
+    Interrupted(i32),
+}
+
+/// How a run ended, as the runner saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunEnd {
+    /// The run ended by itself with autopkgtest's exit status.
+    Exited(i32),
+    /// This signal stopped it; the results so far are on disk.
+    Interrupted(i32),
 }
 
 impl From<TestbedError> for Abort {
@@ -132,32 +148,18 @@ pub fn load_suite(opts: &RunOptions, tree: &Path, arch: &str) -> Result<Vec<Entr
     Ok(control::parse_file(&opts.control_path(tree), &ctx))
 }
 
-/// Runs the suite on `tb` and returns autopkgtest's exit status. Results are
-/// on disk as each test finishes; `interrupt` resolving stops the run.
+/// Runs the suite on `tb` and says how it ended. Results are on disk as
+/// each test finishes; `interrupt` resolving to a signal number stops the
+/// run, and results.json then names the interrupted test and those not run.
 pub async fn run(
     opts: &RunOptions,
     tb: &mut dyn Testbed,
     log: &RunLog,
-    interrupt: impl std::future::Future<Output = ()> + Send,
-) -> i32 {
-    let suite = opts
-        .source
-        .file_name()
-        .map_or("tests".into(), |n| n.to_string_lossy().into_owned());
-    let summary_path = opts
-        .summary_file
-        .clone()
-        .unwrap_or_else(|| opts.output_dir.join("summary"));
-    let mut reporter = match Reporter::new(&opts.output_dir, &summary_path, &suite, log.clone()) {
-        Ok(r) => r,
-        Err(e) => {
-            log.error(&format!("cannot write {}: {e}", summary_path.display()));
-            return EXIT_UNEXPECTED;
-        }
+    interrupt: impl std::future::Future<Output = i32> + Send,
+) -> RunEnd {
+    let Some(mut reporter) = reporter(opts, log) else {
+        return RunEnd::Exited(EXIT_UNEXPECTED);
     };
-    reporter
-        .context
-        .insert("testbed".into(), opts.testbed_argv.join(" ").into());
     reporter.context.insert(
         "capabilities".into(),
         serde_json::to_value(tb.capabilities()).unwrap_or_default(),
@@ -171,36 +173,106 @@ pub async fn run(
         deps_installed: Vec::new(),
         built_tree: None,
         acquired: None,
+        current: None,
+        pending: Vec::new(),
     };
     tokio::pin!(interrupt);
     let result = tokio::select! {
         r = run.all(tb) => r,
-        _ = &mut interrupt => Err(Abort::Interrupted),
-    };
-    let code = match result {
-        Ok(()) => run.reporter.exit.finish(),
-        Err(Abort::Testbed(msg)) => {
-            run.reporter
-                .summary_note(&format!("testbed failure: {msg}"));
-            EXIT_TESTBED_FAILURE
-        }
-        Err(Abort::BadPackage(msg)) => {
-            run.reporter
-                .summary_note(&format!("erroneous package: {msg}"));
-            EXIT_BAD_PACKAGE
-        }
-        Err(Abort::Interrupted) => {
-            run.reporter.summary_note("quitting: interrupted");
-            EXIT_UNEXPECTED
-        }
+        signal = &mut interrupt => Err(Abort::Interrupted(signal)),
     };
     for (name, path) in tb.logs() {
-        if let Err(e) = std::fs::copy(&path, opts.output_dir.join(&name)) {
+        if let Err(e) = tokio::fs::copy(&path, opts.output_dir.join(&name)).await {
             log.error(&format!("keeping {}: {e}", path.display()));
         }
     }
-    run.reporter.write_files(Some(code));
-    code
+    finish(&mut run.reporter, result, run.current.take(), &run.pending)
+}
+
+/// Records a run that a signal stopped before its testbed was open: the
+/// summary's note, and results.json naming the selected tests as not run.
+pub fn interrupted_before_start(opts: &RunOptions, log: &RunLog, signal: i32) {
+    let Some(mut reporter) = reporter(opts, log) else {
+        return;
+    };
+    let planned: Vec<String> = host_arch()
+        .and_then(|arch| load_suite(opts, &opts.source, &arch).ok())
+        .unwrap_or_default()
+        .iter()
+        .map(Entry::name)
+        .filter(|name| opts.selected(name))
+        .map(str::to_string)
+        .collect();
+    finish(
+        &mut reporter,
+        Err(Abort::Interrupted(signal)),
+        None,
+        &planned,
+    );
+}
+
+/// The reporter of a run, with the facts known before it starts.
+fn reporter(opts: &RunOptions, log: &RunLog) -> Option<Reporter> {
+    let suite = opts
+        .source
+        .file_name()
+        .map_or("tests".into(), |n| n.to_string_lossy().into_owned());
+    let summary_path = opts
+        .summary_file
+        .clone()
+        .unwrap_or_else(|| opts.output_dir.join("summary"));
+    match Reporter::new(&opts.output_dir, &summary_path, &suite, log.clone()) {
+        Ok(mut reporter) => {
+            reporter
+                .context
+                .insert("testbed".into(), opts.testbed_argv.join(" ").into());
+            Some(reporter)
+        }
+        Err(e) => {
+            log.error(&format!("cannot write {}: {e}", summary_path.display()));
+            None
+        }
+    }
+}
+
+/// Writes how the run ended: the summary's note, the test it stopped in
+/// and those it never reached, results.json with `complete` and the code.
+fn finish(
+    reporter: &mut Reporter,
+    result: Result<(), Abort>,
+    current: Option<String>,
+    pending: &[String],
+) -> RunEnd {
+    let (end, why) = match result {
+        Ok(()) => (RunEnd::Exited(reporter.exit.finish()), String::new()),
+        Err(Abort::Testbed(msg)) => {
+            let note = format!("testbed failure: {msg}");
+            reporter.summary_note(&note);
+            (RunEnd::Exited(EXIT_TESTBED_FAILURE), note)
+        }
+        Err(Abort::BadPackage(msg)) => {
+            let note = format!("erroneous package: {msg}");
+            reporter.summary_note(&note);
+            (RunEnd::Exited(EXIT_BAD_PACKAGE), note)
+        }
+        Err(Abort::Interrupted(signal)) => {
+            let note = format!("interrupted by signal {signal}");
+            reporter.summary_note(&format!("quitting: {note}"));
+            (RunEnd::Interrupted(signal), note)
+        }
+    };
+    if let Some(name) = current {
+        reporter.unfinished(&name, Unfinished::Interrupted(why.clone()));
+    }
+    for name in pending {
+        reporter.unfinished(name, Unfinished::NotRun(why.clone()));
+    }
+    let code = match end {
+        RunEnd::Exited(code) => code,
+        RunEnd::Interrupted(signal) => 128 + signal,
+    };
+    reporter.write_files(Some((code, why.is_empty())));
+    end
 }
 
 struct Run<'a> {
@@ -218,6 +290,10 @@ struct Run<'a> {
     built_tree: Option<tempfile::TempDir>,
     /// The tree unpacked or fetched in the testbed (`.dsc`, package name).
     acquired: Option<tempfile::TempDir>,
+    /// The test whose turn it is (its testbed being prepared, or running).
+    current: Option<String>,
+    /// The tests still to run, in order.
+    pending: Vec<String>,
 }
 
 impl Run<'_> {
@@ -233,6 +309,16 @@ impl Run<'_> {
         let arch = probe.arch.clone().unwrap_or_else(|| "amd64".into());
         let mut resolve_opts = self.opts.resolve.clone();
         resolve_opts.arch = Some(arch.clone());
+        if self.opts.fetch.is_none() {
+            // Known before setup, so that an interrupt there names them.
+            self.pending = load_suite(self.opts, self.source(), &arch)
+                .unwrap_or_default()
+                .iter()
+                .map(Entry::name)
+                .filter(|name| self.opts.selected(name))
+                .map(str::to_string)
+                .collect();
+        }
 
         // As autopkgtest: set up first (a setup command may add the deb-src
         // lines `apt-get source` needs), then get the source.
@@ -264,16 +350,12 @@ impl Run<'_> {
                 },
             }],
         };
-        let selected = |name: &str| {
-            (self.opts.only_tests.is_empty() || self.opts.only_tests.iter().any(|t| t == name))
-                && !self.opts.skip_tests.iter().any(|t| t == name)
-        };
-
         // Static decisions first, as autopkgtest reports them at parse time.
+        self.pending.clear();
         let mut runnable = Vec::new();
         for entry in entries
             .into_iter()
-            .filter(|e| selected(e.name()) || e.name() == "*")
+            .filter(|e| self.opts.selected(e.name()) || e.name() == "*")
         {
             match entry {
                 Entry::Broken { name, problem } => {
@@ -318,6 +400,7 @@ impl Run<'_> {
             self.record_no_tests();
             return Ok(());
         }
+        self.pending = runnable.iter().map(|t| t.name.clone()).collect();
 
         let tree = format!("{}/src", tb.scratch());
         self.copy_tree(tb, &tree).await?;
@@ -325,6 +408,8 @@ impl Run<'_> {
             self.build(tb, &tree, &probe, &arch).await?;
         }
         for test in runnable {
+            self.pending.remove(0);
+            self.current = Some(test.name.clone());
             if self.needs_revert(tb, &test) {
                 self.revert(tb).await?;
                 self.setup_testbed(tb).await?;
@@ -332,6 +417,7 @@ impl Run<'_> {
             }
             let started = Instant::now();
             let (outcome, details) = self.one(tb, &test, &tree, &probe).await?;
+            self.current = None;
             self.reporter
                 .record(&test.name, outcome, started.elapsed(), details);
             if test.has(&Restriction::BreaksTestbed) {
