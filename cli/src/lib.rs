@@ -62,6 +62,9 @@ enum Command {
     VirtExec(virt_server::ExecArgs),
     /// Run the conformance checks on a testbed: `dep8 conformance -- BACKEND ARGS...`.
     Conformance(conformance::Args),
+    /// Remove what dead dep8 runs left behind (processes, schroot
+    /// sessions, temp files); live runs and anything else are untouched.
+    Clean,
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff).
@@ -297,6 +300,12 @@ async fn dispatch(command: Command, registry: &Registry) -> Exit {
             }
             0
         }
+        Command::Clean => {
+            for line in dep8_core::leftovers::sweep() {
+                println!("{line}");
+            }
+            0
+        }
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "dep8", &mut std::io::stdout());
             0
@@ -455,6 +464,13 @@ fn output_dir(given: Option<&Path>) -> Result<(PathBuf, bool), String> {
 /// in the log; a temporary output dir is removed at the end, as autopkgtest
 /// removes its own.
 async fn run(args: RunArgs, registry: &Registry) -> Exit {
+    // Temp files go to this run's own dir; dead runs' leftovers go away.
+    if let Err(e) = dep8_core::leftovers::claim() {
+        return error(format!("creating the run's temp dir: {e}")).into();
+    }
+    for line in dep8_core::leftovers::sweep() {
+        tracing::info!("leftovers of a dead run: {line}");
+    }
     let (out, temporary) = match output_dir(args.output_dir.as_deref()) {
         Ok(dir) => dir,
         Err(e) => return error(e).into(),
@@ -463,6 +479,7 @@ async fn run(args: RunArgs, registry: &Registry) -> Exit {
     if temporary {
         let _ = tokio::fs::remove_dir_all(&out).await;
     }
+    dep8_core::leftovers::release();
     exit
 }
 

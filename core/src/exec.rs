@@ -84,6 +84,9 @@ pub async fn run_local(argv: &[String], req: ExecRequest) -> Result<ExecOutcome>
     let mut child = cmd
         .spawn()
         .map_err(|e| TestbedError::failure(format!("cannot run {program}"), e))?;
+    if let Some(id) = child.id() {
+        crate::leftovers::record_group(id);
+    }
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
     // If this future is dropped (Ctrl-C), the whole group still dies.
     let _group = GroupGuard(pgid);

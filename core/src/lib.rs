@@ -16,6 +16,7 @@ pub mod capability;
 pub mod control;
 pub mod exec;
 pub mod install;
+pub mod leftovers;
 pub mod reboot;
 pub mod report;
 pub mod restriction;

@@ -374,6 +374,9 @@ impl QemuTestbed {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| TestbedError::failure(format!("cannot run {}", self.qemu), e))?;
+        if let Some(id) = child.id() {
+            dep8_core::leftovers::record_group(id);
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         let qmp = loop {
             if let Ok(Some(status)) = child.try_wait() {

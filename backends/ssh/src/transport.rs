@@ -579,6 +579,9 @@ impl SshConnection {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("cannot run ssh: {e}"))?;
+        if let Some(id) = child.id() {
+            dep8_core::leftovers::record_group(id);
+        }
         let socket = self.control_socket();
         let started = Instant::now();
         loop {
