@@ -4,10 +4,11 @@
 //! A run [`claim`]s a dir `$TMPDIR/dep8-run.XXXXXX` and holds a lock on its
 //! `lock` file while it lives (the kernel drops the lock when the process
 //! dies, however it dies). Every temp file of the run is made inside it
-//! (`tempfile`'s temp dir points there), and the process groups the run
-//! starts are written to its `groups` file. [`sweep`] (at the start of every
-//! run, and `dep8 clean`) finds the dirs whose lock nobody holds: it kills
-//! their process groups, ends their schroot sessions and removes the dir.
+//! (`tempfile`'s temp dir points there); the processes the run starts
+//! carry the dir in their environment ([`tag`]) and their process groups
+//! are written to its `groups` file. [`sweep`] (at the start of every run,
+//! and `dep8 clean`) finds the dirs whose lock nobody holds: it kills their
+//! processes, ends their schroot sessions and removes the dir.
 //! A live run's dir, and anything that is not such a dir, is never touched.
 
 use nix::fcntl::{Flock, FlockArg};
@@ -19,6 +20,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 const PREFIX: &str = "dep8-run.";
+
+/// The environment variable that marks a run's processes with its dir.
+const ENV: &str = "DEP8_RUN_DIR";
 
 /// This process's run dir, once claimed.
 struct RunDir {
@@ -71,6 +75,14 @@ pub fn release() {
         if let Err(e) = std::fs::remove_dir_all(&run.path) {
             tracing::warn!("removing {}: {e}", run.path.display());
         }
+    }
+}
+
+/// Marks a command about to be started as the run's: a sweep finds it (and
+/// what it starts) by this mark even if the run died before recording it.
+pub fn tag(cmd: &mut std::process::Command) {
+    if let Some(run) = CURRENT.get() {
+        cmd.env(ENV, &run.path);
     }
 }
 
@@ -134,6 +146,12 @@ fn sweep_dead(dir: &Path) -> Vec<String> {
             done.push(format!("killed process group {leader}"));
         }
     }
+    let mark = format!("{ENV}={}\0", dir.display());
+    for pid in tagged(&mark) {
+        if nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL).is_ok() {
+            done.push(format!("killed process {pid}"));
+        }
+    }
     if let Some(pid) = std::fs::read_to_string(dir.join("pid"))
         .ok()
         .and_then(|p| p.trim().parse::<u32>().ok())
@@ -174,6 +192,21 @@ fn end_schroot_sessions(pid: u32) -> Vec<String> {
                 .status()
                 .is_ok_and(|s| s.success());
             ended.then(|| format!("ended schroot session {name}"))
+        })
+        .collect()
+}
+
+/// The processes whose environment holds `mark`.
+fn tagged(mark: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.windows(mark.len()).any(|w| w == mark.as_bytes()))
         })
         .collect()
 }

@@ -4,6 +4,7 @@
 //! skipped, never passed; a capability that is advertised must really work.
 
 pub mod e2e;
+pub mod faults;
 pub mod sshd;
 
 use dep8_core::capability::Capability;

@@ -290,7 +290,10 @@ impl Channel {
     fn spawn(program: &str, args: &[String]) -> Result<Self> {
         // Dropping the channel closes the server's stdin: on that EOF it
         // closes its testbed itself, so it is not killed.
-        let mut child = Command::new(program)
+        let mut cmd = Command::new(program);
+        // What the server starts is found by this mark if dep8 is killed.
+        dep8_core::leftovers::tag(cmd.as_std_mut());
+        let mut child = cmd
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -364,19 +364,19 @@ impl QemuTestbed {
                 .open(&log_path)
                 .map_err(|e| TestbedError::failure(log_path.display(), e))
         };
-        let mut child = tokio::process::Command::new(&argv[0])
-            .args(&argv[1..])
+        let mut cmd = tokio::process::Command::new(&argv[0]);
+        cmd.args(&argv[1..])
             .stdin(std::process::Stdio::null())
             .stdout(open_log()?)
             .stderr(open_log()?)
             // Ctrl-C on the terminal is dep8's to handle, not QEMU's.
             .process_group(0)
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        // A dep8 killed before it could stop QEMU: the next run stops it.
+        dep8_core::leftovers::tag(cmd.as_std_mut());
+        let mut child = cmd
             .spawn()
             .map_err(|e| TestbedError::failure(format!("cannot run {}", self.qemu), e))?;
-        if let Some(id) = child.id() {
-            dep8_core::leftovers::record_group(id);
-        }
         let deadline = Instant::now() + Duration::from_secs(30);
         let qmp = loop {
             if let Ok(Some(status)) = child.try_wait() {
