@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 const PREFIX: &str = "dep8-run.";
+/// A run dir's name while it is being made.
+const CLAIMING: &str = ".dep8-claim.";
 
 /// The environment variable that marks a run's processes with its dir.
 const ENV: &str = "DEP8_RUN_DIR";
@@ -40,21 +42,30 @@ pub fn claim() -> std::io::Result<PathBuf> {
     if let Some(run) = CURRENT.get() {
         return Ok(run.path.clone());
     }
-    let path = tempfile::Builder::new().prefix(PREFIX).tempdir()?.keep();
+    // Made under another name and renamed once locked: a sweep never sees
+    // a run dir whose lock is not held yet.
+    let making = tempfile::Builder::new().prefix(CLAIMING).tempdir()?.keep();
     // Traversable, as the temp dirs it holds are (a test's normal user
     // reaches the tree on null); writable by the owner only.
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))?;
-    let lock = File::create(path.join("lock"))?;
+    let traversable = || std::fs::Permissions::from_mode(0o755);
+    std::fs::set_permissions(&making, traversable())?;
+    let lock = File::create(making.join("lock"))?;
     let lock = Flock::lock(lock, FlockArg::LockExclusiveNonblock)
         .map_err(|(_, errno)| std::io::Error::from(errno))?;
-    std::fs::write(path.join("pid"), format!("{}\n", std::process::id()))?;
+    std::fs::write(making.join("pid"), format!("{}\n", std::process::id()))?;
+    std::fs::create_dir(making.join("tmp"))?;
+    std::fs::set_permissions(making.join("tmp"), traversable())?;
+    let name = making
+        .file_name()
+        .map(|n| n.to_string_lossy().replacen(CLAIMING, PREFIX, 1))
+        .unwrap_or_else(|| PREFIX.to_string());
+    let path = making.with_file_name(name);
+    std::fs::rename(&making, &path)?;
     let groups = OpenOptions::new()
         .create(true)
         .append(true)
         .open(path.join("groups"))?;
     let tmp = path.join("tmp");
-    std::fs::create_dir(&tmp)?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
     let _ = tempfile::env::override_temp_dir(&tmp);
     let run = RunDir {
         path: path.clone(),

@@ -228,6 +228,17 @@ impl FaultRun {
     }
 }
 
+impl Drop for FaultRun {
+    /// A failed test leaves no dep8 running, nor what it started.
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            self.clean();
+        }
+    }
+}
+
 /// A file of 256 MB of non-zero bytes (no copy can skip it as a hole).
 fn write_big(path: &Path) {
     use std::io::Write;
