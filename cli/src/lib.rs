@@ -14,9 +14,9 @@ use dep8_core::acquire::Fetch;
 use dep8_core::capability::Capabilities;
 use dep8_core::control::Entry;
 use dep8_core::install::DependencyPolicy;
-use dep8_core::report::{RunLog, EXIT_BAD_PACKAGE, EXIT_TESTBED_FAILURE, EXIT_UNEXPECTED};
+use dep8_core::report::{RunLog, EXIT_UNEXPECTED};
 use dep8_core::restriction::{self, InternetPolicy, ResolveOptions};
-use dep8_core::runner::{self, RunEnd, RunOptions, Timeouts};
+use dep8_core::runner::{self, NotStarted, RunEnd, RunOptions, Timeouts};
 use dep8_core::setup::{self, Setup};
 use dep8_core::testbed::TestbedError;
 use std::path::{Path, PathBuf};
@@ -550,28 +550,24 @@ async fn run_in(args: &RunArgs, registry: &Registry, out: &Path) -> Exit {
         .summary_file
         .clone()
         .unwrap_or_else(|| out.join("summary"));
-    // Ends the run before a testbed is opened: the log, the summary, the code.
-    let stop = |message: String, code: i32| {
-        log.error(&message);
-        let _ = std::fs::write(&summary, format!("{message}\n"));
-        Exit::Code(code)
+    // Ends the run before a testbed is open: the log, the summary, results.
+    let stop = |why: NotStarted| match runner::not_started(&opts, &log, why) {
+        RunEnd::Exited(code) => Exit::Code(code),
+        RunEnd::Interrupted(signal) => Exit::Signal(signal),
     };
     if let Err(e) = check_inputs(&opts) {
-        return stop(format!("erroneous package: {e}"), EXIT_BAD_PACKAGE);
+        return stop(NotStarted::BadPackage(e));
     }
     log.info(&format!("opening testbed: {}", testbed_argv.join(" ")));
     // An interrupted open drops its future: what it started is killed.
     let opened = tokio::select! {
         opened = backend.open(&backend_args) => opened,
-        Some(signal) = signals.recv() => {
-            runner::interrupted_before_start(&opts, &log, signal);
-            return Exit::Signal(signal);
-        }
+        Some(signal) = signals.recv() => return stop(NotStarted::Interrupted(signal)),
     };
     let mut tb = match opened {
         Ok(tb) => tb,
         Err(TestbedError::Usage(msg)) => return usage(format!("{}: {msg}", testbed_argv[0])),
-        Err(e) => return stop(e.to_string(), EXIT_TESTBED_FAILURE),
+        Err(e) => return stop(NotStarted::Testbed(e.detail())),
     };
     let interrupt = async {
         match signals.recv().await {

@@ -97,6 +97,16 @@ pub fn tag(cmd: &mut std::process::Command) {
     }
 }
 
+/// [`tag`], and the command's own temp files go into the run's dir (for
+/// helpers such as a virt server, not for tests: their `TMPDIR` is the
+/// user's).
+pub fn tag_helper(cmd: &mut std::process::Command) {
+    tag(cmd);
+    if let Some(run) = CURRENT.get() {
+        cmd.env("TMPDIR", run.path.join("tmp"));
+    }
+}
+
 /// Records a process group the run started (by its leader's pid), so that
 /// a sweep kills it if the run dies first. Nothing without a claimed dir.
 pub fn record_group(leader: u32) {

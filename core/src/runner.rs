@@ -189,11 +189,21 @@ pub async fn run(
     finish(&mut run.reporter, result, run.current.take(), &run.pending)
 }
 
-/// Records a run that a signal stopped before its testbed was open: the
-/// summary's note, and results.json naming the selected tests as not run.
-pub fn interrupted_before_start(opts: &RunOptions, log: &RunLog, signal: i32) {
+/// Why a run ended before its testbed was open.
+pub enum NotStarted {
+    /// A signal.
+    Interrupted(i32),
+    /// The testbed did not open (exit 16).
+    Testbed(String),
+    /// The package is at fault (exit 12).
+    BadPackage(String),
+}
+
+/// Records a run that ended before its testbed was open: the summary's
+/// note, and results.json naming the selected tests as not run.
+pub fn not_started(opts: &RunOptions, log: &RunLog, why: NotStarted) -> RunEnd {
     let Some(mut reporter) = reporter(opts, log) else {
-        return;
+        return RunEnd::Exited(EXIT_UNEXPECTED);
     };
     let planned: Vec<String> = host_arch()
         .and_then(|arch| load_suite(opts, &opts.source, &arch).ok())
@@ -203,12 +213,12 @@ pub fn interrupted_before_start(opts: &RunOptions, log: &RunLog, signal: i32) {
         .filter(|name| opts.selected(name))
         .map(str::to_string)
         .collect();
-    finish(
-        &mut reporter,
-        Err(Abort::Interrupted(signal)),
-        None,
-        &planned,
-    );
+    let abort = match why {
+        NotStarted::Interrupted(signal) => Abort::Interrupted(signal),
+        NotStarted::Testbed(msg) => Abort::Testbed(msg),
+        NotStarted::BadPackage(msg) => Abort::BadPackage(msg),
+    };
+    finish(&mut reporter, Err(abort), None, &planned)
 }
 
 /// The reporter of a run, with the facts known before it starts.

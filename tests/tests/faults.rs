@@ -418,3 +418,30 @@ fn five_concurrent_runs() {
         );
     }
 }
+
+/// A disk that never boots (no boot loader, no kernel beside it) fails
+/// within a minute, not after the 300 s boot timeout, and leaves nothing.
+#[test]
+fn qemu_disk_that_never_boots() {
+    let qemu = "qemu-system-x86_64";
+    if dep8_conformance::e2e::required_program(qemu, "qemu-system-x86").is_none() {
+        return;
+    }
+    let disk = tempfile::NamedTempFile::new().expect("disk");
+    disk.as_file().set_len(16 << 20).expect("16 MB of zeros");
+    let testbed = words(&["qemu", &disk.path().to_string_lossy()]);
+    let mut run = FaultRun::start(&testbed, &[], false);
+    let status = run.wait(Duration::from_secs(120));
+    let log = run.read("log");
+    assert_eq!(status.code(), Some(16), "log:\n{log}");
+    assert!(
+        run.read("summary")
+            .contains("serial console stayed silent for 60s"),
+        "log:\n{log}"
+    );
+    assert!(run.started.elapsed() < Duration::from_secs(100));
+    assert_eq!(run.results()["complete"], false);
+    assert_eq!(run.result_of("first"), "NOT_RUN");
+    let left = run.leftovers(Duration::from_secs(10));
+    assert!(left.is_empty(), "left behind:\n{}", left.join("\n"));
+}

@@ -291,8 +291,9 @@ impl Channel {
         // Dropping the channel closes the server's stdin: on that EOF it
         // closes its testbed itself, so it is not killed.
         let mut cmd = Command::new(program);
-        // What the server starts is found by this mark if dep8 is killed.
-        dep8_core::leftovers::tag(cmd.as_std_mut());
+        // If dep8 is killed, what the server starts and its temp files are
+        // found and removed.
+        dep8_core::leftovers::tag_helper(cmd.as_std_mut());
         let mut child = cmd
             .args(args)
             .stdin(Stdio::piped())
