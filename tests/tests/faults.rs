@@ -445,3 +445,58 @@ fn qemu_disk_that_never_boots() {
     let left = run.leftovers(Duration::from_secs(10));
     assert!(left.is_empty(), "left behind:\n{}", left.join("\n"));
 }
+
+/// A summary file that cannot be written: exit 20 with the reason in the
+/// log, and no word of an interruption (nothing was interrupted).
+#[test]
+fn unwritable_summary_file_is_not_an_interruption() {
+    let mut run = FaultRun::start(
+        &words(&["null"]),
+        &["--summary-file", "/nonexistent/x"],
+        false,
+    );
+    let status = run.wait(Duration::from_secs(60));
+    let log = run.read("log");
+    assert_eq!(status.code(), Some(20), "log:\n{log}");
+    assert!(log.contains("cannot write /nonexistent/x"), "log:\n{log}");
+    assert!(!log.contains("interrupt"), "log:\n{log}");
+}
+
+/// An argument error is in the log, not only on stderr.
+#[test]
+fn argument_errors_are_in_the_log() {
+    let mut run = FaultRun::start(&words(&["no-such-backend"]), &[], false);
+    let status = run.wait(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(20));
+    assert!(
+        run.read("log").contains("no-such-backend"),
+        "{}",
+        run.read("log")
+    );
+}
+
+/// Without `-o`, the temporary output dir is removed at the end, as
+/// autopkgtest removes its own; nothing else of the run stays either.
+#[test]
+fn no_output_dir_left_without_dash_o() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).expect("mkdir");
+    let tree =
+        dep8_conformance::e2e::source_tree(dir.path(), "quick", "Test-Command: true\nDepends:\n");
+    let status = std::process::Command::new(dep8_conformance::e2e::dep8_bin())
+        .env("TMPDIR", &tmp)
+        .arg("run")
+        .arg(&tree)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("dep8");
+    assert_eq!(status.code(), Some(0));
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .expect("tmp")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
