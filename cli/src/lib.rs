@@ -25,9 +25,9 @@ use dep8_core::capability::Capabilities;
 use dep8_core::control::Entry;
 use dep8_core::inputs::Inputs;
 use dep8_core::install::DependencyPolicy;
-use dep8_core::report::{RunLog, EXIT_BAD_PACKAGE, EXIT_TESTBED_FAILURE, EXIT_UNEXPECTED};
+use dep8_core::report::{RunLog, EXIT_BAD_PACKAGE, EXIT_UNEXPECTED};
 use dep8_core::restriction::{self, InternetPolicy, ResolveOptions};
-use dep8_core::runner::{self, verdict, RunOptions, ShellPolicy, Timeouts, Verdict};
+use dep8_core::runner::{self, verdict, NotStarted, RunEnd, RunOptions, ShellPolicy, Timeouts, Verdict};
 use dep8_core::setup::{self, Setup};
 use dep8_core::testbed::TestbedError;
 use std::io::Write;
@@ -77,6 +77,9 @@ enum Command {
     VirtExec(virt_server::ExecArgs),
     /// Run the conformance checks on a testbed: `dep8 conformance -- BACKEND ARGS...`.
     Conformance(conformance::Args),
+    /// Remove what dead dep8 runs left behind (processes, schroot
+    /// sessions, temp files); live runs and anything else are untouched.
+    Clean,
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff).
@@ -331,12 +334,35 @@ pub fn main_with(registry: Registry) -> i32 {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    runtime.block_on(dispatch(cli.command, &registry))
+    let exit = runtime.block_on(dispatch(cli.command, &registry));
+    // Whatever is still running (a testbed's processes killed on drop) ends
+    // with the runtime, before dep8 itself does.
+    drop(runtime);
+    match exit {
+        Exit::Code(code) => code,
+        Exit::Signal(signal) => {
+            dep8_core::exec::die_by_signal(signal);
+            128 + signal
+        }
+    }
 }
 
-async fn dispatch(command: Command, registry: &Registry) -> i32 {
-    match command {
-        Command::Run(args) => run(*args, registry).await,
+/// How a subcommand ends: an exit status, or (a run, after cleaning up) by
+/// the signal that interrupted it, as autopkgtest ends on SIGTERM.
+enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl From<i32> for Exit {
+    fn from(code: i32) -> Self {
+        Exit::Code(code)
+    }
+}
+
+async fn dispatch(command: Command, registry: &Registry) -> Exit {
+    let code = match command {
+        Command::Run(args) => return run(*args, registry).await,
         Command::Image(command) => tokio::task::block_in_place(|| image::main(command)),
         Command::Check(args) => check(args, registry),
         Command::Compare(args) => compare::compare(args).await,
@@ -370,6 +396,13 @@ async fn dispatch(command: Command, registry: &Registry) -> i32 {
                 .map(|row| format!("{:<26} {}\n", row.restriction.word(), row.meaning))
                 .collect()
         }),
+        Command::Clean => {
+            let lines: String = dep8_core::leftovers::sweep()
+                .into_iter()
+                .map(|line| line + "\n")
+                .collect();
+            emit(lines)
+        }
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "dep8", &mut script);
@@ -382,7 +415,8 @@ async fn dispatch(command: Command, registry: &Registry) -> i32 {
                 Err(e) => error(format!("rendering the man page: {e}")),
             }
         }
-    }
+    };
+    code.into()
 }
 
 fn error(message: impl std::fmt::Display) -> i32 {
@@ -462,11 +496,13 @@ fn timeouts(args: &RunArgs) -> Timeouts {
         test: pick(args.timeout_test, d.test),
         build: pick(args.timeout_build, d.build),
         reboot: pick(args.timeout_reboot, d.reboot),
+        global: (args.timeout > 0).then(|| Duration::from_secs(args.timeout)),
     }
 }
 
-/// Creates OUTPUT_DIR, refusing a non-empty one as autopkgtest does.
-fn output_dir(given: Option<&Path>) -> Result<PathBuf, String> {
+/// Creates OUTPUT_DIR, refusing a non-empty one as autopkgtest does;
+/// without `-o`, a temporary one (`true`: remove it at the end).
+fn output_dir(given: Option<&Path>) -> Result<(PathBuf, bool), String> {
     match given {
         Some(dir) => {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -475,20 +511,53 @@ fn output_dir(given: Option<&Path>) -> Result<PathBuf, String> {
             if entries.next().is_some() {
                 return Err(format!("--output-dir \"{}\" is not empty", dir.display()));
             }
-            Ok(dir.to_path_buf())
+            Ok((dir.to_path_buf(), false))
         }
         None => tempfile::Builder::new()
             .prefix("dep8.output.")
             .tempdir()
-            .map(|d| d.keep())
+            .map(|d| (d.keep(), true))
             .map_err(|e| format!("creating an output dir: {e}")),
     }
 }
 
-async fn run(args: RunArgs, registry: &Registry) -> i32 {
+/// `dep8 run`: the output dir and log first, so that every later error is
+/// in the log; a temporary output dir is removed at the end, as autopkgtest
+/// removes its own.
+async fn run(args: RunArgs, registry: &Registry) -> Exit {
+    // Temp files go to this run's own dir; dead runs' leftovers go away.
+    if let Err(e) = dep8_core::leftovers::claim() {
+        return error(format!("creating the run's temp dir: {e}")).into();
+    }
+    for line in dep8_core::leftovers::sweep() {
+        tracing::info!("leftovers of a dead run: {line}");
+    }
+    let (out, temporary) = match output_dir(args.output_dir.as_deref()) {
+        Ok(dir) => dir,
+        Err(e) => return error(e).into(),
+    };
+    let exit = run_in(&args, registry, &out).await;
+    if temporary {
+        let _ = tokio::fs::remove_dir_all(&out).await;
+    }
+    dep8_core::leftovers::release();
+    exit
+}
+
+async fn run_in(args: &RunArgs, registry: &Registry, out: &Path) -> Exit {
+    let log_path = args.log_file.clone().unwrap_or_else(|| out.join("log"));
+    let log = match RunLog::new(Some(&log_path), !args.quiet) {
+        Ok(log) => log,
+        Err(e) => return error(format!("{}: {e}", log_path.display())).into(),
+    };
+    let mut signals = listen(log.clone());
+    let usage = |message: String| {
+        log.error(&message);
+        Exit::Code(EXIT_UNEXPECTED)
+    };
     let inputs = match Inputs::classify(&args.inputs, args.no_built_binaries) {
         Ok(inputs) => inputs,
-        Err(e) => return error(e),
+        Err(e) => return usage(e),
     };
     let mut testbed_argv = args.testbed.clone();
     if let Some(name) = &args.testbed_name {
@@ -501,16 +570,16 @@ async fn run(args: RunArgs, registry: &Registry) -> i32 {
     testbed_argv[0] = short.to_string();
     let (backend, backend_args) = match registry.resolve(&testbed_argv) {
         Ok(b) => b,
-        Err(e) => return error(e),
+        Err(e) => return usage(e),
     };
     let on_host = backend.is_host();
-    let setup = match testbed_setup(&args, inputs.binaries) {
+    let setup = match testbed_setup(args, inputs.binaries) {
         Ok(setup) => setup,
-        Err(e) => return error(e),
+        Err(e) => return usage(e),
     };
     let host_changes = setup.system_changes();
     if on_host && !args.on_host_as_autopkgtest && !host_changes.is_empty() {
-        return error(format!(
+        return usage(format!(
             "{}: would change the host ({} is the host itself); dep8 run changes \
              the host only through --setup-commands: test on another testbed, or \
              give --on-host-as-autopkgtest for autopkgtest's behaviour",
@@ -518,15 +587,6 @@ async fn run(args: RunArgs, registry: &Registry) -> i32 {
             backend.name()
         ));
     }
-    let out = match output_dir(args.output_dir.as_deref()) {
-        Ok(dir) => dir,
-        Err(e) => return error(e),
-    };
-    let log_path = args.log_file.clone().unwrap_or_else(|| out.join("log"));
-    let log = match RunLog::new(Some(&log_path), !args.quiet) {
-        Ok(log) => log,
-        Err(e) => return error(format!("{}: {e}", log_path.display())),
-    };
     log.info(&format!("output dir {}", out.display()));
     if on_host && args.on_host_as_autopkgtest {
         log.warning(&format!(
@@ -550,7 +610,7 @@ async fn run(args: RunArgs, registry: &Registry) -> i32 {
     let opts = RunOptions {
         source: inputs.source,
         override_control: args.override_control.clone(),
-        output_dir: out.clone(),
+        output_dir: out.to_path_buf(),
         summary_file: args.summary_file.clone(),
         only_tests: args.test_name.clone(),
         skip_tests: args.skip_test.clone(),
@@ -561,7 +621,7 @@ async fn run(args: RunArgs, registry: &Registry) -> i32 {
         },
         env,
         user: args.user.clone(),
-        timeouts: timeouts(&args),
+        timeouts: timeouts(args),
         testbed_argv: testbed_argv.clone(),
         fetch: inputs.fetch,
         setup,
@@ -592,32 +652,70 @@ async fn run(args: RunArgs, registry: &Registry) -> i32 {
         .summary_file
         .clone()
         .unwrap_or_else(|| out.join("summary"));
-    // Ends the run before a testbed is opened: the log, the summary, the code.
-    let stop = |message: String, code: i32| {
-        log.error(&message);
-        let _ = std::fs::write(&summary, format!("{message}\n"));
-        code
+    // Ends the run before a testbed is open: the log, the summary, results.
+    let stop = |why: NotStarted| match runner::not_started(&opts, &log, why) {
+        RunEnd::Exited(code) => Exit::Code(code),
+        RunEnd::Interrupted(signal) => Exit::Signal(signal),
     };
     if let Err(e) = check_inputs(&opts) {
-        return stop(format!("erroneous package: {e}"), EXIT_BAD_PACKAGE);
+        return stop(NotStarted::BadPackage(e));
     }
     log.info(&format!("opening testbed: {}", testbed_argv.join(" ")));
-    let mut tb = match backend.open(&backend_args).await {
-        Ok(tb) => tb,
-        Err(TestbedError::Usage(msg)) => return error(format!("{}: {msg}", testbed_argv[0])),
-        Err(e) => return stop(e.to_string(), EXIT_TESTBED_FAILURE),
+    // An interrupted open drops its future: what it started is killed.
+    let opened = tokio::select! {
+        opened = backend.open(&backend_args) => opened,
+        Some(signal) = signals.recv() => return stop(NotStarted::Interrupted(signal)),
     };
-    let global = (args.timeout > 0).then(|| Duration::from_secs(args.timeout));
-    let code = runner::run(&opts, tb.as_mut(), &log, interrupted(global, &log)).await;
-    if code == EXIT_UNEXPECTED {
-        log.error("interrupted: the running test was killed; results so far are kept");
+    let mut tb = match opened {
+        Ok(tb) => tb,
+        Err(TestbedError::Usage(msg)) => return usage(format!("{}: {msg}", testbed_argv[0])),
+        Err(e) => return stop(NotStarted::Testbed(e.detail())),
+    };
+    let interrupt = async {
+        match signals.recv().await {
+            Some(signal) => signal,
+            None => std::future::pending().await,
+        }
+    };
+    let end = runner::run(&opts, tb.as_mut(), &log, interrupt).await;
+    // A second signal stops the close; dropping the testbed still kills
+    // and removes what it can.
+    tokio::select! {
+        closed = tb.close() => if let Err(e) = closed {
+            log.error(&format!("closing the testbed: {e}"));
+        },
+        Some(_) = signals.recv() => log.error("closing the testbed: interrupted again"),
     }
-    if let Err(e) = tb.close().await {
-        log.error(&format!("closing the testbed: {e}"));
-    }
+    drop(tb);
     log.info("@@@@@@@@@@@@@@@@@@@@ summary");
     log.raw(&std::fs::read(summary).unwrap_or_default());
-    code
+    match end {
+        RunEnd::Exited(code) => Exit::Code(code),
+        RunEnd::Interrupted(signal) => Exit::Signal(signal),
+    }
+}
+
+/// Listens to SIGINT and SIGTERM from the start of a run; each one is
+/// logged as autopkgtest logs it, and sent on.
+fn listen(log: RunLog) -> tokio::sync::mpsc::UnboundedReceiver<i32> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let signal = tokio::select! {
+                _ = term.recv() => SignalKind::terminate(),
+                _ = int.recv() => SignalKind::interrupt(),
+            }
+            .as_raw_value();
+            log.error(&format!("Received signal {signal}, cleaning up..."));
+            if tx.send(signal).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 /// What can be checked of the inputs on the host, before a testbed is
@@ -630,27 +728,6 @@ fn check_inputs(opts: &RunOptions) -> Result<(), String> {
         .binaries
         .iter()
         .try_for_each(|deb| setup::check_binary(deb))
-}
-
-/// Resolves on Ctrl-C or SIGTERM, or once `--timeout` (`global`) is up.
-async fn interrupted(global: Option<Duration>, log: &RunLog) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    let deadline = async {
-        match global {
-            Some(limit) => tokio::time::sleep(limit).await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-        _ = deadline => log.error(&format!(
-            "global timeout reached (--timeout {})",
-            global.unwrap_or_default().as_secs()
-        )),
-    }
 }
 
 /// The parsed suite and the architecture used, for check and explain.

@@ -9,7 +9,7 @@ use crate::testbed::{
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::ffi::OsStr;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::Stdio;
@@ -64,6 +64,7 @@ pub async fn run_local(argv: &[String], req: ExecRequest) -> Result<ExecOutcome>
         .ok_or_else(|| TestbedError::Failure("empty command".into()))?;
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(&argv[1..]).process_group(0).kill_on_drop(true);
+    crate::leftovers::tag(cmd.as_std_mut());
     cmd.stdin(match &req.stdin {
         Input::Null => Stdio::null(),
         Input::Bytes(_) => Stdio::piped(),
@@ -85,6 +86,9 @@ pub async fn run_local(argv: &[String], req: ExecRequest) -> Result<ExecOutcome>
     let mut child = cmd
         .spawn()
         .map_err(|e| TestbedError::failure(format!("cannot run {program}"), e))?;
+    if let Some(id) = child.id() {
+        crate::leftovers::record_group(id);
+    }
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
     // If this future is dropped (Ctrl-C), the whole group still dies.
     let _group = GroupGuard(pgid);
@@ -233,7 +237,7 @@ pub async fn copy_down_via_exec(
     let mut spool = None;
     let req = if meta.is_dir() {
         let tar = tempfile::NamedTempFile::new().map_err(|e| TestbedError::failure(&what, e))?;
-        host_command(
+        host_run(
             "tar",
             &[
                 OsStr::new("-C"),
@@ -242,7 +246,9 @@ pub async fn copy_down_via_exec(
                 tar.path().as_os_str(),
                 OsStr::new("."),
             ],
-        )?;
+            Stdio::null(),
+        )
+        .await?;
         let script = "mkdir -p -- \"$1\" && tar --no-same-owner -C \"$1\" -xf -";
         let req = ExecRequest::new(["sh", "-c", script, "sh", target])
             .stdin(Input::File(tar.path().to_path_buf()));
@@ -285,53 +291,65 @@ pub async fn copy_up_via_exec(tb: &(impl Exec + ?Sized), source: &str, host: &Pa
     if marker[0] == b'd' {
         std::fs::create_dir_all(host).map_err(fail)?;
         file.seek(SeekFrom::Start(1)).map_err(fail)?;
-        let status = std::process::Command::new("tar")
-            .args(["--no-same-owner", "-C"])
-            .arg(host)
-            .args(["-xf", "-"])
-            .stdin(Stdio::from(file))
-            .status()
-            .map_err(fail)?;
-        if !status.success() {
-            return Err(TestbedError::Failure(format!(
-                "{what}: tar failed ({status})"
-            )));
-        }
+        host_run(
+            "tar",
+            &["--no-same-owner", "-C", &host.to_string_lossy(), "-xf", "-"],
+            Stdio::from(file),
+        )
+        .await?;
     } else {
-        let mut out = std::fs::File::create(host).map_err(fail)?;
-        std::io::copy(&mut file, &mut out).map_err(fail)?;
-        out.flush().map_err(fail)?;
+        let mut file = tokio::fs::File::from_std(file);
+        let mut out = tokio::fs::File::create(host).await.map_err(fail)?;
+        tokio::io::copy(&mut file, &mut out).await.map_err(fail)?;
+        out.flush().await.map_err(fail)?;
     }
     Ok(())
 }
 
 /// Copies a host file or directory (its contents) to another host path,
-/// keeping modes, links and special files (`cp -a`).
-pub fn host_copy(from: &Path, to: &Path) -> Result<()> {
+/// keeping modes, links and special files (`cp -a`). Dropping the future
+/// (a timeout, Ctrl-C) kills the copy.
+pub async fn host_copy(from: &Path, to: &Path) -> Result<()> {
     let what = format!("copying {} to {}", from.display(), to.display());
     let meta = std::fs::symlink_metadata(from).map_err(|e| TestbedError::failure(&what, e))?;
     if meta.is_dir() {
         std::fs::create_dir_all(to).map_err(|e| TestbedError::failure(&what, e))?;
         let mut src = from.as_os_str().to_owned();
         src.push("/.");
-        host_command(
-            "cp",
-            &[OsStr::new("-a"), OsStr::new("--"), &src, to.as_os_str()],
-        )
+        let args = [OsStr::new("-a"), OsStr::new("--"), &src, to.as_os_str()];
+        host_run("cp", &args, Stdio::null()).await.map(drop)
     } else {
         if let Some(parent) = to.parent() {
             std::fs::create_dir_all(parent).map_err(|e| TestbedError::failure(&what, e))?;
         }
-        host_command(
-            "cp",
-            &[
-                OsStr::new("-a"),
-                OsStr::new("--"),
-                from.as_os_str(),
-                to.as_os_str(),
-            ],
-        )
+        let args = [OsStr::new("-a"), OsStr::new("--"), from.as_os_str(), to.as_os_str()];
+        host_run("cp", &args, Stdio::null()).await.map(drop)
     }
+}
+
+/// Runs a helper program on the host without blocking the runtime, in a
+/// process group of its own that dies if the future is dropped; returns its
+/// stdout, or fails with its stderr.
+pub async fn host_run<S: AsRef<OsStr>>(program: &str, args: &[S], stdin: Stdio) -> Result<String> {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    crate::leftovers::tag(cmd.as_std_mut());
+    let child = cmd
+        .spawn()
+        .map_err(|e| TestbedError::failure(format!("cannot run {program}"), e))?;
+    if let Some(id) = child.id() {
+        crate::leftovers::record_group(id);
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| TestbedError::failure(format!("waiting for {program}"), e))?;
+    host_result(program, args, out)
 }
 
 /// Runs a helper program on the host and fails with its stderr.
@@ -347,6 +365,11 @@ pub fn host_output<S: AsRef<OsStr>>(program: &str, args: &[S]) -> Result<String>
         .stdin(Stdio::null())
         .output()
         .map_err(|e| TestbedError::failure(format!("cannot run {program}"), e))?;
+    host_result(program, args, out)
+}
+
+/// A helper program's stdout, or its failure with its stderr.
+fn host_result<S: AsRef<OsStr>>(program: &str, args: &[S], out: std::process::Output) -> Result<String> {
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -359,6 +382,23 @@ pub fn host_output<S: AsRef<OsStr>>(program: &str, args: &[S]) -> Result<String>
             String::from_utf8_lossy(&out.stderr).trim()
         )))
     }
+}
+
+/// Raises `sig` with its default action (and no core dump): how a program
+/// that cleaned up after a signal ends, so that its parent sees the signal.
+pub fn die_by_signal(sig: i32) {
+    use nix::sys::resource::{setrlimit, Resource};
+    use nix::sys::signal::{raise, signal, SigHandler, SigSet, Signal};
+    let Ok(sig) = Signal::try_from(sig) else {
+        return;
+    };
+    let _ = setrlimit(Resource::RLIMIT_CORE, 0, 0);
+    // SAFETY: restoring the default action installs no handler code.
+    let _ = unsafe { signal(sig, SigHandler::SigDfl) };
+    let mut set = SigSet::empty();
+    set.add(sig);
+    let _ = set.thread_unblock();
+    let _ = raise(sig);
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ pub mod control;
 pub mod exec;
 pub mod inputs;
 pub mod install;
+pub mod leftovers;
 pub mod reboot;
 pub mod report;
 pub mod restriction;

@@ -68,6 +68,29 @@ pub struct TestResult {
     pub details: Vec<String>,
 }
 
+/// A selected test that got no result because the run stopped first; it is
+/// named in results.json and junit.xml, not in the summary (autopkgtest's
+/// summary has no line for it either).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(
+    tag = "result",
+    content = "reason",
+    rename_all = "SCREAMING_SNAKE_CASE"
+)]
+pub enum Unfinished {
+    /// It was running (or its testbed was being prepared) when the run stopped.
+    Interrupted(String),
+    /// Its turn never came.
+    NotRun(String),
+}
+
+#[derive(Serialize)]
+struct UnfinishedEntry<'a> {
+    name: &'a str,
+    #[serde(flatten)]
+    state: &'a Unfinished,
+}
+
 /// The exit status, computed the way autopkgtest's runner does.
 #[derive(Clone, Debug, Default)]
 pub struct ExitCode {
@@ -166,6 +189,7 @@ pub struct Reporter {
     output_dir: PathBuf,
     suite: String,
     results: Vec<TestResult>,
+    unfinished: Vec<(String, Unfinished)>,
     pub exit: ExitCode,
     /// Top-level facts for results.json (testbed, capabilities, ...).
     pub context: serde_json::Map<String, serde_json::Value>,
@@ -189,6 +213,7 @@ impl Reporter {
             output_dir: output_dir.to_path_buf(),
             suite: suite.to_string(),
             results: Vec::new(),
+            unfinished: Vec::new(),
             exit: ExitCode::default(),
             context: serde_json::Map::new(),
         })
@@ -236,8 +261,13 @@ impl Reporter {
     /// A line in the summary file and on stdout that is not a test's result
     /// (`-V`'s "Test specification is valid").
     pub fn summary_line(&mut self, line: &str) {
-        println!("{line}");
+        let _ = writeln!(std::io::stdout(), "{line}");
         let _ = writeln!(self.summary, "{line}");
+    }
+
+    /// Names a test that got no result (the run stopped first).
+    pub fn unfinished(&mut self, name: &str, state: Unfinished) {
+        self.unfinished.push((name.to_string(), state));
     }
 
     /// A line in the summary file that is not a test result (`testbed failure: ...`).
@@ -246,17 +276,23 @@ impl Reporter {
         self.log.error(line);
     }
 
-    /// Rewrites results.json and junit.xml; `exit_code` once the run is over.
-    pub fn write_files(&self, exit_code: Option<i32>) {
+    /// Rewrites results.json and junit.xml; `end` once the run is over:
+    /// its exit code, and whether every selected test got its result.
+    pub fn write_files(&self, end: Option<(i32, bool)>) {
         let mut doc = self.context.clone();
         doc.insert("schema".into(), RESULTS_SCHEMA.into());
         doc.insert("suite".into(), self.suite.clone().into());
-        doc.insert("complete".into(), exit_code.is_some().into());
-        doc.insert("exit_code".into(), exit_code.into());
-        doc.insert(
-            "tests".into(),
-            serde_json::to_value(&self.results).unwrap_or_default(),
-        );
+        doc.insert("complete".into(), end.is_some_and(|(_, all)| all).into());
+        doc.insert("exit_code".into(), end.map(|(code, _)| code).into());
+        let mut tests: Vec<serde_json::Value> = self
+            .results
+            .iter()
+            .map(|r| serde_json::to_value(r).unwrap_or_default())
+            .collect();
+        tests.extend(self.unfinished.iter().map(|(name, state)| {
+            serde_json::to_value(UnfinishedEntry { name, state }).unwrap_or_default()
+        }));
+        doc.insert("tests".into(), tests.into());
         let json = serde_json::to_string_pretty(&doc).unwrap_or_default();
         if let Err(e) = write_atomically(&self.output_dir.join("results.json"), json.as_bytes()) {
             self.log.warning(&format!("cannot write results.json: {e}"));
@@ -293,6 +329,21 @@ impl Reporter {
             let mut case = TestCase::new(r.name.as_str(), status);
             case.set_time(Duration::from_secs_f64(r.duration_secs));
             suite.add_test_case(case);
+        }
+        for (name, state) in &self.unfinished {
+            let status = match state {
+                Unfinished::Interrupted(reason) => {
+                    let mut s = TestCaseStatus::non_success(NonSuccessKind::Error);
+                    s.set_message(reason.as_str());
+                    s
+                }
+                Unfinished::NotRun(reason) => {
+                    let mut s = TestCaseStatus::skipped();
+                    s.set_message(format!("not run: {reason}"));
+                    s
+                }
+            };
+            suite.add_test_case(TestCase::new(name.as_str(), status));
         }
         let mut report = Report::new("dep8");
         report.add_test_suite(suite);

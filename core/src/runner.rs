@@ -8,7 +8,7 @@ use crate::control::{self, DependsContext, Entry, Test};
 use crate::install::{self, DependencyPolicy};
 use crate::reboot;
 use crate::report::{
-    Outcome, Reporter, RunLog, EXIT_BAD_PACKAGE, EXIT_TESTBED_FAILURE, EXIT_UNEXPECTED,
+    Outcome, Reporter, RunLog, Unfinished, EXIT_BAD_PACKAGE, EXIT_TESTBED_FAILURE, EXIT_UNEXPECTED,
 };
 use crate::restriction::{resolve, Decision, InternetPolicy, ResolveOptions, Restriction};
 use crate::setup::{Setup, SetupError};
@@ -29,6 +29,10 @@ pub struct Timeouts {
     pub build: Duration,
     /// Rebooting or reverting the testbed (may be a full boot).
     pub reboot: Duration,
+    /// `--timeout`: the whole run's time for tests and builds, as
+    /// autopkgtest's global timeout: the test or build running when it is
+    /// up times out, and the tests after it are skipped.
+    pub global: Option<Duration>,
 }
 
 impl Default for Timeouts {
@@ -40,6 +44,7 @@ impl Default for Timeouts {
             test: Duration::from_secs(10000),
             build: Duration::from_secs(100000),
             reboot: Duration::from_secs(600),
+            global: None,
         }
     }
 }
@@ -103,6 +108,12 @@ impl RunOptions {
             .clone()
             .unwrap_or_else(|| source.join("debian/tests/control"))
     }
+
+    /// Whether `--test-name` and `--skip-test` select the test `name`.
+    pub fn selected(&self, name: &str) -> bool {
+        (self.only_tests.is_empty() || self.only_tests.iter().any(|t| t == name))
+            && !self.skip_tests.iter().any(|t| t == name)
+    }
 }
 
 /// What the runner learns about the testbed once, right after opening it.
@@ -133,7 +144,17 @@ enum Abort {
     Usage(String),
     /// The package is at fault before any test could run (exit 12).
     BadPackage(String),
-    Interrupted,
+    /// This signal stopped the run.
+    Interrupted(i32),
+}
+
+/// How a run ended, as the runner saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunEnd {
+    /// The run ended by itself with autopkgtest's exit status.
+    Exited(i32),
+    /// This signal stopped it; the results so far are on disk.
+    Interrupted(i32),
 }
 
 impl From<TestbedError> for Abort {
@@ -164,32 +185,18 @@ pub fn load_suite(control: &Path, tree: &Path, arch: &str) -> Result<Vec<Entry>,
     Ok(control::parse_file(control, &ctx))
 }
 
-/// Runs the suite on `tb` and returns autopkgtest's exit status. Results are
-/// on disk as each test finishes; `interrupt` resolving stops the run.
+/// Runs the suite on `tb` and says how it ended. Results are on disk as
+/// each test finishes; `interrupt` resolving to a signal number stops the
+/// run, and results.json then names the interrupted test and those not run.
 pub async fn run(
     opts: &RunOptions,
     tb: &mut dyn Testbed,
     log: &RunLog,
-    interrupt: impl std::future::Future<Output = ()> + Send,
-) -> i32 {
-    let suite = opts
-        .source
-        .file_name()
-        .map_or("tests".into(), |n| n.to_string_lossy().into_owned());
-    let summary_path = opts
-        .summary_file
-        .clone()
-        .unwrap_or_else(|| opts.output_dir.join("summary"));
-    let mut reporter = match Reporter::new(&opts.output_dir, &summary_path, &suite, log.clone()) {
-        Ok(r) => r,
-        Err(e) => {
-            log.error(&format!("cannot write {}: {e}", summary_path.display()));
-            return EXIT_UNEXPECTED;
-        }
+    interrupt: impl std::future::Future<Output = i32> + Send,
+) -> RunEnd {
+    let Some(mut reporter) = reporter(opts, log) else {
+        return RunEnd::Exited(EXIT_UNEXPECTED);
     };
-    reporter
-        .context
-        .insert("testbed".into(), opts.testbed_argv.join(" ").into());
     reporter.context.insert(
         "capabilities".into(),
         serde_json::to_value(tb.capabilities()).unwrap_or_default(),
@@ -205,56 +212,137 @@ pub async fn run(
         built_debs: (Vec::new(), None),
         blamed: Vec::new(),
         acquired: None,
+        started: Instant::now(),
         test_kernels: Vec::new(),
+        current: None,
+        pending: Vec::new(),
     };
     tokio::pin!(interrupt);
     let result = tokio::select! {
         r = run.all(tb) => r,
-        _ = &mut interrupt => Err(Abort::Interrupted),
+        signal = &mut interrupt => Err(Abort::Interrupted(signal)),
     };
     // As autopkgtest: no apt reset on the way out of an interrupted run.
-    let interrupted = matches!(result, Err(Abort::Interrupted));
-    let code = match result {
-        Ok(()) if opts.validate => 0,
-        Ok(()) => run.reporter.exit.finish(),
-        Err(Abort::Testbed(msg)) => {
-            run.reporter
-                .summary_note(&format!("testbed failure: {msg}"));
-            EXIT_TESTBED_FAILURE
+    if !matches!(result, Err(Abort::Interrupted(_))) {
+        if let Err(msg) = run.unpublish(tb).await {
+            log.error(&format!("resetting the testbed's apt configuration: {msg}"));
         }
-        Err(Abort::BadPackage(msg)) => {
-            // As autopkgtest: what it blames, why, then the verdict.
-            let blame = format!("blame: {}", run.blamed.join(" "));
-            run.reporter.summary_note(&blame);
-            run.reporter.summary_note(&format!("badpkg: {msg}"));
-            run.reporter
-                .summary_note(&format!("erroneous package: {msg}"));
-            EXIT_BAD_PACKAGE
-        }
-        Err(Abort::Usage(msg)) => {
-            run.reporter.summary_note(&msg);
-            EXIT_UNEXPECTED
-        }
-        Err(Abort::Interrupted) => {
-            run.reporter.summary_note("quitting: interrupted");
-            EXIT_UNEXPECTED
-        }
-    };
-    let unpublished = if interrupted {
-        Ok(())
-    } else {
-        run.unpublish(tb).await
-    };
-    if let Err(msg) = unpublished {
-        log.error(&format!("resetting the testbed's apt configuration: {msg}"));
     }
     for (name, path) in tb.logs() {
-        if let Err(e) = std::fs::copy(&path, opts.output_dir.join(&name)) {
+        if let Err(e) = tokio::fs::copy(&path, opts.output_dir.join(&name)).await {
             log.error(&format!("keeping {}: {e}", path.display()));
         }
     }
-    run.reporter.write_files(Some(code));
-    code
+    let blamed = std::mem::take(&mut run.blamed);
+    let (current, pending) = (run.current.take(), std::mem::take(&mut run.pending));
+    finish(&mut run.reporter, result, current, &pending, &blamed, opts.validate)
+}
+
+/// Why a run ended before its testbed was open.
+pub enum NotStarted {
+    /// A signal.
+    Interrupted(i32),
+    /// The testbed did not open (exit 16).
+    Testbed(String),
+    /// The package is at fault (exit 12).
+    BadPackage(String),
+}
+
+/// Records a run that ended before its testbed was open: the summary's
+/// note, and results.json naming the selected tests as not run.
+pub fn not_started(opts: &RunOptions, log: &RunLog, why: NotStarted) -> RunEnd {
+    let Some(mut reporter) = reporter(opts, log) else {
+        return RunEnd::Exited(EXIT_UNEXPECTED);
+    };
+    let planned: Vec<String> = host_arch()
+        .and_then(|arch| load_suite(&opts.control_path(&opts.source), &opts.source, &arch).ok())
+        .unwrap_or_default()
+        .iter()
+        .map(Entry::name)
+        .filter(|name| opts.selected(name))
+        .map(str::to_string)
+        .collect();
+    let abort = match why {
+        NotStarted::Interrupted(signal) => Abort::Interrupted(signal),
+        NotStarted::Testbed(msg) => Abort::Testbed(msg),
+        NotStarted::BadPackage(msg) => Abort::BadPackage(msg),
+    };
+    finish(&mut reporter, Err(abort), None, &planned, &blame(opts), false)
+}
+
+/// The reporter of a run, with the facts known before it starts.
+fn reporter(opts: &RunOptions, log: &RunLog) -> Option<Reporter> {
+    let suite = opts
+        .source
+        .file_name()
+        .map_or("tests".into(), |n| n.to_string_lossy().into_owned());
+    let summary_path = opts
+        .summary_file
+        .clone()
+        .unwrap_or_else(|| opts.output_dir.join("summary"));
+    match Reporter::new(&opts.output_dir, &summary_path, &suite, log.clone()) {
+        Ok(mut reporter) => {
+            reporter
+                .context
+                .insert("testbed".into(), opts.testbed_argv.join(" ").into());
+            Some(reporter)
+        }
+        Err(e) => {
+            log.error(&format!("cannot write {}: {e}", summary_path.display()));
+            None
+        }
+    }
+}
+
+/// Writes how the run ended: the summary's note, the test it stopped in
+/// and those it never reached, results.json with `complete` and the code.
+/// `blamed` is what a bad package blames; `validate` is `-V`'s run.
+fn finish(
+    reporter: &mut Reporter,
+    result: Result<(), Abort>,
+    current: Option<String>,
+    pending: &[String],
+    blamed: &[String],
+    validate: bool,
+) -> RunEnd {
+    let (end, why) = match result {
+        Ok(()) if validate => (RunEnd::Exited(0), String::new()),
+        Ok(()) => (RunEnd::Exited(reporter.exit.finish()), String::new()),
+        Err(Abort::Usage(msg)) => {
+            reporter.summary_note(&msg);
+            (RunEnd::Exited(EXIT_UNEXPECTED), msg)
+        }
+        Err(Abort::Testbed(msg)) => {
+            let note = format!("testbed failure: {msg}");
+            reporter.summary_note(&note);
+            (RunEnd::Exited(EXIT_TESTBED_FAILURE), note)
+        }
+        Err(Abort::BadPackage(msg)) => {
+            // As autopkgtest: what it blames, why, then the verdict.
+            reporter.summary_note(&format!("blame: {}", blamed.join(" ")));
+            reporter.summary_note(&format!("badpkg: {msg}"));
+            let note = format!("erroneous package: {msg}");
+            reporter.summary_note(&note);
+            (RunEnd::Exited(EXIT_BAD_PACKAGE), note)
+        }
+        Err(Abort::Interrupted(signal)) => {
+            let note = format!("interrupted by signal {signal}");
+            reporter.summary_note(&format!("quitting: {note}"));
+            (RunEnd::Interrupted(signal), note)
+        }
+    };
+    if let Some(name) = current {
+        reporter.unfinished(&name, Unfinished::Interrupted(why.clone()));
+    }
+    for name in pending {
+        reporter.unfinished(name, Unfinished::NotRun(why.clone()));
+    }
+    let code = match end {
+        RunEnd::Exited(code) => code,
+        RunEnd::Interrupted(signal) => 128 + signal,
+    };
+    reporter.write_files(Some((code, why.is_empty())));
+    end
 }
 
 struct Run<'a> {
@@ -279,9 +367,15 @@ struct Run<'a> {
     blamed: Vec<String>,
     /// The tree unpacked or fetched in the testbed (`.dsc`, package name).
     acquired: Option<tempfile::TempDir>,
+    /// When the run started, for `--timeout`.
+    started: Instant,
     /// Kernels other than the first that tests rebooted into: (test,
     /// reboot mark, `uname -srv`).
     test_kernels: Vec<(String, String, String)>,
+    /// The test whose turn it is (its testbed being prepared, or running).
+    current: Option<String>,
+    /// The tests still to run, in order.
+    pending: Vec<String>,
 }
 
 impl Run<'_> {
@@ -302,6 +396,17 @@ impl Run<'_> {
         }
         let mut resolve_opts = self.opts.resolve.clone();
         resolve_opts.arch = Some(arch.clone());
+        if self.opts.fetch.is_none() {
+            // Known before setup, so that an interrupt there names them.
+            let control = self.opts.control_path(self.source());
+            self.pending = load_suite(&control, self.source(), &arch)
+                .unwrap_or_default()
+                .iter()
+                .map(Entry::name)
+                .filter(|name| self.opts.selected(name))
+                .map(str::to_string)
+                .collect();
+        }
 
         let apt_options = self.opts.setup.apt_options();
         if !apt_options.is_empty() && !tb.capabilities().has(Capability::RootOnTestbed) {
@@ -370,16 +475,12 @@ impl Run<'_> {
                 .summary_line("*                    Test specification is valid");
             return Ok(());
         }
-        let selected = |name: &str| {
-            (self.opts.only_tests.is_empty() || self.opts.only_tests.iter().any(|t| t == name))
-                && !self.opts.skip_tests.iter().any(|t| t == name)
-        };
-
         // Static decisions first, as autopkgtest reports them at parse time.
+        self.pending.clear();
         let mut runnable = Vec::new();
         for entry in entries
             .into_iter()
-            .filter(|e| selected(e.name()) || e.name() == "*")
+            .filter(|e| self.opts.selected(e.name()) || e.name() == "*")
         {
             let name = entry.name().to_string();
             let mut details = vec![];
@@ -421,6 +522,7 @@ impl Run<'_> {
             self.record_no_tests();
             return Ok(());
         }
+        self.pending = runnable.iter().map(|t| t.name.clone()).collect();
 
         let source = self.tests_tree().to_path_buf();
         if let Ok(Err(why)) = tokio::task::spawn_blocking(move || readable(&source)).await {
@@ -435,6 +537,8 @@ impl Run<'_> {
         let tree = format!("{}/src", tb.scratch());
         let mut copied = false;
         for test in runnable {
+            self.pending.remove(0);
+            self.current = Some(test.name.clone());
             if self.needs_revert(tb, &test) {
                 self.revert(tb).await?;
                 self.setup_testbed(tb).await?;
@@ -444,8 +548,14 @@ impl Run<'_> {
                 self.copy_tree(tb, &tree).await?;
                 copied = true;
             }
+            if self.within_global(Duration::MAX).is_zero() {
+                let skip = Outcome::Skip("global timeout exceeded".into());
+                self.reporter.record(&test.name, skip, Duration::ZERO, vec![]);
+                continue;
+            }
             let started = Instant::now();
             let (outcome, details) = self.one(tb, &test, &tree, &probe).await?;
+            self.current = None;
             self.reporter
                 .record(&test.name, outcome, started.elapsed(), details);
             if test.has(&Restriction::BreaksTestbed) {
@@ -453,6 +563,14 @@ impl Run<'_> {
             }
         }
         Ok(())
+    }
+
+    /// `limit`, cut to what is left of `--timeout` (zero once it is up).
+    fn within_global(&self, limit: Duration) -> Duration {
+        match self.opts.timeouts.global {
+            Some(global) => limit.min(global.saturating_sub(self.started.elapsed())),
+            None => limit,
+        }
     }
 
     async fn timed<T>(
@@ -675,7 +793,7 @@ impl Run<'_> {
             gain_root: self.opts.build.gain_root.as_deref(),
             env: &self.opts.env,
             install_timeout: self.opts.timeouts.install,
-            build_timeout: self.opts.timeouts.build,
+            build_timeout: self.within_global(self.opts.timeouts.build),
             log: self.log_tap(),
         };
         // The build dependencies stay: start the tests afresh.
@@ -1433,7 +1551,7 @@ impl Run<'_> {
             let mut req = ExecRequest::new(["bash", "-c", &script])
                 .stdout(Output::file(&stdout_path).with_tap(tap.clone()))
                 .stderr(Output::file(&stderr_path).with_tap(tap.clone()))
-                .timeout(self.opts.timeouts.test);
+                .timeout(self.within_global(self.opts.timeouts.test));
             req.user = user.clone();
             let next = match self
                 .run_watched(tb, req, can_reboot, name, [&stdout_path, &stderr_path])

@@ -5,6 +5,7 @@
 
 pub mod callers;
 pub mod e2e;
+pub mod faults;
 pub mod sshd;
 
 use dep8_core::capability::Capability;

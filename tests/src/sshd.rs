@@ -136,6 +136,11 @@ impl LoopbackSshd {
         ))
     }
 
+    /// The listening sshd's pid (its connections are its children).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

@@ -413,7 +413,7 @@ async fn insecure_brings_back_world_writable_dirs() {
     let log = dep8_core::report::RunLog::new(None, false).unwrap();
     let mut tb = dep8_backend_null::NullTestbed::open().unwrap();
     let code = dep8_core::runner::run(&opts, &mut tb, &log, std::future::pending()).await;
-    assert_eq!(code, 2, "{}", read(&out.join("summary")));
+    assert_eq!(code, dep8_core::runner::RunEnd::Exited(2), "{}", read(&out.join("summary")));
     let modes = modes(&out);
     let mode = |line: &String| line.split(' ').next().unwrap().to_string();
     assert_eq!(mode(&modes[0]), "755", "AUTOPKGTEST_TMP: {modes:?}");

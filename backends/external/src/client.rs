@@ -290,7 +290,11 @@ impl Channel {
     fn spawn(program: &str, args: &[String]) -> Result<Self> {
         // Dropping the channel closes the server's stdin: on that EOF it
         // closes its testbed itself, so it is not killed.
-        let mut child = Command::new(program)
+        let mut cmd = Command::new(program);
+        // If dep8 is killed, what the server starts and its temp files are
+        // found and removed.
+        dep8_core::leftovers::tag_helper(cmd.as_std_mut());
+        let mut child = cmd
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

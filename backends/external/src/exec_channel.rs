@@ -155,7 +155,7 @@ fn exit_like(status: &str) -> ! {
         Some(("exit", code)) => std::process::exit(code.parse().unwrap_or(TRANSPORT_FAILURE)),
         Some(("signal", sig)) => {
             let sig: i32 = sig.parse().unwrap_or(0);
-            die_by_signal(sig);
+            dep8_core::exec::die_by_signal(sig);
             std::process::exit(128 + sig)
         }
         _ => {
@@ -163,22 +163,6 @@ fn exit_like(status: &str) -> ! {
             std::process::exit(TRANSPORT_FAILURE)
         }
     }
-}
-
-/// Raises `sig` with its default action (and no core dump).
-fn die_by_signal(sig: i32) {
-    use nix::sys::resource::{setrlimit, Resource};
-    use nix::sys::signal::{raise, signal, SigHandler, SigSet, Signal};
-    let Ok(sig) = Signal::try_from(sig) else {
-        return;
-    };
-    let _ = setrlimit(Resource::RLIMIT_CORE, 0, 0);
-    // SAFETY: restoring the default action installs no handler code.
-    let _ = unsafe { signal(sig, SigHandler::SigDfl) };
-    let mut set = SigSet::empty();
-    set.add(sig);
-    let _ = set.thread_unblock();
-    let _ = raise(sig);
 }
 
 #[cfg(test)]

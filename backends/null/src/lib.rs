@@ -131,11 +131,11 @@ impl Testbed for NullTestbed {
     }
 
     async fn copy_down(&self, host: &Path, testbed_path: &str) -> Result<()> {
-        host_copy(host, Path::new(testbed_path))
+        host_copy(host, Path::new(testbed_path)).await
     }
 
     async fn copy_up(&self, testbed_path: &str, host: &Path) -> Result<()> {
-        host_copy(Path::new(testbed_path), host)
+        host_copy(Path::new(testbed_path), host).await
     }
 
     async fn close(&mut self) -> Result<()> {

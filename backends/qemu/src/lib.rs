@@ -33,6 +33,12 @@ use std::time::{Duration, Instant};
 /// at boot), so it survives a reboot.
 const SCRATCH: &str = "/var/tmp/dep8-scratch";
 
+/// A guest whose serial console says nothing for this long does not boot.
+const SILENT_CONSOLE: Duration = Duration::from_secs(60);
+
+/// How often a boot in progress is reported (`-d`).
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
 /// The QEMU binary dep8 runs unless told otherwise.
 const DEFAULT_QEMU: &str = "qemu-system-x86_64";
 
@@ -501,14 +507,17 @@ impl QemuTestbed {
                 .open(&log_path)
                 .map_err(|e| TestbedError::failure(log_path.display(), e))
         };
-        let mut child = tokio::process::Command::new(&argv[0])
-            .args(&argv[1..])
+        let mut cmd = tokio::process::Command::new(&argv[0]);
+        cmd.args(&argv[1..])
             .stdin(std::process::Stdio::null())
             .stdout(open_log()?)
             .stderr(open_log()?)
             // Ctrl-C on the terminal is dep8's to handle, not QEMU's.
             .process_group(0)
-            .kill_on_drop(true)
+            .kill_on_drop(true);
+        // A dep8 killed before it could stop QEMU: the next run stops it.
+        dep8_core::leftovers::tag(cmd.as_std_mut());
+        let mut child = cmd
             .spawn()
             .map_err(|e| TestbedError::failure(format!("cannot run {}", self.qemu), e))?;
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -669,8 +678,34 @@ impl QemuTestbed {
         let image = self.image.display().to_string();
         let qemu = self.qemu.clone();
         let vm = self.vm.as_mut().ok_or_else(not_running)?;
+        let started = Instant::now();
+        let silence = SILENT_CONSOLE.min(Duration::from_secs(self.args.boot_timeout));
         let watch = async {
+            let mut reported = Duration::ZERO;
             loop {
+                let waited = started.elapsed();
+                let written = std::fs::metadata(&console).map_or(0, |m| m.len());
+                if written == 0 && waited > silence {
+                    return TestbedError::Failure(format!(
+                        "{image} does not boot: the serial console stayed silent for {}s \
+                         (no boot loader or kernel writes to it; a kernel beside the image, \
+                         IMAGE.vmlinuz or --kernel, boots directly)",
+                        silence.as_secs()
+                    ));
+                }
+                if waited >= reported + PROGRESS_EVERY {
+                    reported = waited;
+                    let last = tail(&console, 1);
+                    tracing::info!(
+                        "qemu: booting for {}s; console: {}",
+                        waited.as_secs(),
+                        if written == 0 {
+                            "(silent)"
+                        } else {
+                            last.trim()
+                        }
+                    );
+                }
                 if let Ok(Some(status)) = vm.child.try_wait() {
                     return TestbedError::Failure(format!(
                         "{qemu} exited while booting ({status}): {}\nconsole:\n{}",

@@ -677,7 +677,7 @@ impl Testbed for SchrootTestbed {
 
     async fn copy_down(&self, host: &Path, testbed_path: &str) -> Result<()> {
         if self.host_copies {
-            host_copy(host, &self.session()?.host_path(testbed_path)?)
+            host_copy(host, &self.session()?.host_path(testbed_path)?).await
         } else {
             copy_down_via_exec(self, host, testbed_path).await
         }
@@ -685,7 +685,7 @@ impl Testbed for SchrootTestbed {
 
     async fn copy_up(&self, testbed_path: &str, host: &Path) -> Result<()> {
         if self.host_copies {
-            host_copy(&self.session()?.host_path(testbed_path)?, host)
+            host_copy(&self.session()?.host_path(testbed_path)?, host).await
         } else {
             copy_up_via_exec(self, testbed_path, host).await
         }

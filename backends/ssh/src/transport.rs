@@ -575,15 +575,15 @@ impl SshConnection {
             ]
             .map(String::from),
         );
-        let mut child = tokio::process::Command::new(&argv[0])
-            .args(&argv[1..])
+        let mut cmd = tokio::process::Command::new(&argv[0]);
+        cmd.args(&argv[1..])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("cannot run ssh: {e}"))?;
+            .kill_on_drop(true);
+        dep8_core::leftovers::tag(cmd.as_std_mut());
+        let mut child = cmd.spawn().map_err(|e| format!("cannot run ssh: {e}"))?;
         let socket = self.control_socket();
         let started = Instant::now();
         loop {

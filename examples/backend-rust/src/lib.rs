@@ -101,11 +101,11 @@ impl Testbed for ChrootTestbed {
     }
 
     async fn copy_down(&self, host: &Path, testbed_path: &str) -> Result<()> {
-        host_copy(host, &self.on_host(testbed_path))
+        host_copy(host, &self.on_host(testbed_path)).await
     }
 
     async fn copy_up(&self, testbed_path: &str, host: &Path) -> Result<()> {
-        host_copy(&self.on_host(testbed_path), host)
+        host_copy(&self.on_host(testbed_path), host).await
     }
 
     async fn close(&mut self) -> Result<()> {
