@@ -668,7 +668,11 @@ async fn run_in(args: &RunArgs, registry: &Registry, out: &Path) -> Exit {
     };
     let mut tb = match opened {
         Ok(tb) => tb,
-        Err(TestbedError::Usage(msg)) => return usage(format!("{}: {msg}", testbed_argv[0])),
+        Err(TestbedError::Usage(msg)) => {
+            let msg = format!("{}: {msg}", testbed_argv[0]);
+            log.error(&msg);
+            return stop(NotStarted::Usage(msg));
+        }
         Err(e) => return stop(NotStarted::Testbed(e.detail())),
     };
     let interrupt = async {

@@ -246,6 +246,8 @@ pub enum NotStarted {
     Testbed(String),
     /// The package is at fault (exit 12).
     BadPackage(String),
+    /// The testbed refused its arguments (exit 20).
+    Usage(String),
 }
 
 /// Records a run that ended before its testbed was open: the summary's
@@ -266,6 +268,7 @@ pub fn not_started(opts: &RunOptions, log: &RunLog, why: NotStarted) -> RunEnd {
         NotStarted::Interrupted(signal) => Abort::Interrupted(signal),
         NotStarted::Testbed(msg) => Abort::Testbed(msg),
         NotStarted::BadPackage(msg) => Abort::BadPackage(msg),
+        NotStarted::Usage(msg) => Abort::Usage(msg),
     };
     finish(&mut reporter, Err(abort), None, &planned, &blame(opts), false)
 }
