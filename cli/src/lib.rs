@@ -27,7 +27,9 @@ use dep8_core::inputs::Inputs;
 use dep8_core::install::DependencyPolicy;
 use dep8_core::report::{RunLog, EXIT_BAD_PACKAGE, EXIT_UNEXPECTED};
 use dep8_core::restriction::{self, InternetPolicy, ResolveOptions};
-use dep8_core::runner::{self, verdict, NotStarted, RunEnd, RunOptions, ShellPolicy, Timeouts, Verdict};
+use dep8_core::runner::{
+    self, verdict, NotStarted, RunEnd, RunOptions, ShellPolicy, Timeouts, Verdict,
+};
 use dep8_core::setup::{self, Setup};
 use dep8_core::testbed::TestbedError;
 use std::io::Write;

@@ -322,7 +322,12 @@ pub async fn host_copy(from: &Path, to: &Path) -> Result<()> {
         if let Some(parent) = to.parent() {
             std::fs::create_dir_all(parent).map_err(|e| TestbedError::failure(&what, e))?;
         }
-        let args = [OsStr::new("-a"), OsStr::new("--"), from.as_os_str(), to.as_os_str()];
+        let args = [
+            OsStr::new("-a"),
+            OsStr::new("--"),
+            from.as_os_str(),
+            to.as_os_str(),
+        ];
         host_run("cp", &args, Stdio::null()).await.map(drop)
     }
 }
@@ -369,7 +374,11 @@ pub fn host_output<S: AsRef<OsStr>>(program: &str, args: &[S]) -> Result<String>
 }
 
 /// A helper program's stdout, or its failure with its stderr.
-fn host_result<S: AsRef<OsStr>>(program: &str, args: &[S], out: std::process::Output) -> Result<String> {
+fn host_result<S: AsRef<OsStr>>(
+    program: &str,
+    args: &[S],
+    out: std::process::Output,
+) -> Result<String> {
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {

@@ -235,7 +235,14 @@ pub async fn run(
     }
     let blamed = std::mem::take(&mut run.blamed);
     let (current, pending) = (run.current.take(), std::mem::take(&mut run.pending));
-    finish(&mut run.reporter, result, current, &pending, &blamed, opts.validate)
+    finish(
+        &mut run.reporter,
+        result,
+        current,
+        &pending,
+        &blamed,
+        opts.validate,
+    )
 }
 
 /// Why a run ended before its testbed was open.
@@ -270,7 +277,14 @@ pub fn not_started(opts: &RunOptions, log: &RunLog, why: NotStarted) -> RunEnd {
         NotStarted::BadPackage(msg) => Abort::BadPackage(msg),
         NotStarted::Usage(msg) => Abort::Usage(msg),
     };
-    finish(&mut reporter, Err(abort), None, &planned, &blame(opts), false)
+    finish(
+        &mut reporter,
+        Err(abort),
+        None,
+        &planned,
+        &blame(opts),
+        false,
+    )
 }
 
 /// The reporter of a run, with the facts known before it starts.
@@ -510,7 +524,8 @@ impl Run<'_> {
                     Outcome::Skip(reason)
                 }
             };
-            self.reporter.record(&name, outcome, Duration::ZERO, details);
+            self.reporter
+                .record(&name, outcome, Duration::ZERO, details);
         }
         if !self.opts.only_tests.is_empty()
             && runnable.is_empty()
@@ -553,7 +568,8 @@ impl Run<'_> {
             }
             if self.within_global(Duration::MAX).is_zero() {
                 let skip = Outcome::Skip("global timeout exceeded".into());
-                self.reporter.record(&test.name, skip, Duration::ZERO, vec![]);
+                self.reporter
+                    .record(&test.name, skip, Duration::ZERO, vec![]);
                 continue;
             }
             let started = Instant::now();

@@ -63,7 +63,7 @@ impl FaultRun {
         }
         let child = Command::new(dep8_bin())
             .env("TMPDIR", dir.path().join("tmp"))
-            .args(["run", "-o"])
+            .args(["run", "-B", "-o"])
             .arg(dir.path().join("out"))
             .args(extra)
             .arg(&tree)

@@ -31,7 +31,7 @@ Depends:
 fn run(src: &Path, out: &Path, testbed: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(dep8_bin())
         .current_dir(repo())
-        .args(["run", "-o"])
+        .args(["run", "-B", "-o"])
         .arg(out)
         .arg(src)
         .arg("--")
@@ -325,7 +325,7 @@ fn qemu_unbootable_disk_fails_early_and_keeps_its_keys_private() {
     std::fs::create_dir(&tmp).unwrap();
     let started = Instant::now();
     let mut child = Command::new(dep8_bin())
-        .args(["run", "-o"])
+        .args(["run", "-B", "-o"])
         .arg(dir.path().join("out"))
         .arg(&src)
         .args(["--", "qemu"])
@@ -413,7 +413,12 @@ async fn insecure_brings_back_world_writable_dirs() {
     let log = dep8_core::report::RunLog::new(None, false).unwrap();
     let mut tb = dep8_backend_null::NullTestbed::open().unwrap();
     let code = dep8_core::runner::run(&opts, &mut tb, &log, std::future::pending()).await;
-    assert_eq!(code, dep8_core::runner::RunEnd::Exited(2), "{}", read(&out.join("summary")));
+    assert_eq!(
+        code,
+        dep8_core::runner::RunEnd::Exited(2),
+        "{}",
+        read(&out.join("summary"))
+    );
     let modes = modes(&out);
     let mode = |line: &String| line.split(' ').next().unwrap().to_string();
     assert_eq!(mode(&modes[0]), "755", "AUTOPKGTEST_TMP: {modes:?}");

@@ -86,7 +86,7 @@ fn numeric_options_refuse_edge_values_with_a_usage_error() {
             "4294967296",
             "99999999999999999999",
         ] {
-            let out = dep8(&["run", option, value, tree]);
+            let out = dep8(&["run", "-B", option, value, tree]);
             assert_exit(
                 &out,
                 20,
@@ -96,7 +96,7 @@ fn numeric_options_refuse_edge_values_with_a_usage_error() {
         }
     }
     for value in ["-1", "-0.5", "NaN", "inf", "-inf", "1e300", "50000", ""] {
-        let out = dep8(&["run", "--timeout-factor", value, tree]);
+        let out = dep8(&["run", "-B", "--timeout-factor", value, tree]);
         assert_exit(
             &out,
             20,
@@ -172,13 +172,13 @@ fn empty_and_malformed_values_are_usage_errors() {
         assert_exit(&dep8(&argv), 20, says, &args.join(" "));
     }
     assert_exit(
-        &dep8(&["run", ""]),
+        &dep8(&["run", "-B", ""]),
         20,
         ": no such file or directory",
         "SRC ''",
     );
     assert_exit(
-        &dep8(&["run", tree, "--", ""]),
+        &dep8(&["run", "-B", tree, "--", ""]),
         20,
         "unknown backend \"\"",
         "backend ''",
@@ -239,7 +239,7 @@ fn closed_stdout_loses_only_the_echo() {
     let (dir, tree) = package(TWO_TESTS);
     let out_dir = dir.path().join("out");
     let out = Command::new(dep8_bin())
-        .args(["run", "-o"])
+        .args(["run", "-B", "-o"])
         .arg(&out_dir)
         .arg(&tree)
         .stdin(Stdio::null())
@@ -295,7 +295,7 @@ fn closed_stderr_loses_nothing_else() {
     let (dir, tree) = package(TWO_TESTS);
     let out_dir = dir.path().join("out");
     let out = Command::new(dep8_bin())
-        .args(["run", "-dd", "-o"])
+        .args(["run", "-B", "-dd", "-o"])
         .arg(&out_dir)
         .arg(&tree)
         .stdin(Stdio::null())
@@ -359,7 +359,7 @@ fn output_dir_on_a_full_filesystem() {
          Test-Command: echo small\nFeatures: test-name=small\nDepends:\n",
     );
     let out = Command::new(dep8_bin())
-        .args(["run", "-o"])
+        .args(["run", "-B", "-o"])
         .arg(fs.0.path().join("out"))
         .arg(&tree)
         .stdin(Stdio::null())
@@ -417,6 +417,7 @@ fn unreadable_source_files_are_the_package_s_fault() {
         let out_dir = outputs.join(path.replace('/', "-"));
         let args = [
             OsStr::new("run"),
+            OsStr::new("-B"),
             OsStr::new("-o"),
             out_dir.as_os_str(),
             tree.as_os_str(),
@@ -435,6 +436,7 @@ fn package_faults_are_blamed_on_the_package() {
     let (dir, tree) = package("Test-Command: echo hi\nFeatures: test-name=it's\nDepends:\n");
     let out = dep8(&[
         OsStr::new("run"),
+        OsStr::new("-B"),
         OsStr::new("-o"),
         dir.path().join("out").as_os_str(),
         tree.as_os_str(),
@@ -447,6 +449,7 @@ fn package_faults_are_blamed_on_the_package() {
     let (dir, tree) = package("Test-Command: echo a\0b\nDepends:\n");
     let out = dep8(&[
         OsStr::new("run"),
+        OsStr::new("-B"),
         OsStr::new("-o"),
         dir.path().join("out").as_os_str(),
         tree.as_os_str(),
@@ -471,6 +474,7 @@ fn package_faults_are_blamed_on_the_package() {
     std::os::unix::fs::symlink(&outside, tree.join("elsewhere")).unwrap();
     let out = dep8(&[
         OsStr::new("run"),
+        OsStr::new("-B"),
         OsStr::new("-o"),
         dir.path().join("out").as_os_str(),
         tree.as_os_str(),
@@ -491,6 +495,7 @@ fn package_faults_are_blamed_on_the_package() {
     std::os::unix::fs::symlink("/bin/true", tree.join("debian/tests/t1")).unwrap();
     let out = dep8(&[
         OsStr::new("run"),
+        OsStr::new("-B"),
         OsStr::new("-o"),
         dir.path().join("out").as_os_str(),
         tree.as_os_str(),
@@ -510,6 +515,7 @@ fn a_10_mb_test_command_runs_and_is_abridged_in_the_log() {
     let out_dir = dir.path().join("out");
     let out = dep8(&[
         OsStr::new("run"),
+        OsStr::new("-B"),
         OsStr::new("-o"),
         out_dir.as_os_str(),
         tree.as_os_str(),
@@ -568,7 +574,13 @@ fn explain_takes_the_backend_s_arguments() {
     // run decides as explain does: the same words in the summary.
     let null = explain(&["null"]);
     let dir = tempfile::tempdir().unwrap();
-    let out = dep8(&["run", "-o", dir.path().join("o").to_str().unwrap(), tree]);
+    let out = dep8(&[
+        "run",
+        "-B",
+        "-o",
+        dir.path().join("o").to_str().unwrap(),
+        tree,
+    ]);
     assert_exit(&out, 8, "", "run on null");
     let summary = read(&dir.path().join("o/summary"));
     for name in ["base", "rb"] {
@@ -588,6 +600,7 @@ fn a_long_command_and_a_quoted_name_on_unshare() {
     let out_dir = dir.path().join("out");
     let out = dep8(&[
         OsStr::new("run"),
+        OsStr::new("-B"),
         OsStr::new("-o"),
         out_dir.as_os_str(),
         tree.as_os_str(),

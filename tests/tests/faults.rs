@@ -327,7 +327,7 @@ fn load_run(testbed: &[String], n: usize, id: usize) -> (String, Option<i32>, u6
     let dir = tempfile::tempdir().expect("temp dir");
     let tree = dep8_conformance::e2e::source_tree(dir.path(), "load", &many_tests(n));
     let mut child = std::process::Command::new(dep8_conformance::e2e::dep8_bin())
-        .args(["run", "--env", &format!("RUN={id}"), "-o"])
+        .args(["run", "-B", "--env", &format!("RUN={id}"), "-o"])
         .arg(dir.path().join("out"))
         .arg(&tree)
         .arg("--")

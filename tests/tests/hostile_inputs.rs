@@ -139,7 +139,7 @@ fn run(control: &str, files: &[(String, String)], value: &str, testbed: &[&str])
     let canary = dir.path().join("canary");
     let out = Command::new(dep8_bin())
         .env("DEP8_CANARY", &canary)
-        .args(["run", "--env"])
+        .args(["run", "-B", "--env"])
         .arg(format!("V={value}"))
         .arg("--env")
         .arg(format!("DEP8_CANARY={}", canary.display()))
