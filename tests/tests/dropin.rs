@@ -477,3 +477,43 @@ fn global_timeout_and_quiet() {
         "{log}"
     );
 }
+
+/// autopkgtest's apt fallback: a dependency only the pinned release can
+/// satisfy (acr newer than bookworm's, from bookworm-backports whose
+/// other packages are pinned at 100) is installed once the pins are dropped,
+/// and is badpkg with `--no-apt-fallback`.
+#[test]
+fn apt_fallback_drops_the_pins_unless_told_not_to() {
+    let Some(tarball) = dep8_conformance::e2e::unshare_rootfs_as_root() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("fallback");
+    std::fs::create_dir_all(tree.join("debian/tests")).unwrap();
+    std::fs::write(
+        tree.join("debian/tests/control"),
+        "Test-Command: dpkg-query -W acr\nDepends: acr (>> 1.9.4-1)\n",
+    )
+    .unwrap();
+    let tree = tree.to_str().unwrap();
+    let args = |extra: &'static [&'static str]| {
+        let mut args = vec![
+            "run",
+            "--add-apt-release=bookworm-backports",
+            "--pin-packages=bookworm-backports=dep8-no-such-package",
+        ];
+        args.extend(extra);
+        args.extend([tree, "--", "unshare", "--tarball", &tarball]);
+        args
+    };
+    let out = run(&dep8_bin(), &args(&["--no-apt-fallback"]));
+    assert_eq!(out.status.code(), Some(12), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("command1             FAIL badpkg"));
+    let out = run(&dep8_bin(), &args(&[]));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("retrying without /etc/apt/preferences.d/dep8-pin-bookworm-backports.pref"),
+        "{stderr}"
+    );
+}
