@@ -517,3 +517,44 @@ fn apt_fallback_drops_the_pins_unless_told_not_to() {
         "{stderr}"
     );
 }
+
+/// Exit statuses 254 and 255 are reported as 253, as autopkgtest's
+/// wrapper has done since 5.39.
+#[test]
+fn exit_statuses_254_and_255_read_253_as_with_autopkgtest() {
+    let Some(autopkgtest) = autopkgtest_as_root() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("src");
+    std::fs::create_dir_all(tree.join("debian/tests")).unwrap();
+    std::fs::write(
+        tree.join("debian/tests/control"),
+        "Test-Command: exit 255\nDepends:\n\nTest-Command: exit 254\nDepends:\n",
+    )
+    .unwrap();
+    let (_link_dir, link) = entry_point();
+    let summaries: Vec<String> = [&autopkgtest, &link]
+        .iter()
+        .enumerate()
+        .map(|(i, program)| {
+            let out = dir.path().join(format!("out{i}"));
+            let args = [
+                "-B",
+                "-o",
+                out.to_str().unwrap(),
+                tree.to_str().unwrap(),
+                "--",
+                "null",
+            ];
+            assert_eq!(run(program, &args).status.code(), Some(4));
+            std::fs::read_to_string(out.join("summary")).unwrap()
+        })
+        .collect();
+    assert_eq!(
+        summaries[1],
+        "command1             FAIL non-zero exit status 253\n\
+         command2             FAIL non-zero exit status 253\n"
+    );
+    assert_eq!(summaries[1], summaries[0]);
+}
