@@ -195,12 +195,12 @@ struct RunArgs {
     /// Allow what autopkgtest 5.48 made opt-in because it is unsafe.
     #[arg(long)]
     insecure: bool,
-    /// Only the test results on the terminal: dep8's own messages go to
-    /// the log file only.
+    /// Only the test results on the terminal: dep8's messages and the
+    /// tests' output go to the log file only.
     #[arg(short = 'q', long)]
     quiet: bool,
-    /// Open a shell in the testbed after a failed build, setup or test (on
-    /// a terminal).
+    /// Open a shell in the testbed after a failed test or dependency
+    /// installation (on a terminal).
     #[arg(short = 's', long)]
     shell_fail: bool,
     /// Open a shell in the testbed after every test (on a terminal).

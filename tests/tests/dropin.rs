@@ -479,3 +479,84 @@ fn global_timeout_and_quiet() {
         "quick                PASS\nslow                 FAIL timed out\n"
     );
 }
+
+/// autopkgtest's apt fallback: a dependency only the pinned release can
+/// satisfy (acr newer than bookworm's, from bookworm-backports whose
+/// other packages are pinned at 100) is installed once the pins are dropped,
+/// and is badpkg with `--no-apt-fallback`.
+#[test]
+fn apt_fallback_drops_the_pins_unless_told_not_to() {
+    let Some(tarball) = dep8_conformance::e2e::unshare_rootfs_as_root() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("fallback");
+    std::fs::create_dir_all(tree.join("debian/tests")).unwrap();
+    std::fs::write(
+        tree.join("debian/tests/control"),
+        "Test-Command: dpkg-query -W acr\nDepends: acr (>> 1.9.4-1)\n",
+    )
+    .unwrap();
+    let tree = tree.to_str().unwrap();
+    let args = |extra: &'static [&'static str]| {
+        let mut args = vec![
+            "run",
+            "--add-apt-release=bookworm-backports",
+            "--pin-packages=bookworm-backports=dep8-no-such-package",
+        ];
+        args.extend(extra);
+        args.extend([tree, "--", "unshare", "--tarball", &tarball]);
+        args
+    };
+    let out = run(&dep8_bin(), &args(&["--no-apt-fallback"]));
+    assert_eq!(out.status.code(), Some(12), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("command1             FAIL badpkg"));
+    let out = run(&dep8_bin(), &args(&[]));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("retrying without /etc/apt/preferences.d/dep8-pin-bookworm-backports.pref"),
+        "{stderr}"
+    );
+}
+
+/// Exit statuses 254 and 255 are reported as 253, as autopkgtest's
+/// wrapper has done since 5.39.
+#[test]
+fn exit_statuses_254_and_255_read_253_as_with_autopkgtest() {
+    let Some(autopkgtest) = autopkgtest_as_root() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("src");
+    std::fs::create_dir_all(tree.join("debian/tests")).unwrap();
+    std::fs::write(
+        tree.join("debian/tests/control"),
+        "Test-Command: exit 255\nDepends:\n\nTest-Command: exit 254\nDepends:\n",
+    )
+    .unwrap();
+    let (_link_dir, link) = entry_point();
+    let summaries: Vec<String> = [&autopkgtest, &link]
+        .iter()
+        .enumerate()
+        .map(|(i, program)| {
+            let out = dir.path().join(format!("out{i}"));
+            let args = [
+                "-B",
+                "-o",
+                out.to_str().unwrap(),
+                tree.to_str().unwrap(),
+                "--",
+                "null",
+            ];
+            assert_eq!(run(program, &args).status.code(), Some(4));
+            std::fs::read_to_string(out.join("summary")).unwrap()
+        })
+        .collect();
+    assert_eq!(
+        summaries[1],
+        "command1             FAIL non-zero exit status 253\n\
+         command2             FAIL non-zero exit status 253\n"
+    );
+    assert_eq!(summaries[1], summaries[0]);
+}
