@@ -1199,6 +1199,9 @@ mod tests {
             );
         }
         assert!(parse(&["--cpus", "2"]).is_err(), "an image is required");
+        // An exact long option wins over a longer one it is a prefix of.
+        let a = parse(&["--cpu", "host", "img"]).unwrap().unwrap();
+        assert_eq!((a.cpu.as_deref(), a.cpus), (Some("host"), 1));
     }
 
     #[test]

@@ -477,8 +477,9 @@ fn bootstrap(command: &[String]) -> Result<tempfile::TempDir> {
         .tempdir()
         .map_err(|e| TestbedError::failure("creating a dir for the bootstrapped tarball", e))?;
     let tarball = made.path().join("chroot.tar");
-    tracing::info!(
-        "unshare: no cached tarball; making one: {} {}",
+    // Shown without -d: it takes minutes and downloads from the archive.
+    tracing::warn!(
+        "unshare: no cached tarball; making one (this takes minutes): {} {}",
         shell_words::join(command),
         tarball.display()
     );
