@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 /// The fixture's tests: `first` passes, `sleeper` runs until it is hurt,
 /// `never` comes after it.
-pub const CONTROL: &str = "Test-Command: echo first\nFeatures: test-name=first\nDepends:\n\n\
+const CONTROL: &str = "Test-Command: echo first\nFeatures: test-name=first\nDepends:\n\n\
      Test-Command: sleep 600\nFeatures: test-name=sleeper\nDepends:\n\n\
      Test-Command: echo never\nFeatures: test-name=never\nDepends:\n";
 
@@ -28,6 +28,10 @@ pub enum Phase {
     Copy,
     /// The `sleeper` test runs.
     Test,
+    /// The testbed is reverted before `sleeper` (`first` breaks it);
+    /// reverting is quick, so the run may be hurt in `sleeper` already: the
+    /// results are the same.
+    Revert,
 }
 
 impl Phase {
@@ -37,6 +41,7 @@ impl Phase {
             Phase::Setup => "setting up the testbed",
             Phase::Copy => "to the testbed",
             Phase::Test => "test sleeper: [-----",
+            Phase::Revert => "reverting the testbed",
         }
     }
 }
@@ -49,16 +54,25 @@ pub struct FaultRun {
 }
 
 impl FaultRun {
-    /// Starts `dep8 run -o OUT SRC [extra] -- testbed...` on the fixture;
-    /// `big` adds a 256 MB file to the tree (a copy long enough to catch).
-    pub fn start(testbed: &[String], extra: &[&str], big: bool) -> FaultRun {
+    /// Starts `dep8 run -o OUT SRC [extra] -- testbed...` on the fixture
+    /// made for `phase` (and for none: the plain fixture); for
+    /// [`Phase::Copy`], the tree holds a 256 MB file (a copy to catch).
+    pub fn start(testbed: &[String], extra: &[&str], phase: Option<Phase>) -> FaultRun {
         let dir = tempfile::Builder::new()
             .prefix("dep8-faults.")
             .tempdir()
             .expect("temp dir");
         std::fs::create_dir(dir.path().join("tmp")).expect("mkdir tmp");
-        let tree = source_tree(dir.path(), "fx", CONTROL);
-        if big {
+        let control = match phase {
+            Some(Phase::Revert) => CONTROL.replacen(
+                "test-name=first\n",
+                "test-name=first\nRestrictions: breaks-testbed\n",
+                1,
+            ),
+            _ => CONTROL.to_string(),
+        };
+        let tree = source_tree(dir.path(), "fx", &control);
+        if phase == Some(Phase::Copy) {
             write_big(&tree.join("big"));
         }
         let child = Command::new(dep8_bin())
