@@ -168,20 +168,9 @@ impl Build<'_> {
             "DEBIAN_FRONTEND=noninteractive apt-get build-dep -y -q \
              -o Dpkg::Options::=--force-confnew {tree}"
         );
-        let out = tb
-            .exec(
-                self.profiles(self.request(["sh", "-ec", &install]))
-                    .timeout(self.install_timeout),
-            )
-            .await?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(BuildError::Testbed(format!(
-                "Failure installing build dependencies on testbed: {}",
-                out.stderr_last_line()
-            )))
-        }
+        let req = self.profiles(self.request(["sh", "-ec", &install]));
+        self.step(tb, req, "Failure installing build dependencies on testbed")
+            .await
     }
 
     /// The `nocheck noudeb` profiles for apt, after any the user gave.
@@ -205,17 +194,20 @@ impl Build<'_> {
         } else {
             "command -v fakeroot >/dev/null".into()
         };
-        let out = tb
-            .exec(
-                self.request(["sh", "-ec", &script])
-                    .timeout(self.install_timeout),
-            )
-            .await?;
+        let req = self.request(["sh", "-ec", &script]);
+        let what = "the build needs fakeroot, which is not installed and cannot be";
+        self.step(tb, req, what).await
+    }
+
+    /// Runs a preparation step (within the install timeout); its failure,
+    /// `what` and stderr's last line, is the testbed's.
+    async fn step(&self, tb: &dyn Testbed, req: ExecRequest, what: &str) -> Result<(), BuildError> {
+        let out = tb.exec(req.timeout(self.install_timeout)).await?;
         if out.status.success() {
             Ok(())
         } else {
             Err(BuildError::Testbed(format!(
-                "the build needs fakeroot, which is not installed and cannot be: {}",
+                "{what}: {}",
                 out.stderr_last_line()
             )))
         }

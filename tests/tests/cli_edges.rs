@@ -34,6 +34,17 @@ fn dep8<S: AsRef<OsStr>>(args: &[S]) -> Output {
         .expect("running dep8")
 }
 
+/// `dep8 run -B -o OUT TREE`.
+fn run_into(out: &Path, tree: &Path) -> Output {
+    dep8(&[
+        OsStr::new("run"),
+        OsStr::new("-B"),
+        OsStr::new("-o"),
+        out.as_os_str(),
+        tree.as_os_str(),
+    ])
+}
+
 /// The exit status is `code`, stderr says `says`, and nothing panicked.
 fn assert_exit(out: &Output, code: i32, says: &str, what: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -434,26 +445,14 @@ fn unreadable_source_files_are_the_package_s_fault() {
 fn package_faults_are_blamed_on_the_package() {
     // A quote in a test name reaches no shell unquoted: the test runs.
     let (dir, tree) = package("Test-Command: echo hi\nFeatures: test-name=it's\nDepends:\n");
-    let out = dep8(&[
-        OsStr::new("run"),
-        OsStr::new("-B"),
-        OsStr::new("-o"),
-        dir.path().join("out").as_os_str(),
-        tree.as_os_str(),
-    ]);
+    let out = run_into(&dir.path().join("out"), &tree);
     assert_exit(&out, 0, "", "test-name=it's");
     assert_eq!(words(&dir.path().join("out/summary"))["it's"], "PASS");
     assert_eq!(read(&dir.path().join("out/it's-stdout")), "hi\n");
 
     // A NUL byte: BROKEN with file, line and field (autopkgtest crashes).
     let (dir, tree) = package("Test-Command: echo a\0b\nDepends:\n");
-    let out = dep8(&[
-        OsStr::new("run"),
-        OsStr::new("-B"),
-        OsStr::new("-o"),
-        dir.path().join("out").as_os_str(),
-        tree.as_os_str(),
-    ]);
+    let out = run_into(&dir.path().join("out"), &tree);
     assert_exit(
         &out,
         12,
@@ -472,13 +471,7 @@ fn package_faults_are_blamed_on_the_package() {
     );
     chmod(&outside.join("t1"), 0o755);
     std::os::unix::fs::symlink(&outside, tree.join("elsewhere")).unwrap();
-    let out = dep8(&[
-        OsStr::new("run"),
-        OsStr::new("-B"),
-        OsStr::new("-o"),
-        dir.path().join("out").as_os_str(),
-        tree.as_os_str(),
-    ]);
+    let out = run_into(&dir.path().join("out"), &tree);
     assert_exit(
         &out,
         12,
@@ -493,13 +486,7 @@ fn package_faults_are_blamed_on_the_package() {
     // A test file that is a symlink out of the tree, the same.
     let (dir, tree) = package("Tests: t1\nDepends:\n");
     std::os::unix::fs::symlink("/bin/true", tree.join("debian/tests/t1")).unwrap();
-    let out = dep8(&[
-        OsStr::new("run"),
-        OsStr::new("-B"),
-        OsStr::new("-o"),
-        dir.path().join("out").as_os_str(),
-        tree.as_os_str(),
-    ]);
+    let out = run_into(&dir.path().join("out"), &tree);
     assert_exit(
         &out,
         12,
@@ -513,13 +500,7 @@ fn a_10_mb_test_command_runs_and_is_abridged_in_the_log() {
     let big = format!("echo done; true {}\n", "x".repeat(10 << 20));
     let (dir, tree) = package(&format!("Test-Command: {big}Depends:\n"));
     let out_dir = dir.path().join("out");
-    let out = dep8(&[
-        OsStr::new("run"),
-        OsStr::new("-B"),
-        OsStr::new("-o"),
-        out_dir.as_os_str(),
-        tree.as_os_str(),
-    ]);
+    let out = run_into(&out_dir, &tree);
     assert_exit(&out, 0, "bytes in all)", "10 MB Test-Command");
     assert_eq!(read(&out_dir.join("command1-stdout")), "done\n");
     let log = std::fs::metadata(out_dir.join("log")).unwrap().len();
