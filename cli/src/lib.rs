@@ -332,6 +332,12 @@ pub fn main_with(registry: Registry) -> i32 {
         )
         .with_writer(std::io::stderr)
         .init();
+    // A run's temp files go to its own dir, claimed while dep8 has one thread.
+    if matches!(cli.command, Command::Run(_)) {
+        if let Err(e) = dep8_core::leftovers::claim() {
+            return error(format!("creating the run's temp dir: {e}"));
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -527,10 +533,7 @@ fn output_dir(given: Option<&Path>) -> Result<(PathBuf, bool), String> {
 /// in the log; a temporary output dir is removed at the end, as autopkgtest
 /// removes its own.
 async fn run(args: RunArgs, registry: &Registry) -> Exit {
-    // Temp files go to this run's own dir; dead runs' leftovers go away.
-    if let Err(e) = dep8_core::leftovers::claim() {
-        return error(format!("creating the run's temp dir: {e}")).into();
-    }
+    // Dead runs' leftovers go away (this run's dir was claimed at start).
     for line in dep8_core::leftovers::sweep() {
         tracing::info!("leftovers of a dead run: {line}");
     }

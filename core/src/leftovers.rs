@@ -20,8 +20,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 const PREFIX: &str = "dep8-run.";
-/// A run dir's name while it is being made.
-const CLAIMING: &str = ".dep8-claim.";
 
 /// The environment variable that marks a run's processes with its dir.
 const ENV: &str = "DEP8_RUN_DIR";
@@ -36,37 +34,36 @@ struct RunDir {
 static CURRENT: OnceLock<RunDir> = OnceLock::new();
 
 /// Claims a run dir for this process and points every later temp file
-/// into it. Once per process; later calls return the same dir.
+/// into it. Once per process, before any other thread is started (it sets
+/// an environment variable); later calls return the same dir.
 pub fn claim() -> std::io::Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(run) = CURRENT.get() {
         return Ok(run.path.clone());
     }
-    // Made under another name and renamed once locked: a sweep never sees
-    // a run dir whose lock is not held yet.
-    let making = tempfile::Builder::new().prefix(CLAIMING).tempdir()?.keep();
+    let path = tempfile::Builder::new().prefix(PREFIX).tempdir()?.keep();
     // Traversable, as the temp dirs it holds are (a test's normal user
     // reaches the tree on null); writable by the owner only.
     let traversable = || std::fs::Permissions::from_mode(0o755);
-    std::fs::set_permissions(&making, traversable())?;
-    let lock = File::create(making.join("lock"))?;
+    std::fs::set_permissions(&path, traversable())?;
+    let lock = File::create(path.join("lock"))?;
     let lock = Flock::lock(lock, FlockArg::LockExclusiveNonblock)
         .map_err(|(_, errno)| std::io::Error::from(errno))?;
-    std::fs::write(making.join("pid"), format!("{}\n", std::process::id()))?;
-    std::fs::create_dir(making.join("tmp"))?;
-    std::fs::set_permissions(making.join("tmp"), traversable())?;
-    let name = making
-        .file_name()
-        .map(|n| n.to_string_lossy().replacen(CLAIMING, PREFIX, 1))
-        .unwrap_or_else(|| PREFIX.to_string());
-    let path = making.with_file_name(name);
-    std::fs::rename(&making, &path)?;
+    // Written once the lock is held: a sweep ignores a dir without it, so
+    // it never takes a starting run for a dead one.
+    std::fs::write(path.join("pid"), format!("{}\n", std::process::id()))?;
+    std::fs::create_dir(path.join("tmp"))?;
+    std::fs::set_permissions(path.join("tmp"), traversable())?;
     let groups = OpenOptions::new()
         .create(true)
         .append(true)
         .open(path.join("groups"))?;
     let tmp = path.join("tmp");
     let _ = tempfile::env::override_temp_dir(&tmp);
+    // Inherited from the fork on, so that a child caught between fork and
+    // exec by a SIGKILL of dep8 is marked too. Claimed before any thread
+    // starts (`dep8 run` claims before its runtime is built).
+    std::env::set_var(ENV, &path);
     let run = RunDir {
         path: path.clone(),
         groups: Mutex::new(groups),
@@ -136,7 +133,10 @@ pub fn sweep() -> Vec<String> {
         if !is_run || CURRENT.get().is_some_and(|r| r.path == dir) {
             continue;
         }
-        // Held: the run is alive. Missing: not (yet) a run dir.
+        // No pid yet: a run still starting. Lock held: a live run.
+        if !dir.join("pid").exists() {
+            continue;
+        }
         let Ok(lock) = File::open(dir.join("lock")) else {
             continue;
         };
