@@ -86,11 +86,21 @@ fn sorted(list: &Value) -> Value {
 }
 
 fn test_fields(t: &Value) -> Value {
-    let depends: Vec<&Value> = t["depends"]
+    // dep8 keeps each group as the string it hands apt; autopkgtest keeps
+    // a list of alternatives and hands apt them joined with " | ".
+    let depends: Vec<String> = t["depends"]
         .as_array()
         .into_iter()
         .flatten()
-        .filter(|d| d.as_str() != Some(""))
+        .map(|group| match group.as_array() {
+            Some(alternatives) => alternatives
+                .iter()
+                .map(|a| a.as_str().expect("alternatives are strings"))
+                .collect::<Vec<_>>()
+                .join(" | "),
+            None => group.as_str().expect("groups are strings").to_string(),
+        })
+        .filter(|d| !d.is_empty())
         .collect();
     json!({
         "name": t["name"], "path": t["path"], "command": t["command"],
