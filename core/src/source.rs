@@ -34,9 +34,10 @@ pub struct SourcePackage {
     pub name: String,
     /// Real `.deb` binaries (udebs and other package types are left out).
     pub binaries: Vec<Binary>,
-    /// Build-Depends, Build-Depends-Indep and Build-Depends-Arch, joined.
+    /// Build-Depends, Build-Depends-Indep and Build-Depends-Arch, unfolded
+    /// and joined.
     pub build_depends: String,
-    /// Every binary's Recommends, joined.
+    /// Every binary's Recommends, unfolded and joined.
     pub recommends: String,
     /// The source paragraph's `Testsuite:` (autodep8's
     /// `autopkgtest-pkg-*` words).
@@ -79,7 +80,7 @@ impl SourcePackage {
         };
         let build_depends = ["Build-Depends", "Build-Depends-Indep", "Build-Depends-Arch"]
             .iter()
-            .map(|f| field(f))
+            .map(|f| unfold(&field(f)))
             .filter(|v| !v.trim().is_empty())
             .collect::<Vec<_>>()
             .join(", ");
@@ -88,7 +89,7 @@ impl SourcePackage {
         for binary in control.binaries() {
             let get = |f: &str| binary.as_deb822().get(f);
             if let Some(r) = get("Recommends") {
-                recommends.push(r);
+                recommends.push(unfold(&r));
             }
             let package_type = get("Package-Type").or_else(|| get("XC-Package-Type"));
             if package_type.is_some_and(|t| t != "deb") {
@@ -109,6 +110,12 @@ impl SourcePackage {
             testsuite: field("Testsuite"),
         })
     }
+}
+
+/// A folded field on one line, as autopkgtest hands it to apt (which
+/// reads any whitespace alike).
+fn unfold(value: &str) -> String {
+    value.replace('\n', " ")
 }
 
 /// Whether autopkgtest asks autodep8 for the tests of `tree`: it has no

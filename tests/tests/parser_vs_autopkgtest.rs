@@ -15,7 +15,7 @@
 //!   stops at the first invalid stanza and reports the whole package);
 //! - runs of whitespace inside a dependency are one space: autopkgtest
 //!   unfolds debian/control's folded fields keeping (halved) indentation,
-//!   dep8's debian/control reader drops it; apt reads both alike;
+//!   dep8 puts one space for each line break; apt reads both alike;
 //! - needs-sudo's `passwd` and `sudo`: autopkgtest 5.49 appends both in
 //!   Python's set order even when Depends lists them (its check compares a
 //!   name with alternative groups), dep8 appends the missing ones in order.
