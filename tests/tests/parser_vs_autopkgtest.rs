@@ -7,8 +7,8 @@
 //!
 //! Normalizations, applied to both sides before comparing:
 //! - restrictions and features are sorted (autopkgtest keeps sets);
-//! - empty dependencies are dropped: autopkgtest's `@builddeps@` yields an
-//!   empty one when debian/control has no Build-Depends;
+//! - empty dependencies are dropped: autopkgtest keeps the empty groups of
+//!   an empty Build-Depends field or of `a,,b` in debian/control;
 //! - the skip reasons in [`REASON_DIFFERENCES`] are deliberate wording
 //!   differences and are mapped to autopkgtest's text.
 //! - an entry dep8 reports BROKEN is compared by name only (autopkgtest
