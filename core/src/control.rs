@@ -1,4 +1,4 @@
-//! DEP-8 `debian/tests/control` parsing, with autopkgtest 5.28's quirks and
+//! DEP-8 `debian/tests/control` parsing, with autopkgtest 5.49's quirks and
 //! a source position for every problem.
 //!
 //! Hand-rolled rather than built on `deb822-lossless`: autopkgtest cuts
@@ -211,7 +211,7 @@ pub fn parse_bytes(path: &Path, bytes: &[u8], ctx: &DependsContext) -> Vec<Entry
 /// Python's `str.isspace()` for one character, which autopkgtest's parser
 /// (python-debian, `str.split`, `str.strip`) uses: Unicode whitespace plus
 /// the ASCII separators U+001C..U+001F.
-fn py_space(c: char) -> bool {
+pub(crate) fn py_space(c: char) -> bool {
     c.is_whitespace() || ('\x1c'..='\x1f').contains(&c)
 }
 
@@ -539,8 +539,15 @@ fn stanza_entries(
         Ok(deps) => deps,
         Err(message) => return broken(problem(field_line("Depends"), Some("Depends"), message)),
     };
-    if restrictions.contains(&Restriction::NeedsSudo) && !depends.iter().any(|d| d == "sudo") {
-        depends.push("sudo".into());
+    // needs-sudo implies passwd and sudo. autopkgtest 5.49 appends them even
+    // when Depends lists them already (its check compares a name with
+    // groups); dep8 appends only what is missing.
+    if restrictions.contains(&Restriction::NeedsSudo) {
+        for implied in ["passwd", "sudo"] {
+            if !depends.iter().any(|d| d == implied) {
+                depends.push(implied.into());
+            }
+        }
     }
 
     let unknown_field = stanza

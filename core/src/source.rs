@@ -16,15 +16,28 @@ pub struct Binary {
     pub architecture: String,
 }
 
+impl Binary {
+    /// Whether it is built for `arch` (autopkgtest's `@` lists only these).
+    pub fn built_for(&self, arch: &str) -> bool {
+        let archs: Vec<String> = self
+            .architecture
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        self.architecture == "all" || arch_list_matches(arch, &archs)
+    }
+}
+
 /// What dep8 needs from `debian/control`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SourcePackage {
     pub name: String,
     /// Real `.deb` binaries (udebs and other package types are left out).
     pub binaries: Vec<Binary>,
-    /// Build-Depends, Build-Depends-Indep and Build-Depends-Arch, joined.
+    /// Build-Depends, Build-Depends-Indep and Build-Depends-Arch, unfolded
+    /// and joined.
     pub build_depends: String,
-    /// Every binary's Recommends, joined.
+    /// Every binary's Recommends, unfolded and joined.
     pub recommends: String,
     /// The source paragraph's `Testsuite:` (autodep8's
     /// `autopkgtest-pkg-*` words).
@@ -67,7 +80,7 @@ impl SourcePackage {
         };
         let build_depends = ["Build-Depends", "Build-Depends-Indep", "Build-Depends-Arch"]
             .iter()
-            .map(|f| field(f))
+            .map(|f| unfold(&field(f)))
             .filter(|v| !v.trim().is_empty())
             .collect::<Vec<_>>()
             .join(", ");
@@ -76,7 +89,7 @@ impl SourcePackage {
         for binary in control.binaries() {
             let get = |f: &str| binary.as_deb822().get(f);
             if let Some(r) = get("Recommends") {
-                recommends.push(r);
+                recommends.push(unfold(&r));
             }
             let package_type = get("Package-Type").or_else(|| get("XC-Package-Type"));
             if package_type.is_some_and(|t| t != "deb") {
@@ -97,6 +110,12 @@ impl SourcePackage {
             testsuite: field("Testsuite"),
         })
     }
+}
+
+/// A folded field on one line, as autopkgtest hands it to apt (which
+/// reads any whitespace alike).
+fn unfold(value: &str) -> String {
+    value.replace('\n', " ")
 }
 
 /// Whether autopkgtest asks autodep8 for the tests of `tree`: it has no
@@ -142,66 +161,95 @@ pub fn autodep8(tree: &Path) -> Result<Option<tempfile::NamedTempFile>, String> 
     }
 }
 
-/// Expands a test's `Depends:` value into alternative groups, as autopkgtest
-/// does: `@` is every binary, `@builddeps@` the build dependencies reduced for
-/// `arch` plus build-essential, `@recommends@` the binaries' Recommends.
+/// Expands a test's `Depends:` value into alternative groups, each the
+/// string handed to apt, as autopkgtest 5.49 does: `@` is every binary built
+/// for `arch`, `@builddeps@` the build dependencies as written (apt applies
+/// their architecture lists and build profiles) plus build-essential,
+/// `@recommends@` every Recommends group as written. Alternatives are
+/// joined with " | ", trimmed as autopkgtest trims them.
 pub fn expand_depends(
     value: &str,
     source: Option<&SourcePackage>,
     arch: &str,
 ) -> Result<Vec<String>, String> {
     let mut deps = Vec::new();
-    for group in value.split(',').map(str::trim).filter(|g| !g.is_empty()) {
+    for group in value.split(',').map(py_trim).filter(|g| !g.is_empty()) {
         match group {
-            "@" => deps.extend(source.into_iter().flat_map(|s| &s.binaries).map(|b| {
-                match b.architecture.as_str() {
-                    "all" | "any" => b.name.clone(),
-                    archs => format!("{} [{archs}]", b.name),
-                }
-            })),
+            "@" => deps.extend(
+                source
+                    .into_iter()
+                    .flat_map(|s| &s.binaries)
+                    .filter(|b| b.built_for(arch))
+                    .map(|b| b.name.clone()),
+            ),
             "@builddeps@" => {
                 let text = source.map_or("", |s| s.build_depends.as_str());
-                deps.extend(
-                    reduce(text, arch).map_err(|e| format!("invalid build dependencies: {e}"))?,
-                );
+                validate(text).map_err(|e| format!("invalid build dependencies: {e}"))?;
+                deps.extend(text.split(',').map(alternatives));
                 deps.push("build-essential".into());
             }
             "@recommends@" => {
-                let text = source.map_or(String::new(), |s| without_substvars(&s.recommends));
-                deps.extend(reduce(&text, arch).map_err(|e| format!("invalid Recommends: {e}"))?);
+                let groups = source.map(|s| without_substvars(&s.recommends));
+                let groups = groups.unwrap_or_default();
+                validate(&groups.join(", ")).map_err(|e| format!("invalid Recommends: {e}"))?;
+                deps.extend(groups);
             }
             _ => {
                 check_dependency(group)?;
-                deps.push(group.to_string());
+                deps.push(alternatives(group));
             }
         }
     }
+    deps.retain(|d| !d.is_empty());
     Ok(deps)
 }
 
-/// Drops `${...}` substitution variables, which only a built package
-/// resolves, as autopkgtest does: whole `${...}` entries, and version
-/// constraints that use one (`foo (= ${binary:Version})` is `foo`).
-fn without_substvars(deps: &str) -> String {
+/// Python's `str.strip()`, which autopkgtest trims dependencies with.
+fn py_trim(s: &str) -> &str {
+    s.trim_matches(crate::control::py_space)
+}
+
+/// One alternative group as autopkgtest hands it to apt: each alternative
+/// trimmed, joined with " | ".
+fn alternatives(group: &str) -> String {
+    group
+        .split('|')
+        .map(py_trim)
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+/// Whether relations parse (dep8 is stricter here than autopkgtest, which
+/// leaves invalid ones for apt to refuse).
+fn validate(text: &str) -> Result<(), String> {
+    if text.trim().is_empty() {
+        return Ok(());
+    }
+    text.parse::<Relations>().map(drop)
+}
+
+/// The Recommends groups without `${...}` substitution variables, which
+/// only a built package resolves, as autopkgtest does: whole `${...}`
+/// entries go, and version constraints that use one (`foo (= ${binary:Version})`
+/// is `foo`).
+fn without_substvars(deps: &str) -> Vec<String> {
     deps.split(',')
-        .map(str::trim)
+        .map(py_trim)
         .filter(|d| !d.is_empty() && !d.starts_with("${"))
         .map(|d| match (d.find('('), d.find("${"), d.rfind(')')) {
             (Some(open), Some(var), Some(close)) if open < var && var < close => {
-                format!("{}{}", &d[..open], &d[close + 1..])
+                py_trim(&format!("{}{}", &d[..open], &d[close + 1..])).to_string()
             }
             _ => d.to_string(),
         })
-        .collect::<Vec<_>>()
-        .join(", ")
+        .collect()
 }
 
 /// Validates one alternative group of a test's Depends against the grammar
 /// autopkgtest accepts for each alternative: `name[:arch] [(op version)]
 /// [[arch list]]`, lower-case names, the five relation operators and a valid
-/// Debian version. Stricter than autopkgtest in one way: it checks only up
-/// to the first alternative that is not one of the source's own binaries,
-/// dep8 checks them all, and rejects an empty version (`foo (>= )`).
+/// Debian version. Stricter than autopkgtest in one way: it rejects an empty
+/// version (`foo (>= )`).
 /// Hand-rolled because `debian-control`'s parser accepts more (build
 /// profiles, `>`, upper case) than apt takes in a test's Depends.
 fn check_dependency(group: &str) -> Result<(), String> {
@@ -286,27 +334,6 @@ fn valid_version(version: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || ".+~-".contains(c) || (epoch && c == ':'))
 }
 
-/// Reduces relations for `arch` with no build profile active (Dpkg::Deps's
-/// reduce_arch/reduce_profiles), giving one string per alternative group.
-fn reduce(text: &str, arch: &str) -> Result<Vec<String>, String> {
-    if text.trim().is_empty() {
-        return Ok(Vec::new());
-    }
-    let relations: Relations = text.parse()?;
-    let mut out = Vec::new();
-    for entry in relations.entries() {
-        let kept: Vec<String> = entry
-            .relations()
-            .filter(|r| relation_applies(r, arch))
-            .map(|r| plain_relation(&r))
-            .collect();
-        if !kept.is_empty() {
-            out.push(kept.join(" | "));
-        }
-    }
-    Ok(out)
-}
-
 /// Whether a relation's architecture list and build profiles keep it for
 /// `arch` with no profile active.
 fn relation_applies(relation: &Relation, arch: &str) -> bool {
@@ -323,18 +350,6 @@ fn relation_applies(relation: &Relation, arch: &str) -> bool {
             })
         });
     arch_ok && profiles_ok
-}
-
-/// A relation without its architecture list and profiles.
-fn plain_relation(relation: &Relation) -> String {
-    let mut s = relation.try_name().unwrap_or_default();
-    if let Some(q) = relation.archqual() {
-        s += &format!(":{q}");
-    }
-    if let Some((op, version)) = relation.version() {
-        s += &format!(" ({op} {version})");
-    }
-    s
 }
 
 /// `[amd64 !i386]` semantics: a positive list must contain a match, a
@@ -509,41 +524,51 @@ fn version_satisfies(
 mod tests {
     use super::*;
 
-    const CONTROL: &str = "Source: demo\n# a comment\nBuild-Depends: debhelper-compat (= 13), libfoo-dev [amd64], libbar-dev [!amd64],\n nocheck-only <!nocheck>, with-check <check>\nBuild-Depends-Indep: python3 | python3-all\n\nPackage: demo\nArchitecture: any\nRecommends: ${misc:Depends}, demo-doc\n\nPackage: demo-doc\nArchitecture: all\n\nPackage: demo-x86\nArchitecture: amd64 i386\n\nPackage: demo-udeb\nPackage-Type: udeb\nArchitecture: any\n";
+    const CONTROL: &str = "Source: demo\n# a comment\nBuild-Depends: debhelper-compat (= 13), libfoo-dev [amd64], libbar-dev [!amd64],\n nocheck-only <!nocheck>, with-check <check>\nBuild-Depends-Indep: python3 | python3-all\n\nPackage: demo\nArchitecture: any\nRecommends: ${misc:Depends}, demo-doc\n\nPackage: demo-doc\nArchitecture: all\nRecommends: demo-doc [amd64],\n x|y\n\nPackage: demo-x86\nArchitecture: amd64 i386\n\nPackage: demo-udeb\nPackage-Type: udeb\nArchitecture: any\n";
 
     #[test]
     fn expands_at_forms() {
         let src = SourcePackage::parse(CONTROL).unwrap();
         assert_eq!(src.name, "demo");
-        let deps = expand_depends("@, foo (>= 1.0) | bar", Some(&src), "amd64").unwrap();
-        assert_eq!(
-            deps,
-            [
-                "demo",
-                "demo-doc",
-                "demo-x86 [amd64 i386]",
-                "foo (>= 1.0) | bar"
-            ]
-        );
-        let deps = expand_depends("@builddeps@", Some(&src), "amd64").unwrap();
-        assert_eq!(
-            deps,
-            [
-                "debhelper-compat (= 13)",
-                "libfoo-dev",
-                "nocheck-only",
-                "python3 | python3-all",
-                "build-essential"
-            ]
-        );
-        let deps = expand_depends("@builddeps@", Some(&src), "arm64").unwrap();
-        assert!(
-            deps.contains(&"libbar-dev".to_string()) && !deps.contains(&"libfoo-dev".to_string())
-        );
+        let deps = expand_depends("@, foo (>= 1.0)|bar", Some(&src), "amd64").unwrap();
+        assert_eq!(deps, ["demo", "demo-doc", "demo-x86", "foo (>= 1.0) | bar"]);
+        // A binary not built for the architecture is left out.
+        let deps = expand_depends("@", Some(&src), "arm64").unwrap();
+        assert_eq!(deps, ["demo", "demo-doc"]);
+        // As written, for apt to reduce, whatever the architecture.
+        for arch in ["amd64", "arm64"] {
+            let deps = expand_depends("@builddeps@", Some(&src), arch).unwrap();
+            assert_eq!(
+                deps,
+                [
+                    "debhelper-compat (= 13)",
+                    "libfoo-dev [amd64]",
+                    "libbar-dev [!amd64]",
+                    "nocheck-only <!nocheck>",
+                    "with-check <check>",
+                    "python3 | python3-all",
+                    "build-essential"
+                ]
+            );
+        }
         assert_eq!(
             expand_depends("@recommends@", Some(&src), "amd64").unwrap(),
-            ["demo-doc"]
+            ["demo-doc", "demo-doc [amd64]", "x|y"]
         );
+    }
+
+    #[test]
+    fn needs_sudo_implies_passwd_and_sudo_once() {
+        let ctx = crate::control::DependsContext {
+            source: None,
+            arch: "amd64",
+        };
+        let text = "Tests: a\nRestrictions: needs-sudo\nDepends: sudo\n";
+        let entries = crate::control::parse_bytes(Path::new("c"), text.as_bytes(), &ctx);
+        match &entries[..] {
+            [crate::control::Entry::Test(t)] => assert_eq!(t.depends, ["sudo", "passwd"]),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -578,7 +603,7 @@ mod tests {
     fn recommends_lose_substvars_like_autopkgtest() {
         assert_eq!(
             without_substvars("${misc:Recommends}, foo (= ${binary:Version}), bar (>= 1) | baz"),
-            "foo , bar (>= 1) | baz"
+            ["foo", "bar (>= 1) | baz"]
         );
     }
 
