@@ -223,13 +223,18 @@ impl Options {
         let args =
             Args::try_parse_from(args).map_err(|e| TestbedError::Usage(e.render().to_string()))?;
         let usage = |msg: String| TestbedError::Usage(msg);
+        // A missing image is a testbed failure (16), as with
+        // autopkgtest-virt-unshare: a CI retries it as a temporary failure.
         let rootfs = match (&args.tarball, &args.rootfs) {
             (Some(p), _) if !p.is_file() => {
-                return Err(usage(format!("--tarball {}: no such file", p.display())))
+                return Err(TestbedError::Failure(format!(
+                    "--tarball {}: no such file",
+                    p.display()
+                )))
             }
             (Some(p), _) => Rootfs::Tarball(p.clone()),
             (None, Some(p)) if !p.join("etc").is_dir() => {
-                return Err(usage(format!(
+                return Err(TestbedError::Failure(format!(
                     "--rootfs {}: not a root filesystem (no etc/)",
                     p.display()
                 )))
