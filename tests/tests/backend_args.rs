@@ -339,7 +339,12 @@ fn qemu_unbootable_disk_fails_early_and_keeps_its_keys_private() {
     let mut seen = Vec::new();
     let mut listening = None;
     while child.try_wait().unwrap().is_none() && started.elapsed() < Duration::from_secs(120) {
-        for entry in std::fs::read_dir(&tmp).unwrap().flatten() {
+        // The run's temp files are in its run dir, $TMPDIR/dep8-run.*/tmp.
+        let run_dirs = std::fs::read_dir(&tmp)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path().join("tmp"));
+        for entry in run_dirs.flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten()) {
             let name = entry.file_name().to_string_lossy().into_owned();
             if let Some(kind) = ["dep8-qemu.", "dep8-ssh."]
                 .iter()
