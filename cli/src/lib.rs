@@ -558,6 +558,10 @@ async fn run_in(args: &RunArgs, registry: &Registry, out: &Path) -> Exit {
     let mut signals = listen(log.clone());
     let usage = |message: String| {
         log.error(&message);
+        if args.quiet {
+            // -q keeps dep8's messages off the terminal, not its errors.
+            error(&message);
+        }
         Exit::Code(EXIT_UNEXPECTED)
     };
     let inputs = match Inputs::classify(&args.inputs, args.no_built_binaries) {

@@ -555,14 +555,17 @@ impl Run<'_> {
         let tree = format!("{}/src", tb.scratch());
         let mut copied = false;
         for test in runnable {
+            let reverting = self.needs_revert(tb, &test);
+            if !reverting && !copied {
+                // The tree's first copy is no test's turn yet.
+                self.copy_tree(tb, &tree).await?;
+                copied = true;
+            }
             self.pending.remove(0);
             self.current = Some(test.name.clone());
-            if self.needs_revert(tb, &test) {
+            if reverting {
                 self.revert(tb).await?;
                 self.setup_testbed(tb).await?;
-                copied = false;
-            }
-            if !copied {
                 self.copy_tree(tb, &tree).await?;
                 copied = true;
             }

@@ -54,8 +54,16 @@ fn autopkgtest_options() -> Option<Vec<(Vec<String>, bool)>> {
     Some(options)
 }
 
-/// A value each option accepts.
-fn value_for(option: &str) -> &'static str {
+/// A value each option accepts; the output paths are new ones under the
+/// temp dir, since dep8 writes its output dir and log before it looks at
+/// the source.
+fn value_for(option: &str) -> String {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    if ["--output-dir", "--log-file", "--summary-file"].contains(&option) {
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("dep8-dropin.{}.{n}", std::process::id()));
+        return path.to_string_lossy().into_owned();
+    }
     match option {
         "--pin-packages" => "bookworm-backports=hello,src:dpkg",
         "--env" => "A=b",
@@ -65,6 +73,7 @@ fn value_for(option: &str) -> &'static str {
         o if o.starts_with("--timeout") || o == "--build-parallel" => "2",
         _ => "x",
     }
+    .to_string()
 }
 
 /// Asserts that dep8 parsed `args` (given before a source that does not
@@ -94,7 +103,7 @@ fn every_option_of_autopkgtest_5_49_is_accepted() {
         let long = names.last().unwrap();
         for name in names {
             if *takes_value {
-                assert_parsed(&link, &[name, value_for(long)]);
+                assert_parsed(&link, &[name, &value_for(long)]);
             } else {
                 assert_parsed(&link, &[name]);
             }
@@ -343,7 +352,8 @@ fn shell_after_a_test_on_a_terminal_only() {
         .unwrap();
     let stdout = text(&out.stdout);
     assert!(
-        stdout.contains("IN-SHELL-42 /tmp/dep8-null."),
+        // The null testbed's scratch dir is in the run's dir under /tmp.
+        stdout.contains("IN-SHELL-42 /tmp/") && stdout.contains("/dep8-null."),
         "no shell ran: {stdout}"
     );
     assert!(stdout.contains("greets               PASS"), "{stdout}");
