@@ -79,11 +79,14 @@ impl LoopbackSshd {
         // sshd and harmless to leave.
         std::fs::create_dir_all("/run/sshd").map_err(|e| e.to_string())?;
         let port = free_port()?;
+        // SetEnv: a login shell on this machine runs `pyenv rehash`, which
+        // would wait 60 s on a lock that a killed shell left (see .ci/run).
         let config = format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
              AuthorizedKeysFile {d}/authorized_keys\nPermitRootLogin prohibit-password\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n\
-             StrictModes no\nMaxSessions 100\nMaxStartups 100\n",
+             StrictModes no\nMaxSessions 100\nMaxStartups 100\n\
+             SetEnv PYENV_REHASH_TIMEOUT=1\n",
             d = d.display()
         );
         std::fs::write(d.join("sshd_config"), config).map_err(|e| e.to_string())?;
