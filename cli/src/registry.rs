@@ -10,11 +10,10 @@ use dep8_core::testbed::Backend;
 
 /// The virt servers Debian's autopkgtest 5.49 ships that dep8 has no
 /// native backend for, and the Debian package each needs beside it.
-const AUTOPKGTEST_VIRT: [(&str, &str); 6] = [
+const AUTOPKGTEST_VIRT: [(&str, &str); 5] = [
     ("chroot", "a chroot of your own"),
     ("docker", "docker.io"),
     ("incus", "incus"),
-    ("lxc", "lxc"),
     ("lxd", "lxd"),
     ("podman", "podman"),
 ];
@@ -35,11 +34,17 @@ impl Registry {
     pub fn builtin() -> Self {
         let mut r = Registry::empty();
         r.register(Box::new(dep8_backend_null::NullBackend));
+        #[cfg(feature = "unshare")]
         r.register(Box::new(dep8_backend_unshare::UnshareBackend));
+        #[cfg(feature = "ssh")]
         r.register(Box::new(dep8_backend_ssh::SshBackend));
+        #[cfg(feature = "schroot")]
         r.register(Box::new(dep8_backend_schroot::SchrootBackend));
         r.register(Box::new(dep8_backend_external::ExternalBackend));
+        #[cfg(feature = "qemu")]
         r.register(Box::new(dep8_backend_qemu::QemuBackend));
+        #[cfg(feature = "lxc")]
+        r.register(Box::new(dep8_backend_lxc::LxcBackend));
         r
     }
 

@@ -6,7 +6,7 @@
 //! revert.
 
 use crate::install::UPDATE_IF_NO_LISTS;
-use crate::testbed::{ExecRequest, Output, Tap, Testbed, TestbedError};
+use crate::testbed::{ExecRequest, Output, Tap, Testbed};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -58,16 +58,7 @@ impl std::fmt::Display for Fetch {
 
 /// Why the source could not be had: the package's fault (badpkg) or the
 /// testbed's.
-pub enum AcquireError {
-    BadPackage(String),
-    Testbed(String),
-}
-
-impl From<TestbedError> for AcquireError {
-    fn from(e: TestbedError) -> Self {
-        AcquireError::Testbed(e.detail())
-    }
-}
+pub type AcquireError = crate::error::Error;
 
 /// The `Files:` field of a `.dsc` or `.changes` (signed or not).
 pub fn files_field(path: &Path) -> Result<String, String> {

@@ -7,7 +7,7 @@
 //! exit 100 (apt) and a timeout are the testbed's.
 
 use crate::install::UPDATE_IF_NO_LISTS;
-use crate::testbed::{ExecRequest, Output, Tap, Testbed, TestbedError};
+use crate::testbed::{ExecRequest, Output, Tap, Testbed};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -48,20 +48,8 @@ pub struct Build<'a> {
     pub log: Tap,
 }
 
-/// Why the build did not happen.
-#[derive(Debug)]
-pub enum BuildError {
-    /// The package is at fault (exit 12).
-    BadPackage(String),
-    /// The testbed is (exit 16).
-    Testbed(String),
-}
-
-impl From<TestbedError> for BuildError {
-    fn from(e: TestbedError) -> Self {
-        BuildError::Testbed(e.detail())
-    }
-}
+/// Why the build did not happen: the package's fault or the testbed's.
+pub type BuildError = crate::error::Error;
 
 impl Build<'_> {
     /// Installs the build dependencies, then builds.

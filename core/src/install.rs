@@ -7,7 +7,8 @@
 //! alternatives, versions, `[arch]` qualifiers, `<profile>`s — directly, so
 //! nothing has to be built on the host and no dummy package is left to purge.
 
-use crate::testbed::{ExecRequest, Output, Result, Tap, Testbed};
+use crate::setup::{Setup, SetupError};
+use crate::testbed::{ExecRequest, Output, Result, Tap, Testbed, TestbedError};
 use std::time::Duration;
 
 /// Runs `apt-get update` when the testbed has no package lists of a remote
@@ -34,18 +35,39 @@ pub struct Unsatisfiable(pub String);
 /// The pins `--pin-packages` and `--apt-pocket P=PKGS` leave in the testbed.
 const PIN_FILES: &str = "/etc/apt/preferences.d/dep8-pin-*.pref";
 
+/// Whether the testbed has package lists of a remote archive (see
+/// [`UPDATE_IF_NO_LISTS`]).
+const HAS_LISTS: &str = "ls /var/lib/apt/lists | grep -q '^[^_].*_Packages$'";
+
 /// Installs the alternative groups `deps` without recommends (unless
-/// `recommends`), after [`UPDATE_IF_NO_LISTS`]. apt's output goes to `log`.
-/// With `pin_fallback`, a failure is retried after dropping the pins of
-/// one release at a time, as autopkgtest's apt fallback does.
+/// `recommends`), after updating the package lists where the testbed has
+/// none. apt's output goes to `log`. Where `setup` allows the apt
+/// fallback, a failure is retried after dropping the pins of one release
+/// at a time, as autopkgtest's does. The packages go through `setup`'s
+/// package cache.
 pub async fn apt_satisfy(
     tb: &dyn Testbed,
     deps: &[String],
     recommends: bool,
-    pin_fallback: bool,
+    setup: &Setup,
     timeout: Duration,
     log: Tap,
 ) -> Result<std::result::Result<(), Unsatisfiable>> {
+    // With the cache, lists come from it where they can; without, as
+    // before it: apt-get update in the install script.
+    let mut update = UPDATE_IF_NO_LISTS;
+    if setup.lists_cache(tb).is_some() {
+        update = "true";
+        let has_lists = tb.exec(ExecRequest::shell(HAS_LISTS).capture()).await?;
+        if !has_lists.status.success() {
+            if let Err(SetupError::Testbed(why) | SetupError::BadPackage(why)) = setup
+                .update_lists(tb, "apt-get update -q", timeout, &log)
+                .await
+            {
+                return Ok(Err(Unsatisfiable(why)));
+            }
+        }
+    }
     let relations = deps.join(", ");
     let satisfy = format!(
         "apt-get satisfy -y -q {} -o Dpkg::Options::=--force-confnew {}",
@@ -56,7 +78,7 @@ pub async fn apt_satisfy(
         },
         shell_words::quote(&relations)
     );
-    let fallback = if pin_fallback {
+    let fallback = if setup.apt_fallback() {
         format!(
             "for f in $(ls -r {PIN_FILES} 2>/dev/null); do \
              echo \"WARNING: Test dependencies are unsatisfiable with apt pinning; retrying without $f\" >&2; \
@@ -67,28 +89,43 @@ pub async fn apt_satisfy(
     };
     let script = format!(
         "set -e; export DEBIAN_FRONTEND=noninteractive; \
-         {UPDATE_IF_NO_LISTS}; {satisfy} && exit 0; {fallback}exit 1"
+         {update}; {satisfy} && exit 0; {fallback}exit 1"
     );
-    let out = tb
-        .exec(
-            ExecRequest::shell(&script)
-                .stdout(Output::capture().with_tap(log.clone()))
-                .stderr(Output::capture().with_tap(log))
-                .timeout(timeout),
-        )
-        .await?;
+    let install = tb.exec(
+        ExecRequest::shell(&script)
+            .stdout(Output::capture().with_tap(log.clone()))
+            .stderr(Output::capture().with_tap(log.clone()))
+            .timeout(timeout),
+    );
+    let out = setup.with_cached_debs(tb, &satisfy, &log, install).await?;
     if out.status.success() {
         return Ok(Ok(()));
     }
-    let said = if out.timed_out {
-        format!(
+    let output = format!("{}{}", out.stdout_text(), out.stderr_text());
+    if out.timed_out {
+        let said = format!(
             "installing dependencies timed out after {}s",
             timeout.as_secs()
-        )
-    } else {
-        apt_complaint(&format!("{}{}", out.stdout_text(), out.stderr_text()))
-    };
-    Ok(Err(Unsatisfiable(said)))
+        );
+        return Ok(Err(Unsatisfiable(said)));
+    }
+    if download_failed(&output) {
+        // autopkgtest 5.49 too: "apt failed to download packages" is a
+        // testbed failure (a mirror's hiccup), not the package's fault.
+        return Err(TestbedError::Failure(format!(
+            "apt failed to download packages: {}",
+            apt_complaint(&output)
+        )));
+    }
+    Ok(Err(Unsatisfiable(apt_complaint(&output))))
+}
+
+/// Whether apt failed only to download the packages it had resolved
+/// (nothing unmet, dpkg never started): autopkgtest's `AptDownloadError`.
+fn download_failed(output: &str) -> bool {
+    output.contains("E: Unable to fetch some archives")
+        && !output.contains("The following packages have unmet dependencies")
+        && !output.lines().any(|l| l.starts_with("Unpacking "))
 }
 
 /// What apt's output says went wrong, in one line: the unmet dependencies
@@ -132,7 +169,25 @@ fn apt_complaint(output: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::apt_complaint;
+    use super::{apt_complaint, download_failed};
+
+    #[test]
+    fn a_failed_download_is_not_an_unmet_dependency() {
+        let fetch_failed = "Reading package lists...
+The following NEW packages will be installed:
+  hello
+Err:1 http://deb.debian.org/debian bookworm/main amd64 hello amd64 2.10-3
+  Could not connect to deb.debian.org:80, connection timed out
+E: Failed to fetch http://deb.debian.org/debian/pool/main/h/hello/hello_2.10-3_amd64.deb  Could not connect to deb.debian.org:80
+E: Unable to fetch some archives, maybe run apt-get update or try with --fix-missing?
+";
+        assert!(download_failed(fetch_failed));
+        let unmet = "The following packages have unmet dependencies:
+ satisfy:command-line : Depends: dep8-no-such-package but it is not installable
+E: Unable to correct problems, you have held broken packages.
+";
+        assert!(!download_failed(unmet));
+    }
 
     #[test]
     fn names_the_unmet_dependency_and_the_failed_download() {

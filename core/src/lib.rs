@@ -7,24 +7,29 @@
 //!   architecture wildcards.
 //! - [`capability`] and [`restriction`] are the typed model; [`restriction::resolve`]
 //!   is the one pure function that decides whether a test runs on a testbed.
-//! - [`testbed`] holds the [`testbed::Backend`] and [`testbed::Testbed`] traits;
-//!   [`exec`] has the process plumbing shared by every backend that runs
-//!   commands through a local program.
-//! - [`runner`] runs a suite on a testbed; [`report`] writes what it found.
+//! - [`testbed`], [`capability`], [`exec`] and [`leftovers`] are the testbed
+//!   contract, re-exported from the dep8-testbed crate (which backends
+//!   depend on instead of this one).
+//! - [`engine`] runs a suite on a testbed and says what happens as
+//!   [`events::Event`]s; [`report`] has the typed report and the observers
+//!   that write the log, the summary, results.json and junit.xml.
+//! - [`error::Error`] is why a run stops, by blame, and its exit code.
 
 pub mod acquire;
 pub mod arch;
 pub mod build;
-pub mod capability;
+pub mod cache;
 pub mod control;
-pub mod exec;
+pub mod engine;
+pub mod error;
+pub mod events;
 pub mod inputs;
 pub mod install;
-pub mod leftovers;
 pub mod reboot;
 pub mod report;
 pub mod restriction;
-pub mod runner;
 pub mod setup;
 pub mod source;
-pub mod testbed;
+
+pub use dep8_testbed as testbed;
+pub use dep8_testbed::{capability, exec, leftovers};

@@ -19,12 +19,7 @@ use crate::testbed::{ExecRequest, ExitStatus, Input, Result, Testbed, TestbedErr
 pub const SCRIPT_PID_FILE: &str = "/tmp/autopkgtest_script_pid";
 /// Where `/tmp/autopkgtest-reboot` records the test's mark.
 pub const MARK_FILE: &str = "/run/autopkgtest-reboot-mark";
-/// Where `/tmp/autopkgtest-reboot-prepare` records the test's mark, and
-/// waits for it to go.
-pub const PREPARE_MARK_FILE: &str = "/run/autopkgtest-reboot-prepare-mark";
-/// What lets a test waiting in `/tmp/autopkgtest-reboot-prepare` go on (as
-/// autopkgtest's virt servers do it for `reboot prepare-only`).
-pub const RELEASE_PREPARED: &str = "rm -f /run/autopkgtest-reboot-prepare-mark";
+pub use crate::testbed::{PREPARE_MARK_FILE, RELEASE_PREPARED};
 
 /// The in-testbed `autopkgtest-reboot` command: records the mark, then
 /// SIGKILLs the test, i.e. the ancestor of this script whose parent is the

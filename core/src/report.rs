@@ -1,32 +1,86 @@
-//! What a run leaves behind: the log, autopkgtest's summary format, and the
-//! machine-readable results.json and junit.xml, rewritten after every test
-//! so that a crash or Ctrl-C keeps everything finished so far.
+//! What a run leaves behind, as types and as files: the typed [`Report`]
+//! (results.json's layout), and the observers of the event stream that
+//! write the log, autopkgtest's summary, results.json and junit.xml, the
+//! latter rewritten after every test so that a crash or Ctrl-C keeps
+//! everything finished so far.
 
-use serde::Serialize;
-use std::fs::{File, OpenOptions};
+use crate::capability::Capabilities;
+use crate::events::{Event, Level, Observer};
+use serde::{Deserialize, Serialize};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use crate::error::{EXIT_BAD_PACKAGE, EXIT_TESTBED_FAILURE, EXIT_UNEXPECTED};
+
 /// The version of results.json's layout; bumped on incompatible changes.
 pub const RESULTS_SCHEMA: &str = "dep8-results/1";
 
 /// A test's result, in autopkgtest's vocabulary.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(
-    tag = "result",
-    content = "reason",
-    rename_all = "SCREAMING_SNAKE_CASE"
-)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "ResultWords", into = "ResultWords")]
 pub enum Outcome {
     Pass,
-    #[serde(rename = "PASS (superficial)")]
     PassSuperficial,
     Fail(String),
     Flaky(String),
     Skip(String),
+    /// The control entry could not be parsed (dep8's word; autopkgtest's
+    /// summary says `FAIL badpkg`).
     Broken(String),
+    /// The package is at fault for this test (`FAIL badpkg`): its
+    /// dependencies cannot be installed, its test path leads out of the
+    /// tree. The why is in the result's details.
+    BadPackage,
+}
+
+/// An [`Outcome`] as results.json spells it: `{"result": "FAIL", "reason": "..."}`.
+#[derive(Serialize, Deserialize)]
+struct ResultWords {
+    result: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+/// The reason autopkgtest gives a test that blames its package.
+const BADPKG: &str = "badpkg";
+
+impl From<Outcome> for ResultWords {
+    fn from(outcome: Outcome) -> Self {
+        let (result, reason) = match outcome {
+            Outcome::Pass => ("PASS", None),
+            Outcome::PassSuperficial => ("PASS (superficial)", None),
+            Outcome::Fail(r) => ("FAIL", Some(r)),
+            Outcome::Flaky(r) => ("FLAKY", Some(r)),
+            Outcome::Skip(r) => ("SKIP", Some(r)),
+            Outcome::Broken(r) => ("BROKEN", Some(r)),
+            Outcome::BadPackage => ("FAIL", Some(BADPKG.to_string())),
+        };
+        ResultWords {
+            result: result.into(),
+            reason,
+        }
+    }
+}
+
+impl TryFrom<ResultWords> for Outcome {
+    type Error = String;
+
+    fn try_from(words: ResultWords) -> Result<Self, String> {
+        let reason = || words.reason.clone().unwrap_or_default();
+        Ok(match words.result.as_str() {
+            "PASS" => Outcome::Pass,
+            "PASS (superficial)" => Outcome::PassSuperficial,
+            "FAIL" if words.reason.as_deref() == Some(BADPKG) => Outcome::BadPackage,
+            "FAIL" => Outcome::Fail(reason()),
+            "FLAKY" => Outcome::Flaky(reason()),
+            "SKIP" => Outcome::Skip(reason()),
+            "BROKEN" => Outcome::Broken(reason()),
+            other => return Err(format!("unknown result {other:?}")),
+        })
+    }
 }
 
 impl Outcome {
@@ -35,20 +89,23 @@ impl Outcome {
     /// results.json) is `FAIL badpkg`, as autopkgtest blames the package.
     pub fn summary_text(&self) -> String {
         match self {
-            Outcome::Pass => "PASS".into(),
+            Outcome::Broken(_) | Outcome::BadPackage => format!("FAIL {BADPKG}"),
             Outcome::PassSuperficial => "PASS (superficial)".into(),
-            Outcome::Fail(r) => format!("FAIL {r}"),
-            Outcome::Flaky(r) => format!("FLAKY {r}"),
-            Outcome::Skip(r) => format!("SKIP {r}"),
-            Outcome::Broken(_) => "FAIL badpkg".into(),
+            other => {
+                let words = ResultWords::from(other.clone());
+                match words.reason {
+                    Some(reason) => format!("{} {reason}", words.result),
+                    None => words.result,
+                }
+            }
         }
     }
 
-    /// The result word alone (`PASS`, `FAIL`, ...).
+    /// The result word alone (`PASS`, `FAIL`, ...), as results.json has it.
     pub fn word(&self) -> &'static str {
         match self {
             Outcome::Pass | Outcome::PassSuperficial => "PASS",
-            Outcome::Fail(_) => "FAIL",
+            Outcome::Fail(_) | Outcome::BadPackage => "FAIL",
             Outcome::Flaky(_) => "FLAKY",
             Outcome::Skip(_) => "SKIP",
             Outcome::Broken(_) => "BROKEN",
@@ -57,21 +114,35 @@ impl Outcome {
 }
 
 /// One line of the summary, with what results.json and junit.xml need.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TestResult {
     pub name: String,
     #[serde(flatten)]
     pub outcome: Outcome,
     pub duration_secs: f64,
     /// Extra summary lines (`blame: ...`, `badpkg: ...`).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub details: Vec<String>,
+    /// The testbed the test ran on, when a run sent its tests to several
+    /// (`dep8 run --on A --on B`); not in the summary, whose lines stay
+    /// autopkgtest's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub testbed: Option<String>,
 }
 
-/// A selected test that got no result because the run stopped first; it is
+impl TestResult {
+    /// The summary's lines for this result: `NAME  RESULT`, then the details.
+    pub fn summary_lines(&self) -> Vec<String> {
+        let mut lines = vec![format!("{:<20} {}", self.name, self.outcome.summary_text())];
+        lines.extend(self.details.iter().cloned());
+        lines
+    }
+}
+
+/// Why a selected test got no result because the run stopped first; it is
 /// named in results.json and junit.xml, not in the summary (autopkgtest's
 /// summary has no line for it either).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(
     tag = "result",
     content = "reason",
@@ -84,11 +155,155 @@ pub enum Unfinished {
     NotRun(String),
 }
 
-#[derive(Serialize)]
-struct UnfinishedEntry<'a> {
-    name: &'a str,
+/// A selected test without a result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnfinishedTest {
+    pub name: String,
     #[serde(flatten)]
-    state: &'a Unfinished,
+    pub state: Unfinished,
+}
+
+/// One entry of results.json's `tests`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "not a test's result (name; result: PASS, FAIL, SKIP, FLAKY, BROKEN, \
+                 INTERRUPTED or NOT_RUN; reason; duration_secs)"
+)]
+pub enum TestRecord {
+    Finished(TestResult),
+    Unfinished(UnfinishedTest),
+}
+
+impl TestRecord {
+    pub fn name(&self) -> &str {
+        match self {
+            TestRecord::Finished(r) => &r.name,
+            TestRecord::Unfinished(u) => &u.name,
+        }
+    }
+
+    /// The result word and reason as results.json has them
+    /// (`FAIL non-zero exit status 1`, `NOT_RUN interrupted by signal 2`).
+    pub fn result_text(&self) -> String {
+        let (word, reason) = match self {
+            TestRecord::Finished(r) => {
+                let words = ResultWords::from(r.outcome.clone());
+                (words.result, words.reason)
+            }
+            TestRecord::Unfinished(u) => match &u.state {
+                Unfinished::Interrupted(r) => ("INTERRUPTED".into(), Some(r.clone())),
+                Unfinished::NotRun(r) => ("NOT_RUN".into(), Some(r.clone())),
+            },
+        };
+        match reason {
+            Some(reason) => format!("{word} {reason}"),
+            None => word,
+        }
+    }
+}
+
+/// A run's results: results.json's layout, and what `run` returns.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub schema: String,
+    /// The source tree's name.
+    pub suite: String,
+    /// How the testbed was asked for (`unshare --tarball T`).
+    #[serde(default)]
+    pub testbed: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Capabilities>,
+    /// Every selected test got its result.
+    pub complete: bool,
+    /// autopkgtest's exit status, once the run is over.
+    pub exit_code: Option<i32>,
+    /// The signal that stopped the run, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    pub tests: Vec<TestRecord>,
+}
+
+impl Report {
+    pub fn new(suite: &str, testbed: &str) -> Report {
+        Report {
+            schema: RESULTS_SCHEMA.into(),
+            suite: suite.into(),
+            testbed: testbed.into(),
+            ..Report::default()
+        }
+    }
+
+    /// The results so far (not the unfinished tests).
+    pub fn results(&self) -> impl Iterator<Item = &TestResult> {
+        self.tests.iter().filter_map(|t| match t {
+            TestRecord::Finished(r) => Some(r),
+            TestRecord::Unfinished(_) => None,
+        })
+    }
+
+    /// autopkgtest's exit status for the results so far.
+    pub fn exit_code_of_results(&self) -> i32 {
+        let mut exit = ExitCode::default();
+        self.results().for_each(|r| exit.record(&r.outcome));
+        exit.finish()
+    }
+
+    /// Reads a run's results.json.
+    pub fn read(path: &Path) -> Result<Report, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// junit.xml for this report.
+    pub fn junit(&self) -> String {
+        use quick_junit::{NonSuccessKind, TestCase, TestCaseStatus, TestSuite};
+        let status = |kind: Option<NonSuccessKind>, message: String| {
+            let mut status = match kind {
+                Some(kind) => TestCaseStatus::non_success(kind),
+                None => TestCaseStatus::skipped(),
+            };
+            status.set_message(message);
+            status
+        };
+        let mut suite = TestSuite::new(self.suite.as_str());
+        for test in &self.tests {
+            let (status, duration) = match test {
+                TestRecord::Finished(r) => {
+                    let status = match &r.outcome {
+                        Outcome::Pass | Outcome::PassSuperficial => TestCaseStatus::success(),
+                        Outcome::Skip(reason) | Outcome::Flaky(reason) => {
+                            status(None, reason.clone())
+                        }
+                        Outcome::Fail(reason) => {
+                            status(Some(NonSuccessKind::Failure), reason.clone())
+                        }
+                        Outcome::BadPackage => status(Some(NonSuccessKind::Failure), BADPKG.into()),
+                        Outcome::Broken(reason) => {
+                            status(Some(NonSuccessKind::Error), reason.clone())
+                        }
+                    };
+                    (status, Some(Duration::from_secs_f64(r.duration_secs)))
+                }
+                TestRecord::Unfinished(u) => match &u.state {
+                    Unfinished::Interrupted(reason) => {
+                        (status(Some(NonSuccessKind::Error), reason.clone()), None)
+                    }
+                    Unfinished::NotRun(reason) => {
+                        (status(None, format!("not run: {reason}")), None)
+                    }
+                },
+            };
+            let mut case = TestCase::new(test.name(), status);
+            if let Some(duration) = duration {
+                case.set_time(duration);
+            }
+            suite.add_test_case(case);
+        }
+        let mut report = quick_junit::Report::new("dep8");
+        report.add_test_suite(suite);
+        report.to_string().unwrap_or_default()
+    }
 }
 
 /// The exit status, computed the way autopkgtest's runner does.
@@ -100,14 +315,13 @@ pub struct ExitCode {
 
 impl ExitCode {
     /// Folds one result in.
-    pub fn record(&mut self, result: &TestResult) {
-        match &result.outcome {
+    pub fn record(&mut self, outcome: &Outcome) {
+        match outcome {
             Outcome::Pass => self.any_positive = true,
             Outcome::PassSuperficial => {}
             Outcome::Skip(_) | Outcome::Flaky(_) => self.code |= 2,
-            Outcome::Fail(reason) if reason == "badpkg" => self.code |= 12,
+            Outcome::BadPackage | Outcome::Broken(_) => self.code |= EXIT_BAD_PACKAGE,
             Outcome::Fail(_) => self.code |= 4,
-            Outcome::Broken(_) => self.code |= 12,
         }
     }
 
@@ -122,259 +336,181 @@ impl ExitCode {
     }
 }
 
-/// Exit status for a testbed failure.
-/// An erroneous package: setup commands blamed it (autopkgtest's 12).
-pub const EXIT_BAD_PACKAGE: i32 = 12;
-pub const EXIT_TESTBED_FAILURE: i32 = 16;
-/// Exit status for bad usage and unexpected errors.
-pub const EXIT_UNEXPECTED: i32 = 20;
-
-/// The run's log: timestamped lines and test output, on stderr and in a file.
-#[derive(Clone)]
-pub struct RunLog {
-    file: Option<Arc<Mutex<File>>>,
-    echo: bool,
-}
-
-impl RunLog {
-    pub fn new(path: Option<&Path>, echo: bool) -> std::io::Result<Self> {
-        let file = match path {
-            Some(p) => Some(Arc::new(Mutex::new(File::create(p)?))),
-            None => None,
-        };
-        Ok(RunLog { file, echo })
-    }
-
-    /// Raw bytes (test output) to the log and stderr.
-    pub fn raw(&self, bytes: &[u8]) {
-        if self.echo {
-            let _ = std::io::stderr().write_all(bytes);
-        }
-        if let Some(f) = &self.file {
-            let _ = f.lock().map(|mut f| f.write_all(bytes));
-        }
-    }
-
-    /// `dep8 [HH:MM:SS]: MESSAGE`, as autopkgtest formats its log lines.
-    pub fn info(&self, message: &str) {
-        self.raw(format!("dep8 [{}]: {message}\n", clock()).as_bytes());
-    }
-
-    pub fn error(&self, message: &str) {
-        self.info(&format!("ERROR: {message}"));
-    }
-
-    pub fn warning(&self, message: &str) {
-        self.info(&format!("WARNING: {message}"));
-    }
-}
-
-/// The current UTC time of day, `HH:MM:SS`.
-fn clock() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+/// `dep8 [HH:MM:SS]: MESSAGE`, as autopkgtest formats its log lines, with
+/// `ERROR: ` or `WARNING: ` before the message by its level.
+pub fn log_line(level: Level, text: &str, at: SystemTime) -> String {
+    let secs = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let prefix = match level {
+        Level::Info => "",
+        Level::Warning => "WARNING: ",
+        Level::Error => "ERROR: ",
+    };
     format!(
-        "{:02}:{:02}:{:02}",
+        "dep8 [{:02}:{:02}:{:02}]: {prefix}{text}\n",
         secs / 3600 % 24,
         secs / 60 % 60,
         secs % 60
     )
 }
 
-/// The output directory's result files, kept up to date as tests finish.
-pub struct Reporter {
-    log: RunLog,
-    summary: File,
-    output_dir: PathBuf,
-    suite: String,
-    results: Vec<TestResult>,
-    unfinished: Vec<(String, Unfinished)>,
-    pub exit: ExitCode,
-    /// Top-level facts for results.json (testbed, capabilities, ...).
-    pub context: serde_json::Map<String, serde_json::Value>,
+/// The bytes the log holds for `event`: dep8's lines, the testbed's
+/// output, and the reason a run stopped; nothing for the others.
+pub fn log_bytes(event: &Event) -> Option<std::borrow::Cow<'_, [u8]>> {
+    match event {
+        Event::Message { level, text, at } => Some(log_line(*level, text, *at).into_bytes().into()),
+        Event::Note(note) => Some(
+            log_line(Level::Error, note, SystemTime::now())
+                .into_bytes()
+                .into(),
+        ),
+        Event::Output(bytes) => Some(bytes.as_slice().into()),
+        _ => None,
+    }
 }
 
-impl Reporter {
-    pub fn new(
+/// The output files that could not be written (a full disk), one line per
+/// file, shared by the observers that write them: the run ends with them
+/// named ([`Unwritten::lines`]).
+#[derive(Clone, Default)]
+pub struct Unwritten(Arc<Mutex<Vec<String>>>);
+
+impl Unwritten {
+    /// Records that `path` could not be written (once per file).
+    pub fn note(&self, path: &Path, e: &std::io::Error) {
+        let file = format!("cannot write {}: ", path.display());
+        if let Ok(mut lines) = self.0.lock() {
+            if !lines.iter().any(|u| u.starts_with(&file)) {
+                lines.push(format!("{file}{e}"));
+            }
+        }
+    }
+
+    /// What could not be written so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().map(|u| u.clone()).unwrap_or_default()
+    }
+}
+
+/// The log file: dep8's lines and everything the testbed printed.
+pub struct LogFile {
+    file: File,
+    path: PathBuf,
+    unwritten: Unwritten,
+}
+
+impl LogFile {
+    pub fn create(path: &Path, unwritten: Unwritten) -> std::io::Result<LogFile> {
+        Ok(LogFile {
+            file: File::create(path)?,
+            path: path.to_path_buf(),
+            unwritten,
+        })
+    }
+}
+
+impl Observer for LogFile {
+    fn event(&mut self, event: &Event) {
+        if let Some(bytes) = log_bytes(event) {
+            if let Err(e) = self.file.write_all(&bytes) {
+                self.unwritten.note(&self.path, &e);
+            }
+        }
+    }
+}
+
+/// The output dir's result files: the summary as tests finish, results.json
+/// and junit.xml rewritten after every result and at the end.
+pub struct ResultFiles {
+    summary: File,
+    summary_path: PathBuf,
+    output_dir: PathBuf,
+    report: Report,
+    unwritten: Unwritten,
+}
+
+impl ResultFiles {
+    /// Creates (truncates) the summary file at `summary_path`.
+    pub fn create(
         output_dir: &Path,
         summary_path: &Path,
-        suite: &str,
-        log: RunLog,
+        report: Report,
+        unwritten: Unwritten,
     ) -> std::io::Result<Self> {
-        let summary = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .open(summary_path)?;
-        Ok(Reporter {
-            log,
-            summary,
+        Ok(ResultFiles {
+            summary: File::create(summary_path)?,
+            summary_path: summary_path.to_path_buf(),
             output_dir: output_dir.to_path_buf(),
-            suite: suite.to_string(),
-            results: Vec::new(),
-            unfinished: Vec::new(),
-            exit: ExitCode::default(),
-            context: serde_json::Map::new(),
+            report,
+            unwritten,
         })
     }
 
-    pub fn results(&self) -> &[TestResult] {
-        &self.results
-    }
-
-    /// Records a result: summary line on stdout and in the summary file,
-    /// then results.json and junit.xml rewritten.
-    pub fn record(
-        &mut self,
-        name: &str,
-        outcome: Outcome,
-        duration: Duration,
-        details: Vec<String>,
-    ) {
-        let result = TestResult {
-            name: name.to_string(),
-            outcome,
-            duration_secs: duration.as_secs_f64(),
-            details,
-        };
-        let mut lines = vec![format!(
-            "{:<20} {}",
-            result.name,
-            result.outcome.summary_text()
-        )];
-        lines.extend(result.details.iter().cloned());
-        // A closed stdout (`dep8 run | head -1`) loses only the echo: the
-        // files and the remaining tests go on.
-        let mut stdout = std::io::stdout().lock();
-        for line in &lines {
-            let _ = writeln!(stdout, "{line}");
-            let _ = writeln!(self.summary, "{line}");
-        }
-        let _ = stdout.flush();
-        drop(stdout);
-        self.exit.record(&result);
-        self.results.push(result);
-        self.write_files(None);
-    }
-
-    /// A line in the summary file and on stdout that is not a test's result
-    /// (`-V`'s "Test specification is valid").
-    pub fn summary_line(&mut self, line: &str) {
-        let _ = writeln!(std::io::stdout(), "{line}");
-        let _ = writeln!(self.summary, "{line}");
-    }
-
-    /// Names a test that got no result (the run stopped first).
-    pub fn unfinished(&mut self, name: &str, state: Unfinished) {
-        self.unfinished.push((name.to_string(), state));
-    }
-
-    /// A line in the summary file that is not a test result (`testbed failure: ...`).
-    pub fn summary_note(&mut self, line: &str) {
-        let _ = writeln!(self.summary, "{line}");
-        self.log.error(line);
-    }
-
-    /// Rewrites results.json and junit.xml; `end` once the run is over:
-    /// its exit code, and whether every selected test got its result.
-    pub fn write_files(&self, end: Option<(i32, bool)>) {
-        let mut doc = self.context.clone();
-        doc.insert("schema".into(), RESULTS_SCHEMA.into());
-        doc.insert("suite".into(), self.suite.clone().into());
-        doc.insert("complete".into(), end.is_some_and(|(_, all)| all).into());
-        doc.insert("exit_code".into(), end.map(|(code, _)| code).into());
-        let mut tests: Vec<serde_json::Value> = self
-            .results
-            .iter()
-            .map(|r| serde_json::to_value(r).unwrap_or_default())
-            .collect();
-        tests.extend(self.unfinished.iter().map(|(name, state)| {
-            serde_json::to_value(UnfinishedEntry { name, state }).unwrap_or_default()
-        }));
-        doc.insert("tests".into(), tests.into());
-        let json = serde_json::to_string_pretty(&doc).unwrap_or_default();
-        if let Err(e) = write_atomically(&self.output_dir.join("results.json"), json.as_bytes()) {
-            self.log.warning(&format!("cannot write results.json: {e}"));
-        }
-        if let Err(e) =
-            write_atomically(&self.output_dir.join("junit.xml"), self.junit().as_bytes())
-        {
-            self.log.warning(&format!("cannot write junit.xml: {e}"));
+    /// A line to the summary file; a failure is noted.
+    fn write_summary(&mut self, line: &str) {
+        if let Err(e) = writeln!(self.summary, "{line}") {
+            self.unwritten.note(&self.summary_path, &e);
         }
     }
 
-    fn junit(&self) -> String {
-        use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
-        let mut suite = TestSuite::new(self.suite.as_str());
-        for r in &self.results {
-            let status = match &r.outcome {
-                Outcome::Pass | Outcome::PassSuperficial => TestCaseStatus::success(),
-                Outcome::Skip(reason) | Outcome::Flaky(reason) => {
-                    let mut s = TestCaseStatus::skipped();
-                    s.set_message(reason.as_str());
-                    s
-                }
-                Outcome::Fail(reason) => {
-                    let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
-                    s.set_message(reason.as_str());
-                    s
-                }
-                Outcome::Broken(reason) => {
-                    let mut s = TestCaseStatus::non_success(NonSuccessKind::Error);
-                    s.set_message(reason.as_str());
-                    s
-                }
-            };
-            let mut case = TestCase::new(r.name.as_str(), status);
-            case.set_time(Duration::from_secs_f64(r.duration_secs));
-            suite.add_test_case(case);
+    fn write_files(&self) {
+        let json = serde_json::to_string_pretty(&self.report).unwrap_or_default();
+        for (name, bytes) in [
+            ("results.json", json.into_bytes()),
+            ("junit.xml", self.report.junit().into_bytes()),
+        ] {
+            let path = self.output_dir.join(name);
+            if let Err(e) = write_atomically(&path, &bytes) {
+                self.unwritten.note(&path, &e);
+            }
         }
-        for (name, state) in &self.unfinished {
-            let status = match state {
-                Unfinished::Interrupted(reason) => {
-                    let mut s = TestCaseStatus::non_success(NonSuccessKind::Error);
-                    s.set_message(reason.as_str());
-                    s
+    }
+}
+
+impl Observer for ResultFiles {
+    fn event(&mut self, event: &Event) {
+        match event {
+            Event::TestbedReady {
+                testbed,
+                capabilities,
+            } => {
+                self.report.testbed = testbed.clone();
+                self.report.capabilities = Some(capabilities.clone());
+            }
+            Event::TestFinished(result) => {
+                for line in result.summary_lines() {
+                    self.write_summary(&line);
                 }
-                Unfinished::NotRun(reason) => {
-                    let mut s = TestCaseStatus::skipped();
-                    s.set_message(format!("not run: {reason}"));
-                    s
-                }
-            };
-            suite.add_test_case(TestCase::new(name.as_str(), status));
+                self.report.tests.push(TestRecord::Finished(result.clone()));
+                self.write_files();
+            }
+            Event::SummaryLine(line) | Event::Note(line) => self.write_summary(line),
+            Event::RunFinished(report) => {
+                self.report = report.clone();
+                self.write_files();
+            }
+            _ => {}
         }
-        let mut report = Report::new("dep8");
-        report.add_test_suite(suite);
-        report.to_string().unwrap_or_default()
     }
 }
 
 /// Writes a file through a temporary sibling and a rename, so readers never
-/// see half a file.
+/// see half a file; on failure (a full disk) the sibling is removed.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(tmp, path)
+    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn result(outcome: Outcome) -> TestResult {
-        TestResult {
-            name: "t".into(),
-            outcome,
-            duration_secs: 0.0,
-            details: vec![],
-        }
-    }
-
     fn exit_of(outcomes: Vec<Outcome>) -> i32 {
         let mut exit = ExitCode::default();
-        outcomes.into_iter().for_each(|o| exit.record(&result(o)));
+        outcomes.iter().for_each(|o| exit.record(o));
         exit.finish()
     }
 
@@ -390,10 +526,7 @@ mod tests {
         assert_eq!(exit_of(vec![Outcome::Skip("x".into())]), 8);
         assert_eq!(exit_of(vec![Outcome::PassSuperficial]), 8);
         assert_eq!(exit_of(vec![]), 8);
-        assert_eq!(
-            exit_of(vec![Outcome::Pass, Outcome::Fail("badpkg".into())]),
-            12
-        );
+        assert_eq!(exit_of(vec![Outcome::Pass, Outcome::BadPackage]), 12);
         assert_eq!(exit_of(vec![Outcome::Pass, Outcome::Flaky("x".into())]), 2);
         assert_eq!(
             exit_of(vec![
@@ -406,10 +539,72 @@ mod tests {
     }
 
     #[test]
-    fn summary_line_is_padded_to_20_columns() {
+    fn summary_lines_are_autopkgtests() {
+        let result = |outcome, details: &[&str]| TestResult {
+            name: "t".into(),
+            outcome,
+            duration_secs: 0.0,
+            details: details.iter().map(|d| d.to_string()).collect(),
+            testbed: None,
+        };
         assert_eq!(
-            format!("{:<20} {}", "t", Outcome::Pass.summary_text()),
-            "t                    PASS"
+            result(Outcome::Pass, &[]).summary_lines(),
+            ["t                    PASS"]
+        );
+        assert_eq!(
+            result(Outcome::BadPackage, &["badpkg: why"]).summary_lines(),
+            ["t                    FAIL badpkg", "badpkg: why"]
+        );
+        assert_eq!(
+            result(Outcome::Broken("x".into()), &[]).summary_lines(),
+            ["t                    FAIL badpkg"]
+        );
+    }
+
+    #[test]
+    fn results_json_round_trips_through_the_report_types() {
+        let mut report = Report::new("suite", "null");
+        report.exit_code = Some(14);
+        for outcome in [
+            Outcome::Pass,
+            Outcome::PassSuperficial,
+            Outcome::Fail("non-zero exit status 1".into()),
+            Outcome::Flaky("x".into()),
+            Outcome::Skip("y".into()),
+            Outcome::Broken("z".into()),
+            Outcome::BadPackage,
+        ] {
+            report.tests.push(TestRecord::Finished(TestResult {
+                name: outcome.word().into(),
+                outcome,
+                duration_secs: 1.5,
+                details: vec!["blame: x".into()],
+                testbed: None,
+            }));
+        }
+        report.tests.push(TestRecord::Unfinished(UnfinishedTest {
+            name: "late".into(),
+            state: Unfinished::NotRun("interrupted".into()),
+        }));
+        let json = serde_json::to_string_pretty(&report).unwrap();
+        assert!(
+            json.contains("\"result\": \"FAIL\",\n      \"reason\": \"badpkg\""),
+            "{json}"
+        );
+        assert!(json.contains("\"result\": \"NOT_RUN\""), "{json}");
+        let back: Report = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, report);
+        assert_eq!(back.tests[2].result_text(), "FAIL non-zero exit status 1");
+        assert_eq!(back.tests[7].result_text(), "NOT_RUN interrupted");
+    }
+
+    #[test]
+    fn log_lines_name_their_level() {
+        let at = UNIX_EPOCH + Duration::from_secs(3600 + 2 * 60 + 3);
+        assert_eq!(log_line(Level::Info, "hi", at), "dep8 [01:02:03]: hi\n");
+        assert_eq!(
+            log_line(Level::Error, "no", at),
+            "dep8 [01:02:03]: ERROR: no\n"
         );
     }
 }

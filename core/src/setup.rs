@@ -6,7 +6,9 @@
 //! `sh -ec`; exit 100 blames the package (badpkg), any other failure the
 //! testbed.
 
-use crate::testbed::{ExecRequest, Output, Tap, Testbed, TestbedError};
+use crate::cache::{say, AptCache, ListsKey, ListsReuse};
+use crate::capability::Capability;
+use crate::testbed::{ExecRequest, Output, Tap, Testbed};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -20,8 +22,6 @@ use std::time::Duration;
 ///   and a baseline pin at 500 over NotAutomatic;
 /// - `DEP8_SOURCES`: `--add-apt-source` lines; `DEP8_SOURCE_FILES`: copied
 ///   .list/.sources files, added under their own names;
-/// - `DEP8_UPDATE=1`: apt-get update (a 404 is the package's fault: exit
-///   100, other failures are retried);
 /// - `DEP8_PINS`: `--pin-packages R=PKGS` (and the pockets' PKGS): only
 ///   PKGS from R (995), the rest of R at 100.
 const APT_SETUP: &str = r#"lists=/etc/apt/sources.list.d prefs=/etc/apt/preferences.d
@@ -86,13 +86,6 @@ for f in $DEP8_SOURCE_FILES; do
     cat "$f" >> "$lists/${f##*/}"
     case $f in *.sources) echo >> "$lists/${f##*/}" ;; esac
 done
-if [ -n "$DEP8_UPDATE" ]; then
-    echo "updating the testbed's package index (apt-get update)"
-    O=$(bash -o pipefail -ec 'apt-get update 2>&1 | tee /proc/self/fd/2') ||
-        { [ "${O%404*Not Found*}" = "$O" ] || exit 100; sleep 15; apt-get update; } ||
-        { sleep 60; apt-get update; } ||
-        { echo "apt-get update failed" >&2; exit 1; }
-fi
 for p in $(printf '%s\n' $pins | awk 'NF && !seen[$0]++'); do
     r=${p%%=*}
     pkgs=$(printf '%s' "${p#*=}" | tr ',' '\n' | awk 'NF { x = $0; sub(/^src:/, "", x); if (x !~ /:/) $0 = $0 ":any"; printf "%s ", $0 }')
@@ -102,10 +95,21 @@ for p in $(printf '%s\n' $pins | awk 'NF && !seen[$0]++'); do
 done
 "#;
 
+/// apt-get update, run after [`APT_SETUP`] where it adds sources or `-U`
+/// is given (and the package cache has no fresh lists for the sources):
+/// its failure is a testbed failure, as 5.49's "failed testbed apt update"
+/// (a 404 at once, other failures after two retries).
+const APT_UPDATE: &str = r#"echo "updating the testbed's package index (apt-get update)"
+O=$(bash -o pipefail -ec 'apt-get update 2>&1 | tee /proc/self/fd/2') ||
+    { [ "${O%404*Not Found*}" = "$O" ] || { echo "apt-get update failed: a source is not there (404)" >&2; exit 1; }; sleep 15; apt-get update; } ||
+    { sleep 60; apt-get update; } ||
+    { echo "apt-get update failed" >&2; exit 1; }
+"#;
+
 /// `-U`, after the setup commands (the package lists were updated before
-/// them): dist-upgrade, then autoremove.
-const APT_DIST_UPGRADE: &str = "export DEBIAN_FRONTEND=noninteractive; \
-    apt-get dist-upgrade -y -q -o Dpkg::Options::=--force-confnew && apt-get --purge autoremove -y -q";
+/// them): dist-upgrade, then autoremove ([`AUTOREMOVE`]).
+const DIST_UPGRADE: &str = "apt-get dist-upgrade -y -q -o Dpkg::Options::=--force-confnew";
+const AUTOREMOVE: &str = "apt-get --purge autoremove -y -q";
 
 /// Where autopkgtest keeps its named setup commands (`--setup-commands
 /// enable-sudo`), used when it is installed.
@@ -138,6 +142,19 @@ pub struct Setup {
     /// testbed as a local repository pinned above every other, so that
     /// dependencies are satisfied from them first.
     pub binaries: Vec<PathBuf>,
+    /// The machine's package cache, for apt's downloads and lists (`None`
+    /// with `--no-cache`).
+    pub apt_cache: Option<AptCache>,
+}
+
+/// The two parts of the setup: what a testbed can keep as its revert base
+/// ([`crate::testbed::Testbed::commit_base`]), and what follows every boot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetupPart {
+    /// `--copy`, the apt options and `--setup-commands`.
+    Base,
+    /// `--setup-commands-boot` and publishing the binaries.
+    EveryBoot,
 }
 
 /// One `--add-apt-source`, in a form autopkgtest 5.49 takes.
@@ -204,20 +221,9 @@ pub fn pin_packages(arg: &str) -> Result<(String, String), String> {
     }
 }
 
-/// Why setup failed.
-#[derive(Debug)]
-pub enum SetupError {
-    /// A setup command exited 100: the package's fault (exit 12).
-    BadPackage(String),
-    /// The testbed could not be set up (exit 16).
-    Testbed(String),
-}
-
-impl From<TestbedError> for SetupError {
-    fn from(e: TestbedError) -> Self {
-        SetupError::Testbed(e.detail())
-    }
-}
+/// Why setup failed: a setup command that exited 100 blames the package
+/// (`BadPackage`), anything else the testbed.
+pub type SetupError = crate::error::Error;
 
 /// `--setup-commands` takes commands, a file holding them, or the name of
 /// one of autopkgtest's own setup scripts.
@@ -245,12 +251,14 @@ pub fn copy_pair(arg: &str) -> Result<(PathBuf, String), String> {
 }
 
 impl Setup {
-    pub fn is_empty(&self) -> bool {
-        self.copies.is_empty()
-            && !self.changes_apt()
-            && self.commands.is_empty()
-            && self.boot_commands.is_empty()
-            && self.binaries.is_empty()
+    /// Whether `part` has nothing to do.
+    pub fn is_empty_part(&self, part: SetupPart) -> bool {
+        match part {
+            SetupPart::Base => {
+                self.copies.is_empty() && !self.changes_apt() && self.commands.is_empty()
+            }
+            SetupPart::EveryBoot => self.boot_commands.is_empty() && self.binaries.is_empty(),
+        }
     }
 
     /// The apt options given: they change the testbed's apt configuration
@@ -295,17 +303,25 @@ impl Setup {
             && (!self.pins.is_empty() || self.apt_pockets.iter().any(|p| p.contains('=')))
     }
 
-    /// Applies everything in autopkgtest 5.49's order: copies, apt
-    /// configuration and update, setup commands, dist-upgrade, boot
-    /// commands, then the given binaries. `normal_user` is exported to the
-    /// commands as `AUTOPKGTEST_NORMAL_USER`.
+    /// Applies `part`, in autopkgtest 5.49's order: copies, apt
+    /// configuration and update, setup commands, dist-upgrade (the base);
+    /// then boot commands and the given binaries. `normal_user` is exported
+    /// to the commands as `AUTOPKGTEST_NORMAL_USER`.
     pub async fn apply(
         &self,
         tb: &dyn Testbed,
+        part: SetupPart,
         normal_user: Option<&str>,
         timeout: Duration,
         log: Tap,
     ) -> Result<(), SetupError> {
+        if part == SetupPart::EveryBoot {
+            self.boot(tb, normal_user, timeout, log.clone()).await?;
+            if !self.binaries.is_empty() {
+                self.publish_binaries(tb, timeout, &log).await?;
+            }
+            return Ok(());
+        }
         for (host, path) in &self.copies {
             tb.copy_down(host, path).await?;
         }
@@ -315,19 +331,110 @@ impl Setup {
         let commands = self.commands.iter().map(String::as_str);
         run_commands(tb, commands, false, normal_user, timeout, &log).await?;
         if self.apt_upgrade {
-            let req = ExecRequest::new(["sh", "-ec", APT_DIST_UPGRADE]);
-            run(
-                tb,
-                req,
-                "upgrading the testbed (apt-get dist-upgrade)",
-                timeout,
-                &log,
-            )
-            .await?;
+            let upgrade =
+                format!("export DEBIAN_FRONTEND=noninteractive; {DIST_UPGRADE} && {AUTOREMOVE}");
+            let req = ExecRequest::new(["sh", "-ec", &upgrade]);
+            let what = "upgrading the testbed (apt-get dist-upgrade)";
+            self.with_cached_debs(tb, DIST_UPGRADE, &log, run(tb, req, what, timeout, &log))
+                .await?;
         }
-        self.boot(tb, normal_user, timeout, log.clone()).await?;
-        if !self.binaries.is_empty() {
-            self.publish_binaries(tb, timeout, &log).await?;
+        Ok(())
+    }
+
+    /// Runs `apt_step` with the package cache around it: the packages the
+    /// apt-get command `apt` would download are taken from the cache first,
+    /// and those downloaded stored after.
+    pub async fn with_cached_debs<T>(
+        &self,
+        tb: &dyn Testbed,
+        apt: &str,
+        log: &Tap,
+        apt_step: impl std::future::Future<Output = T>,
+    ) -> T {
+        let Some(cache) = &self.apt_cache else {
+            return apt_step.await;
+        };
+        let missing = cache.seed_debs(tb, apt, log).await;
+        let result = apt_step.await;
+        cache.store_debs(tb, &missing, log).await;
+        result
+    }
+
+    /// The package cache for the testbed's apt lists: only on a testbed
+    /// that reverts, which is dep8's to change. A testbed that persists
+    /// (null: the host; an ssh machine without revert) keeps its own
+    /// lists, which other apt runs there may be reading.
+    pub fn lists_cache(&self, tb: &dyn Testbed) -> Option<&AptCache> {
+        self.apt_cache
+            .as_ref()
+            .filter(|_| tb.capabilities().has(Capability::Revert))
+    }
+
+    /// Brings the testbed's package lists up to date: from the package
+    /// cache when it holds lists for the same sources younger than its
+    /// maximum age, else with the script `update` (whose lists are then
+    /// cached). The log says which, and why.
+    pub async fn update_lists(
+        &self,
+        tb: &dyn Testbed,
+        update: &str,
+        timeout: Duration,
+        log: &Tap,
+    ) -> Result<(), SetupError> {
+        let key = match self.lists_cache(tb) {
+            Some(cache) => match cache.lists_key(tb).await? {
+                ListsKey::Local => {
+                    say(
+                        log,
+                        "apt lists: refreshed (a source is local, so never reused)",
+                    );
+                    None
+                }
+                ListsKey::Cacheable(key) => match cache.restore_lists(tb, &key).await {
+                    Ok(ListsReuse::Reused(age)) => {
+                        say(
+                            log,
+                            &format!(
+                                "apt lists: reused from dep8's cache (same sources, {}s old, \
+                                 at most {}s)",
+                                age.as_secs(),
+                                cache.lists_max_age().as_secs()
+                            ),
+                        );
+                        return Ok(());
+                    }
+                    Ok(ListsReuse::Missing) => {
+                        say(log, "apt lists: refreshed (none cached for these sources)");
+                        Some((cache, key))
+                    }
+                    Ok(ListsReuse::Stale(age)) => {
+                        say(
+                            log,
+                            &format!(
+                                "apt lists: refreshing the cached ones ({}s old, more than {}s)",
+                                age.as_secs(),
+                                cache.lists_max_age().as_secs()
+                            ),
+                        );
+                        Some((cache, key))
+                    }
+                    Err(why) => {
+                        say(
+                            log,
+                            &format!("apt lists: refreshed (the cache failed: {why})"),
+                        );
+                        Some((cache, key))
+                    }
+                },
+            },
+            None => None,
+        };
+        let req = ExecRequest::new(["sh", "-ec", update]);
+        run(tb, req, "updating the package lists", timeout, log).await?;
+        if let Some((cache, key)) = key {
+            if let Err(why) = cache.store_lists(tb, &key).await {
+                say(log, &format!("apt lists: not cached: {why}"));
+            }
         }
         Ok(())
     }
@@ -380,8 +487,7 @@ impl Setup {
             .env("DEP8_POCKETS", &self.apt_pockets.join("\n"))
             .env("DEP8_SOURCES", &lines.join("\n"))
             .env("DEP8_SOURCE_FILES", &files.join("\n"))
-            .env("DEP8_PINS", &pins.join("\n"))
-            .env("DEP8_UPDATE", if update { "1" } else { "" });
+            .env("DEP8_PINS", &pins.join("\n"));
         run(
             tb,
             req,
@@ -389,7 +495,11 @@ impl Setup {
             timeout,
             log,
         )
-        .await
+        .await?;
+        if update {
+            self.update_lists(tb, APT_UPDATE, timeout, log).await?;
+        }
+        Ok(())
     }
 }
 

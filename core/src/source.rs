@@ -132,7 +132,7 @@ pub fn wants_autodep8(tree: &Path) -> bool {
 /// The control file `autodep8` writes for `tree`, run on the host in the
 /// tree as autopkgtest runs it; `Ok(None)` when it is not installed,
 /// `Err` with what it said when it generates nothing.
-pub fn autodep8(tree: &Path) -> Result<Option<tempfile::NamedTempFile>, String> {
+pub async fn autodep8(tree: &Path) -> Result<Option<tempfile::NamedTempFile>, String> {
     let control = tempfile::Builder::new()
         .prefix("autodep8.")
         .tempfile()
@@ -140,16 +140,24 @@ pub fn autodep8(tree: &Path) -> Result<Option<tempfile::NamedTempFile>, String> 
     let stdout = control
         .reopen()
         .map_err(|e| format!("{}: {e}", control.path().display()))?;
-    let out = match std::process::Command::new("autodep8")
+    // spawn, not output(): tokio's output() would pipe stdout, not write
+    // the file.
+    let child = match tokio::process::Command::new("autodep8")
         .current_dir(tree)
         .stdin(std::process::Stdio::null())
         .stdout(stdout)
-        .output()
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
     {
-        Ok(out) => out,
+        Ok(child) => child,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("autodep8: {e}")),
     };
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| format!("autodep8: {e}"))?;
     if out.status.success() {
         Ok(Some(control))
     } else {

@@ -158,9 +158,14 @@ pub struct Background {
 }
 
 impl Background {
-    /// Starts `command` in its own process group, its output into `log`.
+    /// Starts `command` in its own process group, its output appended to
+    /// `log`.
     pub fn start(mut command: Command, log: &Path) -> Self {
-        let file = std::fs::File::create(log).expect("log file");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log file");
         let child = command
             .process_group(0)
             .stdin(Stdio::null())
@@ -174,6 +179,11 @@ impl Background {
         }
     }
 
+    /// The group leader's pid, while it runs.
+    pub fn id(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// What it wrote so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -182,6 +192,16 @@ impl Background {
     /// Stops the whole group; returns its log.
     pub fn stop(mut self, grace: Duration) -> String {
         self.terminate(grace);
+        self.log()
+    }
+
+    /// SIGKILLs the whole group at once (no SIGTERM first); returns its
+    /// log.
+    pub fn kill(mut self) -> String {
+        if let Some(mut child) = self.child.take() {
+            kill_group(child.id(), nix::sys::signal::Signal::SIGKILL);
+            let _ = child.wait();
+        }
         self.log()
     }
 
@@ -211,8 +231,14 @@ impl Drop for Background {
 /// on 127.0.0.1 on free ports. Stopped when dropped.
 pub struct Rabbitmq {
     pub url: String,
+    /// The Erlang node name, for `rabbitmqctl -n`.
+    node: String,
+    port: u16,
+    dist_port: u16,
+    /// How many times `rabbitmq-server` was started (each has its log).
+    starts: usize,
     server: Option<Background>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Rabbitmq {
@@ -224,20 +250,33 @@ impl Rabbitmq {
             .tempdir()
             .expect("temp dir");
         let [port, dist_port] = free_ports();
-        let base = dir.path();
-        std::fs::write(base.join("enabled_plugins"), "[].\n").expect("enabled_plugins");
+        std::fs::write(dir.path().join("enabled_plugins"), "[].\n").expect("enabled_plugins");
+        let mut broker = Rabbitmq {
+            url: format!("amqp://127.0.0.1:{port}"),
+            node: format!("dep8-{}-{port}@localhost", std::process::id()),
+            port,
+            dist_port,
+            starts: 0,
+            server: None,
+            dir,
+        };
+        broker.launch();
+        broker
+    }
+
+    /// Starts `rabbitmq-server` on this broker's ports and dirs and waits
+    /// until it takes connections.
+    fn launch(&mut self) {
+        let base = self.dir.path();
         let mut command = Command::new("/usr/lib/rabbitmq/bin/rabbitmq-server");
         command
             .current_dir(base)
             // The Erlang cookie goes into $HOME.
             .env("HOME", base)
-            .env(
-                "RABBITMQ_NODENAME",
-                format!("dep8-{}-{port}@localhost", std::process::id()),
-            )
+            .env("RABBITMQ_NODENAME", &self.node)
             .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
-            .env("RABBITMQ_NODE_PORT", port.to_string())
-            .env("RABBITMQ_DIST_PORT", dist_port.to_string())
+            .env("RABBITMQ_NODE_PORT", self.port.to_string())
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
             .env("RABBITMQ_MNESIA_BASE", base.join("mnesia"))
             .env("RABBITMQ_LOG_BASE", base.join("log"))
             .env(
@@ -245,35 +284,72 @@ impl Rabbitmq {
                 base.join("enabled_plugins"),
             )
             .env("RABBITMQ_PID_FILE", base.join("pid"));
-        let server = Background::start(command, &base.join("server.log"));
-        let broker = Rabbitmq {
-            url: format!("amqp://127.0.0.1:{port}"),
-            server: Some(server),
-            _dir: dir,
-        };
+        self.starts += 1;
+        let log = base.join(format!("server.{}.log", self.starts));
+        self.server = Some(Background::start(command, &log));
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let probe = Command::new("amqp-declare-queue")
-                .args(["--url", &broker.url, "--queue", "dep8-probe"])
+                .args(["--url", &self.url, "--queue", "dep8-probe"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
                 .expect("amqp-declare-queue");
             if probe.success() {
-                break broker;
+                break;
             }
             assert!(
                 Instant::now() < deadline,
                 "rabbitmq-server did not take connections on {} within 2 minutes:\n{}",
-                broker.url,
-                broker
-                    .server
+                self.url,
+                self.server
                     .as_ref()
                     .map(Background::log)
                     .unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(500));
         }
+    }
+
+    /// Stops the broker (SIGTERM: a clean shutdown, which keeps durable
+    /// queues and persistent messages) and starts it again on the same
+    /// node, ports and data; returns once it takes connections.
+    pub fn restart(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop(Duration::from_secs(30));
+        }
+        self.launch();
+    }
+
+    /// Each queue's name with its ready and unacknowledged message counts
+    /// (`rabbitmqctl list_queues`).
+    pub fn queue_counts(&self) -> Vec<(String, u64, u64)> {
+        // rabbitmqctl's wrapper in /usr/sbin sets HOME to the system
+        // broker's; this broker's cookie is in its own dir.
+        let out = Command::new("/usr/lib/rabbitmq/bin/rabbitmqctl")
+            .env("HOME", self.dir.path())
+            .args(["-q", "-n", &self.node, "list_queues", "--no-table-headers"])
+            .args(["name", "messages_ready", "messages_unacknowledged"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("rabbitmqctl");
+        assert!(
+            out.status.success(),
+            "rabbitmqctl list_queues: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                match words[..] {
+                    [name, ready, unacked] => {
+                        Some((name.to_string(), ready.parse().ok()?, unacked.parse().ok()?))
+                    }
+                    _ => None,
+                }
+            })
+            .collect()
     }
 
     /// Waits until something declared `queue` (at most `limit`).
@@ -369,6 +445,41 @@ impl Drop for Rabbitmq {
     }
 }
 
+/// The chroot debci's schroot backend opens for bookworm on amd64
+/// (backends/schroot/environment.sh fixes the name:
+/// `debci-SUITE-ARCH`); its sessions are `debci-bookworm-amd64-PACKAGE`.
+pub const DEBCI_CHROOT: &str = "debci-bookworm-amd64";
+
+/// The definition of the schroot chroot `chroot` (as `schroot --config`
+/// prints it) under the name [`DEBCI_CHROOT`], without its aliases.
+pub fn debci_chroot_definition(chroot: &str) -> String {
+    let out = Command::new("schroot")
+        .args(["--config", "--chroot", &format!("chroot:{chroot}")])
+        .stdin(Stdio::null())
+        .output()
+        .expect("schroot");
+    assert!(
+        out.status.success(),
+        "schroot --config --chroot chroot:{chroot}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .replace(&format!("[{chroot}]"), &format!("[{DEBCI_CHROOT}]"))
+        .replace("aliases=\n", "")
+}
+
+/// What debci's create-testbed for schroot puts into its chroots and the
+/// test rootfs lacks: deb-src lines (for `apt-get source`) and a `debci`
+/// user (debci runs tests with `--user debci`). Given to autopkgtest as a
+/// setup commands file through debci's config.
+pub const DEBCI_CHROOT_SETUP: &str = "\
+if ! grep -q '^deb-src' /etc/apt/sources.list; then
+    sed -n 's/^deb\\s/deb-src /p' /etc/apt/sources.list >> /etc/apt/sources.list
+    apt-get update -q
+fi
+id debci >/dev/null 2>&1 || useradd --home-dir /home/debci --create-home debci
+";
+
 /// What debci reads back from an autopkgtest output dir (`debci-test`,
 /// `debci-worker`, `debci-collector`): the exit code and the status it maps
 /// to, the tested version, whether there is a log and a duration.
@@ -410,7 +521,7 @@ impl DebciResult {
 /// The status debci gives an autopkgtest exit code (`debci-worker`'s
 /// `case`): 0 and 2 pass; 4, 6, 12 and 14 fail; 8 neutral; anything else
 /// (16, 20, none) tmpfail.
-fn debci_status(exitcode: &str) -> &'static str {
+pub fn debci_status(exitcode: &str) -> &'static str {
     match exitcode {
         "0" | "2" => "pass",
         "4" | "6" | "12" | "14" => "fail",

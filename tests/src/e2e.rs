@@ -236,6 +236,21 @@ pub fn source_tree(dir: &Path, name: &str, control: &str) -> PathBuf {
     tree
 }
 
+/// Runs examples/nested on `testbed` (which offers a base image) and
+/// checks that its nested testbed booted from `base` (`PATH (KIND)`, as
+/// the example prints it) and answered.
+pub fn assert_nested_example_passes(testbed: &[&str], base: &str) {
+    let run = Dep8Run::new("examples/nested", testbed);
+    run.assert_exit(0);
+    assert_eq!(run.read("summary"), "nested-testbed       PASS\n");
+    let stdout = run.read("nested-testbed-stdout");
+    assert!(
+        stdout.contains("nested testbed says 12.")
+            && stdout.contains(&format!("booted from {base} and answered")),
+        "{stdout}"
+    );
+}
+
 /// A finished `dep8 run -o DIR SRC -- TESTBED...`.
 pub struct Dep8Run {
     pub status: Option<i32>,

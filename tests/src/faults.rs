@@ -16,6 +16,10 @@ const CONTROL: &str = "Test-Command: echo first\nFeatures: test-name=first\nDepe
      Test-Command: sleep 600\nFeatures: test-name=sleeper\nDepends:\n\n\
      Test-Command: echo never\nFeatures: test-name=never\nDepends:\n";
 
+/// The package the `sleeper` test depends on in [`Phase::Install`]: its
+/// preinst sleeps, so apt stays in the middle of installing it.
+pub const SLOW_PACKAGE: &str = "dep8-faults-slow";
+
 /// Where a run is hurt, and the log line that says it got there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -26,12 +30,22 @@ pub enum Phase {
     /// Copying the source tree: the host-side copy is stopped (SIGSTOP)
     /// once seen, so the run stays there.
     Copy,
+    /// apt installs `sleeper`'s dependency, [`SLOW_PACKAGE`] (given as a
+    /// binary), whose preinst sleeps.
+    Install,
     /// The `sleeper` test runs.
     Test,
     /// The testbed is reverted before `sleeper` (`first` breaks it);
     /// reverting is quick, so the run may be hurt in `sleeper` already: the
     /// results are the same.
     Revert,
+    /// `sleeper` asked for a reboot, and the machine never comes back (its
+    /// `reboot` does nothing: see [`crate::sshd::Login::RootFakeReboot`]).
+    Reboot,
+    /// Every test passed and the testbed is being closed. `sleeper` left
+    /// 20000 files in the tree's copy, which the close removes (the unshare
+    /// holder drops its tmpfs at once instead, so it is stopped first).
+    Close,
 }
 
 impl Phase {
@@ -40,8 +54,40 @@ impl Phase {
             Phase::Open => "opening testbed:",
             Phase::Setup => "setting up the testbed",
             Phase::Copy => "to the testbed",
+            Phase::Install => "sleeper: installing",
             Phase::Test => "test sleeper: [-----",
             Phase::Revert => "reverting the testbed",
+            Phase::Reboot => "test sleeper: requested reboot with marker",
+            Phase::Close => "closing the testbed",
+        }
+    }
+
+    /// The fixture's control file for this phase.
+    fn control(self) -> String {
+        match self {
+            Phase::Revert => CONTROL.replacen(
+                "test-name=first\n",
+                "test-name=first\nRestrictions: breaks-testbed\n",
+                1,
+            ),
+            Phase::Install => CONTROL.replacen(
+                "test-name=sleeper\nDepends:",
+                &format!("test-name=sleeper\nDepends: {SLOW_PACKAGE}"),
+                1,
+            ),
+            // The machine's `reboot` is made a no-op first: it never
+            // comes back with a new boot id.
+            Phase::Reboot => CONTROL.replacen(
+                "sleep 600",
+                "echo : > /usr/local/sbin/reboot; /tmp/autopkgtest-reboot m1; sleep 600",
+                1,
+            ),
+            Phase::Close => CONTROL.replacen(
+                "sleep 600",
+                "mkdir many && cd many && seq 20000 | xargs touch",
+                1,
+            ),
+            _ => CONTROL.to_string(),
         }
     }
 }
@@ -51,6 +97,12 @@ pub struct FaultRun {
     pub dir: tempfile::TempDir,
     pub child: Child,
     pub started: Instant,
+    /// Processes of the run stopped to hold it in a phase, continued by
+    /// [`FaultRun::resume`].
+    stopped: Vec<u32>,
+    /// The id of dep8's run dir (`dep8-run.ID`), kept once seen: a sweep
+    /// removes the dir, and the id still names the run's lxc clones.
+    run_id: std::sync::OnceLock<String>,
 }
 
 impl FaultRun {
@@ -58,29 +110,37 @@ impl FaultRun {
     /// made for `phase` (and for none: the plain fixture); for
     /// [`Phase::Copy`], the tree holds a 256 MB file (a copy to catch).
     pub fn start(testbed: &[String], extra: &[&str], phase: Option<Phase>) -> FaultRun {
+        Self::start_with(testbed, extra, phase, phase == Some(Phase::Install))
+    }
+
+    /// [`Self::start`], with [`SLOW_PACKAGE`] given as a binary or not.
+    pub fn start_with(
+        testbed: &[String],
+        extra: &[&str],
+        phase: Option<Phase>,
+        slow_binary: bool,
+    ) -> FaultRun {
         let dir = tempfile::Builder::new()
             .prefix("dep8-faults.")
             .tempdir()
             .expect("temp dir");
         std::fs::create_dir(dir.path().join("tmp")).expect("mkdir tmp");
-        let control = match phase {
-            Some(Phase::Revert) => CONTROL.replacen(
-                "test-name=first\n",
-                "test-name=first\nRestrictions: breaks-testbed\n",
-                1,
-            ),
-            _ => CONTROL.to_string(),
-        };
+        let control = phase.map_or_else(|| CONTROL.to_string(), Phase::control);
         let tree = source_tree(dir.path(), "fx", &control);
         if phase == Some(Phase::Copy) {
             write_big(&tree.join("big"));
         }
+        let binaries = match slow_binary {
+            true => vec![slow_deb(dir.path())],
+            false => Vec::new(),
+        };
         let child = Command::new(dep8_bin())
             .env("TMPDIR", dir.path().join("tmp"))
             .args(["run", "-B", "-o"])
             .arg(dir.path().join("out"))
             .args(extra)
             .arg(&tree)
+            .args(binaries)
             .arg("--")
             .args(testbed)
             .stdin(Stdio::null())
@@ -92,7 +152,48 @@ impl FaultRun {
             dir,
             child,
             started: Instant::now(),
+            stopped: Vec::new(),
+            run_id: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The id of dep8's run dir (`dep8-run.ID` in [`Self::tmp`]), once it
+    /// has claimed one.
+    pub fn run_id(&self) -> Option<String> {
+        if let Some(id) = self.run_id.get() {
+            return Some(id.clone());
+        }
+        let id = std::fs::read_dir(self.tmp())
+            .ok()?
+            .flatten()
+            .find_map(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .strip_prefix("dep8-run.")
+                    .map(String::from)
+            })?;
+        Some(self.run_id.get_or_init(|| id).clone())
+    }
+
+    /// The lxc containers of the run: the lxc backend names its clones
+    /// `dep8-ID-N` after the run dir (none without lxc).
+    pub fn lxc_clones(&self) -> Vec<String> {
+        let Some(id) = self.run_id() else {
+            return Vec::new();
+        };
+        let Ok(out) = Command::new("lxc-ls")
+            .arg("-1")
+            .stderr(Stdio::null())
+            .output()
+        else {
+            return Vec::new();
+        };
+        let prefix = format!("dep8-{id}-");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter(|name| name.starts_with(&prefix))
+            .map(String::from)
+            .collect()
     }
 
     /// The run's own temp dir: everything it makes on the host is in it.
@@ -109,23 +210,34 @@ impl FaultRun {
         std::fs::read_to_string(self.out().join(name)).unwrap_or_default()
     }
 
-    /// Waits until the log shows `phase` (and, for [`Phase::Copy`], stops
-    /// the host-side copy), within `limit`.
-    pub fn reach(&mut self, phase: Phase, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while !self.read("log").contains(phase.marker()) {
+    /// Waits until the log shows `marker`, within `deadline`.
+    fn wait_log(&mut self, marker: &str, deadline: Instant) {
+        while !self.read("log").contains(marker) {
             assert!(
                 self.child.try_wait().expect("waiting").is_none(),
-                "dep8 ended before {phase:?}; log:\n{}",
+                "dep8 ended before {marker:?}; log:\n{}",
                 self.read("log")
             );
             assert!(
                 Instant::now() < deadline,
-                "no {phase:?} in the log after {limit:?}:\n{}",
+                "no {marker:?} in the log in time:\n{}",
                 self.read("log")
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Waits until the log shows `phase` (and, for [`Phase::Copy`], stops
+    /// the host-side copy; for [`Phase::Close`], the helper that closes),
+    /// within `limit`.
+    pub fn reach(&mut self, phase: Phase, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        if phase == Phase::Close {
+            self.hold_close(deadline);
+            return;
+        }
+        self.wait_log(phase.marker(), deadline);
+        self.run_id();
         if phase == Phase::Copy {
             let tree = self.dir.path().join("fx");
             let copier = wait_for(deadline, || {
@@ -136,6 +248,62 @@ impl FaultRun {
             })
             .unwrap_or_else(|| panic!("no copy of {} seen", tree.display()));
             let _ = kill(Pid::from_raw(copier.pid as i32), Signal::SIGSTOP);
+        }
+    }
+
+    /// Holds the run in closing its testbed: the unshare holder, which
+    /// does the closing and is needed by no test, is stopped while the
+    /// last test runs; elsewhere the close takes a while by itself (see
+    /// [`Phase::Close`]).
+    fn hold_close(&mut self, deadline: Instant) {
+        self.wait_log("test never: [-----", deadline);
+        let tmp = self.tmp().to_string_lossy().into_owned();
+        let holders: Vec<u32> = processes()
+            .into_iter()
+            .filter(|p| p.cmdline.contains("dep8-holder") && p.cmdline.contains(&tmp))
+            .map(|p| p.pid)
+            .collect();
+        holders.into_iter().for_each(|pid| self.stop(pid));
+        self.wait_log(Phase::Close.marker(), deadline);
+        self.run_id();
+    }
+
+    /// Stops a process of the run until [`Self::resume`].
+    fn stop(&mut self, pid: u32) {
+        if kill(Pid::from_raw(pid as i32), Signal::SIGSTOP).is_ok() {
+            self.stopped.push(pid);
+        }
+    }
+
+    /// Lets the processes stopped to hold the run go on.
+    pub fn resume(&mut self) {
+        for pid in self.stopped.drain(..) {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGCONT);
+        }
+    }
+
+    /// The run's long-lived helpers still running (the unshare holder, an
+    /// ssh master, an external virt server): after a SIGKILL of dep8 they
+    /// must end by themselves, before any sweep.
+    pub fn helpers_left(&self, grace: Duration) -> Vec<String> {
+        let tmp = self.tmp().to_string_lossy().into_owned();
+        let deadline = Instant::now() + grace;
+        loop {
+            let left: Vec<String> = processes()
+                .into_iter()
+                .filter(|p| p.cmdline.contains(&tmp) || p.environ.contains(&tmp))
+                .filter(|p| p.pid != self.child.id())
+                .filter(|p| {
+                    p.cmdline.contains("dep8-holder")
+                        || p.cmdline.contains("autopkgtest-virt-")
+                        || (p.cmdline.starts_with("ssh ") && p.cmdline.contains(" -M "))
+                })
+                .map(|p| format!("process {} {}", p.pid, p.cmdline))
+                .collect();
+            if left.is_empty() || Instant::now() > deadline {
+                return left;
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -174,7 +342,8 @@ impl FaultRun {
     }
 
     /// What is left of the run on the host: processes, mounts, schroot
-    /// sessions, files in its temp dir. Waits up to `grace` for it to go.
+    /// sessions, lxc clones, files in its temp dir. Waits up to `grace` for
+    /// it to go.
     pub fn leftovers(&self, grace: Duration) -> Vec<String> {
         let deadline = Instant::now() + grace;
         loop {
@@ -214,6 +383,11 @@ impl FaultRun {
                     .map(|l| format!("schroot {l}")),
             );
         }
+        left.extend(
+            self.lxc_clones()
+                .into_iter()
+                .map(|name| format!("lxc container {name}")),
+        );
         if let Ok(entries) = std::fs::read_dir(self.tmp()) {
             left.extend(
                 entries
@@ -221,7 +395,26 @@ impl FaultRun {
                     .map(|e| format!("file {}", e.path().display())),
             );
         }
+        if host_has_slow_package() {
+            left.push(format!("{SLOW_PACKAGE} in the host's dpkg status"));
+        }
+        left.extend(
+            self.shared_scratch()
+                .filter(|dir| dir.exists())
+                .map(|dir| format!("scratch dir {}", dir.display())),
+        );
         left
+    }
+
+    /// A schroot session's scratch dir as the host sees it in its own
+    /// /tmp, which the default profile shares with the session: the last
+    /// component of results.json's `downtmp_host`, in /tmp.
+    fn shared_scratch(&self) -> Option<PathBuf> {
+        let results: serde_json::Value = serde_json::from_str(&self.read("results.json")).ok()?;
+        let downtmp = results["capabilities"]["downtmp_host"].as_str()?;
+        let name = Path::new(downtmp).file_name()?.to_str()?;
+        name.starts_with("dep8-schroot.")
+            .then(|| Path::new("/tmp").join(name))
     }
 
     /// results.json, parsed.
@@ -245,12 +438,51 @@ impl FaultRun {
 impl Drop for FaultRun {
     /// A failed test leaves no dep8 running, nor what it started.
     fn drop(&mut self) {
+        self.resume();
         if self.child.try_wait().ok().flatten().is_none() {
             let _ = self.child.kill();
             let _ = self.child.wait();
             self.clean();
         }
     }
+}
+
+/// Whether the host's dpkg knows [`SLOW_PACKAGE`] (a test installed it on
+/// the host, or started to).
+pub fn host_has_slow_package() -> bool {
+    std::fs::read_to_string("/var/lib/dpkg/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l == format!("Package: {SLOW_PACKAGE}"))
+}
+
+/// [`SLOW_PACKAGE`]'s .deb, built in `dir`: its preinst sleeps for ten
+/// minutes.
+fn slow_deb(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let root = dir.join("slow-deb");
+    std::fs::create_dir_all(root.join("DEBIAN")).expect("mkdir DEBIAN");
+    std::fs::write(
+        root.join("DEBIAN/control"),
+        format!(
+            "Package: {SLOW_PACKAGE}\nVersion: 1\nArchitecture: all\n\
+             Maintainer: dep8 <dep8@example.org>\nDescription: installs slowly\n"
+        ),
+    )
+    .expect("control");
+    let preinst = root.join("DEBIAN/preinst");
+    std::fs::write(&preinst, "#!/bin/sh\nsleep 600\n").expect("preinst");
+    std::fs::set_permissions(&preinst, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let deb = dir.join(format!("{SLOW_PACKAGE}_1_all.deb"));
+    let status = Command::new("dpkg-deb")
+        .args(["--build", "--root-owner-group"])
+        .arg(&root)
+        .arg(&deb)
+        .stdout(Stdio::null())
+        .status()
+        .expect("dpkg-deb");
+    assert!(status.success(), "dpkg-deb --build failed");
+    deb
 }
 
 /// A file of 256 MB of non-zero bytes (no copy can skip it as a hole).
@@ -305,5 +537,97 @@ pub fn wait_for<T>(deadline: Instant, mut f: impl FnMut() -> Option<T>) -> Optio
             return None;
         }
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A control file of `n` tests: each checks that no other run's testbed
+/// leaks into its own (a marker in its tree and one in the testbed's
+/// /var/tmp, which no other testbed shares), leaves its own and prints the
+/// run's id.
+fn many_tests(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "Test-Command: for f in run /var/tmp/dep8-run; do \
+                 test ! -e $f || grep -qx \"$RUN\" $f || exit 1; echo \"$RUN\" > $f; done; \
+                 echo \"$RUN\"\n\
+                 Features: test-name=t{i}\nDepends:\n\n"
+            )
+        })
+        .collect()
+}
+
+/// A finished run of [`many_tests`], for load and concurrency tests.
+pub struct LoadRun {
+    /// Its summary, and dep8's stderr when it failed.
+    pub summary: String,
+    pub code: Option<i32>,
+    /// dep8's peak resident memory (VmHWM, kB).
+    pub peak_kb: u64,
+    /// The run's id, in `$RUN` of its tests.
+    pub id: usize,
+    /// Holds the output dir, `out`.
+    pub dir: tempfile::TempDir,
+    n: usize,
+}
+
+impl LoadRun {
+    /// Runs `n` tests on `testbed` as run `id`, to the end.
+    pub fn new(testbed: &[String], n: usize, id: usize) -> LoadRun {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let tree = source_tree(dir.path(), "load", &many_tests(n));
+        let mut child = Command::new(dep8_bin())
+            .args(["run", "-B", "--env", &format!("RUN={id}"), "-o"])
+            .arg(dir.path().join("out"))
+            .arg(&tree)
+            .arg("--")
+            .args(testbed)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("stderr")).expect("stderr file"))
+            .spawn()
+            .expect("dep8");
+        let status_file = format!("/proc/{}/status", child.id());
+        let mut peak_kb = 0;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            let status = std::fs::read_to_string(&status_file).unwrap_or_default();
+            if let Some(kb) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+            {
+                peak_kb = kb;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut summary =
+            std::fs::read_to_string(dir.path().join("out/summary")).unwrap_or_default();
+        if !status.success() {
+            summary += &std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
+        }
+        LoadRun {
+            summary,
+            code: status.code(),
+            peak_kb,
+            id,
+            dir,
+            n,
+        }
+    }
+
+    /// Asserts that every test passed, and printed this run's id.
+    pub fn assert_all_pass(&self) -> &Self {
+        let summary = &self.summary;
+        assert_eq!(self.code, Some(0), "summary:\n{summary}");
+        let passed = summary.lines().filter(|l| l.ends_with(" PASS")).count();
+        assert_eq!(passed, self.n, "summary:\n{summary}");
+        for i in 0..self.n {
+            let out = self.dir.path().join(format!("out/t{i}-stdout"));
+            let said = std::fs::read_to_string(&out).unwrap_or_default();
+            assert_eq!(said, format!("{}\n", self.id), "{}", out.display());
+        }
+        self
     }
 }

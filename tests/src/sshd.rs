@@ -31,6 +31,14 @@ pub enum Login {
     /// /proc/sys/kernel/random/boot_id (a bind-mounted file) a new value and
     /// drops every connection, as a real reboot would; /var/tmp survives.
     RootFakeReboot,
+    /// Root, on a "machine" of its own as far as dep8 goes, in sshd's
+    /// private mount namespace: its /tmp and /var/tmp are empty dirs of its
+    /// own, so what a run leaves there is seen by
+    /// [`LoopbackSshd::remote_leftovers`], apart from what other runs leave
+    /// on the host; apt's and dpkg's state (and logs) are overlays, so
+    /// that installing a package without files (the fault suite's) leaves
+    /// the host's package state as it was.
+    RootOwnMachine,
 }
 
 /// The unprivileged account [`Login::User`] logs in as. It exists only in
@@ -63,10 +71,14 @@ impl LoopbackSshd {
     }
 
     fn spawn(login: Login) -> Result<Self, String> {
-        let dir = tempfile::Builder::new()
-            .prefix("dep8-sshd.")
-            .tempdir()
-            .map_err(|e| e.to_string())?;
+        let mut dir = tempfile::Builder::new();
+        dir.prefix("dep8-sshd.");
+        // sshd's own files must stay in sight once /tmp is covered.
+        let dir = match login {
+            Login::RootOwnMachine => dir.tempdir_in("/run"),
+            _ => dir.tempdir(),
+        }
+        .map_err(|e| e.to_string())?;
         let d = dir.path();
         for key in ["host_key", "client_key"] {
             run(Command::new("ssh-keygen")
@@ -163,6 +175,45 @@ impl LoopbackSshd {
         self.dir.path()
     }
 
+    /// What dep8 made in the machine's /tmp and /var/tmp
+    /// ([`Login::RootOwnMachine`] only; its names start with `dep8`), as
+    /// paths the machine sees. What else is there is the machine's: apt
+    /// killed in the middle of an install leaves its own temp files, with
+    /// autopkgtest as with dep8.
+    pub fn remote_leftovers(&self) -> Vec<String> {
+        PRIVATE_TMP
+            .iter()
+            .flat_map(|(name, mount_point)| {
+                std::fs::read_dir(self.dir.path().join(name))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|name| name.starts_with("dep8"))
+                    .map(move |name| format!("{mount_point}/{name}"))
+            })
+            .collect()
+    }
+
+    /// The processes on the machine besides sshd's listener: those in its
+    /// mount namespace ([`Login::RootOwnMachine`] and the other logins
+    /// that have one), wherever they were reparented.
+    pub fn remote_processes(&self) -> Vec<u32> {
+        let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+        let own = ns(&self.pid().to_string());
+        let host = ns("self");
+        if own.is_none() || own == host {
+            return Vec::new();
+        }
+        std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&pid| pid != self.pid() && ns(&pid.to_string()) == own)
+            .collect()
+    }
+
     /// The `ssh` backend's arguments to log in with the real host key
     /// checked.
     pub fn backend_args(&self) -> Vec<String> {
@@ -193,35 +244,75 @@ impl Drop for LoopbackSshd {
 /// `unshare -m sh -c 'mount --bind ...; exec "$@"' sh`, sshd's arguments to
 /// follow, with the bind mounts `login` needs (see [`Login`]).
 fn namespace_command(dir: &Path, login: Login) -> Result<Command, String> {
-    let binds = match login {
-        Login::User { sudo } => user_files(dir, sudo),
+    let mut binds = match login {
+        Login::User { sudo } => user_files(dir, sudo.then_some("ALL")),
         Login::RootFakeReboot => reboot_files(dir),
+        Login::RootOwnMachine => private_tmp_dirs(dir),
         Login::Root => Ok(Vec::new()),
     }
     .map_err(|e| e.to_string())?;
+    // The host's root login shell setup is not the machine's: where it
+    // prints (pyenv's rehash, fighting over its lock with every other
+    // login), a test that must not write to stderr would fail.
+    if Path::new(ROOT_BASHRC).exists() {
+        let quiet = dir.join("root-bashrc");
+        std::fs::write(&quiet, "").map_err(|e| e.to_string())?;
+        binds.push((quiet, ROOT_BASHRC));
+    }
+    let overlays = if login == Login::RootOwnMachine {
+        package_state_overlays(dir).map_err(|e| e.to_string())?
+    } else {
+        String::new()
+    };
+    let mut cmd = in_private_namespace(&binds, &overlays);
+    cmd.arg(SSHD);
+    Ok(cmd)
+}
+
+/// root's shell startup file, replaced by an empty one on the machine.
+const ROOT_BASHRC: &str = "/root/.bashrc";
+
+/// `unshare -m sh -c 'mount --bind ...; MOUNTS; exec "$@"' sh`, the
+/// command to follow, with `binds` (file, mount point) mounted, then the
+/// shell lines `mounts` run.
+fn in_private_namespace(binds: &[(PathBuf, &str)], mounts: &str) -> Command {
     let mut script = String::from("set -e\n");
     for (from, to) in binds {
         script.push_str(&format!("mount --bind '{}' '{to}'\n", from.display()));
     }
+    script.push_str(mounts);
     script.push_str("exec \"$@\"\n");
     let mut cmd = Command::new("unshare");
-    cmd.args([
-        "-m",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        &script,
-        "sh",
-        SSHD,
-    ]);
+    cmd.args(["-m", "--propagation", "private", "sh", "-c", &script, "sh"]);
+    cmd
+}
+
+/// A command that runs `program` as [`TEST_USER`] (home `DIR/home`), with
+/// passwordless sudo for `sudo_commands` (a sudoers command list), in a
+/// private mount namespace where that account exists; its files are made
+/// in `dir`, which must outlive the command. Root only.
+pub fn as_test_user(
+    dir: &Path,
+    sudo_commands: Option<&str>,
+    program: &Path,
+) -> std::io::Result<Command> {
+    let binds = user_files(dir, sudo_commands)?;
+    let mut cmd = in_private_namespace(&binds, "");
+    cmd.args(["runuser", "-u", TEST_USER, "--"])
+        .arg(program)
+        .env("HOME", dir.join("home"))
+        .env("TMPDIR", dir.join("home"));
     Ok(cmd)
 }
 
 /// Copies of the account files that add [`TEST_USER`] (home in `dir`), and
-/// a sudoers.d granting it passwordless sudo when `sudo`; with their mount
+/// a sudoers.d granting it passwordless sudo for `sudo_commands` (a
+/// sudoers command list: `ALL`, `/usr/bin/lxc-*`...); with their mount
 /// points.
-fn user_files(dir: &Path, sudo: bool) -> std::io::Result<Vec<(PathBuf, &'static str)>> {
+fn user_files(
+    dir: &Path,
+    sudo_commands: Option<&str>,
+) -> std::io::Result<Vec<(PathBuf, &'static str)>> {
     use std::os::unix::fs::PermissionsExt;
     // sshd reads authorized_keys as the user.
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
@@ -248,11 +339,14 @@ fn user_files(dir: &Path, sudo: bool) -> std::io::Result<Vec<(PathBuf, &'static 
         std::fs::set_permissions(&copy, std::fs::metadata(system)?.permissions())?;
         binds.push((copy, system));
     }
-    if sudo {
+    if let Some(commands) = sudo_commands {
         let sudoers = dir.join("sudoers.d");
         std::fs::create_dir(&sudoers)?;
         let grant = sudoers.join("dep8-ssh-test");
-        std::fs::write(&grant, format!("{TEST_USER} ALL=(ALL:ALL) NOPASSWD: ALL\n"))?;
+        std::fs::write(
+            &grant,
+            format!("{TEST_USER} ALL=(ALL:ALL) NOPASSWD: {commands}\n"),
+        )?;
         std::fs::set_permissions(&grant, std::fs::Permissions::from_mode(0o440))?;
         binds.push((sudoers, "/etc/sudoers.d"));
     }
@@ -284,6 +378,51 @@ fn reboot_files(dir: &Path) -> std::io::Result<Vec<(PathBuf, &'static str)>> {
         (sbin, "/usr/local/sbin"),
     ])
 }
+
+/// The machine's own /tmp and /var/tmp (see [`Login::RootOwnMachine`]),
+/// with their mount points.
+fn private_tmp_dirs(dir: &Path) -> std::io::Result<Vec<(PathBuf, &'static str)>> {
+    use std::os::unix::fs::PermissionsExt;
+    PRIVATE_TMP
+        .iter()
+        .map(|&(name, mount_point)| {
+            let private = dir.join(name);
+            std::fs::create_dir(&private)?;
+            std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o1777))?;
+            Ok((private, mount_point))
+        })
+        .collect()
+}
+
+/// Where apt and dpkg keep their state and logs.
+const PACKAGE_STATE: [&str; 5] = [
+    "/etc/apt",
+    "/var/lib/dpkg",
+    "/var/lib/apt",
+    "/var/cache/apt",
+    "/var/log",
+];
+
+/// The commands that put an overlay (its changes kept in `dir`) on each of
+/// [`PACKAGE_STATE`] (see [`Login::RootOwnMachine`]).
+fn package_state_overlays(dir: &Path) -> std::io::Result<String> {
+    let mut script = String::new();
+    for (i, lower) in PACKAGE_STATE.iter().enumerate() {
+        let (upper, work) = (dir.join(format!("upper{i}")), dir.join(format!("work{i}")));
+        std::fs::create_dir(&upper)?;
+        std::fs::create_dir(&work)?;
+        script.push_str(&format!(
+            "mount -t overlay overlay -o 'lowerdir={lower},upperdir={},workdir={}' '{lower}'\n",
+            upper.display(),
+            work.display()
+        ));
+    }
+    Ok(script)
+}
+
+/// [`Login::RootOwnMachine`]'s dirs in sshd's dir, and where the machine
+/// sees them.
+const PRIVATE_TMP: [(&str, &str); 2] = [("tmp", "/tmp"), ("var-tmp", "/var/tmp")];
 
 fn free_port() -> Result<u16, String> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;

@@ -4,10 +4,10 @@
 //! no world-writable dir where the testbed does not isolate, keys and
 //! sockets in 0700 dirs, the guest's ssh port on 127.0.0.1 only.
 
-use dep8_conformance::e2e::{
-    assert_same_as_autopkgtest, autopkgtest_as_root, dep8_bin, repo, required_program, source_tree,
+use dep8_tests::e2e::{
+    assert_same_results, autopkgtest_as_root, dep8_bin, repo, required_program, source_tree,
 };
-use dep8_conformance::required_resource;
+use dep8_tests::required_resource;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -112,7 +112,7 @@ fn null_isolates_nothing_unless_the_caller_says_so() {
 
 #[test]
 fn unshare_finds_sbuilds_tarball_and_binds_host_dirs() {
-    let Some(rootfs) = dep8_conformance::e2e::unshare_rootfs_as_root() else {
+    let Some(rootfs) = dep8_tests::e2e::unshare_rootfs_as_root() else {
         return;
     };
     let (dir, src) = fixture();
@@ -197,8 +197,8 @@ fn schroot_takes_debcis_session_id() {
     }
 }
 
-/// `-- lxc ARGS` runs autopkgtest-virt-lxc (found in PATH) through
-/// `external`, with exactly those arguments. The `autopkgtest-virt-lxc`
+/// `-- podman ARGS` runs autopkgtest-virt-podman (found in PATH) through
+/// `external`, with exactly those arguments. The `autopkgtest-virt-podman`
 /// here records its arguments, then is Debian's autopkgtest-virt-null
 /// (which has no isolation: the isolated test is skipped).
 #[test]
@@ -210,9 +210,9 @@ fn an_unknown_backend_is_an_autopkgtest_virt_server_in_path() {
     let bin = dir.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
     let recorded = dir.path().join("args");
-    let lxc = bin.join("autopkgtest-virt-lxc");
+    let podman = bin.join("autopkgtest-virt-podman");
     std::fs::write(
-        &lxc,
+        &podman,
         format!(
             "#!/bin/sh\nprintf '%s\\n' \"$@\" > '{}'\nexec {}\n",
             recorded.display(),
@@ -220,11 +220,11 @@ fn an_unknown_backend_is_an_autopkgtest_virt_server_in_path() {
         ),
     )
     .unwrap();
-    std::fs::set_permissions(&lxc, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&podman, std::fs::Permissions::from_mode(0o755)).unwrap();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
     let out = dir.path().join("out");
     let args = ["--sudo", "--name", "ci-1", "autopkgtest-bookworm-amd64"];
-    let mut testbed = vec!["lxc"];
+    let mut testbed = vec!["podman"];
     testbed.extend(args);
     let o = run(&src, &out, &testbed, &[("PATH", &path)]);
     assert_eq!(
@@ -260,7 +260,8 @@ fn an_unknown_backend_is_an_autopkgtest_virt_server_in_path() {
 }
 
 /// A real one: Debian's autopkgtest-virt-lxc on a privileged container
-/// (`.ci/setup-lxc`), through `external`, gives autopkgtest's results.
+/// (`.ci/setup-lxc`), through `external`, gives autopkgtest's results
+/// (dep8's own lxc backend is tests/tests/lxc.rs).
 #[test]
 fn lxc_runs_through_autopkgtest_virt_lxc() {
     let Some(name) = required_resource("DEP8_TEST_LXC", "an lxc container") else {
@@ -269,7 +270,12 @@ fn lxc_runs_through_autopkgtest_virt_lxc() {
     if autopkgtest_as_root().is_none() {
         return;
     }
-    assert_same_as_autopkgtest("hello", &["lxc", "--ephemeral", &name]);
+    assert_same_results(
+        "examples/hello",
+        &["--timeout-test=3"],
+        &["lxc", "--ephemeral", &name],
+        &["external", "autopkgtest-virt-lxc", "--ephemeral", &name],
+    );
 }
 
 /// Options a backend cannot honour fail at once with exit 20, never ignored.
@@ -409,24 +415,63 @@ async fn insecure_brings_back_world_writable_dirs() {
     let (dir, src) = fixture();
     let out = dir.path().join("out");
     std::fs::create_dir(&out).unwrap();
-    let opts = dep8_core::runner::RunOptions {
+    let opts = dep8_core::engine::RunOptions {
         source: src,
         output_dir: out.clone(),
         insecure: true,
         ..Default::default()
     };
-    let log = dep8_core::report::RunLog::new(None, false).unwrap();
+    let events = dep8_core::events::Events::discard();
     let mut tb = dep8_backend_null::NullTestbed::open().unwrap();
-    let code = dep8_core::runner::run(&opts, &mut tb, &log, std::future::pending()).await;
+    let report = dep8_core::engine::run(&opts, &mut tb, &events, std::future::pending()).await;
     assert_eq!(
-        code,
-        dep8_core::runner::RunEnd::Exited(2),
-        "{}",
-        read(&out.join("summary"))
+        (report.exit_code, report.signal),
+        (Some(2), None),
+        "{report:?}"
     );
     let modes = modes(&out);
     let mode = |line: &String| line.split(' ').next().unwrap().to_string();
     assert_eq!(mode(&modes[0]), "755", "AUTOPKGTEST_TMP: {modes:?}");
     assert_eq!(mode(&modes[1]), "1777", "artifacts: {modes:?}");
     assert_eq!(mode(&modes[2]), "1777", "scratch: {modes:?}");
+}
+
+/// A virt server that dies in the middle of a run (here autopkgtest's null
+/// server, killed by the first test) takes its testbed with it: the next
+/// test is a testbed failure that says so, not a test run in a tree that
+/// is no longer there.
+#[test]
+fn a_virt_server_that_dies_is_a_testbed_failure() {
+    let Some(null) = required_program("autopkgtest-virt-null", "autopkgtest") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("server.pid");
+    let server = dir.path().join("dying-virt-server");
+    std::fs::write(
+        &server,
+        format!(
+            "#!/bin/sh\necho $$ > '{}'\nexec {}\n",
+            pid_file.display(),
+            null.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&server, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let control = format!(
+        "Test-Command: kill \"$(cat '{}')\"\nDepends:\nFeatures: test-name=kills-the-server\n\n\
+         Tests: needs-the-tree\nDepends:\n",
+        pid_file.display()
+    );
+    let src = source_tree(dir.path(), "dying-server", &control);
+    std::fs::write(src.join("debian/tests/needs-the-tree"), "#!/bin/sh\ntrue\n").unwrap();
+    let out = dir.path().join("out");
+    let o = run(&src, &out, &["external", server.to_str().unwrap()], &[]);
+    let summary = read(&out.join("summary"));
+    assert_eq!(o.status.code(), Some(16), "{summary}{}", stderr(&o));
+    assert!(
+        summary.contains("testbed failure: virt server")
+            && !summary.contains("needs-the-tree       PASS"),
+        "{summary}"
+    );
 }

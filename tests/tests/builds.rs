@@ -12,7 +12,7 @@
 //! tests/fixtures/autodep8-python. They need the network to
 //! deb.debian.org (as CI has).
 
-use dep8_conformance::e2e::{
+use dep8_tests::e2e::{
     autopkgtest_as_root, check, repo, required_program, result_words, source_tree, summary_of,
     unshare_rootfs_as_root, write, Dep8Run,
 };

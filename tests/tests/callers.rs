@@ -12,12 +12,12 @@
 //! (what bookworm's hello test installs) is removed from the host before
 //! each of them.
 
-use dep8_conformance::callers::{
-    debusine_cmdline, debusine_verdict, output_within, Autopkgtest, AutopkgtestOnPath, Background,
-    DebciResult, Rabbitmq,
+use dep8_tests::callers::{
+    debci_chroot_definition, debusine_cmdline, debusine_verdict, output_within, Autopkgtest,
+    AutopkgtestOnPath, Background, DebciResult, Rabbitmq, DEBCI_CHROOT, DEBCI_CHROOT_SETUP,
 };
-use dep8_conformance::e2e::{check, repo, required_program, source_tree, write};
-use dep8_conformance::required_resource;
+use dep8_tests::e2e::{check, repo, required_program, source_tree, write};
+use dep8_tests::required_resource;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
@@ -246,21 +246,18 @@ fn debci_localtest_on_null() {
     assert_no_mismatches("debci localtest on null", mismatches, start.elapsed());
 }
 
-/// debci's schroot backend opens `schroot --session-id=ID debci-SUITE-ARCH`
-/// (backends/schroot/environment.sh fixes the name): the test chroot under
-/// that name, removed when dropped.
+/// debci's schroot backend opens `schroot --session-id=ID debci-SUITE-ARCH`:
+/// the test chroot under that name, removed when dropped.
 struct DebciChroot(PathBuf);
 
 impl DebciChroot {
-    const NAME: &'static str = "debci-bookworm-amd64";
-
     /// The first line of the definitions this test writes.
     const MARK: &'static str = "# dep8's tests/tests/callers.rs: removed after the test\n";
 
     /// The definition of `chroot` (DEP8_TEST_SCHROOT) under debci's name;
     /// one of debci's own is never replaced.
     fn over(chroot: &str) -> Self {
-        let path = Path::new("/etc/schroot/chroot.d").join(Self::NAME);
+        let path = Path::new("/etc/schroot/chroot.d").join(DEBCI_CHROOT);
         if let Ok(existing) = std::fs::read_to_string(&path) {
             assert!(
                 existing.starts_with(Self::MARK),
@@ -268,16 +265,8 @@ impl DebciChroot {
                 path.display()
             );
         }
-        let config = check(
-            "schroot",
-            &["--config", "--chroot", &format!("chroot:{chroot}")],
-            Path::new("/"),
-        );
-        let body = Self::MARK.to_string()
-            + &config
-                .replace(&format!("[{chroot}]"), &format!("[{}]", Self::NAME))
-                .replace("aliases=\n", "");
-        let draft = Path::new("/etc/schroot").join(format!(".{}.draft", Self::NAME));
+        let body = Self::MARK.to_string() + &debci_chroot_definition(chroot);
+        let draft = Path::new("/etc/schroot").join(format!(".{DEBCI_CHROOT}.draft"));
         std::fs::write(&draft, body).expect("write chroot definition");
         std::fs::rename(&draft, &path).expect("install chroot definition");
         DebciChroot(path)
@@ -289,18 +278,6 @@ impl Drop for DebciChroot {
         let _ = std::fs::remove_file(&self.0);
     }
 }
-
-/// What debci's create-testbed for schroot puts into its chroots and the
-/// test rootfs lacks: deb-src lines (for `apt-get source`) and a `debci`
-/// user (debci runs tests with `--user debci`). Given to autopkgtest as a
-/// setup commands file through debci's config.
-const DEBCI_CHROOT_SETUP: &str = "\
-if ! grep -q '^deb-src' /etc/apt/sources.list; then
-    sed -n 's/^deb\\s/deb-src /p' /etc/apt/sources.list >> /etc/apt/sources.list
-    apt-get update -q
-fi
-id debci >/dev/null 2>&1 || useradd --home-dir /home/debci --create-home debci
-";
 
 /// `debci localtest` on schroot (the test chroot under debci's name):
 /// hello passes, hostname is neutral, failing setup commands are tmpfail.

@@ -6,7 +6,7 @@
 //! (autopkgtest's: 20 usage, 12 erroneous package, 16 testbed failure) and
 //! that dep8 did not panic.
 
-use dep8_conformance::e2e::{dep8_bin, result_words, source_tree, write};
+use dep8_tests::e2e::{dep8_bin, result_words, source_tree, write};
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
@@ -377,9 +377,67 @@ fn output_dir_on_a_full_filesystem() {
         .stdout(Stdio::null())
         .output()
         .expect("running dep8");
-    // Like a testbed that cannot keep the results: a temporary failure
-    // (debci retries 16), named.
-    assert_exit(&out, 16, "No space left on device", "full output dir");
+    // As autopkgtest 5.49 when it cannot copy a test's output up: a
+    // testbed failure (debci retries 16), with the file named.
+    assert_exit(
+        &out,
+        16,
+        "big-stdout: No space left on device",
+        "full output dir",
+    );
+    assert_no_temp_files(&fs.0.path().join("out"));
+
+    // Nothing but the output dir's first bytes fit: the summary, the log
+    // and results.json cannot be written. Exit 20, as autopkgtest's
+    // unexpected errors, with what could not be written named.
+    let (_dir, tree) = package("Test-Command: true\nDepends:\n");
+    let fs = Tmpfs::mount("64k").expect("tmpfs");
+    let out_dir = fs.0.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    fill(&fs.0.path().join("filler"));
+    let out = Command::new(dep8_bin())
+        .args(["run", "-B", "-o"])
+        .arg(&out_dir)
+        .arg(&tree)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .output()
+        .expect("running dep8");
+    let summary = out_dir.join("summary");
+    let says = format!(
+        "cannot write {}: No space left on device",
+        summary.display()
+    );
+    assert_exit(&out, 20, &says, "no space for the summary");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for name in ["log", "results.json"] {
+        let path = out_dir.join(name);
+        assert!(
+            stderr.contains(&format!("cannot write {}", path.display())),
+            "{name} not named:\n{stderr}"
+        );
+    }
+    assert_no_temp_files(&out_dir);
+}
+
+/// Writes `path` until the filesystem is full.
+fn fill(path: &Path) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).unwrap();
+    let block = [b'x'; 512];
+    while file.write_all(&block).is_ok() {}
+    while file.write_all(b"x").is_ok() {}
+}
+
+/// No `*.tmp` (results.tmp, junit.tmp) is left in `dir`.
+fn assert_no_temp_files(dir: &Path) {
+    let temps: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "tmp"))
+        .collect();
+    assert!(temps.is_empty(), "left behind: {temps:?}");
 }
 
 /// Runs `dep8 ARGS` as the user nobody (root can read anything).
@@ -569,9 +627,61 @@ fn explain_takes_the_backend_s_arguments() {
     }
 }
 
+/// `explain` ends as `run` would: 16 for a testbed that cannot be opened
+/// (a missing tarball), 20 for arguments it refuses, 12 for a BROKEN test.
+#[test]
+fn explain_exits_as_run_would() {
+    let (dir, tree) = package(TWO_TESTS);
+    for (testbed, code, says) in [
+        (
+            &["unshare", "--tarball", "/nonexistent.tar"][..],
+            16,
+            "/nonexistent.tar: no such file",
+        ),
+        (&["unshare", "--frobnicate"], 20, "--frobnicate"),
+        (&["ssh", "-H", "h", "-P", "secret"], 20, "-P/--password"),
+        (&["ssh"], 20, "no host"),
+    ] {
+        let what = testbed.join(" ");
+        let mut args = vec![OsStr::new("explain"), tree.as_os_str(), OsStr::new("--")];
+        args.extend(testbed.iter().map(OsStr::new));
+        assert_exit(&dep8(&args), code, says, &format!("explain -- {what}"));
+        let out = dir.path().join(format!("run-{code}-{}", testbed.len()));
+        let mut args = vec![
+            OsStr::new("run"),
+            OsStr::new("-B"),
+            OsStr::new("-o"),
+            out.as_os_str(),
+            tree.as_os_str(),
+            OsStr::new("--"),
+        ];
+        args.extend(testbed.iter().map(OsStr::new));
+        assert_exit(&dep8(&args), code, says, &format!("run -- {what}"));
+    }
+    let (_dir, tree) = package("Test-Command: true\nDepends: bad (\n");
+    let out = dep8(&[OsStr::new("explain"), tree.as_os_str()]);
+    assert_exit(&out, 12, "", "explain, a BROKEN test");
+
+    // A debian/control that cannot be parsed is the package's fault, for
+    // explain and check as for the run.
+    let (dir, tree) = package("Test-Command: true\nDepends:\n");
+    write(&tree.join("debian/control"), "Source: pkg\n\nPackage pkg\n");
+    let says = "debian/control";
+    for command in ["explain", "check"] {
+        let out = dep8(&[OsStr::new(command), tree.as_os_str()]);
+        assert_exit(&out, 12, says, &format!("{command}, a bad debian/control"));
+    }
+    assert_exit(
+        &run_into(&dir.path().join("out"), &tree),
+        12,
+        "",
+        "run, a bad debian/control",
+    );
+}
+
 #[test]
 fn a_long_command_and_a_quoted_name_on_unshare() {
-    let Some(tarball) = dep8_conformance::e2e::unshare_rootfs_as_root() else {
+    let Some(tarball) = dep8_tests::e2e::unshare_rootfs_as_root() else {
         return;
     };
     let big = format!("echo done; true {}\n", "x".repeat(1 << 20));

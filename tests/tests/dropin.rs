@@ -4,8 +4,10 @@
 //! callers read, and exits as autopkgtest does. `dep8 run` on `null` refuses
 //! what would change the host.
 
-use dep8_conformance::e2e::{autopkgtest_as_root, dep8_bin, repo, required_file};
+use dep8_tests::e2e::{autopkgtest_as_root, dep8_bin, repo, required_file};
+use dep8_tests::sshd::LoopbackSshd;
 use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -54,15 +56,14 @@ fn autopkgtest_options() -> Option<Vec<(Vec<String>, bool)>> {
     Some(options)
 }
 
-/// A value each option accepts; the output paths are new ones under the
-/// temp dir, since dep8 writes its output dir and log before it looks at
-/// the source.
-fn value_for(option: &str) -> String {
+/// A value each option accepts; the output paths are new ones in `dir`
+/// (the test's temp dir, removed with it), since dep8 writes its output
+/// dir and log before it looks at the source.
+fn value_for(option: &str, dir: &Path) -> String {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     if ["--output-dir", "--log-file", "--summary-file"].contains(&option) {
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("dep8-dropin.{}.{n}", std::process::id()));
-        return path.to_string_lossy().into_owned();
+        return dir.join(format!("out.{n}")).to_string_lossy().into_owned();
     }
     match option {
         "--pin-packages" => "bookworm-backports=hello,src:dpkg",
@@ -95,7 +96,7 @@ fn every_option_of_autopkgtest_5_49_is_accepted() {
     let Some(options) = autopkgtest_options() else {
         return;
     };
-    let (_dir, link) = entry_point();
+    let (dir, link) = entry_point();
     for (names, takes_value) in &options {
         if names.iter().any(|n| n == "--help") {
             continue;
@@ -103,7 +104,7 @@ fn every_option_of_autopkgtest_5_49_is_accepted() {
         let long = names.last().unwrap();
         for name in names {
             if *takes_value {
-                assert_parsed(&link, &[name, &value_for(long)]);
+                assert_parsed(&link, &[name, &value_for(long, dir.path())]);
             } else {
                 assert_parsed(&link, &[name]);
             }
@@ -125,7 +126,7 @@ fn unambiguous_prefixes_as_argparse_takes_them() {
                 .map(move |n| (n.as_str(), *value))
         })
         .collect();
-    let (_dir, link) = entry_point();
+    let (dir, link) = entry_point();
     for (long, takes_value) in &longs {
         // The shortest prefix no other option of autopkgtest's starts with.
         let prefix = (3..=long.len())
@@ -135,13 +136,17 @@ fn unambiguous_prefixes_as_argparse_takes_them() {
             continue;
         };
         if *takes_value {
-            assert_parsed(&link, &[&format!("{prefix}={}", value_for(long))]);
+            assert_parsed(
+                &link,
+                &[&format!("{prefix}={}", value_for(long, dir.path()))],
+            );
         } else {
             assert_parsed(&link, &[prefix]);
         }
     }
     // Debusine's spelling of --summary-file.
-    assert_parsed(&link, &["--summary=/tmp/x"]);
+    let summary = dir.path().join("summary");
+    assert_parsed(&link, &[&format!("--summary={}", summary.display())]);
     // An ambiguous prefix is a usage error, as with argparse.
     let out = run(&link, &["--test", "x", "examples/hello", "--", "null"]);
     assert_eq!(out.status.code(), Some(20), "{}", text(&out.stderr));
@@ -341,8 +346,10 @@ fn shell_after_a_test_on_a_terminal_only() {
     // The input comes once the shell has had time to start.
     let typed =
         "sleep 5; echo 'echo IN-SHELL-$((6*7)) $AUTOPKGTEST_TMP'; sleep 1; echo exit; sleep 2";
+    // Plain results: on a terminal they are coloured otherwise.
     let out = Command::new("sh")
         .current_dir(repo())
+        .env("NO_COLOR", "1")
         .args([
             "-c",
             &format!("({typed}) | script -qec \"$0\" /dev/null"),
@@ -405,7 +412,7 @@ fn debci_null_run_of_hello_installs_on_the_host_and_passes() {
 /// pins), `--apt-default-release`, `--add-apt-source` from a host file.
 #[test]
 fn apt_pockets_releases_pins_and_source_files_on_unshare() {
-    let Some(tarball) = dep8_conformance::e2e::unshare_rootfs_as_root() else {
+    let Some(tarball) = dep8_tests::e2e::unshare_rootfs_as_root() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -496,7 +503,7 @@ fn global_timeout_and_quiet() {
 /// and is badpkg with `--no-apt-fallback`.
 #[test]
 fn apt_fallback_drops_the_pins_unless_told_not_to() {
-    let Some(tarball) = dep8_conformance::e2e::unshare_rootfs_as_root() else {
+    let Some(tarball) = dep8_tests::e2e::unshare_rootfs_as_root() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -569,4 +576,208 @@ fn exit_statuses_254_and_255_read_253_as_with_autopkgtest() {
          command2             FAIL non-zero exit status 253\n"
     );
     assert_eq!(summaries[1], summaries[0]);
+}
+
+/// The control file of [`options_take_effect_on_every_backend`]: a test
+/// per option it checks, in the testbed.
+const EFFECTS: &str = "\
+Test-Command: test \"$DEP8_AUDIT\" = env-ok && test \"$LANG\" = de_DE.UTF-8
+Features: test-name=env-and-lang
+Depends:
+
+Test-Command: test -e \"$DEP8_AUDIT_DIR/setup\" && test -e \"$DEP8_AUDIT_DIR/boot\" && { test -z \"$DEP8_AUDIT_COPY\" || test -e \"$DEP8_AUDIT_DIR/copied/file\"; }
+Features: test-name=setup-boot-copy
+Depends:
+
+Test-Command: true
+Features: test-name=ignored-restriction
+Restrictions: isolation-machine
+Depends:
+
+Test-Command: true
+Features: test-name=internet
+Restrictions: needs-internet
+Depends:
+
+Test-Command: false
+Features: test-name=skipped
+Depends:
+
+Test-Command: test \"$(id -un)\" = nobody
+Features: test-name=user
+Depends:
+
+Test-Command: sleep 60
+Features: test-name=timeout
+Depends:
+";
+
+/// Every option of autopkgtest 5.49 that `dep8 run` takes is honoured or
+/// refused (exit 20, the option named) on each testbed, never silently
+/// dropped: a real run on null, unshare, schroot and ssh with the options
+/// whose effect a test can see, `-a` for another architecture, `-V`,
+/// `--shell-fail` without a terminal, and the log and summary options. The
+/// apt options are refused on null (`dep8_run_refuses_to_change_the_host_on_null`);
+/// `--gain-root` and `--build-parallel` act only on builds (tests/builds.rs).
+#[test]
+fn options_take_effect_on_every_backend() {
+    let mut testbeds: Vec<(Vec<String>, Option<LoopbackSshd>)> = vec![(vec!["null".into()], None)];
+    if let Some(tarball) = dep8_tests::e2e::unshare_rootfs_as_root() {
+        testbeds.push((vec!["unshare".into(), "--tarball".into(), tarball], None));
+    }
+    if let Some(chroot) = dep8_tests::required_resource("DEP8_TEST_SCHROOT", "a schroot chroot") {
+        testbeds.push((vec!["schroot".into(), chroot], None));
+    }
+    if let Some(sshd) = LoopbackSshd::start() {
+        let mut testbed = vec!["ssh".to_string()];
+        testbed.extend(sshd.backend_args());
+        testbeds.push((testbed, Some(sshd)));
+    }
+    std::thread::scope(|s| {
+        for (testbed, _) in &testbeds {
+            s.spawn(move || options_take_effect_on(testbed));
+        }
+    });
+}
+
+fn options_take_effect_on(testbed: &[String]) {
+    let name = &testbed[0];
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dep8_tests::e2e::source_tree(dir.path(), "audit", "Test-Command: true\n");
+    let control = dir.path().join("control");
+    std::fs::write(&control, EFFECTS).unwrap();
+    // Where the setup commands leave their marks: the host itself on null
+    // and ssh (this machine), so in the test's temp dir.
+    let marks = dir.path().join("marks");
+    // Traversable: the tests run as nobody.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let copied = dir.path().join("copied-from");
+    std::fs::create_dir(&copied).unwrap();
+    std::fs::write(copied.join("file"), "x").unwrap();
+    let m = marks.display();
+    let out = dir.path().join("out");
+    let summary_file = dir.path().join("summary-file");
+    let log_file = dir.path().join("log-file");
+    let mut args: Vec<String> = [
+        "run",
+        "-B",
+        "-o",
+        &out.to_string_lossy(),
+        "--override-control",
+        &control.to_string_lossy(),
+        "--summary-file",
+        &summary_file.to_string_lossy(),
+        "-l",
+        &log_file.to_string_lossy(),
+        "--env",
+        "DEP8_AUDIT=env-ok",
+        "--env",
+        &format!("DEP8_AUDIT_DIR={m}"),
+        "--set-lang",
+        "de_DE.UTF-8",
+        "--setup-commands",
+        &format!("mkdir -p '{m}' && touch '{m}/setup'"),
+        "--setup-commands-boot",
+        &format!("touch '{m}/boot'"),
+        "--ignore-restrictions",
+        "isolation-machine",
+        "--needs-internet",
+        "skip",
+        "--skip-test",
+        "skipped",
+        "-u",
+        "nobody",
+        "--timeout-test",
+        "3",
+        "--insecure",
+        "-s",
+        "-q",
+    ]
+    .map(String::from)
+    .to_vec();
+    // --copy changes the host on null: refused there (tested above).
+    if name != "null" {
+        args.extend([
+            "--copy".into(),
+            format!("{}:{m}/copied", copied.display()),
+            "--env".into(),
+            "DEP8_AUDIT_COPY=yes".into(),
+        ]);
+    }
+    args.push(tree.to_string_lossy().into_owned());
+    args.push("--".into());
+    args.extend(testbed.iter().cloned());
+    let res = Command::new(dep8_bin())
+        .args(&args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    // As autopkgtest: the summary goes to --summary-file only.
+    let summary = std::fs::read_to_string(&summary_file).unwrap_or_default();
+    let log = std::fs::read_to_string(&log_file).unwrap_or_default();
+    let said = format!("{name}: {}\nlog:\n{log}", text(&res.stderr));
+    // A FAIL (the timeout) and a SKIP (needs-internet): 4 | 2.
+    assert_eq!(res.status.code(), Some(6), "{said}");
+    let words = dep8_tests::e2e::result_words(&summary);
+    let expected = [
+        ("env-and-lang", "PASS"),
+        ("setup-boot-copy", "PASS"),
+        ("ignored-restriction", "PASS"),
+        ("internet", "SKIP"),
+        ("user", "PASS"),
+        ("timeout", "FAIL"),
+    ];
+    assert_eq!(
+        words,
+        expected
+            .iter()
+            .map(|(t, w)| (t.to_string(), w.to_string()))
+            .collect(),
+        "{said}"
+    );
+    assert!(summary.contains("timed out"), "{said}");
+    // -q: nothing of dep8's own on stderr; the log file has it.
+    assert!(!text(&res.stderr).contains("dep8 ["), "{said}");
+    assert!(log.contains("--insecure"), "{said}");
+    assert!(log.contains("stdin is not a terminal"), "-s: {said}");
+
+    // -a for another architecture: refused, named.
+    let res = dep8_run(&["-a", "s390x"], &tree, testbed, &dir.path().join("out-a"));
+    assert_eq!(
+        res.status.code(),
+        Some(20),
+        "{name} -a: {}",
+        text(&res.stderr)
+    );
+    assert!(
+        text(&res.stderr).contains("--test-architecture s390x"),
+        "{name}: {}",
+        text(&res.stderr)
+    );
+    // -V: validates, runs nothing.
+    let res = dep8_run(&["-V"], &tree, testbed, &dir.path().join("out-v"));
+    assert_eq!(
+        res.status.code(),
+        Some(0),
+        "{name} -V: {}",
+        text(&res.stderr)
+    );
+    assert!(
+        text(&res.stdout).contains("Test specification is valid"),
+        "{name} -V"
+    );
+}
+
+/// `dep8 run -B -o OUT ARGS TREE -- TESTBED`.
+fn dep8_run(args: &[&str], tree: &Path, testbed: &[String], out: &Path) -> Output {
+    Command::new(dep8_bin())
+        .args(["run", "-B", "-o"])
+        .arg(out)
+        .args(args)
+        .arg(tree)
+        .arg("--")
+        .args(testbed)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
 }

@@ -1,7 +1,7 @@
 //! End to end: the `dep8` binary on the example packages, asserting the
 //! exact summary, the exit status and the files in the output dir.
 
-use dep8_conformance::e2e::{dep8_bin, repo, source_tree};
+use dep8_tests::e2e::{dep8_bin, repo, source_tree};
 use std::path::Path;
 use std::process::{Command, Output};
 

@@ -1,18 +1,19 @@
 //! The fault-injection suite: on every backend that runs here, dep8 gets
 //! SIGINT, SIGTERM and SIGKILL in each phase it can be held in (setup, copy,
-//! test; revert where the testbed reverts; open on qemu), and testbeds die
-//! under it. Afterwards nothing of the
-//! run is left on the host (process, mount, schroot session, temp file),
-//! after a SIGKILL once `dep8 clean` ran; the output dir names the test that
+//! dependency install, test; revert where the testbed reverts; open on
+//! qemu), and testbeds die under it. Afterwards nothing of the run is left
+//! on the host (process, mount, schroot session, temp file, the slow
+//! package in the host's dpkg) nor on an ssh machine (process, scratch or
+//! job dir), after a SIGKILL once `dep8 clean` ran; the output dir names the test that
 //! was interrupted and those not run, with `complete: false`; dep8 ends by
 //! the signal it got, as autopkgtest does on SIGTERM, or with 16 when the
-//! testbed died. Under load: 200 tests in one run, five runs at once on the
-//! same image, and dep8's peak memory as the number of tests grows.
+//! testbed died. Under load: 200 tests in one run, and dep8's peak memory
+//! as the number of tests grows (five runs at once: tests/concurrent.rs).
 
-use dep8_conformance::e2e::unshare_rootfs_as_root;
-use dep8_conformance::faults::{processes, FaultRun, Phase};
-use dep8_conformance::required_resource;
-use dep8_conformance::sshd::LoopbackSshd;
+use dep8_tests::e2e::unshare_rootfs_as_root;
+use dep8_tests::faults::{processes, FaultRun, LoadRun, Phase, SLOW_PACKAGE};
+use dep8_tests::required_resource;
+use dep8_tests::sshd::{Login, LoopbackSshd};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::os::unix::process::ExitStatusExt;
@@ -29,6 +30,7 @@ fn signal_case(testbed: &[String], phase: Phase, signal: Signal) -> Result<(), S
     let mut run = FaultRun::start(testbed, extra, Some(phase));
     run.reach(phase, Duration::from_secs(300));
     run.signal(signal);
+    run.resume();
     let status = run.wait(Duration::from_secs(60));
     let case = format!("{} {phase:?} {signal}", testbed.join(" "));
     let log = run.read("log");
@@ -36,6 +38,11 @@ fn signal_case(testbed: &[String], phase: Phase, signal: Signal) -> Result<(), S
         return Err(format!("{case}: dep8 ended with {status}; log:\n{log}"));
     }
     if signal == Signal::SIGKILL {
+        // Its helpers die with it, before any sweep.
+        let helpers = run.helpers_left(Duration::from_secs(30));
+        if !helpers.is_empty() {
+            return Err(format!("{case}: outlived dep8:\n{}", helpers.join("\n")));
+        }
         run.clean();
     }
     let left = run.leftovers(Duration::from_secs(10));
@@ -43,15 +50,17 @@ fn signal_case(testbed: &[String], phase: Phase, signal: Signal) -> Result<(), S
         return Err(format!("{case}: left behind:\n{}", left.join("\n")));
     }
     if signal == Signal::SIGKILL {
-        // What it wrote before it died is all there is; it says it is partial.
+        // What it wrote before it died is all there is; it says it is
+        // partial, unless every test had its result (in the close).
         let partial = run.read("results.json").is_empty() || run.results()["complete"] == false;
-        return partial
+        return (partial != (phase == Phase::Close))
             .then_some(())
-            .ok_or_else(|| format!("{case}: results.json claims to be complete"));
+            .ok_or_else(|| format!("{case}: results.json: wrong \"complete\""));
     }
     let results = run.results();
     let expected = match phase {
-        Phase::Test | Phase::Revert => [
+        Phase::Close => [("first", "PASS"), ("sleeper", "PASS"), ("never", "PASS")],
+        Phase::Install | Phase::Test | Phase::Revert | Phase::Reboot => [
             ("first", "PASS"),
             ("sleeper", "INTERRUPTED"),
             ("never", "NOT_RUN"),
@@ -69,10 +78,12 @@ fn signal_case(testbed: &[String], phase: Phase, signal: Signal) -> Result<(), S
         .collect();
     let junit = run.read("junit.xml");
     let note = format!("quitting: interrupted by signal {}", signal as i32);
+    // Every test got its result before the close was interrupted.
+    let complete = phase == Phase::Close;
     let problems = [
         (
-            results["complete"] != false,
-            "results.json: complete is not false",
+            results["complete"] != complete,
+            "results.json: complete is wrong",
         ),
         (!wrong.is_empty(), "results.json names the tests wrongly"),
         (
@@ -80,7 +91,7 @@ fn signal_case(testbed: &[String], phase: Phase, signal: Signal) -> Result<(), S
             "junit.xml lacks the test not run",
         ),
         (
-            !run.read("summary").contains(&note),
+            !complete && !run.read("summary").contains(&note),
             "the summary lacks the interruption",
         ),
         (!log.contains("cleaning up"), "the log lacks the signal"),
@@ -160,7 +171,51 @@ fn words(words: &[&str]) -> Vec<String> {
 
 #[test]
 fn null() {
-    signal_matrix(&words(&["null"]), &[Phase::Setup, Phase::Copy, Phase::Test]);
+    // No Install: on the host dep8 installs nothing unless asked to, and a
+    // signal in the middle of dpkg would leave the host's dpkg half done.
+    signal_matrix(
+        &words(&["null"]),
+        &[Phase::Setup, Phase::Copy, Phase::Test, Phase::Close],
+    );
+}
+
+/// On the host itself (`null`) `dep8 run` installs nothing, so there is no
+/// install phase to hurt: given [`SLOW_PACKAGE`] as a binary, the run is
+/// refused (20, the binary named); with the package only in `sleeper`'s
+/// Depends, `sleeper` is badpkg (12) for it, the other tests run, and the
+/// host's dpkg never hears of it. (`--on-host-as-autopkgtest` installs on
+/// the host, as autopkgtest does; hurting dpkg there would break this
+/// host's package state, so it is not done.)
+#[test]
+fn null_has_no_install_phase() {
+    let null = words(&["null"]);
+    let mut refused = FaultRun::start_with(&null, &[], Some(Phase::Install), true);
+    let status = refused.wait(Duration::from_secs(60));
+    let log = refused.read("log");
+    assert_eq!(status.code(), Some(20), "log:\n{log}");
+    assert!(
+        log.contains(&format!(
+            "{SLOW_PACKAGE}_1_all.deb (a binary to install): would change the host"
+        )),
+        "log:\n{log}"
+    );
+    let mut run = FaultRun::start_with(&null, &[], Some(Phase::Install), false);
+    let status = run.wait(Duration::from_secs(60));
+    let log = run.read("log");
+    assert_eq!(status.code(), Some(12), "log:\n{log}");
+    assert_eq!(run.result_of("first"), "PASS");
+    assert_eq!(run.result_of("sleeper"), "FAIL", "log:\n{log}");
+    assert_eq!(run.result_of("never"), "PASS");
+    assert!(
+        run.read("summary").contains(&format!(
+            "dep8 does not install packages on this testbed: {SLOW_PACKAGE}"
+        )),
+        "log:\n{log}"
+    );
+    for run in [refused, run] {
+        let left = run.leftovers(Duration::from_secs(10));
+        assert!(left.is_empty(), "left behind:\n{}", left.join("\n"));
+    }
 }
 
 #[test]
@@ -170,7 +225,14 @@ fn unshare() {
     };
     signal_matrix(
         &words(&["unshare", "--tarball", &tarball]),
-        &[Phase::Setup, Phase::Copy, Phase::Test, Phase::Revert],
+        &[
+            Phase::Setup,
+            Phase::Copy,
+            Phase::Install,
+            Phase::Test,
+            Phase::Revert,
+            Phase::Close,
+        ],
     );
 }
 
@@ -182,7 +244,7 @@ fn unshare_variants() {
     for variant in [["--private-network"], ["--userns"]] {
         let mut testbed = words(&["unshare", "--tarball", &tarball]);
         testbed.extend(words(&variant));
-        signal_matrix(&testbed, &[Phase::Test]);
+        signal_matrix(&testbed, &[Phase::Test, Phase::Close]);
     }
 }
 
@@ -212,18 +274,115 @@ fn schroot() {
         &words(&["schroot", &chroot]),
         // No Revert: a schroot session is no full system, breaks-testbed
         // tests are skipped there.
-        &[Phase::Setup, Phase::Copy, Phase::Test],
+        &[
+            Phase::Setup,
+            Phase::Copy,
+            Phase::Install,
+            Phase::Test,
+            Phase::Close,
+        ],
     );
 }
 
+/// The session is ended from outside (`schroot --end-session`) while a
+/// test runs: a testbed failure, not the test's.
+#[test]
+fn schroot_session_ended() {
+    let Some(chroot) = schroot_chroot() else {
+        return;
+    };
+    testbed_dies(&words(&["schroot", &chroot]), |run| {
+        let session = format!("-{}-", run.child.id());
+        let out = std::process::Command::new("schroot")
+            .args(["--list", "--all-sessions"])
+            .output()
+            .expect("schroot --list");
+        let sessions: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("session:dep8-") && l.contains(&session))
+            .map(str::to_string)
+            .collect();
+        assert_eq!(sessions.len(), 1, "the run's sessions: {sessions:?}");
+        let ended = std::process::Command::new("schroot")
+            .args(["--end-session", "--chroot", &sessions[0]])
+            .status()
+            .expect("schroot --end-session");
+        assert!(ended.success());
+    });
+}
+
+/// ssh's matrix, one machine per case ([`Login::RootOwnMachine`], whose
+/// installs stay in it): besides the host, the machine is left with
+/// nothing of the run in its /tmp and /var/tmp (its scratch and job dirs),
+/// after a SIGKILL once `dep8 clean` ran: the sweep removes them over ssh.
 #[test]
 fn ssh() {
-    let Some(sshd) = LoopbackSshd::start() else {
-        return;
+    let started = Instant::now();
+    let phases = [
+        Phase::Setup,
+        Phase::Copy,
+        Phase::Install,
+        Phase::Test,
+        Phase::Close,
+    ];
+    let mut failures = Vec::new();
+    for phase in phases {
+        std::thread::scope(|s| {
+            let cases: Vec<_> = SIGNALS
+                .iter()
+                .map(|&signal| s.spawn(move || ssh_case(phase, signal)))
+                .collect();
+            failures.extend(
+                cases
+                    .into_iter()
+                    .filter_map(|c| c.join().expect("case").err()),
+            );
+        });
+    }
+    eprintln!(
+        "ssh: {} cases in {:.1?}",
+        phases.len() * SIGNALS.len(),
+        started.elapsed()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// [`signal_case`] on a machine of its own, whose /tmp and /var/tmp are
+/// then checked.
+fn ssh_case(phase: Phase, signal: Signal) -> Result<(), String> {
+    let Some(sshd) = LoopbackSshd::start_with(Login::RootOwnMachine) else {
+        return Ok(());
     };
     let mut testbed = words(&["ssh"]);
     testbed.extend(sshd.backend_args());
-    signal_matrix(&testbed, &[Phase::Setup, Phase::Copy, Phase::Test]);
+    signal_case(&testbed, phase, signal)?;
+    let mut left = sshd.remote_leftovers();
+    left.extend(remote_processes_after(&sshd, Duration::from_secs(10)));
+    if left.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ssh {phase:?} {signal}: left on the machine: {left:?}"
+        ))
+    }
+}
+
+/// A test's reboot that never ends, on a machine whose reboot is
+/// simulated (the only testbed here that reboots, besides qemu). One
+/// machine per case: the reboot helpers live at fixed paths in its /tmp,
+/// as autopkgtest's do, so two runs cannot reboot one machine at once.
+#[test]
+fn ssh_reboot() {
+    let mut failures = Vec::new();
+    for signal in SIGNALS {
+        let Some(sshd) = LoopbackSshd::start_with(Login::RootFakeReboot) else {
+            return;
+        };
+        let mut testbed = words(&["ssh", "--reboot", "--timeout-ssh", "600"]);
+        testbed.extend(sshd.backend_args());
+        failures.extend(signal_case(&testbed, Phase::Reboot, signal).err());
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
 #[test]
@@ -236,19 +395,87 @@ fn sshd_killed() {
     let listener = sshd.pid();
     testbed_dies(&testbed, |_| {
         // Every connection: the listener's children and theirs.
-        let mut doomed = vec![listener];
-        let mut found = true;
-        while found {
-            found = false;
-            for p in processes() {
-                if !doomed.contains(&p.pid) && doomed.contains(&parent(p.pid)) {
-                    doomed.push(p.pid);
-                    found = true;
-                }
+        descendants(listener).into_iter().for_each(sigkill);
+    });
+}
+
+/// After a SIGKILL of dep8 in a test, the machine keeps the run's dirs and
+/// the test still runs there (nothing on the host can end it); the sweep
+/// (`dep8 clean`) kills it and removes the dirs over ssh.
+#[test]
+fn ssh_sweep_ends_what_a_killed_run_left_on_the_machine() {
+    let Some(sshd) = LoopbackSshd::start_with(Login::RootOwnMachine) else {
+        return;
+    };
+    let mut testbed = words(&["ssh"]);
+    testbed.extend(sshd.backend_args());
+    let mut run = FaultRun::start(&testbed, &[], Some(Phase::Test));
+    run.reach(Phase::Test, Duration::from_secs(300));
+    // The log says the test starts before ssh has started it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !remote_commands(&sshd)
+        .iter()
+        .any(|c| c.contains("sleep 600"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the test never started on the machine"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    run.signal(Signal::SIGKILL);
+    run.wait(Duration::from_secs(60));
+    let left = sshd.remote_leftovers();
+    assert_eq!(left.len(), 2, "the scratch and job dirs: {left:?}");
+    assert!(
+        !sshd.remote_processes().is_empty(),
+        "the test no longer runs on the machine"
+    );
+    let swept = run.clean();
+    assert!(swept.contains("ran ssh"), "dep8 clean said:\n{swept}");
+    assert_eq!(sshd.remote_leftovers(), Vec::<String>::new(), "{swept}");
+    let left = remote_processes_after(&sshd, Duration::from_secs(10));
+    assert!(left.is_empty(), "{swept}left on the machine: {left:?}");
+}
+
+/// The machine's processes (their command lines) still there after up to
+/// `grace`.
+fn remote_processes_after(sshd: &LoopbackSshd, grace: Duration) -> Vec<String> {
+    let deadline = Instant::now() + grace;
+    while !sshd.remote_processes().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    remote_commands(sshd)
+}
+
+/// The machine's processes, as `PID COMMAND LINE`.
+fn remote_commands(sshd: &LoopbackSshd) -> Vec<String> {
+    let cmdline = |pid: u32| std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    sshd.remote_processes()
+        .into_iter()
+        .map(|pid| {
+            format!(
+                "{pid} {}",
+                String::from_utf8_lossy(&cmdline(pid)).replace('\0', " ")
+            )
+        })
+        .collect()
+}
+
+/// Every process under `pid` (its children and theirs).
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut found = vec![pid];
+    let mut more = true;
+    while more {
+        more = false;
+        for p in processes() {
+            if !found.contains(&p.pid) && found.contains(&parent(p.pid)) {
+                found.push(p.pid);
+                more = true;
             }
         }
-        doomed[1..].iter().copied().for_each(sigkill);
-    });
+    }
+    found.split_off(1)
 }
 
 /// A process's parent pid (0 if it is gone).
@@ -262,12 +489,28 @@ fn parent(pid: u32) -> u32 {
 
 #[test]
 fn external() {
-    if dep8_conformance::e2e::required_program("autopkgtest-virt-null", "autopkgtest").is_none() {
+    if dep8_tests::e2e::required_program("autopkgtest-virt-null", "autopkgtest").is_none() {
         return;
     }
     signal_matrix(
         &words(&["external", "autopkgtest-virt-null"]),
-        &[Phase::Setup, Phase::Test],
+        &[Phase::Setup, Phase::Test, Phase::Close],
+    );
+}
+
+/// The install phase on `external`, with autopkgtest's own unshare virt
+/// server (whose testbed, unlike autopkgtest-virt-null's, is not the host).
+#[test]
+fn external_install() {
+    let Some(tarball) = unshare_rootfs_as_root() else {
+        return;
+    };
+    if dep8_tests::e2e::required_program("autopkgtest-virt-unshare", "autopkgtest").is_none() {
+        return;
+    }
+    signal_matrix(
+        &words(&["external", "autopkgtest-virt-unshare", "-t", &tarball]),
+        &[Phase::Install],
     );
 }
 
@@ -277,7 +520,28 @@ fn qemu() {
         eprintln!("SKIP: DEP8_TEST_QEMU_IMAGE is not set");
         return;
     };
-    signal_matrix(&words(&["qemu", &image]), &[Phase::Open, Phase::Test]);
+    signal_matrix(
+        &words(&["qemu", &image]),
+        &[Phase::Open, Phase::Test, Phase::Revert],
+    );
+}
+
+/// The lxc backend's copy, install and close (its setup, test and revert
+/// are in tests/lxc.rs, `signals_leave_no_clone`, with a decoy container):
+/// no clone of the run is left either ([`FaultRun::leftovers`]).
+#[test]
+fn lxc() {
+    let Some(template) = required_resource("DEP8_TEST_LXC", "an lxc container") else {
+        return;
+    };
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP: the lxc template is a privileged container (run as root)");
+        return;
+    }
+    signal_matrix(
+        &words(&["lxc", &template]),
+        &[Phase::Copy, Phase::Install, Phase::Close],
+    );
 }
 
 #[test]
@@ -315,63 +579,6 @@ fn timeout_copy_fires_during_a_copy() {
     assert!(left.is_empty(), "left behind:\n{}", left.join("\n"));
 }
 
-/// A control file of `n` tests: each checks that no other run's testbed
-/// leaks into its own (a marker in its tree), then leaves its own.
-fn many_tests(n: usize) -> String {
-    (0..n)
-        .map(|i| {
-            format!(
-                "Test-Command: test ! -e run || grep -qx \"$RUN\" run; echo \"$RUN\" > run\n\
-                 Features: test-name=t{i}\nDepends:\n\n"
-            )
-        })
-        .collect()
-}
-
-/// Runs `n` tests on `testbed` as run `id`; returns the run's summary, exit
-/// code and dep8's peak resident memory (VmHWM, kB).
-fn load_run(testbed: &[String], n: usize, id: usize) -> (String, Option<i32>, u64) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let tree = dep8_conformance::e2e::source_tree(dir.path(), "load", &many_tests(n));
-    let mut child = std::process::Command::new(dep8_conformance::e2e::dep8_bin())
-        .args(["run", "-B", "--env", &format!("RUN={id}"), "-o"])
-        .arg(dir.path().join("out"))
-        .arg(&tree)
-        .arg("--")
-        .args(testbed)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("stderr")).expect("stderr file"))
-        .spawn()
-        .expect("dep8");
-    let status_file = format!("/proc/{}/status", child.id());
-    let mut peak = 0;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        let status = std::fs::read_to_string(&status_file).unwrap_or_default();
-        if let Some(kb) = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        {
-            peak = kb;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut summary = std::fs::read_to_string(dir.path().join("out/summary")).unwrap_or_default();
-    if !status.success() {
-        summary += &std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
-    }
-    (summary, status.code(), peak)
-}
-
-fn assert_all_pass(summary: &str, n: usize, code: Option<i32>) {
-    assert_eq!(code, Some(0), "summary:\n{summary}");
-    let passed = summary.lines().filter(|l| l.ends_with(" PASS")).count();
-    assert_eq!(passed, n, "summary:\n{summary}");
-}
-
 /// 200 tests in one run on unshare; dep8's peak memory is about the same
 /// for 10 tests and for 200 (the figure is in docs/benchmarks.md).
 #[test]
@@ -381,11 +588,9 @@ fn load_200_tests_and_flat_memory() {
     };
     let testbed = words(&["unshare", "--tarball", &tarball]);
     let started = Instant::now();
-    let (summary, code, peak_200) = load_run(&testbed, 200, 0);
+    let peak_200 = LoadRun::new(&testbed, 200, 0).assert_all_pass().peak_kb;
     let took = started.elapsed();
-    assert_all_pass(&summary, 200, code);
-    let (summary, code, peak_10) = load_run(&testbed, 10, 0);
-    assert_all_pass(&summary, 10, code);
+    let peak_10 = LoadRun::new(&testbed, 10, 0).assert_all_pass().peak_kb;
     eprintln!("unshare: 200 tests in {took:.1?}; dep8 peak RSS {peak_10} kB for 10 tests, {peak_200} kB for 200");
     assert!(
         peak_200 < peak_10 + peak_10 / 2,
@@ -393,45 +598,12 @@ fn load_200_tests_and_flat_memory() {
     );
 }
 
-/// Five runs at once on the same tarball and the same chroot: every test
-/// passes and none sees another run's testbed.
-#[test]
-fn five_concurrent_runs() {
-    let mut testbeds = Vec::new();
-    if let Some(tarball) = unshare_rootfs_as_root() {
-        testbeds.push(words(&["unshare", "--tarball", &tarball]));
-    }
-    if let Some(chroot) = schroot_chroot() {
-        testbeds.push(words(&["schroot", &chroot]));
-    }
-    for testbed in testbeds {
-        let started = Instant::now();
-        std::thread::scope(|s| {
-            let runs: Vec<_> = (1..=5)
-                .map(|id| {
-                    let testbed = &testbed;
-                    s.spawn(move || load_run(testbed, 5, id))
-                })
-                .collect();
-            for run in runs {
-                let (summary, code, _) = run.join().expect("run thread");
-                assert_all_pass(&summary, 5, code);
-            }
-        });
-        eprintln!(
-            "{}: 5 concurrent runs in {:.1?}",
-            testbed[0],
-            started.elapsed()
-        );
-    }
-}
-
 /// A disk that never boots (no boot loader, no kernel beside it) fails
 /// within a minute, not after the 300 s boot timeout, and leaves nothing.
 #[test]
 fn qemu_disk_that_never_boots() {
     let qemu = "qemu-system-x86_64";
-    if dep8_conformance::e2e::required_program(qemu, "qemu-system-x86").is_none() {
+    if dep8_tests::e2e::required_program(qemu, "qemu-system-x86").is_none() {
         return;
     }
     let disk = tempfile::NamedTempFile::new().expect("disk");
@@ -491,9 +663,8 @@ fn no_output_dir_left_without_dash_o() {
     let dir = tempfile::tempdir().expect("temp dir");
     let tmp = dir.path().join("tmp");
     std::fs::create_dir(&tmp).expect("mkdir");
-    let tree =
-        dep8_conformance::e2e::source_tree(dir.path(), "quick", "Test-Command: true\nDepends:\n");
-    let status = std::process::Command::new(dep8_conformance::e2e::dep8_bin())
+    let tree = dep8_tests::e2e::source_tree(dir.path(), "quick", "Test-Command: true\nDepends:\n");
+    let status = std::process::Command::new(dep8_tests::e2e::dep8_bin())
         .env("TMPDIR", &tmp)
         .arg("run")
         .arg(&tree)
@@ -508,4 +679,38 @@ fn no_output_dir_left_without_dash_o() {
         .map(|e| e.path())
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// `dep8 clean` sweeps only its own user's dead runs: a run dir another
+/// user planted in a shared $TMPDIR, naming a dir to remove, is left alone
+/// with that dir.
+#[test]
+fn clean_ignores_another_user_s_run_dir() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP: needs root (to give a dir to another user)");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let victim = dir.path().join("dep8-victim");
+    std::fs::create_dir(&victim).expect("victim");
+    let planted = dir.path().join("dep8-run.planted");
+    std::fs::create_dir(&planted).expect("planted");
+    for (name, text) in [
+        ("pid", "1\n".to_string()),
+        ("lock", String::new()),
+        ("paths", format!("{}\n", victim.display())),
+    ] {
+        std::fs::write(planted.join(name), text).expect("planted file");
+    }
+    let nobody = nix::unistd::User::from_name("nobody")
+        .expect("passwd")
+        .expect("a user nobody");
+    nix::unistd::chown(&planted, Some(nobody.uid), Some(nobody.gid)).expect("chown");
+    let out = std::process::Command::new(dep8_tests::e2e::dep8_bin())
+        .env("TMPDIR", dir.path())
+        .arg("clean")
+        .output()
+        .expect("dep8 clean");
+    assert!(out.status.success(), "{out:?}");
+    assert!(victim.exists() && planted.exists(), "{out:?}");
 }

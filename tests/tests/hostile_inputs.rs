@@ -11,10 +11,11 @@
 //! given, and the canary must not exist. On unshare (`DEP8_TEST_ROOTFS`,
 //! as root) a few cases run as well.
 
-use dep8_conformance::e2e::{dep8_bin, source_tree, unshare_rootfs_as_root, write};
+use dep8_tests::e2e::{dep8_bin, source_tree, unshare_rootfs_as_root, write};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use std::collections::BTreeSet;
+use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -281,4 +282,54 @@ fn the_canary_sees_an_injection() {
     );
     assert!(ran.canary.exists(), "{}", ran.said());
     assert!(Path::new(&ran.canary).is_file());
+}
+
+/// ssh's file options (`-i`, `--known-hosts`, and the control socket and
+/// private known_hosts in dep8's temp dir) whose paths hold spaces, quotes,
+/// `%` tokens and backslashes reach ssh whole: the run logs in with the
+/// host key checked and its test passes.
+#[test]
+fn ssh_paths_with_spaces_quotes_and_percents() {
+    let Some(sshd) = dep8_tests::sshd::LoopbackSshd::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let odd = dir.path().join("a b%h \"q\\x");
+    std::fs::create_dir(&odd).expect("odd dir");
+    let key = odd.join("id %r");
+    std::fs::copy(sshd.client_key(), &key).expect("key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let known = odd.join("known hosts");
+    std::fs::copy(sshd.known_hosts(), &known).expect("known_hosts");
+    let tree = source_tree(dir.path(), "pkg", "Test-Command: echo hi\nDepends:\n");
+    let port = sshd.port().to_string();
+    let common = ["-H", "127.0.0.1", "-p", &port, "-l", "root"];
+    for how in [
+        vec![OsStr::new("--known-hosts"), known.as_os_str()],
+        // The private known_hosts and the socket in a TMPDIR as odd.
+        vec![OsStr::new("--accept-new-host-key")],
+    ] {
+        let out_dir = dir.path().join(format!("out{}", how.len()));
+        let out = Command::new(dep8_bin())
+            .env("TMPDIR", &odd)
+            .args(["run", "-B", "-o"])
+            .arg(&out_dir)
+            .arg(&tree)
+            .args(["--", "ssh"])
+            .args(common)
+            .arg("-i")
+            .arg(&key)
+            .args(&how)
+            .stdin(Stdio::null())
+            .output()
+            .expect("dep8");
+        let summary = std::fs::read_to_string(out_dir.join("summary")).unwrap_or_default();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{how:?}: {summary}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(summary, "command1             PASS\n");
+    }
 }

@@ -21,12 +21,12 @@
 //!   name with alternative groups), dep8 appends the missing ones in order.
 
 use dep8_backend_null::NullBackend;
-use dep8_conformance::e2e::{dep8_bin, repo};
 use dep8_core::capability::Capabilities;
 use dep8_core::control::{self, DependsContext, Entry};
 use dep8_core::restriction::{self, Decision, ResolveOptions};
 use dep8_core::source::SourcePackage;
 use dep8_core::testbed::Backend;
+use dep8_tests::e2e::{dep8_bin, repo};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -13,8 +13,8 @@
 //! (grep) builds its whole test suite for minutes: `examples/tests-directory`
 //! covers those four.
 
-use dep8_conformance::e2e::{assert_same_results, check, required_program};
-use dep8_conformance::required_resource;
+use dep8_tests::e2e::{assert_same_results, check, required_program};
+use dep8_tests::required_resource;
 use std::path::PathBuf;
 use tempfile::TempDir;
 

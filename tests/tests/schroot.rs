@@ -4,8 +4,8 @@
 //! without being closed.
 
 use dep8_backend_schroot::{Options, SchrootBackend, SchrootTestbed};
-use dep8_conformance::required_resource;
 use dep8_core::testbed::{Backend, ExecRequest, Testbed, TestbedError};
+use dep8_tests::required_resource;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

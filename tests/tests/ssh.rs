@@ -3,9 +3,9 @@
 //! ssh-setup protocol with a setup script of our own.
 
 use dep8_backend_ssh::{SshBackend, SshConnection, SshTarget};
-use dep8_conformance::sshd::{Login, LoopbackSshd, TEST_USER};
 use dep8_core::capability::Capability;
 use dep8_core::testbed::{Backend, ExecRequest, ExitStatus};
+use dep8_tests::sshd::{Login, LoopbackSshd, TEST_USER};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -100,7 +100,7 @@ async fn transport_timeout_kills_the_remote_tree() {
     target.known_hosts = Some(sshd.known_hosts());
     let mut conn = SshConnection::connect(target).await.expect("connect");
     assert!(conn.is_root());
-    let dir = conn.create_scratch().await.unwrap();
+    let (dir, _) = conn.create_scratch().await.unwrap();
     let started = Instant::now();
     let out = conn
         .exec(
@@ -261,9 +261,9 @@ fn dep8_run_over_ssh() {
     let Some(sshd) = LoopbackSshd::start() else {
         return;
     };
-    let repo = dep8_conformance::e2e::repo();
+    let repo = dep8_tests::e2e::repo();
     let out = sshd.dir().join("out");
-    let run = std::process::Command::new(dep8_conformance::e2e::dep8_bin())
+    let run = std::process::Command::new(dep8_tests::e2e::dep8_bin())
         .current_dir(repo)
         .args(["run", "-B", "examples/hello", "-o"])
         .arg(&out)

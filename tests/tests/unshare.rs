@@ -89,7 +89,7 @@ async fn open(tarball: &str) -> UnshareTestbed {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn host_is_left_as_found() {
-    let Some(tarball) = dep8_conformance::e2e::unshare_rootfs_as_root() else {
+    let Some(tarball) = dep8_tests::e2e::unshare_rootfs_as_root() else {
         return;
     };
     // An unpacked rootfs for `--rootfs DIR`, outside the watched temp dir.

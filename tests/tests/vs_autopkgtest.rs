@@ -3,11 +3,11 @@
 //! the virt-server protocol: every test must get the same result word, and the runs the
 //! same exit status, as `autopkgtest -B SRC -- null`.
 
-use dep8_conformance::e2e::{
+use dep8_tests::e2e::{
     assert_same_as_autopkgtest, assert_same_results, autopkgtest_as_root, dep8_bin,
     required_program, summary_of,
 };
-use dep8_conformance::required_resource;
+use dep8_tests::required_resource;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};

@@ -2,9 +2,9 @@
 
 use crate::words;
 use async_trait::async_trait;
-use dep8_core::capability::{Capabilities, Capability};
-use dep8_core::exec::{in_testbed_argv, run_local};
-use dep8_core::testbed::{ExecOutcome, ExecRequest, ExitStatus, Result, Testbed, TestbedError};
+use dep8_testbed::capability::{Capabilities, Capability};
+use dep8_testbed::exec::{in_testbed_argv, run_local};
+use dep8_testbed::{ExecOutcome, ExecRequest, ExitStatus, Result, Testbed, TestbedError};
 use std::collections::VecDeque;
 use std::ops::RangeInclusive;
 use std::path::Path;
@@ -114,6 +114,11 @@ impl Testbed for ExternalTestbed {
     }
 
     async fn exec(&self, req: ExecRequest) -> Result<ExecOutcome> {
+        // Commands run through the auxverb, not the server; but a server
+        // that died has closed (and removed) its testbed behind them.
+        if let Ok(mut channel) = self.channel.try_lock() {
+            channel.check_alive()?;
+        }
         let n = self.execs.fetch_add(1, Ordering::Relaxed);
         let status_file = format!("{}/.dep8-status.{n}", self.scratch);
         let mut argv = self.auxverb.clone();
@@ -293,7 +298,7 @@ impl Channel {
         let mut cmd = Command::new(program);
         // If dep8 is killed, what the server starts and its temp files are
         // found and removed.
-        dep8_core::leftovers::tag_helper(cmd.as_std_mut());
+        dep8_testbed::leftovers::tag_helper(cmd.as_std_mut());
         let mut child = cmd
             .args(args)
             .stdin(Stdio::piped())
@@ -383,6 +388,28 @@ impl Channel {
         }
     }
 
+    /// Fails once the server is known to have died.
+    fn gone(&self) -> Result<()> {
+        match &self.dead {
+            Some(why) => Err(self.failure(format!("it is gone: {why}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// [`Channel::gone`], also when the server has exited since the last
+    /// command (what runs through the auxverb does not notice).
+    fn check_alive(&mut self) -> Result<()> {
+        if self.dead.is_none() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                self.dead = Some(match &self.unanswered {
+                    Some(sent) => format!("it exited after `{sent}' without replying ({status})"),
+                    None => format!("it exited ({status})"),
+                });
+            }
+        }
+        self.gone()
+    }
+
     /// Sends one command; returns the still encoded words after `ok`, whose
     /// number must be in `results`.
     async fn command(
@@ -390,12 +417,7 @@ impl Channel {
         words: &[&str],
         results: RangeInclusive<usize>,
     ) -> Result<Vec<String>> {
-        if let Some(why) = &self.dead {
-            return Err(TestbedError::Failure(format!(
-                "virt server {} is gone: {why}",
-                self.program
-            )));
-        }
+        self.gone()?;
         if let Some(sent) = self.unanswered.clone() {
             // The caller gave up waiting for that reply: because the server
             // died, or because it is still busy.

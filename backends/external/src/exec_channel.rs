@@ -155,7 +155,7 @@ fn exit_like(status: &str) -> ! {
         Some(("exit", code)) => std::process::exit(code.parse().unwrap_or(TRANSPORT_FAILURE)),
         Some(("signal", sig)) => {
             let sig: i32 = sig.parse().unwrap_or(0);
-            dep8_core::exec::die_by_signal(sig);
+            dep8_testbed::exec::die_by_signal(sig);
             std::process::exit(128 + sig)
         }
         _ => {

@@ -15,8 +15,8 @@ mod words;
 pub use client::ExternalTestbed;
 
 use async_trait::async_trait;
-use dep8_core::capability::Capability;
-use dep8_core::testbed::{Backend, Result, Testbed, TestbedError};
+use dep8_testbed::capability::Capability;
+use dep8_testbed::{Backend, Result, Testbed, TestbedError};
 use std::path::PathBuf;
 
 pub struct ExternalBackend;

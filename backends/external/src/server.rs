@@ -12,8 +12,8 @@
 
 use crate::exec_channel::{self, read_frame, write_frame, CHUNK, EXIT, FAIL};
 use crate::words;
-use dep8_core::capability::{Capabilities, Capability};
-use dep8_core::testbed::{Backend, ExecRequest, ExitStatus, Input, Output, Testbed};
+use dep8_testbed::capability::{Capabilities, Capability};
+use dep8_testbed::{Backend, ExecRequest, ExitStatus, Input, Output, Testbed};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

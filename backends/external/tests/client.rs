@@ -2,7 +2,7 @@
 //! problem must become a testbed failure that says what happened.
 
 use dep8_backend_external::ExternalBackend;
-use dep8_core::testbed::{Backend, ExecRequest, Testbed, TestbedError};
+use dep8_testbed::{Backend, ExecRequest, Testbed, TestbedError};
 use std::os::unix::fs::PermissionsExt;
 
 /// A virt server script: the banner, then `case` arms for the commands.

@@ -13,9 +13,9 @@
 
 use async_trait::async_trait;
 use clap::Parser;
-use dep8_core::capability::{Capabilities, Capability};
-use dep8_core::exec::{host_copy, in_testbed_argv, run_local};
-use dep8_core::testbed::{Backend, ExecOutcome, ExecRequest, Result, Testbed, TestbedError};
+use dep8_testbed::capability::{Capabilities, Capability};
+use dep8_testbed::exec::{host_copy, in_testbed_argv, run_local};
+use dep8_testbed::{Backend, ExecOutcome, ExecRequest, Result, Testbed, TestbedError};
 use std::path::Path;
 
 pub struct NullBackend;
@@ -144,12 +144,16 @@ impl Testbed for NullTestbed {
             tracing::info!("null: --retain-tmp: keeping {}", path.display());
             return Ok(());
         }
-        std::fs::remove_dir_all(&path).or_else(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Ok(()),
-            _ => Err(TestbedError::failure(
-                format!("removing {}", path.display()),
-                e,
-            )),
-        })
+        // On a blocking thread: a large scratch dir takes a while, and a
+        // signal must still be heard meanwhile.
+        tokio::fs::remove_dir_all(&path)
+            .await
+            .or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Ok(()),
+                _ => Err(TestbedError::failure(
+                    format!("removing {}", path.display()),
+                    e,
+                )),
+            })
     }
 }

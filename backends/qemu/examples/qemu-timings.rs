@@ -4,7 +4,7 @@
 //! `cargo run --release -p dep8-backend-qemu --example qemu-timings -- IMAGE [QEMU OPTIONS...]`
 //! (`RUST_LOG=debug` shows where the time goes.)
 
-use dep8_core::testbed::{Backend, ExecRequest, Testbed};
+use dep8_testbed::{Backend, ExecRequest, Testbed};
 use std::time::{Duration, Instant};
 
 async fn open(args: &[String]) -> Box<dyn Testbed> {

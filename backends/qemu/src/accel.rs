@@ -1,17 +1,20 @@
-//! Choosing the accelerator: KVM only when a boot probe shows that a guest
-//! kernel really runs under it, TCG (software emulation) otherwise.
+//! Choosing the accelerator: KVM only when a probe shows that a guest
+//! really runs under it, TCG (software emulation) otherwise.
 //!
 //! `/dev/kvm` existing is not enough: on some hosts (paravirtualised KVM in
-//! a VM) a guest kernel hangs. The probe boots the testbed's own kernel
-//! with no root filesystem and `panic=-1 -no-reboot`: under a working KVM it
-//! panics and QEMU exits within a second or two. The verdict is cached per
-//! host kernel and QEMU binary.
+//! a VM) a guest hangs, or `-cpu host` aborts QEMU. The probe starts a VM
+//! with no disk under `-accel kvm -cpu host`: under a working KVM its BIOS
+//! runs and says it found nothing to boot on its debug port within a
+//! second; a probe that says nothing within [`PROBE_TIMEOUT`] is killed.
+//! No image is needed, so every boot (a disk's boot loader or a kernel)
+//! gets KVM where it works. The verdict is cached per host kernel and QEMU
+//! binary.
 
-use dep8_core::testbed::{Result, TestbedError};
+use dep8_testbed::{Result, TestbedError};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// How long a KVM boot probe may take before KVM is declared broken.
+/// How long a KVM probe may take before KVM is declared broken.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,10 +47,9 @@ impl Accel {
     }
 }
 
-/// Picks the accelerator for `qemu`, probing KVM with `kernel` when the
-/// cache has no verdict. Without a kernel (EFI boot) KVM is used only when
-/// an earlier probe proved it.
-pub async fn choose(qemu: &str, kernel: Option<&Path>) -> Result<Accel> {
+/// Picks the accelerator for `qemu`, probing KVM when the cache has no
+/// verdict.
+pub async fn choose(qemu: &str) -> Result<Accel> {
     if std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -61,15 +63,12 @@ pub async fn choose(qemu: &str, kernel: Option<&Path>) -> Result<Accel> {
     if let Some(known) = cache.as_deref().and_then(|f| read_cache(f, &key)) {
         return Ok(known);
     }
-    let Some(kernel) = kernel else {
-        return Ok(Accel::Tcg);
-    };
-    let accel = if probe_kvm(qemu, kernel).await? {
+    let accel = if probe_kvm(qemu).await? {
         Accel::Kvm
     } else {
         Accel::Tcg
     };
-    tracing::info!("KVM boot probe: using {}", accel.name());
+    tracing::info!("KVM probe: using {}", accel.name());
     if let Some(file) = cache {
         if let Some(dir) = file.parent() {
             let _ = std::fs::create_dir_all(dir);
@@ -80,21 +79,22 @@ pub async fn choose(qemu: &str, kernel: Option<&Path>) -> Result<Accel> {
     Ok(accel)
 }
 
-/// Boots `kernel` under KVM; true when it got as far as its panic.
-async fn probe_kvm(qemu: &str, kernel: &Path) -> Result<bool> {
+/// Starts a VM without disks under KVM; true when its BIOS got as far as
+/// finding nothing to boot.
+async fn probe_kvm(qemu: &str) -> Result<bool> {
     let dir = tempfile::Builder::new()
         .prefix("dep8-kvm-probe.")
         .tempdir()
         .map_err(|e| TestbedError::failure("creating a temp dir", e))?;
-    let log = dir.path().join("console");
+    let log = dir.path().join("firmware");
     let mut cmd = tokio::process::Command::new(qemu);
     cmd.args(["-nodefaults", "-no-user-config", "-display", "none"])
-        .args(["-accel", "kvm", "-cpu", "host", "-m", "256", "-no-reboot"])
-        .arg("-serial")
-        .arg(format!("file:{}", log.display()))
-        .arg("-kernel")
-        .arg(kernel)
-        .args(["-append", "console=ttyS0 panic=-1"])
+        .args([
+            "-machine", "pc", "-accel", "kvm", "-cpu", "host", "-m", "64",
+        ])
+        .arg("-chardev")
+        .arg(format!("file,id=firmware,path={}", log.display()))
+        .args(["-device", "isa-debugcon,iobase=0x402,chardev=firmware"])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -102,13 +102,20 @@ async fn probe_kvm(qemu: &str, kernel: &Path) -> Result<bool> {
     let mut child = cmd
         .spawn()
         .map_err(|e| TestbedError::failure(format!("cannot run {qemu}"), e))?;
-    let exited = tokio::time::timeout(PROBE_TIMEOUT, child.wait()).await;
-    if exited.is_err() {
-        let _ = child.kill().await;
-        return Ok(false);
-    }
-    let console = std::fs::read_to_string(&log).unwrap_or_default();
-    Ok(console.contains("Kernel panic"))
+    let deadline = tokio::time::Instant::now() + PROBE_TIMEOUT;
+    let works = loop {
+        let said = std::fs::read_to_string(&log).unwrap_or_default();
+        if said.contains("No bootable device") {
+            break true;
+        }
+        // QEMU gave up (`-cpu host` refused, KVM failed to start) or hangs.
+        if matches!(child.try_wait(), Ok(Some(_))) || tokio::time::Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _ = child.kill().await;
+    Ok(works)
 }
 
 /// Identifies the host kernel and QEMU binary a verdict holds for.

@@ -1,31 +1,37 @@
 //! The `qemu` backend: a whole virtual machine per testbed.
 //!
 //! The image is never written: the VM runs on a temporary qcow2 overlay
-//! backed by it. Commands go over ssh to the guest's sshd through a
+//! backed by it. It boots the image's own boot loader (BIOS or UEFI, as
+//! the image's partition table says; see [`boot`]) or a kernel given on
+//! the command line. Commands go over ssh to the guest's sshd through a
 //! user-network port forward on 127.0.0.1; the client key and the guest's
 //! host key are made per testbed and handed to the guest with `-fw_cfg`
 //! (a unit installed by `dep8 image build qemu` puts them in place before
-//! sshd starts), so the host key is checked exactly. QEMU is driven over
-//! QMP; the serial console goes to a log file.
+//! sshd starts), so the host key is checked exactly. The guest says when
+//! sshd is up on a virtio-serial port, so ssh connects once. QEMU is
+//! driven over QMP; the serial console goes to a log file.
 //!
-//! KVM is used only when a boot probe proves it works (see [`accel`]),
-//! TCG otherwise. Revert restores a snapshot taken right after the first
-//! boot (`savevm`/`loadvm` in the overlay) or, with `--revert boot`, boots
-//! a fresh overlay.
+//! KVM is used only when a probe proves it works (see [`accel`]), TCG
+//! otherwise. Revert restores a snapshot taken right after the first boot
+//! (`savevm`/`loadvm` in the overlay) or, with `--revert boot`, boots a
+//! fresh overlay.
 
 mod accel;
+mod boot;
 mod qmp;
 
 use accel::Accel;
 use async_trait::async_trait;
+use boot::{tail, BootFiles, BootWatch, DiskBoot};
 use clap::Parser;
 use dep8_backend_ssh::{SshConnection, SshTarget};
-use dep8_core::capability::{BaseImage, BaseImageKind, Capabilities, Capability};
-use dep8_core::exec::host_command;
-use dep8_core::testbed::{Backend, ExecOutcome, ExecRequest, Result, Testbed, TestbedError};
+use dep8_testbed::capability::{BaseImage, BaseImageKind, Capabilities, Capability};
+use dep8_testbed::exec::host_command;
+use dep8_testbed::{Backend, ExecOutcome, ExecRequest, Output, Result, Tap, Testbed, TestbedError};
 use qmp::Qmp;
 use serde_json::json;
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -33,20 +39,15 @@ use std::time::{Duration, Instant};
 /// at boot), so it survives a reboot.
 const SCRATCH: &str = "/var/tmp/dep8-scratch";
 
-/// A guest whose serial console says nothing for this long does not boot.
-const SILENT_CONSOLE: Duration = Duration::from_secs(60);
-
-/// How often a boot in progress is reported (`-d`).
-const PROGRESS_EVERY: Duration = Duration::from_secs(10);
-
 /// The QEMU binary dep8 runs unless told otherwise.
 const DEFAULT_QEMU: &str = "qemu-system-x86_64";
 
 /// The account `dep8 image build qemu` creates for tests without needs-root.
 const NORMAL_USER: &str = "dep8";
 
-/// Kernel command line for direct kernel boot of an image built by dep8.
-const DEFAULT_CMDLINE: &str = "root=/dev/vda rw console=ttyS0";
+/// Kernel command line for direct kernel boot of an image built by dep8
+/// (its root filesystem's label, partitioned or not).
+const DEFAULT_CMDLINE: &str = "root=LABEL=dep8-root rw console=ttyS0 no_timer_check";
 
 /// The name the guest's host key is recorded under, whatever the port.
 const HOST_ALIAS: &str = "dep8-testbed";
@@ -78,7 +79,8 @@ enum RevertMethod {
 /// How the firmware boots the VM (autopkgtest-virt-qemu's `--boot`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum BootMode {
-    /// BIOS on x86 (autopkgtest's choice for amd64 and i386).
+    /// As the image says: BIOS when its MBR has boot code (or a kernel is
+    /// given), UEFI when it has only an EFI system partition.
     Auto,
     /// QEMU's BIOS (SeaBIOS).
     Bios,
@@ -117,8 +119,9 @@ struct Args {
     /// (direct boot) or the image's own boot loader. Same as --boot efi.
     #[arg(long)]
     efi: bool,
-    /// The boot protocol: auto and bios boot with QEMU's BIOS, efi with
-    /// OVMF; ieee1275 (POWER) is refused.
+    /// The boot protocol: bios (and none) boot with QEMU's BIOS, efi with
+    /// OVMF, auto (the default) as the image's partition table says;
+    /// ieee1275 (POWER) is refused.
     #[arg(long, value_enum)]
     boot: Option<BootMode>,
     /// The guest's Debian architecture (amd64 or i386; checked once booted).
@@ -140,7 +143,7 @@ struct Args {
     /// Refused, as --user.
     #[arg(short, long, hide = true)]
     password: Option<String>,
-    /// Print the serial console's boot messages once the guest is up.
+    /// Copy the serial console to stderr while the guest boots.
     #[arg(long)]
     show_boot: bool,
     /// At close, power the guest off from within and wait this long before
@@ -219,14 +222,46 @@ impl Backend for QemuBackend {
         }
     }
 
+    /// Every open is another overlay on the same image, in another VM:
+    /// as many as the host's available memory holds.
+    fn max_testbeds(&self, args: &[String]) -> usize {
+        let Ok(args) = Args::try_parse_from(args) else {
+            return 1;
+        };
+        let available_mb = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|info| mem_available_kb(&info))
+            .map_or(0, |kb| kb / 1024);
+        // QEMU itself takes some memory beside the guest's.
+        let per_vm_mb = u64::from(args.ram_size) + 256;
+        usize::try_from(available_mb / per_vm_mb)
+            .unwrap_or(usize::MAX)
+            .max(1)
+    }
+
     async fn open(&self, args: &[String]) -> Result<Box<dyn Testbed>> {
-        let args = Args::try_parse_from(args).map_err(|e| TestbedError::Usage(e.to_string()))?;
-        check_args(&args)?;
-        Ok(Box::new(QemuTestbed::open(args).await?))
+        Ok(Box::new(QemuTestbed::open(parse_args(args)?).await?))
     }
 }
 
+/// `MemAvailable` of /proc/meminfo, in kB.
+fn mem_available_kb(meminfo: &str) -> Option<u64> {
+    meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemAvailable:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 /// Refuses what dep8's QEMU cannot honour (exit 20, never ignored).
+/// The backend's arguments, parsed and checked.
+fn parse_args<I: IntoIterator<Item = T>, T: Into<std::ffi::OsString> + Clone>(
+    words: I,
+) -> Result<Args> {
+    let args = Args::try_parse_from(words).map_err(|e| TestbedError::Usage(e.to_string()))?;
+    check_args(&args)?;
+    Ok(args)
+}
+
 fn check_args(args: &Args) -> Result<()> {
     let usage = |msg: String| Err(TestbedError::Usage(msg));
     match (args.efi, args.boot) {
@@ -316,6 +351,9 @@ pub struct QemuTestbed {
     caps: Capabilities,
     snapshot_saved: bool,
     boot_time: Duration,
+    /// Watches the reboot a test asked for, from before it was let go
+    /// ([`Testbed::prepare_reboot`]) to [`Testbed::await_reboot`].
+    reboot_watch: std::sync::Mutex<Option<BootWatch>>,
 }
 
 impl QemuTestbed {
@@ -330,12 +368,23 @@ impl QemuTestbed {
             disks.push((path, format));
         }
         let (image, format) = disks.remove(0);
+        // 0700: it holds the ssh keys and the QMP socket.
+        let work = tempfile::Builder::new()
+            .prefix("dep8-qemu.")
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .tempdir()
+            .map_err(|e| TestbedError::failure("creating a temp dir", e))?;
         let boot = boot_files(&args, &image)?;
-        let efi = args.efi || args.boot == Some(BootMode::Efi);
-        let firmware = efi.then(|| PathBuf::from(OVMF));
+        let firmware = match boot {
+            Boot::Disk => firmware_for(
+                &args,
+                Some(&DiskBoot::inspect(&image, format, work.path())?),
+            ),
+            Boot::Direct { .. } => firmware_for(&args, None),
+        };
         if let Some(firmware) = firmware.as_ref().filter(|f| !f.exists()) {
             return Err(usage(format!(
-                "--efi needs {} (install the ovmf package)",
+                "UEFI boot needs {} (install the ovmf package)",
                 firmware.display()
             )));
         }
@@ -344,22 +393,12 @@ impl QemuTestbed {
             .clone()
             .unwrap_or_else(|| DEFAULT_QEMU.into());
         let qemu_version = qemu_version(&qemu)?;
-        let kernel = match &boot {
-            Boot::Direct { kernel, .. } => Some(kernel.as_path()),
-            Boot::Disk => None,
-        };
-        let accel = accel::choose(&qemu, kernel).await?;
+        let accel = accel::choose(&qemu).await?;
         let user_cpu = args.cpu.clone().or_else(|| {
             let opts = args.qemu_options.as_deref().unwrap_or("");
             (args.qemu_command.is_none() && !opts.contains("-cpu"))
                 .then(|| accel.default_cpu().to_string())
         });
-        // 0700: it holds the ssh keys and the QMP socket.
-        let work = tempfile::Builder::new()
-            .prefix("dep8-qemu.")
-            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            .tempdir()
-            .map_err(|e| TestbedError::failure("creating a temp dir", e))?;
         let overlay_dir = match &args.overlay_dir {
             Some(dir) => Some(
                 tempfile::Builder::new()
@@ -403,15 +442,10 @@ impl QemuTestbed {
             caps,
             snapshot_saved: false,
             boot_time: Duration::ZERO,
+            reboot_watch: std::sync::Mutex::new(None),
         };
         // On failure, `tb` is dropped: QEMU is killed, temp files removed.
         tb.boot_fresh().await?;
-        if tb.args.show_boot {
-            eprintln!(
-                "qemu: boot messages (serial console):\n{}",
-                std::fs::read_to_string(tb.console_log()).unwrap_or_default()
-            );
-        }
         if let Some(want) = &tb.args.dpkg_architecture {
             let arch = tb.run_ok("dpkg --print-architecture").await?;
             if arch.trim() != want {
@@ -439,16 +473,23 @@ impl QemuTestbed {
         self.work.path().join("console.log")
     }
 
-    fn firmware_log(&self) -> PathBuf {
-        self.work.path().join("firmware.log")
+    /// The files a boot is watched through, in the work dir.
+    fn boot_files(&self) -> BootFiles {
+        let file = |name: &str| self.work.path().join(name);
+        BootFiles {
+            console: self.console_log(),
+            firmware: file("firmware.log"),
+            ready: file("ready.log"),
+            qemu_log: file("qemu.log"),
+        }
     }
 
     fn conn(&self) -> Result<&SshConnection> {
         self.conn.as_ref().ok_or_else(not_running)
     }
 
-    /// A failed reboot's error, with the tail of the console log.
-    fn with_console(&self, result: Result<()>) -> Result<()> {
+    /// A failed boot's or reboot's error, with the tail of the console log.
+    fn with_console<T>(&self, result: Result<T>) -> Result<T> {
         result.map_err(|e| {
             let console = tail(&self.console_log(), 15);
             TestbedError::Failure(format!("{}\nconsole:\n{console}", e.detail()))
@@ -483,12 +524,36 @@ impl QemuTestbed {
             ],
         )?;
         let started = Instant::now();
+        let mut watch = self.boot_watch();
         self.start_vm().await?;
+        self.wait_up(&mut watch).await?;
         self.connect().await?;
         self.boot_time = started.elapsed();
         tracing::info!("qemu: guest ready after {:.1?}", self.boot_time);
         self.run_ok(&format!("mkdir -p -m 1777 {SCRATCH}")).await?;
         self.attach_baseimage().await
+    }
+
+    /// A watcher for the boot that starts next.
+    fn boot_watch(&self) -> BootWatch {
+        BootWatch::new(
+            self.boot_files(),
+            self.image.display().to_string(),
+            self.args.show_boot,
+        )
+    }
+
+    /// Waits until the guest `watch` watches says it is up.
+    async fn wait_up(&mut self, watch: &mut BootWatch) -> Result<()> {
+        let started = Instant::now();
+        let limit = Duration::from_secs(self.args.boot_timeout);
+        let vm = self.vm.as_mut().ok_or_else(not_running)?;
+        let ready = watch.wait(&mut vm.child, limit).await?;
+        tracing::debug!(
+            "qemu: the guest says it is up ({ready:?}) after {:.1?}",
+            started.elapsed()
+        );
+        Ok(())
     }
 
     /// Starts QEMU on the current overlay and connects to its monitor.
@@ -499,7 +564,7 @@ impl QemuTestbed {
         let _ = std::fs::remove_file(&qmp_socket);
         let argv = self.qemu_argv(port, &qmp_socket)?;
         tracing::debug!("qemu: {}", shell_words::join(&argv));
-        let log_path = self.work.path().join("qemu.log");
+        let log_path = self.boot_files().qemu_log;
         let open_log = || {
             std::fs::OpenOptions::new()
                 .create(true)
@@ -516,7 +581,7 @@ impl QemuTestbed {
             .process_group(0)
             .kill_on_drop(true);
         // A dep8 killed before it could stop QEMU: the next run stops it.
-        dep8_core::leftovers::tag(cmd.as_std_mut());
+        dep8_testbed::leftovers::tag(cmd.as_std_mut());
         let mut child = cmd
             .spawn()
             .map_err(|e| TestbedError::failure(format!("cannot run {}", self.qemu), e))?;
@@ -551,6 +616,7 @@ impl QemuTestbed {
 
     fn qemu_argv(&self, port: u16, qmp_socket: &Path) -> Result<Vec<String>> {
         let p = |path: &Path| path.to_string_lossy().into_owned();
+        let files = self.boot_files();
         let mut argv: Vec<String> = vec![self.qemu.clone()];
         let mut add = |words: &[&str]| argv.extend(words.iter().map(|w| w.to_string()));
         add(&["-nodefaults", "-no-user-config", "-display", "none"]);
@@ -595,9 +661,19 @@ impl QemuTestbed {
         // shows: the serial console stays silent when nothing boots.
         add(&[
             "-chardev",
-            &format!("file,id=firmware,path={}", p(&self.firmware_log())),
+            &format!("file,id=firmware,path={}", p(&files.firmware)),
             "-device",
             "isa-debugcon,iobase=0x402,chardev=firmware",
+        ]);
+        // The readiness port: dep8's images write a line to it once sshd
+        // is up (dep8-ready.service); appended across boots.
+        add(&[
+            "-device",
+            "virtio-serial-pci,id=dep8-serial",
+            "-chardev",
+            &format!("file,id=dep8-ready,path={},append=on", p(&files.ready)),
+            "-device",
+            "virtserialport,bus=dep8-serial.0,chardev=dep8-ready,name=org.dep8.ready",
         ]);
         add(&[
             "-fw_cfg",
@@ -667,84 +743,21 @@ impl QemuTestbed {
         target
     }
 
-    /// Connects to the booting guest; fails early if QEMU dies or the
-    /// firmware finds nothing to boot.
+    /// Connects ssh to the guest (up, or just restored by `loadvm`).
     async fn connect(&mut self) -> Result<()> {
         self.conn = None;
-        let target = self.ssh_target();
-        let console = self.console_log();
-        let firmware = self.firmware_log();
-        let qemu_log = self.work.path().join("qemu.log");
-        let image = self.image.display().to_string();
-        let qemu = self.qemu.clone();
-        let vm = self.vm.as_mut().ok_or_else(not_running)?;
-        let started = Instant::now();
-        let silence = SILENT_CONSOLE.min(Duration::from_secs(self.args.boot_timeout));
-        let watch = async {
-            let mut reported = Duration::ZERO;
-            loop {
-                let waited = started.elapsed();
-                let written = std::fs::metadata(&console).map_or(0, |m| m.len());
-                if written == 0 && waited > silence {
-                    return TestbedError::Failure(format!(
-                        "{image} does not boot: the serial console stayed silent for {}s \
-                         (no boot loader or kernel writes to it; a kernel beside the image, \
-                         IMAGE.vmlinuz or --kernel, boots directly)",
-                        silence.as_secs()
-                    ));
-                }
-                if waited >= reported + PROGRESS_EVERY {
-                    reported = waited;
-                    let last = tail(&console, 1);
-                    tracing::info!(
-                        "qemu: booting for {}s; console: {}",
-                        waited.as_secs(),
-                        if written == 0 {
-                            "(silent)"
-                        } else {
-                            last.trim()
-                        }
-                    );
-                }
-                if let Ok(Some(status)) = vm.child.try_wait() {
-                    return TestbedError::Failure(format!(
-                        "{qemu} exited while booting ({status}): {}\nconsole:\n{}",
-                        tail(&qemu_log, 5),
-                        tail(&console, 15)
-                    ));
-                }
-                // SeaBIOS's words, or OVMF past the disks: trying the
-                // network (dep8 never boots from it) or its UEFI shell.
-                let end = tail(&console, 15);
-                if tail(&firmware, 5).contains("No bootable device")
-                    || [
-                        "No bootable device",
-                        "Start PXE over",
-                        "Start HTTP Boot",
-                        "Shell> ",
-                    ]
-                    .iter()
-                    .any(|words| end.contains(words))
-                {
-                    return TestbedError::Failure(format!(
-                        "{image} cannot be booted: the firmware found no boot loader on it, \
-                         and there is no kernel beside it (IMAGE.vmlinuz or --kernel); \
-                         firmware:\n{}\nconsole:\n{}",
-                        tail(&firmware, 5),
-                        tail(&console, 15)
-                    ));
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        };
-        let conn = tokio::select! {
-            conn = SshConnection::connect(target) => conn.map_err(|e| {
-                TestbedError::Failure(format!("{e}\nconsole:\n{}", tail(&console, 15)))
-            })?,
-            err = watch => return Err(err),
-        };
-        self.conn = Some(conn);
+        let conn = SshConnection::connect(self.ssh_target()).await;
+        self.conn = Some(self.with_console(conn)?);
         Ok(())
+    }
+
+    /// Once a reboot is under way: waits until the guest says it is up
+    /// again, reconnects (to a new boot id) and plugs the base image back.
+    async fn after_reboot(&mut self, watch: &mut BootWatch) -> Result<()> {
+        self.wait_up(watch).await?;
+        let rebooted = self.conn_mut()?.await_reboot().await;
+        self.with_console(rebooted)?;
+        self.attach_baseimage().await
     }
 
     /// Runs a setup script in the guest as root; fails with its stderr.
@@ -838,11 +851,13 @@ impl QemuTestbed {
         self.connect().await
     }
 
-    /// Ends QEMU: a polite `quit`, then a kill.
-    async fn stop_vm(&mut self) {
+    /// Ends QEMU: a power-off from inside with `--timeout-poweroff`, else
+    /// (or when that takes too long) a polite `quit`, then a kill. True
+    /// when the guest powered itself off.
+    async fn stop_vm(&mut self) -> bool {
         let conn = self.conn.take();
         let Some(mut vm) = self.vm.take() else {
-            return;
+            return false;
         };
         if let (Some(secs), Some(conn)) = (self.args.timeout_poweroff, conn) {
             // The connection drops as the guest goes down: no status to read.
@@ -853,7 +868,7 @@ impl QemuTestbed {
                 .await
                 .is_ok()
             {
-                return;
+                return true;
             }
             tracing::warn!("qemu: the guest did not power off within {secs} s: stopping QEMU");
         }
@@ -864,6 +879,7 @@ impl QemuTestbed {
         {
             let _ = vm.child.kill().await;
         }
+        false
     }
 }
 
@@ -968,35 +984,106 @@ impl Testbed for QemuTestbed {
         Ok(())
     }
 
+    /// Saves the present guest over the pristine snapshot, so that reverts
+    /// return to it. Only where reverts load a snapshot: `--revert boot`
+    /// boots a fresh overlay, which cannot keep anything.
+    async fn commit_base(&mut self) -> Result<bool> {
+        if !self.snapshot_saved {
+            return Ok(false);
+        }
+        // A revert leaves the scratch dir empty, as after the first boot.
+        self.run_ok(&format!("rm -rf {SCRATCH} && mkdir -p -m 1777 {SCRATCH}"))
+            .await?;
+        self.save_snapshot().await?;
+        Ok(true)
+    }
+
     async fn reboot(&mut self) -> Result<()> {
         self.detach_baseimage().await?;
-        let rebooted = self.conn_mut()?.reboot().await;
-        self.with_console(rebooted)?;
-        self.attach_baseimage().await
+        let mut watch = self.boot_watch();
+        self.conn_mut()?.request_reboot().await;
+        self.after_reboot(&mut watch).await
     }
 
     async fn prepare_reboot(&self) -> Result<()> {
         self.detach_baseimage().await?;
+        *self.reboot_watch.lock().expect("reboot watch") = Some(self.boot_watch());
         self.conn()?
-            .release_reboot(dep8_core::reboot::RELEASE_PREPARED)
+            .release_reboot(dep8_testbed::RELEASE_PREPARED)
             .await
     }
 
     async fn await_reboot(&mut self) -> Result<()> {
-        let rebooted = self.conn_mut()?.await_reboot().await;
-        self.with_console(rebooted)?;
-        self.attach_baseimage().await
+        let watch = self.reboot_watch.get_mut().expect("reboot watch").take();
+        let mut watch = watch.unwrap_or_else(|| self.boot_watch());
+        self.after_reboot(&mut watch).await
     }
 
     async fn close(&mut self) -> Result<()> {
+        // With --timeout-poweroff the connection stays up for `poweroff`
+        // (stop_vm), and what runs in the guest ends with it.
         let closed = match self.conn.as_mut() {
-            Some(conn) => conn.close().await,
-            None => Ok(()),
+            Some(conn) if self.args.timeout_poweroff.is_none() => conn.close().await,
+            _ => Ok(()),
         };
         self.stop_vm().await;
         closed
     }
 }
+
+/// `dep8 image update` for a qemu image: boots it (on an overlay, as every
+/// run does), runs `script` as root in the guest with its output sent to
+/// `tap`, powers the guest off so that its filesystems are clean, and
+/// commits the overlay into the image. The image is left as it was when
+/// anything fails.
+pub async fn update_image(image: &Path, script: &str, tap: Tap) -> Result<()> {
+    let words = [
+        image.to_string_lossy().into_owned(),
+        "--revert".into(),
+        "boot".into(),
+    ];
+    let mut tb = QemuTestbed::open(parse_args(words)?).await?;
+    let output = Output {
+        tap: Some(tap),
+        ..Default::default()
+    };
+    let req = ExecRequest::shell(script)
+        .stdout(output.clone())
+        .stderr(output);
+    let updated = tb.exec(req).await;
+    let failed = match updated {
+        Ok(out) if out.status.success() => None,
+        Ok(out) => Some(format!(
+            "the update exited with status {}",
+            out.status.code()
+        )),
+        Err(e) => Some(e.to_string()),
+    };
+    if let Some(why) = failed {
+        tb.close().await.ok();
+        return Err(TestbedError::Failure(why));
+    }
+    // A clean power-off: nothing of the guest's page cache is lost.
+    tb.args.timeout_poweroff = Some(POWEROFF_FOR_UPDATE.as_secs());
+    if !tb.stop_vm().await {
+        return Err(TestbedError::Failure(format!(
+            "the updated guest did not power off within {} s: {} is unchanged",
+            POWEROFF_FOR_UPDATE.as_secs(),
+            image.display()
+        )));
+    }
+    host_command(
+        "qemu-img",
+        &[
+            OsStr::new("commit"),
+            OsStr::new("-q"),
+            tb.overlay.as_os_str(),
+        ],
+    )
+}
+
+/// How long an updated guest may take to power off.
+const POWEROFF_FOR_UPDATE: Duration = Duration::from_secs(120);
 
 /// Makes the testbed's ssh keys in `dir`: a client key pair (`id_ed25519`)
 /// and the guest's host key pair (`ssh_host_ed25519_key`), and a
@@ -1039,6 +1126,21 @@ fn image_format(image: &Path) -> std::io::Result<&'static str> {
     } else {
         "raw"
     })
+}
+
+/// The firmware to boot with: UEFI's (OVMF) or `None` for QEMU's BIOS.
+/// As asked (`--boot`, `--efi`), else as the image's first sectors say
+/// (`disk`, when the image's own boot loader boots): BIOS when the MBR has
+/// boot code, UEFI when there is only an EFI system partition. A disk
+/// with both (dep8's images, most cloud images) boots by BIOS: SeaBIOS
+/// starts in a fraction of the time OVMF takes under emulation.
+fn firmware_for(args: &Args, disk: Option<&DiskBoot>) -> Option<PathBuf> {
+    let efi = match (args.efi, args.boot) {
+        (true, _) | (_, Some(BootMode::Efi)) => true,
+        (_, Some(BootMode::Bios | BootMode::None)) => false,
+        _ => disk.is_some_and(|d| d.esp && !d.mbr_code),
+    };
+    efi.then(|| PathBuf::from(OVMF))
 }
 
 /// The kernel and initrd the image is booted with, or its boot loader.
@@ -1113,15 +1215,15 @@ fn not_running() -> TestbedError {
     TestbedError::Failure("the VM is not running".into())
 }
 
-/// The last `lines` lines of a log file, for error messages.
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn available_memory_is_read_from_meminfo() {
+        let info = "MemTotal:       16314532 kB\nMemFree:  100 kB\nMemAvailable:    8157266 kB\n";
+        assert_eq!(super::mem_available_kb(info), Some(8157266));
+        assert_eq!(super::mem_available_kb("MemTotal: 1 kB\n"), None);
+    }
+
     use super::*;
 
     #[test]
@@ -1202,6 +1304,30 @@ mod tests {
         // An exact long option wins over a longer one it is a prefix of.
         let a = parse(&["--cpu", "host", "img"]).unwrap().unwrap();
         assert_eq!((a.cpu.as_deref(), a.cpus), (Some("host"), 1));
+    }
+
+    /// BIOS for a disk whose MBR has boot code (with or without an ESP),
+    /// UEFI for one with only an ESP; `--boot`/`--efi` win.
+    #[test]
+    fn firmware_follows_the_disk_unless_told() {
+        let args = |words: &[&str]| Args::try_parse_from(words).unwrap();
+        let disk = |mbr_code, esp| DiskBoot { mbr_code, esp };
+        let uefi = Some(PathBuf::from(OVMF));
+        let img = args(&["img"]);
+        assert_eq!(firmware_for(&img, Some(&disk(true, true))), None);
+        assert_eq!(firmware_for(&img, Some(&disk(false, true))), uefi);
+        assert_eq!(firmware_for(&img, Some(&disk(false, false))), None);
+        assert_eq!(firmware_for(&img, None), None, "a kernel boots by BIOS");
+        let auto = args(&["--boot", "auto", "img"]);
+        assert_eq!(firmware_for(&auto, Some(&disk(false, true))), uefi);
+        for efi in [&["--efi", "img"][..], &["--boot", "efi", "img"]] {
+            assert_eq!(firmware_for(&args(efi), Some(&disk(true, true))), uefi);
+            assert_eq!(firmware_for(&args(efi), None), uefi);
+        }
+        for bios in ["bios", "none"] {
+            let a = args(&["--boot", bios, "img"]);
+            assert_eq!(firmware_for(&a, Some(&disk(false, true))), None);
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! and events is a failure mode dep8 does not need, and the generated crate
 //! is large to build.
 
-use dep8_core::testbed::{Result, TestbedError};
+use dep8_testbed::{Result, TestbedError};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::path::Path;

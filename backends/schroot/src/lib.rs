@@ -19,17 +19,27 @@
 
 use async_trait::async_trait;
 use clap::Parser;
-use dep8_core::capability::{BaseImage, BaseImageKind, Capabilities, Capability};
-use dep8_core::exec::{
-    copy_down_via_exec, copy_up_via_exec, host_copy, host_output, in_testbed_argv, run_local,
+use dep8_testbed::capability::{BaseImage, BaseImageKind, Capabilities, Capability};
+use dep8_testbed::exec::{
+    copy_down_via_exec, copy_up_via_exec, host_copy, host_output, host_output_within,
+    in_testbed_argv, run_local,
 };
-use dep8_core::testbed::{Backend, ExecOutcome, ExecRequest, Result, Testbed, TestbedError};
+use dep8_testbed::{Backend, ExecOutcome, ExecRequest, Result, Testbed, TestbedError};
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 /// Where the base image appears inside the session with `--baseimage`.
 pub const BASEIMAGE_PATH: &str = "/run/dep8/baseimage";
+
+/// Where schroot keeps a file for every session that has begun and not ended.
+const SESSION_DIR: &str = "/var/lib/schroot/session";
+
+/// How long dep8 waits for `schroot --begin-session` or `--end-session`
+/// (seconds under load, usually). Past it, the command is left running and
+/// the run's leftovers to a later sweep, so that a hung set-up script does
+/// not keep dep8 from ending.
+const SESSION_LIMIT: Duration = Duration::from_secs(180);
 
 /// schroot reports every signal death of its command as exit 1. This
 /// wrapper runs the command in a subshell so that the shell reports it as
@@ -62,6 +72,20 @@ impl Backend for SchrootBackend {
         let mut caps = self.capabilities_hint();
         caps.retain(|c| baseimage || *c != Capability::BaseImage);
         caps
+    }
+
+    /// The arguments, and the chroot: known to schroot, and ephemeral.
+    fn check_args(&self, args: &[String]) -> Result<()> {
+        ChrootConfig::read(&Options::parse(args)?.chroot)?.check_ephemeral()
+    }
+
+    /// Every open is another session of the same chroot, unless the
+    /// session's name is given (`--session-id`): then two would clash.
+    fn max_testbeds(&self, args: &[String]) -> usize {
+        match Options::parse(args) {
+            Ok(opts) if opts.session_id.is_none() => usize::MAX,
+            _ => 1,
+        }
     }
 
     async fn open(&self, args: &[String]) -> Result<Box<dyn Testbed>> {
@@ -216,13 +240,19 @@ struct Session {
     scratch_host: PathBuf,
     /// The base image's mount point on the host, while mounted.
     baseimage: Option<PathBuf>,
+    /// The scratch dir as the host sees it outside the session, where the
+    /// session shares its parent with the host (the default profile
+    /// bind-mounts the host's /tmp): it outlives a session ended from
+    /// outside, and a dead dep8 (recorded for the sweep).
+    shared_scratch: Option<PathBuf>,
 }
 
 impl Session {
     /// Begins a session `name` of `chroot` with, given `baseimage`, that
     /// directory mounted read-only at [`BASEIMAGE_PATH`]. Blocking.
     fn begin(chroot: &str, name: &str, baseimage: Option<&Path>) -> Result<Session> {
-        let id = host_output(
+        dep8_testbed::leftovers::record_schroot_session(name);
+        let id = host_output_within(
             "schroot",
             &[
                 "--quiet",
@@ -232,7 +262,9 @@ impl Session {
                 "--session-name",
                 name,
             ],
-        )?
+            SESSION_LIMIT,
+        )
+        .map_err(|e| begin_failure(name, e))?
         .trim()
         .to_string();
         // From here on, dropping the session ends it.
@@ -241,6 +273,7 @@ impl Session {
             location: PathBuf::new(),
             scratch_host: PathBuf::new(),
             baseimage: None,
+            shared_scratch: None,
         };
         let location = host_output(
             "schroot",
@@ -279,6 +312,10 @@ impl Session {
                 .map_err(fail)?
                 .keep(),
         };
+        self.shared_scratch = shared_with_host(&self.location, &self.scratch());
+        if let Some(path) = &self.shared_scratch {
+            dep8_testbed::leftovers::record_path(path);
+        }
         // Not world-writable: the runner gives it to the normal user
         // (autopkgtest 5.48's downtmp).
         std::fs::set_permissions(&self.scratch_host, std::fs::Permissions::from_mode(0o755))
@@ -318,15 +355,47 @@ impl Session {
             kill_processes_in(&self.location);
         }
         let scratch = std::mem::take(&mut self.scratch_host);
-        if scratch.as_os_str().is_empty() {
-            return Ok(());
+        // Gone with the session's mounts if it was ended from outside.
+        let shared = self.shared_scratch.take().filter(|s| s.exists());
+        for dir in [scratch].into_iter().chain(shared) {
+            if dir.as_os_str().is_empty() {
+                continue;
+            }
+            match std::fs::remove_dir_all(&dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(TestbedError::failure(
+                        format!("removing {}", dir.display()),
+                        e,
+                    ))
+                }
+                _ => {}
+            }
         }
-        match std::fs::remove_dir_all(&scratch) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(TestbedError::failure(
-                format!("removing {}", scratch.display()),
-                e,
-            )),
-            _ => Ok(()),
+        Ok(())
+    }
+
+    /// Whether the session was ended, or is being ended, behind dep8's
+    /// back (`schroot --end-session` from outside): schroot keeps a file
+    /// per session in [`SESSION_DIR`] and removes it last, after its
+    /// `setup-stop` scripts killed what ran in the session. Never so where
+    /// that dir is missing (cannot tell).
+    fn ended_elsewhere(&self) -> bool {
+        let dir = Path::new(SESSION_DIR);
+        if self.id.is_empty() || !dir.is_dir() {
+            return false;
+        }
+        !dir.join(&self.id).exists() || being_ended(&self.id)
+    }
+
+    /// Waits (up to ten seconds) for a session being ended elsewhere to be
+    /// gone.
+    fn wait_ended(&self) {
+        let file = Path::new(SESSION_DIR).join(&self.id);
+        for _ in 0..100 {
+            if !file.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -349,15 +418,25 @@ impl Session {
         // schroot sometimes fails with EBUSY while the kernel lets go of
         // the session's mounts; autopkgtest retries too.
         let mut ended = Err(TestbedError::Failure(String::new()));
+        if self.ended_elsewhere() {
+            tracing::info!("schroot session {} was ended elsewhere", self.id);
+            self.wait_ended();
+            ended = Ok(String::new());
+        }
         for attempt in 0..5 {
+            if ended.is_ok() {
+                break;
+            }
             if attempt > 0 {
                 std::thread::sleep(Duration::from_millis(200 * attempt));
             }
-            ended = host_output(
+            ended = host_output_within(
                 "schroot",
                 &["--quiet", "--end-session", "--chroot", &self.id],
+                SESSION_LIMIT,
             );
-            if ended.is_ok() {
+            if dep8_testbed::leftovers::kept_for_sweep() {
+                // Hung (this try or an earlier one): the sweep retries.
                 break;
             }
         }
@@ -366,6 +445,70 @@ impl Session {
         }
         self.id.clear();
         failures(errors)
+    }
+}
+
+/// The host's own path of the testbed path `scratch` when the session at
+/// `location` shares its parent dir with the host (the same dir on both
+/// sides, as /tmp under schroot's default profile).
+fn shared_with_host(location: &Path, scratch: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let host = PathBuf::from(scratch);
+    let parent = host.parent()?;
+    let inside =
+        std::fs::metadata(resolve_in_root(location, &parent.to_string_lossy()).ok()?).ok()?;
+    let outside = std::fs::metadata(parent).ok()?;
+    (inside.dev() == outside.dev() && inside.ino() == outside.ino()).then_some(host)
+}
+
+/// Whether schroot is ending session `id` now: a process runs its
+/// `setup-stop` scripts for it, or is the `schroot --end-session` (`-e`)
+/// that runs them. Only processes in dep8's mount namespace count: in
+/// another one (a container, a fleet test's machine), a session of the same
+/// name is another session.
+fn being_ended(id: &str) -> bool {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    let namespace = |proc: &Path| std::fs::read_link(proc.join("ns/mnt")).ok();
+    let Some(ours) = namespace(Path::new("/proc/self")) else {
+        return false;
+    };
+    let session = format!("SESSION_ID={id}\0");
+    let names = [id.to_string(), format!("session:{id}")];
+    procs.flatten().any(|p| {
+        if namespace(&p.path()).as_ref() != Some(&ours) {
+            return false;
+        }
+        let read = |what: &str| std::fs::read(p.path().join(what)).unwrap_or_default();
+        let environ = read("environ");
+        let has = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+        if has(&environ, session.as_bytes()) && has(&environ, b"STAGE=setup-stop\0") {
+            return true;
+        }
+        let cmdline = read("cmdline");
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        let ending = args.iter().any(|a| *a == b"-e" || *a == b"--end-session");
+        ending
+            && args
+                .iter()
+                .any(|a| names.iter().any(|n| *a == n.as_bytes()))
+    })
+}
+
+/// A failed `schroot --begin-session` of session `name`. With `--quiet`,
+/// schroot says nothing when the name is taken: say it.
+fn begin_failure(name: &str, e: TestbedError) -> TestbedError {
+    let taken = host_output("schroot", &["--list", "--all-sessions"])
+        .is_ok_and(|list| list.lines().any(|l| l == format!("session:{name}")));
+    if taken {
+        TestbedError::Failure(format!(
+            "{}; a schroot session named {name} already exists (`schroot --end-session \
+             --chroot {name}` ends it)",
+            reason(e)
+        ))
+    } else {
+        e
     }
 }
 
@@ -397,10 +540,16 @@ impl Drop for Session {
 /// SIGKILLs every process whose root directory is `root` (what tests left
 /// running), until none is left. schroot's own clean-up at the session's
 /// end does the same, but waits a second or more per process.
+///
+/// The root is compared by device and inode, not by path: a session of the
+/// same name in another mount namespace (another container or machine on
+/// this kernel, a fleet test's worker) has the same path and a different
+/// root, and its processes are not ours to kill.
 fn kill_processes_in(root: &Path) {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
-    let Ok(root) = root.canonicalize() else {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(root) = std::fs::metadata(root).map(|m| (m.dev(), m.ino())) else {
         return;
     };
     for _ in 0..10 {
@@ -410,7 +559,10 @@ fn kill_processes_in(root: &Path) {
         let victims: Vec<i32> = procs
             .flatten()
             .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|pid| std::fs::read_link(format!("/proc/{pid}/root")).is_ok_and(|r| r == root))
+            .filter(|pid| {
+                std::fs::metadata(format!("/proc/{pid}/root"))
+                    .is_ok_and(|m| (m.dev(), m.ino()) == root)
+            })
             .collect();
         if victims.is_empty() {
             return;
@@ -672,7 +824,17 @@ impl Testbed for SchrootTestbed {
         }
         argv.extend(["--", "sh", "-c", SIGNAL_WRAPPER, "sh"].map(String::from));
         argv.extend(in_testbed_argv(&req));
-        run_local(&argv, req).await
+        let outcome = run_local(&argv, req).await?;
+        // A session ended under the command kills it (or schroot finds no
+        // session): the testbed is gone, not the command at fault.
+        if !outcome.status.success() && session.ended_elsewhere() {
+            return Err(TestbedError::Failure(format!(
+                "the schroot session {} was ended while dep8 used it \
+                 (schroot --end-session from outside dep8?)",
+                session.id
+            )));
+        }
+        Ok(outcome)
     }
 
     async fn copy_down(&self, host: &Path, testbed_path: &str) -> Result<()> {

@@ -2,7 +2,7 @@
 //! scripts/bench-ssh. Usage: exec-latency HOST PORT KEY KNOWN_HOSTS [N]
 
 use dep8_backend_ssh::{SshConnection, SshTarget};
-use dep8_core::testbed::ExecRequest;
+use dep8_testbed::ExecRequest;
 use std::time::Instant;
 
 #[tokio::main]

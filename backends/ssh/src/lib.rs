@@ -45,8 +45,9 @@ pub mod transport;
 
 use async_trait::async_trait;
 use clap::Parser;
-use dep8_core::capability::{Capabilities, Capability};
-use dep8_core::testbed::{Backend, ExecOutcome, ExecRequest, Result, Testbed, TestbedError};
+use dep8_testbed::capability::{Capabilities, Capability};
+use dep8_testbed::leftovers::Undo;
+use dep8_testbed::{Backend, ExecOutcome, ExecRequest, Result, Testbed, TestbedError};
 use setup::SetupScript;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -151,10 +152,18 @@ impl Backend for SshBackend {
         }
     }
 
+    /// The arguments, and a host (from -H, or a setup script to come).
+    fn check_args(&self, args: &[String]) -> Result<()> {
+        let args = parse_args(args)?;
+        check_password(&args)?;
+        match args.setup_script {
+            Some(_) => Ok(()),
+            None => target(&args, &BTreeMap::new()).map(drop),
+        }
+    }
+
     async fn open(&self, args: &[String]) -> Result<Box<dyn Testbed>> {
-        let args =
-            Args::try_parse_from(args).map_err(|e| TestbedError::Usage(e.render().to_string()))?;
-        Ok(Box::new(SshTestbed::open(args).await?))
+        Ok(Box::new(SshTestbed::open(parse_args(args)?).await?))
     }
 }
 
@@ -167,17 +176,29 @@ pub struct SshTestbed {
     conn: SshConnection,
     caps: Capabilities,
     scratch: String,
+    /// The sweep's command for the scratch dir, while it exists.
+    scratch_undo: Option<Undo>,
+}
+
+fn parse_args(args: &[String]) -> Result<Args> {
+    Args::try_parse_from(args).map_err(|e| TestbedError::Usage(e.render().to_string()))
+}
+
+/// Refuses `-P/--password`.
+fn check_password(args: &Args) -> Result<()> {
+    match args.password {
+        Some(_) => Err(TestbedError::Usage(
+            "-P/--password: sudo passwords are not supported; log in as root, or give the \
+             login passwordless sudo (dep8 uses `sudo -n`)"
+                .into(),
+        )),
+        None => Ok(()),
+    }
 }
 
 impl SshTestbed {
     async fn open(args: Args) -> Result<Self> {
-        if args.password.is_some() {
-            return Err(TestbedError::Usage(
-                "-P/--password: sudo passwords are not supported; log in as root, or give the \
-                 login passwordless sudo (dep8 uses `sudo -n`)"
-                    .into(),
-            ));
-        }
+        check_password(&args)?;
         let declared = declared_capabilities(&args);
         if declared.has(Capability::Revert) && args.setup_script.is_none() {
             return Err(TestbedError::Usage(
@@ -213,6 +234,7 @@ impl SshTestbed {
         let mut tb = SshTestbed {
             caps: Capabilities::default(),
             scratch: String::new(),
+            scratch_undo: None,
             args,
             script,
             config,
@@ -228,7 +250,7 @@ impl SshTestbed {
             );
         }
         match tb.conn.create_scratch().await {
-            Ok(scratch) => tb.scratch = scratch,
+            Ok((scratch, undo)) => (tb.scratch, tb.scratch_undo) = (scratch, undo),
             Err(e) => {
                 // Best effort: the error that matters is the first one.
                 let _ = tb.close().await;
@@ -372,6 +394,7 @@ fn target(args: &Args, config: &BTreeMap<String, String>) -> Result<SshTarget> {
     t.known_hosts = args.known_hosts.clone();
     t.accept_new_host_key = args.accept_new_host_key;
     t.connect_timeout = Duration::from_secs(args.timeout_ssh);
+    t.outlives_dep8 = true;
     Ok(t)
 }
 
@@ -437,7 +460,7 @@ impl Testbed for SshTestbed {
             return Err(TestbedError::Unsupported("reboot"));
         }
         self.conn
-            .release_reboot(dep8_core::reboot::RELEASE_PREPARED)
+            .release_reboot(dep8_testbed::RELEASE_PREPARED)
             .await
     }
 
@@ -458,7 +481,12 @@ impl Testbed for SshTestbed {
                     "removing {dir}: {}",
                     out.stderr_text().trim()
                 ))),
-                Ok(_) => Ok(()),
+                Ok(_) => {
+                    if let Some(undo) = self.scratch_undo.take() {
+                        undo.done();
+                    }
+                    Ok(())
+                }
                 Err(e) => Err(e),
             },
         };

@@ -5,8 +5,8 @@
 //! `identity`, `options` (raw ssh arguments), `capabilities`, `extraopts`
 //! (handed back to every later command), `password`.
 
-use dep8_core::exec::run_local;
-use dep8_core::testbed::{ExecRequest, Result, TestbedError};
+use dep8_testbed::exec::run_local;
+use dep8_testbed::{ExecRequest, Result, TestbedError};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

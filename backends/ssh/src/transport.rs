@@ -17,14 +17,20 @@
 //! - a command exiting 255 leaves a marker, so a real 255 is told apart from
 //!   ssh's 255 (transport failure, [`TestbedError::Failure`]).
 //!
-//! The remote machine needs a POSIX `sh`, `setsid` (util-linux) and
-//! `mktemp`. A process that leaves the command's session (a daemon started
-//! without systemd) and keeps its stdout open keeps the command from ending
-//! until its timeout; autopkgtest's ssh wrapper hunts such processes down
+//! The remote machine needs a POSIX `sh` and `setsid` (util-linux). A
+//! process that leaves the command's session (a daemon started without
+//! systemd) and keeps its stdout open keeps the command from ending until
+//! its timeout; autopkgtest's ssh wrapper hunts such processes down
 //! through /proc on every command, which dep8 does not pay for.
+//!
+//! The dirs dep8 makes there (the control dir, the scratch dir) are named
+//! on this side, so that on a machine that outlives dep8 the command that
+//! removes them is noted for the sweep before they exist
+//! ([`SshTarget::outlives_dep8`]).
 
-use dep8_core::exec::{copy_down_via_exec, copy_up_via_exec, in_testbed_argv, run_local, Exec};
-use dep8_core::testbed::{ExecOutcome, ExecRequest, ExitStatus, Result, TestbedError};
+use dep8_testbed::exec::{copy_down_via_exec, copy_up_via_exec, in_testbed_argv, run_local, Exec};
+use dep8_testbed::leftovers::{self, Undo};
+use dep8_testbed::{ExecOutcome, ExecRequest, ExitStatus, Result, TestbedError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -56,6 +62,11 @@ pub struct SshTarget {
     /// from a snapshot wakes up with the snapshot's time). Needs root (as
     /// the login or through `sudo -n`).
     pub sync_clock: bool,
+    /// The machine outlives dep8 (it is no VM that dies with it): before
+    /// each dir dep8 makes there, the command that removes it is noted for
+    /// the sweep ([`leftovers::record_undo`]), so that a SIGKILL of dep8
+    /// does not leave it behind.
+    pub outlives_dep8: bool,
 }
 
 impl SshTarget {
@@ -70,6 +81,7 @@ impl SshTarget {
             accept_new_host_key: false,
             connect_timeout: Duration::from_secs(300),
             sync_clock: false,
+            outlives_dep8: false,
         }
     }
 
@@ -128,9 +140,20 @@ const KILL_ALL: &str = r#"for f in "$1"/*.pid; do
 done
 rm -rf -- "$1""#;
 
+/// Runs `sh -c "$@"` as root where the login can (it is root, or has
+/// `sudo -n`), else as the login: for the commands a sweep runs, noted
+/// before the connection knows how it gets root.
+const AS_ROOT_IF_ABLE: &str = r#"if [ "$(id -u)" != 0 ] && sudo -n true 2>/dev/null; then exec sudo -n sh -c "$@"; fi
+exec sh -c "$@""#;
+
+/// Removes dir `$1`.
+const REMOVE_DIR: &str = r#"rm -rf -- "$1""#;
+
 /// Prints the uid, the boot id, how root is had (`root`, `sudo`,
-/// `nosudo`), and the control dir: `$1` (re)created, or a new one. With
-/// `$2` (seconds since the epoch), also sets the clock to it. As few
+/// `nosudo`), and the control dir `$1`: made (it must not exist yet: its
+/// name was chosen on this side, see [`remote_name`]), or with `$3` =
+/// `again` remade if a reboot removed it. With `$2` (seconds since the
+/// epoch), also sets the clock to it. As few
 /// processes as possible: each costs under emulation.
 const HELLO: &str = r#"u=$(id -u)
 if [ "$u" = 0 ]; then r=root; elif sudo -n true >/dev/null 2>&1; then r=sudo; else r=nosudo; fi
@@ -139,7 +162,7 @@ if [ -n "$2" ]; then
 fi
 read b < /proc/sys/kernel/random/boot_id
 echo "$u"; echo "$b"; echo "$r"
-if [ -n "$1" ]; then mkdir -p -m 700 "$1" && echo "$1"; else mktemp -d /tmp/dep8-jobs.XXXXXXXX; fi"#;
+if [ "$3" = again ]; then mkdir -p -m 700 "$1"; else mkdir -m 700 "$1"; fi && echo "$1""#;
 
 /// Kills a remote job when dropped still armed (its command's future was
 /// dropped before the command ended): runs the ssh command it holds in the
@@ -172,6 +195,8 @@ pub struct SshConnection {
     root: Root,
     boot_id: String,
     next_job: AtomicU64,
+    /// The sweep's command for the control dir, while it exists.
+    remote_dir_undo: Option<Undo>,
 }
 
 impl SshConnection {
@@ -192,6 +217,7 @@ impl SshConnection {
             root: Root::None,
             boot_id: String::new(),
             next_job: AtomicU64::new(0),
+            remote_dir_undo: None,
         };
         conn.reconnect(None).await?;
         Ok(conn)
@@ -297,23 +323,41 @@ impl SshConnection {
 
     /// Makes a new scratch dir (mode 0755: the runner decides who else may
     /// write there) under /var/tmp, which survives a reboot, unlike /tmp.
-    pub async fn create_scratch(&self) -> Result<String> {
+    /// Returns it with the sweep's command that removes it (see
+    /// [`SshTarget::outlives_dep8`]): [`Undo::done`] once it is removed.
+    pub async fn create_scratch(&self) -> Result<(String, Option<Undo>)> {
+        let dir = remote_name("/var/tmp/dep8.")?;
+        let undo = self.note_undo(REMOVE_DIR, &dir);
         let out = self
-            .exec(
-                ExecRequest::shell(
-                    "d=$(mktemp -d /var/tmp/dep8.XXXXXXXX) && chmod 755 \"$d\" && echo \"$d\"",
-                )
-                .capture(),
-            )
+            .exec(ExecRequest::new(["mkdir", "-m", "755", &dir]).capture())
             .await?;
         if !out.status.success() {
+            // Not made, so not ours: the sweep must not remove it.
+            if let Some(undo) = undo {
+                undo.done();
+            }
             return Err(TestbedError::Failure(format!(
                 "creating a scratch dir on {}: {}",
                 self.target.display(),
                 out.stderr_text().trim()
             )));
         }
-        Ok(out.stdout_text().trim().to_string())
+        Ok((dir, undo))
+    }
+
+    /// Notes (where the machine outlives dep8) the command that runs
+    /// `script` with `dir` over a new connection with this one's options,
+    /// as root where it can: [`leftovers::record_undo`].
+    fn note_undo(&self, script: &str, dir: &str) -> Option<Undo> {
+        if !self.target.outlives_dep8 {
+            return None;
+        }
+        let remote = ["sh", "-c", AS_ROOT_IF_ABLE, "sh", script, "sh", dir].map(String::from);
+        // Its own connection: the master is gone by then.
+        let mut argv = self.common_argv("none");
+        argv.extend(["-T", "--", &self.target.host].map(String::from));
+        argv.push(format!("exec {}", shell_words::join(remote)));
+        Some(leftovers::record_undo(&argv))
     }
 
     /// Asks the machine to reboot; the connection drops. Follow with
@@ -379,6 +423,10 @@ impl SshConnection {
     /// reports another boot id (it went down and came back).
     async fn reconnect(&mut self, old_boot_id: Option<&str>) -> Result<()> {
         self.stop_master().await;
+        if self.remote_dir.is_empty() {
+            self.remote_dir = remote_name("/tmp/dep8-jobs.")?;
+            self.remote_dir_undo = self.note_undo(KILL_ALL, &self.remote_dir);
+        }
         // A limit past the end of time (a huge --timeout-ssh) is none.
         let deadline = Instant::now()
             .checked_add(self.target.connect_timeout)
@@ -389,7 +437,6 @@ impl SshConnection {
                 Ok(hello) if Some(hello.boot_id.as_str()) != old_boot_id => {
                     self.boot_id = hello.boot_id;
                     self.root = hello.root;
-                    self.remote_dir = hello.dir;
                     return Ok(());
                 }
                 // Still the old boot: the machine has not gone down yet.
@@ -427,7 +474,12 @@ impl SshConnection {
                 .capture()
                 .timeout(Duration::from_secs(60));
             result = match run_local(&argv, req).await {
-                Ok(out) if out.status.success() => Ok(()),
+                Ok(out) if out.status.success() => {
+                    if let Some(undo) = self.remote_dir_undo.take() {
+                        undo.done();
+                    }
+                    Ok(())
+                }
                 Ok(out) => Err(TestbedError::Failure(format!(
                     "removing {} on {}: {}",
                     self.remote_dir,
@@ -462,9 +514,9 @@ impl SshConnection {
         self.local.path().join("master.log")
     }
 
-    /// The options every ssh invocation (master and clients) shares, up to
-    /// and including the host.
-    fn common_argv(&self) -> Vec<String> {
+    /// The options every ssh invocation (master and clients) shares, with
+    /// `control_path` (`-S`).
+    fn common_argv(&self, control_path: &str) -> Vec<String> {
         let t = &self.target;
         let mut argv = vec!["ssh".to_string()];
         argv.extend(t.ssh_args.iter().cloned());
@@ -475,7 +527,7 @@ impl SshConnection {
         };
         argv.extend([
             "-S".into(),
-            self.control_socket().to_string_lossy().into_owned(),
+            control_path.into(),
             "-o".into(),
             "BatchMode=yes".into(),
             "-o".into(),
@@ -494,7 +546,7 @@ impl SshConnection {
         if let Some(file) = known_hosts {
             argv.extend([
                 "-o".into(),
-                format!("UserKnownHostsFile={}", file.display()),
+                format!("UserKnownHostsFile={}", ssh_option_path(file)),
             ]);
         }
         if let Some(port) = t.port {
@@ -504,14 +556,18 @@ impl SshConnection {
             argv.extend(["-l".into(), login.clone()]);
         }
         if let Some(key) = &t.identity {
-            argv.extend(["-i".into(), key.to_string_lossy().into_owned()]);
+            // Not `-i`: ssh checks that path before expanding its `%%`.
+            argv.extend([
+                "-o".into(),
+                format!("IdentityFile={}", ssh_option_path(key)),
+            ]);
         }
         argv
     }
 
     /// `ssh ... -T -o ControlMaster=no HOST 'exec REMOTE...'`.
     fn client_argv(&self, remote: &[String]) -> Vec<String> {
-        let mut argv = self.common_argv();
+        let mut argv = self.common_argv(&ssh_path(&self.control_socket()));
         argv.extend(["-T", "-o", "ControlMaster=no", "--", &self.target.host].map(String::from));
         argv.push(format!("exec {}", shell_words::join(remote)));
         argv
@@ -562,7 +618,7 @@ impl SshConnection {
     async fn try_master(&mut self) -> Result<(), String> {
         let log_path = self.master_log();
         let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
-        let mut argv = self.common_argv();
+        let mut argv = self.common_argv(&ssh_path(&self.control_socket()));
         argv.extend(
             [
                 "-M",
@@ -582,7 +638,8 @@ impl SshConnection {
             .stderr(log)
             .process_group(0)
             .kill_on_drop(true);
-        dep8_core::leftovers::tag(cmd.as_std_mut());
+        dep8_testbed::leftovers::tag(cmd.as_std_mut());
+        dep8_testbed::leftovers::die_with_dep8(cmd.as_std_mut());
         let mut child = cmd.spawn().map_err(|e| format!("cannot run ssh: {e}"))?;
         let socket = self.control_socket();
         let started = Instant::now();
@@ -663,10 +720,11 @@ impl SshConnection {
         } else {
             String::new()
         };
-        let remote = ["sh", "-c", HELLO, "sh", &self.remote_dir, &now].map(String::from);
+        let again = if self.boot_id.is_empty() { "" } else { "again" };
+        let remote = ["sh", "-c", HELLO, "sh", &self.remote_dir, &now, again].map(String::from);
         let out = self.control("probing", remote.to_vec()).await?;
         let lines: Vec<&str> = out.lines().collect();
-        let [uid, boot_id, sudo, dir] = lines[..] else {
+        let [uid, boot_id, sudo, _dir] = lines[..] else {
             return Err(TestbedError::Failure(format!(
                 "unexpected reply from {}: {out:?}",
                 self.target.display()
@@ -680,7 +738,6 @@ impl SshConnection {
         Ok(Hello {
             boot_id: boot_id.to_string(),
             root,
-            dir: dir.to_string(),
         })
     }
 
@@ -716,15 +773,83 @@ impl SshConnection {
     }
 }
 
+/// A local path as ssh reads the file options it expands (`-S`,
+/// `IdentityFile`, `UserKnownHostsFile`): `%` doubled, so that it is no
+/// `%h`-style token, and made absolute, so that a leading `~` is no home
+/// dir.
+fn ssh_path(path: &Path) -> String {
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    path.to_string_lossy().replace('%', "%%")
+}
+
+/// [`ssh_path`] as the value of a `-o` option: ssh splits those on
+/// whitespace (`UserKnownHostsFile` takes several files), so it is
+/// double-quoted, with `\` and `"` escaped as ssh's argument splitter
+/// reads them.
+fn ssh_option_path(path: &Path) -> String {
+    let escaped = ssh_path(path).replace('\\', "\\\\").replace('"', "\\\"");
+    format!("\"{escaped}\"")
+}
+
 struct Hello {
     boot_id: String,
     root: Root,
-    dir: String,
+}
+
+/// `prefix` and 24 random hex digits: the name of a dir to make on the
+/// remote machine, chosen here so that the sweep's command for it can be
+/// noted before it is made (mktemp there would name it only after). Made
+/// with a plain `mkdir`, which fails rather than take over a dir that
+/// exists; the kernel's randomness makes the name unguessable.
+fn remote_name(prefix: &str) -> Result<String> {
+    let mut bytes = [0u8; 12];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| TestbedError::Failure(format!("naming a dir for the remote machine: {e}")))?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("{prefix}{hex}"))
 }
 
 #[async_trait::async_trait]
 impl Exec for SshConnection {
     async fn run(&self, req: ExecRequest) -> Result<ExecOutcome> {
         self.exec(req).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `ssh -G` (OpenSSH's own parser) makes of the paths as dep8
+    /// writes them: each one whole, spaces, quotes and `%` kept. (`-G`
+    /// shows IdentityFile before its expansion: the ssh tests log in with
+    /// such a key, tests/hostile_inputs.rs.)
+    #[test]
+    fn paths_reach_ssh_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let odd = dir.path().join("a b%h\"q\\x");
+        let known = odd.join("known hosts");
+        let socket = odd.join("ctl %r");
+        let out = std::process::Command::new("ssh")
+            .arg("-G")
+            .args([
+                "-o",
+                &format!("UserKnownHostsFile={}", ssh_option_path(&known)),
+            ])
+            .args(["-S", &ssh_path(&socket), "h"])
+            .output();
+        let Ok(out) = out else {
+            eprintln!("SKIP: no ssh (openssh-client)");
+            return;
+        };
+        let config = String::from_utf8_lossy(&out.stdout);
+        for (key, path) in [("userknownhostsfile", &known), ("controlpath", &socket)] {
+            let line = format!("{key} {}", path.display());
+            assert!(
+                config.lines().any(|l| l == line),
+                "no `{line}` in:\n{config}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
 }

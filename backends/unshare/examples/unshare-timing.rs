@@ -3,7 +3,7 @@
 //! Usage: unshare-timing TARBALL [REVERTS]
 
 use dep8_backend_unshare::{Options, Rootfs, UnshareTestbed};
-use dep8_core::testbed::{ExecRequest, Testbed};
+use dep8_testbed::{ExecRequest, Testbed};
 use std::time::{Duration, Instant};
 
 fn ms(d: Duration) -> String {

@@ -1,7 +1,7 @@
 # dep8's unshare holder: pid 1 of a testbed's pid namespace, inside its own
 # mount, uts, ipc (and by default net) namespaces. It mounts the testbed,
-# answers `revert` requests on stdin (one line each: `dep8-holder: ok` or
-# `dep8-holder: failed`), and on end of input (dep8 closed the testbed, or
+# answers `revert` and `commit` requests on stdin (one line each:
+# `dep8-holder: ok` or `dep8-holder: failed`), and on end of input (dep8 closed the testbed, or
 # died) kills everything, unmounts and removes DIR. Every mount lives in the
 # private mount namespace, so the host's mount table never changes.
 # A tarball is unpacked once into a tmpfs at DIR/lower (fast, and gone with
@@ -51,10 +51,13 @@ mkdir "$dir/dev" &&
 }
 
 # Everything mounted on a fresh overlay, in order, so that one `mount` call
-# does it all (a revert costs a handful of processes, not dozens).
+# does it all (a revert costs a handful of processes, not dozens). The
+# overlay's lower layers are $layers: the pristine rootfs under the upper
+# layers of every commit, newest first.
+layers=$lower
 fstab=$dir/fstab
-{
-    echo "dep8-root $(esc "$root") overlay lowerdir=$(esc "$lower"),upperdir=$(esc "$rw/upper"),workdir=$(esc "$rw/work") 0 0"
+write_fstab() {
+    echo "dep8-root $(esc "$root") overlay lowerdir=$(esc "$layers"),upperdir=$(esc "$rw/upper"),workdir=$(esc "$rw/work") 0 0"
     echo "proc $(esc "$root/proc") proc nosuid,nodev,noexec 0 0"
     if [ "$network" = host ] && ! grep -qE '^ *0 +0 +4294967295$' /proc/self/uid_map; then
         # In a user namespace (ours, or the one a nested dep8 runs in),
@@ -69,11 +72,14 @@ fstab=$dir/fstab
     if [ "$baseimage" = yes ]; then
         echo "$(esc "$lower") $(esc "$root/run/dep8/baseimage") none bind,ro,X-mount.mkdir 0 0"
     fi
+    set -- "${binds[@]}"
     while [ $# -ge 2 ]; do
         echo "$(esc "$1") $(esc "$root$2") none rbind,X-mount.mkdir 0 0"
         shift 2
     done
-} > "$fstab"
+}
+binds=("$@")
+write_fstab > "$fstab"
 
 # A fresh testbed: an empty tmpfs upper layer over the pristine lower one.
 up() {
@@ -118,6 +124,22 @@ kill_all() {
     done
 }
 
+# Makes the testbed's present state the base reverts return to: the upper
+# layer (without the scratch dir) becomes the top lower layer, its tmpfs
+# kept mounted, and the next upper layer is a new tmpfs at DIR/rwN.
+commits=0
+commit() {
+    kill_all &&
+        rm -rf "$root$scratch" &&
+        down_root &&
+        layers=$rw/upper:$layers &&
+        commits=$((commits + 1)) &&
+        rw=$dir/rw$commits &&
+        mkdir "$rw" &&
+        write_fstab > "$fstab" &&
+        up
+}
+
 # In a user namespace the submounts of an rbind (/sys with the host's
 # network) are locked to their parent: only a lazy detach of the whole tree
 # removes them.
@@ -127,6 +149,11 @@ down() {
     else
         umount -l "$root" && umount -l "$rw"
     fi
+}
+
+# Unmounts the testbed, keeping its upper layer's tmpfs.
+down_root() {
+    umount -R "$root" 2>/dev/null || umount -l "$root"
 }
 
 if [ "$network" = private ] && command -v ip >/dev/null; then
@@ -147,12 +174,20 @@ while read -r command; do
                 echo "dep8-holder: failed"
             fi
             ;;
+        commit)
+            if commit; then
+                echo "dep8-holder: ok"
+            else
+                echo "dep8-holder: failed"
+            fi
+            ;;
         *) echo "dep8-holder: failed: unknown request $command" ;;
     esac
 done
 kill_all
 umount -l "$root" 2>/dev/null
 umount -l "$rw" 2>/dev/null
+for kept in "$dir"/rw*; do umount -l "$kept" 2>/dev/null; done
 umount -R -l "$dir/dev"
 [ "$kind" = dir ] || umount -l "$lower"
 rm -rf --one-file-system "$dir"

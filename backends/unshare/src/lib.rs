@@ -15,7 +15,8 @@
 //!
 //! Revert asks the holder (a line on its stdin) to kill every other process
 //! of the pid namespace, unmount and mount again with an empty upper layer:
-//! nothing is unpacked again. Everything mounted lives in the private mount
+//! nothing is unpacked again. Commit (after the setup, so that reverts keep
+//! it) does the same, but keeps the upper layer as the top lower one. Everything mounted lives in the private mount
 //! namespace, so the host's mount table never changes; when dep8 closes the
 //! testbed or dies, the holder reads end-of-file, kills what is left,
 //! unmounts and removes the temp dir; a dropped testbed kills the holder,
@@ -34,9 +35,9 @@
 
 use async_trait::async_trait;
 use clap::Parser;
-use dep8_core::capability::{BaseImage, BaseImageKind, Capabilities, Capability};
-use dep8_core::exec::{copy_down_via_exec, copy_up_via_exec, in_testbed_argv, run_local};
-use dep8_core::testbed::{Backend, ExecOutcome, ExecRequest, Result, Testbed, TestbedError};
+use dep8_testbed::capability::{BaseImage, BaseImageKind, Capabilities, Capability};
+use dep8_testbed::exec::{copy_down_via_exec, copy_up_via_exec, in_testbed_argv, run_local};
+use dep8_testbed::{Backend, ExecOutcome, ExecRequest, Result, Testbed, TestbedError};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -147,6 +148,15 @@ impl Backend for UnshareBackend {
         let mut caps = self.capabilities_hint();
         caps.retain(|c| baseimage || *c != Capability::BaseImage);
         caps
+    }
+
+    fn check_args(&self, args: &[String]) -> Result<()> {
+        Options::parse(args).map(drop)
+    }
+
+    /// Every open is another overlay on the same rootfs.
+    fn max_testbeds(&self, _args: &[String]) -> usize {
+        usize::MAX
     }
 
     async fn open(&self, args: &[String]) -> Result<Box<dyn Testbed>> {
@@ -745,30 +755,41 @@ impl Testbed for UnshareTestbed {
         self.request("revert").await
     }
 
+    /// The upper layer becomes a lower one: a commit costs what a revert
+    /// does, and keeps the setup in RAM (the tmpfs it was written to).
+    async fn commit_base(&mut self) -> Result<bool> {
+        self.request("commit").await.map(|()| true)
+    }
+
+    /// Ends the holder's input and waits for it to clean up and exit,
+    /// polling: no thread is blocked on it and no lock is held across the
+    /// wait, so a close that is given up (a signal to dep8) leaves the
+    /// holder to [`Drop`], which kills it.
     async fn close(&mut self) -> Result<()> {
-        let holder = self.holder.clone();
-        let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut holder = holder
-                .lock()
-                .map_err(|_| TestbedError::Failure("unshare holder lock poisoned".into()))?;
-            // End of input: the holder kills, unmounts and removes `dir`.
-            holder.stdin = None;
-            let status = holder
-                .child
-                .wait()
-                .map_err(|e| TestbedError::failure("closing the unshare testbed", e))?;
-            remove_tree(&dir);
-            if status.success() {
-                Ok(())
-            } else {
-                Err(TestbedError::Failure(format!(
-                    "closing the unshare testbed: the holder exited with {status}"
-                )))
+        let what = "closing the unshare testbed";
+        let poisoned = || TestbedError::Failure("unshare holder lock poisoned".into());
+        // End of input: the holder kills, unmounts and removes `dir`.
+        self.holder.lock().map_err(|_| poisoned())?.stdin = None;
+        let status = loop {
+            let exited = self.holder.lock().map_err(|_| poisoned())?.child.try_wait();
+            match exited {
+                Ok(Some(status)) => break status,
+                Ok(None) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+                Err(e) => return Err(TestbedError::failure(what, e)),
             }
-        })
-        .await
-        .map_err(|e| TestbedError::failure("closing the unshare testbed", e))?
+        };
+        if let Err(e) = tokio::fs::remove_dir_all(&self.dir).await {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("removing {}: {e}", self.dir.display());
+            }
+        }
+        if status.success() {
+            Ok(())
+        } else {
+            Err(TestbedError::Failure(format!(
+                "{what}: the holder exited with {status}"
+            )))
+        }
     }
 }
 

@@ -4,14 +4,14 @@
 //! or reboot, and isolates nothing but the file system — like the
 //! `autopkgtest-virt-chroot` of old.
 //!
-//! Everything a backend needs beyond its own setup comes from dep8-core:
+//! Everything a backend needs beyond its own setup comes from dep8-testbed:
 //! `in_testbed_argv` (user, env, cwd), `run_local` (stdin/stdout/stderr,
 //! timeouts that kill the whole process group) and `host_copy`.
 
 use async_trait::async_trait;
-use dep8_core::capability::{Capabilities, Capability};
-use dep8_core::exec::{host_copy, in_testbed_argv, run_local};
-use dep8_core::testbed::{Backend, ExecOutcome, ExecRequest, Result, Testbed, TestbedError};
+use dep8_testbed::capability::{Capabilities, Capability};
+use dep8_testbed::exec::{host_copy, in_testbed_argv, run_local};
+use dep8_testbed::{Backend, ExecOutcome, ExecRequest, Result, Testbed, TestbedError};
 use std::path::{Path, PathBuf};
 
 /// The backend: a name, what it can offer, and how to open a testbed.

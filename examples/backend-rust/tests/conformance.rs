@@ -1,8 +1,9 @@
 //! The example backend passes the same conformance suite as the built-in
 //! ones, on a root filesystem unpacked from the CI rootfs tarball.
 
-use dep8_conformance::{format_verdicts, required_resource, run_all, Verdict};
-use dep8_core::testbed::Testbed;
+use dep8_conformance::{format_verdicts, run_all, Verdict};
+use dep8_testbed::Testbed;
+use dep8_tests::required_resource;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn chroot_backend_conforms() {

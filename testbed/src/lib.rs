@@ -1,5 +1,19 @@
-//! The [`Backend`] and [`Testbed`] traits every runner implements, and the
-//! types they exchange.
+//! dep8-testbed: the testbed contract, and all a backend depends on.
+//!
+//! - the [`Backend`] and [`Testbed`] traits every runner implements, and the
+//!   types they exchange ([`ExecRequest`], [`ExecOutcome`], ...);
+//! - [`capability`]: what a testbed offers;
+//! - [`exec`]: the process plumbing shared by every backend that runs
+//!   commands through a local program, and the copy helpers;
+//! - [`leftovers`]: the run dir every temp file and process of a run is
+//!   tied to, and the sweep that removes what a killed run left.
+//!
+//! Nothing here knows DEP-8: control files, restrictions and the runner
+//! live in dep8-core, which backends do not depend on.
+
+pub mod capability;
+pub mod exec;
+pub mod leftovers;
 
 use crate::capability::{Capabilities, Capability};
 use async_trait::async_trait;
@@ -43,6 +57,13 @@ pub type Result<T, E = TestbedError> = std::result::Result<T, E>;
 
 /// A callback that sees output as it arrives (for live logs).
 pub type Tap = Arc<dyn Fn(&[u8]) + Send + Sync>;
+
+/// Where `/tmp/autopkgtest-reboot-prepare` records the test's mark, and
+/// waits for it to go.
+pub const PREPARE_MARK_FILE: &str = "/run/autopkgtest-reboot-prepare-mark";
+/// What lets a test waiting in `/tmp/autopkgtest-reboot-prepare` go on (as
+/// autopkgtest's virt servers do it for `reboot prepare-only`).
+pub const RELEASE_PREPARED: &str = "rm -f /run/autopkgtest-reboot-prepare-mark";
 
 /// Where a command's standard input comes from.
 #[derive(Clone, Debug, Default)]
@@ -237,6 +258,16 @@ pub trait Testbed: Send + Sync {
         Err(TestbedError::Unsupported("revert"))
     }
 
+    /// Makes the testbed's present state the one [`Testbed::revert`]
+    /// returns to, so that reverts need not repeat the setup (`-U`, the apt
+    /// options, `--setup-commands`). Running processes are not kept; the
+    /// scratch dir is empty again after a revert. `Ok(false)` where the
+    /// backend cannot (the default): the runner then repeats the setup
+    /// after every revert.
+    async fn commit_base(&mut self) -> Result<bool> {
+        Ok(false)
+    }
+
     /// Reboots, keeping the scratch dir (only with [`Capability::Reboot`]).
     async fn reboot(&mut self) -> Result<()> {
         Err(TestbedError::Unsupported("reboot"))
@@ -245,7 +276,7 @@ pub trait Testbed: Send + Sync {
     /// First half of a reboot that a test starts by itself (autopkgtest's
     /// `reboot prepare-only`), called while the test's command still runs:
     /// gets the testbed ready to go down, then runs
-    /// [`crate::reboot::RELEASE_PREPARED`] as root, which lets the test go
+    /// [`RELEASE_PREPARED`] as root, which lets the test go
     /// on and reboot. Only with [`Capability::Reboot`].
     async fn prepare_reboot(&self) -> Result<()> {
         Err(TestbedError::Unsupported("reboot prepare-only"))
@@ -282,8 +313,26 @@ pub trait Backend: Send + Sync {
         self.capabilities_hint()
     }
 
+    /// Checks `args` as `open` would before it starts anything (`dep8
+    /// explain`): a usage error, or a failure such as a missing image, as
+    /// the run would end. By default nothing is checked.
+    fn check_args(&self, args: &[String]) -> Result<()> {
+        let _ = args;
+        Ok(())
+    }
+
     /// Opens a testbed. `args` are the words after the backend name.
     async fn open(&self, args: &[String]) -> Result<Box<dyn Testbed>>;
+
+    /// How many testbeds opened with `args` may be open at once, each
+    /// another pristine testbed like the first and independent of it
+    /// (another overlay, session, VM or container), for running tests in
+    /// parallel (`dep8 run -j N`); `usize::MAX` when only the host's CPUs
+    /// limit them. 1 by default: the host, or one given machine.
+    fn max_testbeds(&self, args: &[String]) -> usize {
+        let _ = args;
+        1
+    }
 
     /// Whether the testbed is the machine dep8 runs on; dep8 then only
     /// checks test dependencies and never installs packages.

@@ -3,9 +3,7 @@
 //! in-testbed argv, spawning with streaming output and timeouts, and copying
 //! files through `exec` when the host cannot see the testbed's files.
 
-use crate::testbed::{
-    ExecOutcome, ExecRequest, ExitStatus, Input, Output, Result, Testbed, TestbedError,
-};
+use crate::{ExecOutcome, ExecRequest, ExitStatus, Input, Output, Result, Testbed, TestbedError};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::ffi::OsStr;
@@ -65,6 +63,7 @@ pub async fn run_local(argv: &[String], req: ExecRequest) -> Result<ExecOutcome>
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(&argv[1..]).process_group(0).kill_on_drop(true);
     crate::leftovers::tag(cmd.as_std_mut());
+    crate::leftovers::die_with_dep8(cmd.as_std_mut());
     cmd.stdin(match &req.stdin {
         Input::Null => Stdio::null(),
         Input::Bytes(_) => Stdio::piped(),
@@ -175,6 +174,12 @@ async fn finish_pump(pump: Option<Pump>) -> Result<Vec<u8>> {
     }
 }
 
+/// An error that names the file it happened to: a full output dir must say
+/// which file it could not keep.
+fn naming(path: &Path) -> impl Fn(std::io::Error) -> std::io::Error + '_ {
+    move |e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
 /// Copies a stream to an [`Output`] as it arrives.
 async fn pump(mut from: impl AsyncRead + Unpin, to: Output) -> std::io::Result<Vec<u8>> {
     let mut file = match &to.file {
@@ -195,8 +200,8 @@ async fn pump(mut from: impl AsyncRead + Unpin, to: Output) -> std::io::Result<V
             break;
         }
         let chunk = &buf[..n];
-        if let Some(f) = file.as_mut() {
-            f.write_all(chunk).await?;
+        if let (Some(f), Some(path)) = (file.as_mut(), &to.file) {
+            f.write_all(chunk).await.map_err(naming(path))?;
         }
         if to.capture {
             captured.extend_from_slice(chunk);
@@ -205,8 +210,8 @@ async fn pump(mut from: impl AsyncRead + Unpin, to: Output) -> std::io::Result<V
             tap(chunk);
         }
     }
-    if let Some(mut f) = file {
-        f.flush().await?;
+    if let (Some(mut f), Some(path)) = (file, &to.file) {
+        f.flush().await.map_err(naming(path))?;
     }
     Ok(captured)
 }
@@ -344,6 +349,7 @@ pub async fn host_run<S: AsRef<OsStr>>(program: &str, args: &[S], stdin: Stdio) 
         .process_group(0)
         .kill_on_drop(true);
     crate::leftovers::tag(cmd.as_std_mut());
+    crate::leftovers::die_with_dep8(cmd.as_std_mut());
     let child = cmd
         .spawn()
         .map_err(|e| TestbedError::failure(format!("cannot run {program}"), e))?;
@@ -371,6 +377,55 @@ pub fn host_output<S: AsRef<OsStr>>(program: &str, args: &[S]) -> Result<String>
         .output()
         .map_err(|e| TestbedError::failure(format!("cannot run {program}"), e))?;
     host_result(program, args, out)
+}
+
+/// [`host_output`] for a helper that must not hold dep8 up: it runs in a
+/// process group of its own, recorded for the sweep
+/// ([`crate::leftovers::record_group`]), and after `limit` dep8 stops
+/// waiting and fails, leaving it running: the run's dir is then kept for a
+/// later sweep ([`crate::leftovers::keep_for_sweep`]), which kills it and
+/// undoes what it was doing. A blocking call.
+///
+/// Its own process group also keeps a terminal's Ctrl-C, meant for dep8,
+/// from killing it halfway (a `schroot --begin-session` between two of its
+/// set-up scripts).
+pub fn host_output_within<S: AsRef<OsStr>>(
+    program: &str,
+    args: &[S],
+    limit: Duration,
+) -> Result<String> {
+    use std::os::unix::process::CommandExt;
+    let child = std::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| TestbedError::failure(format!("cannot run {program}"), e))?;
+    crate::leftovers::record_group(child.id());
+    // Waited for on a thread of its own, which may outlive this call: the
+    // pipes are read as the program writes, and the wait can be given up.
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || sender.send(child.wait_with_output()));
+    match receiver.recv_timeout(limit) {
+        Ok(out) => {
+            let out =
+                out.map_err(|e| TestbedError::failure(format!("waiting for {program}"), e))?;
+            host_result(program, args, out)
+        }
+        Err(_) => {
+            crate::leftovers::keep_for_sweep();
+            Err(TestbedError::Failure(format!(
+                "{program} {} did not finish within {limit:?}; it is left running, \
+                 for `dep8 clean` or the next run to end",
+                args.iter()
+                    .map(|a| a.as_ref().to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            )))
+        }
+    }
 }
 
 /// A helper program's stdout, or its failure with its stderr.
@@ -413,6 +468,24 @@ pub fn die_by_signal(sig: i32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_helper_that_hangs_is_given_up_after_its_limit() {
+        assert_eq!(
+            host_output_within("echo", &["done"], Duration::from_secs(30)).unwrap(),
+            "done\n"
+        );
+        let started = Instant::now();
+        let hung = host_output_within("sleep", &["3"], Duration::from_millis(300));
+        let waited = started.elapsed();
+        let message = hung.unwrap_err().to_string();
+        assert!(waited < Duration::from_secs(10), "waited {waited:?}");
+        assert!(
+            message.contains("sleep 3 did not finish within 300ms"),
+            "{message}"
+        );
+        assert!(crate::leftovers::kept_for_sweep());
+    }
 
     #[test]
     fn argv_wrapping() {

@@ -1,0 +1,526 @@
+//! dep8's package cache, shared by every run on one machine: the `.deb`s
+//! apt downloads in testbeds, and the package lists `apt-get update` makes.
+//!
+//! It works through the [`Testbed`] trait alone (`exec`, `copy_down`,
+//! `copy_up`), so every backend gets it — containers, VMs and ssh hosts
+//! alike — without mounting anything into the testbed or changing its apt
+//! configuration:
+//!
+//! - **Packages.** Before apt installs, dep8 asks it what it would download
+//!   (`--print-uris`: file name and SHA256 from the signed lists), copies
+//!   the cached files with those hashes into the testbed's
+//!   `/var/cache/apt/archives`, and lets apt fetch the rest. Afterwards the
+//!   files apt fetched are copied up and stored under their SHA256. A file
+//!   is cached, and handed to a testbed, only when its content has the hash
+//!   the testbed's own lists give, so the cache never changes what gets
+//!   installed: a stale or corrupt entry is never used (an older version
+//!   has another hash, and is simply not asked for).
+//! - **Lists.** After `apt-get update`, the testbed's lists are stored under
+//!   a key made of its apt sources, architectures, apt configuration and
+//!   keyrings. A later update with the same key copies them down: younger
+//!   than the maximum age, they are used as they are; older, `apt-get
+//!   update` refreshes them, fetching only the indexes that changed (apt
+//!   asks the archive with If-Modified-Since). Testbeds with a local
+//!   source (`file:`, `copy:`, `cdrom:`) always update: such a repository
+//!   can change from one run to the next without a new name.
+//!
+//! Concurrent runs are safe: entries appear by `rename` of complete files
+//! (two runs storing the same package store the same bytes), and a lists
+//! entry is replaced under an exclusive `flock` while readers hold a shared
+//! one. A failing cache never fails a run: dep8 says why in the log and
+//! lets apt download.
+//!
+//! Layout under the cache dir: `debs/SHA256.deb`, `lists/KEY/` (`lists/`
+//! and apt's `srcpkgcache.bin`; locked by `lists/KEY.lock`), `tmp/`
+//! (staging, on the same file system for the renames).
+
+use crate::testbed::{ExecRequest, Tap, Testbed, TestbedError};
+use nix::fcntl::{Flock, FlockArg};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// Where apt keeps the packages it downloads, in the testbed.
+const ARCHIVES: &str = "/var/cache/apt/archives";
+
+/// Where apt keeps its package lists, in the testbed.
+const LISTS: &str = "/var/lib/apt/lists";
+
+/// apt's binary cache of the lists (without the installed packages): kept
+/// with them, it spares the next apt command parsing them all again (apt
+/// checks it against the lists' sizes and times, which copies keep).
+const SRCPKGCACHE: &str = "/var/cache/apt/srcpkgcache.bin";
+
+/// Prints the key of the testbed's apt lists (a SHA256 of everything that
+/// decides what `apt-get update` fetches and trusts), then `local` when a
+/// source is on the testbed itself, else `remote`.
+const LISTS_KEY: &str = r#"{
+    cat /etc/apt/sources.list /etc/apt/sources.list.d/* /etc/apt/apt.conf /etc/apt/apt.conf.d/* 2>/dev/null
+    dpkg --print-architecture; dpkg --print-foreign-architectures
+    find /etc/apt/trusted.gpg /etc/apt/trusted.gpg.d /etc/apt/keyrings /usr/share/keyrings \
+        -type f -exec cat {} + 2>/dev/null
+} | sha256sum | cut -c1-64
+if cat /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null |
+    grep -qE '^[^#]*(^|[[:space:]]|\])(file|copy|cdrom):'; then echo local; else echo remote; fi
+"#;
+
+/// Empties the testbed's lists (not the lock or `partial/`), before the
+/// cached ones are copied in.
+const CLEAR_LISTS: &str =
+    "find /var/lib/apt/lists -mindepth 1 -maxdepth 1 -type f ! -name lock -delete";
+
+/// Hard-links (else copies) the packages named in the arguments from apt's
+/// archive into the dir `$1`, those that exist.
+const GATHER: &str = r#"dir=$1; shift; rm -rf "$dir"; mkdir -p "$dir"
+cd /var/cache/apt/archives
+for f; do [ -f "$f" ] && { ln "$f" "$dir/" 2>/dev/null || cp "$f" "$dir/"; }; done; true"#;
+
+/// The shared cache, as a run uses it.
+#[derive(Clone, Debug)]
+pub struct AptCache {
+    dir: PathBuf,
+    /// Cached lists older than this are refreshed.
+    lists_max_age: Duration,
+}
+
+/// A package apt would download: its file name in apt's archive and the
+/// SHA256 the signed lists give for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Download {
+    pub file: String,
+    pub sha256: String,
+}
+
+/// What the testbed's apt lists are, for the cache.
+#[derive(Debug)]
+pub enum ListsKey {
+    /// Remote sources only: lists with this key may be reused.
+    Cacheable(String),
+    /// A source on the testbed itself: never reused.
+    Local,
+}
+
+/// Whether the cached lists were used.
+#[derive(Debug)]
+pub enum ListsReuse {
+    /// Copied into the testbed; this old.
+    Reused(Duration),
+    /// Not cached for these sources.
+    Missing,
+    /// Copied into the testbed, but this old: to be updated.
+    Stale(Duration),
+}
+
+impl AptCache {
+    /// The default age under which cached lists are reused.
+    pub const DEFAULT_LISTS_MAX_AGE: Duration = Duration::from_secs(300);
+
+    pub fn new(dir: PathBuf, lists_max_age: Duration) -> Self {
+        AptCache { dir, lists_max_age }
+    }
+
+    /// `$DEP8_CACHE_DIR`; else `/var/cache/dep8` for root and
+    /// `$XDG_CACHE_HOME/dep8` (`~/.cache/dep8`) for other users.
+    pub fn default_dir() -> Option<PathBuf> {
+        let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+        if let Some(dir) = var("DEP8_CACHE_DIR") {
+            return Some(dir.into());
+        }
+        if nix::unistd::geteuid().is_root() {
+            return Some("/var/cache/dep8".into());
+        }
+        var("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| var("HOME").map(|home| PathBuf::from(home).join(".cache")))
+            .map(|base| base.join("dep8"))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn lists_max_age(&self) -> Duration {
+        self.lists_max_age
+    }
+
+    fn debs(&self) -> PathBuf {
+        self.dir.join("debs")
+    }
+
+    fn lists(&self, key: &str) -> PathBuf {
+        self.dir.join("lists").join(key)
+    }
+
+    /// A new staging dir in the cache (removed on drop).
+    fn staging(&self) -> std::io::Result<tempfile::TempDir> {
+        let tmp = self.dir.join("tmp");
+        std::fs::create_dir_all(&tmp)?;
+        tempfile::Builder::new().prefix("stage.").tempdir_in(tmp)
+    }
+
+    /// Copies into the testbed's apt archive the cached packages that the
+    /// apt-get command `apt` would download, and returns the downloads
+    /// still missing (to [`AptCache::store_debs`] after apt ran).
+    pub async fn seed_debs(&self, tb: &dyn Testbed, apt: &str, log: &Tap) -> Vec<Download> {
+        let planned = match self.planned_downloads(tb, apt).await {
+            Ok(planned) => planned,
+            Err(why) => {
+                say(log, &format!("package cache not used: {why}"));
+                return Vec::new();
+            }
+        };
+        if planned.is_empty() {
+            return planned;
+        }
+        match self.seed(tb, &planned).await {
+            Ok(missing) => {
+                let hits = planned.len() - missing.len();
+                say(
+                    log,
+                    &format!(
+                        "package cache: {hits} of {} packages from dep8's cache, {} to download",
+                        planned.len(),
+                        missing.len()
+                    ),
+                );
+                missing
+            }
+            Err(why) => {
+                say(log, &format!("package cache not used: {why}"));
+                planned
+            }
+        }
+    }
+
+    /// What apt says `apt` (an apt-get command line) would download.
+    /// `--print-uris` gives MD5 sums unless SHA256 is asked for.
+    async fn planned_downloads(
+        &self,
+        tb: &dyn Testbed,
+        apt: &str,
+    ) -> Result<Vec<Download>, String> {
+        let plan = format!("{apt} --print-uris -qq -o Acquire::ForceHash=SHA256");
+        let out = tb
+            .exec(ExecRequest::shell(&plan).capture())
+            .await
+            .map_err(|e| e.detail())?;
+        if !out.status.success() {
+            // apt will say why itself when it runs for real.
+            return Ok(Vec::new());
+        }
+        Ok(parse_print_uris(&out.stdout_text()))
+    }
+
+    /// Copies the cached ones of `planned` down; returns the others.
+    async fn seed(&self, tb: &dyn Testbed, planned: &[Download]) -> Result<Vec<Download>, String> {
+        let io = |e: std::io::Error| format!("{}: {e}", self.dir.display());
+        let stage = self.staging().map_err(io)?;
+        let mut linked = Vec::new();
+        for download in planned {
+            let cached = self.debs().join(format!("{}.deb", download.sha256));
+            if std::fs::hard_link(&cached, stage.path().join(&download.file)).is_ok() {
+                linked.push(download.file.clone());
+            }
+        }
+        // A file whose content is not what its name says (a disk error, a
+        // hand edit) is never handed to apt.
+        let good = sha256_of(stage.path(), &linked).await?;
+        let mut missing = Vec::new();
+        for download in planned {
+            if good.get(&download.file) != Some(&download.sha256) {
+                let _ = std::fs::remove_file(stage.path().join(&download.file));
+                missing.push(download.clone());
+            }
+        }
+        if missing.len() < planned.len() {
+            tb.copy_down(stage.path(), ARCHIVES)
+                .await
+                .map_err(|e| e.detail())?;
+        }
+        Ok(missing)
+    }
+
+    /// Stores the packages of `downloads` that apt fetched into the
+    /// testbed's archive, those whose content has the expected hash.
+    pub async fn store_debs(&self, tb: &dyn Testbed, downloads: &[Download], log: &Tap) {
+        if downloads.is_empty() {
+            return;
+        }
+        match self.store(tb, downloads).await {
+            Ok(0) => {}
+            Ok(n) => say(log, &format!("package cache: stored {n} new packages")),
+            Err(why) => say(log, &format!("package cache: not stored: {why}")),
+        }
+    }
+
+    async fn store(&self, tb: &dyn Testbed, downloads: &[Download]) -> Result<usize, String> {
+        let io = |e: std::io::Error| format!("{}: {e}", self.dir.display());
+        let gathered = "/var/cache/apt/dep8-gathered";
+        let mut argv = vec!["sh", "-ec", GATHER, "gather", gathered];
+        argv.extend(downloads.iter().map(|d| d.file.as_str()));
+        let out = tb
+            .exec(ExecRequest::new(argv).capture())
+            .await
+            .map_err(|e| e.detail())?;
+        if !out.status.success() {
+            return Err(out.stderr_last_line());
+        }
+        let stage = self.staging().map_err(io)?;
+        let copied = tb.copy_up(gathered, stage.path()).await;
+        let removed = tb
+            .exec(ExecRequest::new(["rm", "-rf", gathered]).capture())
+            .await;
+        copied.map_err(|e| e.detail())?;
+        removed.map_err(|e| e.detail())?;
+        let names: Vec<String> = downloads.iter().map(|d| d.file.clone()).collect();
+        let hashes = sha256_of(stage.path(), &names).await?;
+        std::fs::create_dir_all(self.debs()).map_err(io)?;
+        let mut stored = 0;
+        for download in downloads {
+            if hashes.get(&download.file) == Some(&download.sha256) {
+                let target = self.debs().join(format!("{}.deb", download.sha256));
+                std::fs::rename(stage.path().join(&download.file), target).map_err(io)?;
+                stored += 1;
+            }
+        }
+        Ok(stored)
+    }
+
+    /// The key of the testbed's current apt configuration.
+    pub async fn lists_key(&self, tb: &dyn Testbed) -> Result<ListsKey, TestbedError> {
+        let out = tb.exec(ExecRequest::shell(LISTS_KEY).capture()).await?;
+        let text = out.stdout_text();
+        let mut words = text.split_whitespace();
+        match (words.next(), words.next()) {
+            (_, Some("local")) => Ok(ListsKey::Local),
+            (Some(key), Some("remote")) if key.len() == 64 => Ok(ListsKey::Cacheable(key.into())),
+            _ => Err(TestbedError::Failure(format!(
+                "reading the testbed's apt sources failed: {}",
+                out.stderr_last_line()
+            ))),
+        }
+    }
+
+    /// Copies the lists cached under `key` into the testbed: as they are
+    /// when younger than the maximum age, else as the base `apt-get update`
+    /// refreshes (it then fetches only the indexes that changed).
+    pub async fn restore_lists(&self, tb: &dyn Testbed, key: &str) -> Result<ListsReuse, String> {
+        let dir = self.lists(key);
+        let _shared = match self.lock_lists(key, FlockArg::LockShared).await {
+            Ok(lock) => lock,
+            Err(_) if !dir.exists() => return Ok(ListsReuse::Missing),
+            Err(e) => return Err(e),
+        };
+        let age = match std::fs::metadata(&dir).and_then(|m| m.modified()) {
+            Ok(mtime) => SystemTime::now()
+                .duration_since(mtime)
+                .unwrap_or(Duration::ZERO),
+            Err(_) => return Ok(ListsReuse::Missing),
+        };
+        let out = tb
+            .exec(ExecRequest::shell(CLEAR_LISTS).capture())
+            .await
+            .map_err(|e| e.detail())?;
+        if !out.status.success() {
+            return Err(out.stderr_last_line());
+        }
+        tb.copy_down(&dir.join("lists"), LISTS)
+            .await
+            .map_err(|e| e.detail())?;
+        let srcpkgcache = dir.join("srcpkgcache.bin");
+        if srcpkgcache.is_file() {
+            tb.copy_down(&srcpkgcache, SRCPKGCACHE)
+                .await
+                .map_err(|e| e.detail())?;
+        }
+        Ok(if age > self.lists_max_age {
+            ListsReuse::Stale(age)
+        } else {
+            ListsReuse::Reused(age)
+        })
+    }
+
+    /// Stores the testbed's lists (just updated) under `key`, replacing
+    /// what was there.
+    pub async fn store_lists(&self, tb: &dyn Testbed, key: &str) -> Result<(), String> {
+        let io = |e: std::io::Error| format!("{}: {e}", self.dir.display());
+        let stage = self.staging().map_err(io)?;
+        let entry = stage.path().join("entry");
+        let lists = entry.join("lists");
+        tb.copy_up(LISTS, &lists).await.map_err(|e| e.detail())?;
+        let _ = std::fs::remove_file(lists.join("lock"));
+        let _ = std::fs::remove_dir_all(lists.join("partial"));
+        // Not every apt configuration makes one, and apt removes it while
+        // it rebuilds it. Copied only when there: a failed copy is fatal to
+        // an autopkgtest virt server.
+        let present = tb
+            .exec(ExecRequest::new(["test", "-f", SRCPKGCACHE]))
+            .await
+            .is_ok_and(|out| out.status.success());
+        if present {
+            let _ = tb
+                .copy_up(SRCPKGCACHE, &entry.join("srcpkgcache.bin"))
+                .await;
+        }
+        let _exclusive = self.lock_lists(key, FlockArg::LockExclusive).await?;
+        let dir = self.lists(key);
+        if dir.exists() {
+            std::fs::rename(&dir, stage.path().join("old")).map_err(io)?;
+        }
+        std::fs::rename(&entry, &dir).map_err(io)
+    }
+
+    /// Takes `key`'s lock (waiting for it), creating the lists dir.
+    async fn lock_lists(&self, key: &str, how: FlockArg) -> Result<Flock<std::fs::File>, String> {
+        let path = self.dir.join("lists").join(format!("{key}.lock"));
+        tokio::task::spawn_blocking(move || {
+            let fail = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+            std::fs::create_dir_all(path.parent().expect("in lists/")).map_err(|e| fail(&e))?;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(|e| fail(&e))?;
+            Flock::lock(file, how).map_err(|(_, e)| fail(&e))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+}
+
+/// Empties the cache dir `dir` (`dep8 cache clean`); returns the bytes
+/// freed. Runs using it at the same time lose nothing but time.
+pub fn clean(dir: &Path) -> std::io::Result<u64> {
+    let freed = usage(dir);
+    match std::fs::read_dir(dir) {
+        Ok(entries) => {
+            for entry in entries {
+                let path = entry?.path();
+                if path.is_dir() {
+                    std::fs::remove_dir_all(&path)?;
+                } else {
+                    std::fs::remove_file(&path)?;
+                }
+            }
+            Ok(freed)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// The bytes the files under `path` take.
+pub fn usage(path: &Path) -> u64 {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::read_dir(path)
+            .map(|entries| entries.flatten().map(|e| usage(&e.path())).sum())
+            .unwrap_or(0),
+        Ok(meta) => meta.len(),
+        Err(_) => 0,
+    }
+}
+
+/// The downloads in `apt-get --print-uris` output (`'URI' FILE SIZE
+/// SHA256:HEX` lines); local files (`file:`, `copy:`) and other hashes are
+/// left out, as there is nothing to cache.
+pub fn parse_print_uris(output: &str) -> Vec<Download> {
+    output
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix('\'')?;
+            let (uri, rest) = rest.split_once("' ")?;
+            let mut words = rest.split_whitespace();
+            let (file, _size, hash) = (words.next()?, words.next()?, words.next()?);
+            let sha256 = hash.strip_prefix("SHA256:")?;
+            let remote = uri.starts_with("http:") || uri.starts_with("https:");
+            let plain = !file.contains('/') && file.ends_with(".deb");
+            (remote && plain && sha256.len() == 64).then(|| Download {
+                file: file.to_string(),
+                sha256: sha256.to_ascii_lowercase(),
+            })
+        })
+        .collect()
+}
+
+/// The SHA256 of each of the `files` in `dir` that exists, by name.
+/// coreutils' `sha256sum` (on every Debian system) rather than a hashing
+/// crate, for one process over all files and no new dependency.
+async fn sha256_of(dir: &Path, files: &[String]) -> Result<BTreeMap<String, String>, String> {
+    let present: Vec<&String> = files.iter().filter(|f| dir.join(f).is_file()).collect();
+    if present.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let out = tokio::process::Command::new("sha256sum")
+        .arg("--")
+        .args(&present)
+        .current_dir(dir)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run sha256sum: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "sha256sum: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let (hash, name) = line.split_once("  ")?;
+            Some((name.to_string(), hash.to_string()))
+        })
+        .collect())
+}
+
+/// A line of dep8's own in the setup log, as the runner writes them.
+pub fn say(log: &Tap, message: &str) {
+    let line = crate::report::log_line(
+        crate::events::Level::Info,
+        message,
+        std::time::SystemTime::now(),
+    );
+    log(line.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn print_uris_downloads() {
+        let hex = "a".repeat(64);
+        let output = format!(
+            "'http://deb.debian.org/debian/pool/main/h/hello/hello_2.10-3_amd64.deb' hello_2.10-3_amd64.deb 53240 SHA256:{hex}\n\
+             'https://x/pool/f/foo_1%3a2.0_all.deb' foo_1%3a2.0_all.deb 10 SHA256:{}\n\
+             'file:/srv/repo/bar_1_all.deb' bar_1_all.deb 10 SHA256:{hex}\n\
+             'http://x/baz_1_all.deb' baz_1_all.deb 10 MD5Sum:0123\n\
+             Reading package lists...\n",
+            "B".repeat(64)
+        );
+        assert_eq!(
+            parse_print_uris(&output),
+            [
+                Download {
+                    file: "hello_2.10-3_amd64.deb".into(),
+                    sha256: hex.clone()
+                },
+                Download {
+                    file: "foo_1%3a2.0_all.deb".into(),
+                    sha256: "b".repeat(64)
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn clean_empties_the_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("debs")).unwrap();
+        std::fs::write(dir.path().join("debs/x.deb"), "1234").unwrap();
+        std::fs::write(dir.path().join("top"), "12").unwrap();
+        assert_eq!(clean(dir.path()).unwrap(), 6);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        assert_eq!(clean(&dir.path().join("none")).unwrap(), 0);
+    }
+}

@@ -1,0 +1,582 @@
+//! What a run leaves on the host when it dies before it can clean up
+//! (SIGKILL, a crash), and the sweep that removes it later.
+//!
+//! A run [`claim`]s a dir `$TMPDIR/dep8-run.XXXXXX` and holds a lock on its
+//! `lock` file while it lives (the kernel drops the lock when the process
+//! dies, however it dies). Every temp file of the run is made inside it
+//! (`tempfile`'s temp dir points there); the processes the run starts
+//! carry the dir in their environment ([`tag`]) and their process groups
+//! are written to its `groups` file. What a backend makes outside the dir
+//! is noted too: a dir ([`record_path`]), or the command that removes it
+//! ([`record_undo`], an lxc container). [`sweep`] (at the start of every
+//! run, and `dep8 clean`) finds the dirs whose lock nobody holds: it kills
+//! their processes, ends their schroot sessions, removes the dirs they made
+//! elsewhere, runs their undo commands and then removes their own dir.
+//! A live run's dir and what it recorded, and anything that is not such a
+//! dir, is never touched.
+
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+const PREFIX: &str = "dep8-run.";
+
+/// The environment variable that marks a run's processes with its dir.
+const ENV: &str = "DEP8_RUN_DIR";
+
+/// This process's run dir, once claimed.
+struct RunDir {
+    path: PathBuf,
+    groups: Mutex<File>,
+    _lock: Flock<File>,
+}
+
+static CURRENT: OnceLock<RunDir> = OnceLock::new();
+
+/// Claims a run dir for this process and points every later temp file
+/// into it. Once per process, before any other thread is started (it sets
+/// an environment variable); later calls return the same dir.
+pub fn claim() -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(run) = CURRENT.get() {
+        return Ok(run.path.clone());
+    }
+    let path = tempfile::Builder::new().prefix(PREFIX).tempdir()?.keep();
+    // Traversable, as the temp dirs it holds are (a test's normal user
+    // reaches the tree on null); writable by the owner only.
+    let traversable = || std::fs::Permissions::from_mode(0o755);
+    std::fs::set_permissions(&path, traversable())?;
+    let lock = File::create(path.join("lock"))?;
+    let lock = Flock::lock(lock, FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, errno)| std::io::Error::from(errno))?;
+    // Written once the lock is held: a sweep ignores a dir without it, so
+    // it never takes a starting run for a dead one.
+    std::fs::write(path.join("pid"), format!("{}\n", std::process::id()))?;
+    std::fs::create_dir(path.join("tmp"))?;
+    std::fs::set_permissions(path.join("tmp"), traversable())?;
+    let groups = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path.join("groups"))?;
+    let tmp = path.join("tmp");
+    let _ = tempfile::env::override_temp_dir(&tmp);
+    // Inherited from the fork on, so that a child caught between fork and
+    // exec by a SIGKILL of dep8 is marked too. Claimed before any thread
+    // starts (`dep8 run` claims before its runtime is built).
+    std::env::set_var(ENV, &path);
+    let run = RunDir {
+        path: path.clone(),
+        groups: Mutex::new(groups),
+        _lock: lock,
+    };
+    if CURRENT.set(run).is_err() {
+        // Another thread claimed first: use its dir, drop this one.
+        let _ = std::fs::remove_dir_all(&path);
+    }
+    Ok(CURRENT.get().map(|r| r.path.clone()).unwrap_or(path))
+}
+
+/// Whether a backend could not clean up within its time ([`keep_for_sweep`]).
+static KEEP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Leaves this process's run dir, and what it recorded, for a later sweep:
+/// a backend gave up waiting for its clean-up (a hung `schroot
+/// --end-session`), so [`release`] must not forget what is left.
+pub fn keep_for_sweep() {
+    KEEP.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether [`keep_for_sweep`] was called.
+pub fn kept_for_sweep() -> bool {
+    KEEP.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Removes this process's run dir at the end of a run, after running the
+/// undo commands it still holds: what its testbed made outside the dir
+/// and could not remove itself (a signal stopped its close). Blocks. Not
+/// when [`keep_for_sweep`] was called: the dir is then swept once this
+/// process is gone.
+pub fn release() {
+    if kept_for_sweep() {
+        if let Some(run) = CURRENT.get() {
+            tracing::warn!(
+                "{} is left for `dep8 clean` or the next run to sweep",
+                run.path.display()
+            );
+        }
+        return;
+    }
+    if let Some(run) = CURRENT.get() {
+        for line in run_undo_commands(&run.path) {
+            tracing::info!("left by the testbed: {line}");
+        }
+        if let Err(e) = std::fs::remove_dir_all(&run.path) {
+            tracing::warn!("removing {}: {e}", run.path.display());
+        }
+    }
+}
+
+/// Marks a command about to be started as the run's: a sweep finds it (and
+/// what it starts) by this mark even if the run died before recording it.
+pub fn tag(cmd: &mut std::process::Command) {
+    if let Some(run) = CURRENT.get() {
+        cmd.env(ENV, &run.path);
+    }
+}
+
+/// Makes a command about to be started die (SIGKILL) when dep8 dies, so
+/// that a SIGKILL of dep8 does not leave it running until the next
+/// [`sweep`]: the kernel's parent-death signal (`PR_SET_PDEATHSIG`).
+///
+/// That signal fires when the *thread* that started the command ends, not
+/// the process. Only commands started from async code qualify: tokio's
+/// worker threads (and the thread in `block_on`) live as long as the
+/// runtime, which dep8 drops only once the run is over. A command started
+/// on a `spawn_blocking` thread must not use this: that thread ends when
+/// it has been idle for a while (the unshare holder is started there, and
+/// ends by itself when dep8's end closes its stdin). Helpers that must
+/// clean up their own testbed on the way out (an external virt server,
+/// which does so on end of input) must not be killed this way either.
+pub fn die_with_dep8(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let dep8 = nix::unistd::getpid();
+    // SAFETY: between fork and exec only async-signal-safe calls are made
+    // (two system calls), and nothing is allocated.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            // dep8 died before the signal was set: die now.
+            if nix::unistd::getppid() != dep8 {
+                return Err(std::io::Error::from(nix::errno::Errno::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// [`tag`], and the command's own temp files go into the run's dir (for
+/// helpers such as a virt server, not for tests: their `TMPDIR` is the
+/// user's).
+pub fn tag_helper(cmd: &mut std::process::Command) {
+    tag(cmd);
+    if let Some(run) = CURRENT.get() {
+        cmd.env("TMPDIR", run.path.join("tmp"));
+    }
+}
+
+/// Records a process group the run started (by its leader's pid), so that
+/// a sweep kills it if the run dies first. Nothing without a claimed dir.
+pub fn record_group(leader: u32) {
+    let Some(run) = CURRENT.get() else { return };
+    let Some(start) = start_time(leader) else {
+        return;
+    };
+    if let Ok(mut file) = run.groups.lock() {
+        let _ = writeln!(file, "{leader} {start}");
+    }
+}
+
+/// Records a dir the run made outside its own dir (a schroot session's
+/// scratch dir in the host's /tmp), so that a sweep removes it if the run
+/// dies first. Nothing without a claimed dir.
+pub fn record_path(path: &Path) {
+    let Some(run) = CURRENT.get() else { return };
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(run.path.join("paths"));
+    if let Ok(mut file) = file {
+        let _ = writeln!(file, "{}", path.display());
+    }
+}
+
+/// An undo command noted in the run dir; [`Undo::done`] forgets it once
+/// the backend has cleaned up itself.
+#[derive(Debug)]
+pub struct Undo(Option<PathBuf>);
+
+impl Undo {
+    /// The thing is gone: a sweep must not run the command (the name may
+    /// be someone else's by then).
+    pub fn done(self) {
+        if let Some(path) = self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Notes `argv`, a command that removes something this run is about to
+/// make outside its dir, for a sweep to run if the run dies first. Noted
+/// before the thing is made, so that no SIGKILL falls between. Nothing
+/// without a claimed dir.
+pub fn record_undo(argv: &[String]) -> Undo {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let Some(run) = CURRENT.get() else {
+        return Undo(None);
+    };
+    let dir = run.path.join("undo");
+    let path = dir.join(NEXT.fetch_add(1, Ordering::Relaxed).to_string());
+    // NUL-separated: any argument survives the round trip.
+    let written =
+        std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, argv.join("\0")));
+    match written {
+        Ok(()) => Undo(Some(path)),
+        Err(e) => {
+            tracing::warn!("noting {}: {e}", path.display());
+            Undo(None)
+        }
+    }
+}
+
+/// This process's run dir, if it claimed one.
+pub fn current() -> Option<PathBuf> {
+    CURRENT.get().map(|run| run.path.clone())
+}
+
+/// Records a schroot session the run is about to begin as `name`, so that
+/// a sweep ends it if the run dies first. Callers may name sessions
+/// themselves (debci passes `--session-id=debci-SUITE-ARCH-PACKAGE`), and
+/// then the name does not tell whose a session is. Nothing without a
+/// claimed dir.
+pub fn record_schroot_session(name: &str) {
+    let Some(run) = CURRENT.get() else { return };
+    let _ = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(run.path.join("sessions"))
+        .and_then(|mut file| writeln!(file, "{name}"));
+}
+
+/// Removes what dead runs left: kills their process groups, ends their
+/// schroot sessions, removes their dirs. Returns a line per thing done.
+pub fn sweep() -> Vec<String> {
+    let mut done = Vec::new();
+    let base = CURRENT
+        .get()
+        .and_then(|r| r.path.parent().map(Path::to_path_buf))
+        .unwrap_or_else(std::env::temp_dir);
+    let Ok(entries) = std::fs::read_dir(&base) else {
+        return done;
+    };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let is_run = entry.file_name().to_string_lossy().starts_with(PREFIX);
+        if !is_run || CURRENT.get().is_some_and(|r| r.path == dir) {
+            continue;
+        }
+        // Only our own runs: what another user put in a shared $TMPDIR
+        // must not make us kill or remove anything.
+        let ours = std::fs::symlink_metadata(&dir).is_ok_and(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.is_dir() && m.uid() == nix::unistd::geteuid().as_raw()
+        });
+        if !ours {
+            continue;
+        }
+        // No pid yet: a run still starting. Lock held: a live run.
+        if !dir.join("pid").exists() {
+            continue;
+        }
+        let Ok(lock) = File::open(dir.join("lock")) else {
+            continue;
+        };
+        let Ok(_held) = Flock::lock(lock, FlockArg::LockExclusiveNonblock) else {
+            continue;
+        };
+        done.extend(sweep_dead(&dir));
+    }
+    done
+}
+
+/// How long a sweep waits for a dead run's killed processes to be gone.
+const KILLED_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+fn sweep_dead(dir: &Path) -> Vec<String> {
+    let mut done = Vec::new();
+    let groups = std::fs::read_to_string(dir.join("groups")).unwrap_or_default();
+    let mut killed_groups = Vec::new();
+    for line in groups.lines() {
+        let mut words = line.split_whitespace().map(str::parse::<u64>);
+        let (Some(Ok(leader)), Some(Ok(start))) = (words.next(), words.next()) else {
+            continue;
+        };
+        let Ok(leader) = u32::try_from(leader) else {
+            continue;
+        };
+        // A live leader with another start time: the pid was reused.
+        if start_time(leader).is_some_and(|now| now != start) {
+            continue;
+        }
+        if killpg(Pid::from_raw(leader as i32), Signal::SIGKILL).is_ok() {
+            done.push(format!("killed process group {leader}"));
+            killed_groups.push(leader);
+        }
+    }
+    let mark = format!("{ENV}={}\0", dir.display());
+    let mut killed = Vec::new();
+    for pid in tagged(&mark) {
+        if nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGKILL).is_ok() {
+            done.push(format!("killed process {pid}"));
+            killed.push(pid);
+        }
+    }
+    // A killed `schroot --begin-session` may still be making its session,
+    // and a killed process may still hold a mount: what they leave is only
+    // known once they are gone.
+    let survivors = await_gone(&killed_groups, &killed, KILLED_LIMIT);
+    if !survivors.is_empty() {
+        done.push(format!(
+            "left {} for a later sweep: still running {KILLED_LIMIT:?} after SIGKILL: {}",
+            dir.display(),
+            survivors.join(", ")
+        ));
+        return done;
+    }
+    let pid = std::fs::read_to_string(dir.join("pid"))
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok());
+    let recorded = std::fs::read_to_string(dir.join("sessions")).unwrap_or_default();
+    let (ended, hung) = end_schroot_sessions(pid, &recorded);
+    done.extend(ended);
+    if !hung.is_empty() {
+        done.push(format!(
+            "left {} for a later sweep: {}",
+            dir.display(),
+            hung.join("; ")
+        ));
+        return done;
+    }
+    // After the sessions: their mounts no longer hold these. Only dirs
+    // dep8 names (`dep8-*`), whatever the file says.
+    let paths = std::fs::read_to_string(dir.join("paths")).unwrap_or_default();
+    let made_by_dep8 = |p: &&Path| {
+        p.is_absolute()
+            && p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("dep8-"))
+            && !p.components().any(|c| c == std::path::Component::ParentDir)
+    };
+    for path in paths
+        .lines()
+        .map(Path::new)
+        .filter(made_by_dep8)
+        .filter(|p| p.is_dir())
+    {
+        match std::fs::remove_dir_all(path) {
+            Ok(()) => done.push(format!("removed {}", path.display())),
+            Err(e) => done.push(format!("cannot remove {}: {e}", path.display())),
+        }
+    }
+    done.extend(run_undo_commands(dir));
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => done.push(format!("removed {}", dir.display())),
+        Err(e) => done.push(format!("cannot remove {}: {e}", dir.display())),
+    }
+    done
+}
+
+/// Ends the schroot sessions the schroot backend began for the dead run
+/// `pid` (it names them `dep8-CHROOT-PID-N`) and those it `recorded` (one
+/// name a line: [`record_schroot_session`]). Returns a line per session
+/// ended, and the `schroot --end-session`s that did not finish in time.
+fn end_schroot_sessions(pid: Option<u32>, recorded: &str) -> (Vec<String>, Vec<String>) {
+    let (mut ended, mut hung) = (Vec::new(), Vec::new());
+    let Ok(list) =
+        crate::exec::host_output_within("schroot", &["--list", "--all-sessions"], SCHROOT_LIMIT)
+    else {
+        return (ended, hung);
+    };
+    let suffix = pid.map(|pid| format!("-{pid}-"));
+    let names = list
+        .lines()
+        .filter_map(|l| l.strip_prefix("session:"))
+        .filter(|name| {
+            let named_after_pid = suffix.as_ref().is_some_and(|suffix| {
+                name.starts_with("dep8-")
+                    && name
+                        .rsplit_once('-')
+                        .is_some_and(|(head, _)| format!("{head}-").ends_with(suffix))
+            });
+            named_after_pid || recorded.lines().any(|line| line == *name)
+        });
+    for name in names {
+        // schroot may fail with EBUSY while the kernel lets go of the
+        // session's mounts (its processes were just killed): retried,
+        // as the schroot backend does. A hung one is not.
+        for attempt in 0..5u64 {
+            std::thread::sleep(std::time::Duration::from_millis(200 * attempt));
+            let started = std::time::Instant::now();
+            match crate::exec::host_output_within(
+                "schroot",
+                &["--quiet", "--end-session", "--chroot", name],
+                SCHROOT_LIMIT,
+            ) {
+                Ok(_) => {
+                    ended.push(format!("ended schroot session {name}"));
+                    break;
+                }
+                Err(e) if started.elapsed() >= SCHROOT_LIMIT => {
+                    hung.push(e.detail());
+                    break;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    (ended, hung)
+}
+
+/// How long a sweep waits for a `schroot` command.
+const SCHROOT_LIMIT: std::time::Duration = std::time::Duration::from_secs(180);
+
+/// The pauses before each try of an undo command: one that fails may have
+/// caught its thing in a transition left by the dead run (an lxc clone
+/// still starting or stopping), so it is tried again a few times.
+const UNDO_RETRIES_MS: [u64; 5] = [0, 300, 700, 1500, 3000];
+
+/// Runs the undo commands a dead run noted ([`record_undo`]), each until
+/// it succeeds or its tries ([`UNDO_RETRIES_MS`]) are spent.
+fn run_undo_commands(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir.join("undo")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let argv = std::fs::read_to_string(entry.path()).ok()?;
+            let argv: Vec<&str> = argv.split('\0').collect();
+            let ran = UNDO_RETRIES_MS.iter().any(|&pause| {
+                std::thread::sleep(std::time::Duration::from_millis(pause));
+                std::process::Command::new(argv[0])
+                    .args(&argv[1..])
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            });
+            ran.then(|| format!("ran {}", argv.join(" ")))
+        })
+        .collect()
+}
+
+/// The processes whose environment holds `mark`.
+fn tagged(mark: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.windows(mark.len()).any(|w| w == mark.as_bytes()))
+        })
+        .collect()
+}
+
+/// Waits (at most `limit`) until no process is left, or only zombies, in
+/// the process groups `groups` and of the processes `pids`; returns those
+/// still there then, as `process PID` lines.
+fn await_gone(groups: &[u32], pids: &[u32], limit: std::time::Duration) -> Vec<String> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let left: Vec<String> = live_processes()
+            .filter(|(pid, group)| pids.contains(pid) || groups.contains(group))
+            .map(|(pid, _)| format!("process {pid}"))
+            .collect();
+        if left.is_empty() || std::time::Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// The (pid, process group) of every process that is not a zombie.
+fn live_processes() -> impl Iterator<Item = (u32, u32)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // After the command name (which may hold ')'): state, ppid, pgrp.
+            let (_, rest) = stat.rsplit_once(')')?;
+            let mut fields = rest.split_whitespace();
+            let state = fields.next()?;
+            let group = fields.nth(1)?.parse().ok()?;
+            (state != "Z").then_some((pid, group))
+        })
+}
+
+/// A process's start time (clock ticks after boot), from /proc.
+fn start_time(pid: u32) -> Option<u64> {
+    stat_field(pid, 19)
+}
+
+/// Numeric field `n` of /proc/PID/stat, counted from the state (0).
+fn stat_field(pid: u32, n: usize) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: count from the last ')'.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(n)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_runs_undo_commands_run_with_their_arguments() {
+        let dir = tempfile::tempdir().unwrap();
+        let done = dir.path().join("an odd name");
+        std::fs::create_dir(dir.path().join("undo")).unwrap();
+        let argv = ["touch", done.to_str().unwrap()].join("\0");
+        std::fs::write(dir.path().join("undo/0"), argv).unwrap();
+        let said = run_undo_commands(dir.path());
+        assert!(done.exists(), "{said:?}");
+        assert_eq!(said, [format!("ran touch {}", done.display())]);
+    }
+
+    #[test]
+    fn await_gone_waits_for_a_killed_group_and_no_longer() {
+        use std::os::unix::process::CommandExt;
+        let mut leader = std::process::Command::new("sh")
+            .args(["-c", "sleep 60 & exec sleep 60"])
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let group = leader.id();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let running = await_gone(&[group], &[], std::time::Duration::ZERO);
+        assert_eq!(running.len(), 2, "the shell's two sleeps: {running:?}");
+        killpg(Pid::from_raw(group as i32), Signal::SIGKILL).unwrap();
+        // The leader stays a zombie until reaped: gone all the same.
+        let left = await_gone(&[group], &[], std::time::Duration::from_secs(10));
+        assert!(left.is_empty(), "{left:?}");
+        leader.wait().unwrap();
+    }
+
+    #[test]
+    fn an_undo_command_that_fails_at_first_is_tried_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let tried = dir.path().join("tried");
+        std::fs::create_dir(dir.path().join("undo")).unwrap();
+        // Fails the first time (a clone still stopping), then succeeds.
+        let script = format!("test -e {0} || {{ touch {0}; exit 1; }}", tried.display());
+        std::fs::write(dir.path().join("undo/0"), ["sh", "-c", &script].join("\0")).unwrap();
+        let said = run_undo_commands(dir.path());
+        assert_eq!(said.len(), 1, "{said:?}");
+    }
+
+    #[test]
+    fn start_time_of_self_and_of_nobody() {
+        assert!(start_time(std::process::id()).is_some());
+        assert_eq!(start_time(u32::MAX), None);
+    }
+}
