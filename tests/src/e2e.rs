@@ -164,14 +164,19 @@ pub fn assert_same_results(
     let summaries = || {
         let read = |out: &Path| std::fs::read_to_string(out.join("summary")).unwrap_or_default();
         format!(
-            "\n--- autopkgtest's summary:\n{}--- dep8's summary:\n{}",
+            "\n--- autopkgtest's summary:\n{}--- dep8's summary:\n{}\
+             --- the end of autopkgtest's log:\n{}\n--- the end of dep8's log:\n{}",
             read(&a_out),
-            read(&d_out)
+            read(&d_out),
+            log_tail(&a_out, 20),
+            log_tail(&d_out, 20)
         )
     };
     assert!(
         !theirs.is_empty(),
-        "autopkgtest produced no summary for {src} on {on}"
+        "autopkgtest produced no summary for {src} on {on} (exit {their_code:?}); \
+         the end of its log:\n{}",
+        log_tail(&a_out, 40)
     );
     assert_eq!(
         ours,
@@ -185,6 +190,18 @@ pub fn assert_same_results(
         "exit status differs on {src} on {on}{}",
         summaries()
     );
+}
+
+/// The last `lines` lines of the log a run wrote in `out`, or why there
+/// is none.
+pub fn log_tail(out: &Path, lines: usize) -> String {
+    match std::fs::read_to_string(out.join("log")) {
+        Ok(log) => {
+            let all: Vec<&str> = log.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(e) => format!("(no log in {}: {e})", out.display()),
+    }
 }
 
 /// Runs `program args` in `dir`; returns its stdout, panics with its
