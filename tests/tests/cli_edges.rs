@@ -658,6 +658,22 @@ fn explain_exits_as_run_would() {
         args.extend(testbed.iter().map(OsStr::new));
         assert_exit(&dep8(&args), code, says, &format!("run -- {what}"));
     }
+    // No tarball given nor cached: the testbed's name is said once.
+    let empty_cache = tempfile::tempdir().unwrap();
+    for (command, says) in [
+        (&["explain"][..], "dep8: error: unshare: no --tarball"),
+        (&["run", "-B"][..], "ERROR: unshare: no --tarball"),
+    ] {
+        let out = Command::new(dep8_bin())
+            .env("XDG_CACHE_HOME", empty_cache.path())
+            .args(command)
+            .arg(&tree)
+            .args(["--", "unshare"])
+            .output()
+            .expect("running dep8");
+        let what = format!("{} -- unshare, no tarball", command[0]);
+        assert_exit(&out, 20, says, &what);
+    }
     let (_dir, tree) = package("Test-Command: true\nDepends: bad (\n");
     let out = dep8(&[OsStr::new("explain"), tree.as_os_str()]);
     assert_exit(&out, 12, "", "explain, a BROKEN test");

@@ -191,7 +191,7 @@ impl Options {
             .map_err(|e| TestbedError::Usage(e.render().to_string()))?;
         if let Some(size) = &opts.disk_limit {
             return Err(TestbedError::Usage(format!(
-                "lxc: --disk-limit {size} is not supported: autopkgtest-virt-lxc makes a full \
+                "--disk-limit {size} is not supported: autopkgtest-virt-lxc makes a full \
                  copy on a loop device of that size, dep8's clones are overlay snapshots of the \
                  template"
             )));
@@ -331,7 +331,7 @@ impl Lxc {
         };
         text.ok_or_else(|| {
             TestbedError::Usage(format!(
-                "lxc: there is no container {container} ({} is missing; `lxc-ls` lists the \
+                "there is no container {container} ({} is missing; `lxc-ls` lists the \
                  containers, `dep8 image build lxc --name {container}` makes one)",
                 path.display()
             ))
@@ -701,7 +701,7 @@ impl LxcTestbed {
         let lxc = Lxc::new(&opts);
         if which::which("lxc-copy").is_err() {
             return Err(TestbedError::Usage(
-                "lxc: lxc-copy is not installed (apt-get install lxc)".into(),
+                "lxc-copy is not installed (apt-get install lxc)".into(),
             ));
         }
         let config = TemplateConfig::parse(&lxc.read_config(&opts.template).await?);
@@ -710,7 +710,7 @@ impl LxcTestbed {
             (true, Some(dir)) if !dir.contains(char::is_whitespace) => Some(dir.to_string()),
             (true, _) => {
                 return Err(TestbedError::Usage(format!(
-                    "lxc: --baseimage needs a directory-backed template, and {} has \
+                    "--baseimage needs a directory-backed template, and {} has \
                      lxc.rootfs.path = {}",
                     opts.template, config.rootfs
                 )))

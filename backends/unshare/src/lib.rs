@@ -344,7 +344,7 @@ fn cached_or_bootstrap(args: &Args, cache: Option<PathBuf>) -> Result<Rootfs> {
     }
     if release == "*" {
         return Err(TestbedError::Usage(format!(
-            "unshare: no --tarball, no --rootfs, and no --release to find sbuild's tarball \
+            "no --tarball, no --rootfs, and no --release to find sbuild's tarball \
              ({}/RELEASE-ARCH.t*) or to make one with mmdebstrap",
             cache.display()
         )));
@@ -356,7 +356,7 @@ fn cached_or_bootstrap(args: &Args, cache: Option<PathBuf>) -> Result<Rootfs> {
     }
     if which(&command[0]).is_none() {
         return Err(TestbedError::Usage(format!(
-            "unshare: no tarball for {release} in {} and no {} to make one \
+            "no tarball for {release} in {} and no {} to make one \
              (install the mmdebstrap package, or give --tarball)",
             cache.display(),
             command[0]
