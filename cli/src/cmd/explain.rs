@@ -36,7 +36,7 @@ pub fn explain(args: ExplainArgs, registry: &Registry) -> i32 {
     if !args.on.is_empty() {
         return match super::route::explain_routes(&args.source, &args.on, registry) {
             Ok(text) => emit(text),
-            Err(e) => error(e),
+            Err(e) => failed(e),
         };
     }
     let (entries, arch) = match load(&args.source, None) {

@@ -6,17 +6,22 @@
 //! into OUTPUT_DIR in the control file's order: the summary as a single
 //! run's (autopkgtest's lines), results.json and junit.xml naming each
 //! test's testbed, the log with a section per testbed, and the per-test
-//! files.
+//! files. A source to fetch (a `.dsc`, a `.changes`, a source package
+//! name, a git URL, an unbuilt tree with unapplied patches) is got once, on
+//! the host, and each testbed tests that tree.
 
-use super::run::{run_in, RunArgs};
+use super::run::{run_in, timeouts, RunArgs};
 use crate::config::Config;
-use crate::{error, Exit, Registry};
+use crate::{Exit, Registry};
+use dep8_core::acquire::{acquire, check_dsc, Fetch};
 use dep8_core::capability::Capabilities;
 use dep8_core::control::Entry;
-use dep8_core::engine::Verdict;
+use dep8_core::engine::{host_arch, load_suite, Verdict};
+use dep8_core::error::Error;
 use dep8_core::report::{Report, TestRecord, EXIT_UNEXPECTED};
 use dep8_core::restriction::ResolveOptions;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// Backends from cheapest to dearest to open and run on.
 pub const DEFAULT_ORDER: [&str; 7] = [
@@ -40,14 +45,7 @@ pub fn route(
     order: &[String],
     opts: &ResolveOptions,
 ) -> Vec<Vec<String>> {
-    let rank = |c: &Candidate| {
-        order
-            .iter()
-            .position(|b| *b == c.argv[0])
-            .unwrap_or(order.len())
-    };
-    let mut cheapest_first: Vec<usize> = (0..candidates.len()).collect();
-    cheapest_first.sort_by_key(|&i| rank(&candidates[i]));
+    let cheapest_first = cheapest_first(candidates, order);
     let mut routes = vec![Vec::new(); candidates.len()];
     for entry in entries {
         let runs =
@@ -61,44 +59,166 @@ pub fn route(
     routes
 }
 
-/// The routed run: OUTPUT_DIR `out` exists and is empty.
+/// The indexes of `candidates` from the cheapest (by the rank of its
+/// backend in `order`, then as given) to the dearest.
+fn cheapest_first(candidates: &[Candidate], order: &[String]) -> Vec<usize> {
+    let rank = |c: &Candidate| {
+        order
+            .iter()
+            .position(|b| *b == c.argv[0])
+            .unwrap_or(order.len())
+    };
+    let mut indexes: Vec<usize> = (0..candidates.len()).collect();
+    indexes.sort_by_key(|&i| rank(&candidates[i]));
+    indexes
+}
+
+/// The routed run: OUTPUT_DIR `out` exists and is empty. An error before
+/// any testbed runs ends it with the exit code of its blame.
 pub async fn run_routed(args: &RunArgs, registry: &Registry, out: &Path) -> Exit {
-    match plan_routes(args, registry) {
-        Ok(routes) => run_routes(args, registry, out, routes).await,
-        Err(e) => error(e).into(),
+    let source = match Source::get(args, registry).await {
+        Ok(source) => source,
+        Err(e) => return super::failed(e).into(),
+    };
+    match plan_routes(args, registry, &source) {
+        Ok(plan) => run_routes(args, registry, out, &source, plan).await,
+        Err(e) => super::failed(e).into(),
     }
 }
 
-/// A testbed and the tests it runs.
+/// The source tree whose tests are routed, and what each testbed's run is
+/// given to test it.
+struct Source {
+    /// The tree given, or the one got on the host.
+    tree: PathBuf,
+    /// The positional arguments of each testbed's run.
+    inputs: Vec<String>,
+    /// Whether each testbed's run builds the source, as the run given would.
+    build: bool,
+    /// What getting the source on the host printed, for the log.
+    log: String,
+    /// Keeps the tree got on the host until the end of the run.
+    _acquired: Option<tempfile::TempDir>,
+}
+
+impl Source {
+    /// The source of `args`: a tree is routed as it is; anything else is
+    /// got on the host (`null`) as a run on the host gets it, once, and
+    /// each testbed's run tests that tree with the binaries given.
+    async fn get(args: &RunArgs, registry: &Registry) -> Result<Source, Error> {
+        let inputs = args.classify_inputs().map_err(Error::Usage)?;
+        let Some(fetch) = inputs.fetch else {
+            return Ok(Source {
+                tree: inputs.source,
+                inputs: args.inputs().to_vec(),
+                build: inputs.build,
+                log: String::new(),
+                _acquired: None,
+            });
+        };
+        if let Fetch::Dsc(dsc) = &fetch {
+            check_dsc(dsc).map_err(Error::BadPackage)?;
+        }
+        let (host, host_args) = registry
+            .resolve(&["null".to_string()])
+            .map_err(|e| Error::Usage(format!("getting {fetch} on the host: {e}")))?;
+        let mut tb = host.open(&host_args).await?;
+        let dir = tempfile::Builder::new()
+            .prefix("dep8-source.")
+            .tempdir()
+            .map_err(|e| Error::Testbed(format!("creating a temp dir: {e}")))?;
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let tap = {
+            let output = output.clone();
+            Arc::new(move |bytes: &[u8]| output.lock().unwrap().extend_from_slice(bytes))
+        };
+        let got = acquire(
+            tb.as_ref(),
+            &fetch,
+            dir.path(),
+            timeouts(args).install,
+            tap,
+            false,
+        )
+        .await;
+        tb.close().await?;
+        got?;
+        let said = String::from_utf8_lossy(&output.lock().unwrap()).into_owned();
+        let tree = dir.path().to_path_buf();
+        let binaries = inputs.binaries.iter().map(|b| b.display().to_string());
+        Ok(Source {
+            inputs: std::iter::once(tree.display().to_string())
+                .chain(binaries)
+                .collect(),
+            tree,
+            build: inputs.build,
+            log: format!("dep8: on the host: {fetch}\n{said}"),
+            _acquired: Some(dir),
+        })
+    }
+}
+
+/// A testbed and the tests it runs (none: all of them).
 struct Routed {
     label: String,
     argv: Vec<String>,
     tests: Vec<String>,
 }
 
-/// The testbeds and their tests; the selected tests in control file order.
-fn plan_routes(args: &RunArgs, registry: &Registry) -> Result<(Vec<Routed>, Vec<String>), String> {
-    let source = args.source_tree()?;
-    let config = Config::for_source(&source, registry)?;
+impl Routed {
+    /// Its tests, for the terminal and the log.
+    fn tests_said(&self) -> String {
+        if self.tests.is_empty() {
+            "the whole run".to_string()
+        } else {
+            self.tests.join(" ")
+        }
+    }
+}
+
+/// The testbeds and their tests, and the selected tests in control file
+/// order. A suite that cannot be routed (no control file: autodep8's, or
+/// none; a debian/control that cannot be read) is run whole on the
+/// cheapest testbed, which ends it as a run on that testbed alone would.
+fn plan_routes(
+    args: &RunArgs,
+    registry: &Registry,
+    source: &Source,
+) -> Result<(Vec<Routed>, Vec<String>), Error> {
+    let config = Config::for_source(&source.tree, registry).map_err(Error::Usage)?;
     let names = if args.on.is_empty() {
         let names: Vec<String> = config.names().iter().map(|n| n.to_string()).collect();
         if names.is_empty() {
-            return Err(format!(
+            return Err(Error::Usage(format!(
                 "--testbed auto: no testbed in {} or ~/.config/dep8/config.toml",
                 crate::config::PROJECT_FILE
-            ));
+            )));
         }
         names
     } else {
         args.on.clone()
     };
-    let candidates = candidates(&config, &names, registry)?;
-    let (entries, arch) = super::load(&source, None).map_err(|e| e.to_string())?;
+    let mut candidates = candidates(&config, &names, registry)?;
+    let order = order(&config);
+    let control = args.control_path(&source.tree);
+    let arch = host_arch().unwrap_or_else(|| "amd64".into());
+    let suite = match control.try_exists() {
+        Ok(false) => None,
+        _ => load_suite(&control, &source.tree, &arch).ok(),
+    };
+    let Some(entries) = suite else {
+        let cheapest = candidates.swap_remove(cheapest_first(&candidates, &order)[0]);
+        let whole = Routed {
+            label: cheapest.label,
+            argv: cheapest.argv,
+            tests: Vec::new(),
+        };
+        return Ok((vec![whole], Vec::new()));
+    };
     let entries: Vec<Entry> = entries
         .into_iter()
         .filter(|e| e.name() == "*" || args.selects(e.name()))
         .collect();
-    let order = order(&config);
     let mut opts = args.resolve_options();
     opts.arch = Some(arch);
     let routes = route(&entries, &candidates, &order, &opts);
@@ -122,10 +242,10 @@ fn candidates(
     config: &Config,
     names: &[String],
     registry: &Registry,
-) -> Result<Vec<Candidate>, String> {
+) -> Result<Vec<Candidate>, Error> {
     let mut candidates = Vec::new();
-    for (label, mut argv) in config.labelled(names)? {
-        let (backend, backend_args) = registry.resolve(&argv)?;
+    for (label, mut argv) in config.labelled(names).map_err(Error::Usage)? {
+        let (backend, backend_args) = registry.resolve(&argv).map_err(Error::Usage)?;
         let capabilities = Capabilities::new(backend.capabilities_for(&backend_args));
         // The backend's own name, as the order names it.
         argv[0] = backend.name().to_string();
@@ -149,10 +269,10 @@ fn order(config: &Config) -> Vec<String> {
 
 /// `dep8 explain SRC --on A --on B`: where each test of `source` would
 /// run, and its verdict there.
-pub fn explain_routes(source: &Path, on: &[String], registry: &Registry) -> Result<String, String> {
-    let config = Config::for_source(source, registry)?;
+pub fn explain_routes(source: &Path, on: &[String], registry: &Registry) -> Result<String, Error> {
+    let config = Config::for_source(source, registry).map_err(Error::Usage)?;
     let candidates = candidates(&config, on, registry)?;
-    let (entries, arch) = super::load(source, None).map_err(|e| e.to_string())?;
+    let (entries, arch) = super::load(source, None)?;
     let opts = ResolveOptions {
         arch: Some(arch),
         ..Default::default()
@@ -181,6 +301,7 @@ async fn run_routes(
     args: &RunArgs,
     registry: &Registry,
     out: &Path,
+    source: &Source,
     (routes, order): (Vec<Routed>, Vec<String>),
 ) -> Exit {
     let dirs: Vec<PathBuf> = (1..=routes.len())
@@ -188,28 +309,34 @@ async fn run_routes(
         .collect();
     for (route, dir) in routes.iter().zip(&dirs) {
         if let Err(e) = std::fs::create_dir_all(dir) {
-            return error(format!("{}: {e}", dir.display())).into();
+            return super::failed(unwritten(dir, e)).into();
         }
         say!(
             "dep8: on {} ({}): {}",
             route.label,
             dir.display(),
-            route.tests.join(" ")
+            route.tests_said()
         );
     }
     let runs = routes.iter().zip(&dirs).map(|(route, dir)| {
-        let sub = args.on_one(route.argv.clone(), route.tests.clone());
+        let sub = args.on_one(
+            route.argv.clone(),
+            route.tests.clone(),
+            source.inputs.clone(),
+            source.build,
+        );
         async move { run_in(&sub, registry, dir, None).await }
     });
     let exits = futures_util::future::join_all(runs).await;
-    let merged = match merge(&routes, &dirs, &order, out) {
+    let log = args.log_path(out);
+    let merged = match merge(&routes, &dirs, &order, out, (&source.log, &log)) {
         Ok(merged) => merged,
-        Err(e) => return error(e).into(),
+        Err(e) => return super::failed(e).into(),
     };
     let summary = std::fs::read_to_string(out.join("summary")).unwrap_or_default();
     if let Some(file) = args.summary_file() {
         if let Err(e) = std::fs::write(file, &summary) {
-            return error(format!("{}: {e}", file.display())).into();
+            return super::failed(unwritten(file, e)).into();
         }
     }
     // The results, as a run shows them (also with -q).
@@ -221,24 +348,32 @@ async fn run_routes(
         .unwrap_or(Exit::Code(merged.exit_code.unwrap_or(EXIT_UNEXPECTED)))
 }
 
+/// An output file or dir that could not be written: exit 20, as
+/// autopkgtest's unexpected errors.
+fn unwritten(path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Usage(format!("{}: {e}", path.display()))
+}
+
 /// Merges the testbeds' output dirs `dirs` into `out`: the tests in
-/// `order`, each with its testbed; per-test files moved up.
+/// `order`, each with its testbed; per-test files moved up. The log,
+/// `preamble` then each testbed's section, goes to `log_path`.
 fn merge(
     routes: &[Routed],
     dirs: &[PathBuf],
     order: &[String],
     out: &Path,
-) -> Result<Report, String> {
+    (preamble, log_path): (&str, &Path),
+) -> Result<Report, Error> {
     let suite = order.first().map_or("tests", |_| "routed");
     let labels: Vec<&str> = routes.iter().map(|r| r.label.as_str()).collect();
     let mut merged = Report::new(suite, &labels.join(" + "));
     merged.complete = true;
     let mut records = Vec::new();
     let mut notes = Vec::new();
-    let mut log = String::new();
+    let mut log = preamble.to_string();
     let mut stopped = None;
     for (route, dir) in routes.iter().zip(dirs) {
-        let report = Report::read(&dir.join("results.json"))?;
+        let report = Report::read(&dir.join("results.json")).map_err(Error::Usage)?;
         merged.suite = report.suite.clone();
         if !report.complete {
             merged.complete = false;
@@ -264,7 +399,7 @@ fn merge(
             "dep8: testbed {} ({}): {}\n",
             route.label,
             route.argv.join(" "),
-            route.tests.join(" ")
+            route.tests_said()
         );
         log += &std::fs::read_to_string(dir.join("log")).unwrap_or_default();
         move_test_files(dir, out)?;
@@ -280,16 +415,16 @@ fn merge(
     merged.exit_code = Some(stopped.unwrap_or_else(|| merged.exit_code_of_results()));
     let mut summary: Vec<String> = merged.results().flat_map(|r| r.summary_lines()).collect();
     summary.extend(notes);
-    let json = serde_json::to_string_pretty(&merged).map_err(|e| e.to_string())?;
+    let results = out.join("results.json");
+    let json = serde_json::to_string_pretty(&merged).map_err(|e| unwritten(&results, e))?;
     let text = |lines: Vec<String>| lines.into_iter().map(|l| l + "\n").collect::<String>();
-    for (name, bytes) in [
-        ("summary", text(summary)),
-        ("results.json", json),
-        ("junit.xml", merged.junit()),
-        ("log", log),
+    for (path, bytes) in [
+        (out.join("summary"), text(summary)),
+        (results, json),
+        (out.join("junit.xml"), merged.junit()),
+        (log_path.to_path_buf(), log),
     ] {
-        std::fs::write(out.join(name), bytes)
-            .map_err(|e| format!("{}: {e}", out.join(name).display()))?;
+        std::fs::write(&path, bytes).map_err(|e| unwritten(&path, e))?;
     }
     Ok(merged)
 }
@@ -307,8 +442,8 @@ const RUN_FILES: [&str; 7] = [
 
 /// Moves the per-test files and dirs (`NAME-stdout`, `artifacts`, ...) of
 /// `dir` into `out`.
-fn move_test_files(dir: &Path, out: &Path) -> Result<(), String> {
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+fn move_test_files(dir: &Path, out: &Path) -> Result<(), Error> {
+    let entries = std::fs::read_dir(dir).map_err(|e| unwritten(dir, e))?;
     for entry in entries.flatten() {
         let name = entry.file_name();
         if RUN_FILES.iter().any(|f| name == *f) {
@@ -322,8 +457,7 @@ fn move_test_files(dir: &Path, out: &Path) -> Result<(), String> {
             }
             continue;
         }
-        std::fs::rename(entry.path(), &target)
-            .map_err(|e| format!("{}: {e}", entry.path().display()))?;
+        std::fs::rename(entry.path(), &target).map_err(|e| unwritten(&entry.path(), e))?;
     }
     Ok(())
 }

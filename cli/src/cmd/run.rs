@@ -191,9 +191,18 @@ pub struct RunArgs {
 
 impl RunArgs {
     /// This run on one of its testbeds (`--on`): the testbed `argv`, only
-    /// the tests `tests`, its files in the output dir it is given.
-    pub(super) fn on_one(&self, argv: Vec<String>, tests: Vec<String>) -> RunArgs {
+    /// the tests `tests` (none: all), of `inputs`, building the source if
+    /// `build`; its files in the output dir it is given.
+    pub(super) fn on_one(
+        &self,
+        argv: Vec<String>,
+        tests: Vec<String>,
+        inputs: Vec<String>,
+        build: bool,
+    ) -> RunArgs {
         RunArgs {
+            inputs,
+            no_built_binaries: !build,
             testbed: argv,
             testbed_name: None,
             on: Vec::new(),
@@ -206,15 +215,22 @@ impl RunArgs {
         }
     }
 
-    /// The source tree given (not one to fetch), for routing.
-    pub(super) fn source_tree(&self) -> Result<PathBuf, String> {
-        let inputs = Inputs::classify(&self.inputs, self.no_built_binaries)?;
-        match inputs.fetch {
-            None => Ok(inputs.source),
-            Some(fetch) => Err(format!(
-                "--on: dep8 routes the tests of a source tree, not of {fetch}"
-            )),
-        }
+    /// The positional arguments, sorted as autopkgtest sorts them.
+    pub(super) fn classify_inputs(&self) -> Result<Inputs, String> {
+        Inputs::classify(&self.inputs, self.no_built_binaries)
+    }
+
+    /// The positional arguments as given.
+    pub(super) fn inputs(&self) -> &[String] {
+        &self.inputs
+    }
+
+    /// The control file to read in the tree `source`: `--override-control`,
+    /// else its debian/tests/control.
+    pub(super) fn control_path(&self, source: &Path) -> PathBuf {
+        self.override_control
+            .clone()
+            .unwrap_or_else(|| source.join("debian/tests/control"))
     }
 
     /// Whether `--test-name` and `--skip-test` select the test `name`.
@@ -234,6 +250,11 @@ impl RunArgs {
 
     pub(super) fn summary_file(&self) -> Option<&Path> {
         self.summary_file.as_deref()
+    }
+
+    /// Where the log goes: `--log-file`, else OUTPUT_DIR/log.
+    pub(super) fn log_path(&self, out: &Path) -> PathBuf {
+        self.log_file.clone().unwrap_or_else(|| out.join("log"))
     }
 }
 
@@ -309,7 +330,8 @@ fn testbed_setup(args: &RunArgs, binaries: Vec<PathBuf>) -> Result<Setup, String
     })
 }
 
-fn timeouts(args: &RunArgs) -> Timeouts {
+/// The time limits `args` give.
+pub(super) fn timeouts(args: &RunArgs) -> Timeouts {
     let d = Timeouts::default();
     let pick = |given: Option<u64>, default: Duration| {
         let secs = given.unwrap_or((default.as_secs_f64() * args.timeout_factor) as u64);
@@ -393,7 +415,7 @@ pub(super) async fn run_in(
     out: &Path,
     console: Option<Box<dyn Observer>>,
 ) -> Exit {
-    let log_path = args.log_file.clone().unwrap_or_else(|| out.join("log"));
+    let log_path = args.log_path(out);
     let unwritten = Unwritten::default();
     let log = match LogFile::create(&log_path, unwritten.clone()) {
         Ok(log) => log,
