@@ -56,6 +56,13 @@ impl Backend for NullBackend {
         vec![Capability::RootOnTestbed]
     }
 
+    fn capabilities_for(&self, args: &[String]) -> Vec<Capability> {
+        match NullOptions::try_parse_from(args) {
+            Ok(options) => offered(&options).flags.into_iter().collect(),
+            Err(_) => self.capabilities_hint(),
+        }
+    }
+
     async fn open(&self, args: &[String]) -> Result<Box<dyn Testbed>> {
         let options = NullOptions::try_parse_from(args)
             .map_err(|e| TestbedError::Usage(e.render().to_string()))?;
@@ -76,6 +83,20 @@ pub struct NullTestbed {
     retain: bool,
 }
 
+/// What the host offers as a testbed opened with `options`: root when
+/// dep8 runs as root, and the capabilities faked.
+fn offered(options: &NullOptions) -> Capabilities {
+    let mut caps = Capabilities::default();
+    if nix::unistd::geteuid().is_root() {
+        caps.insert(Capability::RootOnTestbed);
+    }
+    let faked = Capabilities::from_protocol_words(&options.fake_capability);
+    caps.flags.extend(faked.flags);
+    caps.suggested_normal_users
+        .extend(faked.suggested_normal_users);
+    caps
+}
+
 impl NullTestbed {
     /// The host with no arguments.
     pub fn open() -> Result<Self> {
@@ -88,19 +109,12 @@ impl NullTestbed {
             .disable_cleanup(options.retain_tmp)
             .tempdir()
             .map_err(|e| TestbedError::failure("creating the scratch dir", e))?;
-        let mut caps = Capabilities::default();
-        if nix::unistd::geteuid().is_root() {
-            caps.insert(Capability::RootOnTestbed);
-        }
         for word in &options.fake_capability {
             if Capability::from_word(word).is_none() && !word.contains('=') {
                 tracing::warn!("--fake-capability {word}: not a capability dep8 knows; ignored");
             }
         }
-        let faked = Capabilities::from_protocol_words(&options.fake_capability);
-        caps.flags.extend(faked.flags);
-        caps.suggested_normal_users
-            .extend(faked.suggested_normal_users);
+        let mut caps = offered(options);
         caps.downtmp_host = Some(scratch.path().to_path_buf());
         Ok(NullTestbed {
             scratch_path: scratch.path().to_string_lossy().into_owned(),
@@ -155,5 +169,21 @@ impl Testbed for NullTestbed {
                     e,
                 )),
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_capabilities_for_its_arguments_include_the_faked_ones() {
+        let faked = ["--fake-capability", "isolation-machine"].map(String::from);
+        assert!(NullBackend
+            .capabilities_for(&faked)
+            .contains(&Capability::IsolationMachine));
+        assert!(!NullBackend
+            .capabilities_for(&[])
+            .contains(&Capability::IsolationMachine));
     }
 }
