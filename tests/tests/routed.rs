@@ -1,12 +1,14 @@
 //! `dep8 run --on A --on B` on the host: a bad package is blamed as
 //! without `--on` (exit 12, the same summary), a bad testbed is a usage
-//! error (20), `-l` gets the merged log, and a `.dsc` is unpacked once on
-//! the host and its tests routed. The unshare testbed given beside null
-//! runs nothing here (null runs every test), so it needs no tarball.
+//! error (20), `-l` gets the merged log, a `.dsc` is unpacked once on the
+//! host and its tests routed, and SIGINT stops every testbed's run and
+//! keeps the results. The unshare testbed given beside null in the first
+//! tests runs nothing (null runs every test), so it needs no tarball.
 
 use dep8_tests::e2e::{dep8_bin, repo, required_program, source_tree, write};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// An unshare testbed that is never opened: every test here goes to null.
 const UNOPENED_UNSHARE: &str = "unshare --tarball /nonexistent.tar";
@@ -177,4 +179,99 @@ fn a_dsc_is_unpacked_on_the_host_and_routed() {
         log.contains("dep8: testbed null (null): greets command1\n"),
         "{log}"
     );
+}
+
+/// What a test leaves running is found on the host by this argv[0].
+const MARKER: &str = "dep8-routed-marker";
+
+fn marked_processes() -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .filter(|cmdline| cmdline.starts_with(MARKER.as_bytes()))
+        .count()
+}
+
+/// The testbed that can revert, beside null: unshare when a rootfs tarball
+/// is at hand (`DEP8_TEST_ROOTFS`, as root), else the host again, claiming
+/// to revert (the test is interrupted before it would).
+fn reverting_testbed() -> String {
+    match std::env::var("DEP8_TEST_ROOTFS") {
+        Ok(tarball) if !tarball.is_empty() && nix::unistd::geteuid().is_root() => {
+            format!("unshare --tarball {tarball}")
+        }
+        _ => "null --fake-capability revert-full-system".to_string(),
+    }
+}
+
+/// SIGINT while a test runs on each of two testbeds: dep8 dies by it, no
+/// test process is left, and results.json names each test's fate in the
+/// control file's order (the running ones interrupted, the others not run).
+#[test]
+fn sigint_during_a_routed_run_stops_every_testbed_and_keeps_the_results() {
+    let reverting = reverting_testbed();
+    let dir = tempfile::tempdir().unwrap();
+    let sleeper = |name: &str, restrictions: &str| {
+        format!(
+            "Test-Command: exec -a {MARKER} sleep 300\nDepends:\nFeatures: test-name={name}\n\
+             Restrictions: {restrictions}\n\n"
+        )
+    };
+    let control = sleeper("plain-1", "allow-stderr")
+        + &sleeper("breaks-1", "breaks-testbed")
+        + &sleeper("plain-2", "allow-stderr")
+        + &sleeper("breaks-2", "breaks-testbed");
+    let src = source_tree(dir.path(), "sleepers", &control);
+    let out = dir.path().join("out");
+    let mut child = Command::new(dep8_bin())
+        .args(["run", "-B", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .args(["--on", "null", "--on", &reverting])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("running dep8");
+    let started = Instant::now();
+    while marked_processes() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "a test never started on each testbed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(2), "{status:?}");
+    assert_eq!(marked_processes(), 0, "a test's process outlived dep8");
+
+    let results: serde_json::Value =
+        serde_json::from_str(&read(&out.join("results.json"))).unwrap();
+    assert_eq!(results["complete"], false);
+    let states: Vec<(&str, &str)> = results["tests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["name"].as_str().unwrap(), t["result"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("plain-1", "INTERRUPTED"),
+            ("breaks-1", "INTERRUPTED"),
+            ("plain-2", "NOT_RUN"),
+            ("breaks-2", "NOT_RUN"),
+        ]
+    );
+    let log = read(&out.join("log"));
+    assert!(
+        log.contains("dep8: testbed null (null): plain-1 plain-2\n"),
+        "{log}"
+    );
+    assert!(log.contains(": breaks-1 breaks-2\n"), "{log}");
 }
