@@ -1,9 +1,10 @@
 //! `dep8 run --on A --on B` on the host: a bad package is blamed as
 //! without `--on` (exit 12, the same summary), a bad testbed is a usage
-//! error (20), `-l` gets the merged log, a `.dsc` is unpacked once on the
-//! host and its tests routed, and SIGINT stops every testbed's run and
-//! keeps the results. The unshare testbed given beside null in the first
-//! tests runs nothing (null runs every test), so it needs no tarball.
+//! error (20), `-l` gets the merged log, a `.dsc` (or its `.changes`) is
+//! unpacked once on the host and its tests routed, and SIGINT stops every
+//! testbed's run and keeps the results. The unshare testbed given beside
+//! null in the first tests runs nothing (null runs every test), so it
+//! needs no tarball.
 
 use dep8_tests::e2e::{dep8_bin, repo, required_program, source_tree, write};
 use std::path::Path;
@@ -148,7 +149,7 @@ fn log_file_gets_the_merged_log() {
 }
 
 #[test]
-fn a_dsc_is_unpacked_on_the_host_and_routed() {
+fn a_dsc_or_changes_is_unpacked_on_the_host_and_routed() {
     if required_program("dpkg-source", "dpkg-dev").is_none() {
         return;
     }
@@ -167,6 +168,14 @@ fn a_dsc_is_unpacked_on_the_host_and_routed() {
         .output()
         .unwrap();
     assert!(built.status.success(), "{}", stderr(&built));
+    let changes = dir.path().join("dep8-hello_1.0_source.changes");
+    let generated = Command::new("dpkg-genchanges")
+        .current_dir(&tree)
+        .arg("-S")
+        .arg(format!("-O{}", changes.display()))
+        .output()
+        .unwrap();
+    assert!(generated.status.success(), "{}", stderr(&generated));
     std::fs::remove_dir_all(&tree).unwrap();
     let dsc = dir.path().join("dep8-hello_1.0.dsc");
     assert_routed_same_as_plain(dir.path(), dsc.to_str().unwrap(), 0, "a .dsc");
@@ -178,6 +187,16 @@ fn a_dsc_is_unpacked_on_the_host_and_routed() {
     assert!(
         log.contains("dep8: testbed null (null): greets command1\n"),
         "{log}"
+    );
+    // Its .changes (the .dsc, no .deb) is routed alike.
+    let routed = run(
+        &dir.path().join("changes"),
+        &[changes.to_str().unwrap(), "--on", "null"],
+    );
+    assert_eq!(routed.status.code(), Some(0), "{}", stderr(&routed));
+    assert_eq!(
+        read(&dir.path().join("changes/summary")),
+        read(&dir.path().join("plain/summary"))
     );
 }
 
