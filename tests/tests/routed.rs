@@ -188,16 +188,26 @@ fn a_dsc_or_changes_is_unpacked_on_the_host_and_routed() {
         log.contains("dep8: testbed null (null): greets command1\n"),
         "{log}"
     );
-    // Its .changes (the .dsc, no .deb) is routed alike.
-    let routed = run(
-        &dir.path().join("changes"),
-        &[changes.to_str().unwrap(), "--on", "null"],
+    // Its .changes (the .dsc, no .deb) is routed alike, on a testbed named
+    // in the current directory's dep8.toml (a fetched source has none).
+    write(
+        &dir.path().join("dep8.toml"),
+        "[testbed.host]\nbackend = \"null\"\n",
     );
+    let routed = Command::new(dep8_bin())
+        .current_dir(dir.path())
+        .args(["run", "-B", "-o", "changes"])
+        .arg(&changes)
+        .args(["--on", "host"])
+        .output()
+        .expect("running dep8");
     assert_eq!(routed.status.code(), Some(0), "{}", stderr(&routed));
     assert_eq!(
         read(&dir.path().join("changes/summary")),
         read(&dir.path().join("plain/summary"))
     );
+    let log = read(&dir.path().join("changes/log"));
+    assert!(log.contains("dep8: testbed host (null): "), "{log}");
 }
 
 /// What a test leaves running is found on the host by this argv[0].

@@ -91,6 +91,9 @@ pub async fn run_routed(args: &RunArgs, registry: &Registry, out: &Path) -> Exit
 struct Source {
     /// The tree given, or the one got on the host.
     tree: PathBuf,
+    /// Where the project's dep8.toml is: as for a run on one testbed, the
+    /// tree given, else the current directory.
+    project: PathBuf,
     /// The positional arguments of each testbed's run.
     inputs: Vec<String>,
     /// Whether each testbed's run builds the source, as the run given would.
@@ -107,9 +110,11 @@ impl Source {
     /// each testbed's run tests that tree with the binaries given.
     async fn get(args: &RunArgs, registry: &Registry) -> Result<Source, Error> {
         let inputs = args.classify_inputs().map_err(Error::Usage)?;
+        let project = crate::config::project_dir(&inputs);
         let Some(fetch) = inputs.fetch else {
             return Ok(Source {
                 tree: inputs.source,
+                project,
                 inputs: args.inputs().to_vec(),
                 build: inputs.build,
                 log: String::new(),
@@ -151,6 +156,7 @@ impl Source {
                 .chain(binaries)
                 .collect(),
             tree,
+            project,
             build: inputs.build,
             log: format!("dep8: on the host: {fetch}\n{said}"),
             _acquired: Some(dir),
@@ -185,7 +191,7 @@ fn plan_routes(
     registry: &Registry,
     source: &Source,
 ) -> Result<(Vec<Routed>, Vec<String>), Error> {
-    let config = Config::for_source(&source.tree, registry).map_err(Error::Usage)?;
+    let config = Config::load(&source.project, registry).map_err(Error::Usage)?;
     let names = if args.on.is_empty() {
         let names: Vec<String> = config.names().iter().map(|n| n.to_string()).collect();
         if names.is_empty() {
