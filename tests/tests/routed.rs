@@ -2,7 +2,8 @@
 //! without `--on` (exit 12, the same summary), a bad testbed is a usage
 //! error (20), `-l` gets the merged log, a `.dsc` (or its `.changes`) is
 //! unpacked once on the host and its tests routed, and SIGINT stops every
-//! testbed's run and keeps the results. The unshare testbed given beside
+//! testbed's run and keeps the results (or, while the source is got on the
+//! host, leaves nothing behind). The unshare testbed given beside
 //! null in the first tests runs nothing (null runs every test), so it
 //! needs no tarball.
 
@@ -221,6 +222,15 @@ fn marked_processes() -> usize {
         .count()
 }
 
+/// Waits up to 5 s while processes dep8 killed are `alive`: SIGKILL is
+/// delivered after dep8 has sent it and exited.
+fn wait_for_the_killed(alive: impl Fn() -> bool) {
+    let killed = Instant::now();
+    while alive() && killed.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The testbed that can revert, beside null: unshare when a rootfs tarball
 /// is at hand (`DEP8_TEST_ROOTFS`, as root), else the host again, claiming
 /// to revert (the test is interrupted before it would).
@@ -277,6 +287,7 @@ fn sigint_during_a_routed_run_stops_every_testbed_and_keeps_the_results() {
     let status = child.wait().unwrap();
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(2), "{status:?}");
+    wait_for_the_killed(|| marked_processes() > 0);
     assert_eq!(marked_processes(), 0, "a test's process outlived dep8");
 
     let results: serde_json::Value =
@@ -303,4 +314,66 @@ fn sigint_during_a_routed_run_stops_every_testbed_and_keeps_the_results() {
         "{log}"
     );
     assert!(log.contains(": breaks-1 breaks-2\n"), "{log}");
+}
+
+/// The command lines of the processes whose working directory is under
+/// `dir`.
+fn processes_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let proc = e.ok()?.path();
+            let cwd = std::fs::read_link(proc.join("cwd")).ok()?;
+            let cmdline = std::fs::read(proc.join("cmdline")).ok()?;
+            cwd.starts_with(dir)
+                .then(|| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+        })
+        .collect()
+}
+
+/// SIGINT while the source is got on the host (a git clone that fails,
+/// then waits 15 s to retry): dep8 dies by it, and leaves no process nor
+/// temp dir behind.
+#[test]
+fn sigint_while_the_source_is_got_on_the_host_leaves_nothing() {
+    if required_program("git", "git").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let child = Command::new(dep8_bin())
+        .env("TMPDIR", &tmp)
+        .args(["run", "-B", "-o"])
+        .arg(dir.path().join("out"))
+        .args(["file:///nonexistent/repo", "--on", "null"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running dep8");
+    let started = Instant::now();
+    while processes_in(&tmp).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "nothing ran in TMPDIR"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("interrupted by signal 2"),
+        "{}",
+        stderr(&out)
+    );
+    wait_for_the_killed(|| !processes_in(&tmp).is_empty());
+    assert_eq!(processes_in(&tmp), Vec::<String>::new());
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
 }

@@ -10,7 +10,7 @@
 //! name, a git URL, an unbuilt tree with unapplied patches) is got once, on
 //! the host, and each testbed tests that tree.
 
-use super::run::{run_in, timeouts, RunArgs};
+use super::run::{run_in, timeouts, RunArgs, Signals};
 use crate::config::Config;
 use crate::{Exit, Registry};
 use dep8_core::acquire::{acquire, check_dsc, Fetch};
@@ -74,15 +74,23 @@ fn cheapest_first(candidates: &[Candidate], order: &[String]) -> Vec<usize> {
 }
 
 /// The routed run: OUTPUT_DIR `out` exists and is empty. An error before
-/// any testbed runs ends it with the exit code of its blame.
+/// any testbed runs ends it with the exit code of its blame, or by its
+/// signal.
 pub async fn run_routed(args: &RunArgs, registry: &Registry, out: &Path) -> Exit {
+    let ended = |e: Error| match e {
+        Error::Interrupted(signal) => {
+            crate::error(&e);
+            Exit::Signal(signal)
+        }
+        e => super::failed(e).into(),
+    };
     let source = match Source::get(args, registry).await {
         Ok(source) => source,
-        Err(e) => return super::failed(e).into(),
+        Err(e) => return ended(e),
     };
     match plan_routes(args, registry, &source) {
         Ok(plan) => run_routes(args, registry, out, &source, plan).await,
-        Err(e) => super::failed(e).into(),
+        Err(e) => ended(e),
     }
 }
 
@@ -107,7 +115,8 @@ struct Source {
 impl Source {
     /// The source of `args`: a tree is routed as it is; anything else is
     /// got on the host (`null`) as a run on the host gets it, once, and
-    /// each testbed's run tests that tree with the binaries given.
+    /// each testbed's run tests that tree with the binaries given. SIGINT
+    /// or SIGTERM meanwhile stops it and removes what it made.
     async fn get(args: &RunArgs, registry: &Registry) -> Result<Source, Error> {
         let inputs = args.classify_inputs().map_err(Error::Usage)?;
         let project = crate::config::project_dir(&inputs);
@@ -124,6 +133,7 @@ impl Source {
         if let Fetch::Dsc(dsc) = &fetch {
             check_dsc(dsc).map_err(Error::BadPackage)?;
         }
+        let mut signals = Signals::new();
         let (host, host_args) = registry
             .resolve(&["null".to_string()])
             .map_err(|e| Error::Usage(format!("getting {fetch} on the host: {e}")))?;
@@ -137,17 +147,22 @@ impl Source {
             let output = output.clone();
             Arc::new(move |bytes: &[u8]| output.lock().unwrap().extend_from_slice(bytes))
         };
-        let got = acquire(
+        let getting = acquire(
             tb.as_ref(),
             &fetch,
             dir.path(),
             timeouts(args).install,
             tap,
             false,
-        )
-        .await;
-        tb.close().await?;
-        got?;
+        );
+        // An interrupted acquire drops its future: what it started is killed.
+        tokio::select! {
+            got = getting => {
+                tb.close().await?;
+                got?;
+            }
+            signal = signals.next() => return Err(Error::Interrupted(signal)),
+        }
         let said = String::from_utf8_lossy(&output.lock().unwrap()).into_owned();
         let tree = dir.path().to_path_buf();
         let binaries = inputs.binaries.iter().map(|b| b.display().to_string());

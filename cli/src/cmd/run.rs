@@ -646,20 +646,40 @@ fn exit_of(report: &Report) -> Exit {
     }
 }
 
+/// SIGINT and SIGTERM, heard from when this is made on.
+pub(super) struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    pub(super) fn new() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        Signals {
+            int: signal(SignalKind::interrupt()).expect("SIGINT handler"),
+            term: signal(SignalKind::terminate()).expect("SIGTERM handler"),
+        }
+    }
+
+    /// The number of the next one.
+    pub(super) async fn next(&mut self) -> i32 {
+        use tokio::signal::unix::SignalKind;
+        tokio::select! {
+            _ = self.term.recv() => SignalKind::terminate(),
+            _ = self.int.recv() => SignalKind::interrupt(),
+        }
+        .as_raw_value()
+    }
+}
+
 /// Listens to SIGINT and SIGTERM from the start of a run; each one is
 /// logged as autopkgtest logs it, and sent on.
 fn listen(events: Events) -> tokio::sync::mpsc::UnboundedReceiver<i32> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let mut signals = Signals::new();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
-            let signal = tokio::select! {
-                _ = term.recv() => SignalKind::terminate(),
-                _ = int.recv() => SignalKind::interrupt(),
-            }
-            .as_raw_value();
+            let signal = signals.next().await;
             events.error(format!("Received signal {signal}, cleaning up..."));
             if tx.send(signal).is_err() {
                 break;
