@@ -357,8 +357,9 @@ fn output_dir(given: Option<&Path>) -> Result<(PathBuf, bool), String> {
 /// in the log; a temporary output dir is removed at the end, as autopkgtest
 /// removes its own.
 pub async fn run(args: RunArgs, registry: &Registry, color: ColorChoice) -> Exit {
-    // Dead runs' leftovers go away (this run's dir was claimed at start).
-    for line in dep8_core::leftovers::sweep() {
+    // Dead runs' leftovers go away (this run's dir was claimed at start);
+    // killing and unmounting may take a while: off the async threads.
+    for line in dep8_core::blocking(dep8_core::leftovers::sweep).await {
         tracing::info!("leftovers of a dead run: {line}");
     }
     let (out, temporary) = match output_dir(args.output_dir.as_deref()) {
