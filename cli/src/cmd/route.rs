@@ -63,7 +63,8 @@ pub fn route(
 
 /// The routed run: OUTPUT_DIR `out` exists and is empty.
 pub async fn run_routed(args: &RunArgs, registry: &Registry, out: &Path) -> Exit {
-    match plan_routes(args, registry) {
+    // It reads the configuration and the control file.
+    match tokio::task::block_in_place(|| plan_routes(args, registry)) {
         Ok(routes) => run_routes(args, registry, out, routes).await,
         Err(e) => error(e).into(),
     }
@@ -79,7 +80,7 @@ struct Routed {
 /// The testbeds and their tests; the selected tests in control file order.
 fn plan_routes(args: &RunArgs, registry: &Registry) -> Result<(Vec<Routed>, Vec<String>), String> {
     let source = args.source_tree()?;
-    let config = Config::for_source(&source, registry)?;
+    let config = Config::for_source(&source, registry).map_err(|e| e.to_string())?;
     let names = if args.on.is_empty() {
         let names: Vec<String> = config.names().iter().map(|n| n.to_string()).collect();
         if names.is_empty() {
@@ -124,7 +125,7 @@ fn candidates(
     registry: &Registry,
 ) -> Result<Vec<Candidate>, String> {
     let mut candidates = Vec::new();
-    for (label, mut argv) in config.labelled(names)? {
+    for (label, mut argv) in config.labelled(names).map_err(|e| e.to_string())? {
         let (backend, backend_args) = registry.resolve(&argv)?;
         let capabilities = Capabilities::new(backend.capabilities_for(&backend_args));
         // The backend's own name, as the order names it.
@@ -150,7 +151,7 @@ fn order(config: &Config) -> Vec<String> {
 /// `dep8 explain SRC --on A --on B`: where each test of `source` would
 /// run, and its verdict there.
 pub fn explain_routes(source: &Path, on: &[String], registry: &Registry) -> Result<String, String> {
-    let config = Config::for_source(source, registry)?;
+    let config = Config::for_source(source, registry).map_err(|e| e.to_string())?;
     let candidates = candidates(&config, on, registry)?;
     let (entries, arch) = super::load(source, None).map_err(|e| e.to_string())?;
     let opts = ResolveOptions {

@@ -429,14 +429,17 @@ async fn run_with(
         Ok(inputs) => inputs,
         Err(e) => return usage(e),
     };
-    let mut testbed_argv = match crate::config::run_testbed(
-        &args.testbed,
-        args.testbed_name.as_deref(),
-        &crate::config::project_dir(&inputs),
-        registry,
-    ) {
+    // It reads the configuration files.
+    let mut testbed_argv = match tokio::task::block_in_place(|| {
+        crate::config::run_testbed(
+            &args.testbed,
+            args.testbed_name.as_deref(),
+            &crate::config::project_dir(&inputs),
+            registry,
+        )
+    }) {
         Ok(argv) => argv,
-        Err(e) => return usage(e),
+        Err(e) => return usage(e.to_string()),
     };
     let short = autopkgtest::native_name(&testbed_argv[0], |n| registry.get(n).is_some());
     testbed_argv[0] = short.to_string();
