@@ -26,6 +26,62 @@ use toml::Spanned;
 /// The name of the project's configuration file.
 pub const PROJECT_FILE: &str = "dep8.toml";
 
+/// Why the configuration cannot be used (a usage error: exit 20).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file that is there could not be read.
+    #[error("{}: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A file is not TOML, or not the configuration's (an unknown key).
+    #[error("{}: {message}", path.display())]
+    Invalid { path: PathBuf, message: String },
+    /// `testbed.NAME.backend` (set at `origin`) names no backend.
+    #[error(
+        "{origin}: testbed.{name}.backend: unknown backend {backend:?}; known backends: {}",
+        known.join(", ")
+    )]
+    UnknownBackend {
+        origin: String,
+        name: String,
+        backend: String,
+        known: Vec<&'static str>,
+    },
+    /// A default (`defaults.KEY`, set at `origin`) names neither a
+    /// testbed nor a backend.
+    #[error(
+        "{origin}: defaults.{key}: {name:?} is neither a testbed of the \
+         configuration ({}) nor a backend ({})",
+        testbeds.join(", "),
+        backends.join(", ")
+    )]
+    UnknownDefault {
+        origin: String,
+        key: &'static str,
+        name: String,
+        testbeds: Vec<String>,
+        backends: Vec<&'static str>,
+    },
+    /// `dep8 compare` without `--on` nor `defaults.compare`.
+    #[error(
+        "no testbeds to compare: give --on BACKEND... or set defaults.compare \
+         in {PROJECT_FILE} or ~/.config/dep8/config.toml"
+    )]
+    NothingToCompare,
+    /// An `--on` value that is not a testbed's command line.
+    #[error("--on {given:?}: {why}")]
+    BadOn { given: String, why: String },
+}
+
+/// A configuration that cannot be used is the user's to mend.
+impl From<ConfigError> for dep8_core::error::Error {
+    fn from(e: ConfigError) -> Self {
+        dep8_core::error::Error::Usage(e.to_string())
+    }
+}
+
 /// One configuration file as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -81,7 +137,7 @@ pub struct Config {
 impl Config {
     /// Reads the user's file and the project's (either may be missing),
     /// and checks them against `registry`'s backends.
-    pub fn load(project_dir: &Path, registry: &Registry) -> Result<Config, String> {
+    pub fn load(project_dir: &Path, registry: &Registry) -> Result<Config, ConfigError> {
         let mut config = Config::default();
         for path in user_file()
             .into_iter()
@@ -95,7 +151,7 @@ impl Config {
             }
             match std::fs::read_to_string(&path) {
                 Ok(text) => config.merge(&path, &text, registry)?,
-                Err(e) => return Err(format!("{}: {e}", path.display())),
+                Err(source) => return Err(ConfigError::Unreadable { path, source }),
             }
         }
         config.check_defaults(registry)?;
@@ -110,20 +166,23 @@ impl Config {
     }
 
     /// Parses one file's `text` and lays it over what is already there.
-    fn merge(&mut self, path: &Path, text: &str, registry: &Registry) -> Result<(), String> {
-        let file: File = toml::from_str(text)
-            .map_err(|e| format!("{}: {}", path.display(), e.to_string().trim_end()))?;
+    fn merge(&mut self, path: &Path, text: &str, registry: &Registry) -> Result<(), ConfigError> {
+        let file: File = toml::from_str(text).map_err(|e| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
         let at = |span: std::ops::Range<usize>| {
             format!("{}:{}", path.display(), line_of(text, span.start))
         };
         for (name, testbed) in file.testbed {
             let backend = testbed.backend.get_ref();
             if registry.resolve(std::slice::from_ref(backend)).is_err() {
-                return Err(format!(
-                    "{}: testbed.{name}.backend: unknown backend {backend:?}; known backends: {}",
-                    at(testbed.backend.span()),
-                    registry.names().join(", ")
-                ));
+                return Err(ConfigError::UnknownBackend {
+                    origin: at(testbed.backend.span()),
+                    name,
+                    backend: backend.clone(),
+                    known: registry.names(),
+                });
             }
             let mut argv = vec![backend.clone()];
             argv.extend(testbed.args);
@@ -155,17 +214,18 @@ impl Config {
 
     /// Checks that each default names a configured testbed or a backend;
     /// once all files are in, as a default may name another file's testbed.
-    fn check_defaults(&self, registry: &Registry) -> Result<(), String> {
+    fn check_defaults(&self, registry: &Registry) -> Result<(), ConfigError> {
         for (key, origin, name) in self.default_names() {
             let known = self.testbeds.contains_key(&name)
                 || registry.resolve(std::slice::from_ref(&name)).is_ok();
             if !known {
-                return Err(format!(
-                    "{origin}: defaults.{key}: {name:?} is neither a testbed of the \
-                     configuration ({}) nor a backend ({})",
-                    self.names().join(", "),
-                    registry.names().join(", ")
-                ));
+                return Err(ConfigError::UnknownDefault {
+                    origin,
+                    key,
+                    name,
+                    testbeds: self.names().iter().map(|n| n.to_string()).collect(),
+                    backends: registry.names(),
+                });
             }
         }
         Ok(())
@@ -212,7 +272,7 @@ pub fn run_testbed(
     name: Option<&str>,
     project_dir: &Path,
     registry: &Registry,
-) -> Result<Vec<String>, String> {
+) -> Result<Vec<String>, ConfigError> {
     if !given.is_empty() {
         return Ok(given.to_vec());
     }
@@ -226,7 +286,7 @@ pub fn named_testbed(
     name: Option<&str>,
     project_dir: &Path,
     registry: &Registry,
-) -> Result<Option<Vec<String>>, String> {
+) -> Result<Option<Vec<String>>, ConfigError> {
     let config = Config::load(project_dir, registry)?;
     let name = name.or(config.default_testbed.as_ref().map(|d| d.value.as_str()));
     Ok(name.map(|name| config.argv_of(name)))
@@ -245,24 +305,19 @@ pub fn compare_testbeds(
     on: &[String],
     source: &Path,
     registry: &Registry,
-) -> Result<Vec<(String, Vec<String>)>, String> {
+) -> Result<Vec<(String, Vec<String>)>, ConfigError> {
     let config = Config::for_source(source, registry)?;
     let names = match (on.is_empty(), &config.default_compare) {
         (false, _) => on.to_vec(),
         (true, Some(compare)) => compare.value.clone(),
-        (true, None) => {
-            return Err(format!(
-                "no testbeds to compare: give --on BACKEND... or set defaults.compare \
-                 in {PROJECT_FILE} or ~/.config/dep8/config.toml"
-            ))
-        }
+        (true, None) => return Err(ConfigError::NothingToCompare),
     };
     config.labelled(&names)
 }
 
 impl Config {
     /// The configuration of the project whose source is `source`.
-    pub fn for_source(source: &Path, registry: &Registry) -> Result<Config, String> {
+    pub fn for_source(source: &Path, registry: &Registry) -> Result<Config, ConfigError> {
         let inputs = Inputs::classify(&[source.to_string_lossy().into_owned()], true).ok();
         Config::load(
             &Config::project_dir(inputs.as_ref().and_then(source_tree)),
@@ -272,17 +327,21 @@ impl Config {
 
     /// Each of `names` (a configured testbed's name, or BACKEND ARGS as one
     /// string, as `--on` takes them) with its testbed argv.
-    pub fn labelled(&self, names: &[String]) -> Result<Vec<(String, Vec<String>)>, String> {
+    pub fn labelled(&self, names: &[String]) -> Result<Vec<(String, Vec<String>)>, ConfigError> {
         names.iter().map(|given| self.labelled_one(given)).collect()
     }
 
-    fn labelled_one(&self, given: &str) -> Result<(String, Vec<String>), String> {
+    fn labelled_one(&self, given: &str) -> Result<(String, Vec<String>), ConfigError> {
+        let bad_on = |why: String| ConfigError::BadOn {
+            given: given.to_string(),
+            why,
+        };
         match self.testbed(given) {
             Some(named) => Ok((given.to_string(), named.argv.clone())),
             None => match shell_words::split(given) {
-                Ok(argv) if argv.is_empty() => Err(format!("--on {given:?}: names no backend")),
+                Ok(argv) if argv.is_empty() => Err(bad_on("names no backend".into())),
                 Ok(argv) => Ok((given.to_string(), argv)),
-                Err(e) => Err(format!("--on {given:?}: {e}")),
+                Err(e) => Err(bad_on(e.to_string())),
             },
         }
     }
@@ -311,7 +370,7 @@ fn line_of(text: &str, offset: usize) -> usize {
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<Config, String> {
+    fn parse(text: &str) -> Result<Config, ConfigError> {
         let mut config = Config::default();
         let registry = Registry::builtin();
         config.merge(Path::new("dep8.toml"), text, &registry)?;
@@ -337,18 +396,24 @@ mod tests {
 
     #[test]
     fn errors_name_file_line_and_key() {
-        let e = parse("[testbed.sid]\nbackend = \"unshare\"\nargz = []\n").unwrap_err();
+        let e = parse("[testbed.sid]\nbackend = \"unshare\"\nargz = []\n")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with("dep8.toml: TOML parse error at line 3"),
             "{e}"
         );
         assert!(e.contains("unknown field `argz`"), "{e}");
-        let e = parse("\n[testbed.sid]\nbackend = \"unshar\"\n").unwrap_err();
+        let e = parse("\n[testbed.sid]\nbackend = \"unshar\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with("dep8.toml:3: testbed.sid.backend: unknown backend \"unshar\""),
             "{e}"
         );
-        let e = parse("[defaults]\ntestbed = \"nowhere\"\n").unwrap_err();
+        let e = parse("[defaults]\ntestbed = \"nowhere\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(
             e.starts_with("dep8.toml:2: defaults.testbed: \"nowhere\""),
             "{e}"

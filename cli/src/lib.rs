@@ -178,7 +178,7 @@ async fn dispatch(command: Command, registry: &Registry, color: console::ColorCh
     let code = match command {
         Command::Run(args) => return cmd::run::run(*args, registry, color).await,
         Command::Image(command) => tokio::task::block_in_place(|| image::main(command)),
-        Command::Cache(command) => cache::main(command),
+        Command::Cache(command) => dep8_core::blocking(move || cache::main(command)).await,
         Command::Check(args) => tokio::task::block_in_place(|| cmd::check::check(args, registry)),
         Command::Compare(args) => cmd::compare::compare(args, registry).await,
         Command::Report(args) => report_html::report(args),
@@ -215,7 +215,8 @@ async fn dispatch(command: Command, registry: &Registry, color: console::ColorCh
                 .collect()
         }),
         Command::Clean => {
-            let lines: String = dep8_core::leftovers::sweep()
+            let lines: String = dep8_core::blocking(dep8_core::leftovers::sweep)
+                .await
                 .into_iter()
                 .map(|line| line + "\n")
                 .collect();

@@ -221,11 +221,15 @@ pub async fn collect_debs(
         )));
     }
     tb.copy_up(&debs, host).await?;
-    let mut found: Vec<PathBuf> = std::fs::read_dir(host)
-        .map_err(|e| BuildError::Testbed(format!("{}: {e}", host.display())))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "deb"))
-        .collect();
-    found.sort();
-    Ok(found)
+    let host = host.to_owned();
+    crate::blocking(move || {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(&host)
+            .map_err(|e| BuildError::Testbed(format!("{}: {e}", host.display())))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "deb"))
+            .collect();
+        found.sort();
+        Ok(found)
+    })
+    .await
 }

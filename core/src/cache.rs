@@ -34,7 +34,9 @@
 //! and apt's `srcpkgcache.bin`; locked by `lists/KEY.lock`), `tmp/`
 //! (staging, on the same file system for the renames).
 
+use crate::blocking;
 use crate::testbed::{ExecRequest, Tap, Testbed, TestbedError};
+use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -74,6 +76,27 @@ const CLEAR_LISTS: &str =
 const GATHER: &str = r#"dir=$1; shift; rm -rf "$dir"; mkdir -p "$dir"
 cd /var/cache/apt/archives
 for f; do [ -f "$f" ] && { ln "$f" "$dir/" 2>/dev/null || cp "$f" "$dir/"; }; done; true"#;
+
+/// How often a lists lock that another run holds is tried again.
+const LOCK_RETRY: Duration = Duration::from_millis(100);
+
+/// Why the cache was not used (never fatal: the run goes on without it).
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// A command or a copy in the testbed failed.
+    #[error("{}", .0.detail())]
+    Testbed(#[from] TestbedError),
+    /// A command (in the testbed, or `sha256sum` on the host) said why it
+    /// failed.
+    #[error("{0}")]
+    Command(String),
+    /// A file system call under `path` failed.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
 
 /// The shared cache, as a run uses it.
 #[derive(Clone, Debug)]
@@ -151,11 +174,23 @@ impl AptCache {
         self.dir.join("lists").join(key)
     }
 
+    /// An I/O error of the cache dir.
+    fn io_error(&self, source: std::io::Error) -> CacheError {
+        CacheError::Io {
+            path: self.dir.clone(),
+            source,
+        }
+    }
+
     /// A new staging dir in the cache (removed on drop).
-    fn staging(&self) -> std::io::Result<tempfile::TempDir> {
+    async fn staging(&self) -> Result<tempfile::TempDir, CacheError> {
         let tmp = self.dir.join("tmp");
-        std::fs::create_dir_all(&tmp)?;
-        tempfile::Builder::new().prefix("stage.").tempdir_in(tmp)
+        blocking(move || {
+            std::fs::create_dir_all(&tmp)?;
+            tempfile::Builder::new().prefix("stage.").tempdir_in(tmp)
+        })
+        .await
+        .map_err(|e| self.io_error(e))
     }
 
     /// Copies into the testbed's apt archive the cached packages that the
@@ -198,12 +233,9 @@ impl AptCache {
         &self,
         tb: &dyn Testbed,
         apt: &str,
-    ) -> Result<Vec<Download>, String> {
+    ) -> Result<Vec<Download>, CacheError> {
         let plan = format!("{apt} --print-uris -qq -o Acquire::ForceHash=SHA256");
-        let out = tb
-            .exec(ExecRequest::shell(&plan).capture())
-            .await
-            .map_err(|e| e.detail())?;
+        let out = tb.exec(ExecRequest::shell(&plan).capture()).await?;
         if !out.status.success() {
             // apt will say why itself when it runs for real.
             return Ok(Vec::new());
@@ -212,30 +244,38 @@ impl AptCache {
     }
 
     /// Copies the cached ones of `planned` down; returns the others.
-    async fn seed(&self, tb: &dyn Testbed, planned: &[Download]) -> Result<Vec<Download>, String> {
-        let io = |e: std::io::Error| format!("{}: {e}", self.dir.display());
-        let stage = self.staging().map_err(io)?;
-        let mut linked = Vec::new();
-        for download in planned {
-            let cached = self.debs().join(format!("{}.deb", download.sha256));
-            if std::fs::hard_link(&cached, stage.path().join(&download.file)).is_ok() {
-                linked.push(download.file.clone());
+    async fn seed(
+        &self,
+        tb: &dyn Testbed,
+        planned: &[Download],
+    ) -> Result<Vec<Download>, CacheError> {
+        let stage = self.staging().await?;
+        let linked = blocking({
+            let (debs, stage, planned) = (self.debs(), stage.path().to_owned(), planned.to_vec());
+            move || {
+                planned
+                    .into_iter()
+                    .filter(|download| {
+                        let cached = debs.join(format!("{}.deb", download.sha256));
+                        std::fs::hard_link(cached, stage.join(&download.file)).is_ok()
+                    })
+                    .map(|download| download.file)
+                    .collect::<Vec<_>>()
             }
-        }
+        })
+        .await;
         // A file whose content is not what its name says (a disk error, a
         // hand edit) is never handed to apt.
         let good = sha256_of(stage.path(), &linked).await?;
         let mut missing = Vec::new();
         for download in planned {
             if good.get(&download.file) != Some(&download.sha256) {
-                let _ = std::fs::remove_file(stage.path().join(&download.file));
+                let _ = tokio::fs::remove_file(stage.path().join(&download.file)).await;
                 missing.push(download.clone());
             }
         }
         if missing.len() < planned.len() {
-            tb.copy_down(stage.path(), ARCHIVES)
-                .await
-                .map_err(|e| e.detail())?;
+            tb.copy_down(stage.path(), ARCHIVES).await?;
         }
         Ok(missing)
     }
@@ -253,37 +293,39 @@ impl AptCache {
         }
     }
 
-    async fn store(&self, tb: &dyn Testbed, downloads: &[Download]) -> Result<usize, String> {
-        let io = |e: std::io::Error| format!("{}: {e}", self.dir.display());
+    async fn store(&self, tb: &dyn Testbed, downloads: &[Download]) -> Result<usize, CacheError> {
         let gathered = "/var/cache/apt/dep8-gathered";
         let mut argv = vec!["sh", "-ec", GATHER, "gather", gathered];
         argv.extend(downloads.iter().map(|d| d.file.as_str()));
-        let out = tb
-            .exec(ExecRequest::new(argv).capture())
-            .await
-            .map_err(|e| e.detail())?;
+        let out = tb.exec(ExecRequest::new(argv).capture()).await?;
         if !out.status.success() {
-            return Err(out.stderr_last_line());
+            return Err(CacheError::Command(out.stderr_last_line()));
         }
-        let stage = self.staging().map_err(io)?;
+        let stage = self.staging().await?;
         let copied = tb.copy_up(gathered, stage.path()).await;
         let removed = tb
             .exec(ExecRequest::new(["rm", "-rf", gathered]).capture())
             .await;
-        copied.map_err(|e| e.detail())?;
-        removed.map_err(|e| e.detail())?;
+        copied?;
+        removed?;
         let names: Vec<String> = downloads.iter().map(|d| d.file.clone()).collect();
         let hashes = sha256_of(stage.path(), &names).await?;
-        std::fs::create_dir_all(self.debs()).map_err(io)?;
-        let mut stored = 0;
-        for download in downloads {
-            if hashes.get(&download.file) == Some(&download.sha256) {
-                let target = self.debs().join(format!("{}.deb", download.sha256));
-                std::fs::rename(stage.path().join(&download.file), target).map_err(io)?;
-                stored += 1;
+        let verified: Vec<Download> = downloads
+            .iter()
+            .filter(|d| hashes.get(&d.file) == Some(&d.sha256))
+            .cloned()
+            .collect();
+        let (debs, staged) = (self.debs(), stage.path().to_owned());
+        blocking(move || {
+            std::fs::create_dir_all(&debs)?;
+            for download in &verified {
+                let target = debs.join(format!("{}.deb", download.sha256));
+                std::fs::rename(staged.join(&download.file), target)?;
             }
-        }
-        Ok(stored)
+            Ok(verified.len())
+        })
+        .await
+        .map_err(|e| self.io_error(e))
     }
 
     /// The key of the testbed's current apt configuration.
@@ -304,34 +346,36 @@ impl AptCache {
     /// Copies the lists cached under `key` into the testbed: as they are
     /// when younger than the maximum age, else as the base `apt-get update`
     /// refreshes (it then fetches only the indexes that changed).
-    pub async fn restore_lists(&self, tb: &dyn Testbed, key: &str) -> Result<ListsReuse, String> {
+    pub async fn restore_lists(
+        &self,
+        tb: &dyn Testbed,
+        key: &str,
+    ) -> Result<ListsReuse, CacheError> {
         let dir = self.lists(key);
-        let _shared = match self.lock_lists(key, FlockArg::LockShared).await {
+        let _shared = match self.lock_lists(key, FlockArg::LockSharedNonblock).await {
             Ok(lock) => lock,
-            Err(_) if !dir.exists() => return Ok(ListsReuse::Missing),
+            Err(_) if !tokio::fs::try_exists(&dir).await.unwrap_or(false) => {
+                return Ok(ListsReuse::Missing)
+            }
             Err(e) => return Err(e),
         };
-        let age = match std::fs::metadata(&dir).and_then(|m| m.modified()) {
+        let age = match tokio::fs::metadata(&dir).await.and_then(|m| m.modified()) {
             Ok(mtime) => SystemTime::now()
                 .duration_since(mtime)
                 .unwrap_or(Duration::ZERO),
             Err(_) => return Ok(ListsReuse::Missing),
         };
-        let out = tb
-            .exec(ExecRequest::shell(CLEAR_LISTS).capture())
-            .await
-            .map_err(|e| e.detail())?;
+        let out = tb.exec(ExecRequest::shell(CLEAR_LISTS).capture()).await?;
         if !out.status.success() {
-            return Err(out.stderr_last_line());
+            return Err(CacheError::Command(out.stderr_last_line()));
         }
-        tb.copy_down(&dir.join("lists"), LISTS)
-            .await
-            .map_err(|e| e.detail())?;
+        tb.copy_down(&dir.join("lists"), LISTS).await?;
         let srcpkgcache = dir.join("srcpkgcache.bin");
-        if srcpkgcache.is_file() {
-            tb.copy_down(&srcpkgcache, SRCPKGCACHE)
-                .await
-                .map_err(|e| e.detail())?;
+        if tokio::fs::metadata(&srcpkgcache)
+            .await
+            .is_ok_and(|m| m.is_file())
+        {
+            tb.copy_down(&srcpkgcache, SRCPKGCACHE).await?;
         }
         Ok(if age > self.lists_max_age {
             ListsReuse::Stale(age)
@@ -342,14 +386,13 @@ impl AptCache {
 
     /// Stores the testbed's lists (just updated) under `key`, replacing
     /// what was there.
-    pub async fn store_lists(&self, tb: &dyn Testbed, key: &str) -> Result<(), String> {
-        let io = |e: std::io::Error| format!("{}: {e}", self.dir.display());
-        let stage = self.staging().map_err(io)?;
+    pub async fn store_lists(&self, tb: &dyn Testbed, key: &str) -> Result<(), CacheError> {
+        let stage = self.staging().await?;
         let entry = stage.path().join("entry");
         let lists = entry.join("lists");
-        tb.copy_up(LISTS, &lists).await.map_err(|e| e.detail())?;
-        let _ = std::fs::remove_file(lists.join("lock"));
-        let _ = std::fs::remove_dir_all(lists.join("partial"));
+        tb.copy_up(LISTS, &lists).await?;
+        let _ = tokio::fs::remove_file(lists.join("lock")).await;
+        let _ = tokio::fs::remove_dir_all(lists.join("partial")).await;
         // Not every apt configuration makes one, and apt removes it while
         // it rebuilds it. Copied only when there: a failed copy is fatal to
         // an autopkgtest virt server.
@@ -362,30 +405,60 @@ impl AptCache {
                 .copy_up(SRCPKGCACHE, &entry.join("srcpkgcache.bin"))
                 .await;
         }
-        let _exclusive = self.lock_lists(key, FlockArg::LockExclusive).await?;
+        let _exclusive = self
+            .lock_lists(key, FlockArg::LockExclusiveNonblock)
+            .await?;
         let dir = self.lists(key);
-        if dir.exists() {
-            std::fs::rename(&dir, stage.path().join("old")).map_err(io)?;
-        }
-        std::fs::rename(&entry, &dir).map_err(io)
-    }
-
-    /// Takes `key`'s lock (waiting for it), creating the lists dir.
-    async fn lock_lists(&self, key: &str, how: FlockArg) -> Result<Flock<std::fs::File>, String> {
-        let path = self.dir.join("lists").join(format!("{key}.lock"));
-        tokio::task::spawn_blocking(move || {
-            let fail = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-            std::fs::create_dir_all(path.parent().expect("in lists/")).map_err(|e| fail(&e))?;
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)
-                .map_err(|e| fail(&e))?;
-            Flock::lock(file, how).map_err(|(_, e)| fail(&e))
+        // The replaced lists go with the staging dir, off the async threads.
+        blocking(move || {
+            if dir.exists() {
+                std::fs::rename(&dir, stage.path().join("old"))?;
+            }
+            std::fs::rename(&entry, &dir)?;
+            stage.close()
         })
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| self.io_error(e))
+    }
+
+    /// Takes `key`'s lock (`how`: shared or exclusive, non-blocking),
+    /// creating the lists dir. While another run holds it, it is tried
+    /// again every [`LOCK_RETRY`] rather than waited for in `flock`: a
+    /// thread blocked there cannot be cancelled, and would keep dep8 alive
+    /// after Ctrl-C until the other run lets go.
+    async fn lock_lists(
+        &self,
+        key: &str,
+        how: FlockArg,
+    ) -> Result<Flock<std::fs::File>, CacheError> {
+        let path = self.dir.join("lists").join(format!("{key}.lock"));
+        let io = |source: std::io::Error| CacheError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut file = blocking({
+            let path = path.clone();
+            move || {
+                std::fs::create_dir_all(path.parent().expect("in lists/"))?;
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&path)
+            }
+        })
+        .await
+        .map_err(io)?;
+        loop {
+            match Flock::lock(file, how) {
+                Ok(lock) => return Ok(lock),
+                Err((unlocked, Errno::EWOULDBLOCK)) => {
+                    file = unlocked;
+                    tokio::time::sleep(LOCK_RETRY).await;
+                }
+                Err((_, errno)) => return Err(io(errno.into())),
+            }
+        }
     }
 }
 
@@ -446,8 +519,17 @@ pub fn parse_print_uris(output: &str) -> Vec<Download> {
 /// The SHA256 of each of the `files` in `dir` that exists, by name.
 /// coreutils' `sha256sum` (on every Debian system) rather than a hashing
 /// crate, for one process over all files and no new dependency.
-async fn sha256_of(dir: &Path, files: &[String]) -> Result<BTreeMap<String, String>, String> {
-    let present: Vec<&String> = files.iter().filter(|f| dir.join(f).is_file()).collect();
+async fn sha256_of(dir: &Path, files: &[String]) -> Result<BTreeMap<String, String>, CacheError> {
+    let present: Vec<String> = blocking({
+        let (dir, files) = (dir.to_owned(), files.to_vec());
+        move || {
+            files
+                .into_iter()
+                .filter(|f| dir.join(f).is_file())
+                .collect()
+        }
+    })
+    .await;
     if present.is_empty() {
         return Ok(BTreeMap::new());
     }
@@ -457,12 +539,12 @@ async fn sha256_of(dir: &Path, files: &[String]) -> Result<BTreeMap<String, Stri
         .current_dir(dir)
         .output()
         .await
-        .map_err(|e| format!("cannot run sha256sum: {e}"))?;
+        .map_err(|e| CacheError::Command(format!("cannot run sha256sum: {e}")))?;
     if !out.status.success() {
-        return Err(format!(
+        return Err(CacheError::Command(format!(
             "sha256sum: {}",
             String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        )));
     }
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -511,6 +593,92 @@ mod tests {
                 },
             ]
         );
+    }
+
+    /// Runs `scenario` on a thread of its own, and fails when it is not
+    /// over within `limit` (where a blocked lock would leave it hanging).
+    fn within(limit: Duration, scenario: impl FnOnce() + Send + 'static) {
+        let (done, over) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            scenario();
+            let _ = done.send(());
+        });
+        match over.recv_timeout(limit) {
+            Ok(()) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("still running after {limit:?}")
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("the scenario failed"),
+        }
+    }
+
+    /// A cache in a new temp dir, with the lists lock of `key` held as
+    /// another dep8 would hold it (its own open file).
+    fn cache_with_held_lock(key: &str) -> (tempfile::TempDir, AptCache, Flock<std::fs::File>) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("lists")).unwrap();
+        let file = std::fs::File::create(dir.path().join(format!("lists/{key}.lock"))).unwrap();
+        let held = Flock::lock(file, FlockArg::LockExclusiveNonblock).unwrap();
+        let cache = AptCache::new(dir.path().to_owned(), AptCache::DEFAULT_LISTS_MAX_AGE);
+        (dir, cache, held)
+    }
+
+    fn one_thread_runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_held_lists_lock_does_not_stall_the_runtime() {
+        within(Duration::from_secs(10), || {
+            let (_dir, cache, held) = cache_with_held_lock("k");
+            let runtime = one_thread_runtime();
+            let waiting = runtime.spawn(async move {
+                cache
+                    .lock_lists("k", FlockArg::LockSharedNonblock)
+                    .await
+                    .is_ok()
+            });
+            // The runtime's one thread goes on with other work meanwhile.
+            let ticks = runtime.block_on(async {
+                let mut ticks = 0;
+                while ticks < 5 {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    ticks += 1;
+                }
+                ticks
+            });
+            assert_eq!(ticks, 5);
+            assert!(!waiting.is_finished(), "locked while another held it");
+            drop(held);
+            let locked = runtime
+                .block_on(async { tokio::time::timeout(Duration::from_secs(2), waiting).await });
+            assert!(matches!(locked, Ok(Ok(true))), "{locked:?}");
+        });
+    }
+
+    #[test]
+    fn a_lists_lock_wait_does_not_outlive_the_runtime() {
+        within(Duration::from_secs(10), || {
+            let (_dir, cache, _held) = cache_with_held_lock("k");
+            let runtime = one_thread_runtime();
+            let waiting = runtime.spawn(async move {
+                let _ = cache.lock_lists("k", FlockArg::LockExclusiveNonblock).await;
+            });
+            runtime.block_on(async { tokio::time::sleep(Duration::from_millis(200)).await });
+            assert!(!waiting.is_finished());
+            // As dep8 ends on Ctrl-C: the lock is still held, yet the
+            // runtime goes without waiting for it.
+            let started = std::time::Instant::now();
+            drop(runtime);
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "{:?}",
+                started.elapsed()
+            );
+        });
     }
 
     #[test]

@@ -33,3 +33,11 @@ pub mod source;
 
 pub use dep8_testbed as testbed;
 pub use dep8_testbed::{capability, exec, leftovers};
+
+/// `work` (file system calls, processes) on tokio's blocking threads, off
+/// the async ones; a panic there is the caller's.
+pub async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}

@@ -6,6 +6,7 @@
 //!   and a second run takes every package and the apt lists from the cache;
 //! - `--no-cache` leaves no cache dir and says nothing of a cache;
 //! - two concurrent runs share one cache without corrupting it;
+//! - a run waiting for the lists lock ends at once on SIGINT;
 //! - a package in the cache never replaces what the archive now has: not
 //!   an older version, not a rebuild of the same version (a local HTTP
 //!   archive changes between runs);
@@ -17,10 +18,15 @@
 use dep8_tests::e2e::{
     check, dep8_bin, required_program, source_tree, unshare_rootfs_as_root, write,
 };
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// Small bookworm packages no rootfs has: what the tests install.
 const PACKAGES: &str = "hello, tree, bc";
@@ -205,6 +211,77 @@ fn concurrent_runs_share_the_cache() {
     third.assert_log(&format!(
         "package cache: {stored} of {stored} packages from dep8's cache, 0 to download"
     ));
+}
+
+/// A run waiting for the apt lists lock, which another run holds while it
+/// replaces the lists, still ends at once on SIGINT, by the signal: the
+/// wait does not hold dep8 up.
+#[test]
+fn an_interrupt_ends_a_wait_for_the_lists_lock() {
+    let Some(tarball) = unshare_rootfs_as_root() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tree = archive_suite(dir.path());
+    let args = on_unshare(&tree, &tarball, &[]);
+    let cache = dir.path().join("cache");
+    dep8(dir.path(), "first", &cache, &args).assert_passed();
+    let held: Vec<Flock<std::fs::File>> = std::fs::read_dir(cache.join("lists"))
+        .expect("cached lists")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.extension().is_some_and(|x| x == "lock"))
+        .map(|path| {
+            let file = std::fs::File::open(&path).expect("lists lock");
+            Flock::lock(file, FlockArg::LockExclusive).expect("flock")
+        })
+        .collect();
+    assert!(!held.is_empty(), "no lists lock in {}", cache.display());
+    let out = dir.path().join("waiting");
+    let mut waiting = Command::new(dep8_bin())
+        .current_dir(dir.path())
+        .env("DEP8_CACHE_DIR", &cache)
+        .args(["run", "-B", "-o", out.to_str().expect("utf-8")])
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run dep8");
+    let log = || std::fs::read_to_string(out.join("log")).unwrap_or_default();
+    let started = Instant::now();
+    while !log().contains("opening testbed") && started.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Time to open the testbed and reach the lists, where it stays.
+    std::thread::sleep(Duration::from_secs(30));
+    assert!(
+        waiting.try_wait().expect("wait").is_none() && !log().contains("apt lists:"),
+        "the run did not wait for the lists lock; log:\n{}",
+        log()
+    );
+    kill(Pid::from_raw(waiting.id() as i32), Signal::SIGINT).expect("SIGINT");
+    let interrupted = Instant::now();
+    let status = loop {
+        if let Some(status) = waiting.try_wait().expect("wait") {
+            break status;
+        }
+        if interrupted.elapsed() > Duration::from_secs(30) {
+            let _ = waiting.kill();
+            panic!("still running 30s after SIGINT; log:\n{}", log());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        status.signal(),
+        Some(Signal::SIGINT as i32),
+        "{status}; log:\n{}",
+        log()
+    );
+    assert!(
+        interrupted.elapsed() < Duration::from_secs(15),
+        "ended {:?} after SIGINT",
+        interrupted.elapsed()
+    );
 }
 
 /// Serves the files of `root` over HTTP/1.0 on 127.0.0.1 (a thread per

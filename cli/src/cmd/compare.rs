@@ -33,7 +33,10 @@ pub struct CompareArgs {
 }
 
 pub async fn compare(args: CompareArgs, registry: &crate::Registry) -> i32 {
-    let testbeds = match crate::config::compare_testbeds(&args.on, &args.source, registry) {
+    // It reads the configuration files.
+    let testbeds = match tokio::task::block_in_place(|| {
+        crate::config::compare_testbeds(&args.on, &args.source, registry)
+    }) {
         Ok(testbeds) => testbeds,
         Err(e) => return crate::error(e),
     };

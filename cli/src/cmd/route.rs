@@ -88,7 +88,8 @@ pub async fn run_routed(args: &RunArgs, registry: &Registry, out: &Path) -> Exit
         Ok(source) => source,
         Err(e) => return ended(e),
     };
-    match plan_routes(args, registry, &source) {
+    // It reads the configuration and the control file.
+    match tokio::task::block_in_place(|| plan_routes(args, registry, &source)) {
         Ok(plan) => run_routes(args, registry, out, &source, plan).await,
         Err(e) => ended(e),
     }
@@ -206,7 +207,7 @@ fn plan_routes(
     registry: &Registry,
     source: &Source,
 ) -> Result<(Vec<Routed>, Vec<String>), Error> {
-    let config = Config::load(&source.project, registry).map_err(Error::Usage)?;
+    let config = Config::load(&source.project, registry)?;
     let names = if args.on.is_empty() {
         let names: Vec<String> = config.names().iter().map(|n| n.to_string()).collect();
         if names.is_empty() {
@@ -265,7 +266,7 @@ fn candidates(
     registry: &Registry,
 ) -> Result<Vec<Candidate>, Error> {
     let mut candidates = Vec::new();
-    for (label, mut argv) in config.labelled(names).map_err(Error::Usage)? {
+    for (label, mut argv) in config.labelled(names)? {
         let (backend, backend_args) = registry.resolve(&argv).map_err(Error::Usage)?;
         let capabilities = Capabilities::new(backend.capabilities_for(&backend_args));
         // The backend's own name, as the order names it.
@@ -291,7 +292,7 @@ fn order(config: &Config) -> Vec<String> {
 /// `dep8 explain SRC --on A --on B`: where each test of `source` would
 /// run, and its verdict there.
 pub fn explain_routes(source: &Path, on: &[String], registry: &Registry) -> Result<String, Error> {
-    let config = Config::for_source(source, registry).map_err(Error::Usage)?;
+    let config = Config::for_source(source, registry)?;
     let candidates = candidates(&config, on, registry)?;
     let (entries, arch) = super::load(source, None)?;
     let opts = ResolveOptions {

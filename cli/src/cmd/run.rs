@@ -379,8 +379,9 @@ fn output_dir(given: Option<&Path>) -> Result<(PathBuf, bool), String> {
 /// in the log; a temporary output dir is removed at the end, as autopkgtest
 /// removes its own.
 pub async fn run(args: RunArgs, registry: &Registry, color: ColorChoice) -> Exit {
-    // Dead runs' leftovers go away (this run's dir was claimed at start).
-    for line in dep8_core::leftovers::sweep() {
+    // Dead runs' leftovers go away (this run's dir was claimed at start);
+    // killing and unmounting may take a while: off the async threads.
+    for line in dep8_core::blocking(dep8_core::leftovers::sweep).await {
         tracing::info!("leftovers of a dead run: {line}");
     }
     let (out, temporary) = match output_dir(args.output_dir.as_deref()) {
@@ -450,14 +451,17 @@ async fn run_with(
         Ok(inputs) => inputs,
         Err(e) => return usage(e),
     };
-    let mut testbed_argv = match crate::config::run_testbed(
-        &args.testbed,
-        args.testbed_name.as_deref(),
-        &crate::config::project_dir(&inputs),
-        registry,
-    ) {
+    // It reads the configuration files.
+    let mut testbed_argv = match tokio::task::block_in_place(|| {
+        crate::config::run_testbed(
+            &args.testbed,
+            args.testbed_name.as_deref(),
+            &crate::config::project_dir(&inputs),
+            registry,
+        )
+    }) {
         Ok(argv) => argv,
-        Err(e) => return usage(e),
+        Err(e) => return usage(e.to_string()),
     };
     let short = autopkgtest::native_name(&testbed_argv[0], |n| registry.get(n).is_some());
     testbed_argv[0] = short.to_string();

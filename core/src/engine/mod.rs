@@ -20,6 +20,7 @@ pub use options::{RunOptions, ShellPolicy, Timeouts};
 pub use parallel::Clones;
 pub use plan::{host_arch, load_suite, Plan, Verdict};
 
+use crate::blocking;
 use crate::capability::Capability;
 use crate::control::{self, Entry, Test};
 use crate::error::Error;
@@ -583,14 +584,6 @@ fn blame(binaries: &[PathBuf], source: &Path) -> Vec<String> {
     }
     blamed.push(source.display().to_string());
     blamed
-}
-
-/// `work` (processes, file reads) on tokio's blocking threads; a panic
-/// there is the caller's.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(work)
-        .await
-        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
 fn host_temp_dir(prefix: &str) -> Result<tempfile::TempDir, Error> {

@@ -243,7 +243,7 @@ impl Run<'_> {
         if self.opts.no_auto_control || self.opts.override_control.is_some() {
             return None;
         }
-        let wanted = super::blocking({
+        let wanted = crate::blocking({
             let tree = tree.to_path_buf();
             move || source::wants_autodep8(&tree)
         });
