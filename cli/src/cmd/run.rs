@@ -292,11 +292,18 @@ fn internet(policy: Internet) -> InternetPolicy {
 }
 
 /// The testbed's setup the options ask for; options that cannot be
-/// honoured are a usage error.
+/// honoured, such as a `--copy` of nothing, are a usage error (as in
+/// autopkgtest).
 fn testbed_setup(args: &RunArgs, binaries: Vec<PathBuf>) -> Result<Setup, Error> {
     let commands = |given: &[String]| -> Result<Vec<String>, Error> {
         given.iter().map(|c| setup::setup_command(c)).collect()
     };
+    if let Some((host, _)) = args.copy.iter().find(|(host, _)| !host.exists()) {
+        return Err(Error::Usage(format!(
+            "--copy host path {} does not exist",
+            host.display()
+        )));
+    }
     Ok(Setup {
         copies: args.copy.clone(),
         apt_sources: setup::apt_sources(&args.add_apt_source)?,
@@ -659,8 +666,13 @@ fn listen(events: Events) -> tokio::sync::mpsc::UnboundedReceiver<i32> {
 }
 
 /// What can be checked of the inputs on the host, before a testbed is
-/// opened: a `.dsc`'s files are all there, binaries are whole `.deb`s.
+/// opened: `--override-control` can be read (else a usage error, as in
+/// autopkgtest), a `.dsc`'s files are all there, binaries are whole `.deb`s.
 fn check_inputs(opts: &RunOptions) -> Result<(), Error> {
+    if let Some(control) = &opts.override_control {
+        std::fs::read(control)
+            .map_err(|e| Error::Usage(format!("cannot read {}: {e}", control.display())))?;
+    }
     if let Some(Fetch::Dsc(dsc)) = &opts.fetch {
         dep8_core::acquire::check_dsc(dsc)?;
     }
