@@ -33,9 +33,8 @@ fn load(source: &Path, arch: Option<&str>) -> Result<(Vec<Entry>, String), Error
     Ok((load_suite(&control, source, &arch)?, arch))
 }
 
-/// Says why check or explain stopped; returns the exit code its blame
-/// gives.
-fn failed(e: Error) -> i32 {
+/// Says why a command stopped; returns the exit code its blame gives.
+pub(crate) fn failed(e: Error) -> i32 {
     crate::error(&e);
     e.exit_code()
 }
