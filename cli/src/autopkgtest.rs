@@ -2,6 +2,7 @@
 //! (`@file` argument files, the deprecated `---` separator, virt servers
 //! named `autopkgtest-virt-NAME`), turned into `dep8 run`'s.
 
+use dep8_core::error::Error;
 use std::ffi::{OsStr, OsString};
 use std::path::Path;
 
@@ -15,8 +16,9 @@ pub const ON_HOST_AS_AUTOPKGTEST: &str = "--on-host-as-autopkgtest";
 /// The command line as `dep8` reads it. Started as `autopkgtest` (a symlink
 /// to dep8), the arguments are autopkgtest's: they become `dep8 run
 /// --on-host-as-autopkgtest ...`. For `run`, `@FILE` arguments are expanded and `---`
-/// is taken for `--`, as autopkgtest does.
-pub fn command_line(args: impl Iterator<Item = OsString>) -> Result<Vec<OsString>, String> {
+/// is taken for `--`, as autopkgtest does. An argument file that cannot be
+/// read is a usage error.
+pub fn command_line(args: impl Iterator<Item = OsString>) -> Result<Vec<OsString>, Error> {
     let mut args: Vec<_> = args.collect();
     let called_as = args
         .first()
@@ -44,16 +46,19 @@ pub fn command_line(args: impl Iterator<Item = OsString>) -> Result<Vec<OsString
 
 /// argparse's `fromfile_prefix_chars='@'` as autopkgtest sets it up: each
 /// line of FILE is one argument, trimmed; files may name further files.
-fn expand_arg_files(args: &[OsString], out: &mut Vec<OsString>, depth: u8) -> Result<(), String> {
+fn expand_arg_files(args: &[OsString], out: &mut Vec<OsString>, depth: u8) -> Result<(), Error> {
     for arg in args {
         let Some(file) = arg.to_str().and_then(|a| a.strip_prefix('@')) else {
             out.push(arg.clone());
             continue;
         };
         if depth > 16 {
-            return Err(format!("@{file}: argument files nested too deep"));
+            return Err(Error::Usage(format!(
+                "@{file}: argument files nested too deep"
+            )));
         }
-        let text = std::fs::read_to_string(file).map_err(|e| format!("@{file}: {e}"))?;
+        let text =
+            std::fs::read_to_string(file).map_err(|e| Error::Usage(format!("@{file}: {e}")))?;
         let lines: Vec<OsString> = text.lines().map(|l| l.trim().into()).collect();
         expand_arg_files(&lines, out, depth + 1)?;
     }
@@ -116,7 +121,10 @@ mod tests {
             ]),
             ["dep8", "run", "-B", "--env", "A=b c", "src", "--", "null"]
         );
-        assert!(command_line(["dep8", "run", "@/nonexistent"].iter().map(OsString::from)).is_err());
+        assert!(matches!(
+            command_line(["dep8", "run", "@/nonexistent"].iter().map(OsString::from)),
+            Err(Error::Usage(_))
+        ));
     }
 
     #[test]

@@ -97,7 +97,7 @@ enum Command {
 pub fn main_with(registry: Registry) -> i32 {
     let args = match autopkgtest::command_line(std::env::args_os()) {
         Ok(args) => args,
-        Err(e) => return error(e),
+        Err(e) => return cmd::failed(e),
     };
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,

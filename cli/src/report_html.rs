@@ -9,6 +9,7 @@
 //! ([`dep8_core::report`]); the page is written with `format!` and one
 //! escaping function, which is all a page without templates needs.
 
+use dep8_core::error::Error;
 use dep8_core::report::{Outcome, Report, TestRecord, Unfinished, RESULTS_SCHEMA};
 use std::fmt::Write as _;
 use std::path::{Component, Path, PathBuf};
@@ -34,7 +35,7 @@ pub fn report(args: ReportArgs) -> i32 {
     for dir in &args.output_dirs {
         let results = match read_results(dir) {
             Ok(results) => results,
-            Err(e) => return super::error(e),
+            Err(e) => return super::cmd::failed(e),
         };
         runs.push(Run {
             label: if results.testbed.is_empty() {
@@ -50,21 +51,22 @@ pub fn report(args: ReportArgs) -> i32 {
     }
     match write(&args.html, &page("dep8 report", &runs)) {
         Ok(()) => 0,
-        Err(e) => super::error(e),
+        Err(e) => super::cmd::failed(e),
     }
 }
 
 /// Reads `DIR/results.json` into the engine's own [`Report`]; the error
-/// names the file and, for bad content, the line and column.
-pub fn read_results(dir: &Path) -> Result<Report, String> {
+/// names the file and, for bad content, the line and column. The dir is
+/// the user's word: one without readable results is a usage error.
+pub fn read_results(dir: &Path) -> Result<Report, Error> {
     let path = dir.join("results.json");
-    let report = Report::read(&path)?;
+    let report = Report::read(&path).map_err(Error::Usage)?;
     if report.schema != RESULTS_SCHEMA {
-        return Err(format!(
+        return Err(Error::Usage(format!(
             "{}: schema {:?}, this dep8 reads {RESULTS_SCHEMA:?}",
             path.display(),
             report.schema
-        ));
+        )));
     }
     Ok(report)
 }
@@ -142,7 +144,7 @@ impl Run {
                 let summary = std::fs::read_to_string(dir.join("summary")).unwrap_or_default();
                 let text = match (summary.lines().next(), read) {
                     (Some(line), _) => line.to_string(),
-                    (None, Err(e)) => e,
+                    (None, Err(e)) => e.to_string(),
                     (None, Ok(_)) => "no results".into(),
                 };
                 let row = Row {
@@ -194,9 +196,9 @@ pub fn differs(runs: &[Run], name: &str) -> bool {
         .any(|w| word(&w[0], name) != word(&w[1], name))
 }
 
-/// Writes `html` to `path`.
-pub fn write(path: &Path, html: &str) -> Result<(), String> {
-    std::fs::write(path, html).map_err(|e| format!("{}: {e}", path.display()))
+/// Writes `html` to `path`; a path that cannot be written is a usage error.
+pub fn write(path: &Path, html: &str) -> Result<(), Error> {
+    std::fs::write(path, html).map_err(|e| Error::Usage(format!("{}: {e}", path.display())))
 }
 
 const STYLE: &str = "\

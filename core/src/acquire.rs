@@ -60,7 +60,8 @@ impl std::fmt::Display for Fetch {
 /// testbed's.
 pub type AcquireError = crate::error::Error;
 
-/// The `Files:` field of a `.dsc` or `.changes` (signed or not).
+/// The `Files:` field of a `.dsc` or `.changes` (signed or not); the
+/// caller, who knows which it read, decides whose fault a failure is.
 pub fn files_field(path: &Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let (body, _) = debian_control::pgp::strip_pgp_signature(&text)
@@ -75,9 +76,10 @@ pub fn files_field(path: &Path) -> Result<String, String> {
         .ok_or_else(|| format!("{} is invalid and does not contain Files:", path.display()))
 }
 
-/// The files a `.dsc` lists in `Files:`.
-pub fn dsc_files(dsc: &Path) -> Result<Vec<PathBuf>, String> {
-    let files = files_field(dsc)?;
+/// The files a `.dsc` lists in `Files:`; a `.dsc` without them is the
+/// package's fault.
+pub fn dsc_files(dsc: &Path) -> Result<Vec<PathBuf>, AcquireError> {
+    let files = files_field(dsc).map_err(AcquireError::BadPackage)?;
     let dir = dsc.parent().unwrap_or(Path::new("."));
     Ok(files
         .lines()
@@ -86,8 +88,9 @@ pub fn dsc_files(dsc: &Path) -> Result<Vec<PathBuf>, String> {
         .collect())
 }
 
-/// Checks on the host that a `.dsc` and every file it lists are there.
-pub fn check_dsc(dsc: &Path) -> Result<(), String> {
+/// Checks on the host that a `.dsc` and every file it lists are there
+/// (else the package is at fault).
+pub fn check_dsc(dsc: &Path) -> Result<(), AcquireError> {
     let missing: Vec<String> = dsc_files(dsc)?
         .iter()
         .filter(|f| !f.is_file())
@@ -96,11 +99,11 @@ pub fn check_dsc(dsc: &Path) -> Result<(), String> {
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(format!(
+        Err(AcquireError::BadPackage(format!(
             "{} lists files that are missing: {}",
             dsc.display(),
             missing.join(", ")
-        ))
+        )))
     }
 }
 
@@ -154,7 +157,7 @@ pub async fn acquire(
     }
     let script = match fetch {
         Fetch::Dsc(dsc) => {
-            let mut files = dsc_files(dsc).map_err(AcquireError::BadPackage)?;
+            let mut files = dsc_files(dsc)?;
             files.push(dsc.clone());
             for file in &files {
                 let name = file.file_name().unwrap_or_default().to_string_lossy();

@@ -10,6 +10,7 @@
 //! are built, and only when no binary is given and `-B` is not.
 
 use crate::acquire::Fetch;
+use crate::error::Error;
 use std::path::{Path, PathBuf};
 
 /// The sorted positional arguments.
@@ -37,8 +38,10 @@ enum Kind {
 impl Inputs {
     /// Sorts `args` as autopkgtest does; `no_built_binaries` is `-B`. With
     /// no source among them, the current directory is one if it has
-    /// `debian/control`.
-    pub fn classify(args: &[String], no_built_binaries: bool) -> Result<Inputs, String> {
+    /// `debian/control`. Arguments that name no package to test are a
+    /// usage error.
+    pub fn classify(args: &[String], no_built_binaries: bool) -> Result<Inputs, Error> {
+        let usage = |message: String| Err(Error::Usage(message));
         let mut expanded = Vec::new();
         for arg in args {
             if arg.ends_with(".changes") {
@@ -63,15 +66,15 @@ impl Inputs {
             } else if arg.contains("://") {
                 Kind::Git
             } else if path.exists() {
-                return Err(format!(
+                return usage(format!(
                     "{arg} is not a valid test package: not a .deb, .dsc or .changes, \
                      and no debian/control or debian/tests/control in it"
                 ));
             } else {
-                return Err(format!("{arg}: no such file or directory"));
+                return usage(format!("{arg}: no such file or directory"));
             };
             if source.is_some() {
-                return Err(format!(
+                return usage(format!(
                     "{arg}: you must specify only one source package to test"
                 ));
             }
@@ -83,7 +86,9 @@ impl Inputs {
                 let here = PathBuf::from(".");
                 let kind = tree_kind(&here)
                     .filter(|_| here.join("debian/control").is_file())
-                    .ok_or("you must specify a source package to test")?;
+                    .ok_or_else(|| {
+                        Error::Usage("you must specify a source package to test".into())
+                    })?;
                 (here, kind)
             }
         };
@@ -140,9 +145,10 @@ fn is_package_name(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c))
 }
 
-/// The `.dsc` and `.deb` files a `.changes` lists, beside it.
-fn changes_files(changes: &Path) -> Result<Vec<PathBuf>, String> {
-    let files = crate::acquire::files_field(changes)?;
+/// The `.dsc` and `.deb` files a `.changes` lists, beside it; one that
+/// cannot be read is a usage error, as a missing file named by the user.
+fn changes_files(changes: &Path) -> Result<Vec<PathBuf>, Error> {
+    let files = crate::acquire::files_field(changes).map_err(Error::Usage)?;
     let dir = changes.parent().unwrap_or(Path::new(""));
     Ok(files
         .lines()
@@ -165,9 +171,17 @@ mod tests {
         dir.join(name).to_string_lossy().into_owned()
     }
 
-    fn classify(args: &[&str], no_built: bool) -> Result<Inputs, String> {
+    fn classify(args: &[&str], no_built: bool) -> Result<Inputs, Error> {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         Inputs::classify(&args, no_built)
+    }
+
+    /// The message of the usage error `args` give.
+    fn usage_error(args: &[&str]) -> String {
+        match classify(args, false).map(|_| ()) {
+            Err(Error::Usage(message)) => message,
+            other => panic!("not a usage error: {other:?}"),
+        }
     }
 
     #[test]
@@ -181,13 +195,9 @@ mod tests {
         assert!(!classify(&[&unbuilt], true).unwrap().build);
         assert!(!classify(&[&built], false).unwrap().build);
         assert!(!classify(&[&tests_only], false).unwrap().build);
-        assert!(classify(&[&empty], false)
-            .unwrap_err()
-            .contains("is not a valid test package"));
-        assert!(classify(&["/no/such/dir"], false)
-            .unwrap_err()
-            .contains("no such file or directory"));
-        let two = classify(&[&unbuilt, &built], false).unwrap_err();
+        assert!(usage_error(&[&empty]).contains("is not a valid test package"));
+        assert!(usage_error(&["/no/such/dir"]).contains("no such file or directory"));
+        let two = usage_error(&[&unbuilt, &built]);
         assert!(two.contains("only one source package"), "{two}");
     }
 

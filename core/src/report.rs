@@ -1,17 +1,20 @@
 //! What a run leaves behind, as types and as files: the typed [`Report`]
 //! (results.json's layout), and the observers of the event stream that
-//! write the log, autopkgtest's summary, results.json and junit.xml, the
-//! latter rewritten after every test so that a crash or Ctrl-C keeps
-//! everything finished so far.
+//! write the log, autopkgtest's summary, results.json and junit.xml.
+//! results.json names every finished test as soon as it finishes, so that
+//! a crash keeps everything finished so far; junit.xml follows it now and
+//! then, at a small share of the run's time, and both are rewritten whole
+//! when the run ends.
 
 use crate::capability::Capabilities;
 use crate::events::{Event, Level, Observer};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use crate::error::{EXIT_BAD_PACKAGE, EXIT_TESTBED_FAILURE, EXIT_UNEXPECTED};
 
@@ -419,14 +422,24 @@ impl Observer for LogFile {
 }
 
 /// The output dir's result files: the summary as tests finish, results.json
-/// and junit.xml rewritten after every result and at the end.
+/// extended by each result ([`PartialResults`]), junit.xml rewritten now
+/// and then ([`JUNIT_COST_SHARE`]), both rewritten whole at the end.
 pub struct ResultFiles {
     summary: File,
     summary_path: PathBuf,
     output_dir: PathBuf,
     report: Report,
+    /// results.json on disk, once the first result wrote it.
+    partial: Option<PartialResults>,
+    /// When junit.xml is next rewritten during the run.
+    next_junit: Instant,
     unwritten: Unwritten,
 }
+
+/// junit.xml is rewritten during a run only after 1 / this share of the
+/// time its last rewrite took has passed (and at least a second): its
+/// cost stays a small share of the run however many tests it has.
+const JUNIT_COST_SHARE: u32 = 50;
 
 impl ResultFiles {
     /// Creates (truncates) the summary file at `summary_path`.
@@ -441,6 +454,8 @@ impl ResultFiles {
             summary_path: summary_path.to_path_buf(),
             output_dir: output_dir.to_path_buf(),
             report,
+            partial: None,
+            next_junit: Instant::now(),
             unwritten,
         })
     }
@@ -452,17 +467,93 @@ impl ResultFiles {
         }
     }
 
-    fn write_files(&self) {
-        let json = serde_json::to_string_pretty(&self.report).unwrap_or_default();
-        for (name, bytes) in [
-            ("results.json", json.into_bytes()),
-            ("junit.xml", self.report.junit().into_bytes()),
-        ] {
-            let path = self.output_dir.join(name);
-            if let Err(e) = write_atomically(&path, &bytes) {
-                self.unwritten.note(&path, &e);
+    /// Adds the last result to results.json: in place, or by writing the
+    /// file whole the first time (or after a failed write).
+    fn record_last_result(&mut self) {
+        let path = self.output_dir.join(RESULTS_JSON);
+        if let (Some(partial), Some(last)) = (self.partial.as_mut(), self.report.tests.last()) {
+            match partial.append(last) {
+                Ok(()) => return,
+                // Then written whole, if the disk has room again.
+                Err(e) => self.unwritten.note(&path, &e),
             }
         }
+        let json = results_json(&self.report);
+        let written = write_atomically(&path, json.as_bytes())
+            .and_then(|()| PartialResults::open(&path, &json));
+        self.partial = match written {
+            Ok(partial) => Some(partial),
+            Err(e) => {
+                self.unwritten.note(&path, &e);
+                None
+            }
+        };
+    }
+
+    /// Rewrites junit.xml, and says when it may be rewritten next.
+    fn write_junit(&mut self) {
+        let started = Instant::now();
+        let path = self.output_dir.join(JUNIT_XML);
+        if let Err(e) = write_atomically(&path, self.report.junit().as_bytes()) {
+            self.unwritten.note(&path, &e);
+        }
+        let took = started.elapsed();
+        self.next_junit = Instant::now() + (took * JUNIT_COST_SHARE).max(Duration::from_secs(1));
+    }
+}
+
+/// The name of the run's results in its output dir.
+const RESULTS_JSON: &str = "results.json";
+/// The name of the run's junit report in its output dir.
+const JUNIT_XML: &str = "junit.xml";
+
+/// results.json's text for `report`.
+fn results_json(report: &Report) -> String {
+    serde_json::to_string_pretty(report).unwrap_or_default()
+}
+
+/// How results.json ends while it has tests: `tests` is its last field.
+const RESULTS_TAIL: &str = "\n  ]\n}";
+
+/// results.json during a run, open to take one more result at a time in
+/// linear time: each result is written, with the closing brackets after
+/// it, over the closing brackets, by one positioned write. The file then
+/// is the text a whole rewrite would give, and valid JSON between writes.
+struct PartialResults {
+    file: File,
+    /// Where the closing brackets begin.
+    tail_at: u64,
+}
+
+impl PartialResults {
+    /// Opens results.json at `path`, just written whole as `json` (with
+    /// tests).
+    fn open(path: &Path, json: &str) -> std::io::Result<PartialResults> {
+        debug_assert!(json.ends_with(RESULTS_TAIL), "{json}");
+        Ok(PartialResults {
+            file: std::fs::OpenOptions::new().write(true).open(path)?,
+            tail_at: (json.len() - RESULTS_TAIL.len()) as u64,
+        })
+    }
+
+    /// Writes `record` after the others; on failure (a full disk) the
+    /// closing brackets are put back.
+    fn append(&mut self, record: &TestRecord) -> std::io::Result<()> {
+        // The record as to_string_pretty indents an element of `tests`.
+        let record = serde_json::to_string_pretty(record)
+            .unwrap_or_default()
+            .replace('\n', "\n    ");
+        let bytes = format!(",\n    {record}{RESULTS_TAIL}");
+        if let Err(e) = self.file.write_all_at(bytes.as_bytes(), self.tail_at) {
+            let tail_end = self.tail_at + RESULTS_TAIL.len() as u64;
+            let _ = self
+                .file
+                .write_all_at(RESULTS_TAIL.as_bytes(), self.tail_at);
+            let _ = self.file.set_len(tail_end);
+            return Err(e);
+        }
+        self.tail_at += (bytes.len() - RESULTS_TAIL.len()) as u64;
+        Ok(())
     }
 }
 
@@ -481,12 +572,20 @@ impl Observer for ResultFiles {
                     self.write_summary(&line);
                 }
                 self.report.tests.push(TestRecord::Finished(result.clone()));
-                self.write_files();
+                self.record_last_result();
+                if Instant::now() >= self.next_junit {
+                    self.write_junit();
+                }
             }
             Event::SummaryLine(line) | Event::Note(line) => self.write_summary(line),
             Event::RunFinished(report) => {
                 self.report = report.clone();
-                self.write_files();
+                self.partial = None;
+                let path = self.output_dir.join(RESULTS_JSON);
+                if let Err(e) = write_atomically(&path, results_json(&self.report).as_bytes()) {
+                    self.unwritten.note(&path, &e);
+                }
+                self.write_junit();
             }
             _ => {}
         }
@@ -596,6 +695,49 @@ mod tests {
         assert_eq!(back, report);
         assert_eq!(back.tests[2].result_text(), "FAIL non-zero exit status 1");
         assert_eq!(back.tests[7].result_text(), "NOT_RUN interrupted");
+    }
+
+    #[test]
+    fn results_json_names_each_finished_test_and_reads_as_a_whole_rewrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let summary = dir.path().join("summary");
+        let empty = Report::new("suite", "null");
+        let mut files =
+            ResultFiles::create(dir.path(), &summary, empty.clone(), Unwritten::default()).unwrap();
+        let mut expected = empty;
+        for (name, outcome) in [
+            ("a", Outcome::Pass),
+            (
+                "b \"quoted\"\nline",
+                Outcome::Fail("non-zero exit status 1".into()),
+            ),
+            ("c", Outcome::BadPackage),
+        ] {
+            let result = TestResult {
+                name: name.into(),
+                outcome,
+                duration_secs: 0.5,
+                details: vec!["badpkg: why".into()],
+                testbed: None,
+            };
+            files.event(&Event::TestFinished(result.clone()));
+            expected.tests.push(TestRecord::Finished(result));
+            let on_disk = std::fs::read_to_string(dir.path().join("results.json")).unwrap();
+            assert_eq!(on_disk, serde_json::to_string_pretty(&expected).unwrap());
+            assert_eq!(
+                Report::read(&dir.path().join("results.json")).unwrap(),
+                expected
+            );
+        }
+        expected.complete = true;
+        expected.exit_code = Some(12);
+        files.event(&Event::RunFinished(expected.clone()));
+        assert_eq!(
+            Report::read(&dir.path().join("results.json")).unwrap(),
+            expected
+        );
+        let junit = std::fs::read_to_string(dir.path().join("junit.xml")).unwrap();
+        assert!(junit.contains("tests=\"3\""), "{junit}");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 use crate::cache::{say, AptCache, ListsKey, ListsReuse};
 use crate::capability::Capability;
+use crate::error::Error;
 use crate::testbed::{ExecRequest, Output, Tap, Testbed};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -171,8 +172,9 @@ pub enum AptSource {
 /// of each argument is an entry (trimmed; blank and `#` lines dropped,
 /// duplicates once); a readable host file ending in `.list` or `.sources`
 /// is added whole. Launchpad PPAs (`ppa:OWNER/NAME`) are refused: dep8
-/// cannot fetch their keys.
-pub fn apt_sources(args: &[String]) -> Result<Vec<AptSource>, String> {
+/// cannot fetch their keys. A source refused is a usage error.
+pub fn apt_sources(args: &[String]) -> Result<Vec<AptSource>, Error> {
+    let refused = |why: String| Error::Usage(format!("--add-apt-source {why}"));
     let mut sources = Vec::new();
     for line in args.iter().flat_map(|a| a.lines()).map(str::trim) {
         if line.is_empty() || line.starts_with('#') {
@@ -182,15 +184,17 @@ pub fn apt_sources(args: &[String]) -> Result<Vec<AptSource>, String> {
         let source = if is_one_line_entry(line) {
             AptSource::Line(line.to_string())
         } else if (line.ends_with(".list") || line.ends_with(".sources")) && path.is_file() {
-            std::fs::File::open(path).map_err(|e| format!("--add-apt-source {line}: {e}"))?;
+            std::fs::File::open(path).map_err(|e| refused(format!("{line}: {e}")))?;
             AptSource::File(path.to_path_buf())
         } else if line.to_ascii_lowercase().starts_with("ppa:") {
-            return Err(format!(
-                "--add-apt-source {line}: dep8 does not add Launchpad PPAs; give their \
+            return Err(refused(format!(
+                "{line}: dep8 does not add Launchpad PPAs; give their \
                  \"deb [signed-by=KEY] URL SUITE COMPONENTS\" line and --copy the key"
-            ));
+            )));
         } else {
-            return Err(format!("--add-apt-source: invalid apt source: {line}"));
+            return Err(Error::Usage(format!(
+                "--add-apt-source: invalid apt source: {line}"
+            )));
         };
         if !sources.contains(&source) {
             sources.push(source);
@@ -226,8 +230,9 @@ pub fn pin_packages(arg: &str) -> Result<(String, String), String> {
 pub type SetupError = crate::error::Error;
 
 /// `--setup-commands` takes commands, a file holding them, or the name of
-/// one of autopkgtest's own setup scripts.
-pub fn setup_command(arg: &str) -> Result<String, String> {
+/// one of autopkgtest's own setup scripts; a file that cannot be read is a
+/// usage error.
+pub fn setup_command(arg: &str) -> Result<String, Error> {
     let named = Path::new(NAMED_SETUP_COMMANDS).join(arg);
     let file = [Path::new(arg), named.as_path()]
         .into_iter()
@@ -235,7 +240,7 @@ pub fn setup_command(arg: &str) -> Result<String, String> {
     match file {
         Some(path) => std::fs::read_to_string(path)
             .map(|s| s.trim().to_string())
-            .map_err(|e| format!("--setup-commands {}: {e}", path.display())),
+            .map_err(|e| Error::Usage(format!("--setup-commands {}: {e}", path.display()))),
         None => Ok(arg.to_string()),
     }
 }
@@ -618,11 +623,17 @@ impl Setup {
 /// Checks that `path` is a Debian binary package as far as its `ar`
 /// structure goes (`debian-binary`, then `control.tar*` and `data.tar*`, all
 /// whole), so that random bytes or a truncated download are refused on the
-/// host, before a testbed is opened.
-pub fn check_binary(path: &Path) -> Result<(), String> {
+/// host, before a testbed is opened. One that is not, or cannot be read, is
+/// the package's fault.
+pub fn check_binary(path: &Path) -> Result<(), Error> {
     use std::io::{Read, Seek, SeekFrom};
-    let bad = |why: &str| format!("{}: not a Debian binary package: {why}", path.display());
-    let io = |e: std::io::Error| format!("{}: {e}", path.display());
+    let bad = |why: &str| {
+        Error::BadPackage(format!(
+            "{}: not a Debian binary package: {why}",
+            path.display()
+        ))
+    };
+    let io = |e: std::io::Error| Error::BadPackage(format!("{}: {e}", path.display()));
     let mut file = std::fs::File::open(path).map_err(io)?;
     let len = file.metadata().map_err(io)?.len();
     let mut magic = [0u8; 8];
@@ -726,7 +737,10 @@ mod tests {
             "ppa:owner/name",
             "/nonexistent.list",
         ] {
-            assert!(apt_sources(&[bad.to_string()]).is_err(), "{bad}");
+            assert!(
+                matches!(apt_sources(&[bad.to_string()]), Err(Error::Usage(_))),
+                "{bad}"
+            );
         }
     }
 

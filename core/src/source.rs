@@ -2,6 +2,7 @@
 //! `debian-control`, `@`/`@builddeps@`/`@recommends@` expansion, dpkg
 //! architecture wildcards, and checking relations against installed packages.
 
+use crate::error::Error;
 use debian_control::lossless::relations::{Relation, Relations};
 use debian_control::lossless::Control;
 use debian_control::relations::BuildProfile;
@@ -45,19 +46,20 @@ pub struct SourcePackage {
 }
 
 impl SourcePackage {
-    /// Reads `TREE/debian/control`; `Ok(None)` when there is none.
-    pub fn read(tree: &Path) -> Result<Option<SourcePackage>, String> {
+    /// Reads `TREE/debian/control`; `Ok(None)` when there is none. One
+    /// that cannot be read or parsed is the package's fault.
+    pub fn read(tree: &Path) -> Result<Option<SourcePackage>, Error> {
         let path = tree.join("debian/control");
+        let bad = |e: &dyn std::fmt::Display| Error::BadPackage(format!("{}: {e}", path.display()));
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("{}: {e}", path.display())),
+            Err(e) => return Err(bad(&e)),
         };
-        Self::parse(&text)
-            .map(Some)
-            .map_err(|e| format!("{}: {e}", path.display()))
+        Self::parse(&text).map(Some).map_err(|e| bad(&e))
     }
 
+    /// Parses a debian/control's text; the error is the parser's message.
     pub fn parse(text: &str) -> Result<SourcePackage, String> {
         // Comment lines are legal in debian/control; the lossless parser keeps
         // them, autopkgtest drops them: drop them here too.

@@ -196,6 +196,42 @@ fn empty_and_malformed_values_are_usage_errors() {
     );
 }
 
+/// As autopkgtest, which refuses them before it starts: a `--copy` of a
+/// host path that does not exist was a testbed failure (16, on a testbed
+/// that takes copies), an `--override-control` that cannot be read a
+/// package without tests (8).
+#[test]
+fn files_named_by_options_that_cannot_be_read_are_usage_errors() {
+    let (dir, tree) = package(TWO_TESTS);
+    let missing = dir.path().join("missing");
+    let missing = missing.to_str().unwrap();
+    for (args, says) in [
+        (
+            vec![
+                "--on-host-as-autopkgtest",
+                "--copy",
+                &format!("{missing}:/tmp/x"),
+            ],
+            format!("--copy host path {missing} does not exist"),
+        ),
+        (
+            vec!["--override-control", missing],
+            format!("cannot read {missing}: No such file"),
+        ),
+        (
+            vec!["--override-control", tree.to_str().unwrap()],
+            format!("cannot read {}: Is a directory", tree.display()),
+        ),
+    ] {
+        let out_dir = dir.path().join("out");
+        let _ = std::fs::remove_dir_all(&out_dir);
+        let mut argv = vec!["run", "-o", out_dir.to_str().unwrap()];
+        argv.extend(&args);
+        argv.extend([tree.to_str().unwrap(), "--", "null"]);
+        assert_exit(&dep8(&argv), 20, &says, &args.join(" "));
+    }
+}
+
 #[test]
 fn non_utf8_paths() {
     let (dir, tree) = package(TWO_TESTS);

@@ -18,7 +18,7 @@ use std::path::Path;
 /// bad SRC is a usage error (exit 20), an unreadable debian/control the
 /// package's (12), as for `dep8 run`.
 fn load(source: &Path, arch: Option<&str>) -> Result<(Vec<Entry>, String), Error> {
-    source_dir(source).map_err(Error::Usage)?;
+    source_dir(source)?;
     let control = source.join("debian/tests/control");
     if let Ok(false) = control.try_exists() {
         return Err(Error::Usage(format!(
@@ -33,24 +33,26 @@ fn load(source: &Path, arch: Option<&str>) -> Result<(Vec<Entry>, String), Error
     Ok((load_suite(&control, source, &arch)?, arch))
 }
 
-/// Says why check or explain stopped; returns the exit code its blame
-/// gives.
-fn failed(e: Error) -> i32 {
+/// Says why a command stopped; returns the exit code its blame gives.
+pub(crate) fn failed(e: Error) -> i32 {
     crate::error(&e);
     e.exit_code()
 }
 
-/// Checks that SRC is an existing directory.
-fn source_dir(source: &Path) -> Result<(), String> {
+/// Checks that SRC is an existing directory; else it is a usage error.
+fn source_dir(source: &Path) -> Result<(), Error> {
     if source.is_dir() {
         Ok(())
     } else if source.exists() {
-        Err(format!(
+        Err(Error::Usage(format!(
             "{}: not a source tree, .dsc or .deb",
             source.display()
-        ))
+        )))
     } else {
-        Err(format!("{}: no such file or directory", source.display()))
+        Err(Error::Usage(format!(
+            "{}: no such file or directory",
+            source.display()
+        )))
     }
 }
 

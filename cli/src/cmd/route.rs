@@ -119,7 +119,7 @@ impl Source {
     /// each testbed's run tests that tree with the binaries given. SIGINT
     /// or SIGTERM meanwhile stops it and removes what it made.
     async fn get(args: &RunArgs, registry: &Registry) -> Result<Source, Error> {
-        let inputs = args.classify_inputs().map_err(Error::Usage)?;
+        let inputs = args.classify_inputs()?;
         let project = crate::config::project_dir(&inputs);
         let Some(fetch) = inputs.fetch else {
             return Ok(Source {
@@ -132,7 +132,7 @@ impl Source {
             });
         };
         if let Fetch::Dsc(dsc) = &fetch {
-            check_dsc(dsc).map_err(Error::BadPackage)?;
+            check_dsc(dsc)?;
         }
         let mut signals = Signals::new();
         let (host, host_args) = registry

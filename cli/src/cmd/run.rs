@@ -216,7 +216,7 @@ impl RunArgs {
     }
 
     /// The positional arguments, sorted as autopkgtest sorts them.
-    pub(super) fn classify_inputs(&self) -> Result<Inputs, String> {
+    pub(super) fn classify_inputs(&self) -> Result<Inputs, Error> {
         Inputs::classify(&self.inputs, self.no_built_binaries)
     }
 
@@ -310,10 +310,19 @@ fn internet(policy: Internet) -> InternetPolicy {
     }
 }
 
-fn testbed_setup(args: &RunArgs, binaries: Vec<PathBuf>) -> Result<Setup, String> {
-    let commands = |given: &[String]| -> Result<Vec<String>, String> {
+/// The testbed's setup the options ask for; options that cannot be
+/// honoured, such as a `--copy` of nothing, are a usage error (as in
+/// autopkgtest).
+fn testbed_setup(args: &RunArgs, binaries: Vec<PathBuf>) -> Result<Setup, Error> {
+    let commands = |given: &[String]| -> Result<Vec<String>, Error> {
         given.iter().map(|c| setup::setup_command(c)).collect()
     };
+    if let Some((host, _)) = args.copy.iter().find(|(host, _)| !host.exists()) {
+        return Err(Error::Usage(format!(
+            "--copy host path {} does not exist",
+            host.display()
+        )));
+    }
     Ok(Setup {
         copies: args.copy.clone(),
         apt_sources: setup::apt_sources(&args.add_apt_source)?,
@@ -355,15 +364,19 @@ pub(super) fn timeouts(args: &RunArgs) -> Timeouts {
 }
 
 /// Creates OUTPUT_DIR, refusing a non-empty one as autopkgtest does;
-/// without `-o`, a temporary one (`true`: remove it at the end).
-fn output_dir(given: Option<&Path>) -> Result<(PathBuf, bool), String> {
+/// without `-o`, a temporary one (`true`: remove it at the end). One that
+/// cannot be had is a usage error, as in autopkgtest.
+fn output_dir(given: Option<&Path>) -> Result<(PathBuf, bool), Error> {
     match given {
         Some(dir) => {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            let mut entries =
-                std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let unusable = |e: std::io::Error| Error::Usage(format!("{}: {e}", dir.display()));
+            std::fs::create_dir_all(dir).map_err(unusable)?;
+            let mut entries = std::fs::read_dir(dir).map_err(unusable)?;
             if entries.next().is_some() {
-                return Err(format!("--output-dir \"{}\" is not empty", dir.display()));
+                return Err(Error::Usage(format!(
+                    "--output-dir \"{}\" is not empty",
+                    dir.display()
+                )));
             }
             Ok((dir.to_path_buf(), false))
         }
@@ -371,7 +384,7 @@ fn output_dir(given: Option<&Path>) -> Result<(PathBuf, bool), String> {
             .prefix("dep8.output.")
             .tempdir()
             .map(|d| (d.keep(), true))
-            .map_err(|e| format!("creating an output dir: {e}")),
+            .map_err(|e| Error::Usage(format!("creating an output dir: {e}"))),
     }
 }
 
@@ -386,7 +399,7 @@ pub async fn run(args: RunArgs, registry: &Registry, color: ColorChoice) -> Exit
     }
     let (out, temporary) = match output_dir(args.output_dir.as_deref()) {
         Ok(dir) => dir,
-        Err(e) => return error(e).into(),
+        Err(e) => return super::failed(e).into(),
     };
     let routed = !args.on.is_empty() || args.testbed_name.as_deref() == Some("auto");
     let exit = if routed {
@@ -439,17 +452,20 @@ async fn run_with(
     unwritten: &Unwritten,
 ) -> Exit {
     let mut signals = listen(events.clone());
-    let usage = |message: String| {
-        events.error(&message);
+    // Ends the run before its output files exist.
+    let refuse = |e: Error| {
+        events.error(e.to_string());
         if args.quiet {
             // -q keeps dep8's messages off the terminal, not its errors.
-            error(&message);
+            crate::error(&e);
         }
-        Exit::Code(EXIT_UNEXPECTED)
+        Exit::Code(e.exit_code())
     };
+    // config's and the registry's errors are text, all of them usage errors.
+    let usage = |message: String| refuse(Error::Usage(message));
     let inputs = match Inputs::classify(&args.inputs, args.no_built_binaries) {
         Ok(inputs) => inputs,
-        Err(e) => return usage(e),
+        Err(e) => return refuse(e),
     };
     // It reads the configuration files.
     let mut testbed_argv = match tokio::task::block_in_place(|| {
@@ -461,7 +477,7 @@ async fn run_with(
         )
     }) {
         Ok(argv) => argv,
-        Err(e) => return usage(e.to_string()),
+        Err(e) => return refuse(e.into()),
     };
     let short = autopkgtest::native_name(&testbed_argv[0], |n| registry.get(n).is_some());
     testbed_argv[0] = short.to_string();
@@ -472,7 +488,7 @@ async fn run_with(
     let on_host = backend.is_host();
     let setup = match testbed_setup(args, inputs.binaries) {
         Ok(setup) => setup,
-        Err(e) => return usage(e),
+        Err(e) => return refuse(e),
     };
     let host_changes = setup.system_changes();
     if on_host && !args.on_host_as_autopkgtest && !host_changes.is_empty() {
@@ -567,7 +583,7 @@ async fn run_with(
     };
     // It reads whole .debs and a .dsc's files.
     if let Err(e) = tokio::task::block_in_place(|| check_inputs(&opts)) {
-        return stop(Error::BadPackage(e)).await;
+        return stop(e).await;
     }
     events.info(format!("opening testbed: {}", testbed_argv.join(" ")));
     // An interrupted open drops its future: what it started is killed.
@@ -694,8 +710,13 @@ fn listen(events: Events) -> tokio::sync::mpsc::UnboundedReceiver<i32> {
 }
 
 /// What can be checked of the inputs on the host, before a testbed is
-/// opened: a `.dsc`'s files are all there, binaries are whole `.deb`s.
-fn check_inputs(opts: &RunOptions) -> Result<(), String> {
+/// opened: `--override-control` can be read (else a usage error, as in
+/// autopkgtest), a `.dsc`'s files are all there, binaries are whole `.deb`s.
+fn check_inputs(opts: &RunOptions) -> Result<(), Error> {
+    if let Some(control) = &opts.override_control {
+        std::fs::read(control)
+            .map_err(|e| Error::Usage(format!("cannot read {}: {e}", control.display())))?;
+    }
     if let Some(Fetch::Dsc(dsc)) = &opts.fetch {
         dep8_core::acquire::check_dsc(dsc)?;
     }

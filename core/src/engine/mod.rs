@@ -370,11 +370,7 @@ impl Run<'_> {
         });
 
         let source = self.tests_tree().to_path_buf();
-        if let Err(why) = blocking(move || readable(&source)).await {
-            return Err(Error::BadPackage(format!(
-                "cannot read the source tree: {why}"
-            )));
-        }
+        blocking(move || readable(&source)).await?;
         if self.built_tree.is_none() && runnable.iter().any(|t| t.has(&Restriction::BuildNeeded)) {
             self.events.info("build needed for tests");
             self.build(tb, false).await?;
@@ -594,10 +590,16 @@ fn host_temp_dir(prefix: &str) -> Result<tempfile::TempDir, Error> {
 }
 
 /// Checks that every file and dir of `tree` can be read, so that an
-/// unreadable package fails as one, not as a copy that broke half-way.
-fn readable(tree: &Path) -> Result<(), String> {
-    fn at(path: &Path) -> impl Fn(std::io::Error) -> String + '_ {
-        move |e| format!("{}: {e}", path.display())
+/// unreadable package fails as one (bad package), not as a copy that broke
+/// half-way.
+fn readable(tree: &Path) -> Result<(), Error> {
+    fn at(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
+        move |e| {
+            Error::BadPackage(format!(
+                "cannot read the source tree: {}: {e}",
+                path.display()
+            ))
+        }
     }
     let mut dirs = vec![tree.to_path_buf()];
     while let Some(dir) = dirs.pop() {

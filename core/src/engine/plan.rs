@@ -25,7 +25,7 @@ pub fn host_arch() -> Option<String> {
 /// Parses the suite of `tree` in `control` for `arch`: the entries in file
 /// order. A debian/control that cannot be read is the package's fault.
 pub fn load_suite(control: &Path, tree: &Path, arch: &str) -> Result<Vec<Entry>, Error> {
-    let source = SourcePackage::read(tree).map_err(Error::BadPackage)?;
+    let source = SourcePackage::read(tree)?;
     let ctx = DependsContext {
         source: source.as_ref(),
         arch,
