@@ -451,7 +451,11 @@ impl Drop for Rabbitmq {
 pub const DEBCI_CHROOT: &str = "debci-bookworm-amd64";
 
 /// The definition of the schroot chroot `chroot` (as `schroot --config`
-/// prints it) under the name [`DEBCI_CHROOT`], without its aliases.
+/// prints it) under the name [`DEBCI_CHROOT`], without its aliases, with
+/// the mounts of the `debci` profile that debci's create-testbed gives its
+/// chroots: not the host's /tmp (the default profile binds it, and runs in
+/// concurrent sessions then share autopkgtest's /tmp/autopkgtest_script_pid).
+/// The users stay the host's, among them debci's.
 pub fn debci_chroot_definition(chroot: &str) -> String {
     let out = Command::new("schroot")
         .args(["--config", "--chroot", &format!("chroot:{chroot}")])
@@ -466,6 +470,12 @@ pub fn debci_chroot_definition(chroot: &str) -> String {
     String::from_utf8_lossy(&out.stdout)
         .replace(&format!("[{chroot}]"), &format!("[{DEBCI_CHROOT}]"))
         .replace("aliases=\n", "")
+        .lines()
+        .map(|line| match line.starts_with("setup.fstab=") {
+            true => "setup.fstab=debci/fstab\n".to_string(),
+            false => format!("{line}\n"),
+        })
+        .collect()
 }
 
 /// What debci's create-testbed for schroot puts into its chroots and the
