@@ -28,8 +28,9 @@ pub enum Phase {
     Open,
     /// A setup command that sleeps.
     Setup,
-    /// Copying the source tree: the host-side copy is stopped (SIGSTOP)
-    /// once seen, so the run stays there.
+    /// Copying the source tree: the host-side copy (a `cp` or `tar` of the
+    /// tree, or on `external` the virt server, which copies by itself) is
+    /// stopped (SIGSTOP) once seen, so the run stays there.
     Copy,
     /// apt installs `sleeper`'s dependency, [`SLOW_PACKAGE`] (given as a
     /// binary), whose preinst sleeps.
@@ -240,15 +241,21 @@ impl FaultRun {
         self.wait_log(phase.marker(), deadline);
         self.run_id();
         if phase == Phase::Copy {
-            let tree = self.dir.path().join("fx");
+            let tree = self.dir.path().join("fx").to_string_lossy().into_owned();
+            let tmp = self.tmp().to_string_lossy().into_owned();
             let copier = wait_for(deadline, || {
                 processes().into_iter().find(|p| {
-                    (p.cmdline.starts_with("cp ") || p.cmdline.starts_with("tar "))
-                        && p.cmdline.contains(&tree.to_string_lossy().into_owned())
+                    let copies_tree = (p.cmdline.starts_with("cp ")
+                        || p.cmdline.starts_with("tar "))
+                        && p.cmdline.contains(&tree);
+                    let virt_server = p.cmdline.contains("autopkgtest-virt-")
+                        && p.environ.contains(&tmp)
+                        && p.pid != self.child.id();
+                    copies_tree || virt_server
                 })
             })
-            .unwrap_or_else(|| panic!("no copy of {} seen", tree.display()));
-            let _ = kill(Pid::from_raw(copier.pid as i32), Signal::SIGSTOP);
+            .unwrap_or_else(|| panic!("no copy of {tree} seen"));
+            self.stop(copier.pid);
         }
     }
 

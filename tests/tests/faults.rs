@@ -347,7 +347,7 @@ fn external() {
     }
     signal_matrix(
         &words(&["external", "autopkgtest-virt-null"]),
-        &[Phase::Setup, Phase::Test, Phase::Close],
+        &[Phase::Setup, Phase::Copy, Phase::Test, Phase::Close],
     );
 }
 
