@@ -41,8 +41,10 @@ pub enum Phase {
     /// reverting is quick, so the run may be hurt in `sleeper` already: the
     /// results are the same.
     Revert,
-    /// `sleeper` asked for a reboot, and the machine never comes back (its
-    /// `reboot` does nothing: see [`crate::sshd::Login::RootFakeReboot`]).
+    /// `sleeper` asked for a reboot: a real machine (qemu) reboots, which
+    /// takes a while by itself; the simulated one of
+    /// [`crate::sshd::Login::RootFakeReboot`], a script over
+    /// /usr/local/sbin/reboot, is made to do nothing, so it never comes back.
     Reboot,
     /// Every test passed and the testbed is being closed. `sleeper` left
     /// 20000 files in the tree's copy, which the close removes (the unshare
@@ -77,13 +79,20 @@ impl Phase {
                 &format!("test-name=sleeper\nDepends: {SLOW_PACKAGE}"),
                 1,
             ),
-            // The machine's `reboot` is made a no-op first: it never
-            // comes back with a new boot id.
-            Phase::Reboot => CONTROL.replacen(
-                "sleep 600",
-                "echo : > /usr/local/sbin/reboot; /tmp/autopkgtest-reboot m1; sleep 600",
-                1,
-            ),
+            // Only root may reboot. A simulated `reboot` is made a no-op
+            // first; once back from a real one, the test sleeps.
+            Phase::Reboot => CONTROL
+                .replacen(
+                    "test-name=sleeper\n",
+                    "test-name=sleeper\nRestrictions: needs-root\n",
+                    1,
+                )
+                .replacen(
+                    "sleep 600",
+                    "if [ -e /usr/local/sbin/reboot ]; then echo : > /usr/local/sbin/reboot; fi; \
+                 [ -n \"$AUTOPKGTEST_REBOOT_MARK\" ] || /tmp/autopkgtest-reboot m1; sleep 600",
+                    1,
+                ),
             Phase::Close => CONTROL.replacen(
                 "sleep 600",
                 "mkdir many && cd many && seq 20000 | xargs touch",

@@ -1,9 +1,10 @@
 //! The fault-injection suite on qemu (the other backends are in
-//! tests/faults.rs; the VMs boot under TCG here, so this file runs in the
-//! testbeds stream of scripts/test): dep8 gets SIGINT, SIGTERM and SIGKILL
-//! in the open, a test and a revert, and the VM dies under it. Afterwards
-//! no QEMU, run dir, key or overlay of the run is left on the host, and the
-//! output dir tells what happened, as in tests/faults.rs.
+//! tests/faults.rs; a VM under software emulation takes a minute or two to
+//! boot, so this file runs in the testbeds stream of scripts/test): dep8
+//! gets SIGINT, SIGTERM and SIGKILL in each phase — open, copy, dependency
+//! install, test, revert, a real reboot, close — and the VM dies under it.
+//! Afterwards no QEMU, run dir, key or overlay of the run is left on the
+//! host, and the output dir tells what happened, as in tests/faults.rs.
 
 use dep8_tests::faults::{
     run_processes, sigkill, signal_matrix, testbed_dies, words, FaultRun, Phase,
@@ -19,7 +20,7 @@ fn qemu_image() -> Option<String> {
     image
 }
 
-/// The open, test and revert, each with three VMs at once.
+/// Every phase and signal: seven rounds of three VMs at once.
 #[test]
 fn qemu() {
     let Some(image) = qemu_image() else {
@@ -27,7 +28,15 @@ fn qemu() {
     };
     signal_matrix(
         &words(&["qemu", &image]),
-        &[Phase::Open, Phase::Test, Phase::Revert],
+        &[
+            Phase::Open,
+            Phase::Copy,
+            Phase::Install,
+            Phase::Test,
+            Phase::Revert,
+            Phase::Reboot,
+            Phase::Close,
+        ],
     );
 }
 
