@@ -6,6 +6,7 @@
 use crate::e2e::{dep8_bin, source_tree};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -27,8 +28,9 @@ pub enum Phase {
     Open,
     /// A setup command that sleeps.
     Setup,
-    /// Copying the source tree: the host-side copy is stopped (SIGSTOP)
-    /// once seen, so the run stays there.
+    /// Copying the source tree: the host-side copy (a `cp` or `tar` of the
+    /// tree, or on `external` the virt server, which copies by itself) is
+    /// stopped (SIGSTOP) once seen, so the run stays there.
     Copy,
     /// apt installs `sleeper`'s dependency, [`SLOW_PACKAGE`] (given as a
     /// binary), whose preinst sleeps.
@@ -39,8 +41,10 @@ pub enum Phase {
     /// reverting is quick, so the run may be hurt in `sleeper` already: the
     /// results are the same.
     Revert,
-    /// `sleeper` asked for a reboot, and the machine never comes back (its
-    /// `reboot` does nothing: see [`crate::sshd::Login::RootFakeReboot`]).
+    /// `sleeper` asked for a reboot: a real machine (qemu) reboots, which
+    /// takes a while by itself; the simulated one of
+    /// [`crate::sshd::Login::RootFakeReboot`], a script over
+    /// /usr/local/sbin/reboot, is made to do nothing, so it never comes back.
     Reboot,
     /// Every test passed and the testbed is being closed. `sleeper` left
     /// 20000 files in the tree's copy, which the close removes (the unshare
@@ -75,13 +79,20 @@ impl Phase {
                 &format!("test-name=sleeper\nDepends: {SLOW_PACKAGE}"),
                 1,
             ),
-            // The machine's `reboot` is made a no-op first: it never
-            // comes back with a new boot id.
-            Phase::Reboot => CONTROL.replacen(
-                "sleep 600",
-                "echo : > /usr/local/sbin/reboot; /tmp/autopkgtest-reboot m1; sleep 600",
-                1,
-            ),
+            // Only root may reboot. A simulated `reboot` is made a no-op
+            // first; once back from a real one, the test sleeps.
+            Phase::Reboot => CONTROL
+                .replacen(
+                    "test-name=sleeper\n",
+                    "test-name=sleeper\nRestrictions: needs-root\n",
+                    1,
+                )
+                .replacen(
+                    "sleep 600",
+                    "if [ -e /usr/local/sbin/reboot ]; then echo : > /usr/local/sbin/reboot; fi; \
+                 [ -n \"$AUTOPKGTEST_REBOOT_MARK\" ] || /tmp/autopkgtest-reboot m1; sleep 600",
+                    1,
+                ),
             Phase::Close => CONTROL.replacen(
                 "sleep 600",
                 "mkdir many && cd many && seq 20000 | xargs touch",
@@ -239,15 +250,21 @@ impl FaultRun {
         self.wait_log(phase.marker(), deadline);
         self.run_id();
         if phase == Phase::Copy {
-            let tree = self.dir.path().join("fx");
+            let tree = self.dir.path().join("fx").to_string_lossy().into_owned();
+            let tmp = self.tmp().to_string_lossy().into_owned();
             let copier = wait_for(deadline, || {
                 processes().into_iter().find(|p| {
-                    (p.cmdline.starts_with("cp ") || p.cmdline.starts_with("tar "))
-                        && p.cmdline.contains(&tree.to_string_lossy().into_owned())
+                    let copies_tree = (p.cmdline.starts_with("cp ")
+                        || p.cmdline.starts_with("tar "))
+                        && p.cmdline.contains(&tree);
+                    let virt_server = p.cmdline.contains("autopkgtest-virt-")
+                        && p.environ.contains(&tmp)
+                        && p.pid != self.child.id();
+                    copies_tree || virt_server
                 })
             })
-            .unwrap_or_else(|| panic!("no copy of {} seen", tree.display()));
-            let _ = kill(Pid::from_raw(copier.pid as i32), Signal::SIGSTOP);
+            .unwrap_or_else(|| panic!("no copy of {tree} seen"));
+            self.stop(copier.pid);
         }
     }
 
@@ -445,6 +462,159 @@ impl Drop for FaultRun {
             self.clean();
         }
     }
+}
+
+/// The signals every phase is hurt with.
+pub const SIGNALS: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGKILL];
+
+/// One run hurt by `signal` in `phase`; returns what went wrong.
+pub fn signal_case(testbed: &[String], phase: Phase, signal: Signal) -> Result<(), String> {
+    let extra: &[&str] = match phase {
+        Phase::Setup => &["--setup-commands", "sleep 600"],
+        _ => &[],
+    };
+    let mut run = FaultRun::start(testbed, extra, Some(phase));
+    run.reach(phase, Duration::from_secs(300));
+    run.signal(signal);
+    run.resume();
+    let status = run.wait(Duration::from_secs(60));
+    let case = format!("{} {phase:?} {signal}", testbed.join(" "));
+    let log = run.read("log");
+    if status.signal() != Some(signal as i32) {
+        return Err(format!("{case}: dep8 ended with {status}; log:\n{log}"));
+    }
+    if signal == Signal::SIGKILL {
+        // Its helpers die with it, before any sweep.
+        let helpers = run.helpers_left(Duration::from_secs(30));
+        if !helpers.is_empty() {
+            return Err(format!("{case}: outlived dep8:\n{}", helpers.join("\n")));
+        }
+        run.clean();
+    }
+    let left = run.leftovers(Duration::from_secs(10));
+    if !left.is_empty() {
+        return Err(format!("{case}: left behind:\n{}", left.join("\n")));
+    }
+    if signal == Signal::SIGKILL {
+        // What it wrote before it died is all there is; it says it is
+        // partial, unless every test had its result (in the close).
+        let partial = run.read("results.json").is_empty() || run.results()["complete"] == false;
+        return (partial != (phase == Phase::Close))
+            .then_some(())
+            .ok_or_else(|| format!("{case}: results.json: wrong \"complete\""));
+    }
+    let results = run.results();
+    let expected = match phase {
+        Phase::Close => [("first", "PASS"), ("sleeper", "PASS"), ("never", "PASS")],
+        Phase::Install | Phase::Test | Phase::Revert | Phase::Reboot => [
+            ("first", "PASS"),
+            ("sleeper", "INTERRUPTED"),
+            ("never", "NOT_RUN"),
+        ],
+        _ => [
+            ("first", "NOT_RUN"),
+            ("sleeper", "NOT_RUN"),
+            ("never", "NOT_RUN"),
+        ],
+    };
+    let wrong: Vec<String> = expected
+        .iter()
+        .filter(|(test, word)| run.result_of(test) != *word)
+        .map(|(test, word)| format!("{test}: {} (expected {word})", run.result_of(test)))
+        .collect();
+    let junit = run.read("junit.xml");
+    let note = format!("quitting: interrupted by signal {}", signal as i32);
+    // Every test got its result before the close was interrupted.
+    let complete = phase == Phase::Close;
+    let problems = [
+        (
+            results["complete"] != complete,
+            "results.json: complete is wrong",
+        ),
+        (!wrong.is_empty(), "results.json names the tests wrongly"),
+        (
+            !junit.contains("name=\"never\""),
+            "junit.xml lacks the test not run",
+        ),
+        (
+            !complete && !run.read("summary").contains(&note),
+            "the summary lacks the interruption",
+        ),
+        (!log.contains("cleaning up"), "the log lacks the signal"),
+    ];
+    match problems.iter().find(|(bad, _)| *bad) {
+        Some((_, what)) => Err(format!("{case}: {what}: {wrong:?}; log:\n{log}")),
+        None => Ok(()),
+    }
+}
+
+/// Every phase and signal on `testbed`, the three signals of a phase at
+/// once; panics with every failure.
+pub fn signal_matrix(testbed: &[String], phases: &[Phase]) {
+    let started = Instant::now();
+    let mut failures = Vec::new();
+    for &phase in phases {
+        std::thread::scope(|s| {
+            let cases: Vec<_> = SIGNALS
+                .iter()
+                .map(|&signal| s.spawn(move || signal_case(testbed, phase, signal)))
+                .collect();
+            for case in cases {
+                if let Err(e) = case.join().expect("case thread") {
+                    failures.push(e);
+                }
+            }
+        });
+    }
+    eprintln!(
+        "{}: {} cases in {:.1?}",
+        testbed[0],
+        phases.len() * SIGNALS.len(),
+        started.elapsed()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// The testbed dies while `sleeper` runs (`kill_testbed` does it): exit 16,
+/// the test named as interrupted by the testbed failure, nothing left.
+pub fn testbed_dies(testbed: &[String], kill_testbed: impl FnOnce(&FaultRun)) {
+    let mut run = FaultRun::start(testbed, &[], None);
+    run.reach(Phase::Test, Duration::from_secs(300));
+    kill_testbed(&run);
+    let status = run.wait(Duration::from_secs(120));
+    let log = run.read("log");
+    assert_eq!(status.code(), Some(16), "log:\n{log}");
+    assert!(
+        run.read("summary").contains("testbed failure"),
+        "log:\n{log}"
+    );
+    assert_eq!(run.results()["complete"], false);
+    assert_eq!(run.result_of("first"), "PASS");
+    assert_eq!(run.result_of("sleeper"), "INTERRUPTED", "log:\n{log}");
+    assert_eq!(run.result_of("never"), "NOT_RUN");
+    let left = run.leftovers(Duration::from_secs(10));
+    assert!(left.is_empty(), "left behind:\n{}", left.join("\n"));
+}
+
+/// Processes of `run` whose command line starts with `program`.
+pub fn run_processes(run: &FaultRun, program: &str) -> Vec<u32> {
+    let tmp = run.tmp().to_string_lossy().into_owned();
+    processes()
+        .into_iter()
+        .filter(|p| p.cmdline.starts_with(program))
+        .filter(|p| p.environ.contains(&tmp) || p.cmdline.contains(&tmp))
+        .map(|p| p.pid)
+        .collect()
+}
+
+/// Kills `pid` (gone already is fine).
+pub fn sigkill(pid: u32) {
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+}
+
+/// A testbed's words as owned strings.
+pub fn words(words: &[&str]) -> Vec<String> {
+    words.iter().map(|w| w.to_string()).collect()
 }
 
 /// Whether the host's dpkg knows [`SLOW_PACKAGE`] (a test installed it on
