@@ -1,9 +1,10 @@
 //! A debci fleet on one host: a RabbitMQ broker of the test's own, jobs
 //! enqueued by debci's own code (`Debci::Job#enqueue`, as `debci enqueue`
-//! and debci's web front end call it), and `debci worker` processes that
-//! each run on a [`Machine`] of their own and take `autopkgtest` from an
-//! [`AutopkgtestOnPath`]. The results are read back from debci's results
-//! queue as its collector would read them.
+//! and debci's web front end call it), `debci worker` processes that each
+//! run on a [`Machine`] of their own and take `autopkgtest` from an
+//! [`AutopkgtestOnPath`], and debci's own `debci collector` ([`Collector`])
+//! filing the results into the site's database, which the test reads back
+//! with debci's own models ([`Site::records`]).
 //!
 //! A machine stands for a worker host: the worker runs in a private mount
 //! namespace in which schroot's state (/var/lib/schroot, /run/schroot)
@@ -98,7 +99,11 @@ pub struct Enqueued {
 /// is `PACKAGE BACKEND PIN EXTRA` (`-` for none); for each, it sets the
 /// package's backend, creates the job and calls `Debci::Job#enqueue`
 /// (which picks the queue with `Debci::Backend.select`), then prints
-/// `RUN_ID MESSAGE`.
+/// `RUN_ID MESSAGE`. This is what `debci enqueue` and debci's web API do:
+/// the job is a row of the site's database first, and its id is the
+/// message's run id, which is all `Debci::Job.receive` (the collector)
+/// finds a result's job by. `debci enqueue` itself prints no run id and
+/// takes no extra apt source, hence the Ruby.
 const DEBCI_ENQUEUE: &str = r##"
 require 'debci'
 require 'debci/job'
@@ -155,14 +160,24 @@ impl Site {
         }
     }
 
+    /// `program` with the site's debci environment: its config, its data
+    /// dir (and so its database, `DATA/debci.sqlite3`) and the broker.
+    fn command(&self, program: &str) -> Command {
+        let mut command = Command::new(program);
+        command
+            .env("debci_config_dir", self.dir.path().join("config"))
+            .env("debci_data_basedir", self.dir.path().join("data"))
+            .env("debci_amqp_server", &self.broker_url)
+            .env("debci_quiet", "true");
+        command
+    }
+
     /// Declares every backend's job queue as debci's workers do (priority
     /// queues: a queue declared otherwise makes debci's enqueue fail).
     pub fn declare_queues(&self) {
         for backend in [Backend::Null, Backend::Schroot] {
-            let mut command = Command::new("debci");
-            command
-                .env("debci_config_dir", self.dir.path().join("config"))
-                .args(["amqp", "declare-queue", "--backend", backend.name()]);
+            let mut command = self.command("debci");
+            command.args(["amqp", "declare-queue", "--backend", backend.name()]);
             let out = command.output().expect("debci amqp declare-queue");
             assert!(
                 out.status.success(),
@@ -188,13 +203,10 @@ impl Site {
             })
             .collect();
         let at = SystemTime::now();
-        let mut child = Command::new("ruby")
+        let mut child = self
+            .command("ruby")
             .arg("-e")
             .arg(DEBCI_ENQUEUE)
-            .env("debci_config_dir", self.dir.path().join("config"))
-            .env("debci_data_basedir", self.dir.path().join("data"))
-            .env("debci_amqp_server", &self.broker_url)
-            .env("debci_quiet", "true")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -228,6 +240,165 @@ impl Site {
                 }
             })
             .collect()
+    }
+}
+
+/// The Ruby that lists every job of debci's database with debci's own
+/// models (the same code the site's pages use), one line each:
+/// `RUN_ID PACKAGE STATUS VERSION DATE RESULT_DIR`, `-` for a job with no
+/// result yet; DATE in seconds since the epoch.
+const DEBCI_JOBS: &str = r##"
+require 'debci'
+require 'debci/job'
+Debci::Job.includes(:package).order(:id).each do |job|
+  puts [job.id, job.package.name, job.status || '-', job.version || '-',
+        job.date ? job.date.to_i : '-', job.autopkgtest_data_dir].join(' ')
+end
+"##;
+
+/// debci's collector program (package debci-collector).
+pub const DEBCI_COLLECTOR: &str = "/usr/share/debci/bin/debci-collector";
+
+/// Runs debci's collector program (its path is the first argument) after
+/// making it log the run id of each result it is handed (`dep8-fleet:
+/// delivered run N`); debci then files the result as usual.
+const LOG_DELIVERIES: &str = r##"
+require 'debci/collector'
+module Dep8FleetDeliveries
+  def receive(directory)
+    Debci.log("dep8-fleet: delivered run #{File.basename(directory)}")
+    super
+  end
+end
+Debci::Collector.prepend(Dep8FleetDeliveries)
+load ARGV.shift
+"##;
+
+impl Site {
+    /// Starts debci's collector on the site's database and broker.
+    pub fn start_collector(&self) -> Collector {
+        let log = self.dir.path().join("collector.log");
+        let mut command = self.command("sh");
+        command
+            .env("debci_quiet", "false")
+            .args(["-c", SUPERVISE, "sh", "ruby", "-e", LOG_DELIVERIES])
+            .arg(DEBCI_COLLECTOR);
+        Collector {
+            process: Some(Background::start(command, &log)),
+            log,
+        }
+    }
+
+    /// Every job in debci's database by run id, with the result the
+    /// collector filed for it (`None` while there is none): debci's
+    /// status and tested version from the database, the exit code and
+    /// the log from the result dir the collector stored.
+    pub fn records(&self) -> BTreeMap<u64, Option<JobResult>> {
+        let out = self
+            .command("ruby")
+            .args(["-e", DEBCI_JOBS])
+            .output()
+            .expect("ruby");
+        assert!(
+            out.status.success(),
+            "reading debci's jobs failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|line| {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                let [id, package, status, version, date, dir] = words[..] else {
+                    panic!("a job line of six words: {line}");
+                };
+                let run_id: u64 = id.parse().expect("a run id");
+                let result = (status != "-").then(|| {
+                    let dir = Path::new(dir);
+                    let artifact = |name: &str| artifact(dir, name);
+                    let date: u64 = date.parse().expect("a date");
+                    JobResult::new(
+                        run_id,
+                        package,
+                        artifact("exitcode").trim(),
+                        status,
+                        version,
+                        &artifact("testbed-packages"),
+                        SystemTime::UNIX_EPOCH + Duration::from_secs(date),
+                        &check("zcat", &["-f", "log.gz"], dir),
+                    )
+                });
+                (run_id, result)
+            })
+            .collect()
+    }
+}
+
+/// The file `name` of the artifacts debci's collector stored in the result
+/// dir `dir` (`artifacts.tar.gz`: every file of the result but the log);
+/// empty when there is none.
+fn artifact(dir: &Path, name: &str) -> String {
+    let out = Command::new("tar")
+        .args(["-xzOf", "artifacts.tar.gz", name])
+        .current_dir(dir)
+        .output()
+        .expect("tar");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `debci collector` for a [`Site`]: [`DEBCI_COLLECTOR`] as is, run by
+/// [`LOG_DELIVERIES`], restarted when it fails as systemd restarts
+/// debci-collector.service. Stopped when dropped.
+pub struct Collector {
+    process: Option<Background>,
+    log: PathBuf,
+}
+
+impl Collector {
+    /// What the collector wrote so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The run id of each result the collector was handed, in order: a run
+    /// whose result was published twice is there twice.
+    pub fn deliveries(&self) -> Vec<u64> {
+        self.log()
+            .lines()
+            .filter_map(|line| {
+                line.strip_prefix("dep8-fleet: delivered run ")?
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        if let Some(process) = self.process.take() {
+            process.stop(Duration::from_secs(10));
+        }
+    }
+}
+
+/// Waits (at most `limit`) until debci's collector has taken and
+/// acknowledged every result on `debci_results`; it acknowledges a result
+/// once it is filed in the database.
+pub fn await_collected(broker: &Rabbitmq, limit: Duration, collector: &Collector) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let counts = queue_counts(broker);
+        let (ready, unacked) = counts.get("debci_results").copied().unwrap_or_default();
+        if ready + unacked == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{ready} result(s) not taken and {unacked} not filed by debci's collector \
+             after {limit:?}\n--- collector log:\n{}",
+            collector.log()
+        );
+        std::thread::sleep(Duration::from_secs(1));
     }
 }
 
@@ -441,9 +612,11 @@ pub struct Worker {
     killed_namespace: Option<PathBuf>,
 }
 
-/// The supervisor loop that runs `debci worker -b BACKEND` in a machine.
-const SUPERVISE: &str = r#"until debci worker -b "$1"; do
-    echo "dep8-fleet: debci worker exited ($?), restarting in 2 s"
+/// The supervisor loop that runs its arguments as a command again each
+/// time it fails, as systemd's `Restart=on-failure` does for debci's units
+/// (debci's 5 s are 2 s here).
+const SUPERVISE: &str = r#"until "$@"; do
+    echo "dep8-fleet: $1 exited ($?), restarting in 2 s"
     sleep 2
 done"#;
 
@@ -470,7 +643,15 @@ impl Worker {
     ) -> Background {
         let mut command = machine.command("sh");
         command
-            .args(["-c", SUPERVISE, "sh", backend.name()])
+            .args([
+                "-c",
+                SUPERVISE,
+                "sh",
+                "debci",
+                "worker",
+                "-b",
+                backend.name(),
+            ])
             .env("PATH", on.path());
         Background::start(command, log)
     }
@@ -534,7 +715,8 @@ impl Drop for Worker {
     }
 }
 
-/// One result from debci's results queue, as debci's collector reads it.
+/// One job's result, as a worker published it or as debci's collector
+/// filed it.
 #[derive(Debug, Clone)]
 pub struct JobResult {
     pub run_id: u64,
@@ -542,6 +724,12 @@ pub struct JobResult {
     pub exitcode: String,
     /// debci's status for the exit code.
     pub status: String,
+    /// The tested source version: the last word of `testpkg-version`,
+    /// "n/a" when there is none (debci's job version).
+    pub version: String,
+    /// The testbed's packages (`testbed-packages`: name and version) as
+    /// the runner listed them once the testbed was set up.
+    pub testbed_packages: BTreeMap<String, String>,
     /// The mtime of the result's `duration` (debci's job date): when
     /// debci-test finished, just before the worker published it.
     pub finished: SystemTime,
@@ -556,6 +744,39 @@ pub struct JobResult {
 }
 
 impl JobResult {
+    /// The result of run `run_id`, whose `testbed-packages` file holds
+    /// `testbed_packages` and whose whole log is `log`.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        run_id: u64,
+        package: &str,
+        exitcode: &str,
+        status: &str,
+        version: &str,
+        testbed_packages: &str,
+        finished: SystemTime,
+        log: &str,
+    ) -> Self {
+        JobResult {
+            run_id,
+            package: package.to_string(),
+            exitcode: exitcode.to_string(),
+            status: status.to_string(),
+            version: version.to_string(),
+            testbed_packages: testbed_packages
+                .lines()
+                .filter_map(|line| {
+                    let (name, version) = line.split_once('\t')?;
+                    Some((name.to_string(), version.to_string()))
+                })
+                .collect(),
+            finished,
+            log_tail: tail(log, 25),
+            network_trouble: NETWORK_TROUBLE.iter().any(|m| log.contains(m)),
+            dpkg_busy: log.contains(DPKG_BUSY),
+        }
+    }
+
     /// Whether the run failed for a reason outside the package and the
     /// runner: the mirror (a tmpfail with apt's network errors) or the
     /// host's dpkg in use by someone else.
@@ -668,19 +889,20 @@ fn read_result(dir: &Path) -> JobResult {
         .expect("run dir")
         .to_path_buf();
     let read = |name: &str| std::fs::read_to_string(run.join(name)).unwrap_or_default();
-    let exitcode = read("exitcode").trim().to_string();
-    let log = check("zcat", &["-f", "log.gz"], &run);
+    let exitcode = read("exitcode");
+    let exitcode = exitcode.trim();
+    let version = read("testpkg-version");
     let name = |p: &Path| p.file_name().expect("name").to_string_lossy().into_owned();
-    JobResult {
-        run_id: name(&run).parse().expect("a run id"),
-        package: name(run.parent().expect("package dir")),
-        status: debci_status(&exitcode).to_string(),
+    JobResult::new(
+        name(&run).parse().expect("a run id"),
+        &name(run.parent().expect("package dir")),
         exitcode,
-        finished: std::fs::metadata(run.join("duration"))
+        debci_status(exitcode),
+        version.split_whitespace().last().unwrap_or("n/a"),
+        &read("testbed-packages"),
+        std::fs::metadata(run.join("duration"))
             .and_then(|m| m.modified())
             .expect("duration"),
-        log_tail: tail(&log, 25),
-        network_trouble: NETWORK_TROUBLE.iter().any(|m| log.contains(m)),
-        dpkg_busy: log.contains(DPKG_BUSY),
-    }
+        &check("zcat", &["-f", "log.gz"], &run),
+    )
 }

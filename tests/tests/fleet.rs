@@ -2,10 +2,13 @@
 //! broker of the test's own feeds three `debci worker`s (one on null, two
 //! on schroot, each on a machine of its own: tests/src/fleet.rs) with 30
 //! jobs enqueued by debci's own code, some with `pin-packages` and
-//! `extra-apt-source`. Every job's result must come back on debci's
-//! results queue with the status Debian's autopkgtest gives the same job
-//! on the same fleet, through three faults: a worker killed mid-job, the
-//! broker restarted mid-run, a testbed failure.
+//! `extra-apt-source`, and debci's own collector files the results into
+//! the site's database. What debci records is checked: every job is one
+//! job with one result, with the status (and tested version) Debian's
+//! autopkgtest gets for the same job on the same fleet, none lost and none
+//! doubled, through three faults: a worker killed mid-job, the broker
+//! restarted mid-run, a testbed failure; and the pins to backports show
+//! in the testbed's packages.
 //!
 //! Global resources: the broker listens on free ports with its own node
 //! name and dirs; `autopkgtest` is dep8 only in the workers' PATH; each
@@ -14,10 +17,10 @@
 //! chroot on the host, cannot collide with this test.
 
 use dep8_tests::callers::{Autopkgtest, AutopkgtestOnPath, Rabbitmq};
-use dep8_tests::e2e::required_program;
+use dep8_tests::e2e::{required_file, required_program};
 use dep8_tests::fleet::{
-    await_idle, drain_results, queue_counts, worker_logs, Backend, Enqueued, Job, JobResult,
-    Machine, Site, Worker,
+    await_collected, await_idle, drain_results, queue_counts, worker_logs, Backend, Collector,
+    Enqueued, Job, JobResult, Machine, Site, Worker, DEBCI_COLLECTOR,
 };
 use dep8_tests::required_resource;
 use std::collections::BTreeMap;
@@ -64,9 +67,10 @@ const FLEET_LIMIT: Duration = Duration::from_secs(1500);
 /// all). On null only packages whose tests need nothing the host lacks (a
 /// worker on null installs test dependencies on the host itself), and no
 /// apt parameters; on schroot `pin-packages` alone (debci adds the
-/// release), with `extra-apt-source`, and pinned to a release that does
-/// not exist, which makes apt fail in the testbed's set-up: a testbed
-/// failure.
+/// release), with `extra-apt-source` (debci adds no release then: the
+/// extra source is the only way to backports), both pinning
+/// [`FROM_BACKPORTS`] too, and pinned to a release that does not exist,
+/// which makes apt fail in the testbed's set-up: a testbed failure.
 fn jobs() -> Vec<(Job, usize)> {
     use Backend::{Null, Schroot};
     vec![
@@ -78,12 +82,14 @@ fn jobs() -> Vec<(Job, usize)> {
         (Job::new("hello", Schroot), 3),
         (Job::new("hostname", Schroot), 2),
         (
-            Job::new("hello", Schroot).pinned("bookworm-backports=src:hello"),
+            Job::new("hello", Schroot).pinned(&format!(
+                "bookworm-backports=src:hello,src:{FROM_BACKPORTS}"
+            )),
             3,
         ),
         (
             Job::new("less", Schroot)
-                .pinned("bookworm-backports=less")
+                .pinned(&format!("bookworm-backports=less,src:{FROM_BACKPORTS}"))
                 .with_extra_apt_source(BACKPORTS.0),
             3,
         ),
@@ -91,6 +97,13 @@ fn jobs() -> Vec<(Job, usize)> {
         (Job::new("gzip", Schroot).pinned(NO_SUCH_RELEASE), 2),
     ]
 }
+
+/// A source package of the testbed (the CI chroot) with a newer version in
+/// bookworm-backports, which neither hello nor less has: pinned there, it
+/// is upgraded by `--apt-upgrade` (debci's schroot backend asks for it),
+/// and `testbed-packages` shows whether the pin and the added release or
+/// extra apt source took effect.
+const FROM_BACKPORTS: &str = "e2fsprogs";
 
 /// A pin to a release the mirror does not have.
 const NO_SUCH_RELEASE: &str = "dep8-no-such-release=src:gzip";
@@ -112,7 +125,7 @@ fn fleet_resources() -> Option<String> {
     ] {
         required_program(program, package)?;
     }
-    Some(chroot)
+    required_file(DEBCI_COLLECTOR, "debci-collector").then_some(chroot)
 }
 
 /// A worker on a machine of its own.
@@ -127,17 +140,26 @@ fn worker(
     Worker::start(machine, backend, on)
 }
 
-/// The status each distinct job gets from Debian's autopkgtest: each
-/// enqueued once on the same fleet (one worker on null, three on
-/// schroot, for time). A job whose run failed by its surroundings (the
+/// What Debian's autopkgtest gives each distinct job on the fleet.
+struct Reference {
+    /// Each job's result, as debci's collector filed it.
+    results: BTreeMap<Job, JobResult>,
+    /// Every run enqueued for the reference, retries included.
+    run_ids: Vec<u64>,
+}
+
+/// Runs each distinct job once with Debian's autopkgtest on the same
+/// fleet (one worker on null, three on schroot, for time) and reads what
+/// debci recorded. A job whose run failed by its surroundings (the
 /// mirror, the host's dpkg busy: [`JobResult::failed_by_surroundings`]) is
 /// enqueued again, up to [`REFERENCE_TRIES`] times in all.
-fn reference_statuses(
+fn reference(
     broker: &Rabbitmq,
     site: &Site,
+    collector: &Collector,
     chroot: &str,
     distinct: &[Job],
-) -> BTreeMap<Job, JobResult> {
+) -> Reference {
     let on = AutopkgtestOnPath::new(Autopkgtest::Debian);
     let workers = [
         worker("ref-null", broker, Backend::Null, chroot, &on),
@@ -146,7 +168,8 @@ fn reference_statuses(
         worker("ref-schroot-3", broker, Backend::Schroot, chroot, &on),
     ];
     let refs: Vec<&Worker> = workers.iter().collect();
-    let mut statuses = BTreeMap::new();
+    let mut results = BTreeMap::new();
+    let mut run_ids = Vec::new();
     let mut pending = distinct.to_vec();
     for _ in 0..REFERENCE_TRIES {
         if pending.is_empty() {
@@ -154,14 +177,15 @@ fn reference_statuses(
         }
         let enqueued = site.enqueue(&pending);
         await_idle(broker, FLEET_LIMIT, &refs);
-        let results = drain_results(broker);
-        let by_run = by_run_id(&results);
+        await_collected(broker, COLLECT_LIMIT, collector);
+        let mut records = site.records();
         pending.clear();
         for e in enqueued {
-            let result = by_run.get(&e.run_id).and_then(|r| r.first());
+            run_ids.push(e.run_id);
+            let result = records.remove(&e.run_id).flatten();
             let result = result.unwrap_or_else(|| {
                 panic!(
-                    "no result from Debian's autopkgtest for {:?}\n{}",
+                    "debci recorded no result from Debian's autopkgtest for {:?}\n{}",
                     e.job,
                     worker_logs(&refs)
                 )
@@ -173,11 +197,15 @@ fn reference_statuses(
                 );
                 pending.push(e.job.clone());
             }
-            statuses.insert(e.job, (*result).clone());
+            results.insert(e.job, result);
         }
     }
-    statuses
+    Reference { results, run_ids }
 }
+
+/// The longest debci's collector may take to file the results once the
+/// workers are idle.
+const COLLECT_LIMIT: Duration = Duration::from_secs(300);
 
 /// How many times a reference job is run at most.
 const REFERENCE_TRIES: usize = 3;
@@ -188,13 +216,12 @@ fn meant_to_fail_in_apt(job: &Job) -> bool {
     job.pin_packages.as_deref() == Some(NO_SUCH_RELEASE)
 }
 
-/// The results of each run id.
-fn by_run_id(results: &[JobResult]) -> BTreeMap<u64, Vec<&JobResult>> {
-    let mut by_run: BTreeMap<u64, Vec<&JobResult>> = BTreeMap::new();
-    for result in results {
-        by_run.entry(result.run_id).or_default().push(result);
-    }
-    by_run
+/// Whether `job` asks for a package from bookworm-backports, by a pin
+/// (with the release added, or from the extra apt source).
+fn wants_backports(job: &Job) -> bool {
+    job.pin_packages
+        .as_deref()
+        .is_some_and(|pin| pin.starts_with("bookworm-backports="))
 }
 
 /// Waits until `worker` has a schroot session open for a job (at most
@@ -231,35 +258,43 @@ fn await_run_on(worker: &Worker, run_id: u64, broker: &Rabbitmq, limit: Duration
     }
 }
 
-/// Waits until `count` results are in debci's results queue.
-fn await_results(broker: &Rabbitmq, count: u64, limit: Duration, workers: &[&Worker]) {
-    let deadline = Instant::now() + limit;
-    while queue_counts(broker)
-        .get("debci_results")
-        .map_or(0, |(ready, _)| *ready)
-        < count
-    {
+/// Waits until debci's collector was handed `count` results in all
+/// (at most [`FLEET_LIMIT`]).
+fn await_deliveries(collector: &Collector, count: usize, workers: &[&Worker]) {
+    let deadline = Instant::now() + FLEET_LIMIT;
+    while collector.deliveries().len() < count {
         assert!(
             Instant::now() < deadline,
-            "fewer than {count} results after {limit:?}\n{}",
-            worker_logs(workers)
+            "debci's collector was handed fewer than {count} results after {FLEET_LIMIT:?}\n{}\n\
+             --- collector log:\n{}",
+            worker_logs(workers),
+            collector.log()
         );
         std::thread::sleep(Duration::from_secs(1));
     }
 }
 
-/// The fleet, with dep8 as every worker's `autopkgtest`:
-/// - every job's result arrives on `debci_results`, with the status
-///   Debian's autopkgtest gives the same job on the same fleet;
+/// The fleet, with dep8 as every worker's `autopkgtest`, and debci's own
+/// collector filing every result into the site's database. What debci
+/// records is what is checked:
+/// - every enqueued job is one job in debci's database with one result,
+///   whose status is the one Debian's autopkgtest gets for the same job on
+///   the same fleet; the database holds no other job;
+/// - debci records the tested version (`testpkg-version`) that it records
+///   with Debian's autopkgtest; a job whose pin takes [`FROM_BACKPORTS`]
+///   from bookworm-backports (the release added, or the extra apt source)
+///   had the backports version in its testbed (`testbed-packages`);
 /// - a schroot worker SIGKILLed while its job's testbed is open: the job
 ///   is delivered again and its result comes from the other schroot
 ///   worker; `dep8 clean` on the killed worker's machine leaves no
 ///   session, run dir or process of the dead run there;
-/// - the broker restarted mid-run: the workers come back (restarted as
-///   systemd restarts debci-worker@), no result is lost, and only a job
-///   that was running during the restart may be reported twice (debci
-///   acknowledges a job after publishing its result), with one status;
-/// - a testbed failure is exit 16, which debci reports as tmpfail.
+/// - the broker restarted mid-run: the workers and the collector come
+///   back (restarted as systemd restarts their units), no result is lost,
+///   and a result published twice (a job running during the restart:
+///   debci acknowledges a job after publishing its result) is still one
+///   job with one status in debci's database. How often the collector was
+///   handed each run's result is printed, not asserted;
+/// - a testbed failure is exit 16, which debci records as tmpfail.
 #[test]
 fn debci_fleet_with_faults() {
     let Some(chroot) = fleet_resources() else {
@@ -270,12 +305,14 @@ fn debci_fleet_with_faults() {
     let mut broker = Rabbitmq::start();
     let site = Site::new(&broker.url, &[BACKPORTS]);
     site.declare_queues();
+    let collector = site.start_collector();
     let plan = jobs();
     let distinct: Vec<Job> = plan.iter().map(|(job, _)| job.clone()).collect();
-    let expected = reference_statuses(&broker, &site, &chroot, &distinct);
-    let statuses: BTreeMap<&Job, &str> = expected
+    let reference = reference(&broker, &site, &collector, &chroot, &distinct);
+    let expected = &reference.results;
+    let statuses: BTreeMap<&Job, (&str, &str)> = expected
         .iter()
-        .map(|(job, result)| (job, result.status.as_str()))
+        .map(|(job, result)| (job, (result.status.as_str(), result.version.as_str())))
         .collect();
     eprintln!(
         "Debian's autopkgtest on the fleet: {:.0?}: {statuses:?}",
@@ -317,9 +354,10 @@ fn debci_fleet_with_faults() {
     await_run_on(&survivor, killed_run, &broker, FLEET_LIMIT);
     victim.restart(&on);
 
-    // The broker restarted once a third of the results are in.
+    // The broker restarted once a third of the dep8 runs are collected.
     let workers = [&null, &survivor, &victim];
-    await_results(&broker, 10, FLEET_LIMIT, &workers);
+    let collected_before = collector.deliveries().len();
+    await_deliveries(&collector, collected_before + 10, &workers);
     let in_flight: Vec<u64> = workers
         .iter()
         .flat_map(|w| w.machine.unfinished_run_ids())
@@ -331,79 +369,132 @@ fn debci_fleet_with_faults() {
         restart.elapsed()
     );
     await_idle(&broker, FLEET_LIMIT, &workers);
-    let results = drain_results(&broker);
+    await_collected(&broker, COLLECT_LIMIT, &collector);
     let took = fleet_start.elapsed();
-    let by_run = by_run_id(&results);
+    let records = site.records();
 
     let mut problems = Vec::new();
     let mut transient = Vec::new();
     for e in &enqueued {
         let reference = &expected[&e.job];
         let want = &reference.status;
-        let got: Vec<&JobResult> = by_run.get(&e.run_id).cloned().unwrap_or_default();
-        let statuses: Vec<&str> = got.iter().map(|r| r.status.as_str()).collect();
-        if got.is_empty() {
-            problems.push(format!("run {} ({}): no result", e.run_id, e.message));
-        } else if got.len() > 1 && !in_flight.contains(&e.run_id) {
-            problems.push(format!(
-                "run {} ({}): {} results, and it was not running when the broker restarted",
-                e.run_id,
-                e.message,
-                got.len()
-            ));
-        }
+        let got = match records.get(&e.run_id) {
+            Some(Some(got)) => got,
+            Some(None) => {
+                problems.push(format!(
+                    "run {} ({}): no result recorded",
+                    e.run_id, e.message
+                ));
+                continue;
+            }
+            None => {
+                problems.push(format!(
+                    "run {} ({}): not a job in debci's database",
+                    e.run_id, e.message
+                ));
+                continue;
+            }
+        };
         // The mirror (or the host's dpkg, on null) failing one run or
         // the other: reported, not a mismatch. Only the jobs that are not
         // meant to fail in apt.
         let expected_apt_failure = meant_to_fail_in_apt(&e.job);
         if !expected_apt_failure
-            && (reference.failed_by_surroundings()
-                || got.iter().any(|r| r.failed_by_surroundings()))
+            && (reference.failed_by_surroundings() || got.failed_by_surroundings())
         {
             transient.push(format!(
-                "run {} ({}): dep8 {statuses:?}, autopkgtest {want}",
-                e.run_id, e.message
+                "run {} ({}): dep8 {}, autopkgtest {want}",
+                e.run_id, e.message, got.status
             ));
             continue;
         }
-        if let Some(wrong) = got.iter().find(|r| r.status != *want) {
+        if got.status != *want {
             problems.push(format!(
-                "run {} ({}): dep8 gave {statuses:?} (exit {:?}), Debian's autopkgtest {want}\n\
+                "run {} ({}): debci recorded {} (exit {}) with dep8, {want} with Debian's autopkgtest\n\
                  --- the log of the {} ends:\n{}\n\
                  --- the log of Debian's autopkgtest's {want} ends:\n{}",
                 e.run_id,
                 e.message,
-                got.iter().map(|r| r.exitcode.as_str()).collect::<Vec<_>>(),
-                wrong.status,
-                wrong.log_tail,
+                got.status,
+                got.exitcode,
+                got.status,
+                got.log_tail,
                 reference.log_tail
             ));
         }
-        if expected_apt_failure
-            && got
-                .iter()
-                .any(|r| r.exitcode != "16" || r.status != "tmpfail")
-        {
+        if expected_apt_failure && (got.exitcode != "16" || got.status != "tmpfail") {
             problems.push(format!(
-                "run {}: the testbed failure gave exit {:?} ({statuses:?}), not 16 (tmpfail)",
-                e.run_id,
-                got.iter().map(|r| r.exitcode.as_str()).collect::<Vec<_>>()
+                "run {}: the testbed failure gave exit {} ({}), not 16 (tmpfail)",
+                e.run_id, got.exitcode, got.status
+            ));
+        }
+        if wants_backports(&e.job) {
+            let ours = got.testbed_packages.get(FROM_BACKPORTS);
+            let theirs = reference.testbed_packages.get(FROM_BACKPORTS);
+            if !ours.is_some_and(|v| v.contains("~bpo12")) || ours != theirs {
+                problems.push(format!(
+                    "run {} ({}): {FROM_BACKPORTS} pinned to bookworm-backports, but the \
+                     testbed had {ours:?} (with Debian's autopkgtest: {theirs:?})",
+                    e.run_id, e.message
+                ));
+            }
+        }
+        if got.version != reference.version {
+            problems.push(format!(
+                "run {} ({}): debci recorded version {} with dep8, {} with Debian's autopkgtest",
+                e.run_id, e.message, got.version, reference.version
             ));
         }
     }
-    let strays: Vec<u64> = by_run
+    let enqueued_ids: Vec<u64> = reference
+        .run_ids
+        .iter()
+        .copied()
+        .chain(enqueued.iter().map(|e| e.run_id))
+        .collect();
+    let strays: Vec<u64> = records
         .keys()
-        .filter(|id| !enqueued.iter().any(|e| e.run_id == **id))
+        .filter(|id| !enqueued_ids.contains(id))
         .copied()
         .collect();
     if !strays.is_empty() {
-        problems.push(format!("results for runs never enqueued: {strays:?}"));
+        problems.push(format!(
+            "debci's database has jobs never enqueued: {strays:?}"
+        ));
     }
-    let doubled: Vec<u64> = by_run
+
+    // What the collector was handed, from debci_results: diagnostics.
+    let mut deliveries: BTreeMap<u64, usize> = BTreeMap::new();
+    for run_id in collector.deliveries() {
+        *deliveries.entry(run_id).or_default() += 1;
+    }
+    let twice: Vec<String> = deliveries
         .iter()
-        .filter(|(_, r)| r.len() > 1)
-        .map(|(id, _)| *id)
+        .filter(|(_, count)| **count > 1)
+        .map(|(id, count)| {
+            let recorded = records
+                .get(id)
+                .and_then(Option::as_ref)
+                .map_or("nothing", |r| r.status.as_str());
+            let during = if in_flight.contains(id) {
+                "in flight at the broker restart"
+            } else {
+                "not in flight at the broker restart"
+            };
+            format!("run {id}: {count} results on debci_results ({during}); debci recorded one job, {recorded}")
+        })
         .collect();
+    eprintln!(
+        "debci_results: {} results for {} runs; published more than once:\n{}",
+        deliveries.values().sum::<usize>(),
+        deliveries.len(),
+        if twice.is_empty() {
+            "none".to_string()
+        } else {
+            twice.join("\n")
+        }
+    );
+    eprintln!("--- debci collector's log:\n{}", collector.log());
     if !transient.is_empty() {
         eprintln!(
             "not compared, the mirror or the host's dpkg failed them:\n{}",
@@ -416,18 +507,19 @@ fn debci_fleet_with_faults() {
         transient.len()
     );
     eprintln!(
-        "dep8 fleet: 30 jobs in {took:.0?} ({:.1} jobs/min), {} results, doubled: {doubled:?}; \
+        "dep8 fleet: 30 jobs in {took:.0?} ({:.1} jobs/min), {} jobs recorded by debci; \
          whole test {:.0?}",
         30.0 / took.as_secs_f64() * 60.0,
-        results.len(),
+        records.len(),
         start.elapsed()
     );
     assert!(
         problems.is_empty(),
-        "{} problem(s):\n{}\n\n{}",
+        "{} problem(s):\n{}\n\n{}\n--- collector log:\n{}",
         problems.len(),
         problems.join("\n"),
-        worker_logs(&workers)
+        worker_logs(&workers),
+        collector.log()
     );
 }
 

@@ -284,13 +284,6 @@ impl Run<'_> {
     ) -> Result<(), Error> {
         self.probe = probe::probe(tb, self.opts.timeouts.short).await?;
         self.write_testinfo(tb).await;
-        if let Some(packages) = &self.probe.packages {
-            let _ = tokio::fs::write(
-                self.opts.output_dir.join("testbed-packages"),
-                probe::dpkg_list(packages),
-            )
-            .await;
-        }
         let arch = self.arch();
         if let Some(test_arch) = self.opts.test_arch.as_ref().filter(|a| **a != arch) {
             return Err(Error::Usage(format!(
@@ -314,6 +307,7 @@ impl Run<'_> {
         // lines `apt-get source` needs), then get the source.
         self.secure_scratch(tb).await?;
         self.setup_testbed(tb).await?;
+        self.write_testbed_packages(tb).await?;
         let (binaries, source) = (self.opts.setup.binaries.clone(), self.opts.source.clone());
         self.blamed = blocking(move || blame(&binaries, &source)).await;
         if let Some(fetch) = &self.opts.fetch {

@@ -1,9 +1,8 @@
 //! What the runner learns about the testbed once, right after opening it,
-//! and the files it becomes: testinfo.json and testbed-packages.
+//! and the file it becomes: testinfo.json.
 
 use super::timed;
 use crate::error::Error;
-use crate::source;
 use crate::testbed::{ExecRequest, Testbed};
 use std::time::Duration;
 
@@ -16,17 +15,14 @@ pub struct Probe {
     /// /proc/cpuinfo's model name and flags, for testinfo.json.
     pub cpu_model: String,
     pub cpu_flags: String,
-    /// `dpkg-query` output, when the testbed has dpkg.
-    pub packages: Option<String>,
 }
 
 /// One exec learns everything the runner needs about the testbed.
 pub async fn probe(tb: &dyn Testbed, limit: Duration) -> Result<Probe, Error> {
     let script = "uname -srv; nproc; dpkg --print-architecture 2>/dev/null || echo; \
                   cpu() { v=$(grep -m1 -iE \"^($1)[[:space:]]*:\" /proc/cpuinfo 2>/dev/null | sed 's/^[^:]*:[[:space:]]*//'); echo \"$v\"; }; \
-                  cpu 'model.*name|cpu'; cpu 'flags|features'; \
-                  dpkg-query -W -f \"$1\" 2>/dev/null || true";
-    let req = ExecRequest::new(["sh", "-c", script, "probe", source::DPKG_QUERY_FORMAT]).capture();
+                  cpu 'model.*name|cpu'; cpu 'flags|features'";
+    let req = ExecRequest::new(["sh", "-c", script]).capture();
     let out = timed(limit, "probing the testbed", tb.exec(req)).await?;
     if !out.status.success() {
         return Err(Error::Testbed(format!(
@@ -40,18 +36,16 @@ pub async fn probe(tb: &dyn Testbed, limit: Duration) -> Result<Probe, Error> {
 impl Probe {
     /// Reads the probe script's output.
     fn parse(text: &str) -> Probe {
-        let mut lines = text.splitn(6, '\n');
+        let mut lines = text.lines();
         let mut next = || lines.next().unwrap_or_default().trim().to_string();
         let (kernel, nproc, arch) = (next(), next(), next());
         let (cpu_model, cpu_flags) = (next(), next());
-        let packages = next();
         Probe {
             arch: (!arch.is_empty()).then_some(arch),
             kernel,
             nproc,
             cpu_model,
             cpu_flags,
-            packages: (!packages.is_empty()).then_some(packages),
         }
     }
 }
@@ -123,25 +117,15 @@ fn virt_server_line(argv: &[String]) -> String {
     shell_words::join(words)
 }
 
-/// `dpkg-query` lines as autopkgtest's `testbed-packages`: name TAB version.
-pub fn dpkg_list(dpkg_query: &str) -> String {
-    super::packages::package_lines(source::parse_installed(dpkg_query).iter())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn probe_output_and_testinfo() {
-        let probe =
-            Probe::parse("Linux 6.1 #1\n4\namd64\nCPU X\nfpu sse\nb\t2\tii \t\na\t1\tii \t\n");
+        let probe = Probe::parse("Linux 6.1 #1\n4\namd64\nCPU X\nfpu sse\n");
         assert_eq!(probe.arch.as_deref(), Some("amd64"));
         assert_eq!(probe.nproc, "4");
-        assert_eq!(
-            dpkg_list(probe.packages.as_deref().unwrap()),
-            "a\t1\nb\t2\n"
-        );
         let argv = ["qemu".to_string(), "/x y.img".to_string()];
         let info = TestInfo {
             probe: &probe,
@@ -156,6 +140,5 @@ mod tests {
         assert!(json.get("test_kernel_versions").is_none());
         let no_dpkg = Probe::parse("Linux\n1\n\n\n\n");
         assert_eq!(no_dpkg.arch, None);
-        assert_eq!(no_dpkg.packages, None);
     }
 }

@@ -320,6 +320,21 @@ impl Run<'_> {
         let _ = tokio::fs::write(self.opts.output_dir.join("testinfo.json"), info.json()).await;
     }
 
+    /// `testbed-packages`: the testbed's packages as the setup left them
+    /// (pins, `--apt-upgrade`, setup commands), as autopkgtest 5.49 lists
+    /// them after its setup; none where the testbed has no dpkg.
+    pub(super) async fn write_testbed_packages(&mut self, tb: &dyn Testbed) -> Result<(), Error> {
+        self.packages.changed();
+        if let Some(installed) = self.packages.installed(tb).await? {
+            let _ = tokio::fs::write(
+                self.opts.output_dir.join("testbed-packages"),
+                super::packages::package_lines(installed.iter()),
+            )
+            .await;
+        }
+        Ok(())
+    }
+
     /// parallel=N for DEB_BUILD_OPTIONS: `--build-parallel`, or nproc.
     pub(super) fn parallel(&self) -> String {
         self.opts
