@@ -325,3 +325,64 @@ impl Dep8Run {
         );
     }
 }
+
+/// How many processes run whose command line starts with `marker` (a
+/// test's `exec -a MARKER ...`).
+pub fn marked_processes(marker: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .filter(|cmdline| cmdline.starts_with(marker.as_bytes()))
+        .count()
+}
+
+/// Starts `dep8` (stdout discarded), sends it SIGINT once `ready()` holds
+/// (it panics if `ready` does not within 120 s: `what` says what it
+/// waits for), asserts that dep8 died by that signal and returns its
+/// stderr.
+pub fn interrupt_when(mut dep8: Command, ready: impl Fn() -> bool, what: &str) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    let child = dep8
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running dep8");
+    let started = std::time::Instant::now();
+    while !ready() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "never {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    let out = child.wait_with_output().expect("dep8's status");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.signal(), Some(2), "{:?}: {stderr}", out.status);
+    stderr
+}
+
+/// Waits up to 5 s while `alive()`: what dep8 SIGKILLed as it exited may
+/// take a moment to be gone.
+pub fn wait_for_the_killed(alive: impl Fn() -> bool) {
+    let killed = std::time::Instant::now();
+    while alive() && killed.elapsed() < std::time::Duration::from_secs(5) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Each test's name and result word in `OUT/results.json`, in its order.
+pub fn result_states(out: &Path) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(out.join("results.json")).expect("results.json");
+    let results: serde_json::Value = serde_json::from_str(&text).expect("results.json is JSON");
+    results["tests"]
+        .as_array()
+        .expect("tests")
+        .iter()
+        .map(|t| {
+            let word = |key: &str| t[key].as_str().expect(key).to_string();
+            (word("name"), word("result"))
+        })
+        .collect()
+}

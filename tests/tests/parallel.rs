@@ -5,7 +5,10 @@
 //! `dep8 run --on A --on B` sends each test to the cheapest testbed that
 //! can run it.
 
-use dep8_tests::e2e::{dep8_bin, repo, source_tree, unshare_rootfs_as_root};
+use dep8_tests::e2e::{
+    dep8_bin, interrupt_when, marked_processes, repo, result_states, source_tree,
+    unshare_rootfs_as_root, wait_for_the_killed,
+};
 use dep8_tests::required_resource;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -192,14 +195,6 @@ fn a_breaks_testbed_test_does_not_disturb_the_others() {
 /// What a test leaves running is found on the host by this argv[0].
 const MARKER: &str = "dep8-parallel-marker";
 
-fn marked_processes() -> usize {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
-        .filter(|cmdline| cmdline.starts_with(MARKER.as_bytes()))
-        .count()
-}
-
 /// SIGINT while three tests run on three testbeds: dep8 dies by it, every
 /// test has its result (interrupted, not run, or what it got), and no
 /// process, mount or temp file of the run is left.
@@ -219,55 +214,26 @@ fn sigint_during_a_parallel_run_kills_every_clone_and_keeps_the_results() {
     }
     let src = source_tree(dir.path(), "sleepers", &control);
     let out = dir.path().join("out");
-    let mut child = Command::new(dep8_bin())
-        .env("TMPDIR", &tmp)
+    let mut dep8 = Command::new(dep8_bin());
+    dep8.env("TMPDIR", &tmp)
         .args(["run", "-B", "-j", "3", "-o"])
         .arg(&out)
         .arg(&src)
-        .args(["--", "unshare", "--tarball", &rootfs])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("running dep8");
-    let started = Instant::now();
-    while marked_processes() < 3 {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "three tests never ran at once"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let status = child.wait().unwrap();
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(status.signal(), Some(2), "{status:?}");
+        .args(["--", "unshare", "--tarball", &rootfs]);
+    interrupt_when(dep8, || marked_processes(MARKER) >= 3, "three tests at once");
+    wait_for_the_killed(|| marked_processes(MARKER) > 0);
 
     let results: serde_json::Value =
         serde_json::from_str(&read(&out.join("results.json"))).unwrap();
     assert_eq!(results["complete"], false);
-    let states: Vec<(String, String)> = results["tests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| {
-            (
-                t["name"].as_str().unwrap().to_string(),
-                t["result"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
     let expected: Vec<(String, String)> = (1..=5)
         .map(|i| {
             let state = if i <= 3 { "INTERRUPTED" } else { "NOT_RUN" };
             (format!("sleeps-{i}"), state.to_string())
         })
         .collect();
-    assert_eq!(states, expected);
-    assert_eq!(marked_processes(), 0, "a test's process outlived dep8");
+    assert_eq!(result_states(&out), expected);
+    assert_eq!(marked_processes(MARKER), 0, "a test's process outlived dep8");
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
         !mounts.contains(&*tmp.to_string_lossy()),

@@ -7,10 +7,12 @@
 //! null in the first tests runs nothing (null runs every test), so it
 //! needs no tarball.
 
-use dep8_tests::e2e::{dep8_bin, repo, required_program, source_tree, write};
+use dep8_tests::e2e::{
+    dep8_bin, interrupt_when, marked_processes, repo, required_program, result_states,
+    source_tree, wait_for_the_killed, write,
+};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 /// An unshare testbed that is never opened: every test here goes to null.
 const UNOPENED_UNSHARE: &str = "unshare --tarball /nonexistent.tar";
@@ -214,23 +216,6 @@ fn a_dsc_or_changes_is_unpacked_on_the_host_and_routed() {
 /// What a test leaves running is found on the host by this argv[0].
 const MARKER: &str = "dep8-routed-marker";
 
-fn marked_processes() -> usize {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
-        .filter(|cmdline| cmdline.starts_with(MARKER.as_bytes()))
-        .count()
-}
-
-/// Waits up to 5 s while processes dep8 killed are `alive`: SIGKILL is
-/// delivered after dep8 has sent it and exited.
-fn wait_for_the_killed(alive: impl Fn() -> bool) {
-    let killed = Instant::now();
-    while alive() && killed.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// The testbed that can revert, beside null: unshare when a rootfs tarball
 /// is at hand (`DEP8_TEST_ROOTFS`, as root), else the host again, claiming
 /// to revert (the test is interrupted before it would).
@@ -262,43 +247,20 @@ fn sigint_during_a_routed_run_stops_every_testbed_and_keeps_the_results() {
         + &sleeper("breaks-2", "breaks-testbed");
     let src = source_tree(dir.path(), "sleepers", &control);
     let out = dir.path().join("out");
-    let mut child = Command::new(dep8_bin())
-        .args(["run", "-B", "-o"])
+    let mut dep8 = Command::new(dep8_bin());
+    dep8.args(["run", "-B", "-o"])
         .arg(&out)
         .arg(&src)
-        .args(["--on", "null", "--on", &reverting])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("running dep8");
-    let started = Instant::now();
-    while marked_processes() < 2 {
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "a test never started on each testbed"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let status = child.wait().unwrap();
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(status.signal(), Some(2), "{status:?}");
-    wait_for_the_killed(|| marked_processes() > 0);
-    assert_eq!(marked_processes(), 0, "a test's process outlived dep8");
+        .args(["--on", "null", "--on", &reverting]);
+    interrupt_when(dep8, || marked_processes(MARKER) >= 2, "a test on each testbed");
+    wait_for_the_killed(|| marked_processes(MARKER) > 0);
+    assert_eq!(marked_processes(MARKER), 0, "a test's process outlived dep8");
 
     let results: serde_json::Value =
         serde_json::from_str(&read(&out.join("results.json"))).unwrap();
     assert_eq!(results["complete"], false);
-    let states: Vec<(&str, &str)> = results["tests"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| (t["name"].as_str().unwrap(), t["result"].as_str().unwrap()))
-        .collect();
+    let states = result_states(&out);
+    let states: Vec<(&str, &str)> = states.iter().map(|(n, r)| (n.as_str(), r.as_str())).collect();
     assert_eq!(
         states,
         [
@@ -342,36 +304,14 @@ fn sigint_while_the_source_is_got_on_the_host_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let tmp = dir.path().join("tmp");
     std::fs::create_dir(&tmp).unwrap();
-    let child = Command::new(dep8_bin())
-        .env("TMPDIR", &tmp)
+    let mut dep8 = Command::new(dep8_bin());
+    dep8.env("TMPDIR", &tmp)
         .args(["run", "-B", "-o"])
         .arg(dir.path().join("out"))
-        .args(["file:///nonexistent/repo", "--on", "null"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running dep8");
-    let started = Instant::now();
-    while processes_in(&tmp).is_empty() {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "nothing ran in TMPDIR"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let out = child.wait_with_output().unwrap();
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(out.status.signal(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("interrupted by signal 2"),
-        "{}",
-        stderr(&out)
-    );
+        .args(["file:///nonexistent/repo", "--on", "null"]);
+    let ready = || !processes_in(&tmp).is_empty();
+    let err = interrupt_when(dep8, ready, "a process in TMPDIR");
+    assert!(err.contains("interrupted by signal 2"), "{err}");
     wait_for_the_killed(|| !processes_in(&tmp).is_empty());
     assert_eq!(processes_in(&tmp), Vec::<String>::new());
     let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
