@@ -11,8 +11,8 @@ use dep8_tests::e2e::{
 };
 use dep8_tests::required_resource;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Instant;
 
 /// `dep8 run -B -j JOBS OPTIONS -o OUT SRC -- TESTBED...` from the
 /// repository's top directory.
@@ -220,7 +220,11 @@ fn sigint_during_a_parallel_run_kills_every_clone_and_keeps_the_results() {
         .arg(&out)
         .arg(&src)
         .args(["--", "unshare", "--tarball", &rootfs]);
-    interrupt_when(dep8, || marked_processes(MARKER) >= 3, "three tests at once");
+    interrupt_when(
+        dep8,
+        || marked_processes(MARKER) >= 3,
+        "three tests at once",
+    );
     wait_for_the_killed(|| marked_processes(MARKER) > 0);
 
     let results: serde_json::Value =
@@ -233,7 +237,11 @@ fn sigint_during_a_parallel_run_kills_every_clone_and_keeps_the_results() {
         })
         .collect();
     assert_eq!(result_states(&out), expected);
-    assert_eq!(marked_processes(MARKER), 0, "a test's process outlived dep8");
+    assert_eq!(
+        marked_processes(MARKER),
+        0,
+        "a test's process outlived dep8"
+    );
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
         !mounts.contains(&*tmp.to_string_lossy()),

@@ -8,8 +8,8 @@
 //! needs no tarball.
 
 use dep8_tests::e2e::{
-    dep8_bin, interrupt_when, marked_processes, repo, required_program, result_states,
-    source_tree, wait_for_the_killed, write,
+    dep8_bin, interrupt_when, marked_processes, repo, required_program, result_states, source_tree,
+    wait_for_the_killed, write,
 };
 use std::path::Path;
 use std::process::{Command, Output};
@@ -252,15 +252,26 @@ fn sigint_during_a_routed_run_stops_every_testbed_and_keeps_the_results() {
         .arg(&out)
         .arg(&src)
         .args(["--on", "null", "--on", &reverting]);
-    interrupt_when(dep8, || marked_processes(MARKER) >= 2, "a test on each testbed");
+    interrupt_when(
+        dep8,
+        || marked_processes(MARKER) >= 2,
+        "a test on each testbed",
+    );
     wait_for_the_killed(|| marked_processes(MARKER) > 0);
-    assert_eq!(marked_processes(MARKER), 0, "a test's process outlived dep8");
+    assert_eq!(
+        marked_processes(MARKER),
+        0,
+        "a test's process outlived dep8"
+    );
 
     let results: serde_json::Value =
         serde_json::from_str(&read(&out.join("results.json"))).unwrap();
     assert_eq!(results["complete"], false);
     let states = result_states(&out);
-    let states: Vec<(&str, &str)> = states.iter().map(|(n, r)| (n.as_str(), r.as_str())).collect();
+    let states: Vec<(&str, &str)> = states
+        .iter()
+        .map(|(n, r)| (n.as_str(), r.as_str()))
+        .collect();
     assert_eq!(
         states,
         [
