@@ -14,8 +14,8 @@
 
 use dep8_tests::e2e::unshare_rootfs_as_root;
 use dep8_tests::faults::{
-    processes, run_processes, sigkill, signal_case, signal_matrix, testbed_dies, words, FaultRun,
-    LoadRun, Phase, SIGNALS, SLOW_PACKAGE,
+    processes, run_processes, sigkill, signal_case, signal_matrix, testbed_dies, wait_for, words,
+    FaultRun, LoadRun, Phase, SIGNALS, SLOW_PACKAGE,
 };
 use dep8_tests::required_resource;
 use dep8_tests::sshd::{Login, LoopbackSshd};
@@ -247,6 +247,21 @@ fn sshd_killed() {
     testbed.extend(sshd.backend_args());
     let listener = sshd.pid();
     testbed_dies(&testbed, |_| {
+        // Once the test's command runs there: the log names the test a
+        // moment before its session exists, and a session started after
+        // the kill would be a new connection, alive.
+        let sleeper_runs = || {
+            let ours = descendants(listener);
+            processes()
+                .into_iter()
+                .any(|p| ours.contains(&p.pid) && p.cmdline.starts_with("sleep 600"))
+                .then_some(())
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        assert!(
+            wait_for(deadline, sleeper_runs).is_some(),
+            "the sleeper never ran"
+        );
         // Every connection: the listener's children and theirs.
         descendants(listener).into_iter().for_each(sigkill);
     });
