@@ -276,6 +276,26 @@ pub struct Dep8Run {
 }
 
 impl Dep8Run {
+    /// Asserts the outputs of examples/reboot: both tests pass, one
+    /// rebooting twice through `/tmp/autopkgtest-reboot`, the other once
+    /// by itself after `/tmp/autopkgtest-reboot-prepare` (what it wrote
+    /// after the prepare, its "rebooting now" and reboot's complaints, is
+    /// dropped, as autopkgtest does).
+    pub fn assert_reboot_example_passed(&self) {
+        assert_eq!(
+            self.read("summary"),
+            "reboots-twice        PASS\nreboots-itself       PASS\n"
+        );
+        assert_eq!(
+            self.read("reboots-twice-stdout"),
+            "first run\nafter reboot one\nafter reboot two\nthree boots\n"
+        );
+        assert_eq!(
+            self.read("reboots-itself-stdout"),
+            "before the reboot\nafter rebooting myself\n"
+        );
+    }
+
     /// Runs dep8 from the repository's top directory, with `-B`: the
     /// tests as they are, no build.
     pub fn new(src: &str, testbed: &[&str]) -> Self {

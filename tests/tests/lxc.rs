@@ -129,18 +129,7 @@ fn tests_reboot_twice_and_by_themselves() {
     };
     let run = Dep8Run::new("examples/reboot", &["lxc", &template]);
     run.assert_exit(0);
-    assert_eq!(
-        run.read("summary"),
-        "reboots-twice        PASS\nreboots-itself       PASS\n"
-    );
-    assert_eq!(
-        run.read("reboots-twice-stdout"),
-        "first run\nafter reboot one\nafter reboot two\nthree boots\n"
-    );
-    assert_eq!(
-        run.read("reboots-itself-stdout"),
-        "before the reboot\nafter rebooting myself\n"
-    );
+    run.assert_reboot_example_passed();
     assert!(run.out().join("lxc-console.log").exists());
 }
 
