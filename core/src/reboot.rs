@@ -41,21 +41,33 @@ echo "$0: not called from a test that dep8 runs" >&2
 exit 1
 "#;
 
-/// The in-testbed `autopkgtest-reboot-prepare` command: keeps the test's
-/// output pipes drained (dep8 stops reading them, and a write to a pipe
-/// nobody reads would kill the test before it reboots), records the mark,
-/// and waits until dep8 removes it.
+/// What `/tmp/autopkgtest-reboot-prepare` writes to the test's stdout and
+/// stderr before it records its mark: what the test wrote before it reaches
+/// dep8 first, through the same pipes, however slow they are. dep8 keeps
+/// the test's output up to it and drops the rest.
+pub const PREPARE_MARKER: &[u8] = b"\x1edep8: autopkgtest-reboot-prepare\x1e\n";
+
+/// The in-testbed `autopkgtest-reboot-prepare` command: writes
+/// [`PREPARE_MARKER`] to stdout and (unless it is the same pipe) stderr,
+/// records the mark, and waits until dep8 removes it. It then keeps the
+/// test's output pipes drained (dep8 may stop reading them as the testbed
+/// goes down, and a write to a pipe nobody reads would kill the test
+/// before it reboots).
 const PREPARE_SCRIPT: &str = r#"#!/bin/sh
 # Usage: /tmp/autopkgtest-reboot-prepare MARK  (provided by dep8)
 set -e
 [ -n "$1" ] || { echo "Usage: $0 MARK" >&2; exit 1; }
+printf '\036dep8: autopkgtest-reboot-prepare\036\n' || true
+if ! [ /proc/$$/fd/1 -ef /proc/$$/fd/2 ]; then
+    printf '\036dep8: autopkgtest-reboot-prepare\036\n' >&2 || true
+fi
+echo "$1" > /run/autopkgtest-reboot-prepare-mark
+while [ -e /run/autopkgtest-reboot-prepare-mark ]; do sleep 0.5; done
 for fd in 1 2; do
     if [ -p "/proc/$$/fd/$fd" ]; then
         cat "/proc/$$/fd/$fd" >/dev/null 2>&1 </dev/null &
     fi
 done
-echo "$1" > /run/autopkgtest-reboot-prepare-mark
-while [ -e /run/autopkgtest-reboot-prepare-mark ]; do sleep 0.5; done
 "#;
 
 /// Run beside a test: prints the mark and exits 0 when the test calls
@@ -131,4 +143,33 @@ pub async fn take_mark(tb: &dyn Testbed) -> Result<Option<String>> {
         .status
         .success()
         .then(|| out.stdout_text().trim().to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs the prepare script's marker lines (all but the mark and the
+    /// wait) with `sh`, stdout and stderr as `redirect` leaves them.
+    fn markers_written(redirect: &str) -> std::process::Output {
+        let lines: Vec<&str> = PREPARE_SCRIPT
+            .lines()
+            .skip_while(|l| !l.starts_with("printf"))
+            .take_while(|l| !l.starts_with("echo"))
+            .collect();
+        std::process::Command::new("sh")
+            .args(["-c", &format!("{{ {}\n}} {redirect}", lines.join("\n"))])
+            .output()
+            .expect("sh")
+    }
+
+    #[test]
+    fn the_prepare_script_writes_the_marker_once_to_each_pipe() {
+        let apart = markers_written("");
+        assert_eq!(apart.stdout, PREPARE_MARKER);
+        assert_eq!(apart.stderr, PREPARE_MARKER);
+        let merged = markers_written("2>&1");
+        assert_eq!(merged.stdout, PREPARE_MARKER);
+        assert_eq!(merged.stderr, b"");
+    }
 }

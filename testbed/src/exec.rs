@@ -180,40 +180,98 @@ fn naming(path: &Path) -> impl Fn(std::io::Error) -> std::io::Error + '_ {
     move |e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
-/// Copies a stream to an [`Output`] as it arrives.
+/// Copies a stream to an [`Output`] as it arrives, up to its cut if it has
+/// one; what comes after the cut is read and dropped.
 async fn pump(mut from: impl AsyncRead + Unpin, to: Output) -> std::io::Result<Vec<u8>> {
-    let mut file = match &to.file {
-        Some(path) => Some(
-            tokio::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .await?,
-        ),
-        None => None,
-    };
-    let mut captured = Vec::new();
+    let mut sink = Sink::open(&to).await?;
     let mut buf = vec![0u8; 64 * 1024];
+    // The end of what was read that may be the start of a marker.
+    let mut held = Vec::new();
     loop {
         let n = from.read(&mut buf).await?;
         if n == 0 {
             break;
         }
         let chunk = &buf[..n];
-        if let (Some(f), Some(path)) = (file.as_mut(), &to.file) {
-            f.write_all(chunk).await.map_err(naming(path))?;
+        let Some(cut) = &to.cut else {
+            sink.keep(chunk).await?;
+            continue;
+        };
+        if cut.is_done() {
+            continue;
         }
-        if to.capture {
-            captured.extend_from_slice(chunk);
+        held.extend_from_slice(chunk);
+        let marker = cut.marker();
+        if let Some(at) = held.windows(marker.len()).position(|w| w == marker) {
+            sink.keep(&held[..at]).await?;
+            held.clear();
+            cut.now();
+            continue;
         }
-        if let Some(tap) = &to.tap {
-            tap(chunk);
-        }
+        let undecided = (1..marker.len().min(held.len() + 1))
+            .rev()
+            .find(|&n| held.ends_with(&marker[..n]))
+            .unwrap_or(0);
+        let decided = held.len() - undecided;
+        sink.keep(&held[..decided]).await?;
+        held.drain(..decided);
     }
-    if let (Some(mut f), Some(path)) = (file, &to.file) {
-        f.flush().await.map_err(naming(path))?;
+    if !to.cut.as_ref().is_some_and(|cut| cut.is_done()) {
+        sink.keep(&held).await?;
     }
-    Ok(captured)
+    sink.close().await
+}
+
+/// The places an [`Output`] keeps what it is given.
+struct Sink<'a> {
+    to: &'a Output,
+    file: Option<tokio::fs::File>,
+    captured: Vec<u8>,
+}
+
+impl<'a> Sink<'a> {
+    async fn open(to: &'a Output) -> std::io::Result<Sink<'a>> {
+        let file = match &to.file {
+            Some(path) => Some(
+                tokio::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .await
+                    .map_err(naming(path))?,
+            ),
+            None => None,
+        };
+        Ok(Sink {
+            to,
+            file,
+            captured: Vec::new(),
+        })
+    }
+
+    async fn keep(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        if let (Some(f), Some(path)) = (self.file.as_mut(), &self.to.file) {
+            f.write_all(bytes).await.map_err(naming(path))?;
+        }
+        if self.to.capture {
+            self.captured.extend_from_slice(bytes);
+        }
+        if let Some(tap) = &self.to.tap {
+            tap(bytes);
+        }
+        Ok(())
+    }
+
+    /// What was captured, once the file has all it was given.
+    async fn close(self) -> std::io::Result<Vec<u8>> {
+        if let (Some(mut f), Some(path)) = (self.file, &self.to.file) {
+            f.flush().await.map_err(naming(path))?;
+        }
+        Ok(self.captured)
+    }
 }
 
 /// Fails with the command's stderr unless it exited 0.
@@ -468,6 +526,43 @@ pub fn die_by_signal(sig: i32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a pump keeps of `chunks`, each arriving in its own read, when
+    /// the stream is cut at `MARK`.
+    async fn kept_of(chunks: &[&str]) -> (String, bool) {
+        let (mut tx, rx) = tokio::io::duplex(4);
+        let cut = crate::Cut::at(b"MARK");
+        let pumped = tokio::spawn(pump(rx, Output::capture().with_cut(cut.clone())));
+        for chunk in chunks {
+            tx.write_all(chunk.as_bytes()).await.unwrap();
+            tx.flush().await.unwrap();
+            tokio::task::yield_now().await;
+        }
+        drop(tx);
+        let kept = pumped.await.unwrap().unwrap();
+        (String::from_utf8(kept).unwrap(), cut.is_done())
+    }
+
+    #[tokio::test]
+    async fn a_cut_keeps_what_came_before_its_marker_however_it_arrives() {
+        for chunks in [
+            &["before MARK after"][..],
+            &["befo", "re M", "AR", "K aft", "er"],
+            &["before MA", "RK", " after MARK"],
+        ] {
+            assert_eq!(
+                kept_of(chunks).await,
+                ("before ".into(), true),
+                "{chunks:?}"
+            );
+        }
+        // A marker's start that is not followed by the rest is kept.
+        assert_eq!(kept_of(&["MA", "MAR", "!"]).await, ("MAMAR!".into(), false));
+        assert_eq!(
+            kept_of(&["no mark, MAR"]).await,
+            ("no mark, MAR".into(), false)
+        );
+    }
 
     #[test]
     fn a_helper_that_hangs_is_given_up_after_its_limit() {

@@ -83,6 +83,55 @@ pub struct Output {
     pub file: Option<PathBuf>,
     pub capture: bool,
     pub tap: Option<Tap>,
+    /// Where the stream stops being kept, if it may stop before it ends.
+    pub cut: Option<Arc<Cut>>,
+}
+
+/// Ends what an [`Output`] keeps before its stream ends: at the first
+/// `marker` in the stream (which is not kept either), or at once when
+/// [`Cut::now`] is called. From there on the stream is still read, so the
+/// command never blocks on it, but nothing more is written, captured or
+/// tapped.
+pub struct Cut {
+    marker: Vec<u8>,
+    done: std::sync::atomic::AtomicBool,
+    reached: tokio::sync::Notify,
+}
+
+impl Cut {
+    pub fn at(marker: &[u8]) -> Arc<Self> {
+        assert!(!marker.is_empty(), "a cut needs a marker");
+        Arc::new(Cut {
+            marker: marker.to_vec(),
+            done: Default::default(),
+            reached: Default::default(),
+        })
+    }
+
+    pub fn marker(&self) -> &[u8] {
+        &self.marker
+    }
+
+    /// Stops keeping the stream from here on.
+    pub fn now(&self) {
+        self.done.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.reached.notify_waiters();
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.done.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Returns once the stream has been cut.
+    pub async fn reached(&self) {
+        loop {
+            let notified = self.reached.notified();
+            if self.is_done() {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 impl Output {
@@ -102,6 +151,10 @@ impl Output {
         self.tap = Some(tap);
         self
     }
+    pub fn with_cut(mut self, cut: Arc<Cut>) -> Self {
+        self.cut = Some(cut);
+        self
+    }
 }
 
 impl std::fmt::Debug for Output {
@@ -110,6 +163,7 @@ impl std::fmt::Debug for Output {
             .field("file", &self.file)
             .field("capture", &self.capture)
             .field("tap", &self.tap.is_some())
+            .field("cut", &self.cut.is_some())
             .finish()
     }
 }

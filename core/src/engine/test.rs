@@ -12,8 +12,9 @@ use crate::events::{Event, Wait};
 use crate::reboot;
 use crate::report::Outcome;
 use crate::restriction::Restriction;
-use crate::testbed::{ExecOutcome, ExecRequest, Output, Testbed, TestbedError};
+use crate::testbed::{Cut, ExecOutcome, ExecRequest, Output, Testbed, TestbedError};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How a test's command came back.
@@ -118,10 +119,7 @@ impl Run<'_> {
                 .stderr(Output::file(&stderr_path).with_tap(tap.clone()))
                 .timeout(self.within_global(self.opts.timeouts.test));
             req.user = user.clone();
-            let next = match self
-                .run_watched(tb, req, can_reboot, name, [&stdout_path, &stderr_path])
-                .await?
-            {
+            let next = match self.run_watched(tb, req, can_reboot, name).await? {
                 TestRun::Ended(out) => {
                     if !can_reboot || out.timed_out || !reboot::killed(out.status) {
                         break out;
@@ -335,17 +333,23 @@ impl Run<'_> {
     /// Runs a test's command; where the testbed can reboot, a watcher runs
     /// beside it for `/tmp/autopkgtest-reboot-prepare`. When the test calls
     /// that, the testbed is got ready to go down, the test released, and
-    /// its command left to end as the testbed goes down; what it wrote to
-    /// `outputs` (its stdout and stderr files) from then on is dropped, as
-    /// autopkgtest drops it.
+    /// its command left to end as the testbed goes down; what it wrote from
+    /// then on is dropped, as autopkgtest drops it: its output is kept up
+    /// to the [`reboot::PREPARE_MARKER`] the prepare command writes.
     async fn run_watched(
         &self,
         tb: &dyn Testbed,
-        req: ExecRequest,
+        mut req: ExecRequest,
         can_reboot: bool,
         name: &str,
-        outputs: [&Path; 2],
     ) -> Result<TestRun, Error> {
+        let cuts = [&mut req.stdout, &mut req.stderr].map(|output| {
+            let cut = Cut::at(reboot::PREPARE_MARKER);
+            if can_reboot {
+                output.cut = Some(cut.clone());
+            }
+            cut
+        });
         let watch = async {
             match reboot::watch_prepare(tb).await {
                 Ok(Some(mark)) => mark,
@@ -364,7 +368,6 @@ impl Run<'_> {
         self.events.info(format!(
             "test {name}: preparing for a reboot with marker {mark}"
         ));
-        let kept = settled_lengths(outputs).await;
         let going_down = async {
             if tokio::time::timeout(self.opts.timeouts.reboot, &mut exec)
                 .await
@@ -373,19 +376,16 @@ impl Run<'_> {
                 tracing::warn!("test {name}: still running after its reboot");
             }
         };
-        let (prepared, ()) = tokio::join!(
+        let prepared = async {
+            cut_at_markers(&cuts).await;
             timed(
                 self.opts.timeouts.reboot,
                 "getting the testbed ready to reboot",
                 tb.prepare_reboot(),
-            ),
-            going_down
-        );
-        for (path, len) in outputs.iter().zip(kept) {
-            if let Ok(file) = tokio::fs::OpenOptions::new().write(true).open(path).await {
-                let _ = file.set_len(len).await;
-            }
-        }
+            )
+            .await
+        };
+        let (prepared, ()) = tokio::join!(prepared, going_down);
         prepared.map(|()| TestRun::PreparedReboot(mark))
     }
 
@@ -519,31 +519,24 @@ fn take_back_terminal() {
     }
 }
 
-/// The lengths of `outputs` once what the test wrote before it asked for
-/// a reboot has arrived: the test waits in `autopkgtest-reboot-prepare`
-/// and writes nothing more, but its earlier output may still be on its way
-/// through the testbed's pipes (slow under load: an lxc-attach or ssh
-/// that relays it may wait for a CPU). Settled when unchanged for a
-/// second, looking every 100 ms (at most 10 s).
-async fn settled_lengths(outputs: [&Path; 2]) -> [u64; 2] {
-    const LOOK: Duration = Duration::from_millis(100);
-    let lengths = || async {
-        let mut lengths = [0; 2];
-        for (len, path) in lengths.iter_mut().zip(outputs) {
-            *len = tokio::fs::metadata(path).await.map_or(0, |m| m.len());
+/// Waits until the test's stdout and stderr have reached the marker the
+/// prepare command wrote to them, then cuts them (whichever did not get
+/// its marker, redirected by the test, is cut as it stands). The marker may
+/// be slow to come through the testbed's pipes (an lxc-attach or ssh that
+/// relays it may wait for a CPU): up to 30 s for the first, and 5 s more
+/// for the other, which may share the first one's pipe.
+async fn cut_at_markers(cuts: &[Arc<Cut>; 2]) {
+    let [stdout, stderr] = cuts;
+    let either = async {
+        tokio::select! {
+            () = stdout.reached() => stderr,
+            () = stderr.reached() => stdout,
         }
-        lengths
     };
-    let mut last = lengths().await;
-    let mut unchanged = 0;
-    for _ in 0..100 {
-        tokio::time::sleep(LOOK).await;
-        let now = lengths().await;
-        unchanged = if now == last { unchanged + 1 } else { 0 };
-        last = now;
-        if unchanged == 10 {
-            break;
-        }
+    if let Ok(other) = tokio::time::timeout(Duration::from_secs(30), either).await {
+        let _ = tokio::time::timeout(Duration::from_secs(5), other.reached()).await;
     }
-    last
+    for cut in cuts {
+        cut.now();
+    }
 }
