@@ -558,20 +558,6 @@ pub fn signal_matrix(testbed: &[String], phases: &[Phase]) {
     signal_cases(testbed, &cases);
 }
 
-/// Each phase once, the signals taken in turn (the first phase gets
-/// SIGINT, the next SIGTERM, then SIGKILL, and so on), three cases at once:
-/// for testbeds whose runs are slow to start (a VM), where each phase's
-/// cleanup is what differs and the signal handling is the same code that
-/// [`signal_matrix`] checks in full on the others.
-pub fn signal_rotation(testbed: &[String], phases: &[Phase]) {
-    let cases: Vec<_> = phases
-        .iter()
-        .zip(SIGNALS.iter().cycle())
-        .map(|(&phase, &signal)| (phase, signal))
-        .collect();
-    signal_cases(testbed, &cases);
-}
-
 /// Runs `cases` three at a time; every case runs, even after one fails or
 /// panics, and the test then panics with every failure.
 fn signal_cases(testbed: &[String], cases: &[(Phase, Signal)]) {

@@ -1,14 +1,13 @@
 //! The fault-injection suite on qemu (the other backends are in
 //! tests/faults.rs; a VM under software emulation takes a minute or two to
 //! boot, so this file runs in the testbeds stream of scripts/test): dep8
-//! gets a signal in each phase — open, copy, dependency install, test,
-//! revert, a real reboot, close — SIGINT, SIGTERM and SIGKILL in turn (all
-//! three in every phase on the other backends), and the VM dies under it.
+//! gets SIGINT, SIGTERM and SIGKILL in each phase — open, copy, dependency
+//! install, test, revert, a real reboot, close — and the VM dies under it.
 //! Afterwards no QEMU, run dir, key or overlay of the run is left on the
 //! host, and the output dir tells what happened, as in tests/faults.rs.
 
 use dep8_tests::faults::{
-    run_processes, sigkill, signal_rotation, testbed_dies, words, FaultRun, Phase,
+    run_processes, sigkill, signal_matrix, testbed_dies, words, FaultRun, Phase,
 };
 use std::time::Duration;
 
@@ -21,14 +20,13 @@ fn qemu_image() -> Option<String> {
     image
 }
 
-/// Every phase, each with one of the signals: three rounds of up to three
-/// VMs at once.
+/// Every phase and signal: seven rounds of three VMs at once.
 #[test]
 fn qemu() {
     let Some(image) = qemu_image() else {
         return;
     };
-    signal_rotation(
+    signal_matrix(
         &words(&["qemu", &image]),
         &[
             Phase::Open,

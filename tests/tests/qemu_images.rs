@@ -1,6 +1,6 @@
 //! The standard qemu image (`dep8 image build qemu`: GPT, ext4 root, GRUB
 //! for BIOS and UEFI) with both tools: Debian's autopkgtest-virt-qemu 5.49
-//! boots the same image dep8 does and the two give the same outcomes; three
+//! boots the same image dep8 does and the two give the same outcomes; five
 //! dep8 runs at once on one image all complete with the right results.
 
 use dep8_tests::e2e::{assert_same_results, autopkgtest_as_root, Dep8Run};
@@ -57,19 +57,18 @@ fn same_outcomes_as_autopkgtest_virt_qemu() {
     );
 }
 
-/// Three `dep8 run`s at once on the same image (each its own overlay, port
-/// and snapshot): every one completes with hello's results. Three emulated
-/// boots on two cores, beside the host's tests, take long: each may take
-/// 15 minutes.
+/// Five `dep8 run`s at once on the same image (each its own overlay, port
+/// and snapshot): every one completes with hello's results. Five emulated
+/// boots on two cores take long: each may take 15 minutes.
 #[test]
-fn three_concurrent_runs_on_one_image() {
+fn five_concurrent_runs_on_one_image() {
     let Some(image) = required_resource("DEP8_TEST_QEMU_IMAGE", "a qemu image") else {
         return;
     };
     let _turn = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
     std::thread::scope(|s| {
-        let runs: Vec<_> = (0..3)
+        let runs: Vec<_> = (0..5)
             .map(|_| {
                 let image = &image;
                 s.spawn(move || {
@@ -89,5 +88,5 @@ fn three_concurrent_runs_on_one_image() {
             );
         }
     });
-    eprintln!("3 concurrent runs: {:.1?}", started.elapsed());
+    eprintln!("5 concurrent runs: {:.1?}", started.elapsed());
 }
