@@ -48,7 +48,8 @@ pub enum Phase {
     Reboot,
     /// Every test passed and the testbed is being closed. `sleeper` left
     /// 20000 files in the tree's copy, which the close removes (the unshare
-    /// holder drops its tmpfs at once instead, so it is stopped first).
+    /// holder drops its tmpfs at once instead, so it is stopped first; over
+    /// ssh, the client that removes them is stopped once seen).
     Close,
 }
 
@@ -114,6 +115,8 @@ pub struct FaultRun {
     /// The id of dep8's run dir (`dep8-run.ID`), kept once seen: a sweep
     /// removes the dir, and the id still names the run's lxc clones.
     run_id: std::sync::OnceLock<String>,
+    /// Whether the testbed is closed through an ssh connection (qemu, ssh).
+    closes_over_ssh: bool,
 }
 
 impl FaultRun {
@@ -165,6 +168,7 @@ impl FaultRun {
             started: Instant::now(),
             stopped: Vec::new(),
             run_id: std::sync::OnceLock::new(),
+            closes_over_ssh: matches!(testbed.first().map(String::as_str), Some("qemu" | "ssh")),
         }
     }
 
@@ -270,8 +274,9 @@ impl FaultRun {
 
     /// Holds the run in closing its testbed: the unshare holder, which
     /// does the closing and is needed by no test, is stopped while the
-    /// last test runs; elsewhere the close takes a while by itself (see
-    /// [`Phase::Close`]).
+    /// last test runs; over ssh (qemu, ssh), the ssh client that kills what
+    /// is left and removes the scratch dir is stopped once seen; elsewhere
+    /// the close takes a while by itself (see [`Phase::Close`]).
     fn hold_close(&mut self, deadline: Instant) {
         self.wait_log("test never: [-----", deadline);
         let tmp = self.tmp().to_string_lossy().into_owned();
@@ -282,6 +287,18 @@ impl FaultRun {
             .collect();
         holders.into_iter().for_each(|pid| self.stop(pid));
         self.wait_log(Phase::Close.marker(), deadline);
+        if self.closes_over_ssh {
+            let remover = wait_for(deadline, || {
+                processes().into_iter().find(|p| {
+                    p.cmdline.starts_with("ssh ")
+                        && p.cmdline.contains("kill -KILL")
+                        && p.cmdline.contains("rm -rf --")
+                        && p.environ.contains(&tmp)
+                })
+            })
+            .unwrap_or_else(|| panic!("no ssh client removing the scratch dir seen"));
+            self.stop(remover.pid);
+        }
         self.run_id();
     }
 
@@ -551,36 +568,34 @@ pub fn signal_case(testbed: &[String], phase: Phase, signal: Signal) -> Result<(
 /// Every phase and signal on `testbed`, the three signals of a phase at
 /// once; panics with every failure.
 pub fn signal_matrix(testbed: &[String], phases: &[Phase]) {
-    let cases: Vec<_> = phases
-        .iter()
-        .flat_map(|&phase| SIGNALS.map(|signal| (phase, signal)))
-        .collect();
-    signal_cases(testbed, &cases);
+    signal_matrix_with(&testbed[0], phases, |phase, signal| {
+        signal_case(testbed, phase, signal)
+    });
 }
 
-/// Runs `cases` three at a time; every case runs, even after one fails or
-/// panics, and the test then panics with every failure.
-fn signal_cases(testbed: &[String], cases: &[(Phase, Signal)]) {
+/// Every phase and signal, each a `case` (the three signals of a phase at
+/// once); every case runs, even after one fails or panics, and then this
+/// panics with every failure.
+pub fn signal_matrix_with(
+    label: &str,
+    phases: &[Phase],
+    case: impl Fn(Phase, Signal) -> Result<(), String> + Sync,
+) {
     let started = Instant::now();
+    let case = &case;
     let mut failures = Vec::new();
-    for round in cases.chunks(SIGNALS.len()) {
+    for &phase in phases {
         std::thread::scope(|s| {
-            let running: Vec<_> = round
-                .iter()
-                .map(|&(phase, signal)| {
-                    (
-                        phase,
-                        signal,
-                        s.spawn(move || signal_case(testbed, phase, signal)),
-                    )
-                })
+            let running: Vec<_> = SIGNALS
+                .map(|signal| (signal, s.spawn(move || case(phase, signal))))
+                .into_iter()
                 .collect();
-            for (phase, signal, case) in running {
-                match case.join() {
+            for (signal, outcome) in running {
+                match outcome.join() {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => failures.push(e),
                     Err(panic) => failures.push(format!(
-                        "{phase:?} with {signal}: panicked: {}",
+                        "{label} {phase:?} {signal}: panicked: {}",
                         panic_message(&panic)
                     )),
                 }
@@ -588,9 +603,8 @@ fn signal_cases(testbed: &[String], cases: &[(Phase, Signal)]) {
         });
     }
     eprintln!(
-        "{}: {} cases in {:.1?}",
-        testbed[0],
-        cases.len(),
+        "{label}: {} cases in {:.1?}",
+        phases.len() * SIGNALS.len(),
         started.elapsed()
     );
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));

@@ -175,6 +175,45 @@ impl LoopbackSshd {
         self.dir.path()
     }
 
+    /// A setup script speaking autopkgtest's protocol: `open` points at
+    /// this server (as root); every call is logged to STATE/calls with its
+    /// arguments, STATE being `extraopts`' `--state DIR`, [`Self::dir`]`/state`.
+    pub fn setup_script(&self) -> PathBuf {
+        let script = self.dir().join("setup");
+        let state = self.dir().join("state");
+        std::fs::create_dir_all(&state).expect("state dir");
+        let text = format!(
+            r#"#!/bin/sh
+set -e
+echo "$*" >> {state}/calls
+case "$1" in
+open)
+    cat <<EOF
+login=root
+hostname=127.0.0.1
+port={port}
+identity={key}
+capabilities=isolation-machine,revert reboot
+extraopts=--state {state}
+EOF
+    ;;
+revert) echo reverted > {state}/reverted ;;
+wait-reboot) sleep 1 ;;
+cleanup) ;;
+*) exit 1 ;;
+esac
+"#,
+            state = state.display(),
+            port = self.port(),
+            key = self.client_key().display(),
+        );
+        std::fs::write(&script, text).expect("setup script");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod setup script");
+        script
+    }
+
     /// What dep8 made in the machine's /tmp and /var/tmp
     /// ([`Login::RootOwnMachine`] only; its names start with `dep8`), as
     /// paths the machine sees. What else is there is the machine's: apt

@@ -14,8 +14,8 @@
 
 use dep8_tests::e2e::unshare_rootfs_as_root;
 use dep8_tests::faults::{
-    processes, run_processes, sigkill, signal_case, signal_matrix, testbed_dies, wait_for, words,
-    FaultRun, LoadRun, Phase, SIGNALS, SLOW_PACKAGE,
+    processes, run_processes, sigkill, signal_case, signal_matrix, signal_matrix_with,
+    testbed_dies, wait_for, words, FaultRun, LoadRun, Phase, SIGNALS, SLOW_PACKAGE,
 };
 use dep8_tests::required_resource;
 use dep8_tests::sshd::{Login, LoopbackSshd};
@@ -170,7 +170,6 @@ fn schroot_session_ended() {
 /// after a SIGKILL once `dep8 clean` ran: the sweep removes them over ssh.
 #[test]
 fn ssh() {
-    let started = Instant::now();
     let phases = [
         Phase::Setup,
         Phase::Copy,
@@ -178,26 +177,7 @@ fn ssh() {
         Phase::Test,
         Phase::Close,
     ];
-    let mut failures = Vec::new();
-    for phase in phases {
-        std::thread::scope(|s| {
-            let cases: Vec<_> = SIGNALS
-                .iter()
-                .map(|&signal| s.spawn(move || ssh_case(phase, signal)))
-                .collect();
-            failures.extend(
-                cases
-                    .into_iter()
-                    .filter_map(|c| c.join().expect("case").err()),
-            );
-        });
-    }
-    eprintln!(
-        "ssh: {} cases in {:.1?}",
-        phases.len() * SIGNALS.len(),
-        started.elapsed()
-    );
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    signal_matrix_with("ssh", &phases, ssh_case);
 }
 
 /// [`signal_case`] on a machine of its own, whose /tmp and /var/tmp are
@@ -279,18 +259,7 @@ fn ssh_sweep_ends_what_a_killed_run_left_on_the_machine() {
     testbed.extend(sshd.backend_args());
     let mut run = FaultRun::start(&testbed, &[], Some(Phase::Test));
     run.reach(Phase::Test, Duration::from_secs(300));
-    // The log says the test starts before ssh has started it.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !remote_commands(&sshd)
-        .iter()
-        .any(|c| c.contains("sleep 600"))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the test never started on the machine"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until_the_sleeper_runs_on(&sshd);
     run.signal(Signal::SIGKILL);
     run.wait(Duration::from_secs(60));
     let left = sshd.remote_leftovers();
@@ -304,6 +273,64 @@ fn ssh_sweep_ends_what_a_killed_run_left_on_the_machine() {
     assert_eq!(sshd.remote_leftovers(), Vec::<String>::new(), "{swept}");
     let left = remote_processes_after(&sshd, Duration::from_secs(10));
     assert!(left.is_empty(), "{swept}left on the machine: {left:?}");
+}
+
+/// With an ssh-setup script (`-s`), whose `cleanup` may be what ends a
+/// cloud VM: after a SIGKILL of dep8 in a test, `dep8 clean` calls
+/// `SCRIPT cleanup` with the `extraopts` its `open` printed, and ends what
+/// the run left on the machine.
+#[test]
+fn ssh_sweep_calls_the_setup_script_s_cleanup() {
+    let Some(sshd) = LoopbackSshd::start_with(Login::RootOwnMachine) else {
+        return;
+    };
+    let script = sshd.setup_script();
+    let testbed = words(&[
+        "ssh",
+        "--known-hosts",
+        &sshd.known_hosts().to_string_lossy(),
+        "-s",
+        &script.to_string_lossy(),
+    ]);
+    let mut run = FaultRun::start(&testbed, &[], Some(Phase::Test));
+    run.reach(Phase::Test, Duration::from_secs(300));
+    wait_until_the_sleeper_runs_on(&sshd);
+    run.signal(Signal::SIGKILL);
+    run.wait(Duration::from_secs(60));
+    let calls = sshd.dir().join("state/calls");
+    let read_calls = || std::fs::read_to_string(&calls).expect("the script's calls");
+    assert_eq!(
+        read_calls().lines().last(),
+        Some("open"),
+        "{}",
+        read_calls()
+    );
+    let swept = run.clean();
+    let state = sshd.dir().join("state");
+    assert_eq!(
+        read_calls().lines().last(),
+        Some(format!("cleanup --state {}", state.display()).as_str()),
+        "dep8 clean said:\n{swept}"
+    );
+    assert_eq!(sshd.remote_leftovers(), Vec::<String>::new(), "{swept}");
+    let left = remote_processes_after(&sshd, Duration::from_secs(10));
+    assert!(left.is_empty(), "{swept}left on the machine: {left:?}");
+}
+
+/// Waits until the fixture's `sleep 600` runs on the machine (the log says
+/// the test starts before ssh has started it).
+fn wait_until_the_sleeper_runs_on(sshd: &LoopbackSshd) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !remote_commands(sshd)
+        .iter()
+        .any(|c| c.contains("sleep 600"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the test never started on the machine"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The machine's processes (their command lines) still there after up to

@@ -138,50 +138,13 @@ async fn transport_timeout_kills_the_remote_tree() {
     conn.close().await.unwrap();
 }
 
-/// A setup script speaking autopkgtest's protocol: `open` points at the
-/// loopback sshd; every call is logged to STATE/calls with its arguments.
-fn write_setup_script(sshd: &LoopbackSshd) -> std::path::PathBuf {
-    let script = sshd.dir().join("setup");
-    let state = sshd.dir().join("state");
-    std::fs::create_dir_all(&state).unwrap();
-    let text = format!(
-        r#"#!/bin/sh
-set -e
-echo "$*" >> {state}/calls
-case "$1" in
-open)
-    cat <<EOF
-login=root
-hostname=127.0.0.1
-port={port}
-identity={key}
-capabilities=isolation-machine,revert reboot
-extraopts=--state {state}
-EOF
-    ;;
-revert) echo reverted > {state}/reverted ;;
-wait-reboot) sleep 1 ;;
-cleanup) ;;
-*) exit 1 ;;
-esac
-"#,
-        state = state.display(),
-        port = sshd.port(),
-        key = sshd.client_key().display(),
-    );
-    std::fs::write(&script, text).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    script
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn setup_script_protocol() {
     log();
     let Some(sshd) = LoopbackSshd::start_with(Login::RootFakeReboot) else {
         return;
     };
-    let script = write_setup_script(&sshd);
+    let script = sshd.setup_script();
     let args: Vec<String> = [
         "--known-hosts",
         &sshd.known_hosts().to_string_lossy(),

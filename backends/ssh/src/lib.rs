@@ -225,8 +225,8 @@ impl SshTestbed {
         let conn = match connect(&args, &config, script.as_ref()).await {
             Ok(conn) => conn,
             Err(e) => {
-                if let Some(s) = &script {
-                    let _ = s.run("cleanup").await;
+                if let Some(s) = script {
+                    let _ = s.cleanup().await;
                 }
                 return Err(e);
             }
@@ -492,7 +492,7 @@ impl Testbed for SshTestbed {
         };
         let closed = self.conn.close().await;
         let cleaned = match self.script.take() {
-            Some(script) => script.checked("cleanup").await.map(|_| ()),
+            Some(script) => script.cleanup().await,
             None => Ok(()),
         };
         removed.and(closed).and(cleaned)

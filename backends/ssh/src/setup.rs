@@ -6,6 +6,7 @@
 //! (handed back to every later command), `password`.
 
 use dep8_testbed::exec::run_local;
+use dep8_testbed::leftovers::{self, Undo};
 use dep8_testbed::{ExecRequest, Result, TestbedError};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,6 +27,10 @@ pub struct SetupScript {
     login: Option<String>,
     /// `extraopts` from the script's last `open`/`revert`.
     extraopts: Option<String>,
+    /// `SCRIPT cleanup ...`, noted for a sweep from the first `open` on:
+    /// if dep8 dies, `dep8 clean` or the next run calls it (what the
+    /// script made, a cloud VM say, would be left otherwise).
+    cleanup_undo: Option<Undo>,
 }
 
 impl SetupScript {
@@ -50,18 +55,41 @@ impl SetupScript {
             args,
             login,
             extraopts: None,
+            cleanup_undo: None,
         })
     }
 
     /// Runs `open` or `revert` and returns the `key=value` pairs it printed;
     /// a failure runs `debug-failure` and fails.
     pub async fn configure(&mut self, command: &str) -> Result<BTreeMap<String, String>> {
+        if self.cleanup_undo.is_none() {
+            self.note_cleanup();
+        }
         let out = self.checked(command).await?;
         let config = parse(&out);
         if let Some(extra) = config.get("extraopts") {
             self.extraopts = Some(extra.clone());
+            self.note_cleanup();
         }
         Ok(config)
+    }
+
+    /// Notes `cleanup` as the script would be called now (with the latest
+    /// `extraopts`) for a sweep, in place of what was noted before.
+    fn note_cleanup(&mut self) {
+        let undo = leftovers::record_undo(&self.argv("cleanup"));
+        if let Some(old) = self.cleanup_undo.replace(undo) {
+            old.done();
+        }
+    }
+
+    /// Runs `cleanup`; once it succeeded, a sweep no longer calls it.
+    pub async fn cleanup(mut self) -> Result<()> {
+        self.checked("cleanup").await?;
+        if let Some(undo) = self.cleanup_undo.take() {
+            undo.done();
+        }
+        Ok(())
     }
 
     /// Runs a command that prints nothing of interest; a failure runs
@@ -81,14 +109,7 @@ impl SetupScript {
     /// Runs a command; returns whether it succeeded and its stdout. Its
     /// stderr goes to the log.
     pub async fn run(&self, command: &str) -> Result<(bool, String)> {
-        let mut argv = vec![self.path.to_string_lossy().into_owned(), command.into()];
-        argv.extend(self.args.iter().cloned());
-        if let Some(login) = &self.login {
-            argv.extend(["-l".into(), login.clone()]);
-        }
-        if let Some(extra) = &self.extraopts {
-            argv.extend(extra.split(' ').map(String::from));
-        }
+        let argv = self.argv(command);
         tracing::debug!("running setup script: {}", shell_words::join(&argv));
         let req = ExecRequest::new(argv.clone())
             .capture()
@@ -104,6 +125,19 @@ impl SetupScript {
             );
         }
         Ok((out.status.success(), out.stdout_text()))
+    }
+
+    /// `SCRIPT COMMAND ARGS... [-l LOGIN] [EXTRAOPTS...]`.
+    fn argv(&self, command: &str) -> Vec<String> {
+        let mut argv = vec![self.path.to_string_lossy().into_owned(), command.into()];
+        argv.extend(self.args.iter().cloned());
+        if let Some(login) = &self.login {
+            argv.extend(["-l".into(), login.clone()]);
+        }
+        if let Some(extra) = &self.extraopts {
+            argv.extend(extra.split(' ').map(String::from));
+        }
+        argv
     }
 
     /// Logs what `debug-failure` prints (it is optional, so its own failure
