@@ -13,7 +13,7 @@ use dep8_tests::e2e::{
     assert_same_as_autopkgtest, autopkgtest_as_root, check, dep8_bin, required_program,
     source_tree, write, Dep8Run,
 };
-use dep8_tests::faults::{FaultRun, Phase};
+use dep8_tests::faults::{signal_matrix_with, FaultRun, Phase};
 use dep8_tests::required_resource;
 use nix::sys::signal::Signal;
 use std::os::unix::process::ExitStatusExt;
@@ -259,26 +259,11 @@ fn signals_leave_no_clone() {
         return;
     };
     let decoy = Decoy::make(&template);
-    let started = Instant::now();
-    let mut failures = Vec::new();
-    for phase in [Phase::Setup, Phase::Test, Phase::Revert] {
-        std::thread::scope(|s| {
-            let cases: Vec<_> = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGKILL]
-                .into_iter()
-                .map(|signal| {
-                    let template = &template;
-                    s.spawn(move || signal_case(template, phase, signal))
-                })
-                .collect();
-            for case in cases {
-                if let Err(e) = case.join().expect("case thread") {
-                    failures.push(e);
-                }
-            }
-        });
-    }
-    eprintln!("lxc: 9 signal cases in {:.1?}", started.elapsed());
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    signal_matrix_with(
+        "lxc",
+        &[Phase::Setup, Phase::Test, Phase::Revert],
+        |phase, signal| signal_case(&template, phase, signal),
+    );
     assert!(containers().contains(&decoy.0), "the decoy was removed");
     assert!(containers().contains(&template), "the template was removed");
 }
