@@ -393,10 +393,11 @@ fn external() {
     );
 }
 
-/// The install phase on `external`, with autopkgtest's own unshare virt
-/// server (whose testbed, unlike autopkgtest-virt-null's, is not the host).
+/// The install and revert phases on `external`, with autopkgtest's own
+/// unshare virt server (whose testbed, unlike autopkgtest-virt-null's, is
+/// not the host, and can be reverted).
 #[test]
-fn external_install() {
+fn external_unshare() {
     let Some(tarball) = unshare_rootfs_as_root() else {
         return;
     };
@@ -405,7 +406,7 @@ fn external_install() {
     }
     signal_matrix(
         &words(&["external", "autopkgtest-virt-unshare", "-t", &tarball]),
-        &[Phase::Install],
+        &[Phase::Install, Phase::Revert],
     );
 }
 

@@ -232,6 +232,11 @@ impl Testbed for ExternalTestbed {
             // closes its testbed itself when it gives up.
             return Ok(());
         }
+        if channel.unanswered.is_some() && channel.child.try_wait().is_ok_and(|s| s.is_none()) {
+            // Still busy with a command whose reply nobody waits for (a
+            // revert that a Ctrl-C cut short): `close` would wait behind it.
+            return channel.terminate().await;
+        }
         channel.command(&["close"], 0..=0).await?;
         channel.quit().await
     }
@@ -465,6 +470,24 @@ impl Channel {
             )));
         }
         Ok(got)
+    }
+
+    /// Ends a busy server by SIGTERM, on which autopkgtest's servers (and
+    /// dep8's) close their testbed and exit; SIGKILL if it is still there
+    /// after [`EXIT_WAIT`].
+    async fn terminate(&mut self) -> Result<()> {
+        if let Some(pid) = self.child.id() {
+            let pid = nix::unistd::Pid::from_raw(pid as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+        if let Ok(Ok(_)) = tokio::time::timeout(EXIT_WAIT, self.child.wait()).await {
+            return Ok(());
+        }
+        let _ = self.child.kill().await;
+        Err(self.failure(format!(
+            "still running {}s after SIGTERM (killed)",
+            EXIT_WAIT.as_secs()
+        )))
     }
 
     /// `quit`, which autopkgtest's servers never answer: close their stdin
