@@ -430,6 +430,42 @@ fn lxc() {
     );
 }
 
+/// The run's containers are stopped (`lxc-stop --kill`) while a test runs:
+/// a testbed failure, and no clone is left.
+#[test]
+fn lxc_container_stopped() {
+    let Some(template) = required_resource("DEP8_TEST_LXC", "an lxc container") else {
+        return;
+    };
+    testbed_dies(&words(&["lxc", &template]), |run| {
+        let clones = run.lxc_clones();
+        assert!(!clones.is_empty(), "no lxc clone of the run found");
+        for clone in clones {
+            let _ = std::process::Command::new("lxc-stop")
+                .args(["--kill", "-n", &clone])
+                .status();
+        }
+    });
+}
+
+/// The virt server (autopkgtest's own) is killed while a test runs: a
+/// testbed failure, and nothing of the run is left.
+#[test]
+fn external_virt_server_killed() {
+    let Some(tarball) = unshare_rootfs_as_root() else {
+        return;
+    };
+    if dep8_tests::e2e::required_program("autopkgtest-virt-unshare", "autopkgtest").is_none() {
+        return;
+    }
+    let testbed = words(&["external", "autopkgtest-virt-unshare", "-t", &tarball]);
+    testbed_dies(&testbed, |run| {
+        let servers = run_processes(run, "/usr/bin/python3 /usr/bin/autopkgtest-virt-unshare");
+        assert!(!servers.is_empty(), "no virt server of the run found");
+        servers.into_iter().for_each(sigkill);
+    });
+}
+
 /// `--timeout-copy` fires while the copy of the tree hangs (the copy is
 /// stopped): the copy does not block dep8.
 #[test]

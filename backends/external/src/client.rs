@@ -34,6 +34,8 @@ pub struct ExternalTestbed {
     scratch: String,
     auxverb: Vec<String>,
     caps: Capabilities,
+    /// The server's pid, watched while commands run.
+    server_pid: Option<u32>,
     /// Numbers the status files of [`STATUS_WRAPPER`].
     execs: AtomicU64,
     closed: bool,
@@ -45,11 +47,13 @@ impl ExternalTestbed {
         let mut channel = Channel::spawn(program, args)?;
         channel.banner().await?;
         let scratch = channel.command(&["open"], 1..=1).await?.remove(0);
+        let server_pid = channel.child.id();
         let mut tb = ExternalTestbed {
             channel: Mutex::new(channel),
             scratch: words::decode(&scratch),
             auxverb: Vec::new(),
             caps: Capabilities::default(),
+            server_pid,
             execs: AtomicU64::new(0),
             closed: false,
         };
@@ -124,7 +128,17 @@ impl Testbed for ExternalTestbed {
         let mut argv = self.auxverb.clone();
         argv.extend(["sh", "-c", STATUS_WRAPPER, "sh", &status_file].map(String::from));
         argv.extend(in_testbed_argv(&req));
-        let outcome = run_local(&argv, req).await?;
+        // A server that dies under a command may leave its testbed (and
+        // the command) running with nobody to end them: the command is
+        // killed (with its process group) and the testbed has failed.
+        let outcome = tokio::select! {
+            outcome = run_local(&argv, req) => outcome?,
+            () = exited(self.server_pid) => {
+                let mut channel = self.channel.lock().await;
+                channel.check_alive()?;
+                return Err(channel.failure("it exited while a command ran"));
+            }
+        };
         match outcome.status {
             ExitStatus::Code(code @ (254 | 255)) if !outcome.timed_out => {
                 if self.real_status(&status_file, code).await {
@@ -239,6 +253,25 @@ impl Testbed for ExternalTestbed {
         }
         channel.command(&["close"], 0..=0).await?;
         channel.quit().await
+    }
+}
+
+/// Returns once process `pid` has exited (gone, or a zombie not yet
+/// reaped), looking twice a second; never without a pid.
+async fn exited(pid: Option<u32>) {
+    let Some(pid) = pid else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            // The state is the first field after the command's `)`.
+            Ok(stat)
+                if stat
+                    .rsplit_once(") ")
+                    .is_some_and(|(_, rest)| !rest.starts_with('Z')) => {}
+            _ => return,
+        }
     }
 }
 
