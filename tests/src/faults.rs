@@ -24,7 +24,8 @@ pub const SLOW_PACKAGE: &str = "dep8-faults-slow";
 /// Where a run is hurt, and the log line that says it got there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
-    /// Opening the testbed (long only on qemu).
+    /// Opening the testbed (long on qemu; unshare and
+    /// autopkgtest-virt-unshare unpack their tarball).
     Open,
     /// A setup command that sleeps.
     Setup,

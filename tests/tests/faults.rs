@@ -79,6 +79,7 @@ fn unshare() {
     signal_matrix(
         &words(&["unshare", "--tarball", &tarball]),
         &[
+            Phase::Open,
             Phase::Setup,
             Phase::Copy,
             Phase::Install,
@@ -393,8 +394,8 @@ fn external() {
     );
 }
 
-/// The install and revert phases on `external`, with autopkgtest's own
-/// unshare virt server (whose testbed, unlike autopkgtest-virt-null's, is
+/// The open (the server unpacks its tarball), install and revert phases on
+/// `external`, with autopkgtest's own unshare virt server (whose testbed, unlike autopkgtest-virt-null's, is
 /// not the host, and can be reverted).
 #[test]
 fn external_unshare() {
@@ -406,7 +407,7 @@ fn external_unshare() {
     }
     signal_matrix(
         &words(&["external", "autopkgtest-virt-unshare", "-t", &tarball]),
-        &[Phase::Install, Phase::Revert],
+        &[Phase::Open, Phase::Install, Phase::Revert],
     );
 }
 
