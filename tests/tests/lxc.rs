@@ -298,28 +298,6 @@ impl Drop for Decoy {
     }
 }
 
-/// The clone is stopped under a running test: exit 16, the test
-/// interrupted by the testbed failure, no clone left.
-#[test]
-fn a_clone_stopped_under_a_test_is_a_testbed_failure() {
-    let Some(template) = template() else {
-        return;
-    };
-    let testbed = ["lxc".to_string(), template];
-    let mut run = FaultRun::start(&testbed, &[], None);
-    run.reach(Phase::Test, Duration::from_secs(300));
-    for clone in run.lxc_clones() {
-        check("lxc-stop", &["-k", "-n", &clone], Path::new("/"));
-    }
-    let status = run.wait(Duration::from_secs(120));
-    assert_eq!(status.code(), Some(16), "log:\n{}", run.read("log"));
-    assert_eq!(run.result_of("first"), "PASS");
-    assert_eq!(run.result_of("sleeper"), "INTERRUPTED");
-    assert_eq!(run.result_of("never"), "NOT_RUN");
-    let left = run.lxc_clones();
-    assert!(left.is_empty(), "{left:?}");
-}
-
 /// `lxc --sudo` with dep8 run by a normal user who may run the lxc tools
 /// (and cat) with sudo without a password, as debci's setup has it: the lxc tools run through `sudo`, hello
 /// passes, the clone is gone afterwards. The user exists only in a private
