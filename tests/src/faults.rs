@@ -633,10 +633,10 @@ pub fn testbed_dies(testbed: &[String], kill_testbed: impl FnOnce(&FaultRun)) {
         run.read("summary").contains("testbed failure"),
         "log:\n{log}"
     );
-    assert_eq!(run.results()["complete"], false);
-    assert_eq!(run.result_of("first"), "PASS");
+    assert_eq!(run.results()["complete"], false, "log:\n{log}");
+    assert_eq!(run.result_of("first"), "PASS", "log:\n{log}");
     assert_eq!(run.result_of("sleeper"), "INTERRUPTED", "log:\n{log}");
-    assert_eq!(run.result_of("never"), "NOT_RUN");
+    assert_eq!(run.result_of("never"), "NOT_RUN", "log:\n{log}");
     let left = run.leftovers(Duration::from_secs(10));
     assert!(left.is_empty(), "left behind:\n{}", left.join("\n"));
 }
