@@ -243,7 +243,7 @@ fn host_has_deb_src() -> bool {
 /// the reason, autopkgtest's summary lines (`blame:`, `badpkg:`,
 /// `erroneous package:`), results.json (incomplete, with the error and the
 /// blame, no test) and junit.xml. autopkgtest on null writes the same
-/// summary lines for the unknown name, and exits 12 too.
+/// summary lines for the name and the git URL, and exits 12 too.
 #[test]
 fn a_source_that_cannot_be_got_leaves_the_run_files() {
     if required_program("dpkg-source", "dpkg-dev").is_none()
@@ -282,7 +282,7 @@ fn a_source_that_cannot_be_got_leaves_the_run_files() {
             "Unable to find a source package for dep8-no-such-source",
         ));
     }
-    for (label, src, reason) in cases {
+    for (label, src, reason) in &cases {
         let case = dir.path().join(label);
         assert_routed_same_as_plain(&case, src, 12, src);
         for out in [case.join("plain"), case.join("routed")] {
@@ -320,23 +320,26 @@ fn a_source_that_cannot_be_got_leaves_the_run_files() {
         );
     }
 
-    let Some(autopkgtest) = autopkgtest_as_root().filter(|_| deb_src) else {
+    let Some(autopkgtest) = autopkgtest_as_root() else {
         return;
     };
-    let theirs = dir.path().join("autopkgtest");
-    let status = Command::new(autopkgtest)
-        .arg("-o")
-        .arg(&theirs)
-        .args(["dep8-no-such-source", "--", "null"])
-        .output()
-        .unwrap()
-        .status;
-    assert_eq!(status.code(), Some(12));
-    let ours = read(&dir.path().join("name/plain/summary"));
-    assert_eq!(
-        line_kinds(&read(&theirs.join("summary"))),
-        line_kinds(&ours)
-    );
+    // On the .dsc autopkgtest dies of a traceback, with 16 (see inputs.rs).
+    for (label, src, _) in cases.iter().filter(|(label, ..)| *label != "dsc") {
+        let theirs = dir.path().join(label).join("autopkgtest");
+        let status = Command::new(&autopkgtest)
+            .arg("-o")
+            .arg(&theirs)
+            .args([src, "--", "null"])
+            .output()
+            .unwrap()
+            .status;
+        assert_eq!(status.code(), Some(12), "{src}");
+        assert_eq!(
+            line_kinds(&read(&theirs.join("summary"))),
+            line_kinds(&read(&dir.path().join(label).join("plain/summary"))),
+            "{src}"
+        );
+    }
 }
 
 /// What a test leaves running is found on the host by this argv[0].
