@@ -83,11 +83,11 @@ pub async fn run_routed(args: &RunArgs, registry: &Registry, out: &Path) -> Exit
         Ok(inputs) => inputs,
         Err(e) => return super::failed(e).into(),
     };
-    let said = Mutex::new(Vec::new());
+    let said = Arc::new(Mutex::new(Vec::new()));
     let source = match Source::get(args, &inputs, registry, &said).await {
         Ok(source) => source,
         Err(why) => {
-            let said = said.into_inner().unwrap_or_default();
+            let said = std::mem::take(&mut *said.lock().unwrap());
             return routed_not_started(args, &inputs, out, &said, why).await;
         }
     };
@@ -126,7 +126,7 @@ impl Source {
         args: &RunArgs,
         inputs: &Inputs,
         registry: &Registry,
-        said: &Mutex<Vec<u8>>,
+        said: &Arc<Mutex<Vec<u8>>>,
     ) -> Result<Source, Error> {
         let project = crate::config::project_dir(inputs);
         let Some(fetch) = &inputs.fetch else {
@@ -139,8 +139,11 @@ impl Source {
                 _acquired: None,
             });
         };
-        let say = |bytes: &[u8]| said.lock().unwrap().extend_from_slice(bytes);
-        say(format!("dep8: on the host: {fetch}\n").as_bytes());
+        let tap = {
+            let said = said.clone();
+            Arc::new(move |bytes: &[u8]| said.lock().unwrap().extend_from_slice(bytes))
+        };
+        tap(format!("dep8: on the host: {fetch}\n").as_bytes());
         if let Fetch::Dsc(dsc) = fetch {
             check_dsc(dsc)?;
         }
@@ -153,11 +156,6 @@ impl Source {
             .prefix("dep8-source.")
             .tempdir()
             .map_err(|e| Error::Testbed(format!("creating a temp dir: {e}")))?;
-        let output = Arc::new(Mutex::new(Vec::new()));
-        let tap = {
-            let output = output.clone();
-            Arc::new(move |bytes: &[u8]| output.lock().unwrap().extend_from_slice(bytes))
-        };
         let getting = acquire(
             tb.as_ref(),
             fetch,
@@ -171,7 +169,6 @@ impl Source {
             got = getting => got,
             signal = signals.next() => Err(Error::Interrupted(signal)),
         };
-        say(&output.lock().unwrap());
         if !matches!(got, Err(Error::Interrupted(_))) {
             tb.close().await?;
         }
