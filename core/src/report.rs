@@ -224,6 +224,13 @@ pub struct Report {
     /// The signal that stopped the run, if one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signal: Option<i32>,
+    /// Why the run stopped before its tests were done, as the summary's
+    /// last line says it (`erroneous package: ...`, `testbed failure: ...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What an erroneous package blames, as the summary's `blame:` line.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blame: Vec<String>,
     pub tests: Vec<TestRecord>,
 }
 
@@ -302,6 +309,9 @@ impl Report {
                 case.set_time(duration);
             }
             suite.add_test_case(case);
+        }
+        if let Some(error) = &self.error {
+            suite.set_system_err(error.as_str());
         }
         let mut report = quick_junit::Report::new("dep8");
         report.add_test_suite(suite);
@@ -695,6 +705,23 @@ mod tests {
         assert_eq!(back, report);
         assert_eq!(back.tests[2].result_text(), "FAIL non-zero exit status 1");
         assert_eq!(back.tests[7].result_text(), "NOT_RUN interrupted");
+    }
+
+    #[test]
+    fn a_run_stopped_early_names_its_error_and_blame() {
+        let mut report = Report::new("pkg", "null");
+        assert!(!serde_json::to_string(&report).unwrap().contains("error"));
+        report.exit_code = Some(12);
+        report.error = Some("erroneous package: no source".into());
+        report.blame = vec!["pkg".into()];
+        let json = serde_json::to_string_pretty(&report).unwrap();
+        assert!(json.ends_with("\"tests\": []\n}"), "{json}");
+        assert_eq!(serde_json::from_str::<Report>(&json).unwrap(), report);
+        let junit = report.junit();
+        assert!(
+            junit.contains("<system-err>erroneous package: no source</system-err>"),
+            "{junit}"
+        );
     }
 
     #[test]

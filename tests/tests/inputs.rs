@@ -23,12 +23,15 @@ use tempfile::TempDir;
 /// no test here uses: marker builds of it replace the real one.
 const INSTALLED: &str = "libtext-glob-perl";
 
-/// What a dep8 run left: its exit status, stderr, summary and log.
+/// What a dep8 run left: its exit status, stderr, summary, log,
+/// results.json and junit.xml.
 struct Run {
     code: Option<i32>,
     stderr: String,
     summary: String,
     log: String,
+    results: String,
+    junit: String,
 }
 
 impl Run {
@@ -48,6 +51,40 @@ impl Run {
     fn assert_exit(&self, code: i32) {
         assert!(!self.stderr.contains("panicked"), "{}", self.said());
         assert_eq!(self.code, Some(code), "{}", self.said());
+    }
+
+    /// The run stopped before any test as an erroneous package blaming
+    /// `blame`: results.json says so (incomplete, exit 12, the summary's
+    /// last line as its error, no test), and so does junit.xml.
+    fn assert_stopped_as_badpkg(&self, blame: &str) {
+        let results: serde_json::Value = serde_json::from_str(&self.results)
+            .unwrap_or_else(|e| panic!("results.json: {e}{}", self.said()));
+        let last = self.summary.lines().last().unwrap_or_default();
+        assert!(last.starts_with("erroneous package: "), "{}", self.said());
+        assert_eq!(
+            (
+                &results["complete"],
+                &results["exit_code"],
+                &results["error"],
+                &results["blame"],
+                &results["tests"],
+            ),
+            (
+                &serde_json::json!(false),
+                &serde_json::json!(12),
+                &serde_json::json!(last),
+                &serde_json::json!([blame]),
+                &serde_json::json!([]),
+            ),
+            "{}",
+            self.said()
+        );
+        assert!(
+            self.junit
+                .contains(&format!("<system-err>{last}</system-err>")),
+            "{}",
+            self.junit
+        );
     }
 
     /// Both the summary and the log say `text`.
@@ -76,6 +113,8 @@ fn dep8(dir: &Path, out: &str, args: &[&str]) -> Run {
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         summary: read("summary"),
         log: read("log"),
+        results: read("results.json"),
+        junit: read("junit.xml"),
     }
 }
 
@@ -401,7 +440,8 @@ fn uninstallable_dependencies_are_badpkg() {
 }
 
 /// Point 4: an unknown source package name is badpkg (exit 12), as with
-/// autopkgtest, and apt's word for it is in the summary.
+/// autopkgtest, and apt's word for it is in the summary; results.json and
+/// junit.xml say why the run stopped.
 #[test]
 fn an_unknown_source_package_is_badpkg() {
     let Some(tarball) = rootfs() else { return };
@@ -414,12 +454,13 @@ fn an_unknown_source_package_is_badpkg() {
     });
     run.assert_exit(12);
     run.assert_says("Unable to find a source package for dep8-no-such-source");
+    run.assert_stopped_as_badpkg("dep8-no-such-source");
 }
 
 /// Point 4: a `.dsc` whose files are missing is refused on the host, before
 /// a testbed is opened, naming the missing file (exit 12; autopkgtest dies
-/// of a Python traceback with 16 there). With its files it runs, even on a
-/// testbed without dpkg-dev.
+/// of a Python traceback with 16 there), with results.json and junit.xml.
+/// With its files it runs, even on a testbed without dpkg-dev.
 #[test]
 fn a_dsc_with_missing_files_is_refused_before_opening() {
     let Some(tarball) = rootfs() else { return };
@@ -457,6 +498,7 @@ fn a_dsc_with_missing_files_is_refused_before_opening() {
     );
     run.assert_exit(12);
     run.assert_says("dep8-dsc_1.0.dsc lists files that are missing: dep8-dsc_1.0.tar.xz");
+    run.assert_stopped_as_badpkg("dep8-dsc_1.0.dsc");
     assert!(!run.log.contains("opening testbed"), "{}", run.said());
 }
 

@@ -3,13 +3,15 @@
 //! error (20), `-l` gets the merged log, a `.dsc` (or its `.changes`) is
 //! unpacked once on the host and its tests routed, and SIGINT stops every
 //! testbed's run and keeps the results (or, while the source is got on the
-//! host, leaves nothing behind). The unshare testbed given beside
+//! host, leaves nothing behind). A source that cannot be got leaves the
+//! log, summary, results.json and junit.xml, as without `--on` and as
+//! autopkgtest's summary. The unshare testbed given beside
 //! null in the first tests runs nothing (null runs every test), so it
 //! needs no tarball.
 
 use dep8_tests::e2e::{
-    dep8_bin, interrupt_when, marked_processes, repo, required_program, result_states, source_tree,
-    wait_for_the_killed, write,
+    autopkgtest_as_root, dep8_bin, interrupt_when, marked_processes, repo, required_program,
+    result_states, source_tree, wait_for_the_killed, write,
 };
 use std::path::Path;
 use std::process::{Command, Output};
@@ -211,6 +213,133 @@ fn a_dsc_or_changes_is_unpacked_on_the_host_and_routed() {
     );
     let log = read(&dir.path().join("changes/log"));
     assert!(log.contains("dep8: testbed host (null): "), "{log}");
+}
+
+/// The kind of each non-empty line of a summary: its words before `: `
+/// (`blame`, `badpkg`, `erroneous package`).
+fn line_kinds(summary: &str) -> Vec<&str> {
+    summary
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split_once(": ").map_or(l, |(kind, _)| kind))
+        .collect()
+}
+
+/// Whether the host's apt has deb-src entries (`apt-get source` needs them).
+fn host_has_deb_src() -> bool {
+    let showsrc = Command::new("apt-cache")
+        .args(["showsrc", "dpkg"])
+        .output()
+        .is_ok_and(|o| o.status.success() && !o.stdout.is_empty());
+    if !showsrc {
+        eprintln!("SKIP: the host's apt has no deb-src entries");
+    }
+    showsrc
+}
+
+/// A source that cannot be got (an unknown source package name, a `.dsc`
+/// whose tarball is missing, a git URL that cannot be cloned) is an
+/// erroneous package (12) with and without `--on`; both leave the log with
+/// the reason, autopkgtest's summary lines (`blame:`, `badpkg:`,
+/// `erroneous package:`), results.json (incomplete, with the error and the
+/// blame, no test) and junit.xml. autopkgtest on null writes the same
+/// summary lines for the name and the git URL, and exits 12 too.
+#[test]
+fn a_source_that_cannot_be_got_leaves_the_run_files() {
+    if required_program("dpkg-source", "dpkg-dev").is_none()
+        || required_program("git", "git").is_none()
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let tree = source_tree(
+        dir.path(),
+        "dep8-unfetched",
+        "Test-Command: true\nDepends:\n",
+    );
+    let built = Command::new("dpkg-source")
+        .current_dir(dir.path())
+        .args(["-b", "dep8-unfetched"])
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{}", stderr(&built));
+    std::fs::remove_file(dir.path().join("dep8-unfetched_1.0.tar.xz")).unwrap();
+    std::fs::remove_dir_all(&tree).unwrap();
+    let dsc = dir.path().join("dep8-unfetched_1.0.dsc");
+    let deb_src = host_has_deb_src();
+    let mut cases = vec![
+        ("dsc", dsc.to_str().unwrap(), "lists files that are missing"),
+        (
+            "git",
+            "file:///nonexistent/repo",
+            "git clone file:///nonexistent/repo failed",
+        ),
+    ];
+    if deb_src {
+        cases.push((
+            "name",
+            "dep8-no-such-source",
+            "Unable to find a source package for dep8-no-such-source",
+        ));
+    }
+    for (label, src, reason) in &cases {
+        let case = dir.path().join(label);
+        assert_routed_same_as_plain(&case, src, 12, src);
+        for out in [case.join("plain"), case.join("routed")] {
+            let summary = read(&out.join("summary"));
+            assert_eq!(
+                line_kinds(&summary),
+                ["blame", "badpkg", "erroneous package"],
+                "{src}: {summary}"
+            );
+            let last = summary.lines().last().unwrap();
+            assert!(last.contains(reason), "{src}: {summary}");
+            assert!(summary.starts_with(&format!("blame: {src}\n")), "{summary}");
+            assert!(
+                read(&out.join("log")).contains(last),
+                "{src}: no reason in the log"
+            );
+            let results: serde_json::Value =
+                serde_json::from_str(&read(&out.join("results.json"))).unwrap();
+            assert_eq!(results["complete"], false, "{src}: {results}");
+            assert_eq!(results["exit_code"], 12, "{src}: {results}");
+            assert_eq!(results["error"], last, "{src}: {results}");
+            assert_eq!(
+                results["blame"],
+                serde_json::json!([src]),
+                "{src}: {results}"
+            );
+            assert_eq!(results["tests"], serde_json::json!([]), "{src}: {results}");
+            let junit = read(&out.join("junit.xml"));
+            assert!(junit.contains("<system-err>erroneous package: "), "{junit}");
+        }
+        let routed_log = read(&case.join("routed/log"));
+        assert!(
+            routed_log.starts_with("dep8: on the host: "),
+            "{routed_log}"
+        );
+    }
+
+    let Some(autopkgtest) = autopkgtest_as_root() else {
+        return;
+    };
+    // On the .dsc autopkgtest dies of a traceback, with 16 (see inputs.rs).
+    for (label, src, _) in cases.iter().filter(|(label, ..)| *label != "dsc") {
+        let theirs = dir.path().join(label).join("autopkgtest");
+        let status = Command::new(&autopkgtest)
+            .arg("-o")
+            .arg(&theirs)
+            .args([src, "--", "null"])
+            .output()
+            .unwrap()
+            .status;
+        assert_eq!(status.code(), Some(12), "{src}");
+        assert_eq!(
+            line_kinds(&read(&theirs.join("summary"))),
+            line_kinds(&read(&dir.path().join(label).join("plain/summary"))),
+            "{src}"
+        );
+    }
 }
 
 /// What a test leaves running is found on the host by this argv[0].

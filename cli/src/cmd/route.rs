@@ -10,7 +10,7 @@
 //! name, a git URL, an unbuilt tree with unapplied patches) is got once, on
 //! the host, and each testbed tests that tree.
 
-use super::run::{run_in, timeouts, RunArgs, Signals};
+use super::run::{routed_not_started, run_in, timeouts, RunArgs, Signals};
 use crate::config::Config;
 use crate::{Exit, Registry};
 use dep8_core::acquire::{acquire, check_dsc, Fetch};
@@ -18,6 +18,7 @@ use dep8_core::capability::Capabilities;
 use dep8_core::control::Entry;
 use dep8_core::engine::{host_arch, load_suite, Verdict};
 use dep8_core::error::Error;
+use dep8_core::inputs::Inputs;
 use dep8_core::report::{Report, TestRecord, EXIT_UNEXPECTED};
 use dep8_core::restriction::ResolveOptions;
 use std::path::{Path, PathBuf};
@@ -74,24 +75,26 @@ fn cheapest_first(candidates: &[Candidate], order: &[String]) -> Vec<usize> {
 }
 
 /// The routed run: OUTPUT_DIR `out` exists and is empty. An error before
-/// any testbed runs ends it with the exit code of its blame, or by its
-/// signal.
+/// any testbed runs ends it with the exit code of its blame; one while the
+/// source is got on the host (or a signal then) also leaves the files a
+/// run on one testbed leaves when it stops before opening it.
 pub async fn run_routed(args: &RunArgs, registry: &Registry, out: &Path) -> Exit {
-    let ended = |e: Error| match e {
-        Error::Interrupted(signal) => {
-            crate::error(&e);
-            Exit::Signal(signal)
-        }
-        e => super::failed(e).into(),
+    let inputs = match args.classify_inputs() {
+        Ok(inputs) => inputs,
+        Err(e) => return super::failed(e).into(),
     };
-    let source = match Source::get(args, registry).await {
+    let said = Arc::new(Mutex::new(Vec::new()));
+    let source = match Source::get(args, &inputs, registry, &said).await {
         Ok(source) => source,
-        Err(e) => return ended(e),
+        Err(why) => {
+            let said = std::mem::take(&mut *said.lock().unwrap());
+            return routed_not_started(args, &inputs, out, &said, why).await;
+        }
     };
     // It reads the configuration and the control file.
     match tokio::task::block_in_place(|| plan_routes(args, registry, &source)) {
         Ok(plan) => run_routes(args, registry, out, &source, plan).await,
-        Err(e) => ended(e),
+        Err(e) => super::failed(e).into(),
     }
 }
 
@@ -114,16 +117,21 @@ struct Source {
 }
 
 impl Source {
-    /// The source of `args`: a tree is routed as it is; anything else is
+    /// The source of `inputs`: a tree is routed as it is; anything else is
     /// got on the host (`null`) as a run on the host gets it, once, and
-    /// each testbed's run tests that tree with the binaries given. SIGINT
-    /// or SIGTERM meanwhile stops it and removes what it made.
-    async fn get(args: &RunArgs, registry: &Registry) -> Result<Source, Error> {
-        let inputs = args.classify_inputs()?;
-        let project = crate::config::project_dir(&inputs);
-        let Some(fetch) = inputs.fetch else {
+    /// each testbed's run tests that tree with the binaries given. What
+    /// getting it prints goes to `said`. SIGINT or SIGTERM meanwhile stops
+    /// it and removes what it made.
+    async fn get(
+        args: &RunArgs,
+        inputs: &Inputs,
+        registry: &Registry,
+        said: &Arc<Mutex<Vec<u8>>>,
+    ) -> Result<Source, Error> {
+        let project = crate::config::project_dir(inputs);
+        let Some(fetch) = &inputs.fetch else {
             return Ok(Source {
-                tree: inputs.source,
+                tree: inputs.source.clone(),
                 project,
                 inputs: args.inputs().to_vec(),
                 build: inputs.build,
@@ -131,7 +139,12 @@ impl Source {
                 _acquired: None,
             });
         };
-        if let Fetch::Dsc(dsc) = &fetch {
+        let tap = {
+            let said = said.clone();
+            Arc::new(move |bytes: &[u8]| said.lock().unwrap().extend_from_slice(bytes))
+        };
+        tap(format!("dep8: on the host: {fetch}\n").as_bytes());
+        if let Fetch::Dsc(dsc) = fetch {
             check_dsc(dsc)?;
         }
         let mut signals = Signals::new();
@@ -143,28 +156,23 @@ impl Source {
             .prefix("dep8-source.")
             .tempdir()
             .map_err(|e| Error::Testbed(format!("creating a temp dir: {e}")))?;
-        let output = Arc::new(Mutex::new(Vec::new()));
-        let tap = {
-            let output = output.clone();
-            Arc::new(move |bytes: &[u8]| output.lock().unwrap().extend_from_slice(bytes))
-        };
         let getting = acquire(
             tb.as_ref(),
-            &fetch,
+            fetch,
             dir.path(),
             timeouts(args).install,
             tap,
             false,
         );
         // An interrupted acquire drops its future: what it started is killed.
-        tokio::select! {
-            got = getting => {
-                tb.close().await?;
-                got?;
-            }
-            signal = signals.next() => return Err(Error::Interrupted(signal)),
+        let got = tokio::select! {
+            got = getting => got,
+            signal = signals.next() => Err(Error::Interrupted(signal)),
+        };
+        if !matches!(got, Err(Error::Interrupted(_))) {
+            tb.close().await?;
         }
-        let said = String::from_utf8_lossy(&output.lock().unwrap()).into_owned();
+        got?;
         let tree = dir.path().to_path_buf();
         let binaries = inputs.binaries.iter().map(|b| b.display().to_string());
         Ok(Source {
@@ -174,7 +182,7 @@ impl Source {
             tree,
             project,
             build: inputs.build,
-            log: format!("dep8: on the host: {fetch}\n{said}"),
+            log: String::from_utf8_lossy(&said.lock().unwrap()).into_owned(),
             _acquired: Some(dir),
         })
     }
@@ -402,6 +410,10 @@ fn merge(
             stopped = stopped.or(report.exit_code);
         }
         merged.signal = merged.signal.or(report.signal);
+        merged.error = merged.error.or(report.error);
+        if merged.blame.is_empty() {
+            merged.blame = report.blame;
+        }
         // The summary's lines that are no test's (why a run stopped).
         let mut summary_notes: Vec<String> = std::fs::read_to_string(dir.join("summary"))
             .unwrap_or_default()

@@ -8,7 +8,7 @@ use dep8_core::acquire::Fetch;
 use dep8_core::build::BuildOptions;
 use dep8_core::engine::{self, RunOptions, ShellPolicy, Timeouts};
 use dep8_core::error::Error;
-use dep8_core::events::{self, Events, Observer};
+use dep8_core::events::{self, Dispatcher, Event, Events, Observer};
 use dep8_core::inputs::Inputs;
 use dep8_core::install::DependencyPolicy;
 use dep8_core::report::{
@@ -429,16 +429,71 @@ pub(super) async fn run_in(
     out: &Path,
     console: Option<Box<dyn Observer>>,
 ) -> Exit {
+    let (events, dispatcher, unwritten) = match logged_events(args, out, console) {
+        Ok(logged) => logged,
+        Err(exit) => return exit,
+    };
+    let exit = run_with(args, registry, out, &events, &unwritten).await;
+    dispatcher.close().await;
+    exit
+}
+
+/// A run's event stream, seen by its log (`--log-file`, else
+/// OUTPUT_DIR/log) and `console`, and the record of the output files it
+/// could not write; a log that cannot be created ends the run (20).
+fn logged_events(
+    args: &RunArgs,
+    out: &Path,
+    console: Option<Box<dyn Observer>>,
+) -> Result<(Events, Dispatcher, Unwritten), Exit> {
     let log_path = args.log_path(out);
     let unwritten = Unwritten::default();
-    let log = match LogFile::create(&log_path, unwritten.clone()) {
-        Ok(log) => log,
-        Err(e) => return error(format!("{}: {e}", log_path.display())).into(),
-    };
+    let log = LogFile::create(&log_path, unwritten.clone())
+        .map_err(|e| Exit::from(error(format!("{}: {e}", log_path.display()))))?;
     let mut observers: Vec<Box<dyn Observer>> = vec![Box::new(log)];
     observers.extend(console);
     let (events, dispatcher) = events::dispatch(observers);
-    let exit = run_with(args, registry, out, &events, &unwritten).await;
+    Ok((events, dispatcher, unwritten))
+}
+
+/// A routed run (`--on`) whose source could not be got on the host
+/// (`why`; `said`: what getting it printed): OUTPUT_DIR gets what a run on
+/// one testbed writes when it stops before opening it (the log, the
+/// summary, results.json, junit.xml). Its testbed is the `--on` list.
+pub(super) async fn routed_not_started(
+    args: &RunArgs,
+    inputs: &Inputs,
+    out: &Path,
+    said: &[u8],
+    why: Error,
+) -> Exit {
+    let (events, dispatcher, unwritten) = match logged_events(args, out, None) {
+        Ok(logged) => logged,
+        Err(exit) => return exit,
+    };
+    events.emit(Event::Output(said.to_vec()));
+    let opts = RunOptions {
+        source: inputs.source.clone(),
+        override_control: args.override_control.clone(),
+        output_dir: out.to_path_buf(),
+        summary_file: args.summary_file.clone(),
+        only_tests: args.test_name.clone(),
+        skip_tests: args.skip_test.clone(),
+        // One word: the report joins the argv with spaces.
+        testbed_argv: vec![args.on.join(" + ")],
+        fetch: inputs.fetch.clone(),
+        setup: Setup {
+            binaries: inputs.binaries.clone(),
+            ..Setup::default()
+        },
+        ..RunOptions::default()
+    };
+    // Nothing shows the events on the terminal: the error is said there.
+    error(&why);
+    let exit = match attach_result_files(&opts, &events, &unwritten) {
+        Ok(()) => stop_before_testbed(&opts, &events, true, &unwritten, why).await,
+        Err(exit) => exit,
+    };
     dispatcher.close().await;
     exit
 }
@@ -558,29 +613,10 @@ async fn run_with(
         jobs: super::jobs::resolve(args.jobs, backend, &backend_args, |note| events.info(note)),
     };
 
-    let files = match ResultFiles::create(
-        out,
-        &opts.summary_path(),
-        opts.empty_report(),
-        unwritten.clone(),
-    ) {
-        Ok(files) => files,
-        Err(e) => {
-            let summary = opts.summary_path();
-            events.error(format!("cannot write {}: {e}", summary.display()));
-            return Exit::Code(EXIT_UNEXPECTED);
-        }
-    };
-    events.attach(Box::new(files));
-    // Ends the run before a testbed is open: the log, the summary, results.
-    let stop = |why: Error| {
-        let opts = &opts;
-        async move {
-            let report = engine::not_started(opts, events, why).await;
-            events.flush().await;
-            end_of_run(events, args.quiet, exit_of(&report), unwritten)
-        }
-    };
+    if let Err(exit) = attach_result_files(&opts, events, unwritten) {
+        return exit;
+    }
+    let stop = |why: Error| stop_before_testbed(&opts, events, args.quiet, unwritten, why);
     // It reads whole .debs and a .dsc's files.
     if let Err(e) = tokio::task::block_in_place(|| check_inputs(&opts)) {
         return stop(e).await;
@@ -632,9 +668,46 @@ async fn run_with(
     let summary = tokio::fs::read(opts.summary_path())
         .await
         .unwrap_or_default();
-    events.emit(dep8_core::events::Event::Output(summary));
+    events.emit(Event::Output(summary));
     events.flush().await;
     end_of_run(events, args.quiet, exit, unwritten)
+}
+
+/// Attaches to `events` the observer that writes the summary, results.json
+/// and junit.xml of the run `opts`; a summary that cannot be created ends
+/// the run (20).
+fn attach_result_files(
+    opts: &RunOptions,
+    events: &Events,
+    unwritten: &Unwritten,
+) -> Result<(), Exit> {
+    let summary = opts.summary_path();
+    let files = ResultFiles::create(
+        &opts.output_dir,
+        &summary,
+        opts.empty_report(),
+        unwritten.clone(),
+    )
+    .map_err(|e| {
+        events.error(format!("cannot write {}: {e}", summary.display()));
+        Exit::Code(EXIT_UNEXPECTED)
+    })?;
+    events.attach(Box::new(files));
+    Ok(())
+}
+
+/// Ends the run `opts` before a testbed is open, with `why`: the log, the
+/// summary, results.json and junit.xml say it.
+async fn stop_before_testbed(
+    opts: &RunOptions,
+    events: &Events,
+    quiet: bool,
+    unwritten: &Unwritten,
+    why: Error,
+) -> Exit {
+    let report = engine::not_started(opts, events, why).await;
+    events.flush().await;
+    end_of_run(events, quiet, exit_of(&report), unwritten)
 }
 
 /// How a run ends once its files are written: an output file that could

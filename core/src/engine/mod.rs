@@ -130,12 +130,14 @@ fn fresh_packages(opts: &RunOptions) -> PackageState {
 }
 
 /// Records a run that ended before its testbed was open (`why`): the
-/// summary's note, and the report naming the selected tests as not run.
+/// summary's note, and the report naming the selected tests as not run
+/// (none when the source is still to be got: its tests are not known).
 pub async fn not_started(opts: &RunOptions, events: &Events, why: Error) -> Report {
     let (pending, blamed) = blocking({
         let opts = opts.clone();
         move || {
             let pending = host_arch()
+                .filter(|_| opts.fetch.is_none())
                 .map(|arch| opts.selected_tests(&arch))
                 .unwrap_or_default();
             (pending, blame(&opts.setup.binaries, &opts.source))
@@ -181,14 +183,17 @@ impl Ending {
                         // As autopkgtest: what it blames, why, then the verdict.
                         note(format!("blame: {}", self.blamed.join(" ")));
                         note(format!("badpkg: {msg}"));
+                        report.blame = self.blamed.clone();
                         format!("erroneous package: {msg}")
                     }
                     Error::Interrupted(_) => e.to_string(),
                 };
-                note(match e {
+                let line = match e {
                     Error::Interrupted(_) => format!("quitting: {why}"),
                     _ => why.clone(),
-                });
+                };
+                note(line.clone());
+                report.error = Some(line);
                 (e.exit_code(), why)
             }
         };
@@ -608,4 +613,30 @@ fn readable(tree: &Path) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::acquire::Fetch;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_source_not_got_is_recorded_with_its_error_and_blame() {
+        let opts = RunOptions {
+            source: "no-such-source".into(),
+            fetch: Some(Fetch::AptSource("no-such-source".into())),
+            testbed_argv: vec!["null".into()],
+            ..RunOptions::default()
+        };
+        let why = Error::BadPackage("apt-get source no-such-source failed".into());
+        let report = not_started(&opts, &Events::discard(), why).await;
+        assert!(!report.complete);
+        assert_eq!(report.exit_code, Some(12));
+        assert_eq!(
+            report.error.as_deref(),
+            Some("erroneous package: apt-get source no-such-source failed")
+        );
+        assert_eq!(report.blame, ["no-such-source"]);
+        assert_eq!(report.tests, []);
+    }
 }
