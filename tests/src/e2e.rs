@@ -118,6 +118,11 @@ pub fn summary_of(
     (result_words(&summary), status.code())
 }
 
+/// `--timeout-test` for the example packages: long enough for any quick
+/// test on a loaded CI machine (a 3 s limit cut quick tests there), short
+/// enough to cut examples/outcomes' `sleeps-too-long` (60 s).
+pub const EXAMPLE_TIMEOUT: &str = "--timeout-test=10";
+
 /// Runs `examples/EXAMPLE` with Debian's autopkgtest (`-B`) and with dep8 on
 /// the testbed `testbed` (`BACKEND ARGS...`, the same words for both) and
 /// asserts that every test gets the same result word and that both exit
@@ -125,7 +130,7 @@ pub fn summary_of(
 pub fn assert_same_as_autopkgtest(example: &str, testbed: &[&str]) {
     assert_same_results(
         &format!("examples/{example}"),
-        &["--timeout-test=3"],
+        &[EXAMPLE_TIMEOUT],
         testbed,
         testbed,
     );

@@ -6,6 +6,7 @@
 
 use dep8_tests::e2e::{
     assert_same_results, autopkgtest_as_root, dep8_bin, repo, required_program, source_tree,
+    EXAMPLE_TIMEOUT,
 };
 use dep8_tests::required_resource;
 use std::os::unix::fs::PermissionsExt;
@@ -272,7 +273,7 @@ fn lxc_runs_through_autopkgtest_virt_lxc() {
     }
     assert_same_results(
         "examples/hello",
-        &["--timeout-test=3"],
+        &[EXAMPLE_TIMEOUT],
         &["lxc", "--ephemeral", &name],
         &["external", "autopkgtest-virt-lxc", "--ephemeral", &name],
     );

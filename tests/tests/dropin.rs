@@ -4,7 +4,7 @@
 //! callers read, and exits as autopkgtest does. `dep8 run` on `null` refuses
 //! what would change the host.
 
-use dep8_tests::e2e::{autopkgtest_as_root, dep8_bin, repo, required_file};
+use dep8_tests::e2e::{autopkgtest_as_root, dep8_bin, repo, required_file, EXAMPLE_TIMEOUT};
 use dep8_tests::sshd::LoopbackSshd;
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
@@ -268,7 +268,7 @@ fn output_dir_and_exit_status_as_autopkgtest_writes_them() {
         let args = |out: &Path| {
             let out = out.to_str().unwrap().to_string();
             let src = format!("examples/{example}");
-            ["-B", "--timeout-test=3", "-o", &out, &src, "--", "null"].map(str::to_string)
+            ["-B", EXAMPLE_TIMEOUT, "-o", &out, &src, "--", "null"].map(str::to_string)
         };
         let (their_run, our_run) = std::thread::scope(|s| {
             let theirs_args = args(&theirs);

@@ -1,7 +1,7 @@
 //! End to end: the `dep8` binary on the example packages, asserting the
 //! exact summary, the exit status and the files in the output dir.
 
-use dep8_tests::e2e::{dep8_bin, repo, source_tree};
+use dep8_tests::e2e::{dep8_bin, repo, source_tree, EXAMPLE_TIMEOUT};
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -54,7 +54,7 @@ fn every_outcome_on_null() {
     }
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("out");
-    let out = run("outcomes", &out_dir, &["--timeout-test", "3"]);
+    let out = run("outcomes", &out_dir, &[EXAMPLE_TIMEOUT]);
     let expected = "\
 command3             SKIP Test restriction \"breaks-testbed\" requires testbed capability \"revert-full-system\"
 command4             SKIP Test restriction \"needs-reboot\" requires testbed capability \"reboot\"

@@ -7,7 +7,7 @@
 
 use dep8_tests::e2e::{
     dep8_bin, interrupt_when, marked_processes, repo, result_states, source_tree,
-    unshare_rootfs_as_root, wait_for_the_killed,
+    unshare_rootfs_as_root, wait_for_the_killed, EXAMPLE_TIMEOUT,
 };
 use dep8_tests::required_resource;
 use std::path::Path;
@@ -128,7 +128,7 @@ fn parallel_outputs_match_serial_ones_on_unshare() {
     for example in ["outcomes", "hello"] {
         assert_parallel_same_as_serial(
             &format!("examples/{example}"),
-            &["--timeout-test", "3"],
+            &[EXAMPLE_TIMEOUT],
             &testbed,
         );
     }
@@ -146,7 +146,7 @@ fn parallel_outputs_match_serial_ones_on_schroot() {
     }
     assert_parallel_same_as_serial(
         "examples/outcomes",
-        &["--timeout-test", "3"],
+        &[EXAMPLE_TIMEOUT],
         &["schroot", &chroot],
     );
 }

@@ -5,7 +5,7 @@
 
 use dep8_tests::e2e::{
     assert_same_as_autopkgtest, assert_same_results, autopkgtest_as_root, dep8_bin,
-    required_program, summary_of,
+    required_program, summary_of, EXAMPLE_TIMEOUT,
 };
 use dep8_tests::required_resource;
 use std::collections::BTreeMap;
@@ -40,13 +40,13 @@ fn reference() -> Option<&'static BTreeMap<&'static str, Results>> {
         .as_ref()
 }
 
-/// `PROGRAM OPTIONS --timeout-test=3 -o OUT examples/EXAMPLE -- TESTBED`.
+/// `PROGRAM OPTIONS --timeout-test=10 -o OUT examples/EXAMPLE -- TESTBED`.
 fn run(program: &Path, options: &[&str], example: &str, testbed: &[&str]) -> Results {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
     let src = format!("examples/{example}");
     let mut args = options.to_vec();
-    args.extend(["--timeout-test=3", "-o", out.to_str().unwrap(), &src, "--"]);
+    args.extend([EXAMPLE_TIMEOUT, "-o", out.to_str().unwrap(), &src, "--"]);
     args.extend(testbed);
     let (words, code) = summary_of(program, &args, &out);
     let log = std::fs::read_to_string(out.join("log")).unwrap_or_default();
@@ -130,7 +130,7 @@ fn protocol_both_ways_on_containers() {
     if autopkgtest_as_root().is_none() {
         return;
     }
-    const OPTIONS: [&str; 1] = ["--timeout-test=3"];
+    const OPTIONS: [&str; 1] = [EXAMPLE_TIMEOUT];
     if let Some(tarball) = required_resource("DEP8_TEST_ROOTFS", "a rootfs tarball") {
         let dir = tempfile::tempdir().unwrap();
         let wrapper = virt_server_wrapper(dir.path(), &["unshare", "--tarball", &tarball]);
