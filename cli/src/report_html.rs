@@ -60,7 +60,7 @@ pub fn report(args: ReportArgs) -> i32 {
 /// the user's word: one without readable results is a usage error.
 pub fn read_results(dir: &Path) -> Result<Report, Error> {
     let path = dir.join("results.json");
-    let report = Report::read(&path).map_err(Error::Usage)?;
+    let report = Report::read(&path)?;
     if report.schema != RESULTS_SCHEMA {
         return Err(Error::Usage(format!(
             "{}: schema {:?}, this dep8 reads {RESULTS_SCHEMA:?}",

@@ -267,7 +267,7 @@ fn candidates(
 ) -> Result<Vec<Candidate>, Error> {
     let mut candidates = Vec::new();
     for (label, mut argv) in config.labelled(names)? {
-        let (backend, backend_args) = registry.resolve(&argv).map_err(Error::Usage)?;
+        let (backend, backend_args) = registry.resolve(&argv)?;
         let capabilities = Capabilities::new(backend.capabilities_for(&backend_args));
         // The backend's own name, as the order names it.
         argv[0] = backend.name().to_string();
@@ -395,7 +395,7 @@ fn merge(
     let mut log = preamble.to_string();
     let mut stopped = None;
     for (route, dir) in routes.iter().zip(dirs) {
-        let report = Report::read(&dir.join("results.json")).map_err(Error::Usage)?;
+        let report = Report::read(&dir.join("results.json"))?;
         merged.suite = report.suite.clone();
         if !report.complete {
             merged.complete = false;

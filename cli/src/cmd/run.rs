@@ -461,8 +461,6 @@ async fn run_with(
         }
         Exit::Code(e.exit_code())
     };
-    // config's and the registry's errors are text, all of them usage errors.
-    let usage = |message: String| refuse(Error::Usage(message));
     let inputs = match Inputs::classify(&args.inputs, args.no_built_binaries) {
         Ok(inputs) => inputs,
         Err(e) => return refuse(e),
@@ -483,7 +481,7 @@ async fn run_with(
     testbed_argv[0] = short.to_string();
     let (backend, backend_args) = match registry.resolve(&testbed_argv) {
         Ok(b) => b,
-        Err(e) => return usage(e),
+        Err(e) => return refuse(e),
     };
     let on_host = backend.is_host();
     let setup = match testbed_setup(args, inputs.binaries) {
@@ -492,13 +490,13 @@ async fn run_with(
     };
     let host_changes = setup.system_changes();
     if on_host && !args.on_host_as_autopkgtest && !host_changes.is_empty() {
-        return usage(format!(
+        return refuse(Error::Usage(format!(
             "{}: would change the host ({} is the host itself); dep8 run changes \
              the host only through --setup-commands: test on another testbed, or \
              give --on-host-as-autopkgtest for autopkgtest's behaviour",
             host_changes.join(", "),
             backend.name()
-        ));
+        )));
     }
     events.info(format!("output dir {}", out.display()));
     if on_host && args.on_host_as_autopkgtest {
