@@ -1,5 +1,6 @@
-//! A report to read and send: `dep8 report OUTPUT_DIR... --html FILE` and
-//! `dep8 compare --html FILE` write one self-contained HTML file: each
+//! A report to read and send: `dep8 report OUTPUT_DIR... --html FILE`,
+//! `dep8 compare --html FILE` and `dep8 run --html FILE` (an observer of
+//! the run's events, [`HtmlReport`]) write one self-contained HTML file: each
 //! test's result, duration and reason, its part of the log, its stdout,
 //! stderr and `-packages` (folded), links to the artifacts and, for several
 //! runs, the matrix with the differing results marked. Inline CSS only, no
@@ -10,9 +11,15 @@
 //! escaping function, which is all a page without templates needs.
 
 use dep8_core::error::Error;
-use dep8_core::report::{Outcome, Report, TestRecord, Unfinished, RESULTS_SCHEMA};
+use dep8_core::events::{Event, Observer};
+use dep8_core::report::{
+    write_atomically, Outcome, Report, TestRecord, Unfinished, Unwritten, RESULTS_SCHEMA,
+};
 use std::fmt::Write as _;
 use std::path::{Component, Path, PathBuf};
+
+/// The title of the page of one or more runs' results.
+const REPORT_TITLE: &str = "dep8 report";
 
 /// The most of one file (log part, stdout, ...) shown inline; the rest is
 /// behind a link to the file.
@@ -33,25 +40,73 @@ pub struct ReportArgs {
 pub fn report(args: ReportArgs) -> i32 {
     let mut runs = Vec::new();
     for dir in &args.output_dirs {
-        let results = match read_results(dir) {
-            Ok(results) => results,
+        match read_results(dir) {
+            Ok(results) => runs.push(Run::of(dir.clone(), results)),
             Err(e) => return super::cmd::failed(e),
-        };
-        runs.push(Run {
-            label: if results.testbed.is_empty() {
-                dir.display().to_string()
-            } else {
-                results.testbed.clone()
-            },
-            dir: dir.clone(),
-            exit_code: results.exit_code,
-            rows: rows(&results),
-            results: Some(results),
-        });
+        }
     }
-    match write(&args.html, &page("dep8 report", &runs)) {
+    match write(&args.html, &page(REPORT_TITLE, &runs)) {
         Ok(()) => 0,
         Err(e) => super::cmd::failed(e),
+    }
+}
+
+/// The page `dep8 report OUTPUT_DIR --html FILE` writes for one run with
+/// these results, its files in `output_dir`.
+pub fn run_page(output_dir: &Path, results: Report) -> String {
+    page(REPORT_TITLE, &[Run::of(output_dir.to_path_buf(), results)])
+}
+
+/// `dep8 run --html FILE`: keeps the run's results as they arrive and
+/// rewrites FILE whole (through a sibling and a rename) after each test's
+/// result, the page marked incomplete, and once more when the run ends.
+/// A write that fails is noted in [`Unwritten`], which ends the run with
+/// 20.
+pub struct HtmlReport {
+    path: PathBuf,
+    output_dir: PathBuf,
+    results: Report,
+    unwritten: Unwritten,
+}
+
+impl HtmlReport {
+    /// The report of a run writing into `output_dir`, starting from its
+    /// `results` without tests.
+    pub fn new(path: &Path, output_dir: &Path, results: Report, unwritten: Unwritten) -> Self {
+        HtmlReport {
+            path: path.to_path_buf(),
+            output_dir: output_dir.to_path_buf(),
+            results,
+            unwritten,
+        }
+    }
+
+    /// Writes the page for the results so far; the output dir's files
+    /// (log, stdout, ...) are read now, as `dep8 report` reads them.
+    fn write(&self) {
+        let html = run_page(&self.output_dir, self.results.clone());
+        if let Err(e) = write_atomically(&self.path, html.as_bytes()) {
+            self.unwritten.note(&self.path, &e);
+        }
+    }
+}
+
+impl Observer for HtmlReport {
+    fn event(&mut self, event: &Event) {
+        match event {
+            Event::TestbedReady { testbed, .. } => self.results.testbed = testbed.clone(),
+            Event::TestFinished(result) => {
+                self.results
+                    .tests
+                    .push(TestRecord::Finished(result.clone()));
+                self.write();
+            }
+            Event::RunFinished(results) => {
+                self.results = results.clone();
+                self.write();
+            }
+            _ => {}
+        }
     }
 }
 
@@ -133,6 +188,21 @@ pub struct Run {
 }
 
 impl Run {
+    /// A run with `results`, its files in `dir`, named by its testbed.
+    fn of(dir: PathBuf, results: Report) -> Run {
+        Run {
+            label: if results.testbed.is_empty() {
+                dir.display().to_string()
+            } else {
+                results.testbed.clone()
+            },
+            dir,
+            exit_code: results.exit_code,
+            rows: rows(&results),
+            results: Some(results),
+        }
+    }
+
     /// A finished run of `dep8 compare`, exited with `exit_code`.
     pub fn read(label: String, dir: PathBuf, exit_code: Option<i32>) -> Run {
         let (results, rows) = match read_results(&dir) {
@@ -471,6 +541,7 @@ fn esc(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dep8_core::report::TestResult;
 
     #[test]
     fn results_json_round_trips_through_the_reporters_types() {
@@ -532,6 +603,72 @@ mod tests {
             "{section}"
         );
         assert_eq!(log_section(log, "ab", &["a", "ab"]).lines().count(), 2);
+    }
+
+    #[test]
+    fn run_html_is_rewritten_after_each_result_and_when_the_run_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("report.html");
+        let unwritten = Unwritten::default();
+        let empty = Report::new("suite", "null");
+        let mut html = HtmlReport::new(&path, dir.path(), empty.clone(), unwritten.clone());
+        let result = |name: &str, outcome| TestResult {
+            name: name.into(),
+            outcome,
+            duration_secs: 0.5,
+            details: Vec::new(),
+            testbed: None,
+        };
+        let first = result("first", Outcome::Pass);
+        let second = result("second", Outcome::Fail("non-zero exit status 1".into()));
+        html.event(&Event::TestFinished(first.clone()));
+        let page = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            page.contains(">first</a></td><td class=\"PASS\">"),
+            "{page}"
+        );
+        assert!(page.contains("<b>incomplete</b>"), "{page}");
+        html.event(&Event::TestFinished(second.clone()));
+        let page = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            page.contains(">second</a></td><td class=\"FAIL\">"),
+            "{page}"
+        );
+        assert!(page.contains("<b>incomplete</b>"), "{page}");
+        let finished = Report {
+            complete: true,
+            exit_code: Some(4),
+            tests: vec![TestRecord::Finished(first), TestRecord::Finished(second)],
+            ..empty
+        };
+        html.event(&Event::RunFinished(finished.clone()));
+        let page = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(page, run_page(dir.path(), finished));
+        assert!(
+            !page.contains("incomplete") && page.contains("exit status 4"),
+            "{page}"
+        );
+        assert_eq!(unwritten.lines(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_run_html_that_cannot_be_written_is_noted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing/report.html");
+        let unwritten = Unwritten::default();
+        let mut html = HtmlReport::new(
+            &path,
+            dir.path(),
+            Report::new("suite", "null"),
+            unwritten.clone(),
+        );
+        html.event(&Event::RunFinished(Report::new("suite", "null")));
+        let lines = unwritten.lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].starts_with(&format!("cannot write {}: ", path.display())),
+            "{lines:?}"
+        );
     }
 
     #[test]

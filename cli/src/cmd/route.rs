@@ -363,6 +363,12 @@ async fn run_routes(
     }
     // The results, as a run shows them (also with -q).
     crate::emit(summary);
+    if let Some(html) = args.html() {
+        let page = crate::report_html::run_page(out, merged.clone());
+        if let Err(e) = crate::report_html::write(html, &page) {
+            return super::failed(e).into();
+        }
+    }
     // A run stopped by a signal stops them all; else the merged results'.
     exits
         .into_iter()
