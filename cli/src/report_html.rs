@@ -15,6 +15,7 @@ use dep8_core::events::{Event, Observer};
 use dep8_core::report::{
     write_atomically, Outcome, Report, TestRecord, Unfinished, Unwritten, RESULTS_SCHEMA,
 };
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Component, Path, PathBuf};
 
@@ -381,6 +382,7 @@ fn run_section(number: usize, run: &Run) -> String {
     let log = std::fs::read(run.dir.join("log")).unwrap_or_default();
     let log = String::from_utf8_lossy(&log);
     let names: Vec<&str> = results.tests.iter().map(TestRecord::name).collect();
+    let sections = log_sections(&log, &names);
     for (i, test) in results.tests.iter().enumerate() {
         let _ = writeln!(
             html,
@@ -394,9 +396,8 @@ fn run_section(number: usize, run: &Run) -> String {
                 let _ = writeln!(html, "<p>{}</p>", esc(line));
             }
         }
-        let section = log_section(&log, test.name(), &names);
-        if !section.is_empty() {
-            html += &folded("log", &section, None);
+        if let Some(section) = sections.get(test.name()) {
+            html += &folded("log", section, None);
         }
         for suffix in ["stdout", "stderr", "packages"] {
             let path = run.dir.join(format!("{}-{suffix}", test.name()));
@@ -444,24 +445,29 @@ fn folded(title: &str, text: &str, file: Option<&Path>) -> String {
     html
 }
 
-/// A test's part of the log: from its first `test NAME: ` line to the
-/// first line of another test (or of the summary).
-fn log_section(log: &str, name: &str, names: &[&str]) -> String {
-    let mut section = String::new();
+/// Each test's part of the log, in one pass (the page of `dep8 run
+/// --html` is rendered after every result): from a `test NAME: ` line to
+/// the first line of another test (or of the summary). Tests without a
+/// line in the log have no part.
+fn log_sections<'n>(log: &str, names: &[&'n str]) -> HashMap<&'n str, String> {
+    let known: HashSet<&str> = names.iter().copied().collect();
+    let mut sections: HashMap<&str, String> = HashMap::new();
     let mut current: Option<&str> = None;
     for line in log.split_inclusive('\n') {
         if line.contains("@@@@@@@@@@@@@@@@@@@@ summary") {
             current = None;
-        } else if let Some(rest) = line.split_once("]: test ").map(|(_, rest)| rest) {
-            if let Some(starts) = names.iter().find(|n| rest.starts_with(&format!("{n}: "))) {
-                current = Some(starts);
-            }
+        } else if let Some((_, rest)) = line.split_once("]: test ") {
+            // The shortest `NAME: ` it starts with that names a test.
+            let named = rest
+                .match_indices(": ")
+                .find_map(|(end, _)| known.get(&rest[..end]).copied());
+            current = named.or(current);
         }
-        if current == Some(name) {
-            section.push_str(line);
+        if let Some(name) = current {
+            sections.entry(name).or_default().push_str(line);
         }
     }
-    section
+    sections
 }
 
 /// Links to every file under the run's artifacts dir.
@@ -582,7 +588,7 @@ mod tests {
     }
 
     #[test]
-    fn log_section_runs_to_the_next_test() {
+    fn log_sections_run_to_the_next_test() {
         let log = "dep8 [10:00:00]: opening testbed\n\
                    dep8 [10:00:01]: test a: preparing testbed\n\
                    dep8 [10:00:01]: test a: [-----------------------\n\
@@ -592,7 +598,8 @@ mod tests {
                    out of ab\n\
                    dep8 [10:00:03]: @@@@@@@@@@@@@@@@@@@@ summary\n\
                    a PASS\n";
-        let section = log_section(log, "a", &["a", "ab"]);
+        let sections = log_sections(log, &["a", "ab", "never"]);
+        let section = &sections["a"];
         assert!(
             section.starts_with("dep8 [10:00:01]: test a: preparing"),
             "{section}"
@@ -602,7 +609,8 @@ mod tests {
             !section.contains("ab") && !section.contains("summary"),
             "{section}"
         );
-        assert_eq!(log_section(log, "ab", &["a", "ab"]).lines().count(), 2);
+        assert_eq!(sections["ab"].lines().count(), 2);
+        assert!(!sections.contains_key("never"));
     }
 
     #[test]
