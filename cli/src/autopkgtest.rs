@@ -20,12 +20,7 @@ pub const ON_HOST_AS_AUTOPKGTEST: &str = "--on-host-as-autopkgtest";
 /// read is a usage error.
 pub fn command_line(args: impl Iterator<Item = OsString>) -> Result<Vec<OsString>, Error> {
     let mut args: Vec<_> = args.collect();
-    let called_as = args
-        .first()
-        .map(Path::new)
-        .and_then(Path::file_name)
-        .map(OsStr::to_os_string);
-    if called_as.as_deref() == Some(OsStr::new(PROGRAM)) {
+    if called_as_autopkgtest(args.first()) {
         args.splice(1..1, ["run".into(), ON_HOST_AS_AUTOPKGTEST.into()]);
     }
     if args.get(1).map(OsString::as_os_str) != Some(OsStr::new("run")) {
@@ -42,6 +37,25 @@ pub fn command_line(args: impl Iterator<Item = OsString>) -> Result<Vec<OsString
         }
     }
     Ok(expanded)
+}
+
+/// Whether dep8 was started as `autopkgtest`, by its program path.
+pub fn called_as_autopkgtest(program: Option<&OsString>) -> bool {
+    program
+        .map(Path::new)
+        .and_then(Path::file_name)
+        .is_some_and(|name| name == OsStr::new(PROGRAM))
+}
+
+/// `dep8 run`'s own options autopkgtest does not have: the `autopkgtest`
+/// entry point refuses them, as autopkgtest would.
+pub fn refuse_dep8_options(args: &crate::cmd::run::RunArgs) -> Result<(), Error> {
+    match args.html() {
+        Some(_) => Err(Error::Usage(format!(
+            "unrecognized arguments: --html (an option of dep8 run, not of {PROGRAM})"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// argparse's `fromfile_prefix_chars='@'` as autopkgtest sets it up: each

@@ -20,7 +20,7 @@ pub struct Args {
 pub async fn run(args: Args, registry: &Registry) -> i32 {
     let (backend, backend_args) = match registry.resolve(&args.testbed) {
         Ok(found) => found,
-        Err(e) => return super::error(e),
+        Err(e) => return super::cmd::failed(e),
     };
     let mut tb = match backend.open(&backend_args).await {
         Ok(tb) => tb,

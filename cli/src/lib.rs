@@ -99,6 +99,7 @@ pub fn main_with(registry: Registry) -> i32 {
         Ok(args) => args,
         Err(e) => return cmd::failed(e),
     };
+    let as_autopkgtest = autopkgtest::called_as_autopkgtest(args.first());
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
@@ -107,6 +108,11 @@ pub fn main_with(registry: Registry) -> i32 {
             return if e.use_stderr() { EXIT_UNEXPECTED } else { 0 };
         }
     };
+    if let (true, Command::Run(run)) = (as_autopkgtest, &cli.command) {
+        if let Err(e) = autopkgtest::refuse_dep8_options(run) {
+            return cmd::failed(e);
+        }
+    }
     let filter = match cli.debug {
         0 => "warn",
         1 => "info",

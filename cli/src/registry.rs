@@ -6,6 +6,7 @@
 //! std::process::exit(dep8_cli::main_with(registry));
 //! ```
 
+use dep8_core::error::Error;
 use dep8_core::testbed::Backend;
 
 /// The virt servers Debian's autopkgtest 5.49 ships that dep8 has no
@@ -64,8 +65,9 @@ impl Registry {
     /// The backend for a testbed argv (`[NAME, ARGS...]`, default null) and
     /// the arguments to open it with. Like autopkgtest, a NAME dep8 does not
     /// know is also looked up as `autopkgtest-virt-NAME` in PATH (or taken
-    /// as a program path when it has a `/`), run through `external`.
-    pub fn resolve(&self, argv: &[String]) -> Result<(&dyn Backend, Vec<String>), String> {
+    /// as a program path when it has a `/`), run through `external`. An
+    /// unknown backend is the user's word: a usage error.
+    pub fn resolve(&self, argv: &[String]) -> Result<(&dyn Backend, Vec<String>), Error> {
         let (name, args) = match argv.split_first() {
             Some((name, args)) => (name.as_str(), args),
             None => ("null", &[][..]),
@@ -80,7 +82,7 @@ impl Registry {
                 args_with_program.extend_from_slice(args);
                 Ok((external, args_with_program))
             }
-            _ => Err(format!(
+            _ => Err(Error::Usage(format!(
                 "unknown backend {name:?}; known backends: {}; {}",
                 self.names().join(", "),
                 if name.contains('/') {
@@ -98,7 +100,7 @@ impl Registry {
                         ),
                     }
                 }
-            )),
+            ))),
         }
     }
 

@@ -1,5 +1,6 @@
-//! A report to read and send: `dep8 report OUTPUT_DIR... --html FILE` and
-//! `dep8 compare --html FILE` write one self-contained HTML file: each
+//! A report to read and send: `dep8 report OUTPUT_DIR... --html FILE`,
+//! `dep8 compare --html FILE` and `dep8 run --html FILE` (an observer of
+//! the run's events, [`HtmlReport`]) write one self-contained HTML file: each
 //! test's result, duration and reason, its part of the log, its stdout,
 //! stderr and `-packages` (folded), links to the artifacts and, for several
 //! runs, the matrix with the differing results marked. Inline CSS only, no
@@ -10,9 +11,16 @@
 //! escaping function, which is all a page without templates needs.
 
 use dep8_core::error::Error;
-use dep8_core::report::{Outcome, Report, TestRecord, Unfinished, RESULTS_SCHEMA};
+use dep8_core::events::{Event, Observer};
+use dep8_core::report::{
+    write_atomically, Outcome, Report, TestRecord, Unfinished, Unwritten, RESULTS_SCHEMA,
+};
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Component, Path, PathBuf};
+
+/// The title of the page of one or more runs' results.
+const REPORT_TITLE: &str = "dep8 report";
 
 /// The most of one file (log part, stdout, ...) shown inline; the rest is
 /// behind a link to the file.
@@ -33,25 +41,73 @@ pub struct ReportArgs {
 pub fn report(args: ReportArgs) -> i32 {
     let mut runs = Vec::new();
     for dir in &args.output_dirs {
-        let results = match read_results(dir) {
-            Ok(results) => results,
+        match read_results(dir) {
+            Ok(results) => runs.push(Run::of(dir.clone(), results)),
             Err(e) => return super::cmd::failed(e),
-        };
-        runs.push(Run {
-            label: if results.testbed.is_empty() {
-                dir.display().to_string()
-            } else {
-                results.testbed.clone()
-            },
-            dir: dir.clone(),
-            exit_code: results.exit_code,
-            rows: rows(&results),
-            results: Some(results),
-        });
+        }
     }
-    match write(&args.html, &page("dep8 report", &runs)) {
+    match write(&args.html, &page(REPORT_TITLE, &runs)) {
         Ok(()) => 0,
         Err(e) => super::cmd::failed(e),
+    }
+}
+
+/// The page `dep8 report OUTPUT_DIR --html FILE` writes for one run with
+/// these results, its files in `output_dir`.
+pub fn run_page(output_dir: &Path, results: Report) -> String {
+    page(REPORT_TITLE, &[Run::of(output_dir.to_path_buf(), results)])
+}
+
+/// `dep8 run --html FILE`: keeps the run's results as they arrive and
+/// rewrites FILE whole (through a sibling and a rename) after each test's
+/// result, the page marked incomplete, and once more when the run ends.
+/// A write that fails is noted in [`Unwritten`], which ends the run with
+/// 20.
+pub struct HtmlReport {
+    path: PathBuf,
+    output_dir: PathBuf,
+    results: Report,
+    unwritten: Unwritten,
+}
+
+impl HtmlReport {
+    /// The report of a run writing into `output_dir`, starting from its
+    /// `results` without tests.
+    pub fn new(path: &Path, output_dir: &Path, results: Report, unwritten: Unwritten) -> Self {
+        HtmlReport {
+            path: path.to_path_buf(),
+            output_dir: output_dir.to_path_buf(),
+            results,
+            unwritten,
+        }
+    }
+
+    /// Writes the page for the results so far; the output dir's files
+    /// (log, stdout, ...) are read now, as `dep8 report` reads them.
+    fn write(&self) {
+        let html = run_page(&self.output_dir, self.results.clone());
+        if let Err(e) = write_atomically(&self.path, html.as_bytes()) {
+            self.unwritten.note(&self.path, &e);
+        }
+    }
+}
+
+impl Observer for HtmlReport {
+    fn event(&mut self, event: &Event) {
+        match event {
+            Event::TestbedReady { testbed, .. } => self.results.testbed = testbed.clone(),
+            Event::TestFinished(result) => {
+                self.results
+                    .tests
+                    .push(TestRecord::Finished(result.clone()));
+                self.write();
+            }
+            Event::RunFinished(results) => {
+                self.results = results.clone();
+                self.write();
+            }
+            _ => {}
+        }
     }
 }
 
@@ -60,7 +116,7 @@ pub fn report(args: ReportArgs) -> i32 {
 /// the user's word: one without readable results is a usage error.
 pub fn read_results(dir: &Path) -> Result<Report, Error> {
     let path = dir.join("results.json");
-    let report = Report::read(&path).map_err(Error::Usage)?;
+    let report = Report::read(&path)?;
     if report.schema != RESULTS_SCHEMA {
         return Err(Error::Usage(format!(
             "{}: schema {:?}, this dep8 reads {RESULTS_SCHEMA:?}",
@@ -133,6 +189,21 @@ pub struct Run {
 }
 
 impl Run {
+    /// A run with `results`, its files in `dir`, named by its testbed.
+    fn of(dir: PathBuf, results: Report) -> Run {
+        Run {
+            label: if results.testbed.is_empty() {
+                dir.display().to_string()
+            } else {
+                results.testbed.clone()
+            },
+            dir,
+            exit_code: results.exit_code,
+            rows: rows(&results),
+            results: Some(results),
+        }
+    }
+
     /// A finished run of `dep8 compare`, exited with `exit_code`.
     pub fn read(label: String, dir: PathBuf, exit_code: Option<i32>) -> Run {
         let (results, rows) = match read_results(&dir) {
@@ -311,6 +382,7 @@ fn run_section(number: usize, run: &Run) -> String {
     let log = std::fs::read(run.dir.join("log")).unwrap_or_default();
     let log = String::from_utf8_lossy(&log);
     let names: Vec<&str> = results.tests.iter().map(TestRecord::name).collect();
+    let sections = log_sections(&log, &names);
     for (i, test) in results.tests.iter().enumerate() {
         let _ = writeln!(
             html,
@@ -324,9 +396,8 @@ fn run_section(number: usize, run: &Run) -> String {
                 let _ = writeln!(html, "<p>{}</p>", esc(line));
             }
         }
-        let section = log_section(&log, test.name(), &names);
-        if !section.is_empty() {
-            html += &folded("log", &section, None);
+        if let Some(section) = sections.get(test.name()) {
+            html += &folded("log", section, None);
         }
         for suffix in ["stdout", "stderr", "packages"] {
             let path = run.dir.join(format!("{}-{suffix}", test.name()));
@@ -374,24 +445,29 @@ fn folded(title: &str, text: &str, file: Option<&Path>) -> String {
     html
 }
 
-/// A test's part of the log: from its first `test NAME: ` line to the
-/// first line of another test (or of the summary).
-fn log_section(log: &str, name: &str, names: &[&str]) -> String {
-    let mut section = String::new();
+/// Each test's part of the log, in one pass (the page of `dep8 run
+/// --html` is rendered after every result): from a `test NAME: ` line to
+/// the first line of another test (or of the summary). Tests without a
+/// line in the log have no part.
+fn log_sections<'n>(log: &str, names: &[&'n str]) -> HashMap<&'n str, String> {
+    let known: HashSet<&str> = names.iter().copied().collect();
+    let mut sections: HashMap<&str, String> = HashMap::new();
     let mut current: Option<&str> = None;
     for line in log.split_inclusive('\n') {
         if line.contains("@@@@@@@@@@@@@@@@@@@@ summary") {
             current = None;
-        } else if let Some(rest) = line.split_once("]: test ").map(|(_, rest)| rest) {
-            if let Some(starts) = names.iter().find(|n| rest.starts_with(&format!("{n}: "))) {
-                current = Some(starts);
-            }
+        } else if let Some((_, rest)) = line.split_once("]: test ") {
+            // The shortest `NAME: ` it starts with that names a test.
+            let named = rest
+                .match_indices(": ")
+                .find_map(|(end, _)| known.get(&rest[..end]).copied());
+            current = named.or(current);
         }
-        if current == Some(name) {
-            section.push_str(line);
+        if let Some(name) = current {
+            sections.entry(name).or_default().push_str(line);
         }
     }
-    section
+    sections
 }
 
 /// Links to every file under the run's artifacts dir.
@@ -471,6 +547,7 @@ fn esc(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dep8_core::report::TestResult;
 
     #[test]
     fn results_json_round_trips_through_the_reporters_types() {
@@ -511,7 +588,7 @@ mod tests {
     }
 
     #[test]
-    fn log_section_runs_to_the_next_test() {
+    fn log_sections_run_to_the_next_test() {
         let log = "dep8 [10:00:00]: opening testbed\n\
                    dep8 [10:00:01]: test a: preparing testbed\n\
                    dep8 [10:00:01]: test a: [-----------------------\n\
@@ -521,7 +598,8 @@ mod tests {
                    out of ab\n\
                    dep8 [10:00:03]: @@@@@@@@@@@@@@@@@@@@ summary\n\
                    a PASS\n";
-        let section = log_section(log, "a", &["a", "ab"]);
+        let sections = log_sections(log, &["a", "ab", "never"]);
+        let section = &sections["a"];
         assert!(
             section.starts_with("dep8 [10:00:01]: test a: preparing"),
             "{section}"
@@ -531,7 +609,74 @@ mod tests {
             !section.contains("ab") && !section.contains("summary"),
             "{section}"
         );
-        assert_eq!(log_section(log, "ab", &["a", "ab"]).lines().count(), 2);
+        assert_eq!(sections["ab"].lines().count(), 2);
+        assert!(!sections.contains_key("never"));
+    }
+
+    #[test]
+    fn run_html_is_rewritten_after_each_result_and_when_the_run_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("report.html");
+        let unwritten = Unwritten::default();
+        let empty = Report::new("suite", "null");
+        let mut html = HtmlReport::new(&path, dir.path(), empty.clone(), unwritten.clone());
+        let result = |name: &str, outcome| TestResult {
+            name: name.into(),
+            outcome,
+            duration_secs: 0.5,
+            details: Vec::new(),
+            testbed: None,
+        };
+        let first = result("first", Outcome::Pass);
+        let second = result("second", Outcome::Fail("non-zero exit status 1".into()));
+        html.event(&Event::TestFinished(first.clone()));
+        let page = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            page.contains(">first</a></td><td class=\"PASS\">"),
+            "{page}"
+        );
+        assert!(page.contains("<b>incomplete</b>"), "{page}");
+        html.event(&Event::TestFinished(second.clone()));
+        let page = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            page.contains(">second</a></td><td class=\"FAIL\">"),
+            "{page}"
+        );
+        assert!(page.contains("<b>incomplete</b>"), "{page}");
+        let finished = Report {
+            complete: true,
+            exit_code: Some(4),
+            tests: vec![TestRecord::Finished(first), TestRecord::Finished(second)],
+            ..empty
+        };
+        html.event(&Event::RunFinished(finished.clone()));
+        let page = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(page, run_page(dir.path(), finished));
+        assert!(
+            !page.contains("incomplete") && page.contains("exit status 4"),
+            "{page}"
+        );
+        assert_eq!(unwritten.lines(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_run_html_that_cannot_be_written_is_noted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing/report.html");
+        let unwritten = Unwritten::default();
+        let mut html = HtmlReport::new(
+            &path,
+            dir.path(),
+            Report::new("suite", "null"),
+            unwritten.clone(),
+        );
+        html.event(&Event::RunFinished(Report::new("suite", "null")));
+        let lines = unwritten.lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(
+            lines[0].starts_with(&format!("cannot write {}: ", path.display())),
+            "{lines:?}"
+        );
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub struct ExecArgs {
 pub async fn serve(args: ServerArgs, registry: &Registry) -> i32 {
     let (backend, backend_args) = match registry.resolve(&args.testbed) {
         Ok(found) => found,
-        Err(e) => return super::error(e),
+        Err(e) => return super::cmd::failed(e),
     };
     let exe = match std::env::current_exe() {
         Ok(exe) => exe.to_string_lossy().into_owned(),

@@ -1,6 +1,6 @@
 //! The run as one typed stream of events. The engine only emits; the log,
-//! the summary, results.json, junit.xml, the console and the progress
-//! display are [`Observer`]s of the stream.
+//! the summary, results.json, junit.xml, the console, the progress
+//! display and the HTML report are [`Observer`]s of the stream.
 //!
 //! Events go through a channel to one dispatcher thread, so an observer
 //! that writes files never blocks the async runtime, and every observer

@@ -7,6 +7,7 @@
 //! when the run ends.
 
 use crate::capability::Capabilities;
+use crate::error::Error;
 use crate::events::{Event, Level, Observer};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
@@ -259,10 +260,14 @@ impl Report {
         exit.finish()
     }
 
-    /// Reads a run's results.json.
-    pub fn read(path: &Path) -> Result<Report, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    /// Reads a run's results.json. The file is the user's word (`dep8
+    /// report OUTPUT_DIR`): one that is missing, unreadable or malformed
+    /// is a usage error naming it (and, for bad content, the line and
+    /// column).
+    pub fn read(path: &Path) -> Result<Report, Error> {
+        let unusable = |e: &dyn std::fmt::Display| Error::Usage(format!("{}: {e}", path.display()));
+        let text = std::fs::read_to_string(path).map_err(|e| unusable(&e))?;
+        serde_json::from_str(&text).map_err(|e| unusable(&e))
     }
 
     /// junit.xml for this report.
@@ -765,6 +770,24 @@ mod tests {
         );
         let junit = std::fs::read_to_string(dir.path().join("junit.xml")).unwrap();
         assert!(junit.contains("tests=\"3\""), "{junit}");
+    }
+
+    #[test]
+    fn a_results_json_that_cannot_be_read_is_a_usage_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.json");
+        let missing = Report::read(&path).unwrap_err();
+        assert!(matches!(missing, Error::Usage(_)), "{missing:?}");
+        assert!(
+            missing
+                .to_string()
+                .starts_with(&format!("{}: No such file", path.display())),
+            "{missing}"
+        );
+        std::fs::write(&path, "{\"schema\": 3}").unwrap();
+        let malformed = Report::read(&path).unwrap_err();
+        assert!(matches!(malformed, Error::Usage(_)), "{malformed:?}");
+        assert!(malformed.to_string().contains("line 1"), "{malformed}");
     }
 
     #[test]

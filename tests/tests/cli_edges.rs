@@ -156,6 +156,7 @@ fn empty_and_malformed_values_are_usage_errors() {
             "a value is required for '--summary-file",
         ),
         (vec!["-l", ""], "a value is required for '--log-file"),
+        (vec!["--html", ""], "a value is required for '--html"),
         (
             vec!["--override-control", ""],
             "a value is required for '--override-control",

@@ -1,12 +1,17 @@
-//! `dep8 report OUT --html FILE` and `dep8 compare --html FILE`, opened in
-//! a real headless browser (Debian's chromium): what it shows (printed to
-//! PDF, read back with pdftotext) has every test's name, result and
-//! reason, the artifacts and, for compare, the one differing row marked;
-//! the logs and outputs are in the page but folded; and the page loads
-//! nothing: no external reference in its DOM, and no request reaches the
-//! proxy the browser is given (a control page proves the proxy sees one).
+//! `dep8 report OUT --html FILE`, `dep8 compare --html FILE` and `dep8 run
+//! --html FILE`, opened in a real headless browser (Debian's chromium):
+//! what it shows (printed to PDF, read back with pdftotext) has every
+//! test's name, result and reason, the artifacts and, for compare, the one
+//! differing row marked; the logs and outputs are in the page but folded;
+//! and the page loads nothing: no external reference in its DOM, and no
+//! request reaches the proxy the browser is given (a control page proves
+//! the proxy sees one). `run --html`'s page has every test with the
+//! summary's result, and is there, marked incomplete, after a Ctrl-C.
 
-use dep8_tests::e2e::{dep8_bin, required_program, source_tree, write};
+use dep8_tests::e2e::{
+    dep8_bin, interrupt_when, repo, required_program, result_words, source_tree, write, Dep8Run,
+};
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
@@ -343,4 +348,127 @@ fn report_names_a_dir_without_results() {
         "{stderr}"
     );
     assert!(stderr.contains("line 2"), "{stderr}");
+}
+
+/// Each test's name and result word in the results table of a report
+/// page (of one run), in its order.
+fn page_results(page: &str) -> Vec<(String, String)> {
+    page.split("<tr><td><a href=\"#run1-test")
+        .skip(1)
+        .map(|row| {
+            let name = row.split_once("\">").unwrap().1;
+            let (name, rest) = name.split_once("</a></td><td class=\"").unwrap();
+            let word = rest.split('"').next().unwrap();
+            (name.to_string(), word.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn run_html_names_every_test_with_the_summary_s_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("run.html");
+    let run = Dep8Run::with(
+        &[
+            "-B",
+            "--timeout-test",
+            "3",
+            "--html",
+            page.to_str().unwrap(),
+        ],
+        "examples/outcomes",
+        &["null"],
+    );
+    let summary = result_words(&run.read("summary"));
+    assert!(summary.len() > 15, "{summary:?}");
+    let html = std::fs::read_to_string(&page).unwrap();
+    let shown: BTreeMap<String, String> = page_results(&html).into_iter().collect();
+    assert_eq!(shown, summary, "the page's results and the summary's");
+    assert!(!html.contains("incomplete"), "the run ended");
+    let status = run.status.expect("an exit status");
+    assert!(html.contains(&format!("exit status {status};")), "{html}");
+    // The tests' outputs, read from the output dir as `dep8 report` reads them.
+    assert!(html.contains("writes-stderr-stderr"), "{html}");
+
+    let (Some(browser), Some(pdftotext)) = (
+        required_program("chromium", "chromium"),
+        required_program("pdftotext", "poppler-utils"),
+    ) else {
+        return;
+    };
+    let proxy = Proxy::start();
+    assert_self_contained(&chromium(&browser, &page, &proxy, "--dump-dom"));
+    let shown_text = shown_text(&browser, &pdftotext, &page, &proxy);
+    assert_no_request(&proxy, "the run's page");
+    for (name, word) in &summary {
+        assert!(shown_text.contains(name.as_str()), "{name} is not shown");
+        assert!(shown_text.contains(word.as_str()), "{word} is not shown");
+    }
+}
+
+#[test]
+fn run_html_after_ctrl_c_has_what_finished_marked_incomplete() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("run.html");
+    let mut dep8 = Command::new(dep8_bin());
+    dep8.current_dir(repo())
+        .args(["run", "-B", "--html", page.to_str().unwrap(), "-o"])
+        .arg(dir.path().join("out"))
+        .args(["examples/slow", "--", "null"]);
+    let has_quick = || {
+        std::fs::read_to_string(&page)
+            .is_ok_and(|html| page_results(&html).iter().any(|(name, _)| name == "quick"))
+    };
+    interrupt_when(dep8, has_quick, "a page with the quick test's result");
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert_eq!(
+        page_results(&html),
+        [
+            ("quick".to_string(), "PASS".to_string()),
+            ("slow".to_string(), "INTERRUPTED".to_string())
+        ]
+    );
+    assert!(html.contains("<b>incomplete</b>"), "{html}");
+}
+
+#[test]
+fn run_html_that_cannot_be_written_or_from_autopkgtest_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let page = dir.path().join("missing/run.html");
+    let run = dep8(&[
+        "run",
+        "-B",
+        "--html",
+        page.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "examples/hello",
+        "--",
+        "null",
+    ]);
+    assert_eq!(run.status.code(), Some(20));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains(&format!("--html {}: No such file", page.display())),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "the run started");
+
+    let link = dir.path().join("autopkgtest");
+    std::os::unix::fs::symlink(dep8_bin(), &link).unwrap();
+    let page = dir.path().join("run.html");
+    let run = Command::new(&link)
+        .current_dir(repo())
+        .args(["-B", "--html", page.to_str().unwrap(), "examples/hello"])
+        .args(["--", "null"])
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(20));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("unrecognized arguments: --html"),
+        "{stderr}"
+    );
+    assert!(!page.exists(), "autopkgtest wrote the page");
 }

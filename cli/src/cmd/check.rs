@@ -50,7 +50,7 @@ pub fn check(args: CheckArgs, registry: &Registry) -> i32 {
                     .map(|p| (p.entry, Some(p.verdict)))
                     .collect()
             }
-            Err(e) => return error(e),
+            Err(e) => return failed(e),
         },
         None => entries.into_iter().map(|e| (e, None)).collect(),
     };

@@ -54,7 +54,7 @@ pub fn explain(args: ExplainArgs, registry: &Registry) -> i32 {
     };
     let (backend, backend_args) = match registry.resolve(&testbed) {
         Ok(x) => x,
-        Err(e) => return error(e),
+        Err(e) => return failed(e),
     };
     let name = backend.name();
     // A testbed the run could not open ends explain as it would end the run.

@@ -61,7 +61,7 @@ fn source_dir(source: &Path) -> Result<(), Error> {
 fn testbed_capabilities(
     registry: &Registry,
     testbed: &[String],
-) -> Result<(&'static str, Capabilities), String> {
+) -> Result<(&'static str, Capabilities), Error> {
     let (b, args) = registry.resolve(testbed)?;
     Ok((b.name(), Capabilities::new(b.capabilities_for(&args))))
 }

@@ -275,7 +275,7 @@ fn candidates(
 ) -> Result<Vec<Candidate>, Error> {
     let mut candidates = Vec::new();
     for (label, mut argv) in config.labelled(names)? {
-        let (backend, backend_args) = registry.resolve(&argv).map_err(Error::Usage)?;
+        let (backend, backend_args) = registry.resolve(&argv)?;
         let capabilities = Capabilities::new(backend.capabilities_for(&backend_args));
         // The backend's own name, as the order names it.
         argv[0] = backend.name().to_string();
@@ -371,6 +371,12 @@ async fn run_routes(
     }
     // The results, as a run shows them (also with -q).
     crate::emit(summary);
+    if let Some(html) = args.html() {
+        let page = crate::report_html::run_page(out, merged.clone());
+        if let Err(e) = crate::report_html::write(html, &page) {
+            return super::failed(e).into();
+        }
+    }
     // A run stopped by a signal stops them all; else the merged results'.
     exits
         .into_iter()
@@ -403,7 +409,7 @@ fn merge(
     let mut log = preamble.to_string();
     let mut stopped = None;
     for (route, dir) in routes.iter().zip(dirs) {
-        let report = Report::read(&dir.join("results.json")).map_err(Error::Usage)?;
+        let report = Report::read(&dir.join("results.json"))?;
         merged.suite = report.suite.clone();
         if !report.complete {
             merged.complete = false;

@@ -2,6 +2,7 @@
 //! stream's observers, the testbed, and the run.
 
 use crate::console::{self, ColorChoice};
+use crate::report_html::HtmlReport;
 use crate::{autopkgtest, error, Exit, Registry};
 use clap::ValueEnum;
 use dep8_core::acquire::Fetch;
@@ -12,7 +13,8 @@ use dep8_core::events::{self, Dispatcher, Event, Events, Observer};
 use dep8_core::inputs::Inputs;
 use dep8_core::install::DependencyPolicy;
 use dep8_core::report::{
-    LogFile, Report, ResultFiles, Unwritten, EXIT_TESTBED_FAILURE, EXIT_UNEXPECTED,
+    write_atomically, LogFile, Report, ResultFiles, Unwritten, EXIT_TESTBED_FAILURE,
+    EXIT_UNEXPECTED,
 };
 use dep8_core::restriction::{InternetPolicy, ResolveOptions};
 use dep8_core::setup::{self, Setup};
@@ -50,6 +52,13 @@ pub struct RunArgs {
     /// Write the log to this file instead of OUTPUT_DIR/log.
     #[arg(short = 'l', long)]
     log_file: Option<PathBuf>,
+    /// Also write the run's report to this self-contained HTML file, as
+    /// `dep8 report OUTPUT_DIR --html FILE` writes it: rewritten after each
+    /// test's result (marked incomplete until the run ends); with `--on`,
+    /// once the results are merged. Not taken by the `autopkgtest` entry
+    /// point.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
     /// Run only this test (repeatable).
     #[arg(long = "test-name", alias = "testname")]
     test_name: Vec<String>,
@@ -211,6 +220,7 @@ impl RunArgs {
             output_dir: None,
             summary_file: None,
             log_file: None,
+            html: None,
             ..self.clone()
         }
     }
@@ -250,6 +260,11 @@ impl RunArgs {
 
     pub(super) fn summary_file(&self) -> Option<&Path> {
         self.summary_file.as_deref()
+    }
+
+    /// `--html FILE`, the run's HTML report.
+    pub(crate) fn html(&self) -> Option<&Path> {
+        self.html.as_deref()
     }
 
     /// Where the log goes: `--log-file`, else OUTPUT_DIR/log.
@@ -388,6 +403,13 @@ fn output_dir(given: Option<&Path>) -> Result<(PathBuf, bool), Error> {
     }
 }
 
+/// Writes `--html FILE` empty, as the run's report will be written (through
+/// a sibling and a rename), so that a FILE that cannot be written is a
+/// usage error before the run starts rather than a failed write later.
+fn claim_html(path: &Path) -> Result<(), Error> {
+    write_atomically(path, &[]).map_err(|e| Error::Usage(format!("--html {}: {e}", path.display())))
+}
+
 /// `dep8 run`: the output dir and log first, so that every later error is
 /// in the log; a temporary output dir is removed at the end, as autopkgtest
 /// removes its own.
@@ -396,6 +418,11 @@ pub async fn run(args: RunArgs, registry: &Registry, color: ColorChoice) -> Exit
     // killing and unmounting may take a while: off the async threads.
     for line in dep8_core::blocking(dep8_core::leftovers::sweep).await {
         tracing::info!("leftovers of a dead run: {line}");
+    }
+    if let Some(html) = args.html() {
+        if let Err(e) = claim_html(html) {
+            return super::failed(e).into();
+        }
     }
     let (out, temporary) = match output_dir(args.output_dir.as_deref()) {
         Ok(dir) => dir,
@@ -516,8 +543,6 @@ async fn run_with(
         }
         Exit::Code(e.exit_code())
     };
-    // config's and the registry's errors are text, all of them usage errors.
-    let usage = |message: String| refuse(Error::Usage(message));
     let inputs = match Inputs::classify(&args.inputs, args.no_built_binaries) {
         Ok(inputs) => inputs,
         Err(e) => return refuse(e),
@@ -538,7 +563,7 @@ async fn run_with(
     testbed_argv[0] = short.to_string();
     let (backend, backend_args) = match registry.resolve(&testbed_argv) {
         Ok(b) => b,
-        Err(e) => return usage(e),
+        Err(e) => return refuse(e),
     };
     let on_host = backend.is_host();
     let setup = match testbed_setup(args, inputs.binaries) {
@@ -547,13 +572,13 @@ async fn run_with(
     };
     let host_changes = setup.system_changes();
     if on_host && !args.on_host_as_autopkgtest && !host_changes.is_empty() {
-        return usage(format!(
+        return refuse(Error::Usage(format!(
             "{}: would change the host ({} is the host itself); dep8 run changes \
              the host only through --setup-commands: test on another testbed, or \
              give --on-host-as-autopkgtest for autopkgtest's behaviour",
             host_changes.join(", "),
             backend.name()
-        ));
+        )));
     }
     events.info(format!("output dir {}", out.display()));
     if on_host && args.on_host_as_autopkgtest {
@@ -615,6 +640,14 @@ async fn run_with(
 
     if let Err(exit) = attach_result_files(&opts, events, unwritten) {
         return exit;
+    }
+    if let Some(html) = args.html() {
+        events.attach(Box::new(HtmlReport::new(
+            html,
+            &opts.output_dir,
+            opts.empty_report(),
+            unwritten.clone(),
+        )));
     }
     let stop = |why: Error| stop_before_testbed(&opts, events, args.quiet, unwritten, why);
     // It reads whole .debs and a .dsc's files.
