@@ -104,6 +104,22 @@ impl Registry {
         }
     }
 
+    /// How many testbeds `backend` may have open at once with `args`
+    /// ([`Backend::max_testbeds`]); for `external dep8 virt-server TESTBED...`,
+    /// as many as the backend it serves may.
+    pub fn max_testbeds(&self, backend: &dyn Backend, args: &[String]) -> usize {
+        if let ("external", [program, verb, served @ ..]) = (backend.name(), args) {
+            let is_dep8 = program.rsplit('/').next() == Some("dep8");
+            if is_dep8 && verb == "virt-server" {
+                return match self.resolve(served) {
+                    Ok((backend, args)) => self.max_testbeds(backend, &args),
+                    Err(_) => 1,
+                };
+            }
+        }
+        backend.max_testbeds(args)
+    }
+
     pub fn all(&self) -> impl Iterator<Item = &dyn Backend> {
         self.backends.iter().map(|b| b.as_ref())
     }

@@ -1,7 +1,9 @@
-//! `dep8 run -j N` on real unshare and schroot testbeds: the outputs of a
-//! parallel run are a serial run's (minus timings), a breaks-testbed test
-//! beside others does not disturb them, and SIGINT during a parallel run
-//! kills every clone and leaves complete partial results and nothing else.
+//! `dep8 run -j N` on real unshare, schroot and autopkgtest-virt-unshare
+//! testbeds: the outputs of a parallel run are a serial run's (minus
+//! timings); through an ssh setup script that gives one machine twice, the
+//! run goes on serially; a breaks-testbed test beside others does not
+//! disturb them, and SIGINT during a parallel run kills every clone and
+//! leaves complete partial results and nothing else.
 //! `dep8 run --on A --on B` sends each test to the cheapest testbed that
 //! can run it.
 
@@ -10,6 +12,7 @@ use dep8_tests::e2e::{
     unshare_rootfs_as_root, wait_for_the_killed, EXAMPLE_TIMEOUT,
 };
 use dep8_tests::required_resource;
+use dep8_tests::sshd::{Login, LoopbackSshd};
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Instant;
@@ -117,6 +120,7 @@ fn assert_parallel_same_as_serial(src: &str, options: &[&str], testbed: &[&str])
         log.contains("tests at once, each on a testbed of its own"),
         "{log}"
     );
+    assert!(!log.contains("opening another testbed:"), "{log}");
 }
 
 #[test]
@@ -132,6 +136,62 @@ fn parallel_outputs_match_serial_ones_on_unshare() {
             &testbed,
         );
     }
+}
+
+/// Each run of autopkgtest-virt-unshare unpacks a testbed of its own.
+#[test]
+fn parallel_outputs_match_serial_ones_on_external_virt_unshare() {
+    let Some(rootfs) = unshare_rootfs_as_root() else {
+        return;
+    };
+    assert_parallel_same_as_serial(
+        "examples/outcomes",
+        &["--timeout-test", "3"],
+        &["external", "autopkgtest-virt-unshare", "-t", &rootfs],
+    );
+}
+
+/// `-j 2` through an ssh setup script that gives the same machine at each
+/// open: the second open finds the machine in use and closes what it
+/// opened (the script's cleanup), and the run goes on with the first
+/// testbed, one test after another.
+#[test]
+fn a_setup_script_giving_one_machine_twice_runs_the_tests_serially() {
+    let Some(sshd) = LoopbackSshd::start_with(Login::RootOwnMachine) else {
+        return;
+    };
+    let script = sshd.setup_script();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let run = dep8(
+        "2",
+        &[],
+        &out,
+        "examples/hello",
+        &[
+            "ssh",
+            "--known-hosts",
+            &sshd.known_hosts().to_string_lossy(),
+            "-s",
+            &script.to_string_lossy(),
+        ],
+    );
+    let log = read(&out.join("log"));
+    assert_eq!(run.status.code(), Some(0), "{log}");
+    assert_eq!(
+        result_states(&out),
+        [("greets", "PASS"), ("command1", "PASS (superficial)")]
+            .map(|(n, r)| (n.to_string(), r.to_string()))
+    );
+    assert!(
+        log.contains("opening another testbed: ")
+            && log.contains("which another testbed of this run is using already")
+            && log.contains("; running the tests one after another"),
+        "{log}"
+    );
+    let calls = read(&sshd.dir().join("state/calls"));
+    let count = |call: &str| calls.lines().filter(|l| l.starts_with(call)).count();
+    assert_eq!((count("open"), count("cleanup")), (2, 2), "{calls}");
 }
 
 #[test]

@@ -40,6 +40,7 @@
 //! A mux client costs a few milliseconds (see scripts/bench-ssh), small next
 //! to a test's own run time.
 
+mod machine;
 pub mod setup;
 pub mod transport;
 
@@ -48,6 +49,7 @@ use clap::Parser;
 use dep8_testbed::capability::{Capabilities, Capability};
 use dep8_testbed::leftovers::Undo;
 use dep8_testbed::{Backend, ExecOutcome, ExecRequest, Result, Testbed, TestbedError};
+use machine::{Claim, Machine};
 use setup::SetupScript;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -162,6 +164,16 @@ impl Backend for SshBackend {
         }
     }
 
+    /// One machine, unless a setup script gives one at each open (cloud
+    /// scripts make a new one): then as many as it gives; a testbed that
+    /// opens on a machine another one runs on fails.
+    fn max_testbeds(&self, args: &[String]) -> usize {
+        match parse_args(args) {
+            Ok(args) if args.setup_script.is_some() => usize::MAX,
+            _ => 1,
+        }
+    }
+
     async fn open(&self, args: &[String]) -> Result<Box<dyn Testbed>> {
         Ok(Box::new(SshTestbed::open(parse_args(args)?).await?))
     }
@@ -178,6 +190,9 @@ pub struct SshTestbed {
     scratch: String,
     /// The sweep's command for the scratch dir, while it exists.
     scratch_undo: Option<Undo>,
+    /// The machine a setup script gave, which no other testbed of this
+    /// process may run on while this one is open.
+    machine: Option<Claim>,
 }
 
 fn parse_args(args: &[String]) -> Result<Args> {
@@ -235,6 +250,7 @@ impl SshTestbed {
             caps: Capabilities::default(),
             scratch: String::new(),
             scratch_undo: None,
+            machine: None,
             args,
             script,
             config,
@@ -249,6 +265,10 @@ impl SshTestbed {
                 tb.conn.target().display()
             );
         }
+        if let Err(e) = tb.claim_machine().await {
+            let _ = tb.close().await;
+            return Err(e);
+        }
         match tb.conn.create_scratch().await {
             Ok((scratch, undo)) => (tb.scratch, tb.scratch_undo) = (scratch, undo),
             Err(e) => {
@@ -258,6 +278,35 @@ impl SshTestbed {
             }
         }
         Ok(tb)
+    }
+
+    /// Holds the machine a setup script gave (see [`machine`]): fails,
+    /// naming it, when another open testbed runs on it. Without a setup
+    /// script, the machine is the one the command line names: not held.
+    async fn claim_machine(&mut self) -> Result<()> {
+        if self.script.is_none() {
+            return Ok(());
+        }
+        self.machine = None;
+        let out = self
+            .conn
+            .exec(ExecRequest::new(["cat", "/etc/machine-id"]).capture())
+            .await?;
+        let machine = Machine {
+            machine_id: out.stdout_text().trim().to_string(),
+            boot_id: self.conn.boot_id().to_string(),
+        };
+        match Claim::take(machine) {
+            Ok(claim) => {
+                self.machine = Some(claim);
+                Ok(())
+            }
+            Err(machine) => Err(TestbedError::Failure(format!(
+                "the setup script gave {} ({machine}), which another testbed of this run \
+                 is using already",
+                self.conn.target().display()
+            ))),
+        }
     }
 
     /// Declared capabilities (options and the script's output) plus root,
@@ -324,6 +373,7 @@ impl SshTestbed {
             }
             return Err(e);
         }
+        self.claim_machine().await?;
         self.ensure_scratch().await
     }
 }
@@ -448,6 +498,7 @@ impl Testbed for SshTestbed {
         let update = script.configure("revert").await?;
         self.config.extend(update);
         self.conn = connect(&self.args, &self.config, self.script.as_ref()).await?;
+        self.claim_machine().await?;
         self.ensure_scratch().await
     }
 
@@ -495,6 +546,7 @@ impl Testbed for SshTestbed {
             Some(script) => script.cleanup().await,
             None => Ok(()),
         };
+        self.machine = None;
         removed.and(closed).and(cleaned)
     }
 }
@@ -566,6 +618,19 @@ mod tests {
         // argparse's prefixes: --host for --hostname.
         assert_eq!(parse(&["--host", "h2"]).hostname.as_deref(), Some("h2"));
         assert!(parse(&["-H", "h", "-P", "secret"]).password.is_some());
+    }
+
+    #[test]
+    fn only_a_setup_script_gives_more_than_one_machine() {
+        let testbeds = |words: &[&str]| {
+            let args: Vec<String> = words.iter().map(|w| w.to_string()).collect();
+            SshBackend.max_testbeds(&args)
+        };
+        assert_eq!(testbeds(&["-H", "host"]), 1);
+        assert_eq!(
+            testbeds(&["-s", "nova", "--", "--flavor", "m1"]),
+            usize::MAX
+        );
     }
 
     #[test]

@@ -227,6 +227,12 @@ impl SshConnection {
         &self.target
     }
 
+    /// The machine's boot id (`/proc/sys/kernel/random/boot_id`) when it
+    /// was last connected to.
+    pub fn boot_id(&self) -> &str {
+        &self.boot_id
+    }
+
     /// How commands get root.
     pub fn root(&self) -> Root {
         self.root

@@ -1,6 +1,7 @@
 //! `dep8 run -j N`: how many tests run at once, and the clones of the
 //! testbed they run on.
 
+use crate::Registry;
 use async_trait::async_trait;
 use dep8_core::engine::Clones;
 use dep8_core::testbed::{Backend, Testbed, TestbedError};
@@ -28,8 +29,14 @@ pub fn parse_jobs(s: &str) -> Result<Jobs, String> {
 
 /// How many tests run at once on testbeds of `backend` opened with
 /// `args`; says why in `note` when it is fewer than asked.
-pub fn resolve(jobs: Jobs, backend: &dyn Backend, args: &[String], note: impl Fn(String)) -> usize {
-    let most = backend.max_testbeds(args);
+pub fn resolve(
+    jobs: Jobs,
+    registry: &Registry,
+    backend: &dyn Backend,
+    args: &[String],
+    note: impl Fn(String),
+) -> usize {
+    let most = registry.max_testbeds(backend, args);
     let wanted = match jobs {
         Jobs::Count(n) => n,
         Jobs::Auto => std::thread::available_parallelism()
@@ -69,5 +76,23 @@ mod tests {
         assert_eq!(parse_jobs("auto"), Ok(Jobs::Auto));
         assert!(parse_jobs("0").is_err());
         assert!(parse_jobs("many").is_err());
+    }
+
+    #[cfg(feature = "unshare")]
+    #[test]
+    fn dep8_virt_server_opens_as_many_testbeds_as_the_backend_it_serves() {
+        let registry = Registry::builtin();
+        let external = registry.get("external").unwrap();
+        let served = |testbed: &[&str]| {
+            let args: Vec<String> = ["/usr/bin/dep8", "virt-server"]
+                .iter()
+                .chain(testbed)
+                .map(|a| a.to_string())
+                .collect();
+            registry.max_testbeds(external, &args)
+        };
+        assert_eq!(served(&["unshare", "-t", "sid.tar"]), usize::MAX);
+        assert_eq!(served(&["null"]), 1);
+        assert_eq!(served(&["no-such-backend"]), 1);
     }
 }

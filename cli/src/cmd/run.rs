@@ -635,7 +635,9 @@ async fn run_with(
         no_auto_control: args.no_auto_control,
         validate: args.validate,
         insecure: args.insecure,
-        jobs: super::jobs::resolve(args.jobs, backend, &backend_args, |note| events.info(note)),
+        jobs: super::jobs::resolve(args.jobs, registry, backend, &backend_args, |note| {
+            events.info(note)
+        }),
     };
 
     if let Err(exit) = attach_result_files(&opts, events, unwritten) {

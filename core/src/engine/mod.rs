@@ -377,7 +377,10 @@ impl Run<'_> {
         let tree = format!("{}/src", tb.scratch());
         let jobs = self.jobs(clones, runnable.len());
         if let (Some(clones), true) = (clones, jobs > 1) {
-            return self.in_parallel(tb, clones, jobs, runnable, &tree).await;
+            self.open_clones(clones, jobs).await;
+            if !self.clones.is_empty() {
+                return self.in_parallel(tb, runnable, &tree).await;
+            }
         }
         let mut copied = false;
         for test in runnable {

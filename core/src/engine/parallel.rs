@@ -141,16 +141,10 @@ impl<'a> Run<'a> {
         wanted
     }
 
-    /// Runs `tests` on `tb` and `jobs - 1` clones of it, up to `jobs` at
-    /// once.
-    pub(super) async fn in_parallel(
-        &mut self,
-        tb: &mut dyn Testbed,
-        clones: &dyn Clones,
-        jobs: usize,
-        tests: Vec<Test>,
-        tree: &str,
-    ) -> Result<(), Error> {
+    /// Opens up to `jobs - 1` clones of the run's testbed. One that cannot
+    /// be opened is no failure: the run goes on with the testbeds it has
+    /// (the first one alone, if no clone opened), and says so.
+    pub(super) async fn open_clones(&mut self, clones: &dyn Clones, jobs: usize) {
         self.events.info(format!(
             "running up to {jobs} tests at once, each on a testbed of its own"
         ));
@@ -159,16 +153,31 @@ impl<'a> Run<'a> {
             (1..jobs).map(|_| timed(limit, "opening another testbed", clones.open_clone())),
         )
         .await;
-        let mut failed = None;
+        let mut failures = Vec::new();
         for clone in opened {
             match clone {
                 Ok(tb) => self.clones.push(tb),
-                Err(e) => failed = Some(e),
+                Err(e) => failures.push(e),
             }
         }
-        if let Some(e) = failed {
-            return Err(e);
+        let running = match self.clones.len() + 1 {
+            1 => "running the tests one after another".to_string(),
+            n => format!("running {n} at once"),
+        };
+        for e in failures {
+            self.events
+                .warning(format!("opening another testbed: {e}; {running}"));
         }
+    }
+
+    /// Runs `tests` on `tb` and the clones [`Run::open_clones`] opened,
+    /// one test on each at a time.
+    pub(super) async fn in_parallel(
+        &mut self,
+        tb: &mut dyn Testbed,
+        tests: Vec<Test>,
+        tree: &str,
+    ) -> Result<(), Error> {
         // The first worker goes on with this testbed's state; the clones
         // start pristine.
         let mut forks = vec![self.fork(false)];
