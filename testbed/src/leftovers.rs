@@ -438,16 +438,23 @@ const SCHROOT_LIMIT: std::time::Duration = std::time::Duration::from_secs(180);
 /// still starting or stopping), so it is tried again a few times.
 const UNDO_RETRIES_MS: [u64; 5] = [0, 300, 700, 1500, 3000];
 
-/// Runs the undo commands a dead run noted ([`record_undo`]), each until
-/// it succeeds or its tries ([`UNDO_RETRIES_MS`]) are spent.
+/// Runs the undo commands a dead run noted ([`record_undo`]), the last
+/// noted first (a thing may depend on one made before it: an lxc clone on
+/// the run's base container), each until it succeeds or its tries
+/// ([`UNDO_RETRIES_MS`]) are spent.
 fn run_undo_commands(dir: &Path) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(dir.join("undo")) else {
         return Vec::new();
     };
-    entries
+    let mut notes: Vec<(u64, PathBuf)> = entries
         .flatten()
-        .filter_map(|entry| {
-            let argv = std::fs::read_to_string(entry.path()).ok()?;
+        .filter_map(|entry| Some((entry.file_name().to_str()?.parse().ok()?, entry.path())))
+        .collect();
+    notes.sort_unstable_by_key(|(number, _)| std::cmp::Reverse(*number));
+    notes
+        .into_iter()
+        .filter_map(|(_, note)| {
+            let argv = std::fs::read_to_string(note).ok()?;
             let argv: Vec<&str> = argv.split('\0').collect();
             let ran = UNDO_RETRIES_MS.iter().any(|&pause| {
                 std::thread::sleep(std::time::Duration::from_millis(pause));
@@ -541,6 +548,24 @@ mod tests {
         let said = run_undo_commands(dir.path());
         assert!(done.exists(), "{said:?}");
         assert_eq!(said, [format!("ran touch {}", done.display())]);
+    }
+
+    #[test]
+    fn undo_commands_run_the_last_noted_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let order = dir.path().join("order");
+        std::fs::create_dir(dir.path().join("undo")).unwrap();
+        // 10 after 2: by number, not by name.
+        for n in [2, 10, 1] {
+            let script = format!("echo {n} >> {}", order.display());
+            std::fs::write(
+                dir.path().join(format!("undo/{n}")),
+                ["sh", "-c", &script].join("\0"),
+            )
+            .unwrap();
+        }
+        run_undo_commands(dir.path());
+        assert_eq!(std::fs::read_to_string(&order).unwrap(), "10\n2\n1\n");
     }
 
     #[test]

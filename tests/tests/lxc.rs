@@ -185,6 +185,52 @@ fn a_reboot_that_does_not_come_back_is_a_testbed_failure() {
     assert!(left.is_empty(), "clones left: {left:?}");
 }
 
+/// The clone `--setup-commands` ran in is kept, stopped, as the base that
+/// reverts return to: the setup runs once (the log says so once). A test
+/// breaks the testbed; the next one, on a new clone of the base, finds the
+/// setup's mark and no trace of the break. Neither the clones nor the base
+/// are left.
+#[test]
+fn a_broken_testbed_is_reverted_to_the_kept_setup() {
+    let Some(template) = template() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let src = source_tree(
+        dir.path(),
+        "dep8-breaks",
+        "Test-Command: echo broken > /etc/dep8-broken; rm -f /usr/bin/dpkg-query\n\
+         Depends:\nFeatures: test-name=breaks\nRestrictions: needs-root, breaks-testbed\n\n\
+         Test-Command: test ! -e /etc/dep8-broken && command -v dpkg-query \
+         && test \"$(cat /root/setups)\" = once\n\
+         Depends:\nFeatures: test-name=sees-the-setup\nRestrictions: needs-root\n",
+    );
+    // Named, so that clones of tests running beside it do not count.
+    let name = format!("dep8-test-kept-setup-{}", std::process::id());
+    let run = Dep8Run::with(
+        &["-B", "--setup-commands=echo once >> /root/setups"],
+        src.to_str().unwrap(),
+        &["lxc", "--name", &name, &template],
+    );
+    run.assert_exit(0);
+    let log = run.read("log");
+    assert!(
+        log.contains("the testbed keeps this setup: reverts return to it")
+            && log.contains("reverting")
+            && log.matches("setting up the testbed").count() == 1,
+        "{log}"
+    );
+    assert_eq!(
+        run.read("summary"),
+        "breaks               PASS\nsees-the-setup       PASS\n"
+    );
+    let left: Vec<String> = containers()
+        .into_iter()
+        .filter(|c| c.starts_with(&name))
+        .collect();
+    assert!(left.is_empty(), "clones left: {left:?}");
+}
+
 /// Bad arguments and a missing template: exit 20, with what is wrong.
 #[test]
 fn what_lxc_cannot_do_is_a_usage_error() {
@@ -208,8 +254,11 @@ fn what_lxc_cannot_do_is_a_usage_error() {
 /// dep8 gets `signal` in `phase`: it ends by the signal, its clones are
 /// gone (after `dep8 clean` for SIGKILL), nothing else of it is left.
 fn signal_case(template: &str, phase: Phase, signal: Signal) -> Result<(), String> {
+    // Around a revert, the base kept after the setup is left too, and
+    // destroyed after the clones made from it.
     let extra: &[&str] = match phase {
         Phase::Setup => &["--setup-commands", "sleep 600"],
+        Phase::Revert => &["--setup-commands", "true"],
         _ => &[],
     };
     let testbed = ["lxc".to_string(), template.to_string()];

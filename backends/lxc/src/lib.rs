@@ -14,15 +14,21 @@
 //!
 //! Revert destroys the clone and swaps in the next one; from the first
 //! revert on, that one is made and booted in the background, so that a
-//! revert costs little more than a destroy. Reboot (`lxc-stop --reboot`, or
-//! a test's own `reboot`) keeps the clone's disk, hence the scratch dir in
-//! /var/tmp; dep8 waits for a new init and a complete boot, and a clone
-//! that does not come back is a testbed failure with its console log kept.
+//! revert costs little more than a destroy. Once the setup is done
+//! ([`Testbed::commit_base`]), the clone is stopped and becomes the run's
+//! *base*: later clones are snapshots of it (lxc copies its overlay's
+//! upper layer), so they start with the setup and reverts return to it.
+//! Reboot (`lxc-stop --reboot`, or a test's own `reboot`) keeps the
+//! clone's disk, hence the scratch dir in /var/tmp; dep8 waits for a new
+//! init and a complete boot, and a clone that does not come back is a
+//! testbed failure with its console log kept.
 //!
 //! Every clone is noted in the run dir with the `lxc-destroy` that removes
 //! it before it is made ([`dep8_testbed::leftovers::record_undo`]), so that a
-//! sweep of a killed run removes it, and only it. With `--ephemeral` the
-//! clone is also `lxc.ephemeral`: lxc itself destroys it when it stops.
+//! sweep of a killed run removes it, and only it (the clones before the
+//! base they were made from: lxc destroys no container that has clones).
+//! With `--ephemeral` the clone is also `lxc.ephemeral`: lxc itself
+//! destroys it when it stops.
 
 use async_trait::async_trait;
 use clap::Parser;
@@ -86,7 +92,8 @@ impl Backend for LxcBackend {
     }
 
     fn summary(&self) -> &'static str {
-        "an overlay clone of an lxc container, booted with its init; revert starts a new clone"
+        "an overlay clone of an lxc container, booted with its init; revert starts a new clone \
+         (of the clone kept after the setup)"
     }
 
     fn capabilities_hint(&self) -> Vec<Capability> {
@@ -436,6 +443,9 @@ impl TemplateConfig {
 struct CloneSpec {
     lxc: Lxc,
     template: String,
+    /// The container clones are copied from: the template, then the run's
+    /// base once the setup is kept.
+    origin: String,
     /// `lxc-copy --backingstorage=overlayfs` (a directory-backed template).
     overlay: bool,
     ephemeral: bool,
@@ -456,8 +466,8 @@ struct LxcClone {
 }
 
 impl LxcClone {
-    /// Makes the clone `name`, boots it and waits for the boot to complete;
-    /// makes the scratch dir.
+    /// Makes the clone `name` of the spec's origin, boots it and waits for
+    /// the boot to complete; makes the scratch dir.
     async fn create(spec: &CloneSpec, name: String) -> Result<LxcClone> {
         let undo = record_undo(&spec.lxc.argv(
             "lxc-destroy",
@@ -472,7 +482,7 @@ impl LxcClone {
         };
         let mut copy = vec![
             "--name".to_string(),
-            spec.template.clone(),
+            spec.origin.clone(),
             "--newname".into(),
             clone.name.clone(),
             "--snapshot".into(),
@@ -486,7 +496,7 @@ impl LxcClone {
         spec.lxc.run("lxc-copy", &copy).await.map_err(|e| {
             TestbedError::Failure(format!(
                 "cloning lxc container {}: {}",
-                spec.template,
+                spec.origin,
                 e.detail()
             ))
         })?;
@@ -674,7 +684,8 @@ fn clone_name(name: Option<&str>, n: usize) -> String {
     }
 }
 
-/// An open lxc testbed: the current clone, the next one being made.
+/// An open lxc testbed: the current clone, the next one being made, the
+/// bases kept after the setup.
 pub struct LxcTestbed {
     spec: CloneSpec,
     /// `--name`.
@@ -686,6 +697,10 @@ pub struct LxcTestbed {
     spare: Option<JoinHandle<Result<LxcClone>>>,
     /// Reverted clones being destroyed.
     ending: Vec<JoinHandle<Result<()>>>,
+    /// The stopped clones kept as revert bases ([`Testbed::commit_base`]),
+    /// each made from the one before; the last is the spec's origin.
+    /// Destroyed last-first, after every clone made from them.
+    bases: Vec<LxcClone>,
     caps: Capabilities,
     /// The init pid before a reboot the testbed starts itself.
     prepared_init: Mutex<Option<u32>>,
@@ -723,6 +738,7 @@ impl LxcTestbed {
         let spec = CloneSpec {
             lxc,
             template: opts.template.clone(),
+            origin: opts.template.clone(),
             overlay: config.rootfs_dir().is_some(),
             ephemeral: opts.ephemeral,
             baseimage,
@@ -756,6 +772,7 @@ impl LxcTestbed {
             clone: Some(clone),
             spare: None,
             ending: Vec::new(),
+            bases: Vec::new(),
             caps,
             prepared_init: Mutex::new(None),
             rebooting: AtomicBool::new(false),
@@ -769,14 +786,32 @@ impl LxcTestbed {
             .ok_or_else(|| TestbedError::Failure("the lxc clone is gone".into()))
     }
 
+    /// The name of the next clone.
+    fn next_name(&self) -> String {
+        clone_name(
+            self.name.as_deref(),
+            self.made.fetch_add(1, Ordering::Relaxed),
+        )
+    }
+
     /// Makes the next clone in the background.
     fn make_in_background(&self) -> JoinHandle<Result<LxcClone>> {
         let spec = self.spec.clone();
-        let name = clone_name(
-            self.name.as_deref(),
-            self.made.fetch_add(1, Ordering::Relaxed),
-        );
+        let name = self.next_name();
         tokio::spawn(async move { LxcClone::create(&spec, name).await })
+    }
+
+    /// Destroys the spare, if any, in the background once it is made.
+    fn discard_spare(&mut self) {
+        if let Some(spare) = self.spare.take() {
+            self.ending.push(tokio::spawn(async move {
+                spare
+                    .await
+                    .map_err(|e| TestbedError::failure("making an lxc clone", e))??
+                    .destroy()
+                    .await
+            }));
+        }
     }
 
     /// Waits for the clone to come back from a reboot (a new init, a
@@ -884,6 +919,33 @@ impl Testbed for LxcTestbed {
         Ok(())
     }
 
+    /// Stops the clone (a clean shutdown, so that services the setup
+    /// started write their state) and keeps it as the base later clones are made from;
+    /// swaps in a clone of it at once, and drops the spare made before.
+    /// Only for overlay clones: not with `--ephemeral` (lxc destroys an
+    /// ephemeral clone as it stops), nor on other storages (lvm makes no
+    /// snapshot of a snapshot).
+    async fn commit_base(&mut self) -> Result<bool> {
+        if self.spec.ephemeral || !self.spec.overlay {
+            return Ok(false);
+        }
+        self.discard_spare();
+        let base = self
+            .clone
+            .take()
+            .ok_or_else(|| TestbedError::Failure("the lxc clone is gone".into()))?;
+        let stopped = base
+            .lxc
+            .run("lxc-stop", &["--name", base.name.as_str()])
+            .await
+            .map_err(|e| base.failure(&format!("stopping it to keep its setup: {}", e.detail())));
+        self.spec.origin = base.name.clone();
+        self.bases.push(base);
+        stopped?;
+        self.clone = Some(LxcClone::create(&self.spec, self.next_name()).await?);
+        Ok(true)
+    }
+
     async fn reboot(&mut self) -> Result<()> {
         let clone = self.clone()?;
         let old_init = clone.lxc.init_pid(&clone.name).await;
@@ -920,16 +982,11 @@ impl Testbed for LxcTestbed {
         result
     }
 
-    /// Destroys the clone, the spare and the reverted ones.
+    /// Destroys the clone, the spare and the reverted ones, then the
+    /// bases.
     async fn close(&mut self) -> Result<()> {
         let mut errors = Vec::new();
-        if let Some(spare) = self.spare.take() {
-            match spare.await {
-                Ok(Ok(clone)) => self.ending.push(tokio::spawn(clone.destroy())),
-                Ok(Err(e)) => errors.push(e.detail()),
-                Err(e) => errors.push(e.to_string()),
-            }
-        }
+        self.discard_spare();
         if let Some(clone) = self.clone.take() {
             self.ending.push(tokio::spawn(clone.destroy()));
         }
@@ -938,6 +995,11 @@ impl Testbed for LxcTestbed {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => errors.push(e.detail()),
                 Err(e) => errors.push(e.to_string()),
+            }
+        }
+        while let Some(base) = self.bases.pop() {
+            if let Err(e) = base.destroy().await {
+                errors.push(e.detail());
             }
         }
         if errors.is_empty() {
@@ -950,14 +1012,18 @@ impl Testbed for LxcTestbed {
 
 impl Drop for LxcTestbed {
     /// Without close: background work stops (a clone being made is
-    /// destroyed as its task is dropped); the current clone is destroyed
-    /// as it drops.
+    /// destroyed as its task is dropped); the current clone, then the
+    /// bases, are destroyed as they drop.
     fn drop(&mut self) {
         if let Some(spare) = self.spare.take() {
             spare.abort();
         }
         for work in self.ending.drain(..) {
             work.abort();
+        }
+        drop(self.clone.take());
+        while let Some(base) = self.bases.pop() {
+            drop(base);
         }
     }
 }
