@@ -301,11 +301,18 @@ impl SshTestbed {
                 self.machine = Some(claim);
                 Ok(())
             }
-            Err(machine) => Err(TestbedError::Failure(format!(
-                "the setup script gave {} ({machine}), which another testbed of this run \
-                 is using already",
-                self.conn.target().display()
-            ))),
+            Err(machine) => {
+                // Its cleanup would end the machine under the testbed that
+                // holds it: that testbed's own cleanup comes at its close.
+                if let Some(script) = self.script.take() {
+                    script.forget_cleanup();
+                }
+                Err(TestbedError::Failure(format!(
+                    "the setup script gave {} ({machine}), which another testbed of this run \
+                     is using already (its cleanup is left to that testbed)",
+                    self.conn.target().display()
+                )))
+            }
         }
     }
 

@@ -83,6 +83,14 @@ impl SetupScript {
         }
     }
 
+    /// Drops the script without calling `cleanup`, nor leaving it to a
+    /// sweep.
+    pub fn forget_cleanup(mut self) {
+        if let Some(undo) = self.cleanup_undo.take() {
+            undo.done();
+        }
+    }
+
     /// Runs `cleanup`; once it succeeded, a sweep no longer calls it.
     pub async fn cleanup(mut self) -> Result<()> {
         self.checked("cleanup").await?;
