@@ -19,11 +19,31 @@ use nix::sys::signal::Signal;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
+/// Debian's autopkgtest-virt-lxc lists the containers (`lxc-ls`), and that
+/// fails on a container being made at the same moment ("Failed to load
+/// config for ci-…", seen twice when this file ran whole): a test that runs
+/// it has its turn alone, the others that make containers share theirs.
+static TURNS: RwLock<()> = RwLock::new(());
+
 /// The template container, when the tests can use it (as root: a
-/// privileged container).
-fn template() -> Option<String> {
+/// privileged container), and a turn shared with the other tests that
+/// make containers.
+fn template() -> Option<(String, RwLockReadGuard<'static, ()>)> {
+    let name = template_name()?;
+    Some((name, TURNS.read().unwrap_or_else(|e| e.into_inner())))
+}
+
+/// [`template`], with a turn alone: for a test that runs
+/// autopkgtest-virt-lxc.
+fn template_alone() -> Option<(String, RwLockWriteGuard<'static, ()>)> {
+    let name = template_name()?;
+    Some((name, TURNS.write().unwrap_or_else(|e| e.into_inner())))
+}
+
+fn template_name() -> Option<String> {
     let name = required_resource("DEP8_TEST_LXC", "an lxc container")?;
     if !nix::unistd::geteuid().is_root() {
         eprintln!("skipped: the lxc tests need root (a privileged container)");
@@ -40,8 +60,11 @@ fn containers() -> Vec<String> {
 
 /// The conformance suite on one clone; every check that needs a
 /// capability the backend offers here must have run.
+// The turn is held for the whole test on purpose; the tests that wait for
+// it wait in threads of their own.
+#[allow(clippy::await_holding_lock)]
 async fn certify(args: &[&str]) {
-    let Some(template) = template() else {
+    let Some((template, _turn)) = template() else {
         return;
     };
     let mut argv: Vec<String> = args.iter().map(|a| a.to_string()).collect();
@@ -100,7 +123,7 @@ async fn conformance_ephemeral() {
 /// --ephemeral; dep8 overlay clones either way).
 #[test]
 fn examples_as_autopkgtest_gets_them() {
-    let Some(template) = template() else {
+    let Some((template, _turn)) = template_alone() else {
         return;
     };
     if autopkgtest_as_root().is_none() {
@@ -124,7 +147,7 @@ fn examples_as_autopkgtest_gets_them() {
 /// compared: autopkgtest 5.49 fails `reboots-itself` on lxc, docs/lxc.md.)
 #[test]
 fn tests_reboot_twice_and_by_themselves() {
-    let Some(template) = template() else {
+    let Some((template, _turn)) = template() else {
         return;
     };
     let run = Dep8Run::new("examples/reboot", &["lxc", &template]);
@@ -137,7 +160,7 @@ fn tests_reboot_twice_and_by_themselves() {
 /// template's pristine root, read-only) answers with its Debian version.
 #[test]
 fn a_nested_container_on_the_base_image() {
-    let Some(template) = template() else {
+    let Some((template, _turn)) = template() else {
         return;
     };
     dep8_tests::e2e::assert_nested_example_passes(
@@ -151,7 +174,7 @@ fn a_nested_container_on_the_base_image() {
 /// console log kept, the clone destroyed.
 #[test]
 fn a_reboot_that_does_not_come_back_is_a_testbed_failure() {
-    let Some(template) = template() else {
+    let Some((template, _turn)) = template() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -192,7 +215,7 @@ fn a_reboot_that_does_not_come_back_is_a_testbed_failure() {
 /// are left.
 #[test]
 fn a_broken_testbed_is_reverted_to_the_kept_setup() {
-    let Some(template) = template() else {
+    let Some((template, _turn)) = template() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -304,7 +327,7 @@ fn signal_case(template: &str, phase: Phase, signal: Signal) -> Result<(), Strin
 /// dep8 did not make is never touched.
 #[test]
 fn signals_leave_no_clone() {
-    let Some(template) = template() else {
+    let Some((template, _turn)) = template() else {
         return;
     };
     let decoy = Decoy::make(&template);
@@ -353,7 +376,7 @@ impl Drop for Decoy {
 /// mount namespace (bind-mounted account files, see `sshd::as_test_user`).
 #[test]
 fn sudo_as_a_normal_user() {
-    let Some(template) = template() else {
+    let Some((template, _turn)) = template() else {
         return;
     };
     if required_program("sudo", "sudo").is_none() {
@@ -401,7 +424,7 @@ fn sudo_as_a_normal_user() {
 /// needs for deb-src and the test's dependencies.
 #[test]
 fn debci_localtest_on_lxc() {
-    let Some(template) = template() else {
+    let Some((template, _turn)) = template_alone() else {
         return;
     };
     for (program, package) in [("debci", "debci"), ("autopkgtest", "autopkgtest")] {
