@@ -301,6 +301,42 @@ impl Dep8Run {
         );
     }
 
+    /// A `breaks-testbed` test, then one that proves the revert, on
+    /// `testbed` with a `--setup-commands` that counts its runs: the
+    /// revert returns to the kept setup (its mark is there, it ran once)
+    /// with no trace of the break. Asserts what every backend that keeps
+    /// the setup must show: both pass, and the log says the setup is kept
+    /// and the testbed reverted.
+    pub fn kept_setup(testbed: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let src = source_tree(
+            dir.path(),
+            "dep8-breaks",
+            "Test-Command: echo broken > /etc/dep8-broken; rm -f /usr/bin/dpkg-query\n\
+             Depends:\nFeatures: test-name=breaks\nRestrictions: needs-root, breaks-testbed\n\n\
+             Test-Command: test ! -e /etc/dep8-broken && command -v dpkg-query \
+             && test \"$(cat /root/setups)\" = once\n\
+             Depends:\nFeatures: test-name=sees-the-setup\nRestrictions: needs-root\n",
+        );
+        let run = Self::with(
+            &["-B", "--setup-commands=echo once >> /root/setups"],
+            src.to_str().expect("UTF-8 path"),
+            testbed,
+        );
+        run.assert_exit(0);
+        assert_eq!(
+            run.read("summary"),
+            "breaks               PASS\nsees-the-setup       PASS\n"
+        );
+        let log = run.read("log");
+        assert!(
+            log.contains("the testbed keeps this setup: reverts return to it")
+                && log.contains("reverting"),
+            "{log}"
+        );
+        run
+    }
+
     /// Runs dep8 from the repository's top directory, with `-B`: the
     /// tests as they are, no build.
     pub fn new(src: &str, testbed: &[&str]) -> Self {

@@ -58,6 +58,16 @@ fn containers() -> Vec<String> {
     out.split_whitespace().map(String::from).collect()
 }
 
+/// Asserts that no container's name starts with `prefix` (a run's
+/// `--name`): its clones, and any base, are gone.
+fn assert_no_container_named(prefix: &str) {
+    let left: Vec<String> = containers()
+        .into_iter()
+        .filter(|c| c.starts_with(prefix))
+        .collect();
+    assert!(left.is_empty(), "clones left: {left:?}");
+}
+
 /// The conformance suite on one clone; every check that needs a
 /// capability the backend offers here must have run.
 // The turn is held for the whole test on purpose; the tests that wait for
@@ -201,11 +211,7 @@ fn a_reboot_that_does_not_come_back_is_a_testbed_failure() {
         run.read("summary")
     );
     assert!(run.out().join("lxc-console.log").exists());
-    let left: Vec<String> = containers()
-        .into_iter()
-        .filter(|c| c.starts_with(&name))
-        .collect();
-    assert!(left.is_empty(), "clones left: {left:?}");
+    assert_no_container_named(&name);
 }
 
 /// The clone `--setup-commands` ran in is kept, stopped, as the base that
@@ -218,40 +224,12 @@ fn a_broken_testbed_is_reverted_to_the_kept_setup() {
     let Some((template, _turn)) = template() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let src = source_tree(
-        dir.path(),
-        "dep8-breaks",
-        "Test-Command: echo broken > /etc/dep8-broken; rm -f /usr/bin/dpkg-query\n\
-         Depends:\nFeatures: test-name=breaks\nRestrictions: needs-root, breaks-testbed\n\n\
-         Test-Command: test ! -e /etc/dep8-broken && command -v dpkg-query \
-         && test \"$(cat /root/setups)\" = once\n\
-         Depends:\nFeatures: test-name=sees-the-setup\nRestrictions: needs-root\n",
-    );
     // Named, so that clones of tests running beside it do not count.
     let name = format!("dep8-test-kept-setup-{}", std::process::id());
-    let run = Dep8Run::with(
-        &["-B", "--setup-commands=echo once >> /root/setups"],
-        src.to_str().unwrap(),
-        &["lxc", "--name", &name, &template],
-    );
-    run.assert_exit(0);
+    let run = Dep8Run::kept_setup(&["lxc", "--name", &name, &template]);
     let log = run.read("log");
-    assert!(
-        log.contains("the testbed keeps this setup: reverts return to it")
-            && log.contains("reverting")
-            && log.matches("setting up the testbed").count() == 1,
-        "{log}"
-    );
-    assert_eq!(
-        run.read("summary"),
-        "breaks               PASS\nsees-the-setup       PASS\n"
-    );
-    let left: Vec<String> = containers()
-        .into_iter()
-        .filter(|c| c.starts_with(&name))
-        .collect();
-    assert!(left.is_empty(), "clones left: {left:?}");
+    assert_eq!(log.matches("setting up the testbed").count(), 1, "{log}");
+    assert_no_container_named(&name);
 }
 
 /// Bad arguments and a missing template: exit 20, with what is wrong.

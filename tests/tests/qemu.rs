@@ -178,33 +178,7 @@ fn a_broken_testbed_is_reverted_to_the_kept_setup() {
     let Some(image) = dep8_tests::required_resource("DEP8_TEST_QEMU_IMAGE", "a qemu image") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let src = dep8_tests::e2e::source_tree(
-        dir.path(),
-        "dep8-breaks",
-        "Test-Command: echo broken > /etc/dep8-broken; rm -f /usr/bin/dpkg-query\n\
-         Depends:\nFeatures: test-name=breaks\nRestrictions: needs-root, breaks-testbed\n\n\
-         Test-Command: test ! -e /etc/dep8-broken && command -v dpkg-query \
-         && test \"$(cat /root/setups)\" = once\n\
-         Depends:\nFeatures: test-name=sees-it-pristine\nRestrictions: needs-root\n",
-    );
-    let run = Dep8Run::with(
-        &["-B", "--setup-commands=echo once >> /root/setups"],
-        src.to_str().unwrap(),
-        &["qemu", &image],
-    );
-    run.assert_exit(0);
-    assert!(
-        run.read("log")
-            .contains("the testbed keeps this setup: reverts return to it"),
-        "{}",
-        run.read("log")
-    );
-    assert_eq!(
-        run.read("summary"),
-        "breaks               PASS\nsees-it-pristine     PASS\n"
-    );
-    assert!(run.read("log").contains("reverting"), "{}", run.read("log"));
+    Dep8Run::kept_setup(&["qemu", &image]);
 }
 
 /// A `needs-reboot` test that masks sshd before asking for a reboot: the
