@@ -182,12 +182,14 @@ impl AptCache {
         }
     }
 
-    /// A new staging dir in the cache (removed on drop).
+    /// A new staging dir in the cache (removed on drop), after removing
+    /// those a killed run left behind.
     async fn staging(&self) -> Result<tempfile::TempDir, CacheError> {
         let tmp = self.dir.join("tmp");
         blocking(move || {
             std::fs::create_dir_all(&tmp)?;
-            tempfile::Builder::new().prefix("stage.").tempdir_in(tmp)
+            remove_stale_staging(&tmp);
+            tempfile::Builder::new().prefix(STAGING).tempdir_in(tmp)
         })
         .await
         .map_err(|e| self.io_error(e))
@@ -462,6 +464,31 @@ impl AptCache {
     }
 }
 
+/// The name prefix of the staging dirs under the cache's `tmp/`.
+const STAGING: &str = "stage.";
+
+/// A staging dir older than this belongs to a run that was killed: storing
+/// packages or lists takes seconds.
+const STALE_STAGING: Duration = Duration::from_secs(3600);
+
+/// Removes the staging dirs under `tmp` older than [`STALE_STAGING`]
+/// (their runs were killed before they could); errors are ignored, the
+/// next run tries again.
+fn remove_stale_staging(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > STALE_STAGING));
+        if stale && entry.file_name().to_string_lossy().starts_with(STAGING) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// Empties the cache dir `dir` (`dep8 cache clean`); returns the bytes
 /// freed. Runs using it at the same time lose nothing but time.
 pub fn clean(dir: &Path) -> std::io::Result<u64> {
@@ -679,6 +706,26 @@ mod tests {
                 started.elapsed()
             );
         });
+    }
+
+    #[test]
+    fn a_killed_run_s_staging_dir_goes_when_the_next_run_stages() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("tmp");
+        let (old, fresh) = (tmp.join("stage.old"), tmp.join("stage.fresh"));
+        for stage in [&old, &fresh] {
+            std::fs::create_dir_all(stage.join("debs")).unwrap();
+        }
+        let hours_ago = SystemTime::now() - Duration::from_secs(2 * 3600);
+        std::fs::File::open(&old)
+            .unwrap()
+            .set_modified(hours_ago)
+            .unwrap();
+        let cache = AptCache::new(dir.path().into(), Duration::from_secs(300));
+        let stage = one_thread_runtime().block_on(cache.staging()).unwrap();
+        assert!(!old.exists(), "the stale staging dir is left");
+        assert!(fresh.exists(), "a running stage was removed");
+        assert!(stage.path().starts_with(&tmp));
     }
 
     #[test]

@@ -151,6 +151,50 @@ async fn efi_boot_and_snapshot_revert() {
     assert!(console.contains("reboot: Power down"), "{console}");
 }
 
+/// Snapshot reverts take up the spare ssh links kept idle in the snapshot
+/// (sshd on a virtio-serial port: no TCP peer in `SSH_CONNECTION`), one
+/// per revert, also after a reboot (which itself reconnects over the
+/// forwarded port); once they are used up, a revert connects anew. Each
+/// revert throws the guest's changes away and sets its clock.
+#[tokio::test(flavor = "multi_thread")]
+async fn reverts_take_up_the_spare_ssh_links() {
+    let Some(image) = dep8_tests::required_resource("DEP8_TEST_QEMU_IMAGE", "a qemu image") else {
+        return;
+    };
+    let mut tb = dep8_backend_qemu::QemuBackend
+        .open(&[image, "--quick-reverts".into(), "2".into()])
+        .await
+        .expect("open qemu");
+    let peer = "set -- $SSH_CONNECTION; echo $1";
+    let spare = "UNKNOWN";
+    let forwarded = "10.0.2.2";
+    assert_eq!(sh(tb.as_ref(), peer).await, spare, "after the snapshot");
+    let dirty = "ls /var/tmp/dirty 2>/dev/null || echo clean";
+    for (step, link) in [(1, spare), (2, "reboot"), (3, spare), (4, forwarded)] {
+        sh(tb.as_ref(), "touch /var/tmp/dirty").await;
+        if link == "reboot" {
+            tb.reboot().await.expect("reboot");
+            assert_eq!(sh(tb.as_ref(), peer).await, forwarded, "after the reboot");
+            continue;
+        }
+        // Long enough for a clock left at the snapshot's time to show.
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        tb.revert().await.expect("revert");
+        assert_eq!(sh(tb.as_ref(), peer).await, link, "revert {step}");
+        assert_eq!(sh(tb.as_ref(), dirty).await, "clean", "revert {step}");
+        let guest: f64 = sh(tb.as_ref(), "date +%s.%N").await.parse().unwrap();
+        let host = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(
+            (guest - host).abs() < 2.0,
+            "revert {step}: guest clock {guest}, host {host}"
+        );
+    }
+    tb.close().await.expect("close");
+}
+
 /// A `needs-reboot` test that reboots twice through
 /// `/tmp/autopkgtest-reboot`: the runner reboots the VM and re-runs it with
 /// `AUTOPKGTEST_REBOOT_MARK`; the shell's "Killed" is not the test's stderr.

@@ -1,6 +1,6 @@
 //! Benchmark (not a test): how long the qemu backend takes to open a
 //! testbed, run a command, revert (by snapshot, then by a fresh boot, in
-//! the same run so that the ratio is fair) and reboot.
+//! the same run so that the ratio is fair), reboot and revert once more.
 //! `cargo run --release -p dep8-backend-qemu --example qemu-timings -- IMAGE [QEMU OPTIONS...]`
 //! (`RUST_LOG=debug` shows where the time goes.)
 
@@ -56,6 +56,7 @@ async fn main() {
     let t = Instant::now();
     tb.reboot().await.expect("reboot");
     println!("reboot: {:.1?}", t.elapsed());
+    reverts(tb.as_mut(), 1, "snapshot after the reboot").await;
     tb.close().await.expect("close");
 
     let mut by_boot = args.clone();

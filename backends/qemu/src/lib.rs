@@ -55,6 +55,41 @@ const HOST_ALIAS: &str = "dep8-testbed";
 /// The internal snapshot of the pristine guest.
 const SNAPSHOT: &str = "dep8-pristine";
 
+/// How long the spare ssh links may take to connect, all together.
+const SPARE_CONNECT_LIMIT: Duration = Duration::from_secs(30);
+
+/// The virtio-serial port names of the spare ssh links, numbered from 0.
+const SPARE_PORT: &str = "org.dep8.spare.";
+
+/// `start_spares PREFIX N`: (re)starts an `sshd -i` on each of the guest's
+/// virtio-serial ports PREFIX0 .. PREFIX(N-1), each in a session of its own
+/// recorded in /run, ending the one a previous call started there. Its
+/// banner waits in the port until the host connects. Returns once each
+/// has its session: the command's own process group is killed as it ends.
+const SPARE_SSHD: &str = r#"start_spares() {
+  sshd=$(command -v sshd || echo /usr/sbin/sshd)
+  n=0
+  while [ $n -lt $2 ]; do
+    port=/dev/virtio-ports/$1$n pid=/run/dep8-spare$n.pid
+    [ -s $pid ] && kill -KILL -- -$(cat $pid) 2>/dev/null
+    rm -f $pid
+    i=0
+    until ( : <>$port ) 2>/dev/null; do
+      [ $i -lt 100 ] || { echo "$port cannot be opened" >&2; return 1; }
+      sleep 0.05; i=$((i+1))
+    done
+    setsid sh -c 'echo $$ > "$1"; exec "$2" -i <>"$3" >&0 2>/dev/null' \
+      sh $pid "$sshd" $port </dev/null >/dev/null 2>&1 &
+    n=$((n+1))
+  done
+  n=0 i=0
+  while [ $n -lt $2 ]; do
+    if [ -s /run/dep8-spare$n.pid ]; then n=$((n+1)); continue; fi
+    [ $i -lt 100 ] || { echo "sshd -i on $1$n did not start" >&2; return 1; }
+    sleep 0.05; i=$((i+1))
+  done
+}"#;
+
 /// The udev rule that names the base image drive `/dev/baseimage` and
 /// keeps it out of `/dev/disk/by-*` (its filesystem has the root's UUID
 /// and label), written to /run before the drive is plugged in.
@@ -181,6 +216,11 @@ struct Args {
     /// How to revert.
     #[arg(long, value_enum, default_value_t = RevertMethod::Snapshot)]
     revert: RevertMethod,
+    /// How many snapshot reverts take up an ssh connection kept idle in
+    /// the snapshot instead of connecting anew (each costs a connection
+    /// when the snapshot is taken); later reverts connect again.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    quick_reverts: usize,
 }
 
 pub struct QemuBackend;
@@ -346,8 +386,18 @@ pub struct QemuTestbed {
     _overlay_dir: Option<tempfile::TempDir>,
     /// The port forwarded to the guest's sshd in the current boot.
     port: u16,
+    /// The loopback ports of the spare ssh links in the current boot
+    /// (virtio-serial ports, see [`QemuTestbed::make_spares`]).
+    spare_ports: Vec<u16>,
     vm: Option<Vm>,
     conn: Option<SshConnection>,
+    /// Connections that were idle when the snapshot was taken, the next to
+    /// take up first: after a `loadvm` each is where the guest's side is.
+    spares: Vec<SshConnection>,
+    /// Spare connections taken up and then left behind by a revert: kept
+    /// open (and idle) until the VM stops, so that the restored guest never
+    /// spends time tearing their sessions down.
+    used_spares: Vec<SshConnection>,
     caps: Capabilities,
     snapshot_saved: bool,
     boot_time: Duration,
@@ -437,8 +487,11 @@ impl QemuTestbed {
             overlay,
             _overlay_dir: overlay_dir,
             port: 0,
+            spare_ports: Vec::new(),
             vm: None,
             conn: None,
+            spares: Vec::new(),
+            used_spares: Vec::new(),
             caps,
             snapshot_saved: false,
             boot_time: Duration::ZERO,
@@ -558,11 +611,17 @@ impl QemuTestbed {
 
     /// Starts QEMU on the current overlay and connects to its monitor.
     async fn start_vm(&mut self) -> Result<()> {
-        let port = free_port()?;
-        self.port = port;
+        // One spare link goes on right after the snapshot is taken.
+        let spares = match (self.args.revert, self.args.quick_reverts) {
+            (RevertMethod::Snapshot, n) if n > 0 => n + 1,
+            _ => 0,
+        };
+        let mut ports = free_ports(1 + spares)?;
+        self.port = ports.remove(0);
+        self.spare_ports = ports;
         let qmp_socket = self.work.path().join("qmp.sock");
         let _ = std::fs::remove_file(&qmp_socket);
-        let argv = self.qemu_argv(port, &qmp_socket)?;
+        let argv = self.qemu_argv(&qmp_socket)?;
         tracing::debug!("qemu: {}", shell_words::join(&argv));
         let log_path = self.boot_files().qemu_log;
         let open_log = || {
@@ -614,7 +673,8 @@ impl QemuTestbed {
         Ok(())
     }
 
-    fn qemu_argv(&self, port: u16, qmp_socket: &Path) -> Result<Vec<String>> {
+    fn qemu_argv(&self, qmp_socket: &Path) -> Result<Vec<String>> {
+        let port = self.port;
         let p = |path: &Path| path.to_string_lossy().into_owned();
         let files = self.boot_files();
         let mut argv: Vec<String> = vec![self.qemu.clone()];
@@ -675,6 +735,14 @@ impl QemuTestbed {
             "-device",
             "virtserialport,bus=dep8-serial.0,chardev=dep8-ready,name=org.dep8.ready",
         ]);
+        for (n, port) in self.spare_ports.iter().enumerate() {
+            add(&[
+                "-chardev",
+                &format!("socket,id=dep8-spare{n},host=127.0.0.1,port={port},server=on,wait=off,nodelay=on"),
+                "-device",
+                &format!("virtserialport,bus=dep8-serial.0,chardev=dep8-spare{n},name={SPARE_PORT}{n}"),
+            ]);
+        }
         add(&[
             "-fw_cfg",
             &format!(
@@ -743,6 +811,79 @@ impl QemuTestbed {
         target
     }
 
+    /// How ssh reaches the `sshd -i` on spare link `port` (a virtio-serial
+    /// port behind a loopback socket): as [`Self::ssh_target`], with no
+    /// keepalives, so that nothing crosses the link while it is kept idle.
+    fn spare_target(&self, port: u16) -> SshTarget {
+        let mut target = self.ssh_target();
+        target.port = Some(port);
+        target
+            .ssh_args
+            .splice(0..0, ["-o".into(), "ServerAliveInterval=0".into()]);
+        target.connect_timeout = SPARE_CONNECT_LIMIT;
+        target
+    }
+
+    /// Replaces the spare connections: starts an `sshd -i` on each spare
+    /// link in the guest and connects to them all. A spare that fails is
+    /// left out (its reverts connect anew), with a warning.
+    async fn make_spares(&mut self) {
+        self.spares.clear();
+        self.used_spares.clear();
+        if self.spare_ports.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let script = format!(
+            "{SPARE_SSHD}\nstart_spares {SPARE_PORT} {}",
+            self.spare_ports.len()
+        );
+        if let Err(e) = self.run_ok(&script).await {
+            tracing::warn!(
+                "qemu: no spare ssh links ({}): every revert connects anew",
+                e.detail()
+            );
+            return;
+        }
+        let connecting: Vec<_> = self
+            .spare_ports
+            .iter()
+            .map(|&port| tokio::spawn(SshConnection::connect(self.spare_target(port))))
+            .collect();
+        let deadline = tokio::time::Instant::now() + SPARE_CONNECT_LIMIT;
+        for mut task in connecting {
+            match tokio::time::timeout_at(deadline, &mut task).await {
+                Ok(Ok(Ok(conn))) => self.spares.push(conn),
+                Ok(Ok(Err(e))) => tracing::warn!("qemu: a spare ssh link failed: {}", e.detail()),
+                Ok(Err(e)) => tracing::warn!("qemu: a spare ssh link failed: {e}"),
+                Err(_) => {
+                    task.abort();
+                    tracing::warn!(
+                        "qemu: a spare ssh link did not connect within {SPARE_CONNECT_LIMIT:?}"
+                    );
+                }
+            }
+        }
+        tracing::debug!(
+            "qemu: {} spare ssh links in {:.1?}",
+            self.spares.len(),
+            started.elapsed()
+        );
+    }
+
+    /// The first spare connection that takes up where the guest is (just
+    /// restored from the snapshot), dropping those that do not.
+    async fn take_spare(&mut self) -> Option<SshConnection> {
+        while !self.spares.is_empty() {
+            let mut conn = self.spares.remove(0);
+            match conn.resume(Duration::from_secs(10)).await {
+                Ok(()) => return Some(conn),
+                Err(e) => tracing::warn!("qemu: a spare ssh link is lost: {}", e.detail()),
+            }
+        }
+        None
+    }
+
     /// Connects ssh to the guest (up, or just restored by `loadvm`).
     async fn connect(&mut self) -> Result<()> {
         self.conn = None;
@@ -755,7 +896,11 @@ impl QemuTestbed {
     /// again, reconnects (to a new boot id) and plugs the base image back.
     async fn after_reboot(&mut self, watch: &mut BootWatch) -> Result<()> {
         self.wait_up(watch).await?;
-        let rebooted = self.conn_mut()?.await_reboot().await;
+        // A spare link's sshd does not come back with the guest.
+        let target = self.ssh_target();
+        let conn = self.conn_mut()?;
+        conn.retarget(target);
+        let rebooted = conn.await_reboot().await;
         self.with_console(rebooted)?;
         self.attach_baseimage().await
     }
@@ -839,22 +984,43 @@ impl QemuTestbed {
     }
 
     /// Saves the pristine guest (RAM, devices, overlay) inside the overlay.
-    /// The ssh connection is closed first so the snapshot holds no session.
+    /// The ssh connection is closed first so the snapshot holds no session
+    /// of it, only the idle spare connections: the first goes on from the
+    /// snapshot at once, the others are kept for reverts.
     async fn save_snapshot(&mut self) -> Result<()> {
         let started = Instant::now();
+        // The spare links are all made anew: go on over the forwarded port.
+        if self.conn()?.target().port != Some(self.port) {
+            self.connect().await?;
+        }
+        self.make_spares().await;
         if let Some(mut conn) = self.conn.take() {
             conn.close().await?;
         }
         self.qmp()?.human(&format!("savevm {SNAPSHOT}")).await?;
         self.snapshot_saved = true;
         tracing::info!("qemu: pristine snapshot saved in {:.1?}", started.elapsed());
-        self.connect().await
+        self.go_on_from_snapshot().await.map(drop)
+    }
+
+    /// Connects to a guest that is where the snapshot left it: on a spare
+    /// connection while there is one (true), else anew (false).
+    async fn go_on_from_snapshot(&mut self) -> Result<bool> {
+        match self.take_spare().await {
+            Some(conn) => {
+                self.conn = Some(conn);
+                Ok(true)
+            }
+            None => self.connect().await.map(|()| false),
+        }
     }
 
     /// Ends QEMU: a power-off from inside with `--timeout-poweroff`, else
     /// (or when that takes too long) a polite `quit`, then a kill. True
     /// when the guest powered itself off.
     async fn stop_vm(&mut self) -> bool {
+        self.spares.clear();
+        self.used_spares.clear();
         let conn = self.conn.take();
         let Some(mut vm) = self.vm.take() else {
             return false;
@@ -965,7 +1131,11 @@ impl Testbed for QemuTestbed {
             return self.boot_fresh().await;
         }
         // The connection belongs to the state being thrown away.
-        self.conn = None;
+        if let Some(conn) = self.conn.take() {
+            if conn.target().port != Some(self.port) {
+                self.used_spares.push(conn);
+            }
+        }
         let started = Instant::now();
         if let Err(e) = self.qmp()?.human(&format!("loadvm {SNAPSHOT}")).await {
             tracing::warn!("qemu: {e}; reverting by booting a fresh overlay instead");
@@ -976,9 +1146,12 @@ impl Testbed for QemuTestbed {
         let loaded = started.elapsed();
         // ssh sets the clock as it connects (the guest's stopped when the
         // snapshot was taken).
-        self.connect().await?;
-        tracing::debug!(
-            "qemu: reverted in {:.2?} (loadvm {loaded:.2?})",
+        let link = match self.go_on_from_snapshot().await? {
+            true => "on a spare ssh link",
+            false => "connected anew",
+        };
+        tracing::info!(
+            "qemu: reverted in {:.2?} (loadvm {loaded:.2?}, {link})",
             started.elapsed()
         );
         Ok(())
@@ -1202,12 +1375,17 @@ fn nested_kvm() -> bool {
     })
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
-fn free_port() -> Result<u16> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| TestbedError::failure("finding a free port", e))
+/// `n` different TCP ports on 127.0.0.1 that were free a moment ago.
+fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(|e| TestbedError::failure("finding free ports", e))?;
+    listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<std::io::Result<_>>()
+        .map_err(|e| TestbedError::failure("finding free ports", e))
 }
 
 /// What every operation that needs the VM says when there is none.

@@ -418,6 +418,38 @@ impl SshConnection {
         self.await_reboot().await
     }
 
+    /// Takes the connection up again after the machine was restored from a
+    /// snapshot taken while it was idle (the remote side is where the local
+    /// side left it): one command, which sets the clock with
+    /// [`SshTarget::sync_clock`]. Fails within `limit` when the two sides
+    /// no longer match. Cheaper than the probe of a new connection: right
+    /// after a restore every process the remote starts runs cold.
+    pub async fn resume(&mut self, limit: Duration) -> Result<()> {
+        // No `sh -c`: the login shell execs the one command itself.
+        let command = match clock_now() {
+            Some(now) if self.target.sync_clock => {
+                vec!["date".into(), "-u".into(), "-s".into(), format!("@{now}")]
+            }
+            _ => vec!["true".into()],
+        };
+        let remote = self.as_root(command);
+        tokio::time::timeout(limit, self.control("resuming", remote))
+            .await
+            .map_err(|_| {
+                TestbedError::Failure(format!(
+                    "{} did not answer within {limit:?}",
+                    self.target.display()
+                ))
+            })?
+            .map(drop)
+    }
+
+    /// Points the connection at another way to the same machine, used from
+    /// the next (re)connection on (after a reboot, say).
+    pub fn retarget(&mut self, target: SshTarget) {
+        self.target = target;
+    }
+
     /// Reconnects once the machine has rebooted (it has another boot id).
     pub async fn await_reboot(&mut self) -> Result<()> {
         let before = self.boot_id.clone();
@@ -719,13 +751,9 @@ impl SshConnection {
     }
 
     async fn hello(&self) -> Result<Hello> {
-        let now = if self.target.sync_clock {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(String::new(), |d| format!("{:.3}", d.as_secs_f64()))
-        } else {
-            String::new()
-        };
+        let now = clock_now()
+            .filter(|_| self.target.sync_clock)
+            .unwrap_or_default();
         let again = if self.boot_id.is_empty() { "" } else { "again" };
         let remote = ["sh", "-c", HELLO, "sh", &self.remote_dir, &now, again].map(String::from);
         let out = self.control("probing", remote.to_vec()).await?;
@@ -777,6 +805,14 @@ impl SshConnection {
     fn kill_job_remote(&self, job: &str) -> Vec<String> {
         self.as_root(["sh", "-c", KILL_JOB, "sh", job].map(String::from).to_vec())
     }
+}
+
+/// The local clock as `date -s @...` takes it (seconds since the epoch).
+fn clock_now() -> Option<String> {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| format!("{:.3}", d.as_secs_f64()))
 }
 
 /// A local path as ssh reads the file options it expands (`-S`,
