@@ -30,9 +30,16 @@
 //! one. A failing cache never fails a run: dep8 says why in the log and
 //! lets apt download.
 //!
+//! - **Upgrades.** `-U`'s dist-upgrade and autoremove are a function of
+//!   the installed packages, the lists and apt's configuration. When they
+//!   changed nothing, the digest of those inputs is noted; a later run
+//!   whose testbed has the same digest skips them (and says so), since
+//!   they would change nothing again.
+//!
 //! Layout under the cache dir: `debs/SHA256.deb`, `lists/KEY/` (`lists/`
-//! and apt's `srcpkgcache.bin`; locked by `lists/KEY.lock`), `tmp/`
-//! (staging, on the same file system for the renames).
+//! and apt's `srcpkgcache.bin`; locked by `lists/KEY.lock`),
+//! `upgrades/DIGEST` (empty), `tmp/` (staging, on the same file system for
+//! the renames).
 
 use crate::blocking;
 use crate::testbed::{ExecRequest, Tap, Testbed, TestbedError};
@@ -65,6 +72,20 @@ const LISTS_KEY: &str = r#"{
 if cat /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null |
     grep -qE '^[^#]*(^|[[:space:]]|\])(file|copy|cdrom):'; then echo local; else echo remote; fi
 "#;
+
+/// Prints a SHA256 of everything that decides what `apt-get dist-upgrade`
+/// and `apt-get autoremove` do in the testbed: the installed packages and
+/// their auto-installed marks, the package lists (their Release files,
+/// which hold the hashes of the indexes, and the files' names and sizes),
+/// the sources, apt's configuration and preferences, the architectures.
+const UPGRADE_INPUTS: &str = r#"{
+    cat /var/lib/dpkg/status /var/lib/apt/extended_states 2>/dev/null
+    cat /var/lib/apt/lists/*Release 2>/dev/null
+    wc -c /var/lib/apt/lists/* 2>/dev/null
+    cat /etc/apt/sources.list /etc/apt/sources.list.d/* /etc/apt/apt.conf /etc/apt/apt.conf.d/* \
+        /etc/apt/preferences /etc/apt/preferences.d/* 2>/dev/null
+    dpkg --print-architecture; dpkg --print-foreign-architectures
+} | sha256sum | cut -c1-64"#;
 
 /// Empties the testbed's lists (not the lock or `partial/`), before the
 /// cached ones are copied in.
@@ -243,6 +264,39 @@ impl AptCache {
             return Ok(Vec::new());
         }
         Ok(parse_print_uris(&out.stdout_text()))
+    }
+
+    /// The digest of what decides what an upgrade does in the testbed
+    /// ([`UPGRADE_INPUTS`]).
+    pub async fn upgrade_inputs(&self, tb: &dyn Testbed) -> Result<String, CacheError> {
+        let out = tb
+            .exec(ExecRequest::new(["sh", "-c", UPGRADE_INPUTS]).capture())
+            .await?;
+        let digest = out.stdout_text().trim().to_string();
+        if !out.status.success() || digest.len() != 64 {
+            return Err(CacheError::Command(out.stderr_last_line()));
+        }
+        Ok(digest)
+    }
+
+    /// Whether an upgrade from these inputs changed nothing before.
+    pub fn upgrade_changed_nothing(&self, inputs: &str) -> bool {
+        self.upgrades().join(inputs).exists()
+    }
+
+    /// Records that an upgrade from these inputs changed nothing.
+    pub async fn note_upgrade_changed_nothing(&self, inputs: &str) -> Result<(), CacheError> {
+        let (dir, name) = (self.upgrades(), inputs.to_string());
+        blocking(move || {
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(dir.join(name), "")
+        })
+        .await
+        .map_err(|e| self.io_error(e))
+    }
+
+    fn upgrades(&self) -> PathBuf {
+        self.dir.join("upgrades")
     }
 
     /// Copies the cached ones of `planned` down; returns the others.

@@ -336,12 +336,53 @@ impl Setup {
         let commands = self.commands.iter().map(String::as_str);
         run_commands(tb, commands, false, normal_user, timeout, &log).await?;
         if self.apt_upgrade {
-            let upgrade =
-                format!("export DEBIAN_FRONTEND=noninteractive; {DIST_UPGRADE} && {AUTOREMOVE}");
-            let req = ExecRequest::new(["sh", "-ec", &upgrade]);
-            let what = "upgrading the testbed (apt-get dist-upgrade)";
-            self.with_cached_debs(tb, DIST_UPGRADE, &log, run(tb, req, what, timeout, &log))
-                .await?;
+            self.upgrade(tb, timeout, &log).await?;
+        }
+        Ok(())
+    }
+
+    /// `-U`'s dist-upgrade and autoremove, skipped where the package cache
+    /// knows that they changed nothing from the testbed's very state.
+    async fn upgrade(
+        &self,
+        tb: &dyn Testbed,
+        timeout: Duration,
+        log: &Tap,
+    ) -> Result<(), SetupError> {
+        let inputs = match &self.apt_cache {
+            Some(cache) => match cache.upgrade_inputs(tb).await {
+                Ok(inputs) if cache.upgrade_changed_nothing(&inputs) => {
+                    say(
+                        log,
+                        "apt-get dist-upgrade and autoremove skipped: from the same packages, \
+                         lists and apt configuration they changed nothing before",
+                    );
+                    return Ok(());
+                }
+                Ok(inputs) => Some((cache, inputs)),
+                Err(why) => {
+                    say(log, &format!("upgrade not cached: {why}"));
+                    None
+                }
+            },
+            None => None,
+        };
+        let upgrade =
+            format!("export DEBIAN_FRONTEND=noninteractive; {DIST_UPGRADE} && {AUTOREMOVE}");
+        let req = ExecRequest::new(["sh", "-ec", &upgrade]);
+        let what = "upgrading the testbed (apt-get dist-upgrade)";
+        self.with_cached_debs(tb, DIST_UPGRADE, log, run(tb, req, what, timeout, log))
+            .await?;
+        if let Some((cache, before)) = inputs {
+            if cache
+                .upgrade_inputs(tb)
+                .await
+                .is_ok_and(|after| after == before)
+            {
+                if let Err(why) = cache.note_upgrade_changed_nothing(&before).await {
+                    say(log, &format!("upgrade not cached: {why}"));
+                }
+            }
         }
         Ok(())
     }

@@ -11,7 +11,8 @@
 //!   an older version, not a rebuild of the same version (a local HTTP
 //!   archive changes between runs);
 //! - the setup runs once: reverts return to it, `--setup-commands-boot`
-//!   still runs after each.
+//!   still runs after each;
+//! - `-U` from a state it already left unchanged is skipped.
 //!
 //! The first two need the network to deb.debian.org (as CI has).
 
@@ -476,6 +477,48 @@ fn reverts_return_to_the_setup() {
         let runs = std::fs::read_to_string(count.join("runs")).expect("runs");
         assert_eq!(runs, "setup\nboot\nboot\n", "userns {userns}{}", run.said());
     }
+}
+
+/// `-U` again from the same state skips the dist-upgrade and autoremove
+/// that changed nothing the first time, and ends with the same packages; a
+/// setup that changes the installed packages' state (a package marked as
+/// installed automatically) upgrades again.
+#[test]
+fn an_upgrade_that_changed_nothing_is_skipped_from_the_same_state() {
+    let Some(tarball) = unshare_rootfs_as_root() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tree = source_tree(dir.path(), "upgraded", "Depends:\nTest-Command: true\n");
+    let args = on_unshare(&tree, &tarball, &[]);
+    let cache = dir.path().join("cache");
+    let upgrade = |out: &str, setup: &[&str]| {
+        let run = dep8(
+            dir.path(),
+            out,
+            &cache,
+            &[&["-U"], setup, &args[..]].concat(),
+        );
+        run.assert_passed();
+        run
+    };
+    let skipped = "apt-get dist-upgrade and autoremove skipped";
+    // What apt-get dist-upgrade prints as it starts.
+    let upgraded = "Calculating upgrade...";
+    let first = upgrade("first", &[]);
+    first.assert_log(upgraded);
+    assert!(!first.log.contains(skipped), "{}", first.said());
+    let again = upgrade("again", &[]);
+    again.assert_log(skipped);
+    assert!(!again.log.contains(upgraded), "{}", again.said());
+    let packages = |run: &Run| {
+        std::fs::read_to_string(run.out.join("testbed-packages"))
+            .unwrap_or_else(|e| panic!("testbed-packages: {e}{}", run.said()))
+    };
+    assert_eq!(packages(&again), packages(&first));
+    let changed = upgrade("changed", &["--setup-commands=apt-mark auto gzip"]);
+    changed.assert_log(upgraded);
+    assert!(!changed.log.contains(skipped), "{}", changed.said());
 }
 
 /// `dep8 image update` upgrades a rootfs tarball in place: it gains the
