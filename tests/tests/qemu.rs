@@ -27,6 +27,20 @@ async fn sh(tb: &dyn Testbed, script: &str) -> String {
     out.stdout_text().trim().to_string()
 }
 
+/// The guest's clock is within 2 s of the host's (a guest restored from a
+/// snapshot wakes up with the snapshot's time unless dep8 sets it).
+async fn assert_clock_set(tb: &dyn Testbed, when: &str) {
+    let guest: f64 = sh(tb, "date +%s.%N").await.parse().unwrap();
+    let host = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        (guest - host).abs() < 2.0,
+        "{when}: guest clock {guest}, host {host}"
+    );
+}
+
 /// The base image is /dev/vdb, read-only, and no /dev/disk/by-* link
 /// points at it or its partitions (its filesystem has the root's UUID and
 /// label).
@@ -137,15 +151,7 @@ async fn efi_boot_and_snapshot_revert() {
         sh(tb.as_ref(), "ls /var/tmp/dirty 2>&1 || true").await,
         "ls: cannot access '/var/tmp/dirty': No such file or directory"
     );
-    let guest: f64 = sh(tb.as_ref(), "date +%s.%N").await.parse().unwrap();
-    let host = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64();
-    assert!(
-        (guest - host).abs() < 2.0,
-        "guest clock {guest}, host {host}"
-    );
+    assert_clock_set(tb.as_ref(), "after the revert").await;
     tb.close().await.expect("close");
     let console = std::fs::read_to_string(&tb.logs()[0].1).expect("console log");
     assert!(console.contains("reboot: Power down"), "{console}");
@@ -182,15 +188,7 @@ async fn reverts_take_up_the_spare_ssh_links() {
         tb.revert().await.expect("revert");
         assert_eq!(sh(tb.as_ref(), peer).await, link, "revert {step}");
         assert_eq!(sh(tb.as_ref(), dirty).await, "clean", "revert {step}");
-        let guest: f64 = sh(tb.as_ref(), "date +%s.%N").await.parse().unwrap();
-        let host = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs_f64();
-        assert!(
-            (guest - host).abs() < 2.0,
-            "revert {step}: guest clock {guest}, host {host}"
-        );
+        assert_clock_set(tb.as_ref(), &format!("revert {step}")).await;
     }
     tb.close().await.expect("close");
 }
