@@ -154,11 +154,15 @@ const GUEST_FILES: &[(&str, u32, &str)] = &[
         "127.0.0.1 localhost\n127.0.1.1 dep8\n::1 localhost ip6-localhost ip6-loopback\n",
     ),
     // qemu's user networking always gives the guest 10.0.2.15; a static
-    // address saves the DHCP round trip on every boot.
+    // address saves the DHCP round trip on every boot. No IPv6 on it (no
+    // link-local address, no router advertisements): the link counts as
+    // configured (network-online.target, which the readiness signal waits
+    // for) without seconds of duplicate address detection and waiting for
+    // an advertisement.
     (
         "etc/systemd/network/50-dep8.network",
         0o644,
-        "[Match]\nName=en* eth*\n\n[Network]\nAddress=10.0.2.15/24\nGateway=10.0.2.2\nDNS=10.0.2.3\n",
+        "[Match]\nName=en* eth*\n\n[Network]\nAddress=10.0.2.15/24\nGateway=10.0.2.2\nDNS=10.0.2.3\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n",
     ),
     (
         "etc/ssh/sshd_config.d/dep8.conf",
@@ -213,7 +217,30 @@ const GUEST_FILES: &[(&str, u32, &str)] = &[
         0o644,
         "virtio_pci\nvirtio_blk\next4\ncrc32c_generic\n",
     ),
+    // udev's coldplug would load these for hardware QEMU's `-machine pc`
+    // has but the tests never use; cfg80211 (which systemd-networkd's
+    // netlink lookup pulls in) checks its X.509 certificates on the way.
+    (
+        "etc/modprobe.d/dep8-blacklist.conf",
+        0o644,
+        MODULE_BLACKLIST,
+    ),
+    // The journal in memory: no flush to disk at boot, no writes after.
+    (
+        "etc/systemd/journald.conf.d/dep8.conf",
+        0o644,
+        "[Journal]\nStorage=volatile\n",
+    ),
+    // sshd's config is dep8's own: no `sshd -t` on the boot's critical path.
+    (
+        "etc/systemd/system/ssh.service.d/dep8.conf",
+        0o644,
+        "[Service]\nExecStartPre=\n",
+    ),
 ];
+
+/// Modules udev must not load in the guest (`blacklist NAME` lines).
+const MODULE_BLACKLIST: &str = include_str!("qemu/dep8-blacklist.conf");
 
 /// The guest's GRUB config; `@UUID@` is the root filesystem's.
 const GRUB_CFG: &str = include_str!("qemu/grub.cfg");
@@ -274,8 +301,43 @@ fn customize(root: &Path, uuid: &str) -> Result<(), QemuImageError> {
         "fstrim.timer",
         "getty-static.service",
         "getty@tty1.service",
+        // The modules these load at boot load on first use anyway (their
+        // /dev nodes, from kmod-static-nodes, and their filesystems);
+        // efi_pstore has no EFI to work with under BIOS.
+        "modprobe@configfs.service",
+        "modprobe@dm_mod.service",
+        "modprobe@efi_pstore.service",
+        "modprobe@fuse.service",
+        "modprobe@loop.service",
+        // Network settings from the kernel command line: dep8 passes none.
+        "systemd-network-generator.service",
     ])?;
+    mask_generators(root)?;
     in_root(&["update-initramfs", "-u", "-k", "all"])
+}
+
+/// systemd generators that find nothing to do in dep8's guest (no
+/// encrypted, integrity or verity volumes, no hibernation image, a root
+/// named in fstab) but cost a process each at every boot under emulation.
+const MASKED_GENERATORS: &[&str] = &[
+    "systemd-cryptsetup-generator",
+    "systemd-gpt-auto-generator",
+    "systemd-hibernate-resume-generator",
+    "systemd-integritysetup-generator",
+    "systemd-veritysetup-generator",
+];
+
+/// Masks [`MASKED_GENERATORS`]: a link to /dev/null in
+/// /etc/systemd/system-generators.
+fn mask_generators(root: &Path) -> Result<(), QemuImageError> {
+    let dir = root.join("etc/systemd/system-generators");
+    std::fs::create_dir_all(&dir).map_err(|e| QemuImageError::io(dir.display(), e))?;
+    for name in MASKED_GENERATORS {
+        let link = dir.join(name);
+        std::os::unix::fs::symlink("/dev/null", &link)
+            .map_err(|e| QemuImageError::io(link.display(), e))?;
+    }
+    Ok(())
 }
 
 /// Runs a command with its output captured; fails with the last lines of it.
@@ -310,5 +372,30 @@ mod tests {
             "{cfg}"
         );
         assert!(!cfg.contains('@'));
+    }
+
+    #[test]
+    fn blacklist_spares_the_modules_the_guest_needs() {
+        let blacklisted: Vec<&str> = MODULE_BLACKLIST
+            .lines()
+            .filter_map(|line| line.strip_prefix("blacklist "))
+            .collect();
+        assert!(blacklisted.contains(&"cfg80211"), "{blacklisted:?}");
+        // The root disk, the network, the consoles and the random source,
+        // autopkgtest-virt-qemu's shared dir and dep8's ssh keys.
+        for needed in [
+            "virtio_pci",
+            "virtio_blk",
+            "ext4",
+            "crc32c_generic",
+            "virtio_net",
+            "virtio_console",
+            "virtio_rng",
+            "9p",
+            "9pnet_virtio",
+            "qemu_fw_cfg",
+        ] {
+            assert!(!blacklisted.contains(&needed), "{needed} is blacklisted");
+        }
     }
 }
