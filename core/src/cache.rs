@@ -77,9 +77,11 @@ if cat /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null |
 /// and `apt-get autoremove` do in the testbed: the installed packages and
 /// their auto-installed marks, the package lists (their Release files,
 /// which hold the hashes of the indexes, and the files' names and sizes),
-/// the sources, apt's configuration and preferences, the architectures.
+/// the sources, apt's configuration and preferences, the architectures,
+/// and the machine id (apt's phased updates, as Ubuntu's archive has them,
+/// pick machines by it).
 const UPGRADE_INPUTS: &str = r#"{
-    cat /var/lib/dpkg/status /var/lib/apt/extended_states 2>/dev/null
+    cat /var/lib/dpkg/status /var/lib/apt/extended_states /etc/machine-id 2>/dev/null
     cat /var/lib/apt/lists/*Release 2>/dev/null
     wc -c /var/lib/apt/lists/* 2>/dev/null
     cat /etc/apt/sources.list /etc/apt/sources.list.d/* /etc/apt/apt.conf /etc/apt/apt.conf.d/* \
