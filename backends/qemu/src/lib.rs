@@ -871,6 +871,11 @@ impl QemuTestbed {
         );
     }
 
+    /// Whether `conn` goes over a spare link (not the forwarded port).
+    fn is_spare_link(&self, conn: &SshConnection) -> bool {
+        conn.target().port != Some(self.port)
+    }
+
     /// The first spare connection that takes up where the guest is (just
     /// restored from the snapshot), dropping those that do not.
     async fn take_spare(&mut self) -> Option<SshConnection> {
@@ -990,7 +995,7 @@ impl QemuTestbed {
     async fn save_snapshot(&mut self) -> Result<()> {
         let started = Instant::now();
         // The spare links are all made anew: go on over the forwarded port.
-        if self.conn()?.target().port != Some(self.port) {
+        if self.is_spare_link(self.conn()?) {
             self.connect().await?;
         }
         self.make_spares().await;
@@ -1132,7 +1137,7 @@ impl Testbed for QemuTestbed {
         }
         // The connection belongs to the state being thrown away.
         if let Some(conn) = self.conn.take() {
-            if conn.target().port != Some(self.port) {
+            if self.is_spare_link(&conn) {
                 self.used_spares.push(conn);
             }
         }
