@@ -392,9 +392,13 @@ fn user_files(
     Ok(binds)
 }
 
-/// A boot id file and a `reboot` that replaces it and then (in the
-/// background, as a real `reboot` returns before the machine goes down)
-/// drops every connection to this sshd; with their mount points.
+/// A boot id file and a `reboot` that (in the background, as a real
+/// `reboot` returns before the machine goes down) drops every connection
+/// to this sshd and only then gives the boot id a new value, in place (the
+/// file is bind-mounted), so that a connection the "reboot" drops never
+/// sees the new id; with their mount points. `reboot` returns once the
+/// background process has a session of its own: before that, the end of
+/// the command that ran `reboot` (its process group killed) would kill it.
 fn reboot_files(dir: &Path) -> std::io::Result<Vec<(PathBuf, &'static str)>> {
     use std::os::unix::fs::PermissionsExt;
     let boot_id = dir.join("boot_id");
@@ -406,9 +410,11 @@ fn reboot_files(dir: &Path) -> std::io::Result<Vec<(PathBuf, &'static str)>> {
     std::fs::write(
         &reboot,
         format!(
-            "#!/bin/sh\ncat /proc/sys/kernel/random/uuid > '{d}/boot_id'\n\
-             setsid sh -c 'sleep 0.2; pkill -KILL -P \"$(cat \"$1\")\"' sh '{d}/sshd.pid' \
-             </dev/null >/dev/null 2>&1 &\n"
+            "#!/bin/sh\nrm -f '{d}/detached'\n\
+             setsid sh -c ': > \"$3\"; sleep 0.2; pkill -KILL -P \"$(cat \"$1\")\"; \
+             cat /proc/sys/kernel/random/uuid > \"$2\"' \
+             sh '{d}/sshd.pid' '{d}/boot_id' '{d}/detached' </dev/null >/dev/null 2>&1 &\n\
+             until [ -e '{d}/detached' ]; do sleep 0.01; done\n"
         ),
     )?;
     std::fs::set_permissions(&reboot, std::fs::Permissions::from_mode(0o755))?;
