@@ -204,9 +204,25 @@ fn update_qemu(path: &std::path::Path, progress: &Progress) -> Result<(), String
         "set -e; export DEBIAN_FRONTEND=noninteractive\n{}",
         dep8_images::update::APT_UPGRADE
     );
+    // The kernel and initrd beside the image (for direct boot) follow
+    // the update, which may have installed others.
+    let boot_files = dep8_images::qemu::has_direct_boot_files(path)
+        .then(tempfile::tempdir)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let dir = boot_files.as_ref().map(|d| d.path());
     runtime
-        .block_on(dep8_backend_qemu::update_image(path, &script, tap))
-        .map_err(|e| format!("updating {}: {e}", path.display()))
+        .block_on(dep8_backend_qemu::update_image(path, &script, tap, dir))
+        .map_err(|e| format!("updating {}: {e}", path.display()))?;
+    match dir {
+        Some(dir) => dep8_images::qemu::write_direct_boot_files(
+            &dir.join("vmlinuz"),
+            &dir.join("initrd.img"),
+            path,
+        )
+        .map_err(|e| format!("updating {}'s kernel and initrd: {e}", path.display())),
+        None => Ok(()),
+    }
 }
 
 #[cfg(not(feature = "qemu"))]

@@ -28,6 +28,7 @@ pub const PACKAGES: &[&str] = &[
     "kmod",
     "openssh-server",
     "python3-minimal",
+    "iproute2",
 ];
 
 /// Why a qemu image could not be built.
@@ -132,7 +133,87 @@ pub fn build(
         .arg(&raw)
         .arg(&qcow2))?;
     std::fs::rename(&qcow2, &output).map_err(|e| QemuImageError::io(output.display(), e))?;
+    write_guest_boot_files(&root, &output)?;
     Ok(output)
+}
+
+/// Writes the guest's kernel and initrd (the files in its root tree) beside
+/// the image.
+fn write_guest_boot_files(root: &Path, image: &Path) -> Result<(), QemuImageError> {
+    // /vmlinuz and /initrd.img are links to the files in /boot.
+    let in_root = |link: &str| -> Result<PathBuf, QemuImageError> {
+        let target = std::fs::read_link(root.join(link))
+            .map_err(|e| QemuImageError::io(format!("/{link} in the guest"), e))?;
+        Ok(root.join(target.strip_prefix("/").unwrap_or(&target)))
+    };
+    write_direct_boot_files(&in_root("vmlinuz")?, &in_root("initrd.img")?, image)
+}
+
+/// Beside `image`: its kernel for the qemu backend's direct boot, as
+/// `IMAGE.vmlinux` or `IMAGE.vmlinuz`.
+const DIRECT_BOOT_KERNELS: [&str; 2] = [".vmlinux", ".vmlinuz"];
+
+/// The file `image` with `suffix` added to its name.
+fn beside(image: &Path, suffix: &str) -> PathBuf {
+    let mut name = image.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Whether a kernel for direct boot is beside `image` (and so must follow
+/// the image's updates).
+pub fn has_direct_boot_files(image: &Path) -> bool {
+    DIRECT_BOOT_KERNELS
+        .iter()
+        .any(|suffix| beside(image, suffix).is_file())
+}
+
+/// Writes `kernel` (a bzImage) and `initrd` beside the image, as
+/// `IMAGE.vmlinux` and `IMAGE.initrd`, for the qemu backend's direct boot.
+/// The kernel written is the ELF inside the xz-compressed bzImage: QEMU
+/// starts it by its PVH entry, which spares the seconds the kernel takes
+/// to decompress itself under emulation. A kernel that is not
+/// xz-compressed is written as it is, as `IMAGE.vmlinuz`.
+pub fn write_direct_boot_files(
+    kernel: &Path,
+    initrd: &Path,
+    image: &Path,
+) -> Result<(), QemuImageError> {
+    for suffix in DIRECT_BOOT_KERNELS.iter().chain(&[".initrd"]) {
+        let _ = std::fs::remove_file(beside(image, suffix));
+    }
+    std::fs::copy(initrd, beside(image, ".initrd"))
+        .map_err(|e| QemuImageError::io(initrd.display(), e))?;
+    let compressed = std::fs::read(kernel).map_err(|e| QemuImageError::io(kernel.display(), e))?;
+    match decompress_kernel(&compressed) {
+        Some(elf) => std::fs::write(beside(image, ".vmlinux"), elf),
+        None => std::fs::write(beside(image, ".vmlinuz"), &compressed),
+    }
+    .map_err(|e| QemuImageError::io(image.display(), e))
+}
+
+/// The ELF kernel inside an xz-compressed bzImage (the first xz stream in
+/// it, decompressed by `xz`), or `None`.
+fn decompress_kernel(bz_image: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Write;
+    const XZ_MAGIC: &[u8] = b"\xfd7zXZ\0";
+    let start = bz_image
+        .windows(XZ_MAGIC.len())
+        .position(|w| w == XZ_MAGIC)?;
+    let mut xz = Command::new("xz")
+        .args(["-dc", "--single-stream"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let mut stdin = xz.stdin.take()?;
+    let payload = bz_image[start..].to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&payload));
+    let out = xz.wait_with_output().ok()?;
+    // xz stops reading at the stream's end: the rest of the pipe breaks.
+    let _ = writer.join();
+    (out.status.success() && out.stdout.starts_with(b"\x7fELF")).then_some(out.stdout)
 }
 
 /// A random UUID from the kernel, for the root filesystem.
@@ -153,17 +234,23 @@ const GUEST_FILES: &[(&str, u32, &str)] = &[
         0o644,
         "127.0.0.1 localhost\n127.0.1.1 dep8\n::1 localhost ip6-localhost ip6-loopback\n",
     ),
-    // qemu's user networking always gives the guest 10.0.2.15; a static
-    // address saves the DHCP round trip on every boot. No IPv6 on it (no
-    // link-local address, no router advertisements): the link counts as
-    // configured (network-online.target, which the readiness signal waits
-    // for) without seconds of duplicate address detection and waiting for
-    // an advertisement.
+    // qemu's user networking always gives the guest 10.0.2.15 (and DNS
+    // on 10.0.2.3): set at once by a oneshot of dep8's, without DHCP and
+    // without systemd-networkd, which waits for udev's coldplug before it
+    // configures a link (3 s on the boot's critical path under
+    // emulation). The kernel configures IPv6 by itself; nothing waits
+    // for it.
     (
-        "etc/systemd/network/50-dep8.network",
-        0o644,
-        "[Match]\nName=en* eth*\n\n[Network]\nAddress=10.0.2.15/24\nGateway=10.0.2.2\nDNS=10.0.2.3\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n",
+        "usr/local/sbin/dep8-network",
+        0o755,
+        include_str!("qemu/dep8-network"),
     ),
+    (
+        "etc/systemd/system/dep8-network.service",
+        0o644,
+        include_str!("qemu/dep8-network.service"),
+    ),
+    ("etc/resolv.conf", 0o644, "nameserver 10.0.2.3\n"),
     (
         "etc/ssh/sshd_config.d/dep8.conf",
         0o644,
@@ -191,6 +278,11 @@ const GUEST_FILES: &[(&str, u32, &str)] = &[
         include_str!("qemu/dep8-ready.service"),
     ),
     (
+        "usr/local/sbin/dep8-ready",
+        0o755,
+        include_str!("qemu/dep8-ready"),
+    ),
+    (
         "etc/udev/rules.d/60-dep8.rules",
         0o644,
         include_str!("qemu/60-dep8.rules"),
@@ -211,11 +303,28 @@ const GUEST_FILES: &[(&str, u32, &str)] = &[
     // with every driver): it loads and starts seconds sooner under
     // emulation. The nested example boots the base image with these same
     // modules.
-    ("etc/initramfs-tools/conf.d/dep8.conf", 0o644, "MODULES=list\n"),
+    (
+        "etc/initramfs-tools/conf.d/dep8.conf",
+        0o644,
+        "MODULES=list\n",
+    ),
     (
         "etc/initramfs-tools/modules",
         0o644,
-        "virtio_pci\nvirtio_blk\next4\ncrc32c_generic\n",
+        "virtio_pci\nvirtio_blk\next4\ncrc32c_generic\nvirtio_net\nvirtio_console\n",
+    ),
+    // The initramfs's /init is dep8's: it mounts the root without udev
+    // (about 2 s less under emulation), and hands over to initramfs-tools'
+    // own /init for anything else.
+    (
+        "etc/initramfs-tools/hooks/dep8-fast-init",
+        0o755,
+        include_str!("qemu/dep8-fast-init-hook"),
+    ),
+    (
+        "usr/share/dep8/fast-init",
+        0o755,
+        include_str!("qemu/dep8-fast-init"),
     ),
     // udev's coldplug would load these for hardware QEMU's `-machine pc`
     // has but the tests never use; cfg80211 (which systemd-networkd's
@@ -284,8 +393,9 @@ fn customize(root: &Path, uuid: &str) -> Result<(), QemuImageError> {
         "systemctl",
         "enable",
         "--quiet",
-        "systemd-networkd.service",
+        "dep8-network.service",
         "dep8-fw-cfg-keys.service",
+        "dep8-ready.service",
     ])?;
     // Background jobs only slow an emulated guest down, and so do gettys
     // on virtual consoles nobody sees (the serial console keeps its own).
@@ -363,6 +473,21 @@ fn run(cmd: &mut Command) -> Result<(), QemuImageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kernel_is_the_elf_in_the_bz_image_s_xz_stream() {
+        let mut xz = Command::new("xz")
+            .args(["-zc"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("xz");
+        std::io::Write::write_all(&mut xz.stdin.take().unwrap(), b"\x7fELF kernel").unwrap();
+        let stream = xz.wait_with_output().unwrap().stdout;
+        let bz_image = [b"setup code".as_slice(), &stream, b"trailer"].concat();
+        assert_eq!(decompress_kernel(&bz_image).unwrap(), b"\x7fELF kernel");
+        assert_eq!(decompress_kernel(b"no stream in it"), None);
+    }
 
     #[test]
     fn grub_cfg_names_the_root_by_uuid() {

@@ -68,11 +68,13 @@ async fn baseimage_console_log_and_facts() {
             "--baseimage".into(),
             "--revert".into(),
             "boot".into(),
+            "--boot".into(),
+            "bios".into(),
         ])
         .await
         .expect("open qemu");
     let facts = tb.describe();
-    // The image's MBR has GRUB's boot code: BIOS, without being told.
+    // --boot bios: the image's own GRUB, even with a kernel beside it.
     assert_eq!(facts.get("qemu_firmware").map(String::as_str), Some("bios"));
     assert_eq!(
         facts.get("qemu_boot").map(String::as_str),
@@ -157,20 +159,33 @@ async fn efi_boot_and_snapshot_revert() {
     assert!(console.contains("reboot: Power down"), "{console}");
 }
 
-/// Snapshot reverts take up the spare ssh links kept idle in the snapshot
-/// (sshd on a virtio-serial port: no TCP peer in `SSH_CONNECTION`), one
-/// per revert, also after a reboot (which itself reconnects over the
-/// forwarded port); once they are used up, a revert connects anew. Each
-/// revert throws the guest's changes away and sets its clock.
+/// The image boots by default from the uncompressed kernel and the initrd
+/// that `dep8 image build qemu` wrote beside it, through the initramfs's
+/// fast /init (which hands over to initramfs-tools' only when it cannot
+/// mount the root). Snapshot reverts take up the spare ssh links kept idle
+/// in the snapshot (sshd on a virtio-serial port: no TCP peer in
+/// `SSH_CONNECTION`), one per revert, also after a reboot (which itself
+/// reconnects over the forwarded port); once they are used up, a revert
+/// connects anew. Each revert throws the guest's changes away and sets its
+/// clock.
 #[tokio::test(flavor = "multi_thread")]
-async fn reverts_take_up_the_spare_ssh_links() {
+async fn direct_boot_and_reverts_on_the_spare_ssh_links() {
     let Some(image) = dep8_tests::required_resource("DEP8_TEST_QEMU_IMAGE", "a qemu image") else {
         return;
     };
+    let kernel = format!("{image}.vmlinux");
+    assert!(std::path::Path::new(&kernel).is_file(), "no {kernel}");
     let mut tb = dep8_backend_qemu::QemuBackend
         .open(&[image, "--quick-reverts".into(), "2".into()])
         .await
         .expect("open qemu");
+    assert_eq!(
+        tb.describe().get("qemu_boot").map(String::as_str),
+        Some("kernel")
+    );
+    let console = std::fs::read_to_string(&tb.logs()[0].1).expect("console log");
+    assert!(console.contains("Run /init"), "{console}");
+    assert!(!console.contains("dep8 initramfs:"), "{console}");
     let peer = "set -- $SSH_CONNECTION; echo $1";
     let spare = "UNKNOWN";
     let forwarded = "10.0.2.2";
@@ -281,20 +296,17 @@ fn a_reboot_that_does_not_come_back_is_a_testbed_failure() {
         ),
         "{stderr}"
     );
-    // Two boots: the first, and the one that never got to sshd (under
-    // load it may not pass GRUB within the 20 s, so GRUB's line counts).
+    // Two boots: the first, and the one that never got to sshd (the
+    // kernel beside the image prints its first line at once).
     let console = std::fs::read_to_string(out_dir.join("qemu-console.log")).unwrap_or_default();
-    assert_eq!(
-        console.matches("GRUB: loading Linux").count(),
-        2,
-        "{console}"
-    );
+    assert_eq!(console.matches("Linux version").count(), 2, "{console}");
 }
 
 /// `dep8 image update` on a qemu disk image: its own guest upgrades it and
 /// powers off, and the overlay is committed into the image, which then
-/// boots with the package lists in place. The image updated here is a
-/// qcow2 layer over the CI image, which stays as it was.
+/// boots with the package lists in place. The kernel and initrd beside
+/// the image are written again from the updated guest. The image updated
+/// here is a qcow2 layer over the CI image, which stays as it was.
 #[test]
 fn image_update_upgrades_a_qemu_image_in_place() {
     let Some(image) = dep8_tests::required_resource("DEP8_TEST_QEMU_IMAGE", "a qemu image") else {
@@ -310,6 +322,17 @@ fn image_update_upgrades_a_qemu_image_in_place() {
         ],
         dir.path(),
     );
+    // The CI image's kernel and initrd, beside the layer: it boots directly.
+    let beside = |suffix: &str| format!("{layer}{suffix}");
+    for suffix in [".vmlinux", ".initrd"] {
+        std::fs::copy(format!("{image}{suffix}"), beside(suffix)).unwrap();
+    }
+    let written = |suffix: &str| {
+        std::fs::metadata(beside(suffix))
+            .and_then(|m| m.modified())
+            .unwrap()
+    };
+    let kernel_before = written(".vmlinux");
     let size = || std::fs::metadata(layer).unwrap().len();
     let before = size();
     let output = std::process::Command::new(dep8_tests::e2e::dep8_bin())
@@ -323,6 +346,9 @@ fn image_update_upgrades_a_qemu_image_in_place() {
         size() > before,
         "nothing was committed into {layer}\n{said}"
     );
+    assert!(written(".vmlinux") > kernel_before, "{said}");
+    let kernel = std::fs::read(beside(".vmlinux")).unwrap();
+    assert!(kernel.starts_with(b"\x7fELF"), "not an ELF kernel");
     let src = dep8_tests::e2e::source_tree(
         dir.path(),
         "dep8-updated",
@@ -335,4 +361,7 @@ fn image_update_upgrades_a_qemu_image_in_place() {
     );
     run.assert_exit(0);
     assert_eq!(run.read("summary"), "has-lists            PASS\n");
+    assert!(run
+        .read("testinfo.json")
+        .contains("\"qemu_boot\": \"kernel\""));
 }

@@ -47,7 +47,7 @@ const NORMAL_USER: &str = "dep8";
 
 /// Kernel command line for direct kernel boot of an image built by dep8
 /// (its root filesystem's label, partitioned or not).
-const DEFAULT_CMDLINE: &str = "root=LABEL=dep8-root rw console=ttyS0 no_timer_check";
+const DEFAULT_CMDLINE: &str = "root=LABEL=dep8-root rw console=ttyS0 no_timer_check net.ifnames=0";
 
 /// The name the guest's host key is recorded under, whatever the port.
 const HOST_ALIAS: &str = "dep8-testbed";
@@ -70,11 +70,14 @@ const SPARE_SSHD: &str = r#"start_spares() {
   sshd=$(command -v sshd || echo /usr/sbin/sshd)
   n=0
   while [ $n -lt $2 ]; do
-    port=/dev/virtio-ports/$1$n pid=/run/dep8-spare$n.pid
+    pid=/run/dep8-spare$n.pid
     [ -s $pid ] && kill -KILL -- -$(cat $pid) 2>/dev/null
     rm -f $pid
     i=0
-    until ( : <>$port ) 2>/dev/null; do
+    # The port by its name in sysfs: its /dev/virtio-ports link waits for
+    # udev's coldplug, which may still run.
+    until port=/dev/$(grep -lx "$1$n" /sys/class/virtio-ports/*/name | cut -d/ -f5) &&
+      ( : <>$port ) 2>/dev/null; do
       [ $i -lt 100 ] || { echo "$port cannot be opened" >&2; return 1; }
       sleep 0.05; i=$((i+1))
     done
@@ -155,8 +158,9 @@ struct Args {
     #[arg(long)]
     efi: bool,
     /// The boot protocol: bios (and none) boot with QEMU's BIOS, efi with
-    /// OVMF, auto (the default) as the image's partition table says;
-    /// ieee1275 (POWER) is refused.
+    /// OVMF, auto (the default) as the image's partition table says, or a
+    /// kernel beside the image; ieee1275 (POWER) is refused. bios, efi and
+    /// none boot the image's own boot loader unless --kernel is given.
     #[arg(long, value_enum)]
     boot: Option<BootMode>,
     /// The guest's Debian architecture (amd64 or i386; checked once booted).
@@ -195,7 +199,8 @@ struct Args {
     /// QEMU CPU model (default: `host` under KVM, `qemu64,-svm` under TCG).
     #[arg(long, value_name = "MODEL")]
     cpu: Option<String>,
-    /// Kernel for direct boot (default: IMAGE.vmlinuz).
+    /// Kernel for direct boot (default with --boot auto: IMAGE.vmlinux
+    /// or IMAGE.vmlinuz, if there).
     #[arg(long)]
     kernel: Option<PathBuf>,
     /// Initrd for direct boot (default: IMAGE.initrd, if present).
@@ -848,7 +853,7 @@ impl QemuTestbed {
         let connecting: Vec<_> = self
             .spare_ports
             .iter()
-            .map(|&port| tokio::spawn(SshConnection::connect(self.spare_target(port))))
+            .map(|&port| tokio::spawn(armed_spare(self.spare_target(port))))
             .collect();
         let deadline = tokio::time::Instant::now() + SPARE_CONNECT_LIMIT;
         for mut task in connecting {
@@ -1212,9 +1217,17 @@ impl Testbed for QemuTestbed {
 /// `dep8 image update` for a qemu image: boots it (on an overlay, as every
 /// run does), runs `script` as root in the guest with its output sent to
 /// `tap`, powers the guest off so that its filesystems are clean, and
-/// commits the overlay into the image. The image is left as it was when
-/// anything fails.
-pub async fn update_image(image: &Path, script: &str, tap: Tap) -> Result<()> {
+/// commits the overlay into the image. With `boot_files`, the guest's
+/// kernel and initrd as the update left them (`/vmlinuz`, `/initrd.img`)
+/// are copied into that dir first, as `vmlinuz` and `initrd.img`, for
+/// whoever keeps a copy of them beside the image. The image is left as it
+/// was when anything fails.
+pub async fn update_image(
+    image: &Path,
+    script: &str,
+    tap: Tap,
+    boot_files: Option<&Path>,
+) -> Result<()> {
     let words = [
         image.to_string_lossy().into_owned(),
         "--revert".into(),
@@ -1237,9 +1250,14 @@ pub async fn update_image(image: &Path, script: &str, tap: Tap) -> Result<()> {
         )),
         Err(e) => Some(e.to_string()),
     };
-    if let Some(why) = failed {
+    let copied = match (failed, boot_files) {
+        (Some(why), _) => Err(TestbedError::Failure(why)),
+        (None, Some(dir)) => copy_up_boot_files(&tb, dir).await,
+        (None, None) => Ok(()),
+    };
+    if let Err(e) = copied {
         tb.close().await.ok();
-        return Err(TestbedError::Failure(why));
+        return Err(e);
     }
     // A clean power-off: nothing of the guest's page cache is lost.
     tb.args.timeout_poweroff = Some(POWEROFF_FOR_UPDATE.as_secs());
@@ -1258,6 +1276,32 @@ pub async fn update_image(image: &Path, script: &str, tap: Tap) -> Result<()> {
             tb.overlay.as_os_str(),
         ],
     )
+}
+
+/// Copies the guest's kernel and initrd into `dir` (see [`update_image`]).
+async fn copy_up_boot_files(tb: &QemuTestbed, dir: &Path) -> Result<()> {
+    for (link, name) in [("/vmlinuz", "vmlinuz"), ("/initrd.img", "initrd.img")] {
+        let out = tb
+            .exec(ExecRequest::new(["readlink", "-f", link]).capture())
+            .await?;
+        let target = out.stdout_text().trim().to_string();
+        if !out.status.success() || target.is_empty() {
+            return Err(TestbedError::Failure(format!(
+                "the updated guest has no {link}: {}",
+                out.stderr_last_line()
+            )));
+        }
+        tb.copy_up(&target, &dir.join(name)).await?;
+    }
+    Ok(())
+}
+
+/// A spare connection over `target`, with a shell waiting in the guest for
+/// the revert that takes it up ([`SshConnection::arm_resume`]).
+async fn armed_spare(target: SshTarget) -> Result<SshConnection> {
+    let mut conn = SshConnection::connect(target).await?;
+    conn.arm_resume().await?;
+    Ok(conn)
 }
 
 /// How long an updated guest may take to power off.
@@ -1336,8 +1380,21 @@ fn boot_files(args: &Args, image: &Path) -> Result<Boot> {
             )))
         }
         Some(kernel) => kernel.clone(),
-        None if beside(".vmlinuz").is_file() => beside(".vmlinuz"),
-        // No kernel beside the image: boot its own boot loader.
+        // A kernel beside the image, when no firmware was asked for: the
+        // uncompressed one (`dep8 image build qemu` writes it) starts by
+        // QEMU's PVH entry, without seconds of decompressing itself under
+        // emulation.
+        None if matches!(args.boot, None | Some(BootMode::Auto)) && !args.efi => {
+            match [".vmlinux", ".vmlinuz"]
+                .map(beside)
+                .into_iter()
+                .find(|k| k.is_file())
+            {
+                Some(kernel) => kernel,
+                None => return Ok(Boot::Disk),
+            }
+        }
+        // Otherwise the image's own boot loader boots.
         None => return Ok(Boot::Disk),
     };
     let initrd = match &args.initrd {
