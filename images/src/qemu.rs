@@ -292,13 +292,6 @@ const GUEST_FILES: &[(&str, u32, &str)] = &[
         0o644,
         include_str!("qemu/dep8-root-shell@.service"),
     ),
-    // autopkgtest-virt-qemu mounts its shared dir (9p) within 10 s of
-    // finding the root shell: the modules are loaded at boot, not then.
-    (
-        "etc/modules-load.d/dep8-9p.conf",
-        0o644,
-        "9p\n9pnet_virtio\n",
-    ),
     // An initramfs with just what mounts the root (6 MB instead of 36 MB
     // with every driver): it loads and starts seconds sooner under
     // emulation. The nested example boots the base image with these same
@@ -423,7 +416,38 @@ fn customize(root: &Path, uuid: &str) -> Result<(), QemuImageError> {
         "systemd-network-generator.service",
     ])?;
     mask_generators(root)?;
-    in_root(&["update-initramfs", "-u", "-k", "all"])
+    in_root(&["update-initramfs", "-u", "-k", "all"])?;
+    mark_up_to_date_with_usr(root)
+}
+
+/// Writes `/etc/.updated` and `/var/.updated` as systemd-update-done would
+/// (Debian does not ship it): with /usr's modification time, so that the
+/// units for a changed /usr (`ConditionNeedsUpdate`: systemd-sysusers,
+/// ldconfig) do not run at every boot of a throw-away overlay. Packages
+/// installed later run those tools themselves.
+fn mark_up_to_date_with_usr(root: &Path) -> Result<(), QemuImageError> {
+    let usr = root.join("usr");
+    let mtime = std::fs::metadata(&usr)
+        .and_then(|m| m.modified())
+        .map_err(|e| QemuImageError::io(usr.display(), e))?;
+    let nsec = mtime
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    for dir in ["etc", "var"] {
+        let path = root.join(dir).join(".updated");
+        let write = || -> std::io::Result<()> {
+            std::fs::write(
+                &path,
+                format!("# Written by dep8 image build qemu, as systemd-update-done would.\nTIMESTAMP_NSEC={nsec}\n"),
+            )?;
+            std::fs::File::options()
+                .write(true)
+                .open(&path)?
+                .set_modified(mtime)
+        };
+        write().map_err(|e| QemuImageError::io(path.display(), e))?;
+    }
+    Ok(())
 }
 
 /// systemd generators that find nothing to do in dep8's guest (no

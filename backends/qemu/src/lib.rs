@@ -58,6 +58,11 @@ const SNAPSHOT: &str = "dep8-pristine";
 /// How long the spare ssh links may take to connect, all together.
 const SPARE_CONNECT_LIMIT: Duration = Duration::from_secs(30);
 
+/// Waits (a bounded while) until systemd has no start-up job left and
+/// udev no event, where the guest has them.
+const SETTLE: &str = "timeout 30 systemctl is-system-running --wait >/dev/null 2>&1; \
+                      udevadm settle --timeout=10 >/dev/null 2>&1; true";
+
 /// The virtio-serial port names of the spare ssh links, numbered from 0.
 const SPARE_PORT: &str = "org.dep8.spare.";
 
@@ -759,6 +764,11 @@ impl QemuTestbed {
                 "name=opt/dep8/ssh_host_ed25519_key,file={}",
                 p(&self.key("ssh_host_ed25519_key"))
             ),
+            "-fw_cfg",
+            &format!(
+                "name=opt/dep8/ssh_host_ed25519_key.pub,file={}",
+                p(&self.key("ssh_host_ed25519_key.pub"))
+            ),
         ]);
         match &self.boot {
             Boot::Direct {
@@ -1003,6 +1013,11 @@ impl QemuTestbed {
         if self.is_spare_link(self.conn()?) {
             self.connect().await?;
         }
+        // A guest saved in the middle of its boot's last jobs would do
+        // them again after every revert.
+        let settled = Instant::now();
+        self.run_ok(SETTLE).await?;
+        tracing::debug!("qemu: the guest settled in {:.1?}", settled.elapsed());
         self.make_spares().await;
         if let Some(mut conn) = self.conn.take() {
             conn.close().await?;
