@@ -863,7 +863,7 @@ impl QemuTestbed {
         let connecting: Vec<_> = self
             .spare_ports
             .iter()
-            .map(|&port| tokio::spawn(armed_spare(self.spare_target(port))))
+            .map(|&port| tokio::spawn(SshConnection::connect(self.spare_target(port))))
             .collect();
         let deadline = tokio::time::Instant::now() + SPARE_CONNECT_LIMIT;
         for mut task in connecting {
@@ -1309,20 +1309,6 @@ async fn copy_up_boot_files(tb: &QemuTestbed, dir: &Path) -> Result<()> {
         tb.copy_up(&target, &dir.join(name)).await?;
     }
     Ok(())
-}
-
-/// A spare connection over `target`, with a shell waiting in the guest for
-/// the revert that takes it up ([`SshConnection::arm_resume`]; without
-/// it, that revert runs its command in a new session).
-async fn armed_spare(target: SshTarget) -> Result<SshConnection> {
-    let mut conn = SshConnection::connect(target).await?;
-    if let Err(e) = conn.arm_resume().await {
-        tracing::warn!(
-            "qemu: a spare ssh link resumes the slow way: {}",
-            e.detail()
-        );
-    }
-    Ok(conn)
 }
 
 /// How long an updated guest may take to power off.

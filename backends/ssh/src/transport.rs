@@ -197,25 +197,7 @@ pub struct SshConnection {
     next_job: AtomicU64,
     /// The sweep's command for the control dir, while it exists.
     remote_dir_undo: Option<Undo>,
-    /// A remote shell waiting for [`Self::resume`] (see [`Self::arm_resume`]).
-    armed: Option<ArmedResume>,
 }
-
-/// A client of the connection whose remote `sh` ([`RESUME_WAIT`]) was
-/// started before a snapshot and waits for one line.
-struct ArmedResume {
-    /// Killed when dropped.
-    _child: tokio::process::Child,
-    stdin: tokio::process::ChildStdin,
-    stdout: tokio::io::BufReader<tokio::process::ChildStdout>,
-}
-
-/// Says `armed`, then waits for a line: the time to set the clock to
-/// (seconds since the epoch; empty: none), then says `resumed`.
-const RESUME_WAIT: &str = r#"echo armed
-read -r t || exit 1
-if [ -n "$t" ]; then date -u -s "@$t" >/dev/null || exit 1; fi
-echo resumed"#;
 
 impl SshConnection {
     /// Connects (retrying until `target.connect_timeout`), checks the host
@@ -236,7 +218,6 @@ impl SshConnection {
             boot_id: String::new(),
             next_job: AtomicU64::new(0),
             remote_dir_undo: None,
-            armed: None,
         };
         conn.reconnect(None).await?;
         Ok(conn)
@@ -440,21 +421,10 @@ impl SshConnection {
     /// Takes the connection up again after the machine was restored from a
     /// snapshot taken while it was idle (the remote side is where the local
     /// side left it): one command, which sets the clock with
-    /// [`SshTarget::sync_clock`], in the shell [`Self::arm_resume`] left
-    /// waiting, else in a new session. Fails within `limit` when the two
-    /// sides no longer match. Cheaper than the probe of a new connection:
-    /// right after a restore every process the remote starts runs cold.
+    /// [`SshTarget::sync_clock`]. Fails within `limit` when the two sides
+    /// no longer match. Cheaper than the probe of a new connection: right
+    /// after a restore every process the remote starts runs cold.
     pub async fn resume(&mut self, limit: Duration) -> Result<()> {
-        if let Some(armed) = self.armed.take() {
-            return tokio::time::timeout(limit, self.resume_armed(armed))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(TestbedError::Failure(format!(
-                        "{} did not answer within {limit:?}",
-                        self.target.display()
-                    )))
-                });
-        }
         // No `sh -c`: the login shell execs the one command itself.
         let command = match clock_now() {
             Some(now) if self.target.sync_clock => {
@@ -472,67 +442,6 @@ impl SshConnection {
                 ))
             })?
             .map(drop)
-    }
-
-    /// Starts a remote shell that waits for the next [`Self::resume`], which
-    /// then costs one line each way instead of a new session and login
-    /// shell in a guest whose translated code a restore threw away: call
-    /// it before the snapshot is taken.
-    pub async fn arm_resume(&mut self) -> Result<()> {
-        use tokio::io::AsyncBufReadExt;
-        let remote = self.as_root(["sh", "-c", RESUME_WAIT].map(String::from).to_vec());
-        let argv = self.client_argv(&remote);
-        let mut child = tokio::process::Command::new(&argv[0])
-            .args(&argv[1..])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| TestbedError::failure("starting ssh", e))?;
-        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            return Err(TestbedError::Failure("ssh without pipes".into()));
-        };
-        let mut stdout = tokio::io::BufReader::new(stdout);
-        let mut line = String::new();
-        let said = tokio::time::timeout(Duration::from_secs(30), stdout.read_line(&mut line)).await;
-        if !matches!(said, Ok(Ok(_))) || line.trim() != "armed" {
-            return Err(TestbedError::Failure(format!(
-                "{} did not start the shell that waits for a resume: {line:?}",
-                self.target.display()
-            )));
-        }
-        self.armed = Some(ArmedResume {
-            _child: child,
-            stdin,
-            stdout,
-        });
-        Ok(())
-    }
-
-    /// [`Self::resume`] through the shell [`Self::arm_resume`] started.
-    async fn resume_armed(&self, mut armed: ArmedResume) -> Result<()> {
-        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-        let now = clock_now()
-            .filter(|_| self.target.sync_clock)
-            .unwrap_or_default();
-        let lost = |e: std::io::Error| TestbedError::failure("resuming", e);
-        armed
-            .stdin
-            .write_all(format!("{now}\n").as_bytes())
-            .await
-            .map_err(lost)?;
-        armed.stdin.flush().await.map_err(lost)?;
-        let mut line = String::new();
-        armed.stdout.read_line(&mut line).await.map_err(lost)?;
-        if line.trim() == "resumed" {
-            Ok(())
-        } else {
-            Err(TestbedError::Failure(format!(
-                "resuming on {}: {line:?}",
-                self.target.display()
-            )))
-        }
     }
 
     /// Points the connection at another way to the same machine, used from
