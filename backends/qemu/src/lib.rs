@@ -1391,18 +1391,18 @@ fn boot_files(args: &Args, image: &Path) -> Result<Boot> {
         // uncompressed one (`dep8 image build qemu` writes it) starts by
         // QEMU's PVH entry, without seconds of decompressing itself under
         // emulation.
-        None if matches!(args.boot, None | Some(BootMode::Auto)) && !args.efi => {
+        None => {
+            let auto = matches!(args.boot, None | Some(BootMode::Auto)) && !args.efi;
             match [".vmlinux", ".vmlinuz"]
                 .map(beside)
                 .into_iter()
-                .find(|k| k.is_file())
+                .find(|k| auto && k.is_file())
             {
                 Some(kernel) => kernel,
+                // Otherwise the image's own boot loader boots.
                 None => return Ok(Boot::Disk),
             }
         }
-        // Otherwise the image's own boot loader boots.
-        None => return Ok(Boot::Disk),
     };
     let initrd = match &args.initrd {
         Some(initrd) if !initrd.is_file() => {
