@@ -167,12 +167,15 @@ async fn efi_boot_and_snapshot_revert() {
 /// `SSH_CONNECTION`), one per revert, also after a reboot (which itself
 /// reconnects over the forwarded port); once they are used up, a revert
 /// connects anew. Each revert throws the guest's changes away and sets its
-/// clock.
+/// clock, on the spare links through the clock link's loop (perl here), as
+/// the backend's log says.
 #[tokio::test(flavor = "multi_thread")]
 async fn direct_boot_and_reverts_on_the_spare_ssh_links() {
     let Some(image) = dep8_tests::required_resource("DEP8_TEST_QEMU_IMAGE", "a qemu image") else {
         return;
     };
+    let log = LogCapture::default();
+    let _capturing = log.capture("dep8_backend_qemu=info");
     let kernel = format!("{image}.vmlinux");
     assert!(std::path::Path::new(&kernel).is_file(), "no {kernel}");
     let mut tb = dep8_backend_qemu::QemuBackend
@@ -205,7 +208,45 @@ async fn direct_boot_and_reverts_on_the_spare_ssh_links() {
         assert_eq!(sh(tb.as_ref(), dirty).await, "clean", "revert {step}");
         assert_clock_set(tb.as_ref(), &format!("revert {step}")).await;
     }
+    let clock_loop = sh(tb.as_ref(), "cat /proc/$(cat /run/dep8-clock.pid)/comm").await;
+    assert_eq!(clock_loop, "perl");
     tb.close().await.expect("close");
+    let log = log.text();
+    let on_the_link = "the clock set on its link, on a spare ssh link";
+    assert_eq!(log.matches(on_the_link).count(), 2, "{log}");
+    assert_eq!(log.matches("connected anew").count(), 1, "{log}");
+    assert!(!log.contains("over ssh"), "{log}");
+}
+
+/// The log lines of the thread that calls [`LogCapture::capture`].
+#[derive(Clone, Default)]
+struct LogCapture(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl LogCapture {
+    fn capture(&self, filter: &str) -> tracing::subscriber::DefaultGuard {
+        let writer = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A `needs-reboot` test that reboots twice through

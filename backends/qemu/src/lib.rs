@@ -18,12 +18,14 @@
 
 mod accel;
 mod boot;
+mod clock;
 mod qmp;
 
 use accel::Accel;
 use async_trait::async_trait;
 use boot::{tail, BootFiles, BootWatch, DiskBoot};
 use clap::Parser;
+use clock::{ClockLink, CLOCK_PORT, START_CLOCK};
 use dep8_backend_ssh::{SshConnection, SshTarget};
 use dep8_testbed::capability::{BaseImage, BaseImageKind, Capabilities, Capability};
 use dep8_testbed::exec::host_command;
@@ -57,6 +59,9 @@ const SNAPSHOT: &str = "dep8-pristine";
 
 /// How long the spare ssh links may take to connect, all together.
 const SPARE_CONNECT_LIMIT: Duration = Duration::from_secs(30);
+
+/// How long to wait for the guest to go quiet before a snapshot.
+const QUIET_LIMIT: Duration = Duration::from_secs(5);
 
 /// Waits (a bounded while) until systemd has no start-up job left and
 /// udev no event, where the guest has them.
@@ -294,6 +299,40 @@ impl Backend for QemuBackend {
     }
 }
 
+/// Waits until process `pid` (QEMU) uses at most a tenth of a CPU over
+/// 200 ms, that is until its guest idles; false when `limit` passed first.
+async fn wait_until_quiet(pid: u32, limit: Duration) -> bool {
+    const WINDOW: Duration = Duration::from_millis(200);
+    let ticks_per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let started = Instant::now();
+    let Some(mut before) = cpu_ticks(pid) else {
+        return false;
+    };
+    while started.elapsed() < limit {
+        tokio::time::sleep(WINDOW).await;
+        let Some(now) = cpu_ticks(pid) else {
+            return false;
+        };
+        if (now - before) as f64 / ticks_per_second <= WINDOW.as_secs_f64() / 10.0 {
+            return true;
+        }
+        before = now;
+    }
+    false
+}
+
+/// The CPU time process `pid` has used (user and system), in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which is in parentheses: utime
+    // and stime are the 14th and 15th of the whole line.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
 /// `MemAvailable` of /proc/meminfo, in kB.
 fn mem_available_kb(meminfo: &str) -> Option<u64> {
     meminfo
@@ -374,6 +413,9 @@ struct Vm {
     child: tokio::process::Child,
     /// Locked only where the testbed is shared ([`Testbed::prepare_reboot`]).
     qmp: tokio::sync::Mutex<Qmp>,
+    /// Sets the guest's clock after a `loadvm` (with the spare links);
+    /// dropped when the guest's loop does not answer.
+    clock: Option<ClockLink>,
 }
 
 /// A qemu testbed.
@@ -676,11 +718,25 @@ impl QemuTestbed {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
+        // Connected before the guest's loop reads the port, which it
+        // would otherwise find at end of file.
+        let clock = match self.spare_ports.is_empty() {
+            true => None,
+            false => ClockLink::connect(&self.clock_socket())
+                .await
+                .inspect_err(|e| tracing::warn!("qemu: {}", e.detail()))
+                .ok(),
+        };
         self.vm = Some(Vm {
             child,
             qmp: tokio::sync::Mutex::new(qmp),
+            clock,
         });
         Ok(())
+    }
+
+    fn clock_socket(&self) -> PathBuf {
+        self.work.path().join("clock.sock")
     }
 
     fn qemu_argv(&self, qmp_socket: &Path) -> Result<Vec<String>> {
@@ -751,6 +807,17 @@ impl QemuTestbed {
                 &format!("socket,id=dep8-spare{n},host=127.0.0.1,port={port},server=on,wait=off,nodelay=on"),
                 "-device",
                 &format!("virtserialport,bus=dep8-serial.0,chardev=dep8-spare{n},name={SPARE_PORT}{n}"),
+            ]);
+        }
+        if !self.spare_ports.is_empty() {
+            add(&[
+                "-chardev",
+                &format!(
+                    "socket,id=dep8-clock,path={},server=on,wait=off",
+                    p(&self.clock_socket())
+                ),
+                "-device",
+                &format!("virtserialport,bus=dep8-serial.0,chardev=dep8-clock,name={CLOCK_PORT}"),
             ]);
         }
         add(&[
@@ -840,8 +907,9 @@ impl QemuTestbed {
     }
 
     /// Replaces the spare connections: starts an `sshd -i` on each spare
-    /// link in the guest and connects to them all. A spare that fails is
-    /// left out (its reverts connect anew), with a warning.
+    /// link in the guest and connects to them all, and (re)starts the
+    /// clock loop. A spare that fails is left out (its reverts connect
+    /// anew), with a warning; so is a clock loop that does not answer.
     async fn make_spares(&mut self) {
         self.spares.clear();
         self.used_spares.clear();
@@ -850,7 +918,7 @@ impl QemuTestbed {
         }
         let started = Instant::now();
         let script = format!(
-            "{SPARE_SSHD}\nstart_spares {SPARE_PORT} {}",
+            "{SPARE_SSHD}\n{START_CLOCK}\nstart_spares {SPARE_PORT} {} && start_clock {CLOCK_PORT}",
             self.spare_ports.len()
         );
         if let Err(e) = self.run_ok(&script).await {
@@ -858,8 +926,10 @@ impl QemuTestbed {
                 "qemu: no spare ssh links ({}): every revert connects anew",
                 e.detail()
             );
+            self.drop_clock();
             return;
         }
+        self.set_clock().await;
         let connecting: Vec<_> = self
             .spare_ports
             .iter()
@@ -892,16 +962,53 @@ impl QemuTestbed {
     }
 
     /// The first spare connection that takes up where the guest is (just
-    /// restored from the snapshot), dropping those that do not.
-    async fn take_spare(&mut self) -> Option<SshConnection> {
+    /// restored from the snapshot), dropping those that do not. With
+    /// `clock_set` the guest has answered on the clock link, so a spare is
+    /// taken as it is: it was idle, and connected, when the snapshot was
+    /// saved. Otherwise each is tried with a command that sets the clock.
+    async fn take_spare(&mut self, clock_set: bool) -> Option<SshConnection> {
         while !self.spares.is_empty() {
             let mut conn = self.spares.remove(0);
+            if clock_set {
+                if conn.is_up() {
+                    return Some(conn);
+                }
+                tracing::warn!("qemu: a spare ssh link is lost: its ssh client ended");
+                continue;
+            }
             match conn.resume(Duration::from_secs(10)).await {
                 Ok(()) => return Some(conn),
                 Err(e) => tracing::warn!("qemu: a spare ssh link is lost: {}", e.detail()),
             }
         }
         None
+    }
+
+    /// Sets the guest's clock over the clock link, if there is one; true
+    /// when the guest answered. A link that fails is not used again.
+    async fn set_clock(&mut self) -> bool {
+        let Some(clock) = self.vm.as_mut().and_then(|vm| vm.clock.as_mut()) else {
+            return false;
+        };
+        let started = Instant::now();
+        match clock.set(Duration::from_secs(10)).await {
+            Ok(()) => {
+                tracing::debug!("qemu: clock set in {:.2?}", started.elapsed());
+                true
+            }
+            Err(e) => {
+                tracing::warn!("qemu: {}; setting the clock over ssh", e.detail());
+                self.drop_clock();
+                false
+            }
+        }
+    }
+
+    /// Stops using the clock link until the VM starts again.
+    fn drop_clock(&mut self) {
+        if let Some(vm) = self.vm.as_mut() {
+            vm.clock = None;
+        }
     }
 
     /// Connects ssh to the guest (up, or just restored by `loadvm`).
@@ -1022,21 +1129,38 @@ impl QemuTestbed {
         if let Some(mut conn) = self.conn.take() {
             conn.close().await?;
         }
+        // Closing it set the guest's sshd and logind to work: saved in
+        // the middle of that, every revert would do the work again.
+        if let Some(pid) = self.vm.as_ref().and_then(|vm| vm.child.id()) {
+            let quiet = Instant::now();
+            let done = wait_until_quiet(pid, QUIET_LIMIT).await;
+            tracing::debug!(
+                "qemu: the guest was quiet ({done}) after {:.2?}",
+                quiet.elapsed()
+            );
+        }
         self.qmp()?.human(&format!("savevm {SNAPSHOT}")).await?;
         self.snapshot_saved = true;
         tracing::info!("qemu: pristine snapshot saved in {:.1?}", started.elapsed());
         self.go_on_from_snapshot().await.map(drop)
     }
 
-    /// Connects to a guest that is where the snapshot left it: on a spare
-    /// connection while there is one (true), else anew (false).
-    async fn go_on_from_snapshot(&mut self) -> Result<bool> {
-        match self.take_spare().await {
-            Some(conn) => {
+    /// Connects to a guest that is where the snapshot left it, its clock
+    /// set: on a spare connection while there is one, else anew. Says
+    /// which, for the log.
+    async fn go_on_from_snapshot(&mut self) -> Result<&'static str> {
+        let clock_set = self.set_clock().await;
+        match (self.take_spare(clock_set).await, clock_set) {
+            (Some(conn), true) => {
                 self.conn = Some(conn);
-                Ok(true)
+                Ok("the clock set on its link, on a spare ssh link")
             }
-            None => self.connect().await.map(|()| false),
+            (Some(conn), false) => {
+                self.conn = Some(conn);
+                Ok("the clock set over ssh, on a spare ssh link")
+            }
+            // ssh sets the clock as it connects.
+            (None, _) => self.connect().await.map(|()| "connected anew"),
         }
     }
 
@@ -1169,14 +1293,9 @@ impl Testbed for QemuTestbed {
             return self.save_snapshot().await;
         }
         let loaded = started.elapsed();
-        // ssh sets the clock as it connects (the guest's stopped when the
-        // snapshot was taken).
-        let link = match self.go_on_from_snapshot().await? {
-            true => "on a spare ssh link",
-            false => "connected anew",
-        };
+        let how = self.go_on_from_snapshot().await?;
         tracing::info!(
-            "qemu: reverted in {:.2?} (loadvm {loaded:.2?}, {link})",
+            "qemu: reverted in {:.2?} (loadvm {loaded:.2?}, {how})",
             started.elapsed()
         );
         Ok(())

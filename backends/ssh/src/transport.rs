@@ -233,6 +233,14 @@ impl SshConnection {
         &self.boot_id
     }
 
+    /// Whether the master connection still runs, as far as this host can
+    /// tell without asking the remote machine.
+    pub fn is_up(&mut self) -> bool {
+        self.master
+            .as_mut()
+            .is_some_and(|master| matches!(master.try_wait(), Ok(None)))
+    }
+
     /// How commands get root.
     pub fn root(&self) -> Root {
         self.root
