@@ -281,15 +281,16 @@ pub struct Dep8Run {
 }
 
 impl Dep8Run {
-    /// Asserts the outputs of examples/reboot: both tests pass, one
-    /// rebooting twice through `/tmp/autopkgtest-reboot`, the other once
-    /// by itself after `/tmp/autopkgtest-reboot-prepare` (what it wrote
-    /// after the prepare, its "rebooting now" and reboot's complaints, is
-    /// dropped, as autopkgtest does).
+    /// Asserts the outputs of examples/reboot: all tests pass, one
+    /// rebooting twice through `/tmp/autopkgtest-reboot`, the others once
+    /// by themselves after `/tmp/autopkgtest-reboot-prepare` (what they
+    /// wrote after the prepare, their "rebooting now" and reboot's
+    /// complaints, is dropped, as autopkgtest does), one of them with its
+    /// output sent elsewhere around the call.
     pub fn assert_reboot_example_passed(&self) {
         assert_eq!(
             self.read("summary"),
-            "reboots-twice        PASS\nreboots-itself       PASS\n"
+            "reboots-twice        PASS\nreboots-itself       PASS\nreboots-quietly      PASS\n"
         );
         assert_eq!(
             self.read("reboots-twice-stdout"),
@@ -299,6 +300,35 @@ impl Dep8Run {
             self.read("reboots-itself-stdout"),
             "before the reboot\nafter rebooting myself\n"
         );
+        assert_eq!(
+            self.read("reboots-quietly-stdout"),
+            "before the quiet reboot\nafter the quiet reboot\n"
+        );
+    }
+
+    /// Seconds from the first log line that contains `first` to the
+    /// first one after it that contains `then` (by the log's clock, to
+    /// the second).
+    pub fn seconds_between(&self, first: &str, then: &str) -> u32 {
+        let log = self.read("log");
+        let time = |line: &str| -> u32 {
+            let clock = line.split(['[', ']']).nth(1).expect("a log line's time");
+            clock
+                .split(':')
+                .fold(0, |secs, part| secs * 60 + part.parse::<u32>().unwrap())
+        };
+        let mut lines = log.lines().skip_while(|l| !l.contains(first));
+        let start = time(
+            lines
+                .next()
+                .unwrap_or_else(|| panic!("no {first:?} in {log}")),
+        );
+        let end = time(
+            lines
+                .find(|l| l.contains(then))
+                .unwrap_or_else(|| panic!("no {then:?} after {first:?} in {log}")),
+        );
+        (end + 86_400 - start) % 86_400
     }
 
     /// A `breaks-testbed` test, then one that proves the revert, on

@@ -352,7 +352,7 @@ impl Run<'_> {
         });
         let watch = async {
             match reboot::watch_prepare(tb).await {
-                Ok(Some(mark)) => mark,
+                Ok(Some(prepared)) => prepared,
                 Ok(None) => std::future::pending().await,
                 Err(e) => {
                     tracing::debug!("watching for a reboot preparation: {e}");
@@ -361,9 +361,9 @@ impl Run<'_> {
             }
         };
         let mut exec = std::pin::pin!(tb.exec(req));
-        let mark = tokio::select! {
+        let reboot::Prepared { mark, marked } = tokio::select! {
             out = &mut exec => return Ok(TestRun::Ended(out?)),
-            mark = watch, if can_reboot => mark,
+            prepared = watch, if can_reboot => prepared,
         };
         self.events.info(format!(
             "test {name}: preparing for a reboot with marker {mark}"
@@ -377,7 +377,7 @@ impl Run<'_> {
             }
         };
         let prepared = async {
-            cut_at_markers(&cuts).await;
+            cut_at_markers(&cuts, marked).await;
             timed(
                 self.opts.timeouts.reboot,
                 "getting the testbed ready to reboot",
@@ -520,23 +520,49 @@ fn take_back_terminal() {
 }
 
 /// Waits until the test's stdout and stderr have reached the marker the
-/// prepare command wrote to them, then cuts them (whichever did not get
-/// its marker, redirected by the test, is cut as it stands). The marker may
-/// be slow to come through the testbed's pipes (an lxc-attach or ssh that
-/// relays it may wait for a CPU): up to 30 s for the first, and 5 s more
-/// for the other, which may share the first one's pipe.
-async fn cut_at_markers(cuts: &[Arc<Cut>; 2]) {
+/// prepare command wrote to them, then cuts them. The marker may be slow
+/// to come through the testbed's pipes (an lxc-attach or ssh that relays
+/// it may wait for a CPU): up to 30 s on a stream it went to straight
+/// (`marked`). On a stream the test had sent elsewhere (to a file, to the
+/// other stream) it may never come, or only through a pipe of the test's
+/// own: up to 2 s there. Then both are cut as they stand.
+async fn cut_at_markers(cuts: &[Arc<Cut>; 2], marked: [bool; 2]) {
+    let limit = |marked: bool| Duration::from_secs(if marked { 30 } else { 2 });
     let [stdout, stderr] = cuts;
-    let either = async {
-        tokio::select! {
-            () = stdout.reached() => stderr,
-            () = stderr.reached() => stdout,
-        }
-    };
-    if let Ok(other) = tokio::time::timeout(Duration::from_secs(30), either).await {
-        let _ = tokio::time::timeout(Duration::from_secs(5), other.reached()).await;
-    }
+    let _ = tokio::join!(
+        tokio::time::timeout(limit(marked[0]), stdout.reached()),
+        tokio::time::timeout(limit(marked[1]), stderr.reached()),
+    );
     for cut in cuts {
         cut.now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// A stream the prepare command's marker did not go to straight is cut
+    /// after 2 s, not after the 30 s a marked one may take; a marked one
+    /// is cut as soon as its marker comes.
+    #[tokio::test]
+    async fn only_marked_streams_are_waited_for() {
+        let cuts = || [Cut::at(b"m"), Cut::at(b"m")];
+        let unmarked = cuts();
+        let started = Instant::now();
+        cut_at_markers(&unmarked, [false, false]).await;
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(unmarked.iter().all(|cut| cut.is_done()));
+
+        let stdout_marked = cuts();
+        let stdout = stdout_marked[0].clone();
+        let started = Instant::now();
+        tokio::join!(cut_at_markers(&stdout_marked, [true, false]), async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            stdout.now();
+        });
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_secs(2) && waited < Duration::from_secs(5));
     }
 }
