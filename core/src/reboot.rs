@@ -53,9 +53,8 @@ pub const PREPARE_MARKER: &[u8] = b"\x1edep8: autopkgtest-reboot-prepare\x1e\n";
 /// shell's streams (1: stdout, 2: stderr) those went to straight (a test
 /// may have sent its own output elsewhere; that shell, see
 /// [`crate::engine::script::exec_line`], has the test's stderr on its fd
-/// 3), records the mark, and waits
-/// until dep8 removes it. It then keeps the
-/// test's output pipes drained (dep8 may stop reading them as the testbed
+/// 3), records the mark, and waits until dep8 removes it. It then keeps
+/// the test's output pipes drained (dep8 may stop reading them as the testbed
 /// goes down, and a write to a pipe nobody reads would kill the test
 /// before it reboots).
 const PREPARE_SCRIPT: &str = r#"#!/bin/sh

@@ -908,8 +908,9 @@ impl QemuTestbed {
 
     /// Replaces the spare connections: starts an `sshd -i` on each spare
     /// link in the guest and connects to them all, and (re)starts the
-    /// clock loop. A spare that fails is left out (its reverts connect
-    /// anew), with a warning; so is a clock loop that does not answer.
+    /// clock loop (first asked, and dropped if it does not answer, as the
+    /// guest goes on from the snapshot). A spare that fails is left out
+    /// (its reverts connect anew), with a warning.
     async fn make_spares(&mut self) {
         self.spares.clear();
         self.used_spares.clear();
@@ -929,7 +930,6 @@ impl QemuTestbed {
             self.drop_clock();
             return;
         }
-        self.set_clock().await;
         let connecting: Vec<_> = self
             .spare_ports
             .iter()
