@@ -56,6 +56,27 @@ pub fn in_testbed_argv(req: &ExecRequest) -> Vec<String> {
 /// streaming stdout/stderr to where `req` says. On timeout the whole process
 /// group is killed; so are processes the command leaves behind.
 pub async fn run_local(argv: &[String], req: ExecRequest) -> Result<ExecOutcome> {
+    run_local_with(argv, req, None).await
+}
+
+/// [`run_local`] for a program that runs the command for dep8 (schroot) and
+/// may itself write to its stderr, even about other sessions than dep8's:
+/// the command's stderr is handed to it as fd 3, which the command must
+/// move to its fd 2 (`exec 2>&3 3>&-`), and what `tool` writes to its own
+/// stderr is logged as its warnings, never taken as the command's output.
+pub async fn run_local_with_stderr_on_fd3(
+    argv: &[String],
+    req: ExecRequest,
+    tool: &str,
+) -> Result<ExecOutcome> {
+    run_local_with(argv, req, Some(tool)).await
+}
+
+async fn run_local_with(
+    argv: &[String],
+    req: ExecRequest,
+    stderr_on_fd3_of: Option<&str>,
+) -> Result<ExecOutcome> {
     let start = Instant::now();
     let program = argv
         .first()
@@ -77,14 +98,29 @@ pub async fn run_local(argv: &[String], req: ExecRequest) -> Result<ExecOutcome>
     } else {
         Stdio::null()
     });
-    cmd.stderr(if wanted(&req.stderr) {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    });
+    let command_stderr_on_fd3 = match stderr_on_fd3_of {
+        None => {
+            cmd.stderr(if wanted(&req.stderr) {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            });
+            None
+        }
+        Some(_) => {
+            cmd.stderr(Stdio::piped());
+            let (reader, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| TestbedError::failure("creating a pipe", e))?;
+            give_as_fd3(cmd.as_std_mut(), writer);
+            Some(tokio::fs::File::from_std(std::fs::File::from(reader)))
+        }
+    };
     let mut child = cmd
         .spawn()
         .map_err(|e| TestbedError::failure(format!("cannot run {program}"), e))?;
+    // The child has its copy of the pipe's write end: dropping dep8's lets
+    // the read end see the end of the command's stderr.
+    drop(cmd);
     if let Some(id) = child.id() {
         crate::leftovers::record_group(id);
     }
@@ -102,10 +138,17 @@ pub async fn run_local(argv: &[String], req: ExecRequest) -> Result<ExecOutcome>
         .stdout
         .take()
         .map(|s| tokio::spawn(pump(s, req.stdout.clone())));
-    let err_pump = child
-        .stderr
-        .take()
-        .map(|s| tokio::spawn(pump(s, req.stderr.clone())));
+    let own_stderr = child.stderr.take();
+    let (err_pump, tool_pump) = match command_stderr_on_fd3 {
+        None => (
+            own_stderr.map(|s| tokio::spawn(pump(s, req.stderr.clone()))),
+            None,
+        ),
+        Some(command_stderr) => (
+            Some(tokio::spawn(pump(command_stderr, req.stderr.clone()))),
+            own_stderr.map(|s| tokio::spawn(pump(s, Output::capture()))),
+        ),
+    };
 
     let waited = match req.timeout {
         Some(limit) => tokio::time::timeout(limit, child.wait()).await.ok(),
@@ -125,6 +168,12 @@ pub async fn run_local(argv: &[String], req: ExecRequest) -> Result<ExecOutcome>
 
     let stdout = finish_pump(out_pump).await?;
     let stderr = finish_pump(err_pump).await?;
+    if let Some(tool) = stderr_on_fd3_of {
+        let said = finish_pump(tool_pump).await?;
+        for line in String::from_utf8_lossy(&said).lines() {
+            tracing::warn!("{tool}: {line}");
+        }
+    }
     let status = match (status.code(), status.signal()) {
         (Some(code), _) => ExitStatus::Code(code),
         (None, Some(sig)) => ExitStatus::Signal(sig),
@@ -137,6 +186,25 @@ pub async fn run_local(argv: &[String], req: ExecRequest) -> Result<ExecOutcome>
         stdout,
         stderr,
     })
+}
+
+/// Makes `fd` the child's fd 3, open across its exec.
+fn give_as_fd3(cmd: &mut std::process::Command, fd: std::os::fd::OwnedFd) {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    // SAFETY: dup2 and fcntl are async-signal-safe, as pre_exec requires.
+    unsafe {
+        cmd.pre_exec(move || {
+            let raw = fd.as_raw_fd();
+            if raw == 3 {
+                fcntl(raw, FcntlArg::F_SETFD(FdFlag::empty()))?;
+            } else {
+                nix::unistd::dup2(raw, 3)?;
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Kills a process group when dropped.

@@ -5,6 +5,7 @@
 
 use dep8_backend_schroot::{Options, SchrootBackend, SchrootTestbed};
 use dep8_core::testbed::{Backend, ExecRequest, Testbed, TestbedError};
+use dep8_tests::e2e::{dep8_bin, log_tail, source_tree};
 use dep8_tests::required_resource;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -205,4 +206,50 @@ async fn host_unchanged_after_run_timeout_and_drop() {
     drop(tb);
     assert!(!running(third), "drop left pid {third} running");
     assert_eq!(host_state(), before, "after a drop");
+}
+
+/// schroot warns on its own stderr about every session file it cannot
+/// stat, such as one that another schroot user is ending at that moment:
+/// those warnings are not the test's stderr, so the test still passes and
+/// dep8 passes the warning on as its own. A dangling session file, in a private
+/// session dir that no other schroot user sees, makes schroot warn at
+/// every command.
+#[tokio::test]
+async fn warnings_about_other_sessions_are_not_the_tests_stderr() {
+    let Some(chroot) = test_chroot() else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let session_dir = dir.path().join("sessions");
+    std::fs::create_dir(&session_dir).unwrap();
+    std::os::unix::fs::symlink("/nonexistent", session_dir.join("dep8-test-dangling")).unwrap();
+    let src = source_tree(dir.path(), "quiet", "Test-Command: echo fine\nDepends:\n");
+    let out = dir.path().join("out");
+    let run = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount --bind "$1" /var/lib/schroot/session && shift && exec "$@""#)
+        .arg("sh")
+        .arg(&session_dir)
+        .arg(dep8_bin())
+        .args(["run", "-B", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .args(["--", "schroot", &chroot])
+        .output()
+        .expect("running dep8 under unshare");
+    assert_eq!(
+        run.status.code(),
+        Some(0),
+        "{}\n{}",
+        String::from_utf8_lossy(&run.stderr),
+        log_tail(&out, 30)
+    );
+    let said = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        said.contains(
+            "schroot: W: /var/lib/schroot/session/dep8-test-dangling: Failed to stat file"
+        ),
+        "dep8 did not pass schroot's warning on:\n{said}"
+    );
 }

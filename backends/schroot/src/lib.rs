@@ -22,7 +22,7 @@ use clap::Parser;
 use dep8_testbed::capability::{BaseImage, BaseImageKind, Capabilities, Capability};
 use dep8_testbed::exec::{
     copy_down_via_exec, copy_up_via_exec, host_copy, host_output, host_output_within,
-    in_testbed_argv, run_local,
+    in_testbed_argv, run_local_with_stderr_on_fd3,
 };
 use dep8_testbed::{Backend, ExecOutcome, ExecRequest, Result, Testbed, TestbedError};
 use std::collections::BTreeMap;
@@ -44,8 +44,11 @@ const SESSION_LIMIT: Duration = Duration::from_secs(180);
 /// schroot reports every signal death of its command as exit 1. This
 /// wrapper runs the command in a subshell so that the shell reports it as
 /// 128+N instead, with the shell's own "Terminated" notice sent to
-/// /dev/null and the command's stderr untouched.
-const SIGNAL_WRAPPER: &str = "exec 9>&2 2>/dev/null; (exec \"$@\" 2>&9 9>&-)";
+/// /dev/null. The command's stderr comes on fd 3
+/// ([`run_local_with_stderr_on_fd3`]): schroot's own stderr carries its
+/// warnings, even about other sessions ending at that moment ("Failed to
+/// stat file"), which are not the command's output.
+const SIGNAL_WRAPPER: &str = "exec 9>&3 3>&- 2>/dev/null; (exec \"$@\" 2>&9 9>&-)";
 
 pub struct SchrootBackend;
 
@@ -824,7 +827,7 @@ impl Testbed for SchrootTestbed {
         }
         argv.extend(["--", "sh", "-c", SIGNAL_WRAPPER, "sh"].map(String::from));
         argv.extend(in_testbed_argv(&req));
-        let outcome = run_local(&argv, req).await?;
+        let outcome = run_local_with_stderr_on_fd3(&argv, req, "schroot").await?;
         // A session ended under the command kills it (or schroot finds no
         // session): the testbed is gone, not the command at fault.
         if !outcome.status.success() && session.ended_elsewhere() {
