@@ -661,16 +661,32 @@ impl QemuTestbed {
         Ok(())
     }
 
-    /// Starts QEMU on the current overlay and connects to its monitor.
+    /// Starts QEMU on the current overlay and connects to its monitor. The
+    /// ports it listens on were free when chosen; one taken in the moment
+    /// before QEMU bound it (by another program choosing ports) means
+    /// starting again on others.
     async fn start_vm(&mut self) -> Result<()> {
         // One spare link goes on right after the snapshot is taken.
         let spares = match (self.args.revert, self.args.quick_reverts) {
             (RevertMethod::Snapshot, n) if n > 0 => n + 1,
             _ => 0,
         };
-        let mut ports = free_ports(1 + spares)?;
-        self.port = ports.remove(0);
-        self.spare_ports = ports;
+        let mut tries = 1;
+        loop {
+            let mut ports = free_ports(1 + spares)?;
+            self.port = ports.remove(0);
+            self.spare_ports = ports;
+            match self.start_vm_on_chosen_ports().await {
+                Err(TestbedError::Failure(why)) if tries < PORT_TRIES && a_port_was_taken(&why) => {
+                    tracing::debug!("qemu: starting again on other ports: {why}");
+                    tries += 1;
+                }
+                started => return started,
+            }
+        }
+    }
+
+    async fn start_vm_on_chosen_ports(&mut self) -> Result<()> {
         let qmp_socket = self.work.path().join("qmp.sock");
         let _ = std::fs::remove_file(&qmp_socket);
         let argv = self.qemu_argv(&qmp_socket)?;
@@ -1563,12 +1579,45 @@ fn nested_kvm() -> bool {
     })
 }
 
-/// `n` different TCP ports on 127.0.0.1 that were free a moment ago.
+/// How many times QEMU is started on newly chosen ports when one it was
+/// given was taken before it could bind it.
+const PORT_TRIES: u32 = 3;
+
+/// Whether QEMU failed to start because a port it was given was taken
+/// (a `-chardev socket` or the forwarded ssh port).
+fn a_port_was_taken(why: &str) -> bool {
+    why.contains("Address already in use") || why.contains("Could not set up host forwarding rule")
+}
+
+/// `n` different TCP ports on 127.0.0.1 that were free a moment ago, chosen
+/// at random below the kernel's range for the local ends of connections
+/// (`ip_local_port_range`): between the choice and QEMU's bind, no ssh or
+/// apt connection can take one, as they could a port that `bind(0)` gave.
 fn free_ports(n: usize) -> Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()
-        .map_err(|e| TestbedError::failure("finding free ports", e))?;
+    let connections_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let lowest = 10_000.min(connections_from / 2);
+    let mut listeners = Vec::with_capacity(n);
+    for _ in 0..1000 {
+        if listeners.len() == n {
+            break;
+        }
+        let mut random = [0u8; 2];
+        getrandom::fill(&mut random).map_err(|e| {
+            TestbedError::Failure(format!("finding free ports: no random numbers: {e}"))
+        })?;
+        let port = lowest + u16::from_ne_bytes(random) % (connections_from - lowest);
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            listeners.push(listener);
+        }
+    }
+    if listeners.len() < n {
+        return Err(TestbedError::Failure(format!(
+            "finding free ports: no {n} free ports on 127.0.0.1 between {lowest} and {connections_from}"
+        )));
+    }
     listeners
         .iter()
         .map(|l| l.local_addr().map(|a| a.port()))
@@ -1591,6 +1640,32 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_and_below_the_connections_range() {
+        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+        let connections_from: u16 = range.split_whitespace().next().unwrap().parse().unwrap();
+        let ports = free_ports(8).unwrap();
+        let distinct: std::collections::BTreeSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), 8, "{ports:?}");
+        assert!(ports.iter().all(|&p| p < connections_from), "{ports:?}");
+    }
+
+    #[test]
+    fn a_taken_port_is_told_from_other_start_failures() {
+        // What QEMU 7.2 says for a chardev's port and the forwarded one.
+        assert!(a_port_was_taken(
+            "qemu-system-x86_64: -chardev socket,id=dep8-spare0,host=127.0.0.1,port=38181,\
+             server=on,wait=off,nodelay=on: Failed to find an available port: Address already in use"
+        ));
+        assert!(a_port_was_taken(
+            "qemu-system-x86_64: -netdev user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22: \
+             Could not set up host forwarding rule 'tcp:127.0.0.1:2222-:22'"
+        ));
+        assert!(!a_port_was_taken(
+            "qemu-system-x86_64: -drive file=x.qcow2: Could not open 'x.qcow2': No such file"
+        ));
+    }
 
     #[test]
     fn arguments() {
