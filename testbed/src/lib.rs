@@ -14,6 +14,7 @@
 pub mod capability;
 pub mod exec;
 pub mod leftovers;
+pub mod ports;
 
 use crate::capability::{Capabilities, Capability};
 use async_trait::async_trait;

@@ -72,10 +72,8 @@ impl AutopkgtestOnPath {
 
 /// `N` distinct TCP ports on 127.0.0.1 that were free a moment ago.
 fn free_ports<const N: usize>() -> [u16; N] {
-    let listeners: Vec<std::net::TcpListener> = (0..N)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("binding a free port"))
-        .collect();
-    std::array::from_fn(|i| listeners[i].local_addr().expect("local address").port())
+    let ports = dep8_core::testbed::ports::free_loopback_ports(N).expect("free ports");
+    std::array::from_fn(|i| ports[i])
 }
 
 /// Runs `command` to the end, failing the test after `limit` (the command

@@ -470,8 +470,8 @@ fn package_state_overlays(dir: &Path) -> std::io::Result<String> {
 const PRIVATE_TMP: [(&str, &str); 2] = [("tmp", "/tmp"), ("var-tmp", "/var/tmp")];
 
 fn free_port() -> Result<u16, String> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
+    let ports = dep8_core::testbed::ports::free_loopback_ports(1).map_err(|e| e.to_string())?;
+    Ok(ports[0])
 }
 
 fn run(cmd: &mut Command) -> Result<(), String> {

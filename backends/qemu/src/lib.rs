@@ -29,6 +29,7 @@ use clock::{ClockLink, CLOCK_PORT, START_CLOCK};
 use dep8_backend_ssh::{SshConnection, SshTarget};
 use dep8_testbed::capability::{BaseImage, BaseImageKind, Capabilities, Capability};
 use dep8_testbed::exec::host_command;
+use dep8_testbed::ports::free_loopback_ports;
 use dep8_testbed::{Backend, ExecOutcome, ExecRequest, Output, Result, Tap, Testbed, TestbedError};
 use qmp::Qmp;
 use serde_json::json;
@@ -673,7 +674,8 @@ impl QemuTestbed {
         };
         let mut tries = 1;
         loop {
-            let mut ports = free_ports(1 + spares)?;
+            let mut ports = free_loopback_ports(1 + spares)
+                .map_err(|e| TestbedError::failure("finding free ports", e))?;
             self.port = ports.remove(0);
             self.spare_ports = ports;
             match self.start_vm_on_chosen_ports().await {
@@ -1589,42 +1591,6 @@ fn a_port_was_taken(why: &str) -> bool {
     why.contains("Address already in use") || why.contains("Could not set up host forwarding rule")
 }
 
-/// `n` different TCP ports on 127.0.0.1 that were free a moment ago, chosen
-/// at random below the kernel's range for the local ends of connections
-/// (`ip_local_port_range`): between the choice and QEMU's bind, no ssh or
-/// apt connection can take one, as they could a port that `bind(0)` gave.
-fn free_ports(n: usize) -> Result<Vec<u16>> {
-    let connections_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    let lowest = 10_000.min(connections_from / 2);
-    let mut listeners = Vec::with_capacity(n);
-    for _ in 0..1000 {
-        if listeners.len() == n {
-            break;
-        }
-        let mut random = [0u8; 2];
-        getrandom::fill(&mut random).map_err(|e| {
-            TestbedError::Failure(format!("finding free ports: no random numbers: {e}"))
-        })?;
-        let port = lowest + u16::from_ne_bytes(random) % (connections_from - lowest);
-        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
-            listeners.push(listener);
-        }
-    }
-    if listeners.len() < n {
-        return Err(TestbedError::Failure(format!(
-            "finding free ports: no {n} free ports on 127.0.0.1 between {lowest} and {connections_from}"
-        )));
-    }
-    listeners
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.port()))
-        .collect::<std::io::Result<_>>()
-        .map_err(|e| TestbedError::failure("finding free ports", e))
-}
-
 /// What every operation that needs the VM says when there is none.
 fn not_running() -> TestbedError {
     TestbedError::Failure("the VM is not running".into())
@@ -1640,16 +1606,6 @@ mod tests {
     }
 
     use super::*;
-
-    #[test]
-    fn free_ports_are_distinct_and_below_the_connections_range() {
-        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
-        let connections_from: u16 = range.split_whitespace().next().unwrap().parse().unwrap();
-        let ports = free_ports(8).unwrap();
-        let distinct: std::collections::BTreeSet<_> = ports.iter().collect();
-        assert_eq!(distinct.len(), 8, "{ports:?}");
-        assert!(ports.iter().all(|&p| p < connections_from), "{ports:?}");
-    }
 
     #[test]
     fn a_taken_port_is_told_from_other_start_failures() {
