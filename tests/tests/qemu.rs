@@ -162,7 +162,8 @@ async fn efi_boot_and_snapshot_revert() {
 /// The image boots by default from the uncompressed kernel and the initrd
 /// that `dep8 image build qemu` wrote beside it, through the initramfs's
 /// fast /init (which hands over to initramfs-tools' only when it cannot
-/// mount the root). Snapshot reverts take up the spare ssh links kept idle
+/// mount the root). The run goes on from the snapshot over the forwarded
+/// port; snapshot reverts take up the spare ssh links kept idle
 /// in the snapshot (sshd on a virtio-serial port: no TCP peer in
 /// `SSH_CONNECTION`), one per revert, also after a reboot (which itself
 /// reconnects over the forwarded port); once they are used up, a revert
@@ -192,7 +193,7 @@ async fn direct_boot_and_reverts_on_the_spare_ssh_links() {
     let peer = "set -- $SSH_CONNECTION; echo $1";
     let spare = "UNKNOWN";
     let forwarded = "10.0.2.2";
-    assert_eq!(sh(tb.as_ref(), peer).await, spare, "after the snapshot");
+    assert_eq!(sh(tb.as_ref(), peer).await, forwarded, "after the snapshot");
     let dirty = "ls /var/tmp/dirty 2>/dev/null || echo clean";
     for (step, link) in [(1, spare), (2, "reboot"), (3, spare), (4, forwarded)] {
         sh(tb.as_ref(), "touch /var/tmp/dirty").await;
