@@ -4,7 +4,7 @@
 //! files removed) on drop.
 
 use crate::e2e::required_program;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
