@@ -155,10 +155,9 @@ impl BootWatch {
     /// Starts watching a boot of `what` (the image) from now on: what the
     /// files held before is not this boot's.
     pub fn new(files: BootFiles, what: String, show: bool) -> Self {
-        let len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
         BootWatch {
-            console_from: len(&files.console),
-            ready_from: len(&files.ready),
+            console_from: file_len(&files.console),
+            ready_from: file_len(&files.ready),
             files,
             what,
             show,
@@ -247,8 +246,7 @@ impl BootWatch {
 
     /// A boot failure with this boot's console tail.
     fn failure(&self, msg: String) -> TestbedError {
-        let console = read_from(&self.files.console, self.console_from);
-        let console = tail_of(&String::from_utf8_lossy(&console), 15);
+        let console = tail_from(&self.files.console, self.console_from, 15);
         TestbedError::Failure(format!("{msg}\nconsole:\n{console}"))
     }
 }
@@ -264,9 +262,21 @@ fn read_from(path: &Path, offset: u64) -> Vec<u8> {
     bytes
 }
 
+/// The length of `path` (0 if it is missing): where what is appended to
+/// it from now on starts.
+pub fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
 /// The last `lines` lines of a log file, for error messages.
 pub fn tail(path: &Path, lines: usize) -> String {
     tail_of(&std::fs::read_to_string(path).unwrap_or_default(), lines)
+}
+
+/// The last `lines` lines of what was appended to a log file from
+/// `offset` on, for error messages.
+pub fn tail_from(path: &Path, offset: u64, lines: usize) -> String {
+    tail_of(&String::from_utf8_lossy(&read_from(path, offset)), lines)
 }
 
 fn tail_of(text: &str, lines: usize) -> String {

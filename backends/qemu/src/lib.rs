@@ -23,7 +23,7 @@ mod qmp;
 
 use accel::Accel;
 use async_trait::async_trait;
-use boot::{tail, BootFiles, BootWatch, DiskBoot};
+use boot::{file_len, tail, tail_from, BootFiles, BootWatch, DiskBoot};
 use clap::Parser;
 use clock::{ClockLink, CLOCK_PORT, START_CLOCK};
 use dep8_backend_ssh::{SshConnection, SshTarget};
@@ -710,6 +710,8 @@ impl QemuTestbed {
             .kill_on_drop(true);
         // A dep8 killed before it could stop QEMU: the next run stops it.
         dep8_testbed::leftovers::tag(cmd.as_std_mut());
+        // The log is appended to across starts: this start's lines follow.
+        let log_from = file_len(&log_path);
         let mut child = cmd
             .spawn()
             .map_err(|e| TestbedError::failure(format!("cannot run {}", self.qemu), e))?;
@@ -719,7 +721,7 @@ impl QemuTestbed {
                 return Err(TestbedError::Failure(format!(
                     "{} exited at start ({status}): {}",
                     self.qemu,
-                    tail(&log_path, 10)
+                    tail_from(&log_path, log_from, 10)
                 )));
             }
             if qmp_socket.exists() {
@@ -925,9 +927,9 @@ impl QemuTestbed {
 
     /// Replaces the spare connections: starts an `sshd -i` on each spare
     /// link in the guest and connects to them all, and (re)starts the
-    /// clock loop (first asked, and dropped if it does not answer, as the
-    /// guest goes on from the snapshot). A spare that fails is left out
-    /// (its reverts connect anew), with a warning.
+    /// clock loop (first asked at the first revert, and dropped if it does
+    /// not answer then). A spare that fails is left out (its reverts
+    /// connect anew), with a warning.
     async fn make_spares(&mut self) {
         self.spares.clear();
         self.used_spares.clear();
@@ -1611,7 +1613,7 @@ mod tests {
 
     #[test]
     fn a_taken_port_is_told_from_other_start_failures() {
-        // What QEMU 7.2 says for a chardev's port and the forwarded one.
+        // What QEMU 10.0 (bookworm-backports) says for a chardev's port and the forwarded one.
         assert!(a_port_was_taken(
             "qemu-system-x86_64: -chardev socket,id=dep8-spare0,host=127.0.0.1,port=38181,\
              server=on,wait=off,nodelay=on: Failed to find an available port: Address already in use"
