@@ -107,12 +107,12 @@ async fn run_local_with(
             });
             None
         }
-        Some(_) => {
+        Some(tool) => {
             cmd.stderr(Stdio::piped());
             let (reader, writer) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
                 .map_err(|e| TestbedError::failure("creating a pipe", e))?;
             give_as_fd3(cmd.as_std_mut(), writer);
-            Some(tokio::fs::File::from_std(std::fs::File::from(reader)))
+            Some((tool, tokio::fs::File::from_std(std::fs::File::from(reader))))
         }
     };
     let mut child = cmd
@@ -144,9 +144,9 @@ async fn run_local_with(
             own_stderr.map(|s| tokio::spawn(pump(s, req.stderr.clone()))),
             None,
         ),
-        Some(command_stderr) => (
+        Some((tool, command_stderr)) => (
             Some(tokio::spawn(pump(command_stderr, req.stderr.clone()))),
-            own_stderr.map(|s| tokio::spawn(pump(s, Output::capture()))),
+            own_stderr.map(|s| (tool, tokio::spawn(pump(s, Output::capture())))),
         ),
     };
 
@@ -168,8 +168,8 @@ async fn run_local_with(
 
     let stdout = finish_pump(out_pump).await?;
     let stderr = finish_pump(err_pump).await?;
-    if let Some(tool) = stderr_on_fd3_of {
-        let said = finish_pump(tool_pump).await?;
+    if let Some((tool, tool_pump)) = tool_pump {
+        let said = finish_pump(Some(tool_pump)).await?;
         for line in String::from_utf8_lossy(&said).lines() {
             tracing::warn!("{tool}: {line}");
         }

@@ -90,7 +90,7 @@ impl LoopbackSshd {
         // Privilege separation needs this dir; it is shared with a system
         // sshd and harmless to leave.
         std::fs::create_dir_all("/run/sshd").map_err(|e| e.to_string())?;
-        let port = free_port()?;
+        let port = dep8_core::testbed::ports::free_loopback_ports(1).map_err(|e| e.to_string())?[0];
         // SetEnv: a login shell on this machine runs `pyenv rehash`, which
         // would wait 60 s on a lock that a killed shell left (see .ci/run).
         let config = format!(
@@ -468,11 +468,6 @@ fn package_state_overlays(dir: &Path) -> std::io::Result<String> {
 /// [`Login::RootOwnMachine`]'s dirs in sshd's dir, and where the machine
 /// sees them.
 const PRIVATE_TMP: [(&str, &str); 2] = [("tmp", "/tmp"), ("var-tmp", "/var/tmp")];
-
-fn free_port() -> Result<u16, String> {
-    let ports = dep8_core::testbed::ports::free_loopback_ports(1).map_err(|e| e.to_string())?;
-    Ok(ports[0])
-}
 
 fn run(cmd: &mut Command) -> Result<(), String> {
     let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
