@@ -221,9 +221,11 @@ async fn dispatch(command: Command, registry: &Registry, color: console::ColorCh
                 .collect()
         }),
         Command::Clean => {
-            let lines: String = dep8_core::blocking(dep8_core::leftovers::sweep)
-                .await
+            let swept = dep8_core::blocking(dep8_core::leftovers::sweep).await;
+            let lines: String = swept
+                .done
                 .into_iter()
+                .chain(swept.live)
                 .map(|line| line + "\n")
                 .collect();
             emit(lines)

@@ -252,16 +252,27 @@ pub fn record_schroot_session(name: &str) {
         .and_then(|mut file| writeln!(file, "{name}"));
 }
 
+/// What a [`sweep`] did.
+#[derive(Debug, Default)]
+pub struct Swept {
+    /// A line per thing done for dead runs.
+    pub done: Vec<String>,
+    /// A line per run dir left alone because its run is alive.
+    pub live: Vec<String>,
+}
+
 /// Removes what dead runs left: kills their process groups, ends their
-/// schroot sessions, removes their dirs. Returns a line per thing done.
-pub fn sweep() -> Vec<String> {
-    let mut done = Vec::new();
+/// schroot sessions, removes their dirs. A run that is dying (killed, its
+/// process not yet gone) is waited for, so that a sweep right after a
+/// `kill -9` does not take it for a live one.
+pub fn sweep() -> Swept {
+    let mut swept = Swept::default();
     let base = CURRENT
         .get()
         .and_then(|r| r.path.parent().map(Path::to_path_buf))
         .unwrap_or_else(std::env::temp_dir);
     let Ok(entries) = std::fs::read_dir(&base) else {
-        return done;
+        return swept;
     };
     for entry in entries.flatten() {
         let dir = entry.path();
@@ -285,12 +296,65 @@ pub fn sweep() -> Vec<String> {
         let Ok(lock) = File::open(dir.join("lock")) else {
             continue;
         };
-        let Ok(_held) = Flock::lock(lock, FlockArg::LockExclusiveNonblock) else {
-            continue;
-        };
-        done.extend(sweep_dead(&dir));
+        match lock_of_dead_run(&dir, lock) {
+            Ok(_held) => swept.done.extend(sweep_dead(&dir)),
+            Err(pid) => swept.live.push(format!(
+                "left {}: its run (pid {pid}) is running",
+                dir.display()
+            )),
+        }
     }
-    done
+    swept
+}
+
+/// How long a sweep waits for a dying run to be gone.
+const DYING_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The run dir's lock, once its run is dead: at once if nobody holds it;
+/// after a wait (at most [`DYING_LIMIT`]) if its run is dying. Otherwise
+/// the run's pid, as the pid file says.
+fn lock_of_dead_run(dir: &Path, lock: File) -> Result<Flock<File>, String> {
+    let pid = std::fs::read_to_string(dir.join("pid"))
+        .map(|p| p.trim().to_string())
+        .unwrap_or_default();
+    let mut lock = match Flock::lock(lock, FlockArg::LockExclusiveNonblock) {
+        Ok(held) => return Ok(held),
+        Err((lock, _)) => lock,
+    };
+    let deadline = std::time::Instant::now() + DYING_LIMIT;
+    while pid.parse().is_ok_and(dying) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        lock = match Flock::lock(lock, FlockArg::LockExclusiveNonblock) {
+            Ok(held) => return Ok(held),
+            Err((lock, _)) => lock,
+        };
+    }
+    Err(pid)
+}
+
+/// `PF_EXITING` in a task's flags (the kernel's include/linux/sched.h).
+const PF_EXITING: u64 = 0x4;
+
+/// Whether process `pid` is gone or on its way out: SIGKILL pending, or
+/// exiting. Its open files (a run's lock) go only once all its threads
+/// have exited, which may take a moment after `kill -9` returns; and a
+/// child caught between fork and exec holds them until it is gone too.
+fn dying(pid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return true;
+    };
+    const SIGKILL_BIT: u64 = 1 << (Signal::SIGKILL as u64 - 1);
+    let kill_pending = status.lines().any(|line| {
+        line.strip_prefix("ShdPnd:")
+            .or_else(|| line.strip_prefix("SigPnd:"))
+            .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+            .is_some_and(|mask| mask & SIGKILL_BIT != 0)
+    });
+    let zombie = status.lines().any(|line| {
+        line.strip_prefix("State:")
+            .is_some_and(|state| state.trim_start().starts_with(['Z', 'X']))
+    });
+    kill_pending || zombie || stat_field(pid, 6).is_some_and(|flags| flags & PF_EXITING != 0)
 }
 
 /// How long a sweep waits for a dead run's killed processes to be gone.
@@ -597,6 +661,77 @@ mod tests {
         std::fs::write(dir.path().join("undo/0"), ["sh", "-c", &script].join("\0")).unwrap();
         let said = run_undo_commands(dir.path());
         assert_eq!(said.len(), 1, "{said:?}");
+    }
+
+    /// A run dir whose lock a shell holds for `seconds`; its pid file
+    /// names `pid`, or the shell if `None`.
+    fn run_dir_locked_for(
+        seconds: &str,
+        pid: Option<u32>,
+    ) -> (tempfile::TempDir, std::process::Child) {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = dir.path().join("lock");
+        let mut holder = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "exec 9>'{}' && flock 9 && echo locked && exec sleep {seconds}",
+                lock.display()
+            ))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut said = String::new();
+        std::io::Read::read_to_string(
+            &mut std::io::Read::take(holder.stdout.take().unwrap(), 7),
+            &mut said,
+        )
+        .unwrap();
+        assert_eq!(said, "locked\n");
+        let pid = pid.unwrap_or(holder.id());
+        std::fs::write(dir.path().join("pid"), format!("{pid}\n")).unwrap();
+        (dir, holder)
+    }
+
+    #[test]
+    fn a_live_runs_dir_is_left_alone_at_once() {
+        let (dir, mut holder) = run_dir_locked_for("60", None);
+        let started = std::time::Instant::now();
+        let lock = File::open(dir.path().join("lock")).unwrap();
+        assert_eq!(
+            lock_of_dead_run(dir.path(), lock).err(),
+            Some(holder.id().to_string())
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+    }
+
+    #[test]
+    fn a_dead_runs_lock_still_held_by_a_child_is_waited_for() {
+        // The run's process is gone (no such pid); a process it started
+        // still holds the lock for a moment, as a child caught between
+        // fork and exec, or a killed dep8's last thread, does.
+        let (dir, mut holder) = run_dir_locked_for("0.5", Some(u32::MAX));
+        let lock = File::open(dir.path().join("lock")).unwrap();
+        assert!(lock_of_dead_run(dir.path(), lock).is_ok());
+        assert!(
+            holder.try_wait().unwrap().is_some(),
+            "taken before the holder ended"
+        );
+    }
+
+    #[test]
+    fn a_killed_process_is_dying_and_a_sleeping_one_is_not() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        assert!(!dying(child.id()));
+        child.kill().unwrap();
+        // A zombie until reaped, then gone: dying either way.
+        assert!(dying(child.id()));
+        child.wait().unwrap();
+        assert!(dying(child.id()));
     }
 
     #[test]

@@ -416,7 +416,7 @@ fn claim_html(path: &Path) -> Result<(), Error> {
 pub async fn run(args: RunArgs, registry: &Registry, color: ColorChoice) -> Exit {
     // Dead runs' leftovers go away (this run's dir was claimed at start);
     // killing and unmounting may take a while: off the async threads.
-    for line in dep8_core::blocking(dep8_core::leftovers::sweep).await {
+    for line in dep8_core::blocking(dep8_core::leftovers::sweep).await.done {
         tracing::info!("leftovers of a dead run: {line}");
     }
     if let Some(html) = args.html() {
