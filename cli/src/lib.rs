@@ -19,6 +19,7 @@ mod image;
 mod registry;
 mod report_html;
 mod virt_server;
+mod warnings;
 
 pub use registry::Registry;
 
@@ -118,12 +119,22 @@ pub fn main_with(registry: Registry) -> i32 {
         1 => "info",
         _ => "debug",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| filter.into()),
-        )
-        .with_writer(|| Stderr)
-        .init();
+    {
+        use tracing_subscriber::layer::{Layer, SubscriberExt};
+        use tracing_subscriber::util::SubscriberInitExt;
+        tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| filter.into()),
+            )
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(|| Stderr)
+                    .with_filter(tracing_subscriber::filter::filter_fn(warnings::formatted)),
+            )
+            .with(warnings::Warnings)
+            .init();
+    }
     // A run's temp files go to its own dir, claimed while dep8 has one thread.
     if matches!(cli.command, Command::Run(_)) {
         if let Err(e) = dep8_core::leftovers::claim() {

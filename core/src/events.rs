@@ -287,6 +287,48 @@ impl Events {
     }
 }
 
+/// The run that dep8's own warnings (`tracing`'s, such as a backend's)
+/// go into while it is on: see [`take_warnings`].
+static WARNINGS_TO: std::sync::Mutex<Option<Events>> = std::sync::Mutex::new(None);
+
+/// Takes dep8's warnings and errors from `tracing` into `events`, as
+/// lines of the run's log (and so of its terminal), until the returned
+/// guard is dropped. For the process's one run: a routed run's several
+/// runs at once cannot tell whose a warning is.
+#[must_use = "warnings go to the run only while the guard lives"]
+pub fn take_warnings(events: &Events) -> WarningsTaken {
+    if let Ok(mut to) = WARNINGS_TO.lock() {
+        *to = Some(events.clone());
+    }
+    WarningsTaken(())
+}
+
+/// While it lives, dep8's warnings go into a run ([`take_warnings`]).
+pub struct WarningsTaken(());
+
+impl Drop for WarningsTaken {
+    fn drop(&mut self) {
+        if let Ok(mut to) = WARNINGS_TO.lock() {
+            *to = None;
+        }
+    }
+}
+
+/// Emits a warning or error of dep8's own into the run that takes them
+/// ([`take_warnings`]); `false` when no run does.
+pub fn forward_warning(level: Level, text: &str) -> bool {
+    let Ok(to) = WARNINGS_TO.lock() else {
+        return false;
+    };
+    match to.as_ref() {
+        Some(events) => {
+            events.say(level, text);
+            true
+        }
+        None => false,
+    }
+}
+
 impl Dispatcher {
     /// Handles what is queued, then stops the thread; later events are
     /// dropped.

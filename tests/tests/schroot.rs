@@ -211,9 +211,9 @@ async fn host_unchanged_after_run_timeout_and_drop() {
 /// schroot warns on its own stderr about every session file it cannot
 /// stat, such as one that another schroot user is ending at that moment:
 /// those warnings are not the test's stderr, so the test still passes and
-/// dep8 passes the warning on as its own. A dangling session file, in a private
-/// session dir that no other schroot user sees, makes schroot warn at
-/// every command.
+/// dep8 passes the warning on as its own, on the terminal and in the run's
+/// log. A dangling session file, in a private session dir that no other
+/// schroot user sees, makes schroot warn at every command.
 #[tokio::test]
 async fn warnings_about_other_sessions_are_not_the_tests_stderr() {
     let Some(chroot) = test_chroot() else {
@@ -245,11 +245,14 @@ async fn warnings_about_other_sessions_are_not_the_tests_stderr() {
         String::from_utf8_lossy(&run.stderr),
         log_tail(&out, 30)
     );
+    // On the terminal and in the run's log, as one of dep8's warnings.
+    let warning =
+        "WARNING: schroot: W: /var/lib/schroot/session/dep8-test-dangling: Failed to stat file";
     let said = String::from_utf8_lossy(&run.stderr);
     assert!(
-        said.contains(
-            "schroot: W: /var/lib/schroot/session/dep8-test-dangling: Failed to stat file"
-        ),
+        said.contains(warning),
         "dep8 did not pass schroot's warning on:\n{said}"
     );
+    let log = std::fs::read_to_string(out.join("log")).unwrap();
+    assert!(log.contains(warning), "not in the log:\n{log}");
 }

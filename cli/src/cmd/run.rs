@@ -449,18 +449,22 @@ pub async fn run(args: RunArgs, registry: &Registry, color: ColorChoice) -> Exit
 }
 
 /// A run writing into `out`, its events seen by the log, the result files
-/// and `console` (none: nothing on the terminal).
+/// and `console` (none: nothing on the terminal). A run with a console is
+/// the process's one run: dep8's own warnings (a backend's) go into it.
 pub(super) async fn run_in(
     args: &RunArgs,
     registry: &Registry,
     out: &Path,
     console: Option<Box<dyn Observer>>,
 ) -> Exit {
+    let own_run = console.is_some();
     let (events, dispatcher, unwritten) = match logged_events(args, out, console) {
         Ok(logged) => logged,
         Err(exit) => return exit,
     };
+    let warnings = own_run.then(|| events::take_warnings(&events));
     let exit = run_with(args, registry, out, &events, &unwritten).await;
+    drop(warnings);
     dispatcher.close().await;
     exit
 }
