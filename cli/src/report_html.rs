@@ -13,7 +13,8 @@
 use dep8_core::error::Error;
 use dep8_core::events::{Event, Observer};
 use dep8_core::report::{
-    write_atomically, Outcome, Report, TestRecord, Unfinished, Unwritten, RESULTS_SCHEMA,
+    write_atomically, Outcome, Report, RewritePace, TestRecord, Unfinished, Unwritten,
+    RESULTS_SCHEMA,
 };
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -59,15 +60,18 @@ pub fn run_page(output_dir: &Path, results: Report) -> String {
 }
 
 /// `dep8 run --html FILE`: keeps the run's results as they arrive and
-/// rewrites FILE whole (through a sibling and a rename) after each test's
-/// result, the page marked incomplete, and once more when the run ends.
-/// A write that fails is noted in [`Unwritten`], which ends the run with
-/// 20.
+/// rewrites FILE whole (through a sibling and a rename) after a test's
+/// result, the page marked incomplete, as often as [`RewritePace`] allows
+/// (after the first result at once; the page holds every test's output,
+/// so rewriting it after each one would cost the square of their number),
+/// and once more when the run ends. A write that fails is noted in
+/// [`Unwritten`], which ends the run with 20.
 pub struct HtmlReport {
     path: PathBuf,
     output_dir: PathBuf,
     results: Report,
     unwritten: Unwritten,
+    pace: RewritePace,
 }
 
 impl HtmlReport {
@@ -79,16 +83,21 @@ impl HtmlReport {
             output_dir: output_dir.to_path_buf(),
             results,
             unwritten,
+            pace: RewritePace::default(),
         }
     }
 
     /// Writes the page for the results so far; the output dir's files
     /// (log, stdout, ...) are read now, as `dep8 report` reads them.
-    fn write(&self) {
-        let html = run_page(&self.output_dir, self.results.clone());
-        if let Err(e) = write_atomically(&self.path, html.as_bytes()) {
-            self.unwritten.note(&self.path, &e);
-        }
+    fn write(&mut self) {
+        let (path, output_dir, results, unwritten) =
+            (&self.path, &self.output_dir, &self.results, &self.unwritten);
+        self.pace.rewrite(|| {
+            let html = run_page(output_dir, results.clone());
+            if let Err(e) = write_atomically(path, html.as_bytes()) {
+                unwritten.note(path, &e);
+            }
+        });
     }
 }
 
@@ -100,7 +109,9 @@ impl Observer for HtmlReport {
                 self.results
                     .tests
                     .push(TestRecord::Finished(result.clone()));
-                self.write();
+                if self.pace.due() {
+                    self.write();
+                }
             }
             Event::RunFinished(results) => {
                 self.results = results.clone();

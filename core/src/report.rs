@@ -438,7 +438,7 @@ impl Observer for LogFile {
 
 /// The output dir's result files: the summary as tests finish, results.json
 /// extended by each result ([`PartialResults`]), junit.xml rewritten now
-/// and then ([`JUNIT_COST_SHARE`]), both rewritten whole at the end.
+/// and then ([`RewritePace`]), both rewritten whole at the end.
 pub struct ResultFiles {
     summary: File,
     summary_path: PathBuf,
@@ -447,14 +447,45 @@ pub struct ResultFiles {
     /// results.json on disk, once the first result wrote it.
     partial: Option<PartialResults>,
     /// When junit.xml is next rewritten during the run.
-    next_junit: Instant,
+    junit_pace: RewritePace,
     unwritten: Unwritten,
 }
 
-/// junit.xml is rewritten during a run only after 1 / this share of the
-/// time its last rewrite took has passed (and at least a second): its
-/// cost stays a small share of the run however many tests it has.
-const JUNIT_COST_SHARE: u32 = 50;
+/// A file rewritten whole during a run (junit.xml, the `--html` page) is
+/// rewritten only after 1 / this share of the time its last rewrite took
+/// has passed (and at least a second): its cost stays a small share of
+/// the run however many tests it has, instead of growing with the square
+/// of their number.
+const REWRITE_COST_SHARE: u32 = 50;
+
+/// When a file rewritten whole during a run may be rewritten next
+/// ([`REWRITE_COST_SHARE`]); the first rewrite is due at once.
+pub struct RewritePace {
+    next: Instant,
+}
+
+impl Default for RewritePace {
+    fn default() -> Self {
+        RewritePace {
+            next: Instant::now(),
+        }
+    }
+}
+
+impl RewritePace {
+    /// Whether a rewrite during the run is due.
+    pub fn due(&self) -> bool {
+        Instant::now() >= self.next
+    }
+
+    /// Runs `rewrite`, and paces the next one by the time it took.
+    pub fn rewrite(&mut self, rewrite: impl FnOnce()) {
+        let started = Instant::now();
+        rewrite();
+        let took = started.elapsed();
+        self.next = Instant::now() + (took * REWRITE_COST_SHARE).max(Duration::from_secs(1));
+    }
+}
 
 impl ResultFiles {
     /// Creates (truncates) the summary file at `summary_path`.
@@ -470,7 +501,7 @@ impl ResultFiles {
             output_dir: output_dir.to_path_buf(),
             report,
             partial: None,
-            next_junit: Instant::now(),
+            junit_pace: RewritePace::default(),
             unwritten,
         })
     }
@@ -507,13 +538,13 @@ impl ResultFiles {
 
     /// Rewrites junit.xml, and says when it may be rewritten next.
     fn write_junit(&mut self) {
-        let started = Instant::now();
         let path = self.output_dir.join(JUNIT_XML);
-        if let Err(e) = write_atomically(&path, self.report.junit().as_bytes()) {
-            self.unwritten.note(&path, &e);
-        }
-        let took = started.elapsed();
-        self.next_junit = Instant::now() + (took * JUNIT_COST_SHARE).max(Duration::from_secs(1));
+        let (report, unwritten) = (&self.report, &self.unwritten);
+        self.junit_pace.rewrite(|| {
+            if let Err(e) = write_atomically(&path, report.junit().as_bytes()) {
+                unwritten.note(&path, &e);
+            }
+        });
     }
 }
 
@@ -588,7 +619,7 @@ impl Observer for ResultFiles {
                 }
                 self.report.tests.push(TestRecord::Finished(result.clone()));
                 self.record_last_result();
-                if Instant::now() >= self.next_junit {
+                if self.junit_pace.due() {
                     self.write_junit();
                 }
             }
@@ -626,6 +657,16 @@ mod tests {
         let mut exit = ExitCode::default();
         outcomes.iter().for_each(|o| exit.record(o));
         exit.finish()
+    }
+
+    #[test]
+    fn a_rewrite_is_due_at_first_then_paced_by_its_cost() {
+        let mut pace = RewritePace::default();
+        assert!(pace.due());
+        pace.rewrite(|| std::thread::sleep(Duration::from_millis(30)));
+        // 30 ms × 50: not due for 1.5 s.
+        assert!(!pace.due());
+        assert!(pace.next >= Instant::now() + Duration::from_millis(1400));
     }
 
     #[test]
