@@ -10,6 +10,7 @@
 //! The host's side stays connected for the VM's life: a guest that reads
 //! the port while nothing is connected on the host reads end of file.
 
+use dep8_backend_ssh::transport::CLOCK_STALE_AFTER;
 use dep8_testbed::{Result, TestbedError};
 use std::path::Path;
 use std::time::Duration;
@@ -65,9 +66,6 @@ EOF
   done
 }"##;
 
-/// How late an answer may come before the time it set counts as stale.
-const STALE_AFTER: Duration = Duration::from_millis(500);
-
 /// The host's side of the clock link.
 pub struct ClockLink {
     lines: Lines<BufReader<OwnedReadHalf>>,
@@ -94,13 +92,13 @@ impl ClockLink {
     /// Sets the guest's clock to the host's, waiting up to `limit` for the
     /// loop's answer. The guest sets the time the host sent, so it is
     /// behind by however long the request took to reach the loop: an
-    /// answer that took longer than [`STALE_AFTER`] (a guest starved of CPU
+    /// answer that took longer than [`CLOCK_STALE_AFTER`] (a guest starved of CPU
     /// right after `loadvm`) means setting it once more, which then takes
     /// milliseconds.
     pub async fn set(&mut self, limit: Duration) -> Result<()> {
         let started = tokio::time::Instant::now();
         self.set_once(limit).await?;
-        if started.elapsed() > STALE_AFTER {
+        if started.elapsed() > CLOCK_STALE_AFTER {
             self.set_once(limit).await?;
         }
         Ok(())

@@ -441,6 +441,7 @@ impl SshConnection {
             _ => vec!["true".into()],
         };
         let remote = self.as_root(command);
+        let asked = Instant::now();
         tokio::time::timeout(limit, self.control("resuming", remote))
             .await
             .map_err(|_| {
@@ -448,8 +449,27 @@ impl SshConnection {
                     "{} did not answer within {limit:?}",
                     self.target.display()
                 ))
-            })?
-            .map(drop)
+            })??;
+        self.set_clock_again_if_late(asked.elapsed()).await
+    }
+
+    /// With [`SshTarget::sync_clock`], sets the clock once more when the
+    /// command that set it took `took`, over [`CLOCK_STALE_AFTER`]: a
+    /// machine starved of CPU (just restored, on a loaded host) may have
+    /// set a time seconds older than the time it was. The second command
+    /// runs warm, and quickly.
+    async fn set_clock_again_if_late(&self, took: Duration) -> Result<()> {
+        let now = clock_now().filter(|_| self.target.sync_clock && took > CLOCK_STALE_AFTER);
+        let Some(now) = now else {
+            return Ok(());
+        };
+        tracing::debug!("ssh: the clock was set {took:.2?} late; setting it again");
+        let remote = self.as_root(
+            ["date", "-u", "-s", &format!("@{now}")]
+                .map(String::from)
+                .to_vec(),
+        );
+        self.control("setting the clock", remote).await.map(drop)
     }
 
     /// Points the connection at another way to the same machine, used from
@@ -479,11 +499,12 @@ impl SshConnection {
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(u64::from(u32::MAX)));
         loop {
             self.start_master(deadline).await?;
+            let asked = Instant::now();
             match self.hello().await {
                 Ok(hello) if Some(hello.boot_id.as_str()) != old_boot_id => {
                     self.boot_id = hello.boot_id;
                     self.root = hello.root;
-                    return Ok(());
+                    return self.set_clock_again_if_late(asked.elapsed()).await;
                 }
                 // Still the old boot: the machine has not gone down yet.
                 Ok(_) => {}
@@ -816,6 +837,10 @@ impl SshConnection {
 }
 
 /// The local clock as `date -s @...` takes it (seconds since the epoch).
+/// How late a clock set may answer before it is set again: the time it
+/// was given may then be that much old.
+pub const CLOCK_STALE_AFTER: Duration = Duration::from_millis(500);
+
 fn clock_now() -> Option<String> {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
