@@ -288,12 +288,8 @@ impl SshTestbed {
             return Ok(());
         }
         self.machine = None;
-        let out = self
-            .conn
-            .exec(ExecRequest::new(["cat", "/etc/machine-id"]).capture())
-            .await?;
         let machine = Machine {
-            machine_id: out.stdout_text().trim().to_string(),
+            machine_id: self.conn.machine_id().to_string(),
             boot_id: self.conn.boot_id().to_string(),
         };
         match Claim::take(machine) {

@@ -150,7 +150,8 @@ exec sh -c "$@""#;
 const REMOVE_DIR: &str = r#"rm -rf -- "$1""#;
 
 /// Prints the uid, the boot id, how root is had (`root`, `sudo`,
-/// `nosudo`), and the control dir `$1`: made (it must not exist yet: its
+/// `nosudo`), the machine id (empty without `/etc/machine-id`), and the
+/// control dir `$1`: made (it must not exist yet: its
 /// name was chosen on this side, see [`remote_name`]), or with `$3` =
 /// `again` remade if a reboot removed it. With `$2` (seconds since the
 /// epoch), also sets the clock to it. As few
@@ -161,7 +162,8 @@ if [ -n "$2" ]; then
   case $r in root) date -u -s "@$2" ;; sudo) sudo -n date -u -s "@$2" ;; *) false ;; esac >/dev/null || exit 1
 fi
 read b < /proc/sys/kernel/random/boot_id
-echo "$u"; echo "$b"; echo "$r"
+m=; read m 2>/dev/null < /etc/machine-id
+echo "$u"; echo "$b"; echo "$r"; echo "$m"
 if [ "$3" = again ]; then mkdir -p -m 700 "$1"; else mkdir -m 700 "$1"; fi && echo "$1""#;
 
 /// Kills a remote job when dropped still armed (its command's future was
@@ -194,6 +196,7 @@ pub struct SshConnection {
     remote_dir: String,
     root: Root,
     boot_id: String,
+    machine_id: String,
     next_job: AtomicU64,
     /// The sweep's command for the control dir, while it exists.
     remote_dir_undo: Option<Undo>,
@@ -216,6 +219,7 @@ impl SshConnection {
             remote_dir: String::new(),
             root: Root::None,
             boot_id: String::new(),
+            machine_id: String::new(),
             next_job: AtomicU64::new(0),
             remote_dir_undo: None,
         };
@@ -231,6 +235,12 @@ impl SshConnection {
     /// was last connected to.
     pub fn boot_id(&self) -> &str {
         &self.boot_id
+    }
+
+    /// The machine's `/etc/machine-id` when it was last connected to
+    /// (empty if it has none).
+    pub fn machine_id(&self) -> &str {
+        &self.machine_id
     }
 
     /// Whether the master connection still runs, as far as this host can
@@ -503,6 +513,7 @@ impl SshConnection {
             match self.hello().await {
                 Ok(hello) if Some(hello.boot_id.as_str()) != old_boot_id => {
                     self.boot_id = hello.boot_id;
+                    self.machine_id = hello.machine_id;
                     self.root = hello.root;
                     return self.set_clock_again_if_late(asked.elapsed()).await;
                 }
@@ -787,7 +798,7 @@ impl SshConnection {
         let remote = ["sh", "-c", HELLO, "sh", &self.remote_dir, &now, again].map(String::from);
         let out = self.control("probing", remote.to_vec()).await?;
         let lines: Vec<&str> = out.lines().collect();
-        let [uid, boot_id, sudo, _dir] = lines[..] else {
+        let [uid, boot_id, sudo, machine_id, _dir] = lines[..] else {
             return Err(TestbedError::Failure(format!(
                 "unexpected reply from {}: {out:?}",
                 self.target.display()
@@ -800,6 +811,7 @@ impl SshConnection {
         };
         Ok(Hello {
             boot_id: boot_id.to_string(),
+            machine_id: machine_id.to_string(),
             root,
         })
     }
@@ -868,6 +880,7 @@ fn ssh_option_path(path: &Path) -> String {
 
 struct Hello {
     boot_id: String,
+    machine_id: String,
     root: Root,
 }
 
