@@ -307,42 +307,66 @@ pub fn sweep() -> Swept {
     swept
 }
 
-/// How long a sweep waits for a dying run to be gone.
+/// How long a sweep waits for a run whose process is exiting.
 const DYING_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// How long a sweep waits for a run whose process is gone (or a zombie)
+/// while something still holds its lock: a child it forked, on its way to
+/// exec or death. A run whose pid this sweep cannot see (another pid
+/// namespace sharing the temp dir) holds it for good, and is left alone
+/// after this.
+const GONE_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The run dir's lock, once its run is dead: at once if nobody holds it;
-/// after a wait (at most [`DYING_LIMIT`]) if its run is dying. Otherwise
-/// the run's pid, as the pid file says.
+/// after a wait (at most [`DYING_LIMIT`] or [`GONE_LIMIT`]) if its run's
+/// process is exiting or gone. Otherwise the run's pid, as the pid file
+/// says.
 fn lock_of_dead_run(dir: &Path, lock: File) -> Result<Flock<File>, String> {
     let pid = std::fs::read_to_string(dir.join("pid"))
         .map(|p| p.trim().to_string())
         .unwrap_or_default();
-    let mut lock = match Flock::lock(lock, FlockArg::LockExclusiveNonblock) {
-        Ok(held) => return Ok(held),
-        Err((lock, _)) => lock,
-    };
-    let deadline = std::time::Instant::now() + DYING_LIMIT;
-    while pid.parse().is_ok_and(dying) && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(50));
+    let started = std::time::Instant::now();
+    let mut lock = lock;
+    loop {
         lock = match Flock::lock(lock, FlockArg::LockExclusiveNonblock) {
             Ok(held) => return Ok(held),
             Err((lock, _)) => lock,
         };
+        let limit = match pid.parse().map(process_state) {
+            Ok(ProcessState::Exiting) => DYING_LIMIT,
+            Ok(ProcessState::Gone) => GONE_LIMIT,
+            Ok(ProcessState::Running) | Err(_) => return Err(pid),
+        };
+        if started.elapsed() >= limit {
+            return Err(pid);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    Err(pid)
+}
+
+/// Where a process is in its life, as far as its open files go.
+#[derive(Debug, PartialEq, Eq)]
+enum ProcessState {
+    Running,
+    /// SIGKILL pending, or exiting: its open files (a run's lock) go once
+    /// all its threads have exited, which may take a moment after
+    /// `kill -9` returns.
+    Exiting,
+    /// No such process, or a zombie (which holds no files).
+    Gone,
 }
 
 /// `PF_EXITING` in a task's flags (the kernel's include/linux/sched.h).
 const PF_EXITING: u64 = 0x4;
 
-/// Whether process `pid` is gone or on its way out: SIGKILL pending, or
-/// exiting. Its open files (a run's lock) go only once all its threads
-/// have exited, which may take a moment after `kill -9` returns; and a
-/// child caught between fork and exec holds them until it is gone too.
-fn dying(pid: u32) -> bool {
+fn process_state(pid: u32) -> ProcessState {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return true;
+        return ProcessState::Gone;
     };
+    let zombie = status.lines().any(|line| {
+        line.strip_prefix("State:")
+            .is_some_and(|state| state.trim_start().starts_with(['Z', 'X']))
+    });
     const SIGKILL_BIT: u64 = 1 << (Signal::SIGKILL as u64 - 1);
     let kill_pending = status.lines().any(|line| {
         line.strip_prefix("ShdPnd:")
@@ -350,11 +374,12 @@ fn dying(pid: u32) -> bool {
             .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
             .is_some_and(|mask| mask & SIGKILL_BIT != 0)
     });
-    let zombie = status.lines().any(|line| {
-        line.strip_prefix("State:")
-            .is_some_and(|state| state.trim_start().starts_with(['Z', 'X']))
-    });
-    kill_pending || zombie || stat_field(pid, 6).is_some_and(|flags| flags & PF_EXITING != 0)
+    let exiting = stat_field(pid, 6).is_some_and(|flags| flags & PF_EXITING != 0);
+    match (zombie, kill_pending || exiting) {
+        (true, _) => ProcessState::Gone,
+        (false, true) => ProcessState::Exiting,
+        (false, false) => ProcessState::Running,
+    }
 }
 
 /// How long a sweep waits for a dead run's killed processes to be gone.
@@ -711,7 +736,7 @@ mod tests {
         // The run's process is gone (no such pid); a process it started
         // still holds the lock for a moment, as a child caught between
         // fork and exec, or a killed dep8's last thread, does.
-        let (dir, mut holder) = run_dir_locked_for("0.5", Some(u32::MAX));
+        let (dir, mut holder) = run_dir_locked_for("0.2", Some(u32::MAX));
         let lock = File::open(dir.path().join("lock")).unwrap();
         assert!(lock_of_dead_run(dir.path(), lock).is_ok());
         assert!(
@@ -721,17 +746,17 @@ mod tests {
     }
 
     #[test]
-    fn a_killed_process_is_dying_and_a_sleeping_one_is_not() {
+    fn a_killed_process_is_on_its_way_out_and_a_sleeping_one_runs() {
         let mut child = std::process::Command::new("sleep")
             .arg("60")
             .spawn()
             .unwrap();
-        assert!(!dying(child.id()));
+        assert_eq!(process_state(child.id()), ProcessState::Running);
         child.kill().unwrap();
-        // A zombie until reaped, then gone: dying either way.
-        assert!(dying(child.id()));
+        // Exiting, or already a zombie until reaped; then gone.
+        assert_ne!(process_state(child.id()), ProcessState::Running);
         child.wait().unwrap();
-        assert!(dying(child.id()));
+        assert_eq!(process_state(child.id()), ProcessState::Gone);
     }
 
     #[test]
