@@ -5,7 +5,7 @@
 //! plain lines: dep8's log on stderr (not with `-q`), the results on
 //! stdout. Results are coloured where `--color` says so.
 
-use dep8_core::events::{Event, Observer};
+use dep8_core::events::{Event, Level, Observer};
 use dep8_core::report::{log_bytes, Outcome, TestResult};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::{IsTerminal, Write};
@@ -112,7 +112,9 @@ fn print(lines: &[String]) {
     let _ = stdout.flush();
 }
 
-/// Plain lines, for pipes, files and `-q`.
+/// Plain lines, for pipes, files and `-q`. With `-q`, the results and
+/// dep8's errors, as autopkgtest's `-q` keeps its errors (a testbed that
+/// cannot be opened is said, not only logged).
 struct Plain {
     quiet: bool,
     colors: bool,
@@ -120,10 +122,18 @@ struct Plain {
 
 impl Observer for Plain {
     fn event(&mut self, event: &Event) {
+        let error = matches!(
+            event,
+            Event::Note(_)
+                | Event::Message {
+                    level: Level::Error,
+                    ..
+                }
+        );
         match event {
             Event::TestFinished(result) => print(&summary_lines(result, self.colors)),
             Event::SummaryLine(line) => print(std::slice::from_ref(line)),
-            _ if self.quiet => {}
+            _ if self.quiet && !error => {}
             _ => {
                 if let Some(bytes) = log_bytes(event) {
                     let _ = std::io::stderr().write_all(&bytes);

@@ -625,7 +625,7 @@ mod tests {
     }
 
     #[test]
-    fn run_html_is_rewritten_after_each_result_and_when_the_run_ends() {
+    fn run_html_is_rewritten_as_its_pace_allows_and_when_the_run_ends() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("report.html");
         let unwritten = Unwritten::default();
@@ -647,10 +647,17 @@ mod tests {
             "{page}"
         );
         assert!(page.contains("<b>incomplete</b>"), "{page}");
+        // Within a second of the last rewrite: not yet.
         html.event(&Event::TestFinished(second.clone()));
         let page = std::fs::read_to_string(&path).unwrap();
+        assert!(!page.contains(">second</a>"), "{page}");
+        // Once the pace allows, the next result rewrites it with all so far.
+        html.pace = RewritePace::default();
+        let third = result("third", Outcome::Pass);
+        html.event(&Event::TestFinished(third));
+        let page = std::fs::read_to_string(&path).unwrap();
         assert!(
-            page.contains(">second</a></td><td class=\"FAIL\">"),
+            page.contains(">second</a></td><td class=\"FAIL\">") && page.contains(">third</a>"),
             "{page}"
         );
         assert!(page.contains("<b>incomplete</b>"), "{page}");

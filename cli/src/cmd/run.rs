@@ -140,8 +140,8 @@ pub struct RunArgs {
     /// Allow what autopkgtest 5.48 made opt-in because it is unsafe.
     #[arg(long)]
     insecure: bool,
-    /// Only the test results on the terminal: dep8's messages and the
-    /// tests' output go to the log file only.
+    /// Only the test results and dep8's errors on the terminal: its other
+    /// messages and the tests' output go to the log file only.
     #[arg(short = 'q', long)]
     quiet: bool,
     /// Open a shell in the testbed after a failed test or dependency
@@ -522,7 +522,7 @@ pub(super) async fn routed_not_started(
     // Nothing shows the events on the terminal: the error is said there.
     error(&why);
     let exit = match attach_result_files(&opts, &events, &unwritten) {
-        Ok(()) => stop_before_testbed(&opts, &events, true, &unwritten, why).await,
+        Ok(()) => stop_before_testbed(&opts, &events, false, &unwritten, why).await,
         Err(exit) => exit,
     };
     dispatcher.close().await;
@@ -540,11 +540,8 @@ async fn run_with(
     let mut signals = listen(events.clone());
     // Ends the run before its output files exist.
     let refuse = |e: Error| {
+        // Said on the terminal also with -q (see console::Plain).
         events.error(e.to_string());
-        if args.quiet {
-            // -q keeps dep8's messages off the terminal, not its errors.
-            crate::error(&e);
-        }
         Exit::Code(e.exit_code())
     };
     let inputs = match Inputs::classify(&args.inputs, args.no_built_binaries) {
@@ -655,7 +652,7 @@ async fn run_with(
             unwritten.clone(),
         )));
     }
-    let stop = |why: Error| stop_before_testbed(&opts, events, args.quiet, unwritten, why);
+    let stop = |why: Error| stop_before_testbed(&opts, events, true, unwritten, why);
     // It reads whole .debs and a .dsc's files.
     if let Err(e) = tokio::task::block_in_place(|| check_inputs(&opts)) {
         return stop(e).await;
@@ -668,10 +665,9 @@ async fn run_with(
     };
     let mut tb = match opened {
         Ok(tb) => tb,
+        // The run's note says it (an ERROR line), once.
         Err(TestbedError::Usage(msg)) => {
-            let msg = format!("{}: {msg}", testbed_argv[0]);
-            events.error(&msg);
-            return stop(Error::Usage(msg)).await;
+            return stop(Error::Usage(format!("{}: {msg}", testbed_argv[0]))).await
         }
         Err(e) => return stop(Error::Testbed(e.detail())).await,
     };
@@ -709,7 +705,7 @@ async fn run_with(
         .unwrap_or_default();
     events.emit(Event::Output(summary));
     events.flush().await;
-    end_of_run(events, args.quiet, exit, unwritten)
+    end_of_run(events, true, exit, unwritten)
 }
 
 /// Attaches to `events` the observer that writes the summary, results.json
@@ -736,30 +732,31 @@ fn attach_result_files(
 }
 
 /// Ends the run `opts` before a testbed is open, with `why`: the log, the
-/// summary, results.json and junit.xml say it.
+/// summary, results.json and junit.xml say it. `console`: whether the
+/// events reach the terminal (see [`end_of_run`]).
 async fn stop_before_testbed(
     opts: &RunOptions,
     events: &Events,
-    quiet: bool,
+    console: bool,
     unwritten: &Unwritten,
     why: Error,
 ) -> Exit {
     let report = engine::not_started(opts, events, why).await;
     events.flush().await;
-    end_of_run(events, quiet, exit_of(&report), unwritten)
+    end_of_run(events, console, exit_of(&report), unwritten)
 }
 
 /// How a run ends once its files are written: an output file that could
 /// not be written (a full disk) is named and ends the run with 20, as
 /// autopkgtest's unexpected errors do, unless a signal or a testbed failure
 /// (autopkgtest's 16 when a test's output cannot be kept) ended it.
-fn end_of_run(events: &Events, quiet: bool, exit: Exit, unwritten: &Unwritten) -> Exit {
+/// Without a `console` on the events, the files are named on stderr too.
+fn end_of_run(events: &Events, console: bool, exit: Exit, unwritten: &Unwritten) -> Exit {
     let lines = unwritten.lines();
     for what in &lines {
-        if quiet {
+        events.error(what);
+        if !console {
             error(what);
-        } else {
-            events.error(what);
         }
     }
     match exit {
