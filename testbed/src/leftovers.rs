@@ -376,10 +376,29 @@ fn process_state(pid: u32) -> ProcessState {
     });
     let exiting = stat_field(pid, 6).is_some_and(|flags| flags & PF_EXITING != 0);
     match (zombie, kill_pending || exiting) {
+        // A killed process's first thread may be a zombie while its other
+        // threads still exit (and hold its files).
+        (true, _) if live_threads(pid) > 0 => ProcessState::Exiting,
         (true, _) => ProcessState::Gone,
         (false, true) => ProcessState::Exiting,
         (false, false) => ProcessState::Running,
     }
+}
+
+/// How many threads of process `pid` are not zombies.
+fn live_threads(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().next())
+                    .is_some_and(|state| !matches!(state, "Z" | "X"))
+            })
+        })
+        .count()
 }
 
 /// How long a sweep waits for a dead run's killed processes to be gone.
@@ -757,6 +776,9 @@ mod tests {
         assert_ne!(process_state(child.id()), ProcessState::Running);
         child.wait().unwrap();
         assert_eq!(process_state(child.id()), ProcessState::Gone);
+        assert_eq!(live_threads(child.id()), 0);
+        // This test's process: its threads, this one among them.
+        assert!(live_threads(std::process::id()) >= 1);
     }
 
     #[test]
