@@ -445,9 +445,7 @@ impl SshConnection {
     pub async fn resume(&mut self, limit: Duration) -> Result<()> {
         // No `sh -c`: the login shell execs the one command itself.
         let command = match clock_now() {
-            Some(now) if self.target.sync_clock => {
-                vec!["date".into(), "-u".into(), "-s".into(), format!("@{now}")]
-            }
+            Some(now) if self.target.sync_clock => set_clock_to(&now),
             _ => vec!["true".into()],
         };
         let remote = self.as_root(command);
@@ -474,11 +472,7 @@ impl SshConnection {
             return Ok(());
         };
         tracing::debug!("ssh: the clock was set {took:.2?} late; setting it again");
-        let remote = self.as_root(
-            ["date", "-u", "-s", &format!("@{now}")]
-                .map(String::from)
-                .to_vec(),
-        );
+        let remote = self.as_root(set_clock_to(&now));
         self.control("setting the clock", remote).await.map(drop)
     }
 
@@ -848,11 +842,18 @@ impl SshConnection {
     }
 }
 
-/// The local clock as `date -s @...` takes it (seconds since the epoch).
 /// How late a clock set may answer before it is set again: the time it
 /// was given may then be that much old.
 pub const CLOCK_STALE_AFTER: Duration = Duration::from_millis(500);
 
+/// The command that sets the clock to `now` ([`clock_now`]).
+fn set_clock_to(now: &str) -> Vec<String> {
+    ["date", "-u", "-s", &format!("@{now}")]
+        .map(String::from)
+        .to_vec()
+}
+
+/// The local clock as `date -s @...` takes it (seconds since the epoch).
 fn clock_now() -> Option<String> {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
