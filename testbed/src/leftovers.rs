@@ -360,13 +360,18 @@ enum ProcessState {
 const PF_EXITING: u64 = 0x4;
 
 fn process_state(pid: u32) -> ProcessState {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+    let (Some(stat), Ok(status)) = (
+        stat_fields(format!("/proc/{pid}/stat")),
+        std::fs::read_to_string(format!("/proc/{pid}/status")),
+    ) else {
         return ProcessState::Gone;
     };
-    let zombie = status.lines().any(|line| {
-        line.strip_prefix("State:")
-            .is_some_and(|state| state.trim_start().starts_with(['Z', 'X']))
-    });
+    let zombie = is_zombie(&stat);
+    let exiting = stat
+        .get(6)
+        .and_then(|flags| flags.parse::<u64>().ok())
+        .is_some_and(|flags| flags & PF_EXITING != 0);
+    // Pending signals, the process's own (ShdPnd) and its first thread's.
     const SIGKILL_BIT: u64 = 1 << (Signal::SIGKILL as u64 - 1);
     let kill_pending = status.lines().any(|line| {
         line.strip_prefix("ShdPnd:")
@@ -374,7 +379,6 @@ fn process_state(pid: u32) -> ProcessState {
             .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
             .is_some_and(|mask| mask & SIGKILL_BIT != 0)
     });
-    let exiting = stat_field(pid, 6).is_some_and(|flags| flags & PF_EXITING != 0);
     match (zombie, kill_pending || exiting) {
         // A killed process's first thread may be a zombie while its other
         // threads still exit (and hold its files).
@@ -391,14 +395,15 @@ fn live_threads(pid: u32) -> usize {
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|task| {
-            std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
-                stat.rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().next())
-                    .is_some_and(|state| !matches!(state, "Z" | "X"))
-            })
-        })
+        .filter(|task| stat_fields(task.path().join("stat")).is_some_and(|s| !is_zombie(&s)))
         .count()
+}
+
+/// Whether the fields of a `stat` file ([`stat_fields`]) are a zombie's
+/// (or a dead task's).
+fn is_zombie(stat: &[String]) -> bool {
+    stat.first()
+        .is_some_and(|state| matches!(state.as_str(), "Z" | "X"))
 }
 
 /// How long a sweep waits for a dead run's killed processes to be gone.
@@ -619,13 +624,10 @@ fn live_processes() -> impl Iterator<Item = (u32, u32)> {
         .flatten()
         .filter_map(|e| {
             let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            // After the command name (which may hold ')'): state, ppid, pgrp.
-            let (_, rest) = stat.rsplit_once(')')?;
-            let mut fields = rest.split_whitespace();
-            let state = fields.next()?;
-            let group = fields.nth(1)?.parse().ok()?;
-            (state != "Z").then_some((pid, group))
+            // State, ppid, pgrp.
+            let stat = stat_fields(e.path().join("stat"))?;
+            let group = stat.get(2)?.parse().ok()?;
+            (stat[0] != "Z").then_some((pid, group))
         })
 }
 
@@ -636,10 +638,19 @@ fn start_time(pid: u32) -> Option<u64> {
 
 /// Numeric field `n` of /proc/PID/stat, counted from the state (0).
 fn stat_field(pid: u32, n: usize) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: count from the last ')'.
+    stat_fields(format!("/proc/{pid}/stat"))?
+        .get(n)?
+        .parse()
+        .ok()
+}
+
+/// The fields of a /proc `stat` file after the command name, from the
+/// state (0) on. The name may hold spaces and parentheses: they are
+/// counted from the last ')'.
+fn stat_fields(path: impl AsRef<Path>) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(path).ok()?;
     let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(n)?.parse().ok()
+    Some(rest.split_whitespace().map(String::from).collect())
 }
 
 #[cfg(test)]
