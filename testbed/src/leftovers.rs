@@ -627,7 +627,7 @@ fn live_processes() -> impl Iterator<Item = (u32, u32)> {
             // State, ppid, pgrp.
             let stat = stat_fields(e.path().join("stat"))?;
             let group = stat.get(2)?.parse().ok()?;
-            (stat[0] != "Z").then_some((pid, group))
+            (!is_zombie(&stat)).then_some((pid, group))
         })
 }
 
