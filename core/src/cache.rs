@@ -36,9 +36,17 @@
 //!   whose testbed has the same digest skips them (and says so), since
 //!   they would change nothing again.
 //!
+//! - **Download plans.** What apt would download for a command is likewise
+//!   a function of the command, the packages already in apt's archive and
+//!   those same inputs. apt's answer (`--print-uris`) is noted under their
+//!   digest, and a testbed in the same state asking the same takes it from
+//!   there: each install then costs one apt run, not two. The hashes in it
+//!   are those of the lists the digest covers, so they are still the
+//!   lists' own.
+//!
 //! Layout under the cache dir: `debs/SHA256.deb`, `lists/KEY/` (`lists/`
 //! and apt's `srcpkgcache.bin`; locked by `lists/KEY.lock`),
-//! `upgrades/DIGEST` (empty), `tmp/` (staging, on the same file system for
+//! `upgrades/DIGEST` (empty), `plans/DIGEST` (apt's `--print-uris`), `tmp/` (staging, on the same file system for
 //! the renames).
 
 use crate::blocking;
@@ -73,21 +81,48 @@ if cat /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null |
     grep -qE '^[^#]*(^|[[:space:]]|\])(file|copy|cdrom):'; then echo local; else echo remote; fi
 "#;
 
-/// Prints a SHA256 of everything that decides what `apt-get dist-upgrade`
-/// and `apt-get autoremove` do in the testbed: the installed packages and
-/// their auto-installed marks, the package lists (their Release files,
-/// which hold the hashes of the indexes, and the files' names and sizes),
-/// the sources, apt's configuration and preferences, the architectures,
-/// and the machine id (apt's phased updates, as Ubuntu's archive has them,
-/// pick machines by it).
-const UPGRADE_INPUTS: &str = r#"{
-    cat /var/lib/dpkg/status /var/lib/apt/extended_states /etc/machine-id 2>/dev/null
-    cat /var/lib/apt/lists/*Release 2>/dev/null
-    wc -c /var/lib/apt/lists/* 2>/dev/null
-    cat /etc/apt/sources.list /etc/apt/sources.list.d/* /etc/apt/apt.conf /etc/apt/apt.conf.d/* \
-        /etc/apt/preferences /etc/apt/preferences.d/* 2>/dev/null
-    dpkg --print-architecture; dpkg --print-foreign-architectures
-} | sha256sum | cut -c1-64"#;
+/// Prints everything that decides what apt resolves in the testbed: the
+/// installed packages and their auto-installed marks, the sources, apt's
+/// configuration and preferences, the architectures, the machine id (apt's
+/// phased updates, as Ubuntu's archive has them, pick machines by it), and
+/// the package lists: the Release files, which hold the hashes of the
+/// indexes they sign, the name and size of each list a Release file
+/// covers, and the whole of any other (a flat repository's without one).
+const APT_STATE: &str = r#"cat /var/lib/dpkg/status /var/lib/apt/extended_states /etc/machine-id \
+    /etc/apt/sources.list /etc/apt/sources.list.d/* /etc/apt/apt.conf /etc/apt/apt.conf.d/* \
+    /etc/apt/preferences /etc/apt/preferences.d/* 2>/dev/null
+dpkg --print-architecture; dpkg --print-foreign-architectures
+if cd /var/lib/apt/lists 2>/dev/null; then
+    set --
+    for list in *; do
+        [ -f "$list" ] && [ "$list" != lock ] || continue
+        case $list in *Release) cat "$list"; continue ;; esac
+        signed=
+        for release in *Release; do
+            release=${release%Release}
+            case $list in "${release%In}"*) signed=1; break ;; esac
+        done
+        if [ -n "$signed" ]; then set -- "$@" "$list"; else cat "$list"; fi
+    done
+    [ $# -eq 0 ] || wc -c "$@"
+fi"#;
+
+/// Prints a SHA256 of what decides what `apt-get dist-upgrade` and `apt-get
+/// autoremove` do in the testbed ([`APT_STATE`]).
+fn upgrade_inputs_script() -> String {
+    format!("{{\n{APT_STATE}\n}} | sha256sum | cut -c1-64")
+}
+
+/// Prints a SHA256 of what decides what the apt-get command `$1` would
+/// download: the command, the packages already in apt's archive (which
+/// apt does not download again), and [`APT_STATE`].
+fn plan_inputs_script() -> String {
+    format!(
+        "{{\nprintf '%s\\n' \"$1\"\n\
+         find {ARCHIVES} -maxdepth 1 -name '*.deb' -printf '%f %s\\n' | sort\n\
+         {APT_STATE}\n}} | sha256sum | cut -c1-64"
+    )
+}
 
 /// Empties the testbed's lists (not the lock or `partial/`), before the
 /// cached ones are copied in.
@@ -253,32 +288,72 @@ impl AptCache {
     }
 
     /// What apt says `apt` (an apt-get command line) would download.
-    /// `--print-uris` gives MD5 sums unless SHA256 is asked for.
+    /// `--print-uris` gives MD5 sums unless SHA256 is asked for. apt's
+    /// answer is remembered under a digest of everything it depends on
+    /// ([`plan_inputs_script`]): a testbed in the same state asking the
+    /// same gets it from the cache, without apt resolving it all again.
     async fn planned_downloads(
         &self,
         tb: &dyn Testbed,
         apt: &str,
     ) -> Result<Vec<Download>, CacheError> {
+        let inputs = self.digest(tb, &plan_inputs_script(), Some(apt)).await.ok();
+        let remembered = inputs.as_ref().map(|digest| self.plans().join(digest));
+        if let Some(path) = &remembered {
+            if let Ok(text) = tokio::fs::read_to_string(path).await {
+                return Ok(parse_print_uris(&text));
+            }
+        }
         let plan = format!("{apt} --print-uris -qq -o Acquire::ForceHash=SHA256");
         let out = tb.exec(ExecRequest::shell(&plan).capture()).await?;
         if !out.status.success() {
             // apt will say why itself when it runs for real.
             return Ok(Vec::new());
         }
-        Ok(parse_print_uris(&out.stdout_text()))
+        let text = out.stdout_text();
+        if let Some(path) = remembered {
+            self.remember_plan(path, text.clone()).await?;
+        }
+        Ok(parse_print_uris(&text))
     }
 
-    /// The digest of what decides what an upgrade does in the testbed
-    /// ([`UPGRADE_INPUTS`]).
-    pub async fn upgrade_inputs(&self, tb: &dyn Testbed) -> Result<String, CacheError> {
-        let out = tb
-            .exec(ExecRequest::new(["sh", "-c", UPGRADE_INPUTS]).capture())
-            .await?;
+    /// Stores apt's answer `text` at `path` (by rename of a complete file).
+    async fn remember_plan(&self, path: PathBuf, text: String) -> Result<(), CacheError> {
+        let stage = self.staging().await?;
+        blocking(move || {
+            std::fs::create_dir_all(path.parent().expect("plans/DIGEST"))?;
+            let staged = stage.path().join("plan");
+            std::fs::write(&staged, text)?;
+            std::fs::rename(staged, path)
+        })
+        .await
+        .map_err(|e| self.io_error(e))
+    }
+
+    fn plans(&self) -> PathBuf {
+        self.dir.join("plans")
+    }
+
+    /// The digest `script` prints in the testbed, given `arg` as `$1`.
+    async fn digest(
+        &self,
+        tb: &dyn Testbed,
+        script: &str,
+        arg: Option<&str>,
+    ) -> Result<String, CacheError> {
+        let mut argv = vec!["sh", "-c", script, "digest"];
+        argv.extend(arg);
+        let out = tb.exec(ExecRequest::new(argv).capture()).await?;
         let digest = out.stdout_text().trim().to_string();
         if !out.status.success() || digest.len() != 64 {
             return Err(CacheError::Command(out.stderr_last_line()));
         }
         Ok(digest)
+    }
+
+    /// The digest of what decides what an upgrade does in the testbed.
+    pub async fn upgrade_inputs(&self, tb: &dyn Testbed) -> Result<String, CacheError> {
+        self.digest(tb, &upgrade_inputs_script(), None).await
     }
 
     /// Whether an upgrade from these inputs changed nothing before.

@@ -404,19 +404,26 @@ fn a_cached_package_never_replaces_the_archives() {
         run.assert_passed();
         run
     };
+    // apt's download plans noted so far: each change of the archive makes
+    // another, and an unchanged one reuses its own.
+    let plans = || std::fs::read_dir(cache.join("plans")).map_or(0, |d| d.count());
     publish(&repo, package, "1.0", "one");
     let first = run("1.0", "one", "first");
     first.assert_log("package cache: 0 of 1 packages from dep8's cache, 1 to download");
+    assert_eq!(plans(), 1);
     publish(&repo, package, "2.0", "two");
     let newer = run("2.0", "two", "newer");
     newer.assert_log("package cache: 0 of 1 packages from dep8's cache, 1 to download");
     newer.assert_log("apt lists: refreshing the cached ones");
+    assert_eq!(plans(), 2);
     publish(&repo, package, "2.0", "rebuilt");
     let rebuilt = run("2.0", "rebuilt", "rebuilt");
     rebuilt.assert_log("package cache: 0 of 1 packages from dep8's cache, 1 to download");
-    // The archive unchanged: the cached package serves.
+    assert_eq!(plans(), 3);
+    // The archive unchanged: the cached plan and package serve.
     let again = run("2.0", "rebuilt", "again");
     again.assert_log("package cache: 1 of 1 packages from dep8's cache, 0 to download");
+    assert_eq!(plans(), 3);
     assert_eq!(assert_cache_sound(&cache), 3);
 }
 
