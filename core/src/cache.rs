@@ -144,8 +144,7 @@ pub enum CacheError {
     /// A command or a copy in the testbed failed.
     #[error("{}", .0.detail())]
     Testbed(#[from] TestbedError),
-    /// A command (in the testbed, or `sha256sum` on the host) said why it
-    /// failed.
+    /// A command in the testbed said why it failed.
     #[error("{0}")]
     Command(String),
     /// A file system call under `path` failed.
@@ -674,43 +673,30 @@ pub fn parse_print_uris(output: &str) -> Vec<Download> {
         .collect()
 }
 
-/// The SHA256 of each of the `files` in `dir` that exists, by name.
-/// coreutils' `sha256sum` (on every Debian system) rather than a hashing
-/// crate, for one process over all files and no new dependency.
+/// The SHA256 of each of the `files` in `dir` that exists, by name. The
+/// `sha2` crate uses the CPU's SHA extensions where it has them: 0.08 s
+/// for figlet's 67 build dependencies (58 MB) here, against 0.52 s with
+/// coreutils' `sha256sum`.
 async fn sha256_of(dir: &Path, files: &[String]) -> Result<BTreeMap<String, String>, CacheError> {
-    let present: Vec<String> = blocking({
-        let (dir, files) = (dir.to_owned(), files.to_vec());
-        move || {
-            files
-                .into_iter()
-                .filter(|f| dir.join(f).is_file())
-                .collect()
+    use sha2::{Digest, Sha256};
+    let (dir, files) = (dir.to_owned(), files.to_vec());
+    blocking(move || {
+        let mut sums = BTreeMap::new();
+        for file in files {
+            let path = dir.join(&file);
+            let mut content = match std::fs::File::open(&path) {
+                Ok(content) => content,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => return Err(CacheError::Io { path, source }),
+            };
+            let mut hasher = Sha256::new();
+            std::io::copy(&mut content, &mut hasher)
+                .map_err(|source| CacheError::Io { path, source })?;
+            sums.insert(file, format!("{:x}", hasher.finalize()));
         }
+        Ok(sums)
     })
-    .await;
-    if present.is_empty() {
-        return Ok(BTreeMap::new());
-    }
-    let out = tokio::process::Command::new("sha256sum")
-        .arg("--")
-        .args(&present)
-        .current_dir(dir)
-        .output()
-        .await
-        .map_err(|e| CacheError::Command(format!("cannot run sha256sum: {e}")))?;
-    if !out.status.success() {
-        return Err(CacheError::Command(format!(
-            "sha256sum: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| {
-            let (hash, name) = line.split_once("  ")?;
-            Some((name.to_string(), hash.to_string()))
-        })
-        .collect())
+    .await
 }
 
 /// A line of dep8's own in the setup log, as the runner writes them.
@@ -857,6 +843,21 @@ mod tests {
         assert!(!old.exists(), "the stale staging dir is left");
         assert!(fresh.exists(), "a running stage was removed");
         assert!(stage.path().starts_with(&tmp));
+    }
+
+    #[test]
+    fn sha256_of_names_each_file_that_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("abc.deb"), "abc").unwrap();
+        let files = ["abc.deb".to_string(), "missing.deb".to_string()];
+        let sums = one_thread_runtime()
+            .block_on(sha256_of(dir.path(), &files))
+            .unwrap();
+        let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        assert_eq!(
+            sums,
+            BTreeMap::from([("abc.deb".to_string(), abc.to_string())])
+        );
     }
 
     #[test]
