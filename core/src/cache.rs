@@ -256,7 +256,7 @@ impl AptCache {
     /// apt-get command `apt` would download, and returns the downloads
     /// still missing (to [`AptCache::store_debs`] after apt ran).
     pub async fn seed_debs(&self, tb: &dyn Testbed, apt: &str, log: &Tap) -> Vec<Download> {
-        let planned = match self.planned_downloads(tb, apt).await {
+        let planned = match self.planned_downloads(tb, apt, log).await {
             Ok(planned) => planned,
             Err(why) => {
                 say(log, &format!("package cache not used: {why}"));
@@ -295,6 +295,7 @@ impl AptCache {
         &self,
         tb: &dyn Testbed,
         apt: &str,
+        log: &Tap,
     ) -> Result<Vec<Download>, CacheError> {
         let inputs = self.digest(tb, &plan_inputs_script(), Some(apt)).await.ok();
         let remembered = inputs.as_ref().map(|digest| self.plans().join(digest));
@@ -311,7 +312,10 @@ impl AptCache {
         }
         let text = out.stdout_text();
         if let Some(path) = remembered {
-            self.remember_plan(path, text.clone()).await?;
+            // Not stored, the answer still serves this install.
+            if let Err(why) = self.remember_plan(path, text.clone()).await {
+                say(log, &format!("package cache: apt's plan not stored: {why}"));
+            }
         }
         Ok(parse_print_uris(&text))
     }
