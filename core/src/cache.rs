@@ -46,8 +46,8 @@
 //!
 //! Layout under the cache dir: `debs/SHA256.deb`, `lists/KEY/` (`lists/`
 //! and apt's `srcpkgcache.bin`; locked by `lists/KEY.lock`),
-//! `upgrades/DIGEST` (empty), `plans/DIGEST` (apt's `--print-uris`), `tmp/` (staging, on the same file system for
-//! the renames).
+//! `upgrades/DIGEST` (empty), `plans/DIGEST` (apt's `--print-uris`),
+//! `tmp/` (staging, on the same file system for the renames).
 
 use crate::blocking;
 use crate::testbed::{ExecRequest, Tap, Testbed, TestbedError};
@@ -313,19 +313,20 @@ impl AptCache {
         let text = out.stdout_text();
         if let Some(path) = remembered {
             // Not stored, the answer still serves this install.
-            if let Err(why) = self.remember_plan(path, text.clone()).await {
+            if let Err(why) = self.store_note(path, text.clone()).await {
                 say(log, &format!("package cache: apt's plan not stored: {why}"));
             }
         }
         Ok(parse_print_uris(&text))
     }
 
-    /// Stores apt's answer `text` at `path` (by rename of a complete file).
-    async fn remember_plan(&self, path: PathBuf, text: String) -> Result<(), CacheError> {
+    /// Stores `text` at `path`, a `DIR/DIGEST` note of the cache, by
+    /// rename of a complete file.
+    async fn store_note(&self, path: PathBuf, text: String) -> Result<(), CacheError> {
         let stage = self.staging().await?;
         blocking(move || {
-            std::fs::create_dir_all(path.parent().expect("plans/DIGEST"))?;
-            let staged = stage.path().join("plan");
+            std::fs::create_dir_all(path.parent().expect("DIR/DIGEST"))?;
+            let staged = stage.path().join("note");
             std::fs::write(&staged, text)?;
             std::fs::rename(staged, path)
         })
@@ -366,13 +367,8 @@ impl AptCache {
 
     /// Records that an upgrade from these inputs changed nothing.
     pub async fn note_upgrade_changed_nothing(&self, inputs: &str) -> Result<(), CacheError> {
-        let (dir, name) = (self.upgrades(), inputs.to_string());
-        blocking(move || {
-            std::fs::create_dir_all(&dir)?;
-            std::fs::write(dir.join(name), "")
-        })
-        .await
-        .map_err(|e| self.io_error(e))
+        self.store_note(self.upgrades().join(inputs), String::new())
+            .await
     }
 
     fn upgrades(&self) -> PathBuf {
