@@ -9,7 +9,8 @@ use std::time::Duration;
 pub enum CacheCommand {
     /// Print the cache dir and the space it takes.
     Info,
-    /// Empty the cache (runs using it at the same time lose only time).
+    /// Empty the cache (runs using it at the same time lose only time; the
+    /// unpacked root filesystems their testbeds use are kept).
     Clean,
 }
 
@@ -23,7 +24,13 @@ pub fn main(command: CacheCommand) -> i32 {
             super::emit(format!("{}\n{} bytes\n", dir.display(), cache::usage(&dir)))
         }
         CacheCommand::Clean => match cache::clean(&dir) {
-            Ok(freed) => super::emit(format!("{}: freed {freed} bytes\n", dir.display())),
+            Ok(cleaned) => {
+                let mut said = format!("{}: freed {} bytes\n", dir.display(), cleaned.freed);
+                for tree in cleaned.in_use {
+                    said += &format!("{}: kept, a testbed uses it\n", tree.display());
+                }
+                super::emit(said)
+            }
             Err(e) => super::error(format!("cleaning {}: {e}", dir.display())),
         },
     }

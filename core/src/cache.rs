@@ -47,9 +47,12 @@
 //! Layout under the cache dir: `debs/SHA256.deb`, `lists/KEY/` (`lists/`
 //! and apt's `srcpkgcache.bin`; locked by `lists/KEY.lock`),
 //! `upgrades/DIGEST` (empty), `plans/DIGEST` (apt's `--print-uris`),
-//! `tmp/` (staging, on the same file system for the renames).
+//! `tmp/` (staging, on the same file system for the renames). Backends may
+//! keep unpacked root filesystems in `rootfs/` ([`kept`]).
 
 use crate::blocking;
+use crate::testbed::kept;
+pub use crate::testbed::kept::usage;
 use crate::testbed::{ExecRequest, Tap, Testbed, TestbedError};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
@@ -619,36 +622,30 @@ fn remove_stale_staging(tmp: &Path) {
     }
 }
 
-/// Empties the cache dir `dir` (`dep8 cache clean`); returns the bytes
-/// freed. Runs using it at the same time lose nothing but time.
-pub fn clean(dir: &Path) -> std::io::Result<u64> {
-    let freed = usage(dir);
-    match std::fs::read_dir(dir) {
-        Ok(entries) => {
-            for entry in entries {
-                let path = entry?.path();
-                if path.is_dir() {
-                    std::fs::remove_dir_all(&path)?;
-                } else {
-                    std::fs::remove_file(&path)?;
-                }
-            }
-            Ok(freed)
+/// Empties the cache dir `dir` (`dep8 cache clean`) but for the kept root
+/// filesystems that testbeds use ([`kept::clean`]); says what it freed and
+/// what it spared.
+pub fn clean(dir: &Path) -> std::io::Result<kept::Cleaned> {
+    let mut cleaned = kept::clean(dir)?;
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(cleaned),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_name() == kept::SUBDIR {
+            continue;
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
-        Err(e) => Err(e),
+        let path = entry.path();
+        cleaned.freed += usage(&path);
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
     }
-}
-
-/// The bytes the files under `path` take.
-pub fn usage(path: &Path) -> u64 {
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => std::fs::read_dir(path)
-            .map(|entries| entries.flatten().map(|e| usage(&e.path())).sum())
-            .unwrap_or(0),
-        Ok(meta) => meta.len(),
-        Err(_) => 0,
-    }
+    Ok(cleaned)
 }
 
 /// The downloads in `apt-get --print-uris` output (`'URI' FILE SIZE
@@ -866,8 +863,8 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("debs")).unwrap();
         std::fs::write(dir.path().join("debs/x.deb"), "1234").unwrap();
         std::fs::write(dir.path().join("top"), "12").unwrap();
-        assert_eq!(clean(dir.path()).unwrap(), 6);
+        assert_eq!(clean(dir.path()).unwrap().freed, 6);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
-        assert_eq!(clean(&dir.path().join("none")).unwrap(), 0);
+        assert_eq!(clean(&dir.path().join("none")).unwrap().freed, 0);
     }
 }

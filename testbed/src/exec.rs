@@ -8,8 +8,9 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use std::ffi::OsStr;
 use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -355,6 +356,23 @@ fn check(what: &str, outcome: &ExecOutcome) -> Result<()> {
     }
 }
 
+/// A pipe whose ends close on exec; its read end can be given to any
+/// backend as an [`Input::File`] at [`proc_path`].
+pub fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| TestbedError::failure("pipe", std::io::Error::from(e)))
+}
+
+/// A path naming the open `fd` of this process (`/proc/PID/fd/N`), for
+/// this process and its children alike.
+pub fn proc_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!(
+        "/proc/{}/fd/{}",
+        std::process::id(),
+        fd.as_raw_fd()
+    ))
+}
+
 /// `copy_down` for testbeds the host cannot see into: a tar stream (for a
 /// directory) or the bytes (for a file) fed to a command in the testbed.
 pub async fn copy_down_via_exec(
@@ -364,31 +382,10 @@ pub async fn copy_down_via_exec(
 ) -> Result<()> {
     let meta = std::fs::metadata(host).map_err(|e| TestbedError::failure(host.display(), e))?;
     let what = format!("copying {} to testbed:{target}", host.display());
-    // The tar spool must outlive the command that reads it.
-    let mut spool = None;
-    let req = if meta.is_dir() {
-        let tar = tempfile::NamedTempFile::new().map_err(|e| TestbedError::failure(&what, e))?;
-        host_run(
-            "tar",
-            &[
-                OsStr::new("-C"),
-                host.as_os_str(),
-                OsStr::new("-cf"),
-                tar.path().as_os_str(),
-                OsStr::new("."),
-            ],
-            Stdio::null(),
-        )
-        .await?;
-        let script = "mkdir -p -- \"$1\" && tar --no-same-owner -C \"$1\" -xf -";
-        let req = ExecRequest::new(["sh", "-c", script, "sh", target])
-            .stdin(Input::File(tar.path().to_path_buf()));
-        spool = Some(tar);
-        req
-    } else {
+    if !meta.is_dir() {
         use std::os::unix::fs::PermissionsExt;
         let mode = format!("{:o}", meta.permissions().mode() & 0o7777);
-        ExecRequest::new([
+        let req = ExecRequest::new([
             "sh",
             "-c",
             "mkdir -p -- \"$(dirname -- \"$1\")\" && cat > \"$1\" && chmod \"$2\" \"$1\"",
@@ -396,11 +393,37 @@ pub async fn copy_down_via_exec(
             target,
             &mode,
         ])
-        .stdin(Input::File(host.to_path_buf()))
+        .stdin(Input::File(host.to_path_buf()));
+        return check(&what, &tb.run(req.stderr(Output::capture())).await?);
+    }
+    // A dir: tar on the host streams it through a pipe to tar in the
+    // testbed (no spool file to write and read again).
+    let (read, write) = pipe()?;
+    let tar_args = [
+        OsStr::new("-C"),
+        host.as_os_str(),
+        OsStr::new("-cf"),
+        OsStr::new("-"),
+        OsStr::new("."),
+    ];
+    let host_tar = {
+        let mut cmd = host_command_for("tar", &tar_args);
+        cmd.stdin(Stdio::null()).stdout(Stdio::from(write));
+        spawn_recorded("tar", cmd)?
+        // The command, and with it this process's write end, is dropped
+        // here: the testbed's tar sees the end of the stream.
     };
-    let outcome = tb.run(req.stderr(Output::capture())).await?;
-    drop(spool);
-    check(&what, &outcome)
+    let script = "mkdir -p -- \"$1\" && tar --no-same-owner -C \"$1\" -xf -";
+    let req = ExecRequest::new(["sh", "-c", script, "sh", target])
+        .stdin(Input::File(proc_path(&read)))
+        .stderr(Output::capture());
+    let outcome = tb.run(req).await;
+    // Unread, the host's tar ends on a broken pipe rather than waiting.
+    drop(read);
+    let tar = host_tar.wait_with_output().await;
+    check(&what, &outcome?)?;
+    let tar = tar.map_err(|e| TestbedError::failure("waiting for tar", e))?;
+    host_result("tar", &tar_args, tar).map(drop)
 }
 
 /// `copy_up` for testbeds the host cannot see into: one command sends a
@@ -467,26 +490,41 @@ pub async fn host_copy(from: &Path, to: &Path) -> Result<()> {
 /// process group of its own that dies if the future is dropped; returns its
 /// stdout, or fails with its stderr.
 pub async fn host_run<S: AsRef<OsStr>>(program: &str, args: &[S], stdin: Stdio) -> Result<String> {
+    let mut cmd = host_command_for(program, args);
+    cmd.stdin(stdin).stdout(Stdio::piped());
+    let out = spawn_recorded(program, cmd)?
+        .wait_with_output()
+        .await
+        .map_err(|e| TestbedError::failure(format!("waiting for {program}"), e))?;
+    host_result(program, args, out)
+}
+
+/// A helper program on the host, its stderr captured, in a process group
+/// of its own that dies with dep8 and is killed when dropped.
+fn host_command_for<S: AsRef<OsStr>>(program: &str, args: &[S]) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
-        .stdin(stdin)
-        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
     crate::leftovers::tag(cmd.as_std_mut());
     crate::leftovers::die_with_dep8(cmd.as_std_mut());
+    cmd
+}
+
+/// Starts `cmd` (from [`host_command_for`]) and records its process group
+/// with the run.
+fn spawn_recorded(
+    program: &str,
+    mut cmd: tokio::process::Command,
+) -> Result<tokio::process::Child> {
     let child = cmd
         .spawn()
         .map_err(|e| TestbedError::failure(format!("cannot run {program}"), e))?;
     if let Some(id) = child.id() {
         crate::leftovers::record_group(id);
     }
-    let out = child
-        .wait_with_output()
-        .await
-        .map_err(|e| TestbedError::failure(format!("waiting for {program}"), e))?;
-    host_result(program, args, out)
+    Ok(child)
 }
 
 /// Runs a helper program on the host and fails with its stderr.

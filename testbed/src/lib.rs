@@ -6,13 +6,15 @@
 //! - [`exec`]: the process plumbing shared by every backend that runs
 //!   commands through a local program, and the copy helpers;
 //! - [`leftovers`]: the run dir every temp file and process of a run is
-//!   tied to, and the sweep that removes what a killed run left.
+//!   tied to, and the sweep that removes what a killed run left;
+//! - [`kept`]: root filesystems kept unpacked between runs in dep8's cache.
 //!
 //! Nothing here knows DEP-8: control files, restrictions and the runner
 //! live in dep8-core, which backends do not depend on.
 
 pub mod capability;
 pub mod exec;
+pub mod kept;
 pub mod leftovers;
 pub mod ports;
 
@@ -378,6 +380,15 @@ pub trait Backend: Send + Sync {
 
     /// Opens a testbed. `args` are the words after the backend name.
     async fn open(&self, args: &[String]) -> Result<Box<dyn Testbed>>;
+
+    /// [`Backend::open`] for a run that has dep8's cache dir (`cache`;
+    /// `None` with `--no-cache`, when nothing may be kept): a backend may
+    /// keep there what later opens can reuse, such as an unpacked rootfs
+    /// ([`kept`]). By default the cache is not used.
+    async fn open_cached(&self, args: &[String], cache: Option<&Path>) -> Result<Box<dyn Testbed>> {
+        let _ = cache;
+        self.open(args).await
+    }
 
     /// How many testbeds opened with `args` may be open at once, each
     /// another pristine testbed like the first and independent of it

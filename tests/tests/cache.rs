@@ -12,7 +12,8 @@
 //!   archive changes between runs);
 //! - the setup runs once: reverts return to it, `--setup-commands-boot`
 //!   still runs after each;
-//! - `-U` from a state it already left unchanged is skipped.
+//! - `-U` from a state it already left unchanged is skipped;
+//! - a rootfs tarball is unpacked once and kept for later runs.
 //!
 //! The first two need the network to deb.debian.org (as CI has).
 
@@ -425,6 +426,126 @@ fn a_cached_package_never_replaces_the_archives() {
     again.assert_log("package cache: 1 of 1 packages from dep8's cache, 0 to download");
     assert_eq!(plans(), 3);
     assert_eq!(assert_cache_sound(&cache), 3);
+}
+
+/// The trees under the cache's `rootfs/` (kept unpacked tarballs and their
+/// lock files).
+fn kept_entries(cache: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(cache.join("rootfs"))
+        .map(|d| {
+            d.map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// `dep8 cache clean` with the cache in `cache`; its stdout.
+fn cache_clean(cache: &Path) -> String {
+    let out = Command::new(dep8_bin())
+        .env("DEP8_CACHE_DIR", cache)
+        .args(["cache", "clean"])
+        .output()
+        .expect("run dep8 cache clean");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// As root, a tarball is unpacked once into the cache and later runs open
+/// their overlays on that tree: what a test writes never reaches it, the
+/// base image is it (read-only), `dep8 cache clean` spares it while a run
+/// uses it and removes it after; `--no-cache` unpacks into RAM as before.
+#[test]
+fn a_tarball_is_unpacked_once_per_machine() {
+    let Some(tarball) = unshare_rootfs_as_root() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let started = dir.path().join("started");
+    std::fs::create_dir(&started).expect("mkdir");
+    let control = "Depends:\n\
+         Restrictions: needs-root\n\
+         Test-Command: echo probe > /etc/dep8-kept-probe && rm /etc/debian_version \
+         && test -e /run/dep8/baseimage/etc/debian_version \
+         && ! touch /run/dep8/baseimage/probe 2>/dev/null \
+         && touch /srv/started/now && sleep \"${DEP8_TEST_SLEEP:-0}\"\n";
+    let tree = source_tree(dir.path(), "kept", control);
+    let bind = started.to_str().expect("utf-8");
+    let args = on_unshare(
+        &tree,
+        &tarball,
+        &["--baseimage", "--bind", bind, "/srv/started"],
+    );
+    let cache = dir.path().join("cache");
+
+    let first = dep8(dir.path(), "first", &cache, &args);
+    first.assert_passed();
+    let kept = kept_entries(&cache);
+    assert_eq!(kept.len(), 2, "a tree and its lock: {kept:?}");
+    let tree_dir = cache.join("rootfs").join(&kept[0]);
+    assert!(tree_dir.join("etc/debian_version").is_file());
+    assert!(!tree_dir.join("etc/dep8-kept-probe").exists());
+    let mode = std::fs::metadata(cache.join("rootfs"))
+        .expect("rootfs/")
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o700
+    );
+
+    // A second run uses the same tree; a clean meanwhile spares it.
+    std::fs::remove_file(started.join("now")).expect("rm");
+    let mut second = Command::new(dep8_bin())
+        .current_dir(dir.path())
+        .env("DEP8_CACHE_DIR", &cache)
+        .args(["run", "-B", "-o"])
+        .arg(dir.path().join("second"))
+        .args(["--env", "DEP8_TEST_SLEEP=5"])
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run dep8");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !started.join("now").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the second run's test never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let said = cache_clean(&cache);
+    assert!(said.contains("kept, a testbed uses it"), "{said}");
+    assert_eq!(kept_entries(&cache), kept);
+    assert!(
+        second.wait().expect("wait").success(),
+        "the second run failed"
+    );
+    let left: Vec<_> = std::fs::read_dir(&cache)
+        .expect("cache dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(left, ["rootfs"], "clean left more than the tree in use");
+
+    // Unused now: the next clean removes it.
+    let said = cache_clean(&cache);
+    assert!(!said.contains("kept"), "{said}");
+    assert_eq!(kept_entries(&cache), Vec::<String>::new());
+
+    let uncached = dep8(
+        dir.path(),
+        "uncached",
+        &cache,
+        &[&["--no-cache"], &args[..]].concat(),
+    );
+    uncached.assert_passed();
+    assert_eq!(kept_entries(&cache), Vec::<String>::new());
 }
 
 /// The setup runs once and reverts return to it, deletions included;

@@ -13,8 +13,9 @@
 use crate::exec_channel::{self, read_frame, write_frame, CHUNK, EXIT, FAIL};
 use crate::words;
 use dep8_testbed::capability::{Capabilities, Capability};
+use dep8_testbed::exec::proc_path;
 use dep8_testbed::{Backend, ExecRequest, ExitStatus, Input, Output, Testbed};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -501,18 +502,10 @@ async fn serve_exec(stream: UnixStream, tb: SharedTestbed) {
     }
 }
 
-/// A pipe whose read end is at `/proc/PID/fd/N`, so that any backend can
-/// use it as an [`Input::File`]; and one for each output stream.
+/// A pipe whose read end any backend can use as an [`Input::File`] at its
+/// [`proc_path`]; and one for each output stream.
 fn pipe() -> Result<(OwnedFd, OwnedFd), String> {
-    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))
-}
-
-fn proc_path(fd: &OwnedFd) -> PathBuf {
-    PathBuf::from(format!(
-        "/proc/{}/fd/{}",
-        std::process::id(),
-        fd.as_raw_fd()
-    ))
+    dep8_testbed::exec::pipe().map_err(|e| e.to_string())
 }
 
 /// Runs `argv`; returns the final frame, or `None` when the client left

@@ -3,10 +3,12 @@
 //!
 //! Opening a testbed starts a *holder*: util-linux `unshare` running a small
 //! bash script (`holder.sh`) as pid 1 of new mount, pid, uts, ipc and
-//! (with `--private-network`) net namespaces. The holder unpacks the rootfs
-//! tarball once into a tmpfs (a `--rootfs DIR` is used in place; the tmpfs
-//! costs RAM the size of the rootfs but unpacks several times faster than a
-//! disk and vanishes with the namespace) and mounts an overlay whose lower layer is the pristine rootfs and whose upper
+//! (with `--private-network`) net namespaces. A rootfs tarball is kept
+//! unpacked in dep8's cache dir for every open ([`dep8_testbed::kept`]; as
+//! root, when the run has the cache). Otherwise the holder unpacks it once
+//! per open into a tmpfs (RAM the size of the rootfs, gone with the
+//! namespace). A `--rootfs DIR` is used in place. The holder mounts an
+//! overlay whose lower layer is the pristine rootfs and whose upper
 //! layer is a fresh tmpfs, plus /proc, /sys (read-only), a minimal /dev
 //! (bind mounts of the host's null, zero, full, random, urandom, tty; its
 //! own devpts and /dev/shm), and an /etc/hosts naming the testbed where the
@@ -37,9 +39,11 @@ use async_trait::async_trait;
 use clap::Parser;
 use dep8_testbed::capability::{BaseImage, BaseImageKind, Capabilities, Capability};
 use dep8_testbed::exec::{copy_down_via_exec, copy_up_via_exec, in_testbed_argv, run_local};
+use dep8_testbed::kept::KeptTree;
 use dep8_testbed::{Backend, ExecOutcome, ExecRequest, Result, Testbed, TestbedError};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -160,7 +164,14 @@ impl Backend for UnshareBackend {
     }
 
     async fn open(&self, args: &[String]) -> Result<Box<dyn Testbed>> {
-        let options = Options::parse(args)?;
+        self.open_cached(args, None).await
+    }
+
+    /// With dep8's cache dir, a tarball is kept unpacked there for later
+    /// opens (as root, without a user namespace).
+    async fn open_cached(&self, args: &[String], cache: Option<&Path>) -> Result<Box<dyn Testbed>> {
+        let mut options = Options::parse(args)?;
+        options.keep_in = cache.map(Path::to_path_buf);
         Ok(Box::new(UnshareTestbed::open(options).await?))
     }
 }
@@ -168,7 +179,8 @@ impl Backend for UnshareBackend {
 /// Where the pristine root filesystem comes from.
 #[derive(Clone, Debug)]
 pub enum Rootfs {
-    /// A tarball (any compression tar understands), unpacked once per open.
+    /// A tarball (any compression tar understands), unpacked once per open
+    /// into RAM, or once for all opens into [`Options::keep_in`].
     Tarball(PathBuf),
     /// An unpacked root filesystem, used read-only as the lower layer.
     Dir(PathBuf),
@@ -207,6 +219,10 @@ pub struct Options {
     /// Host dirs bind-mounted into the testbed: (outside, absolute inside).
     pub binds: Vec<(PathBuf, String)>,
     pub host_dir: HostDir,
+    /// dep8's cache dir, where a tarball is kept unpacked for every open
+    /// ([`dep8_testbed::kept`]), as root without a user namespace; else it
+    /// is unpacked into a tmpfs of the testbed's own.
+    pub keep_in: Option<PathBuf>,
 }
 
 impl Options {
@@ -220,6 +236,7 @@ impl Options {
             userns: !nix::unistd::geteuid().is_root(),
             binds: Vec::new(),
             host_dir: HostDir::Temp,
+            keep_in: None,
         }
     }
 
@@ -279,6 +296,7 @@ impl Options {
                 (None, Some(dir)) => HostDir::Exactly(dir),
                 (None, None) => HostDir::Temp,
             },
+            keep_in: None,
         })
     }
 }
@@ -444,6 +462,9 @@ pub struct UnshareTestbed {
     userns: bool,
     /// The tarball made by `--bootstrapcmd`, removed with the testbed.
     _bootstrapped: Option<tempfile::TempDir>,
+    /// The kept unpacked tarball the overlay's lower layer is, in use until
+    /// the testbed is dropped.
+    _kept: Option<KeptTree>,
 }
 
 /// Makes the testbed's dir on the host (mount points only, 0700).
@@ -480,6 +501,50 @@ fn host_dir(place: &HostDir) -> Result<PathBuf> {
                 .create(dir)
                 .map_err(|e| fail(&format!("--unpack-dir {}", dir.display()), e))?;
             std::path::absolute(dir).map_err(|e| fail(&dir.display(), e))
+        }
+    }
+}
+
+/// `tarball` unpacked in dep8's cache dir `cache`, unpacking it there
+/// first if no run has; `None` (and a warning) if that fails, so that the
+/// testbed unpacks it into RAM as without a cache.
+fn keep(cache: &Path, tarball: &Path) -> Option<KeptTree> {
+    let unpack = |dir: &Path| {
+        tracing::info!(
+            "unshare: unpacking {} into {} (kept for later runs)",
+            tarball.display(),
+            dir.display()
+        );
+        // As a tmpfs's root, where the tarball has no `./` to say.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+        let out = Command::new("tar")
+            .args(["--numeric-owner", "--exclude=./dev/*", "-C"])
+            .arg(dir)
+            .arg("-xf")
+            .arg(tarball)
+            .stdin(Stdio::null())
+            .output()?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other(format!(
+                "tar: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )))
+        }
+    };
+    match dep8_testbed::kept::acquire(cache, tarball, unpack) {
+        Ok(kept) => {
+            tracing::debug!("unshare: lower layer {}", kept.path().display());
+            Some(kept)
+        }
+        Err(e) => {
+            tracing::warn!(
+                "unshare: cannot keep {} unpacked in {}: {e}; unpacking it for this testbed alone",
+                tarball.display(),
+                cache.display()
+            );
+            None
         }
     }
 }
@@ -536,7 +601,12 @@ impl UnshareTestbed {
             Rootfs::Bootstrap(command) => Some(bootstrap(command)?),
             _ => None,
         };
+        let kept = match (&options.rootfs, &options.keep_in) {
+            (Rootfs::Tarball(tarball), Some(cache)) if !options.userns => keep(cache, tarball),
+            _ => None,
+        };
         let (kind, source) = match (&options.rootfs, &bootstrapped) {
+            _ if kept.is_some() => ("dir", kept.as_ref().expect("kept").path().to_path_buf()),
             (Rootfs::Tarball(path), _) => ("tarball", path.clone()),
             (Rootfs::Dir(path), _) => ("dir", path.clone()),
             (Rootfs::Bootstrap(_), Some(made)) => ("tarball", made.path().join("chroot.tar")),
@@ -649,6 +719,7 @@ impl UnshareTestbed {
             network: options.network,
             userns: options.userns,
             _bootstrapped: bootstrapped,
+            _kept: kept,
         })
     }
 

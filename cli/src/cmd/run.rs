@@ -658,9 +658,11 @@ async fn run_with(
         return stop(e).await;
     }
     events.info(format!("opening testbed: {}", testbed_argv.join(" ")));
+    // What a backend may keep for later runs goes beside the package cache.
+    let cache = opts.setup.apt_cache.as_ref().map(|cache| cache.dir());
     // An interrupted open drops its future: what it started is killed.
     let opened = tokio::select! {
-        opened = backend.open(&backend_args) => opened,
+        opened = backend.open_cached(&backend_args, cache) => opened,
         Some(signal) = signals.recv() => return stop(Error::Interrupted(signal)).await,
     };
     let mut tb = match opened {
@@ -680,6 +682,7 @@ async fn run_with(
     let clones = super::jobs::BackendClones {
         backend,
         args: &backend_args,
+        cache,
     };
     let report = engine::run_on_clones(&opts, tb.as_mut(), Some(&clones), events, interrupt).await;
     let mut exit = exit_of(&report);

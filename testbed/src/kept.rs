@@ -1,0 +1,348 @@
+//! Root filesystems a backend keeps between runs under dep8's cache dir: a
+//! rootfs tarball unpacked once, then used read-only (as an overlay's lower
+//! layer) by every testbed opened from it, instead of being unpacked again
+//! for each. The testbeds share its pages in the host's page cache, where
+//! an unpack each would take RAM the size of the rootfs.
+//!
+//! Layout under `CACHE/rootfs/` (mode 0700: a rootfs has setuid programs):
+//! `KEY/` is the tree, `KEY.lock` names its tarball. A testbed holds a
+//! shared `flock` on `KEY.lock` while it uses the tree; unpacking and
+//! removing take an exclusive one. A tree appears by `rename` of a
+//! complete unpack (`KEY.partial-*` until then). KEY is the tarball's
+//! device, inode, size and times: a rebuilt or replaced tarball gets a new
+//! key, and a tree no run has used for [`UNUSED`] is removed by the next
+//! run that opens one (or by `dep8 cache clean`, which spares trees in use).
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// The subdir of dep8's cache dir that holds kept trees.
+pub const SUBDIR: &str = "rootfs";
+
+/// A tree unused for this long is removed.
+pub const UNUSED: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How often a lock held by another run is tried again.
+const LOCK_RETRY: Duration = Duration::from_millis(50);
+
+/// A kept tree, in use until dropped (the shared lock on it is held).
+pub struct KeptTree {
+    path: PathBuf,
+    _in_use: Flock<File>,
+}
+
+impl KeptTree {
+    /// The unpacked tree: to be used read-only.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// The tree for `tarball` under `cache_dir`, made first by `unpack(DIR)`
+/// (which unpacks the tarball into the empty DIR) when no run has kept one.
+/// Blocks while another run unpacks the same tarball.
+pub fn acquire(
+    cache_dir: &Path,
+    tarball: &Path,
+    unpack: impl Fn(&Path) -> io::Result<()>,
+) -> io::Result<KeptTree> {
+    let dir = cache_dir.join(SUBDIR);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)?;
+    let key = key(tarball)?;
+    remove_unused(&dir, &key);
+    let tree = dir.join(&key);
+    let lock_path = dir.join(format!("{key}.lock"));
+    loop {
+        let shared = lock(&lock_path, FlockArg::LockShared)?;
+        if tree.is_dir() {
+            // The lock file's time says when the tree was last used.
+            shared.set_modified(SystemTime::now())?;
+            return Ok(KeptTree {
+                path: tree,
+                _in_use: shared,
+            });
+        }
+        drop(shared);
+        let exclusive = lock(&lock_path, FlockArg::LockExclusive)?;
+        if !tree.is_dir() {
+            remove_partials(&dir, &key);
+            std::fs::write(&lock_path, format!("{}\n", tarball.display()))?;
+            let partial = tempfile::Builder::new()
+                .prefix(&format!("{key}.partial-"))
+                .tempdir_in(&dir)?;
+            unpack(partial.path())?;
+            std::fs::rename(partial.keep(), &tree)?;
+        }
+        drop(exclusive);
+    }
+}
+
+/// What [`clean`] did.
+#[derive(Debug, Default, PartialEq)]
+pub struct Cleaned {
+    /// The bytes the removed trees took.
+    pub freed: u64,
+    /// The trees left because a testbed uses them.
+    pub in_use: Vec<PathBuf>,
+}
+
+/// Removes every kept tree under `cache_dir` that no testbed uses.
+pub fn clean(cache_dir: &Path) -> io::Result<Cleaned> {
+    let dir = cache_dir.join(SUBDIR);
+    let mut cleaned = Cleaned::default();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(cleaned),
+        Err(e) => return Err(e),
+    };
+    let keys: Vec<String> = entries
+        .flatten()
+        .map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.split_once('.')
+                .map_or(name.clone(), |(key, _)| key.to_string())
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    for key in keys {
+        let size = usage(&dir.join(&key));
+        match remove(&dir, &key)? {
+            true => cleaned.freed += size,
+            false => cleaned.in_use.push(dir.join(&key)),
+        }
+    }
+    Ok(cleaned)
+}
+
+/// The key of `tarball`: its device, inode, size, modification and change
+/// times (no dot in it: the names beside the tree add one).
+fn key(tarball: &Path) -> io::Result<String> {
+    let m = std::fs::metadata(tarball)?;
+    Ok(format!(
+        "{:x}-{:x}-{:x}-{:x}-{:x}-{:x}-{:x}",
+        m.dev(),
+        m.ino(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec()
+    ))
+}
+
+/// Opens (creating) the lock file and locks it `how`, waiting while another
+/// run holds it. A lock file removed and made anew meanwhile (by
+/// [`remove`]) is locked again.
+fn lock(path: &Path, how: FlockArg) -> io::Result<Flock<File>> {
+    let nonblocking = match how {
+        FlockArg::LockShared => FlockArg::LockSharedNonblock,
+        FlockArg::LockExclusive => FlockArg::LockExclusiveNonblock,
+        other => other,
+    };
+    loop {
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
+        let locked = loop {
+            match Flock::lock(file, nonblocking) {
+                Ok(locked) => break locked,
+                Err((unlocked, Errno::EWOULDBLOCK)) => {
+                    file = unlocked;
+                    std::thread::sleep(LOCK_RETRY);
+                }
+                Err((_, errno)) => return Err(errno.into()),
+            }
+        };
+        let still_there = std::fs::metadata(path).is_ok_and(|m| {
+            locked
+                .metadata()
+                .is_ok_and(|l| (l.dev(), l.ino()) == (m.dev(), m.ino()))
+        });
+        if still_there {
+            return Ok(locked);
+        }
+    }
+}
+
+/// Removes the trees of other tarballs unused for [`UNUSED`].
+fn remove_unused(dir: &Path, keep: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(key) = name.strip_suffix(".lock") else {
+            continue;
+        };
+        let unused = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > UNUSED));
+        if key != keep && unused {
+            if let Err(e) = remove(dir, key) {
+                tracing::warn!("removing the unused tree {}: {e}", dir.join(key).display());
+            }
+        }
+    }
+}
+
+/// Removes `key`'s tree, partial unpacks and lock file unless a testbed
+/// uses the tree; whether it did.
+fn remove(dir: &Path, key: &str) -> io::Result<bool> {
+    let lock_path = dir.join(format!("{key}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)?;
+    let _exclusive = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(locked) => locked,
+        Err((_, Errno::EWOULDBLOCK)) => return Ok(false),
+        Err((_, errno)) => return Err(errno.into()),
+    };
+    remove_partials(dir, key);
+    let tree = dir.join(key);
+    if tree.is_dir() {
+        // Out of sight first: a run finds either the whole tree or none.
+        let gone = tempfile::Builder::new()
+            .prefix(&format!("{key}.partial-"))
+            .tempdir_in(dir)?;
+        std::fs::rename(&tree, gone.path().join("tree"))?;
+        gone.close()?;
+    }
+    // Still locked: a run that opened the old file sees it gone and retries.
+    std::fs::remove_file(&lock_path)?;
+    Ok(true)
+}
+
+/// Removes `key`'s partial unpacks (of runs that were killed, or a removed
+/// tree); the caller holds the exclusive lock.
+fn remove_partials(dir: &Path, key: &str) {
+    let prefix = format!("{key}.partial-");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// The bytes the files under `path` take.
+pub fn usage(path: &Path) -> u64 {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::read_dir(path)
+            .map(|entries| entries.flatten().map(|e| usage(&e.path())).sum())
+            .unwrap_or(0),
+        Ok(meta) => meta.len(),
+        Err(_) => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn unpack_marker(count: &AtomicUsize) -> impl Fn(&Path) -> io::Result<()> + '_ {
+        move |dir| {
+            count.fetch_add(1, Ordering::SeqCst);
+            std::fs::write(dir.join("marker"), "unpacked")
+        }
+    }
+
+    #[test]
+    fn a_tarball_is_unpacked_once_and_a_new_one_gets_its_own_tree() {
+        let cache = tempfile::tempdir().unwrap();
+        let tarball = cache.path().join("root.tar");
+        std::fs::write(&tarball, "v1").unwrap();
+        let unpacks = AtomicUsize::new(0);
+        let first = acquire(cache.path(), &tarball, unpack_marker(&unpacks)).unwrap();
+        let second = acquire(cache.path(), &tarball, unpack_marker(&unpacks)).unwrap();
+        assert_eq!(first.path(), second.path());
+        assert!(first.path().join("marker").is_file());
+        assert_eq!(unpacks.load(Ordering::SeqCst), 1);
+        // Rewritten: another key, another unpack.
+        std::fs::write(&tarball, "version 2").unwrap();
+        let third = acquire(cache.path(), &tarball, unpack_marker(&unpacks)).unwrap();
+        assert_ne!(third.path(), first.path());
+        assert_eq!(unpacks.load(Ordering::SeqCst), 2);
+        let mode = std::fs::metadata(cache.path().join(SUBDIR)).unwrap().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn clean_spares_the_trees_in_use() {
+        let cache = tempfile::tempdir().unwrap();
+        let (a, b) = (cache.path().join("a.tar"), cache.path().join("b.tar"));
+        std::fs::write(&a, "a").unwrap();
+        std::fs::write(&b, "b").unwrap();
+        let unpacks = AtomicUsize::new(0);
+        let in_use = acquire(cache.path(), &a, unpack_marker(&unpacks)).unwrap();
+        let unused = acquire(cache.path(), &b, unpack_marker(&unpacks)).unwrap();
+        let unused_path = unused.path().to_path_buf();
+        drop(unused);
+        let cleaned = clean(cache.path()).unwrap();
+        assert_eq!(cleaned.in_use, vec![in_use.path().to_path_buf()]);
+        assert_eq!(cleaned.freed, "unpacked".len() as u64);
+        assert!(in_use.path().join("marker").is_file());
+        assert!(!unused_path.exists());
+        let left: Vec<_> = std::fs::read_dir(cache.path().join(SUBDIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(left.len(), 2, "the tree in use and its lock: {left:?}");
+    }
+
+    #[test]
+    fn a_failed_unpack_leaves_no_tree_and_the_next_run_unpacks_again() {
+        let cache = tempfile::tempdir().unwrap();
+        let tarball = cache.path().join("root.tar");
+        std::fs::write(&tarball, "v1").unwrap();
+        let failed = acquire(cache.path(), &tarball, |dir| {
+            std::fs::write(dir.join("half"), "")?;
+            Err(io::Error::other("disk full"))
+        });
+        assert!(failed.is_err());
+        let unpacks = AtomicUsize::new(0);
+        let kept = acquire(cache.path(), &tarball, unpack_marker(&unpacks)).unwrap();
+        assert!(!kept.path().join("half").exists());
+        assert_eq!(unpacks.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn trees_unused_for_a_week_are_removed_by_the_next_open() {
+        let cache = tempfile::tempdir().unwrap();
+        let (old, new) = (cache.path().join("old.tar"), cache.path().join("new.tar"));
+        std::fs::write(&old, "old").unwrap();
+        std::fs::write(&new, "new").unwrap();
+        let unpacks = AtomicUsize::new(0);
+        let old_path = acquire(cache.path(), &old, unpack_marker(&unpacks))
+            .unwrap()
+            .path()
+            .to_path_buf();
+        let lock = PathBuf::from(format!("{}.lock", old_path.display()));
+        let long_ago = SystemTime::now() - UNUSED - Duration::from_secs(60);
+        File::options()
+            .write(true)
+            .open(&lock)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        let _new = acquire(cache.path(), &new, unpack_marker(&unpacks)).unwrap();
+        assert!(!old_path.exists());
+        assert!(!lock.exists());
+    }
+}
