@@ -10,8 +10,10 @@
 //! removing take an exclusive one. A tree appears by `rename` of a
 //! complete unpack (`KEY.partial-*` until then). KEY is the tarball's
 //! device, inode, size and times: a rebuilt or replaced tarball gets a new
-//! key, and a tree no run has used for [`UNUSED`] is removed by the next
-//! run that opens one (or by `dep8 cache clean`, which spares trees in use).
+//! key. The tree of a tarball's earlier version is removed by the next
+//! open of the tarball, and a tree no run has used for [`UNUSED`] by the
+//! next open of any, each once no testbed uses it (and by `dep8 cache
+//! clean`, which likewise spares trees in use).
 
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
@@ -57,7 +59,9 @@ pub fn acquire(
         .mode(0o700)
         .create(&dir)?;
     let key = key(tarball)?;
-    remove_unused(&dir, &key);
+    // What the lock file says: the tarball, wherever it was named from.
+    let names = format!("{}\n", std::fs::canonicalize(tarball)?.display());
+    remove_unused(&dir, &key, &names);
     let tree = dir.join(&key);
     let lock_path = dir.join(format!("{key}.lock"));
     loop {
@@ -74,7 +78,7 @@ pub fn acquire(
         let exclusive = lock(&lock_path, FlockArg::LockExclusive)?;
         if !tree.is_dir() {
             remove_partials(&dir, &key);
-            std::fs::write(&lock_path, format!("{}\n", tarball.display()))?;
+            std::fs::write(&lock_path, &names)?;
             let partial = tempfile::Builder::new()
                 .prefix(&format!("{key}.partial-"))
                 .tempdir_in(&dir)?;
@@ -175,8 +179,10 @@ fn lock(path: &Path, how: FlockArg) -> io::Result<Flock<File>> {
     }
 }
 
-/// Removes the trees of other tarballs unused for [`UNUSED`].
-fn remove_unused(dir: &Path, keep: &str) {
+/// Removes, unless in use, the trees of earlier versions of the tarball
+/// (other keys whose lock file `names` it, as [`acquire`] writes) and the
+/// trees of other tarballs unused for [`UNUSED`].
+fn remove_unused(dir: &Path, keep: &str, names: &str) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -189,7 +195,8 @@ fn remove_unused(dir: &Path, keep: &str) {
             .metadata()
             .and_then(|m| m.modified())
             .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > UNUSED));
-        if key != keep && unused {
+        let replaced = || std::fs::read_to_string(entry.path()).is_ok_and(|said| said == names);
+        if key != keep && (unused || replaced()) {
             if let Err(e) = remove(dir, key) {
                 tracing::warn!("removing the unused tree {}: {e}", dir.join(key).display());
             }
@@ -274,10 +281,17 @@ mod tests {
         assert_eq!(first.path(), second.path());
         assert!(first.path().join("marker").is_file());
         assert_eq!(unpacks.load(Ordering::SeqCst), 1);
-        // Rewritten: another key, another unpack.
+        // Rewritten: another key, another unpack; the old tree stays
+        // while in use, and goes with the next open once unused.
         std::fs::write(&tarball, "version 2").unwrap();
         let third = acquire(cache.path(), &tarball, unpack_marker(&unpacks)).unwrap();
         assert_ne!(third.path(), first.path());
+        assert_eq!(unpacks.load(Ordering::SeqCst), 2);
+        assert!(first.path().is_dir());
+        let old = first.path().to_path_buf();
+        drop((first, second));
+        let _fourth = acquire(cache.path(), &tarball, unpack_marker(&unpacks)).unwrap();
+        assert!(!old.exists());
         assert_eq!(unpacks.load(Ordering::SeqCst), 2);
         let mode = std::fs::metadata(cache.path().join(SUBDIR)).unwrap().mode();
         assert_eq!(mode & 0o777, 0o700);
