@@ -337,6 +337,20 @@ mod tests {
     }
 
     #[test]
+    fn a_killed_unpack_is_removed_by_the_next() {
+        let cache = tempfile::tempdir().unwrap();
+        let tarball = cache.path().join("root.tar");
+        std::fs::write(&tarball, "v1").unwrap();
+        let dir = cache.path().join(SUBDIR);
+        let partial = dir.join(format!("{}.partial-killed", key(&tarball).unwrap()));
+        std::fs::create_dir_all(partial.join("usr")).unwrap();
+        let unpacks = AtomicUsize::new(0);
+        let kept = acquire(cache.path(), &tarball, unpack_marker(&unpacks)).unwrap();
+        assert!(!partial.exists());
+        assert!(kept.path().join("marker").is_file());
+    }
+
+    #[test]
     fn trees_unused_for_a_week_are_removed_by_the_next_open() {
         let cache = tempfile::tempdir().unwrap();
         let (old, new) = (cache.path().join("old.tar"), cache.path().join("new.tar"));

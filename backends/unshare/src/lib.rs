@@ -517,13 +517,17 @@ fn keep(cache: &Path, tarball: &Path) -> Option<KeptTree> {
         );
         // As a tmpfs's root, where the tarball has no `./` to say.
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
-        let out = Command::new("tar")
-            .args(["--numeric-owner", "--exclude=./dev/*", "-C"])
+        let mut tar = Command::new("tar");
+        tar.args(["--numeric-owner", "--exclude=./dev/*", "-C"])
             .arg(dir)
             .arg("-xf")
             .arg(tarball)
-            .stdin(Stdio::null())
-            .output()?;
+            .stdin(Stdio::null());
+        // This thread waits for it, so it outlives tar unless dep8 dies; a
+        // killed unpack leaves a partial tree the next one removes.
+        dep8_testbed::leftovers::tag(&mut tar);
+        dep8_testbed::leftovers::die_with_dep8(&mut tar);
+        let out = tar.output()?;
         if out.status.success() {
             Ok(())
         } else {
