@@ -70,6 +70,13 @@ impl Run {
     }
 }
 
+/// A new dir `name` in `dir`.
+fn subdir(dir: &Path, name: &str) -> PathBuf {
+    let sub = dir.join(name);
+    std::fs::create_dir(&sub).expect("mkdir");
+    sub
+}
+
 /// `dep8 run -B -o DIR/OUT ARGS` with the cache in `cache`.
 fn dep8(dir: &Path, out: &str, cache: &Path, args: &[&str]) -> Run {
     let out = dir.join(out);
@@ -384,8 +391,7 @@ fn a_cached_package_never_replaces_the_archives() {
         return;
     };
     let dir = tempfile::tempdir().expect("temp dir");
-    let repo = dir.path().join("repo");
-    std::fs::create_dir(&repo).expect("mkdir");
+    let repo = subdir(dir.path(), "repo");
     let port = serve(repo.clone());
     let source = format!("--add-apt-source=deb [trusted=yes] http://127.0.0.1:{port} ./");
     let cache = dir.path().join("cache");
@@ -466,8 +472,7 @@ fn a_tarball_is_unpacked_once_per_machine() {
         return;
     };
     let dir = tempfile::tempdir().expect("temp dir");
-    let started = dir.path().join("started");
-    std::fs::create_dir(&started).expect("mkdir");
+    let started = subdir(dir.path(), "started");
     let control = "Depends:\n\
          Restrictions: needs-root\n\
          Test-Command: echo probe > /etc/dep8-kept-probe && rm /etc/debian_version \
@@ -558,8 +563,7 @@ fn reverts_return_to_the_setup() {
     };
     for userns in [false, true] {
         let dir = tempfile::tempdir().expect("temp dir");
-        let count = dir.path().join("count");
-        std::fs::create_dir(&count).expect("mkdir");
+        let count = subdir(dir.path(), "count");
         // A deleted file, and as root a replaced dir, stay so in the kept
         // layer. (In a user namespace the overlay cannot remove a dir of
         // the rootfs on this kernel, with or without a kept setup.)
@@ -706,8 +710,7 @@ fn image_update_of_a_rootfs_dir() {
         return;
     };
     let dir = tempfile::tempdir().expect("temp dir");
-    let root = dir.path().join("rootfs");
-    std::fs::create_dir(&root).expect("mkdir");
+    let root = subdir(dir.path(), "rootfs");
     check(
         "tar",
         &[
