@@ -65,7 +65,7 @@ pub fn acquire(
     let tree = dir.join(&key);
     let lock_path = dir.join(format!("{key}.lock"));
     loop {
-        let shared = lock(&lock_path, FlockArg::LockShared)?;
+        let shared = lock(&lock_path, FlockArg::LockSharedNonblock)?;
         if tree.is_dir() {
             // The lock file's time says when the tree was last used.
             shared.set_modified(SystemTime::now())?;
@@ -75,7 +75,7 @@ pub fn acquire(
             });
         }
         drop(shared);
-        let exclusive = lock(&lock_path, FlockArg::LockExclusive)?;
+        let exclusive = lock(&lock_path, FlockArg::LockExclusiveNonblock)?;
         if !tree.is_dir() {
             remove_partials(&dir, &key);
             std::fs::write(&lock_path, &names)?;
@@ -143,30 +143,32 @@ fn key(tarball: &Path) -> io::Result<String> {
     ))
 }
 
-/// Opens (creating) the lock file and locks it `how`, waiting while another
-/// run holds it. A lock file removed and made anew meanwhile (by
-/// [`remove`]) is locked again.
+/// Opens (creating) the lock file and locks it `how` (a non-blocking
+/// shared or exclusive lock), waiting while another run holds it.
 fn lock(path: &Path, how: FlockArg) -> io::Result<Flock<File>> {
-    let nonblocking = match how {
-        FlockArg::LockShared => FlockArg::LockSharedNonblock,
-        FlockArg::LockExclusive => FlockArg::LockExclusiveNonblock,
-        other => other,
-    };
     loop {
-        let mut file = std::fs::OpenOptions::new()
+        match try_lock(path, how)? {
+            Some(locked) => return Ok(locked),
+            None => std::thread::sleep(LOCK_RETRY),
+        }
+    }
+}
+
+/// Opens (creating) the lock file and locks it `how` (non-blocking);
+/// `None` while another run holds it. A lock file removed and made anew
+/// meanwhile (by [`remove`]) is opened and locked again: a lock on the
+/// removed one would guard nothing.
+fn try_lock(path: &Path, how: FlockArg) -> io::Result<Option<Flock<File>>> {
+    loop {
+        let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(path)?;
-        let locked = loop {
-            match Flock::lock(file, nonblocking) {
-                Ok(locked) => break locked,
-                Err((unlocked, Errno::EWOULDBLOCK)) => {
-                    file = unlocked;
-                    std::thread::sleep(LOCK_RETRY);
-                }
-                Err((_, errno)) => return Err(errno.into()),
-            }
+        let locked = match Flock::lock(file, how) {
+            Ok(locked) => locked,
+            Err((_, Errno::EWOULDBLOCK)) => return Ok(None),
+            Err((_, errno)) => return Err(errno.into()),
         };
         let still_there = std::fs::metadata(path).is_ok_and(|m| {
             locked
@@ -174,7 +176,7 @@ fn lock(path: &Path, how: FlockArg) -> io::Result<Flock<File>> {
                 .is_ok_and(|l| (l.dev(), l.ino()) == (m.dev(), m.ino()))
         });
         if still_there {
-            return Ok(locked);
+            return Ok(Some(locked));
         }
     }
 }
@@ -208,15 +210,8 @@ fn remove_unused(dir: &Path, keep: &str, names: &str) {
 /// uses the tree; whether it did.
 fn remove(dir: &Path, key: &str) -> io::Result<bool> {
     let lock_path = dir.join(format!("{key}.lock"));
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)?;
-    let _exclusive = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(locked) => locked,
-        Err((_, Errno::EWOULDBLOCK)) => return Ok(false),
-        Err((_, errno)) => return Err(errno.into()),
+    let Some(_exclusive) = try_lock(&lock_path, FlockArg::LockExclusiveNonblock)? else {
+        return Ok(false);
     };
     remove_partials(dir, key);
     let tree = dir.join(key);
