@@ -593,7 +593,7 @@ pub fn host_output_within<S: AsRef<OsStr>>(
 }
 
 /// A helper program's stdout, or its failure with its stderr.
-fn host_result<S: AsRef<OsStr>>(
+pub fn host_result<S: AsRef<OsStr>>(
     program: &str,
     args: &[S],
     out: std::process::Output,

@@ -38,7 +38,9 @@
 use async_trait::async_trait;
 use clap::Parser;
 use dep8_testbed::capability::{BaseImage, BaseImageKind, Capabilities, Capability};
-use dep8_testbed::exec::{copy_down_via_exec, copy_up_via_exec, in_testbed_argv, run_local};
+use dep8_testbed::exec::{
+    copy_down_via_exec, copy_up_via_exec, host_result, in_testbed_argv, run_local,
+};
 use dep8_testbed::kept::KeptTree;
 use dep8_testbed::{Backend, ExecOutcome, ExecRequest, Result, Testbed, TestbedError};
 use std::collections::BTreeMap;
@@ -517,25 +519,23 @@ fn keep(cache: &Path, tarball: &Path) -> Option<KeptTree> {
         );
         // As a tmpfs's root, where the tarball has no `./` to say.
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+        let args = [
+            "--numeric-owner".as_ref(),
+            "--exclude=./dev/*".as_ref(),
+            "-C".as_ref(),
+            dir.as_os_str(),
+            "-xf".as_ref(),
+            tarball.as_os_str(),
+        ];
         let mut tar = Command::new("tar");
-        tar.args(["--numeric-owner", "--exclude=./dev/*", "-C"])
-            .arg(dir)
-            .arg("-xf")
-            .arg(tarball)
-            .stdin(Stdio::null());
+        tar.args(args).stdin(Stdio::null());
         // This thread waits for it, so it outlives tar unless dep8 dies; a
         // killed unpack leaves a partial tree the next one removes.
         dep8_testbed::leftovers::tag(&mut tar);
         dep8_testbed::leftovers::die_with_dep8(&mut tar);
-        let out = tar.output()?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(std::io::Error::other(format!(
-                "tar: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )))
-        }
+        host_result("tar", &args, tar.output()?)
+            .map(drop)
+            .map_err(|e| std::io::Error::other(e.detail()))
     };
     match dep8_testbed::kept::acquire(cache, tarball, unpack) {
         Ok(kept) => {
@@ -609,12 +609,12 @@ impl UnshareTestbed {
             (Rootfs::Tarball(tarball), Some(cache)) if !options.userns => keep(cache, tarball),
             _ => None,
         };
-        let (kind, source) = match (&options.rootfs, &bootstrapped) {
-            _ if kept.is_some() => ("dir", kept.as_ref().expect("kept").path().to_path_buf()),
-            (Rootfs::Tarball(path), _) => ("tarball", path.clone()),
-            (Rootfs::Dir(path), _) => ("dir", path.clone()),
-            (Rootfs::Bootstrap(_), Some(made)) => ("tarball", made.path().join("chroot.tar")),
-            (Rootfs::Bootstrap(_), None) => unreachable!("bootstrapped above"),
+        let (kind, source) = match (&options.rootfs, &bootstrapped, &kept) {
+            (_, _, Some(kept)) => ("dir", kept.path().to_path_buf()),
+            (Rootfs::Tarball(path), _, None) => ("tarball", path.clone()),
+            (Rootfs::Dir(path), _, None) => ("dir", path.clone()),
+            (Rootfs::Bootstrap(_), Some(made), None) => ("tarball", made.path().join("chroot.tar")),
+            (Rootfs::Bootstrap(_), None, None) => unreachable!("bootstrapped above"),
         };
         let source =
             std::path::absolute(&source).map_err(|e| TestbedError::failure(source.display(), e))?;
