@@ -6,7 +6,7 @@
 //! in place. examples/nested on the standard image (a VM inside the VM,
 //! from /dev/baseimage) is the conformance suite's
 //! `qemu::nested_testbed_on_the_base_image`: run here too, it took
-//! another 4 minutes of emulation inside emulation, and the runner's side
+//! another 2 minutes of emulation inside emulation, and the runner's side
 //! of it (DEP8_BASEIMAGE, the Depends) is the same on every backend, where
 //! unshare_nesting.rs and lxc.rs run the example whole.
 
