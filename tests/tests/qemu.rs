@@ -2,7 +2,8 @@
 //! boots by BIOS (chosen from its partition table) and by UEFI; the base
 //! image is kept out of /dev/disk/by-*, is read-only, comes back after a
 //! reboot; the console log and the accelerator facts are reported; a
-//! snapshot revert sets the clock; `dep8 image update` upgrades an image
+//! snapshot revert sets the clock; an ELF kernel is loaded by dep8's PVH
+//! loader, which fails at once where it cannot; `dep8 image update` upgrades an image
 //! in place. examples/nested on the standard image (a VM inside the VM,
 //! from /dev/baseimage) is the conformance suite's
 //! `qemu::nested_testbed_on_the_base_image`: run here too, it took
@@ -183,9 +184,11 @@ async fn direct_boot_and_reverts_on_the_spare_ssh_links() {
         .open(&[image, "--quick-reverts".into(), "2".into()])
         .await
         .expect("open qemu");
+    let facts = tb.describe();
+    assert_eq!(facts.get("qemu_boot").map(String::as_str), Some("kernel"));
     assert_eq!(
-        tb.describe().get("qemu_boot").map(String::as_str),
-        Some("kernel")
+        facts.get("qemu_kernel_loader").map(String::as_str),
+        Some("dep8's PVH loader (the kernel by fw_cfg)")
     );
     let console = std::fs::read_to_string(&tb.logs()[0].1).expect("console log");
     assert!(console.contains("Run /init"), "{console}");
@@ -217,6 +220,29 @@ async fn direct_boot_and_reverts_on_the_spare_ssh_links() {
     assert_eq!(log.matches(on_the_link).count(), 2, "{log}");
     assert_eq!(log.matches("connected anew").count(), 1, "{log}");
     assert!(!log.contains("over ssh"), "{log}");
+}
+
+/// dep8's PVH loader copies the ELF kernel into the guest's RAM: where it
+/// does not fit, the loader says so in the firmware log and the open fails
+/// at once with its line, instead of waiting out a silent console.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kernel_too_big_for_the_ram_fails_the_boot_at_once() {
+    let Some(image) = dep8_tests::required_resource("DEP8_TEST_QEMU_IMAGE", "a qemu image") else {
+        return;
+    };
+    let started = std::time::Instant::now();
+    let opened = dep8_backend_qemu::QemuBackend
+        .open(&[image, "--ram-size".into(), "48".into()])
+        .await;
+    let Err(err) = opened else {
+        panic!("a 48 MiB guest booted a kernel that needs more");
+    };
+    let err = err.to_string();
+    assert!(
+        err.contains("the kernel could not be loaded (dep8 PVH loader: fw_cfg DMA failed)"),
+        "{err}"
+    );
+    assert!(started.elapsed().as_secs() < 30, "{:?}", started.elapsed());
 }
 
 /// The log lines of the thread that calls [`LogCapture::capture`].

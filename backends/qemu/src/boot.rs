@@ -202,6 +202,16 @@ impl BootWatch {
             }
             let firmware = tail(&self.files.firmware, 5);
             let end = tail_of(&text, 15);
+            if let Some(line) = firmware
+                .lines()
+                .find(|l| l.starts_with(crate::pvh::FAILURE_MARK))
+            {
+                return Err(self.failure(format!(
+                    "{} cannot be booted: the kernel could not be loaded ({line}); \
+                     does it fit in the guest's RAM (--ram-size)?",
+                    self.what
+                )));
+            }
             if NOTHING_TO_BOOT
                 .iter()
                 .any(|w| end.contains(w) || firmware.contains(w))

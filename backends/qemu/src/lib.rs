@@ -3,7 +3,8 @@
 //! The image is never written: the VM runs on a temporary qcow2 overlay
 //! backed by it. It boots the image's own boot loader (BIOS or UEFI, as
 //! the image's partition table says; see [`boot`]) or a kernel given on
-//! the command line. Commands go over ssh to the guest's sshd through a
+//! the command line or kept beside the image (an ELF kernel through
+//! dep8's PVH loader, see [`pvh`]). Commands go over ssh to the guest's sshd through a
 //! user-network port forward on 127.0.0.1; the client key and the guest's
 //! host key are made per testbed and handed to the guest with `-fw_cfg`
 //! (a unit installed by `dep8 image build qemu` puts them in place before
@@ -19,6 +20,7 @@
 mod accel;
 mod boot;
 mod clock;
+mod pvh;
 mod qmp;
 
 use accel::Accel;
@@ -404,6 +406,9 @@ enum Boot {
         kernel: PathBuf,
         initrd: Option<PathBuf>,
         append: String,
+        /// dep8's PVH loader for an ELF kernel (see [`pvh`]), which QEMU
+        /// starts instead, the kernel going in by fw_cfg.
+        loader: Option<PathBuf>,
     },
     /// The image's own boot loader.
     Disk,
@@ -477,7 +482,7 @@ impl QemuTestbed {
             .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .tempdir()
             .map_err(|e| TestbedError::failure("creating a temp dir", e))?;
-        let boot = boot_files(&args, &image)?;
+        let mut boot = boot_files(&args, &image)?;
         let firmware = match boot {
             Boot::Disk => firmware_for(
                 &args,
@@ -485,6 +490,9 @@ impl QemuTestbed {
             ),
             Boot::Direct { .. } => firmware_for(&args, None),
         };
+        if let (Boot::Direct { kernel, loader, .. }, None) = (&mut boot, &firmware) {
+            *loader = pvh::write_loader(kernel, work.path());
+        }
         if let Some(firmware) = firmware.as_ref().filter(|f| !f.exists()) {
             return Err(usage(format!(
                 "UEFI boot needs {} (install the ovmf package)",
@@ -792,7 +800,10 @@ impl QemuTestbed {
         for (disk, format) in &self.extra_disks {
             add(&[
                 "-drive",
-                &format!("file={},if=virtio,format={format},readonly=on", p(disk)),
+                &format!(
+                    "file={},if=virtio,format={format},readonly=on",
+                    opt_path(disk)
+                ),
             ]);
         }
         add(&[
@@ -861,8 +872,18 @@ impl QemuTestbed {
                 kernel,
                 initrd,
                 append,
+                loader,
             } => {
-                add(&["-kernel", &p(kernel), "-append", append]);
+                match loader {
+                    Some(loader) => add(&[
+                        "-kernel",
+                        &p(loader),
+                        "-fw_cfg",
+                        &format!("name={},file={}", pvh::FW_CFG_NAME, opt_path(kernel)),
+                    ]),
+                    None => add(&["-kernel", &p(kernel)]),
+                }
+                add(&["-append", append]);
                 if let Some(initrd) = initrd {
                     add(&["-initrd", &p(initrd)]);
                 }
@@ -1261,9 +1282,17 @@ impl Testbed for QemuTestbed {
             ),
         ]);
         match &self.boot {
-            Boot::Direct { kernel, .. } => {
+            Boot::Direct { kernel, loader, .. } => {
                 facts.insert("qemu_boot".into(), "kernel".into());
                 facts.insert("qemu_kernel".into(), kernel.display().to_string());
+                facts.insert(
+                    "qemu_kernel_loader".into(),
+                    match loader {
+                        Some(_) => "dep8's PVH loader (the kernel by fw_cfg)",
+                        None => "QEMU's",
+                    }
+                    .into(),
+                );
             }
             Boot::Disk => {
                 facts.insert("qemu_boot".into(), "boot-loader".into());
@@ -1559,7 +1588,14 @@ fn boot_files(args: &Args, image: &Path) -> Result<Boot> {
         kernel,
         initrd,
         append: args.append.clone(),
+        loader: None,
     })
+}
+
+/// A path as the value in a QEMU `-opt key=value,...` list, where a
+/// comma is written twice (a user's image may have one in its name).
+fn opt_path(path: &Path) -> String {
+    path.to_string_lossy().replace(',', ",,")
 }
 
 /// The first line of `qemu --version`.
@@ -1602,6 +1638,12 @@ fn not_running() -> TestbedError {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_comma_in_a_path_is_doubled_in_qemu_options() {
+        let path = std::path::Path::new("/srv/images/a,b.qcow2");
+        assert_eq!(super::opt_path(path), "/srv/images/a,,b.qcow2");
+    }
+
     #[test]
     fn available_memory_is_read_from_meminfo() {
         let info = "MemTotal:       16314532 kB\nMemFree:  100 kB\nMemAvailable:    8157266 kB\n";
