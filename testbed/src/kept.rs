@@ -118,10 +118,9 @@ pub fn clean(cache_dir: &Path) -> io::Result<Cleaned> {
         .into_iter()
         .collect();
     for key in keys {
-        let size = usage(&dir.join(&key));
         match remove(&dir, &key)? {
-            true => cleaned.freed += size,
-            false => cleaned.in_use.push(dir.join(&key)),
+            Some(size) => cleaned.freed += size,
+            None => cleaned.in_use.push(dir.join(&key)),
         }
     }
     Ok(cleaned)
@@ -207,14 +206,16 @@ fn remove_unused(dir: &Path, keep: &str, names: &str) {
 }
 
 /// Removes `key`'s tree, partial unpacks and lock file unless a testbed
-/// uses the tree; whether it did.
-fn remove(dir: &Path, key: &str) -> io::Result<bool> {
+/// uses the tree; the bytes the tree took, or `None` where it is in use
+/// (then not walked at all).
+fn remove(dir: &Path, key: &str) -> io::Result<Option<u64>> {
     let lock_path = dir.join(format!("{key}.lock"));
     let Some(_exclusive) = try_lock(&lock_path, FlockArg::LockExclusiveNonblock)? else {
-        return Ok(false);
+        return Ok(None);
     };
     remove_partials(dir, key);
     let tree = dir.join(key);
+    let size = usage(&tree);
     if tree.is_dir() {
         // Out of sight first: a run finds either the whole tree or none.
         let gone = tempfile::Builder::new()
@@ -225,7 +226,7 @@ fn remove(dir: &Path, key: &str) -> io::Result<bool> {
     }
     // Still locked: a run that opened the old file sees it gone and retries.
     std::fs::remove_file(&lock_path)?;
-    Ok(true)
+    Ok(Some(size))
 }
 
 /// Removes `key`'s partial unpacks (of runs that were killed, or a removed
