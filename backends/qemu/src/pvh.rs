@@ -169,19 +169,21 @@ fn pvh_entry(notes: &[u8], align: u64) -> Option<u64> {
 /// Whether the loader can load `kernel`: 32-bit addresses and sizes,
 /// segments in file order, none over the loader's page.
 fn placeable(kernel: &PvhKernel) -> bool {
-    let fits = |n: u64| n <= u64::from(u32::MAX);
+    // Sums of a file's own fields: checked, as a crafted ELF may overflow.
+    let fits = |n: Option<u64>| n.is_some_and(|n| n <= u64::from(u32::MAX));
     let loader = LOADER_ADDR..LOADER_ADDR + 0x1000;
     let mut end_in_file = 0;
     !kernel.segments.is_empty()
-        && fits(kernel.entry)
+        && fits(Some(kernel.entry))
         && kernel.segments.iter().all(|s| {
             let in_order = s.offset >= end_in_file;
-            end_in_file = s.offset + s.filesz;
+            let (end, file_end) = (s.paddr.checked_add(s.memsz), s.offset.checked_add(s.filesz));
+            end_in_file = file_end.unwrap_or(u64::MAX);
             in_order
                 && s.filesz <= s.memsz
-                && fits(s.paddr + s.memsz)
-                && fits(end_in_file)
-                && (s.paddr + s.memsz <= loader.start || s.paddr >= loader.end)
+                && fits(end)
+                && fits(file_end)
+                && end.is_some_and(|end| end <= loader.start || s.paddr >= loader.end)
         })
 }
 
@@ -296,6 +298,9 @@ mod tests {
         let mut k = kernel();
         k.segments[0].paddr = LOADER_ADDR - 0x1000;
         assert!(!placeable(&k), "over the loader");
+        let mut k = kernel();
+        k.segments[1].memsz = u64::MAX;
+        assert!(!placeable(&k), "an end past u64");
         assert!(placeable(&kernel()));
         let not_elf = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(
