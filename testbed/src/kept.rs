@@ -118,7 +118,7 @@ pub fn clean(cache_dir: &Path) -> io::Result<Cleaned> {
         .into_iter()
         .collect();
     for key in keys {
-        match remove(&dir, &key)? {
+        match remove(&dir, &key, true)? {
             Some(size) => cleaned.freed += size,
             None => cleaned.in_use.push(dir.join(&key)),
         }
@@ -198,7 +198,7 @@ fn remove_unused(dir: &Path, keep: &str, names: &str) {
             .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > UNUSED));
         let replaced = || std::fs::read_to_string(entry.path()).is_ok_and(|said| said == names);
         if key != keep && (unused || replaced()) {
-            if let Err(e) = remove(dir, key) {
+            if let Err(e) = remove(dir, key, false) {
                 tracing::warn!("removing the unused tree {}: {e}", dir.join(key).display());
             }
         }
@@ -206,16 +206,16 @@ fn remove_unused(dir: &Path, keep: &str, names: &str) {
 }
 
 /// Removes `key`'s tree, partial unpacks and lock file unless a testbed
-/// uses the tree; the bytes the tree took, or `None` where it is in use
-/// (then not walked at all).
-fn remove(dir: &Path, key: &str) -> io::Result<Option<u64>> {
+/// uses the tree; the bytes the tree took (walked only with `measure`, 0
+/// otherwise), or `None` where it is in use (then not walked at all).
+fn remove(dir: &Path, key: &str, measure: bool) -> io::Result<Option<u64>> {
     let lock_path = dir.join(format!("{key}.lock"));
     let Some(_exclusive) = try_lock(&lock_path, FlockArg::LockExclusiveNonblock)? else {
         return Ok(None);
     };
     remove_partials(dir, key);
     let tree = dir.join(key);
-    let size = usage(&tree);
+    let size = if measure { usage(&tree) } else { 0 };
     if tree.is_dir() {
         // Out of sight first: a run finds either the whole tree or none.
         let gone = tempfile::Builder::new()
