@@ -349,6 +349,19 @@ pub trait Testbed: Send + Sync {
     async fn close(&mut self) -> Result<()>;
 }
 
+/// What a run tells a backend as it opens a testbed ([`Backend::open_in`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OpenContext<'a> {
+    /// dep8's cache dir, where a backend may keep what later opens can
+    /// reuse, such as an unpacked rootfs ([`kept`]); `None` with
+    /// `--no-cache`, when nothing may be kept.
+    pub cache: Option<&'a Path>,
+    /// The run keeps a setup ([`Testbed::commit_base`]) before its first
+    /// revert, so no revert returns to the state the open leaves: a
+    /// backend that saves that state for reverts may leave it unsaved.
+    pub base_follows: bool,
+}
+
 /// A kind of testbed, and how to open one from command-line arguments.
 #[async_trait]
 pub trait Backend: Send + Sync {
@@ -381,12 +394,10 @@ pub trait Backend: Send + Sync {
     /// Opens a testbed. `args` are the words after the backend name.
     async fn open(&self, args: &[String]) -> Result<Box<dyn Testbed>>;
 
-    /// [`Backend::open`] for a run that has dep8's cache dir (`cache`;
-    /// `None` with `--no-cache`, when nothing may be kept): a backend may
-    /// keep there what later opens can reuse, such as an unpacked rootfs
-    /// ([`kept`]). By default the cache is not used.
-    async fn open_cached(&self, args: &[String], cache: Option<&Path>) -> Result<Box<dyn Testbed>> {
-        let _ = cache;
+    /// [`Backend::open`] as a run opens its testbeds, told what the run
+    /// knows ([`OpenContext`]). By default the context is not used.
+    async fn open_in(&self, args: &[String], context: OpenContext<'_>) -> Result<Box<dyn Testbed>> {
+        let _ = context;
         self.open(args).await
     }
 

@@ -2,16 +2,16 @@
 //! boots by BIOS (chosen from its partition table) and by UEFI; the base
 //! image is kept out of /dev/disk/by-*, is read-only, comes back after a
 //! reboot; the console log and the accelerator facts are reported; a
-//! snapshot revert sets the clock; an ELF kernel is loaded by dep8's PVH
-//! loader, which fails at once where it cannot; `dep8 image update` upgrades an image
-//! in place. examples/nested on the standard image (a VM inside the VM,
+//! snapshot revert sets the clock; a run that keeps a setup saves the
+//! guest once; an ELF kernel is loaded by dep8's PVH loader, which fails
+//! at once where it cannot; `dep8 image update` upgrades an image in place. examples/nested on the standard image (a VM inside the VM,
 //! from /dev/baseimage) is the conformance suite's
 //! `qemu::nested_testbed_on_the_base_image`: run here too, it took
 //! another 2 minutes of emulation inside emulation, and the runner's side
 //! of it (DEP8_BASEIMAGE, the Depends) is the same on every backend, where
 //! unshare_nesting.rs and lxc.rs run the example whole.
 
-use dep8_core::testbed::{Backend, ExecRequest, Testbed};
+use dep8_core::testbed::{Backend, ExecRequest, OpenContext, Testbed};
 use dep8_tests::e2e::Dep8Run;
 use std::os::unix::fs::PermissionsExt;
 
@@ -104,9 +104,10 @@ async fn baseimage_console_log_and_facts() {
 
 /// `--boot efi` (Debusine's form): OVMF boots the image's GRUB from its
 /// EFI system partition, the guest runs under UEFI; a second image is a
-/// read-only disk; a snapshot revert works with that firmware and gives the
-/// guest the host's time back; with `--timeout-poweroff` the guest powers
-/// itself off at close.
+/// read-only disk. Opened for a run that keeps a setup, the guest is saved
+/// once, by the commit: a snapshot revert returns to it with that firmware
+/// and gives the guest the host's time back; with `--timeout-poweroff` the
+/// guest powers itself off at close.
 #[tokio::test(flavor = "multi_thread")]
 async fn efi_boot_and_snapshot_revert() {
     let Some(image) = dep8_tests::required_resource("DEP8_TEST_QEMU_IMAGE", "a qemu image") else {
@@ -122,17 +123,25 @@ async fn efi_boot_and_snapshot_revert() {
         .set_len(1 << 20)
         .unwrap();
     let extra = extra.to_string_lossy().into_owned();
+    let log = LogCapture::default();
+    let _capturing = log.capture("dep8_backend_qemu=info");
+    let args = [
+        image,
+        extra,
+        "--boot".into(),
+        "efi".into(),
+        "--timeout-poweroff".into(),
+        "120".into(),
+    ];
+    let context = OpenContext {
+        cache: None,
+        base_follows: true,
+    };
     let mut tb = dep8_backend_qemu::QemuBackend
-        .open(&[
-            image,
-            extra,
-            "--boot".into(),
-            "efi".into(),
-            "--timeout-poweroff".into(),
-            "120".into(),
-        ])
+        .open_in(&args, context)
         .await
         .expect("open qemu --boot efi");
+    assert!(!log.text().contains("snapshot saved"), "{}", log.text());
     assert_eq!(
         sh(tb.as_ref(), "blockdev --getro --getsize64 /dev/vdb").await,
         "1\n1048576"
@@ -145,6 +154,8 @@ async fn efi_boot_and_snapshot_revert() {
     );
     let efi = "test -d /sys/firmware/efi && echo uefi";
     assert_eq!(sh(tb.as_ref(), efi).await, "uefi");
+    sh(tb.as_ref(), "touch /var/tmp/setup").await;
+    assert!(tb.commit_base().await.expect("commit"));
     sh(tb.as_ref(), "touch /var/tmp/dirty").await;
     // Long enough for a clock left at the snapshot's time to show.
     tokio::time::sleep(std::time::Duration::from_secs(5)).await;
@@ -154,8 +165,15 @@ async fn efi_boot_and_snapshot_revert() {
         sh(tb.as_ref(), "ls /var/tmp/dirty 2>&1 || true").await,
         "ls: cannot access '/var/tmp/dirty': No such file or directory"
     );
+    assert_eq!(sh(tb.as_ref(), "ls /var/tmp/setup").await, "/var/tmp/setup");
     assert_clock_set(tb.as_ref(), "after the revert").await;
     tb.close().await.expect("close");
+    assert_eq!(
+        log.text().matches("snapshot saved").count(),
+        1,
+        "{}",
+        log.text()
+    );
     let console = std::fs::read_to_string(&tb.logs()[0].1).expect("console log");
     assert!(console.contains("reboot: Power down"), "{console}");
 }

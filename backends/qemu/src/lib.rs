@@ -32,7 +32,9 @@ use dep8_backend_ssh::{SshConnection, SshTarget};
 use dep8_testbed::capability::{BaseImage, BaseImageKind, Capabilities, Capability};
 use dep8_testbed::exec::host_command;
 use dep8_testbed::ports::free_loopback_ports;
-use dep8_testbed::{Backend, ExecOutcome, ExecRequest, Output, Result, Tap, Testbed, TestbedError};
+use dep8_testbed::{
+    Backend, ExecOutcome, ExecRequest, OpenContext, Output, Result, Tap, Testbed, TestbedError,
+};
 use qmp::Qmp;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -121,7 +123,8 @@ SYMLINK+=\"baseimage-part%n\"
 /// How `revert` restores the pristine guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum RevertMethod {
-    /// Load the snapshot saved right after the first boot (`loadvm`).
+    /// Load the snapshot saved after the first boot, or after the run's
+    /// setup when it has one (`loadvm`).
     Snapshot,
     /// Kill the VM and boot it again on a fresh overlay.
     Boot,
@@ -298,7 +301,14 @@ impl Backend for QemuBackend {
     }
 
     async fn open(&self, args: &[String]) -> Result<Box<dyn Testbed>> {
-        Ok(Box::new(QemuTestbed::open(parse_args(args)?).await?))
+        self.open_in(args, OpenContext::default()).await
+    }
+
+    /// When the run keeps a setup first, the pristine guest is not saved:
+    /// the setup's snapshot ([`Testbed::commit_base`]) is the first.
+    async fn open_in(&self, args: &[String], context: OpenContext<'_>) -> Result<Box<dyn Testbed>> {
+        let tb = QemuTestbed::open(parse_args(args)?, context.base_follows).await?;
+        Ok(Box::new(tb))
     }
 }
 
@@ -465,7 +475,9 @@ pub struct QemuTestbed {
 }
 
 impl QemuTestbed {
-    async fn open(args: Args) -> Result<Self> {
+    /// Boots the guest; saves it for snapshot reverts unless
+    /// `base_follows` ([`OpenContext::base_follows`]).
+    async fn open(args: Args, base_follows: bool) -> Result<Self> {
         let usage = |msg: String| TestbedError::Usage(msg);
         let mut disks = Vec::new();
         for image in &args.images {
@@ -577,7 +589,7 @@ impl QemuTestbed {
         if user.status.success() {
             tb.caps.suggested_normal_users.push(NORMAL_USER.into());
         }
-        if tb.args.revert == RevertMethod::Snapshot {
+        if tb.args.revert == RevertMethod::Snapshot && !base_follows {
             tb.save_snapshot().await?;
         }
         Ok(tb)
@@ -1150,7 +1162,8 @@ impl QemuTestbed {
         Ok(())
     }
 
-    /// Saves the pristine guest (RAM, devices, overlay) inside the overlay.
+    /// Saves the guest (RAM, devices, overlay) inside the overlay, as the
+    /// state reverts return to: the pristine one, or the kept setup.
     /// The ssh connection is closed first so the snapshot holds no session
     /// of it, only the idle spare connections, kept for reverts. The run
     /// goes on over a new connection on the forwarded port: both times a
@@ -1183,7 +1196,7 @@ impl QemuTestbed {
         }
         self.qmp()?.human(&format!("savevm {SNAPSHOT}")).await?;
         self.snapshot_saved = true;
-        tracing::info!("qemu: pristine snapshot saved in {:.1?}", started.elapsed());
+        tracing::info!("qemu: snapshot saved in {:.1?}", started.elapsed());
         // ssh sets the clock as it connects.
         self.connect().await
     }
@@ -1356,7 +1369,7 @@ impl Testbed for QemuTestbed {
     /// return to it. Only where reverts load a snapshot: `--revert boot`
     /// boots a fresh overlay, which cannot keep anything.
     async fn commit_base(&mut self) -> Result<bool> {
-        if !self.snapshot_saved {
+        if self.args.revert != RevertMethod::Snapshot {
             return Ok(false);
         }
         // A revert leaves the scratch dir empty, as after the first boot.
@@ -1418,7 +1431,7 @@ pub async fn update_image(
         "--revert".into(),
         "boot".into(),
     ];
-    let mut tb = QemuTestbed::open(parse_args(words)?).await?;
+    let mut tb = QemuTestbed::open(parse_args(words)?, false).await?;
     let output = Output {
         tap: Some(tap),
         ..Default::default()

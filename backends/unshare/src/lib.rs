@@ -42,7 +42,7 @@ use dep8_testbed::exec::{
     copy_down_via_exec, copy_up_via_exec, host_result, in_testbed_argv, run_local,
 };
 use dep8_testbed::kept::KeptTree;
-use dep8_testbed::{Backend, ExecOutcome, ExecRequest, Result, Testbed, TestbedError};
+use dep8_testbed::{Backend, ExecOutcome, ExecRequest, OpenContext, Result, Testbed, TestbedError};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -166,14 +166,14 @@ impl Backend for UnshareBackend {
     }
 
     async fn open(&self, args: &[String]) -> Result<Box<dyn Testbed>> {
-        self.open_cached(args, None).await
+        self.open_in(args, OpenContext::default()).await
     }
 
     /// With dep8's cache dir, a tarball is kept unpacked there for later
     /// opens (as root, without a user namespace).
-    async fn open_cached(&self, args: &[String], cache: Option<&Path>) -> Result<Box<dyn Testbed>> {
+    async fn open_in(&self, args: &[String], context: OpenContext<'_>) -> Result<Box<dyn Testbed>> {
         let mut options = Options::parse(args)?;
-        options.keep_in = cache.map(Path::to_path_buf);
+        options.keep_in = context.cache.map(Path::to_path_buf);
         Ok(Box::new(UnshareTestbed::open(options).await?))
     }
 }

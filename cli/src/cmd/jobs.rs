@@ -4,8 +4,7 @@
 use crate::Registry;
 use async_trait::async_trait;
 use dep8_core::engine::Clones;
-use dep8_core::testbed::{Backend, Testbed, TestbedError};
-use std::path::Path;
+use dep8_core::testbed::{Backend, OpenContext, Testbed, TestbedError};
 
 /// `-j N` / `--jobs N`: a number of tests, or `auto`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,14 +57,14 @@ pub fn resolve(
 pub struct BackendClones<'a> {
     pub backend: &'a dyn Backend,
     pub args: &'a [String],
-    /// dep8's cache dir, as the first testbed had it.
-    pub cache: Option<&'a Path>,
+    /// What the first testbed was told as it opened.
+    pub context: OpenContext<'a>,
 }
 
 #[async_trait]
 impl Clones for BackendClones<'_> {
     async fn open_clone(&self) -> Result<Box<dyn Testbed>, TestbedError> {
-        self.backend.open_cached(self.args, self.cache).await
+        self.backend.open_in(self.args, self.context).await
     }
 }
 

@@ -17,8 +17,8 @@ use dep8_core::report::{
     EXIT_UNEXPECTED,
 };
 use dep8_core::restriction::{InternetPolicy, ResolveOptions};
-use dep8_core::setup::{self, Setup};
-use dep8_core::testbed::TestbedError;
+use dep8_core::setup::{self, Setup, SetupPart};
+use dep8_core::testbed::{OpenContext, TestbedError};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -658,11 +658,15 @@ async fn run_with(
         return stop(e).await;
     }
     events.info(format!("opening testbed: {}", testbed_argv.join(" ")));
-    // What a backend may keep for later runs goes beside the package cache.
-    let cache = opts.setup.apt_cache.as_ref().map(|cache| cache.dir());
+    let context = OpenContext {
+        // What a backend may keep for later runs goes beside the package cache.
+        cache: opts.setup.apt_cache.as_ref().map(|cache| cache.dir()),
+        // The engine keeps the setup's base part right after applying it.
+        base_follows: !opts.setup.is_empty_part(SetupPart::Base),
+    };
     // An interrupted open drops its future: what it started is killed.
     let opened = tokio::select! {
-        opened = backend.open_cached(&backend_args, cache) => opened,
+        opened = backend.open_in(&backend_args, context) => opened,
         Some(signal) = signals.recv() => return stop(Error::Interrupted(signal)).await,
     };
     let mut tb = match opened {
@@ -682,7 +686,7 @@ async fn run_with(
     let clones = super::jobs::BackendClones {
         backend,
         args: &backend_args,
-        cache,
+        context,
     };
     let report = engine::run_on_clones(&opts, tb.as_mut(), Some(&clones), events, interrupt).await;
     let mut exit = exit_of(&report);
