@@ -118,8 +118,11 @@ pub fn clean(cache_dir: &Path) -> io::Result<Cleaned> {
         .into_iter()
         .collect();
     for key in keys {
-        match remove(&dir, &key, true)? {
-            Some(size) => cleaned.freed += size,
+        match lock_unused(&dir, &key)? {
+            Some(exclusive) => {
+                cleaned.freed += usage(&dir.join(&key));
+                remove(&dir, &key, exclusive)?;
+            }
             None => cleaned.in_use.push(dir.join(&key)),
         }
     }
@@ -198,24 +201,29 @@ fn remove_unused(dir: &Path, keep: &str, names: &str) {
             .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > UNUSED));
         let replaced = || std::fs::read_to_string(entry.path()).is_ok_and(|said| said == names);
         if key != keep && (unused || replaced()) {
-            if let Err(e) = remove(dir, key, false) {
+            let removed = lock_unused(dir, key)
+                .and_then(|lock| lock.map_or(Ok(()), |exclusive| remove(dir, key, exclusive)));
+            if let Err(e) = removed {
                 tracing::warn!("removing the unused tree {}: {e}", dir.join(key).display());
             }
         }
     }
 }
 
-/// Removes `key`'s tree, partial unpacks and lock file unless a testbed
-/// uses the tree; the bytes the tree took (walked only with `measure`, 0
-/// otherwise), or `None` where it is in use (then not walked at all).
-fn remove(dir: &Path, key: &str, measure: bool) -> io::Result<Option<u64>> {
-    let lock_path = dir.join(format!("{key}.lock"));
-    let Some(_exclusive) = try_lock(&lock_path, FlockArg::LockExclusiveNonblock)? else {
-        return Ok(None);
-    };
+/// The exclusive lock on `key`'s tree, for removing it; `None` while a
+/// testbed uses the tree.
+fn lock_unused(dir: &Path, key: &str) -> io::Result<Option<Flock<File>>> {
+    try_lock(
+        &dir.join(format!("{key}.lock")),
+        FlockArg::LockExclusiveNonblock,
+    )
+}
+
+/// Removes `key`'s tree, partial unpacks and lock file, holding
+/// `exclusive` ([`lock_unused`]) until the lock file is gone.
+fn remove(dir: &Path, key: &str, exclusive: Flock<File>) -> io::Result<()> {
     remove_partials(dir, key);
     let tree = dir.join(key);
-    let size = if measure { usage(&tree) } else { 0 };
     if tree.is_dir() {
         // Out of sight first: a run finds either the whole tree or none.
         let gone = tempfile::Builder::new()
@@ -225,8 +233,9 @@ fn remove(dir: &Path, key: &str, measure: bool) -> io::Result<Option<u64>> {
         gone.close()?;
     }
     // Still locked: a run that opened the old file sees it gone and retries.
-    std::fs::remove_file(&lock_path)?;
-    Ok(Some(size))
+    std::fs::remove_file(dir.join(format!("{key}.lock")))?;
+    drop(exclusive);
+    Ok(())
 }
 
 /// Removes `key`'s partial unpacks (of runs that were killed, or a removed

@@ -4,8 +4,9 @@
 //! reboot; the console log and the accelerator facts are reported; a
 //! snapshot revert sets the clock; a run that keeps a setup saves the
 //! guest once; an ELF kernel is loaded by dep8's PVH loader, which fails
-//! at once where it cannot; `dep8 image update` upgrades an image in place. examples/nested on the standard image (a VM inside the VM,
-//! from /dev/baseimage) is the conformance suite's
+//! at once where it cannot; `dep8 image update` upgrades an image in
+//! place. examples/nested on the standard image (a VM inside the VM, from
+//! /dev/baseimage) is the conformance suite's
 //! `qemu::nested_testbed_on_the_base_image`: run here too, it took
 //! another 2 minutes of emulation inside emulation, and the runner's side
 //! of it (DEP8_BASEIMAGE, the Depends) is the same on every backend, where

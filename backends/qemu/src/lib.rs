@@ -59,7 +59,7 @@ const DEFAULT_CMDLINE: &str = "root=LABEL=dep8-root rw console=ttyS0 no_timer_ch
 /// The name the guest's host key is recorded under, whatever the port.
 const HOST_ALIAS: &str = "dep8-testbed";
 
-/// The internal snapshot of the pristine guest.
+/// The internal snapshot reverts load: the pristine guest, or the kept setup.
 const SNAPSHOT: &str = "dep8-pristine";
 
 /// How long the spare ssh links may take to connect, all together.
@@ -120,7 +120,7 @@ SUBSYSTEM==\"block\", KERNEL==\"vd*\", ENV{DEVTYPE}==\"partition\", ATTRS{serial
 SYMLINK+=\"baseimage-part%n\"
 ";
 
-/// How `revert` restores the pristine guest.
+/// How `revert` restores the saved guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum RevertMethod {
     /// Load the snapshot saved after the first boot, or after the run's
