@@ -3,7 +3,7 @@
 //! image is kept out of /dev/disk/by-*, is read-only, comes back after a
 //! reboot; the console log and the accelerator facts are reported; a
 //! snapshot revert sets the clock; a run that keeps a setup saves the
-//! guest once; an ELF kernel is loaded by dep8's PVH loader, which fails
+//! guest once, and fails its revert when QEMU is gone; an ELF kernel is loaded by dep8's PVH loader, which fails
 //! at once where it cannot; `dep8 image update` upgrades an image in
 //! place. examples/nested on the standard image (a VM inside the VM, from
 //! /dev/baseimage) is the conformance suite's
@@ -189,7 +189,9 @@ async fn efi_boot_and_snapshot_revert() {
 /// reconnects over the forwarded port); once they are used up, a revert
 /// connects anew. Each revert throws the guest's changes away and sets its
 /// clock, on the spare links through the clock link's loop (perl here), as
-/// the backend's log says.
+/// the backend's log says. Last, with a setup kept, the guest powers
+/// itself off: the revert fails, naming the setup, instead of booting a
+/// fresh guest without it.
 #[tokio::test(flavor = "multi_thread")]
 async fn direct_boot_and_reverts_on_the_spare_ssh_links() {
     let Some(image) = dep8_tests::required_resource("DEP8_TEST_QEMU_IMAGE", "a qemu image") else {
@@ -233,7 +235,16 @@ async fn direct_boot_and_reverts_on_the_spare_ssh_links() {
     }
     let clock_loop = sh(tb.as_ref(), "cat /proc/$(cat /run/dep8-clock.pid)/comm").await;
     assert_eq!(clock_loop, "perl");
-    tb.close().await.expect("close");
+    assert!(tb.commit_base().await.expect("commit"));
+    // The command ends as QEMU does: with the guest's power off.
+    let _ = tb.exec(ExecRequest::shell("poweroff -f")).await;
+    let lost = tb.revert().await.expect_err("a revert with QEMU gone");
+    assert!(
+        lost.to_string()
+            .contains("the kept setup cannot be restored"),
+        "{lost}"
+    );
+    let _ = tb.close().await;
     let log = log.text();
     let on_the_link = "the clock set on its link, on a spare ssh link";
     assert_eq!(log.matches(on_the_link).count(), 2, "{log}");

@@ -120,6 +120,18 @@ SUBSYSTEM==\"block\", KERNEL==\"vd*\", ENV{DEVTYPE}==\"partition\", ATTRS{serial
 SYMLINK+=\"baseimage-part%n\"
 ";
 
+/// What the overlay's snapshot holds: what a snapshot revert loads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Saved {
+    /// Nothing yet: a revert boots a fresh overlay.
+    Nothing,
+    /// The guest as it booted.
+    Pristine,
+    /// The guest with the run's setup (`commit_base`): nothing else can
+    /// give it back.
+    Setup,
+}
+
 /// How `revert` restores the saved guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum RevertMethod {
@@ -467,7 +479,7 @@ pub struct QemuTestbed {
     /// spends time tearing their sessions down.
     used_spares: Vec<SshConnection>,
     caps: Capabilities,
-    snapshot_saved: bool,
+    saved: Saved,
     boot_time: Duration,
     /// Watches the reboot a test asked for, from before it was let go
     /// ([`Testbed::prepare_reboot`]) to [`Testbed::await_reboot`].
@@ -566,7 +578,7 @@ impl QemuTestbed {
             spares: Vec::new(),
             used_spares: Vec::new(),
             caps,
-            snapshot_saved: false,
+            saved: Saved::Nothing,
             boot_time: Duration::ZERO,
             reboot_watch: std::sync::Mutex::new(None),
         };
@@ -590,7 +602,7 @@ impl QemuTestbed {
             tb.caps.suggested_normal_users.push(NORMAL_USER.into());
         }
         if tb.args.revert == RevertMethod::Snapshot && !base_follows {
-            tb.save_snapshot().await?;
+            tb.save_snapshot(Saved::Pristine).await?;
         }
         Ok(tb)
     }
@@ -1169,7 +1181,7 @@ impl QemuTestbed {
     /// goes on over a new connection on the forwarded port: both times a
     /// command hung on a spare link (2026-12-05, in CI), it was the link
     /// taken right after `savevm`, never one taken after `loadvm`.
-    async fn save_snapshot(&mut self) -> Result<()> {
+    async fn save_snapshot(&mut self, what: Saved) -> Result<()> {
         let started = Instant::now();
         // The spare links are all made anew: go on over the forwarded port.
         if self.is_spare_link(self.conn()?) {
@@ -1195,7 +1207,7 @@ impl QemuTestbed {
             );
         }
         self.qmp()?.human(&format!("savevm {SNAPSHOT}")).await?;
-        self.snapshot_saved = true;
+        self.saved = what;
         tracing::info!("qemu: snapshot saved in {:.1?}", started.elapsed());
         // ssh sets the clock as it connects.
         self.connect().await
@@ -1340,7 +1352,7 @@ impl Testbed for QemuTestbed {
     }
 
     async fn revert(&mut self) -> Result<()> {
-        if !self.snapshot_saved {
+        if self.saved == Saved::Nothing {
             return self.boot_fresh().await;
         }
         // The connection belongs to the state being thrown away.
@@ -1351,10 +1363,16 @@ impl Testbed for QemuTestbed {
         }
         let started = Instant::now();
         if let Err(e) = self.qmp()?.human(&format!("loadvm {SNAPSHOT}")).await {
+            if self.saved == Saved::Setup {
+                return Err(TestbedError::Failure(format!(
+                    "qemu: the kept setup cannot be restored: {}",
+                    e.detail()
+                )));
+            }
             tracing::warn!("qemu: {e}; reverting by booting a fresh overlay instead");
-            self.snapshot_saved = false;
+            self.saved = Saved::Nothing;
             self.boot_fresh().await?;
-            return self.save_snapshot().await;
+            return self.save_snapshot(Saved::Pristine).await;
         }
         let loaded = started.elapsed();
         let how = self.go_on_from_snapshot().await?;
@@ -1375,7 +1393,7 @@ impl Testbed for QemuTestbed {
         // A revert leaves the scratch dir empty, as after the first boot.
         self.run_ok(&format!("rm -rf {SCRATCH} && mkdir -p -m 1777 {SCRATCH}"))
             .await?;
-        self.save_snapshot().await?;
+        self.save_snapshot(Saved::Setup).await?;
         Ok(true)
     }
 
