@@ -266,6 +266,12 @@ impl Setup {
         }
     }
 
+    /// Whether the run has a base part, which the engine applies once and
+    /// asks the testbed to keep as its revert base ([`Testbed::commit_base`]).
+    pub fn keeps_a_base(&self) -> bool {
+        !self.is_empty_part(SetupPart::Base)
+    }
+
     /// The apt options given: they change the testbed's apt configuration
     /// (and need root there).
     pub fn apt_options(&self) -> Vec<&'static str> {

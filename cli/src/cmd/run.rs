@@ -17,7 +17,7 @@ use dep8_core::report::{
     EXIT_UNEXPECTED,
 };
 use dep8_core::restriction::{InternetPolicy, ResolveOptions};
-use dep8_core::setup::{self, Setup, SetupPart};
+use dep8_core::setup::{self, Setup};
 use dep8_core::testbed::{OpenContext, TestbedError};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -662,7 +662,7 @@ async fn run_with(
         // What a backend may keep for later runs goes beside the package cache.
         cache: opts.setup.apt_cache.as_ref().map(|cache| cache.dir()),
         // The engine keeps the setup's base part right after applying it.
-        base_follows: !opts.setup.is_empty_part(SetupPart::Base),
+        base_follows: opts.setup.keeps_a_base(),
     };
     // An interrupted open drops its future: what it started is killed.
     let opened = tokio::select! {

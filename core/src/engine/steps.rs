@@ -60,7 +60,7 @@ impl Run<'_> {
         }
         if !self.base_kept {
             self.apply(tb, &setup, SetupPart::Base).await?;
-            if !setup.is_empty_part(SetupPart::Base) {
+            if setup.keeps_a_base() {
                 let limit = self.opts.timeouts.reboot;
                 self.base_kept = timed(limit, "keeping the setup", tb.commit_base()).await?;
                 if self.base_kept {
