@@ -356,10 +356,12 @@ pub struct OpenContext<'a> {
     /// reuse, such as an unpacked rootfs ([`kept`]); `None` with
     /// `--no-cache`, when nothing may be kept.
     pub cache: Option<&'a Path>,
-    /// The run keeps a setup ([`Testbed::commit_base`]) before its first
-    /// revert, so no revert returns to the state the open leaves: a
-    /// backend that saves that state for reverts may leave it unsaved.
-    pub base_follows: bool,
+    /// Whether a revert may return to the state the open leaves. Not when
+    /// the run keeps a setup ([`Testbed::commit_base`]) before any revert,
+    /// nor when it never reverts (one test, nothing built on the
+    /// testbed): a backend that saves that state for reverts may then
+    /// leave it unsaved, and restore an unforeseen revert a slower way.
+    pub reverts_to_open: bool,
 }
 
 /// A kind of testbed, and how to open one from command-line arguments.

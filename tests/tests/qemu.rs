@@ -136,7 +136,7 @@ async fn efi_boot_and_snapshot_revert() {
     ];
     let context = OpenContext {
         cache: None,
-        base_follows: true,
+        reverts_to_open: false,
     };
     let mut tb = dep8_backend_qemu::QemuBackend
         .open_in(&args, context)
@@ -339,7 +339,8 @@ fn a_broken_testbed_is_reverted_to_the_kept_setup() {
 /// A `needs-reboot` test that masks sshd before asking for a reboot: the
 /// guest never answers again. dep8 gives up after its reboot time limit,
 /// exits 16 (testbed failure) naming the reboot, and keeps the console log,
-/// which shows the boot that did not come back.
+/// which shows the boot that did not come back. The run has one test and
+/// builds nothing, so the open saves no snapshot for reverts.
 #[test]
 fn a_reboot_that_does_not_come_back_is_a_testbed_failure() {
     let Some(image) = dep8_tests::required_resource("DEP8_TEST_QEMU_IMAGE", "a qemu image") else {
@@ -375,6 +376,7 @@ fn a_reboot_that_does_not_come_back_is_a_testbed_failure() {
         .args([
             "run",
             "-B",
+            "-d",
             "--timeout-reboot",
             "20",
             "-o",
@@ -394,6 +396,10 @@ fn a_reboot_that_does_not_come_back_is_a_testbed_failure() {
         ),
         "{stderr}"
     );
+    // One test, nothing built: the run never reverts, so the open saves
+    // no snapshot (the backend's log, with -d).
+    assert!(stderr.contains("qemu: guest ready"), "{stderr}");
+    assert!(!stderr.contains("snapshot saved"), "{stderr}");
     // Two boots: the first, and the one that never got to sshd (the
     // kernel beside the image prints its first line at once).
     let console = std::fs::read_to_string(out_dir.join("qemu-console.log")).unwrap_or_default();

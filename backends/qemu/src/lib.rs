@@ -319,7 +319,7 @@ impl Backend for QemuBackend {
     /// When the run keeps a setup first, the pristine guest is not saved:
     /// the setup's snapshot ([`Testbed::commit_base`]) is the first.
     async fn open_in(&self, args: &[String], context: OpenContext<'_>) -> Result<Box<dyn Testbed>> {
-        let tb = QemuTestbed::open(parse_args(args)?, context.base_follows).await?;
+        let tb = QemuTestbed::open(parse_args(args)?, context.reverts_to_open).await?;
         Ok(Box::new(tb))
     }
 }
@@ -487,9 +487,9 @@ pub struct QemuTestbed {
 }
 
 impl QemuTestbed {
-    /// Boots the guest; saves it for snapshot reverts unless
-    /// `base_follows` ([`OpenContext::base_follows`]).
-    async fn open(args: Args, base_follows: bool) -> Result<Self> {
+    /// Boots the guest; saves it for snapshot reverts if they may return
+    /// to it ([`OpenContext::reverts_to_open`]).
+    async fn open(args: Args, reverts_to_open: bool) -> Result<Self> {
         let usage = |msg: String| TestbedError::Usage(msg);
         let mut disks = Vec::new();
         for image in &args.images {
@@ -601,7 +601,7 @@ impl QemuTestbed {
         if user.status.success() {
             tb.caps.suggested_normal_users.push(NORMAL_USER.into());
         }
-        if tb.args.revert == RevertMethod::Snapshot && !base_follows {
+        if tb.args.revert == RevertMethod::Snapshot && reverts_to_open {
             tb.save_snapshot(Saved::Pristine).await?;
         }
         Ok(tb)

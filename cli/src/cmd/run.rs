@@ -661,8 +661,7 @@ async fn run_with(
     let context = OpenContext {
         // What a backend may keep for later runs goes beside the package cache.
         cache: opts.setup.apt_cache.as_ref().map(|cache| cache.dir()),
-        // The engine keeps the setup's base part right after applying it.
-        base_follows: opts.setup.keeps_a_base(),
+        reverts_to_open: engine::reverts_to_open(&opts),
     };
     // An interrupted open drops its future: what it started is killed.
     let opened = tokio::select! {
