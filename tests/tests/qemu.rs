@@ -3,7 +3,9 @@
 //! image is kept out of /dev/disk/by-*, is read-only, comes back after a
 //! reboot; the console log and the accelerator facts are reported; a
 //! snapshot revert sets the clock; a run that keeps a setup saves the
-//! guest once, and fails its revert when QEMU is gone; an ELF kernel is loaded by dep8's PVH loader, which fails
+//! guest once, and fails its revert when QEMU is gone, and one that never
+//! reverts saves none; an image without sshd fails a minute after its
+//! login prompt; an ELF kernel is loaded by dep8's PVH loader, which fails
 //! at once where it cannot; `dep8 image update` upgrades an image in
 //! place. examples/nested on the standard image (a VM inside the VM, from
 //! /dev/baseimage) is the conformance suite's
@@ -404,6 +406,35 @@ fn a_reboot_that_does_not_come_back_is_a_testbed_failure() {
     // kernel beside the image prints its first line at once).
     let console = std::fs::read_to_string(out_dir.join("qemu-console.log")).unwrap_or_default();
     assert_eq!(console.matches("Linux version").count(), 2, "{console}");
+}
+
+/// An image without sshd and dep8's units (as autopkgtest-build-qemu
+/// makes them; here the CI image with both masked on the kernel command
+/// line): the guest is taken to be up at its login prompt, and dep8 gives
+/// up on ssh a minute later, not after the 300 s boot timeout, with a
+/// testbed failure that says what the image lacks and shows the console.
+#[test]
+fn an_image_without_sshd_fails_a_minute_after_its_login_prompt() {
+    let Some(image) = dep8_tests::required_resource("DEP8_TEST_QEMU_IMAGE", "a qemu image") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let src = dep8_tests::e2e::source_tree(dir.path(), "dep8-one", "Test-Command: true\n");
+    let append = "root=LABEL=dep8-root rw console=ttyS0 no_timer_check net.ifnames=0 \
+                  systemd.mask=ssh.service systemd.mask=dep8-ready.service";
+    let started = std::time::Instant::now();
+    let run = Dep8Run::new(src.to_str().unwrap(), &["qemu", &image, "--append", append]);
+    let took = started.elapsed();
+    run.assert_exit(16);
+    for words in [
+        "the guest is up (a login prompt on its console",
+        "did not let dep8 in over ssh within 60s",
+        "needs openssh-server and dep8-fw-cfg-keys.service",
+        "login:",
+    ] {
+        assert!(run.stderr.contains(words), "{words}: {}", run.stderr);
+    }
+    assert!(took.as_secs() < 200, "{took:?}");
 }
 
 /// `dep8 image update` on a qemu disk image: its own guest upgrades it and

@@ -25,7 +25,7 @@ mod qmp;
 
 use accel::Accel;
 use async_trait::async_trait;
-use boot::{file_len, tail, tail_from, BootFiles, BootWatch, DiskBoot};
+use boot::{file_len, tail, tail_from, BootFiles, BootWatch, DiskBoot, Ready};
 use clap::Parser;
 use clock::{ClockLink, CLOCK_PORT, START_CLOCK};
 use dep8_backend_ssh::{SshConnection, SshTarget};
@@ -61,6 +61,12 @@ const HOST_ALIAS: &str = "dep8-testbed";
 
 /// The internal snapshot reverts load: the pristine guest, or the kept setup.
 const SNAPSHOT: &str = "dep8-pristine";
+
+/// How long ssh may take to let dep8 in once a guest without dep8's
+/// readiness unit shows a login prompt: sshd starts about when the gettys
+/// do. An image without sshd or dep8's key unit (autopkgtest-build-qemu's)
+/// fails after this, not after the whole `--boot-timeout`.
+const SSH_AFTER_LOGIN_PROMPT: Duration = Duration::from_secs(60);
 
 /// How long the spare ssh links may take to connect, all together.
 const SPARE_CONNECT_LIMIT: Duration = Duration::from_secs(30);
@@ -664,8 +670,10 @@ impl QemuTestbed {
         let started = Instant::now();
         let mut watch = self.boot_watch();
         self.start_vm().await?;
-        self.wait_up(&mut watch).await?;
-        self.connect().await?;
+        match self.wait_up(&mut watch).await? {
+            Ready::Signalled => self.connect().await?,
+            Ready::LoginPrompt => self.connect_after_login_prompt().await?,
+        }
         self.boot_time = started.elapsed();
         tracing::info!("qemu: guest ready after {:.1?}", self.boot_time);
         self.run_ok(&format!("mkdir -p -m 1777 {SCRATCH}")).await?;
@@ -681,8 +689,9 @@ impl QemuTestbed {
         )
     }
 
-    /// Waits until the guest `watch` watches says it is up.
-    async fn wait_up(&mut self, watch: &mut BootWatch) -> Result<()> {
+    /// Waits until the guest `watch` watches says it is up; returns how it
+    /// said so.
+    async fn wait_up(&mut self, watch: &mut BootWatch) -> Result<Ready> {
         let started = Instant::now();
         let limit = Duration::from_secs(self.args.boot_timeout);
         let vm = self.vm.as_mut().ok_or_else(not_running)?;
@@ -691,7 +700,7 @@ impl QemuTestbed {
             "qemu: the guest says it is up ({ready:?}) after {:.1?}",
             started.elapsed()
         );
-        Ok(())
+        Ok(ready)
     }
 
     /// Starts QEMU on the current overlay and connects to its monitor. The
@@ -1079,6 +1088,31 @@ impl QemuTestbed {
     async fn connect(&mut self) -> Result<()> {
         self.conn = None;
         let conn = SshConnection::connect(self.ssh_target()).await;
+        self.conn = Some(self.with_console(conn)?);
+        Ok(())
+    }
+
+    /// Connects ssh to a guest that showed a login prompt without dep8's
+    /// readiness signal (not dep8's image), for at most
+    /// [`SSH_AFTER_LOGIN_PROMPT`]; failing that, says what such an image
+    /// lacks.
+    async fn connect_after_login_prompt(&mut self) -> Result<()> {
+        self.conn = None;
+        let mut target = self.ssh_target();
+        target.connect_timeout = target.connect_timeout.min(SSH_AFTER_LOGIN_PROMPT);
+        let limit = target.connect_timeout;
+        let conn = SshConnection::connect(target).await.map_err(|e| {
+            TestbedError::Failure(format!(
+                "the guest is up (a login prompt on its console, no readiness signal \
+                 from dep8's units) but did not let dep8 in over ssh within {}s: {}\n\
+                 dep8 reaches a guest over ssh, with keys it passes by fw_cfg: an image \
+                 not built by `dep8 image build qemu` needs openssh-server and \
+                 dep8-fw-cfg-keys.service (autopkgtest-build-qemu's images have \
+                 neither): docs/qemu.md, \"Using an existing cloud or autopkgtest image\"",
+                limit.as_secs(),
+                e.detail()
+            ))
+        });
         self.conn = Some(self.with_console(conn)?);
         Ok(())
     }
