@@ -322,8 +322,10 @@ impl Backend for QemuBackend {
         self.open_in(args, OpenContext::default()).await
     }
 
-    /// When the run keeps a setup first, the pristine guest is not saved:
-    /// the setup's snapshot ([`Testbed::commit_base`]) is the first.
+    /// When no revert can return to the state the open leaves (the run
+    /// keeps a setup first, or never reverts), the pristine guest is not
+    /// saved: the setup's snapshot ([`Testbed::commit_base`]), if any, is
+    /// the first.
     async fn open_in(&self, args: &[String], context: OpenContext<'_>) -> Result<Box<dyn Testbed>> {
         let tb = QemuTestbed::open(parse_args(args)?, context.reverts_to_open).await?;
         Ok(Box::new(tb))
