@@ -350,7 +350,9 @@ pub trait Testbed: Send + Sync {
 }
 
 /// What a run tells a backend as it opens a testbed ([`Backend::open_in`]).
-#[derive(Clone, Copy, Debug, Default)]
+/// The default, what [`Backend::open`] passes, promises nothing: no cache,
+/// and reverts may return to the state the open leaves.
+#[derive(Clone, Copy, Debug)]
 pub struct OpenContext<'a> {
     /// dep8's cache dir, where a backend may keep what later opens can
     /// reuse, such as an unpacked rootfs ([`kept`]); `None` with
@@ -362,6 +364,15 @@ pub struct OpenContext<'a> {
     /// testbed): a backend that saves that state for reverts may then
     /// leave it unsaved, and restore an unforeseen revert a slower way.
     pub reverts_to_open: bool,
+}
+
+impl Default for OpenContext<'_> {
+    fn default() -> Self {
+        OpenContext {
+            cache: None,
+            reverts_to_open: true,
+        }
+    }
 }
 
 /// A kind of testbed, and how to open one from command-line arguments.
