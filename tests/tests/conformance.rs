@@ -102,6 +102,16 @@ impl Drop for TurnDone<'_> {
     }
 }
 
+/// The lanes whose testbed is the host itself, over a loopback sshd with a
+/// faked `reboot`: they share the host's /run, where the reboot-prepare
+/// mark (`/run/autopkgtest-reboot-prepare-mark`) is one file, so their
+/// reboot checks take turns ([`HOST_RUN`]). Side by side, one lane's mark
+/// was still there after the other's reboot (CI, 2026-12-06).
+const ON_THE_HOSTS_RUN: [&str; 2] = ["ssh_reboot", "external_dep8_virt_server_ssh_reboot"];
+
+/// Held by a reboot check of a lane in [`ON_THE_HOSTS_RUN`].
+static HOST_RUN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Permits for the checks that run at once (`--test-threads`).
 static RUNNING: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
 
@@ -134,6 +144,13 @@ fn run_on(lane: &Lane, index: usize) -> Result<Completion, Failed> {
                 Err(panicked) => Bed::Broken(format!("opening panicked: {panicked}")),
             };
         }
+        let _host_run = if ON_THE_HOSTS_RUN.contains(&lane.subject.name)
+            && check.needs.contains(&Capability::Reboot)
+        {
+            Some(HOST_RUN.lock().await)
+        } else {
+            None
+        };
         let verdict = match &mut *bed {
             Bed::Open(opened) => run_check(check, opened.testbed.as_mut()).await,
             Bed::Unavailable => return Ok(Completion::ignored_with("not on this machine")),
@@ -185,6 +202,12 @@ fn main() {
             })
         })
         .collect();
+    for name in ON_THE_HOSTS_RUN {
+        assert!(
+            lanes.iter().any(|lane| lane.subject.name == name),
+            "ON_THE_HOSTS_RUN names no lane {name}"
+        );
+    }
     // Check by check, each across every backend, each backend's in order.
     // `--test-threads` (default: one per core) checks run at once; the
     // workers are many more, as most of them wait for their backend's
