@@ -661,7 +661,7 @@ async fn run_with(
     let context = OpenContext {
         // What a backend may keep for later runs goes beside the package cache.
         cache: opts.setup.apt_cache.as_ref().map(|cache| cache.dir()),
-        reverts_to_open: engine::reverts_to_open(&opts),
+        reverts_to_open: opts.reverts_to_open(),
     };
     // An interrupted open drops its future: what it started is killed.
     let opened = tokio::select! {

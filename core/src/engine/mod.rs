@@ -18,7 +18,7 @@ mod test;
 
 pub use options::{RunOptions, ShellPolicy, Timeouts};
 pub use parallel::Clones;
-pub use plan::{host_arch, load_suite, reverts_to_open, Plan, Verdict};
+pub use plan::{host_arch, load_suite, Plan, Verdict};
 
 use crate::blocking;
 use crate::capability::Capability;

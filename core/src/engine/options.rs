@@ -1,7 +1,7 @@
 //! What a run is asked to do: the options of `dep8 run`, as the engine
 //! takes them.
 
-use super::load_suite;
+use super::{host_arch, load_suite};
 use crate::acquire::Fetch;
 use crate::build::BuildOptions;
 use crate::control::Entry;
@@ -9,6 +9,7 @@ use crate::install::DependencyPolicy;
 use crate::report::Report;
 use crate::restriction::ResolveOptions;
 use crate::setup::Setup;
+use crate::source;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -137,5 +138,80 @@ impl RunOptions {
             .filter(|name| self.selected(name))
             .map(str::to_string)
             .collect()
+    }
+
+    /// Whether autodep8 has a say in the tests of `tree`, as autopkgtest
+    /// asks it: no `--no-auto-control` or `--override-control`, and no
+    /// debian/tests/control or a `Testsuite: autopkgtest-pkg-*`.
+    pub fn asks_autodep8(&self, tree: &Path) -> bool {
+        !self.no_auto_control && self.override_control.is_none() && source::wants_autodep8(tree)
+    }
+
+    /// Whether a revert of this run may return a testbed to the state its
+    /// open leaves ([`crate::testbed::OpenContext::reverts_to_open`]). Not
+    /// when the run keeps a setup (reverts return to that), nor when the
+    /// suite, read from a tree on the host, has at most one selected test
+    /// and nothing is built on the testbed: the engine reverts only
+    /// between tests and after a build. Where the suite is not known yet
+    /// (a `.dsc`, `apt-get source`, autodep8's), it may.
+    pub fn reverts_to_open(&self) -> bool {
+        if self.setup.keeps_a_base() {
+            return false;
+        }
+        if self.build.binaries
+            || self.fetch.is_some()
+            || !self.control_path(&self.source).is_file()
+            || self.asks_autodep8(&self.source)
+        {
+            return true;
+        }
+        let arch = host_arch().unwrap_or_else(|| "amd64".into());
+        self.selected_tests(&arch).len() > 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tree whose debian/tests/control is `control`.
+    fn tree(control: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("debian/tests")).unwrap();
+        std::fs::write(dir.path().join("debian/tests/control"), control).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_run_reverts_to_its_open_unless_it_keeps_a_setup_or_has_one_test_and_no_build() {
+        let two = tree("Test-Command: true\n\nTest-Command: false\n");
+        let one = tree("Tests: only\n");
+        let opts = |tree: &tempfile::TempDir| RunOptions {
+            source: tree.path().to_path_buf(),
+            ..RunOptions::default()
+        };
+        assert!(opts(&two).reverts_to_open());
+        assert!(!opts(&one).reverts_to_open());
+        let mut selected = opts(&two);
+        selected.only_tests = vec!["command2".into()];
+        assert!(!selected.reverts_to_open());
+        let mut built = opts(&one);
+        built.build.binaries = true;
+        assert!(built.reverts_to_open(), "a build dirties the testbed");
+        let mut kept = opts(&two);
+        kept.setup.commands = vec!["true".into()];
+        assert!(!kept.reverts_to_open(), "reverts return to the setup");
+        let mut elsewhere = opts(&one);
+        elsewhere.source = one.path().join("no-such-tree");
+        assert!(elsewhere.reverts_to_open(), "a suite not on the host");
+        std::fs::write(
+            one.path().join("debian/control"),
+            "Source: one\nTestsuite: autopkgtest, autopkgtest-pkg-python\n",
+        )
+        .unwrap();
+        assert!(opts(&one).reverts_to_open(), "autodep8's tests too");
+        let mut own_only = opts(&one);
+        own_only.no_auto_control = true;
+        assert!(!own_only.reverts_to_open(), "--no-auto-control");
     }
 }

@@ -3,7 +3,6 @@
 //! opened testbed's capabilities), `check --testbed` and `explain` (with
 //! `Backend::capabilities_for`) share it.
 
-use super::RunOptions;
 use crate::capability::Capabilities;
 use crate::control::{self, DependsContext, Entry, Test};
 use crate::error::Error;
@@ -32,35 +31,6 @@ pub fn load_suite(control: &Path, tree: &Path, arch: &str) -> Result<Vec<Entry>,
         arch,
     };
     Ok(control::parse_file(control, &ctx))
-}
-
-/// Whether a revert of the run may return a testbed to the state its open
-/// leaves ([`crate::testbed::OpenContext::reverts_to_open`]). Not when the
-/// run keeps a setup (reverts return to that), nor when the suite, read
-/// from a tree on the host, has at most one selected test and nothing is
-/// built on the testbed: the engine reverts only between tests and after
-/// a build. Where the suite is not on the host yet (a `.dsc`, `apt-get
-/// source`, autodep8), it may.
-pub fn reverts_to_open(opts: &RunOptions) -> bool {
-    if opts.setup.keeps_a_base() {
-        return false;
-    }
-    if opts.build.binaries || opts.fetch.is_some() {
-        return true;
-    }
-    let control = opts.control_path(&opts.source);
-    if !opts.source.is_dir() || !control.is_file() {
-        return true;
-    }
-    let arch = host_arch().unwrap_or_else(|| "amd64".into());
-    let Ok(entries) = load_suite(&control, &opts.source, &arch) else {
-        return true;
-    };
-    let selected = entries
-        .iter()
-        .filter(|entry| matches!(entry, Entry::Test(test) if opts.selected(&test.name)))
-        .count();
-    selected > 1
 }
 
 /// What is decided of an entry before anything runs.
@@ -251,37 +221,5 @@ mod tests {
         );
         assert!(plan.runnable().is_empty());
         assert_eq!(plan.first_problem().unwrap().location.line, 9);
-    }
-
-    /// A tree whose debian/tests/control is `control`.
-    fn tree(control: &str) -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("debian/tests")).unwrap();
-        std::fs::write(dir.path().join("debian/tests/control"), control).unwrap();
-        dir
-    }
-
-    #[test]
-    fn a_run_reverts_to_its_open_unless_it_keeps_a_setup_or_has_one_test_and_no_build() {
-        let two = tree("Test-Command: true\n\nTest-Command: false\n");
-        let one = tree("Tests: only\n");
-        let opts = |tree: &tempfile::TempDir| RunOptions {
-            source: tree.path().to_path_buf(),
-            ..RunOptions::default()
-        };
-        assert!(reverts_to_open(&opts(&two)));
-        assert!(!reverts_to_open(&opts(&one)));
-        let mut selected = opts(&two);
-        selected.only_tests = vec!["command2".into()];
-        assert!(!reverts_to_open(&selected));
-        let mut built = opts(&one);
-        built.build.binaries = true;
-        assert!(reverts_to_open(&built), "a build dirties the testbed");
-        let mut kept = opts(&two);
-        kept.setup.commands = vec!["true".into()];
-        assert!(!reverts_to_open(&kept), "reverts return to the setup");
-        let mut elsewhere = opts(&one);
-        elsewhere.source = one.path().join("no-such-tree");
-        assert!(reverts_to_open(&elsewhere), "a suite not on the host");
     }
 }

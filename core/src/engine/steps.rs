@@ -240,12 +240,9 @@ impl Run<'_> {
     /// one (no `--no-auto-control` or `--override-control`, and no
     /// debian/tests/control or a `Testsuite: autopkgtest-pkg-*`).
     pub(super) async fn autodep8(&self, tree: &Path) -> Option<tempfile::NamedTempFile> {
-        if self.opts.no_auto_control || self.opts.override_control.is_some() {
-            return None;
-        }
         let wanted = crate::blocking({
-            let tree = tree.to_path_buf();
-            move || source::wants_autodep8(&tree)
+            let (opts, tree) = (self.opts.clone(), tree.to_path_buf());
+            move || opts.asks_autodep8(&tree)
         });
         if !wanted.await {
             return None;
