@@ -105,8 +105,9 @@ impl Drop for TurnDone<'_> {
 /// The lanes whose testbed is the host itself, over a loopback sshd with a
 /// faked `reboot`: they share the host's /run, where the reboot-prepare
 /// mark (`/run/autopkgtest-reboot-prepare-mark`) is one file, so their
-/// reboot checks take turns ([`HOST_RUN`]). Side by side, one lane's mark
-/// was still there after the other's reboot (CI, 2026-12-06).
+/// reboot checks take turns ([`HOST_RUN`]). Side by side (CI,
+/// 2026-12-06), one lane found the mark still there after its reboot,
+/// which the other lane's mark explains.
 const ON_THE_HOSTS_RUN: [&str; 2] = ["ssh_reboot", "external_dep8_virt_server_ssh_reboot"];
 
 /// Held by a reboot check of a lane in [`ON_THE_HOSTS_RUN`].

@@ -423,9 +423,11 @@ fn images_without_the_readiness_unit() {
     let src =
         dep8_tests::e2e::source_tree(dir.path(), "dep8-one", "Test-Command: true\nDepends:\n");
     let src = src.to_str().unwrap();
-    let cmdline = "root=LABEL=dep8-root rw console=ttyS0 no_timer_check net.ifnames=0 \
-                   systemd.mask=dep8-ready.service";
-    let run = Dep8Run::new(src, &["qemu", &image, "--append", cmdline]);
+    let cmdline = format!(
+        "{} systemd.mask=dep8-ready.service",
+        dep8_backend_qemu::DEFAULT_CMDLINE
+    );
+    let run = Dep8Run::new(src, &["qemu", &image, "--append", &cmdline]);
     run.assert_exit(0);
     assert_eq!(run.read("summary"), "command1             PASS\n");
     let no_sshd = format!("{cmdline} systemd.mask=ssh.service");

@@ -54,7 +54,8 @@ const NORMAL_USER: &str = "dep8";
 
 /// Kernel command line for direct kernel boot of an image built by dep8
 /// (its root filesystem's label, partitioned or not).
-const DEFAULT_CMDLINE: &str = "root=LABEL=dep8-root rw console=ttyS0 no_timer_check net.ifnames=0";
+pub const DEFAULT_CMDLINE: &str =
+    "root=LABEL=dep8-root rw console=ttyS0 no_timer_check net.ifnames=0";
 
 /// The name the guest's host key is recorded under, whatever the port.
 const HOST_ALIAS: &str = "dep8-testbed";
