@@ -289,7 +289,7 @@ pub fn tail_from(path: &Path, offset: u64, lines: usize) -> String {
     tail_of(&String::from_utf8_lossy(&read_from(path, offset)), lines)
 }
 
-fn tail_of(text: &str, lines: usize) -> String {
+pub fn tail_of(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }

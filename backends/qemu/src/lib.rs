@@ -9,7 +9,10 @@
 //! host key are made per testbed and handed to the guest with `-fw_cfg`
 //! (a unit installed by `dep8 image build qemu` puts them in place before
 //! sshd starts), so the host key is checked exactly. The guest says when
-//! sshd is up on a virtio-serial port, so ssh connects once. QEMU is
+//! sshd is up on a virtio-serial port, so ssh connects once. A guest
+//! without dep8's units but with autopkgtest's root shell on hvc1 (the
+//! images autopkgtest-build-qemu makes) is let in through that shell
+//! (see [`shell`]). QEMU is
 //! driven over QMP; the serial console goes to a log file.
 //!
 //! KVM is used only when a probe proves it works (see [`accel`]), TCG
@@ -22,6 +25,7 @@ mod boot;
 mod clock;
 mod pvh;
 mod qmp;
+mod shell;
 
 use accel::Accel;
 use async_trait::async_trait;
@@ -37,6 +41,7 @@ use dep8_testbed::{
 };
 use qmp::Qmp;
 use serde_json::json;
+use shell::RootShell;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -68,6 +73,11 @@ const SNAPSHOT: &str = "dep8-pristine";
 /// do. An image without sshd or dep8's key unit (autopkgtest-build-qemu's)
 /// fails after this, not after the whole `--boot-timeout`.
 const SSH_AFTER_LOGIN_PROMPT: Duration = Duration::from_secs(60);
+
+/// How long autopkgtest's root shell on hvc1 may take to answer once a
+/// guest without dep8's readiness unit shows a login prompt: setup-testbed
+/// starts it with the gettys (`multi-user.target`).
+const ROOT_SHELL_AFTER_LOGIN_PROMPT: Duration = Duration::from_secs(15);
 
 /// How long the spare ssh links may take to connect, all together.
 const SPARE_CONNECT_LIMIT: Duration = Duration::from_secs(30);
@@ -675,7 +685,10 @@ impl QemuTestbed {
         self.start_vm().await?;
         match self.wait_up(&mut watch).await? {
             Ready::Signalled => self.connect().await?,
-            Ready::LoginPrompt => self.connect_after_login_prompt().await?,
+            Ready::LoginPrompt => {
+                self.let_in_through_root_shell().await?;
+                self.connect_after_login_prompt().await?
+            }
         }
         self.boot_time = started.elapsed();
         tracing::info!("qemu: guest ready after {:.1?}", self.boot_time);
@@ -884,6 +897,24 @@ impl QemuTestbed {
                 ),
                 "-device",
                 &format!("virtserialport,bus=dep8-serial.0,chardev=dep8-clock,name={CLOCK_PORT}"),
+            ]);
+        }
+        if self.offers_root_shell_console() {
+            // As autopkgtest-virt-qemu: hvc0, and hvc1 for the root shell.
+            add(&[
+                "-device",
+                "virtio-serial-pci,id=dep8-consoles",
+                "-chardev",
+                "null,id=dep8-hvc0",
+                "-device",
+                "virtconsole,bus=dep8-consoles.0,chardev=dep8-hvc0",
+                "-chardev",
+                &format!(
+                    "socket,id=dep8-hvc1,path={},server=on,wait=off",
+                    p(&self.root_shell_socket())
+                ),
+                "-device",
+                "virtconsole,bus=dep8-consoles.0,chardev=dep8-hvc1",
             ]);
         }
         add(&[
@@ -1095,6 +1126,72 @@ impl QemuTestbed {
         Ok(())
     }
 
+    /// Whether the guest gets the two virtio consoles autopkgtest's images
+    /// start a root shell on (see [`shell`]): unless it boots from the
+    /// kernel `dep8 image build qemu` wrote beside the image (dep8's own
+    /// image, which needs no shell and would start one).
+    fn offers_root_shell_console(&self) -> bool {
+        matches!(self.boot, Boot::Disk) || self.args.kernel.is_some()
+    }
+
+    fn root_shell_socket(&self) -> PathBuf {
+        self.work.path().join("hvc1.sock")
+    }
+
+    /// Where a guest without dep8's readiness unit runs autopkgtest's root
+    /// shell on hvc1: lets dep8 in over ssh through it (keys, sshd; see
+    /// [`shell::let_in_script`]). Without such a shell, nothing is done.
+    async fn let_in_through_root_shell(&mut self) -> Result<()> {
+        if !self.offers_root_shell_console() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let Some(mut shell) =
+            RootShell::find(&self.root_shell_socket(), ROOT_SHELL_AFTER_LOGIN_PROMPT).await
+        else {
+            tracing::info!("qemu: no root shell on hvc1");
+            return Ok(());
+        };
+        let read = |name: &str| {
+            std::fs::read_to_string(self.key(name))
+                .map_err(|e| TestbedError::failure(format!("reading {name}"), e))
+        };
+        let script = shell::let_in_script(
+            &read("id_ed25519.pub")?,
+            &read("ssh_host_ed25519_key")?,
+            &read("ssh_host_ed25519_key.pub")?,
+        );
+        let limit = Duration::from_secs(self.args.boot_timeout);
+        let failure = |why: String| {
+            TestbedError::Failure(format!(
+                "qemu: letting dep8 in over ssh through the root shell on hvc1 {why}"
+            ))
+        };
+        match shell
+            .run(&script, tokio::time::Instant::now() + limit)
+            .await
+        {
+            Some((0, output)) => {
+                tracing::debug!("qemu: the root shell on hvc1 said:\n{output}");
+                tracing::info!(
+                    "qemu: let in through the root shell on hvc1 in {:.1?}{}",
+                    started.elapsed(),
+                    if output.contains("dep8: installing openssh-server") {
+                        " (openssh-server installed)"
+                    } else {
+                        ""
+                    }
+                );
+                Ok(())
+            }
+            Some((status, output)) => Err(failure(format!(
+                "failed (status {status}):\n{}",
+                boot::tail_of(&output, 15)
+            ))),
+            None => Err(failure(format!("did not end within {}s", limit.as_secs()))),
+        }
+    }
+
     /// Connects ssh to a guest that showed a login prompt without dep8's
     /// readiness signal (not dep8's image), for at most
     /// [`SSH_AFTER_LOGIN_PROMPT`]; failing that, says what such an image
@@ -1110,8 +1207,9 @@ impl QemuTestbed {
                  from dep8's units) but did not let dep8 in over ssh within {}s: {}\n\
                  dep8 reaches a guest over ssh, with keys it passes by fw_cfg: an image \
                  not built by `dep8 image build qemu` needs openssh-server and \
-                 dep8-fw-cfg-keys.service (autopkgtest-build-qemu's images have \
-                 neither): docs/qemu.md, \"Using an existing cloud or autopkgtest image\"",
+                 dep8-fw-cfg-keys.service, or autopkgtest's root shell on hvc1 \
+                 (autopkgtest-build-qemu's images have it) and a disk boot: \
+                 docs/qemu.md, \"Using an existing cloud or autopkgtest image\"",
                 limit.as_secs(),
                 e.detail()
             ))
