@@ -5,8 +5,8 @@
 //! snapshot revert sets the clock; a run that keeps a setup saves the
 //! guest once, and fails its revert when QEMU is gone, and one that never
 //! reverts saves none; an image without sshd fails a minute after its
-//! login prompt, unless it runs autopkgtest's root shell on hvc1, through
-//! which dep8 installs sshd and lets itself in; an ELF kernel is loaded by dep8's PVH loader, which fails
+//! login prompt (qemu_images.rs: unless it runs autopkgtest's root shell
+//! on hvc1); an ELF kernel is loaded by dep8's PVH loader, which fails
 //! at once where it cannot; `dep8 image update` upgrades an image in
 //! place. examples/nested on the standard image (a VM inside the VM, from
 //! /dev/baseimage) is the conformance suite's
@@ -445,108 +445,6 @@ fn images_without_the_readiness_unit() {
         assert!(run.stderr.contains(words), "{words}: {}", run.stderr);
     }
     assert!(took.as_secs() < 200, "{took:?}");
-}
-
-/// autopkgtest's setup-testbed (run by autopkgtest-build-qemu on its
-/// images) writes this unit: a root shell on hvc1, with no login.
-const SETUP_TESTBED: &str = "/usr/share/autopkgtest/setup-commands/setup-testbed";
-
-/// An image prepared as autopkgtest-build-qemu prepares its own: no sshd,
-/// none of dep8's units but the network's, and autopkgtest's root shell
-/// on hvc1 (the unit taken from the installed setup-testbed). It is a
-/// layer over the CI image, changed by its own guest (`update_image`): a
-/// real autopkgtest-build-qemu image cannot be built here (vmdb2 needs
-/// device-mapper). dep8 boots it by its boot loader, finds the login
-/// prompt and the shell, installs openssh-server through it, and runs two
-/// tests with a snapshot revert between them.
-#[test]
-fn autopkgtest_images_are_let_in_through_their_root_shell() {
-    let Some(image) = dep8_tests::required_resource("DEP8_TEST_QEMU_IMAGE", "a qemu image") else {
-        return;
-    };
-    if !dep8_tests::e2e::required_file(SETUP_TESTBED, "autopkgtest") {
-        return;
-    }
-    let setup_testbed = std::fs::read_to_string(SETUP_TESTBED).unwrap();
-    let unit = setup_testbed
-        .split_once("autopkgtest@.service\"\n")
-        .and_then(|(_, rest)| rest.split_once("\nEOF\n"))
-        .map(|(unit, _)| unit)
-        .expect("setup-testbed writes autopkgtest@.service");
-    assert!(unit.contains("ExecStart=/bin/sh"), "{unit}");
-    let dir = tempfile::tempdir().unwrap();
-    let layer = dir.path().join("autopkgtest-like.qcow2");
-    let layer = layer.to_str().unwrap();
-    dep8_tests::e2e::check(
-        "qemu-img",
-        &[
-            "create", "-q", "-f", "qcow2", "-b", &image, "-F", "qcow2", layer,
-        ],
-        dir.path(),
-    );
-    // The layer's guest boots from the CI image's kernel, as dep8's does.
-    for suffix in [".vmlinux", ".initrd"] {
-        std::fs::copy(format!("{image}{suffix}"), format!("{layer}{suffix}")).unwrap();
-    }
-    let units = "/etc/systemd/system";
-    let prepare = format!(
-        "set -e\n\
-         apt-get purge -y -q openssh-server openssh-sftp-server\n\
-         rm -rf /root/.ssh /etc/ssh/ssh_host_*\n\
-         systemctl disable -q dep8-ready.service dep8-fw-cfg-keys.service\n\
-         rm {units}/dep8-ready.service {units}/dep8-fw-cfg-keys.service \
-         {units}/dep8-root-shell@.service /etc/udev/rules.d/60-dep8.rules\n\
-         cat > {units}/autopkgtest@.service <<'EOF'\n{unit}\nEOF\n\
-         ln -s ../autopkgtest@.service {units}/multi-user.target.wants/autopkgtest@hvc1.service\n"
-    );
-    let said = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let tap = {
-        let said = said.clone();
-        std::sync::Arc::new(move |bytes: &[u8]| said.lock().unwrap().extend_from_slice(bytes))
-    };
-    let prepared =
-        tokio::runtime::Runtime::new()
-            .unwrap()
-            .block_on(dep8_backend_qemu::update_image(
-                std::path::Path::new(layer),
-                &prepare,
-                tap,
-                None,
-            ));
-    let said = String::from_utf8_lossy(&said.lock().unwrap()).into_owned();
-    prepared.unwrap_or_else(|e| panic!("preparing the image: {e}\n{said}"));
-    // Without a kernel beside it, the image boots by its boot loader.
-    for suffix in [".vmlinux", ".initrd"] {
-        std::fs::remove_file(format!("{layer}{suffix}")).unwrap();
-    }
-    let src = dep8_tests::e2e::source_tree(
-        dir.path(),
-        "dep8-two",
-        "Test-Command: touch /etc/dep8-touched\nDepends:\n\
-         Restrictions: needs-root, breaks-testbed\n\n\
-         Test-Command: test ! -e /etc/dep8-touched\nDepends:\n",
-    );
-    let started = std::time::Instant::now();
-    let run = Dep8Run::with(
-        &["-B", "-d"],
-        src.to_str().unwrap(),
-        &["qemu", layer, "--timeout-reboot=900"],
-    );
-    run.assert_exit(0);
-    assert_eq!(
-        run.read("summary"),
-        "command1             PASS\ncommand2             PASS\n"
-    );
-    for words in [
-        "let in through the root shell on hvc1",
-        "(openssh-server installed)",
-    ] {
-        assert!(run.stderr.contains(words), "{words}: {}", run.stderr);
-    }
-    assert!(run
-        .read("testinfo.json")
-        .contains("\"qemu_boot\": \"boot-loader\""));
-    eprintln!("the run: {:.1?}", started.elapsed());
 }
 
 /// `dep8 image update` on a qemu disk image: its own guest upgrades it and

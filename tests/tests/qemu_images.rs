@@ -1,12 +1,17 @@
 //! The standard qemu image (`dep8 image build qemu`: GPT, ext4 root, GRUB
 //! for BIOS and UEFI) with both tools: Debian's autopkgtest-virt-qemu 5.49
 //! boots the same image dep8 does and the two give the same outcomes; five
-//! dep8 runs at once on one image all complete with the right results.
+//! dep8 runs at once on one image all complete with the right results. An
+//! image made the autopkgtest way (no sshd, autopkgtest's root shell on
+//! hvc1) with both tools: dep8 lets itself in through the shell.
 
-use dep8_tests::e2e::{assert_same_results, autopkgtest_as_root, Dep8Run};
+use dep8_tests::e2e::{
+    assert_same_results, autopkgtest_as_root, result_words, summary_of, Dep8Run,
+};
 use dep8_tests::required_resource;
 use std::os::unix::fs::PermissionsExt;
-use std::sync::Mutex;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 /// The two tests boot seven emulated machines between them. Together on
@@ -23,6 +28,14 @@ const TCG_QEMU: &str = "#!/bin/sh\n\
 for arg; do shift; [ \"$arg\" = -enable-kvm ] || set -- \"$@\" \"$arg\"; done\n\
 exec qemu-system-x86_64 \"$@\"\n";
 
+/// [`TCG_QEMU`] as `qemu-system-x86_64` in `dir`; its path.
+fn tcg_qemu(dir: &Path) -> String {
+    let qemu = dir.join("qemu-system-x86_64");
+    std::fs::write(&qemu, TCG_QEMU).unwrap();
+    std::fs::set_permissions(&qemu, std::fs::Permissions::from_mode(0o755)).unwrap();
+    qemu.to_str().unwrap().to_string()
+}
+
 /// autopkgtest-virt-qemu logs in on the image's serial console, finds the
 /// root shell dep8's image runs on hvc1, and runs the example there; dep8
 /// runs it over ssh. Same result words, same exit status. Both wait for
@@ -38,10 +51,8 @@ fn same_outcomes_as_autopkgtest_virt_qemu() {
     }
     let _turn = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let qemu = dir.path().join("qemu-system-x86_64");
-    std::fs::write(&qemu, TCG_QEMU).unwrap();
-    std::fs::set_permissions(&qemu, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let qemu = qemu.to_str().unwrap();
+    let qemu = tcg_qemu(dir.path());
+    let qemu = qemu.as_str();
     let started = Instant::now();
     // outcomes has hello's two kinds of test (a script, a superficial
     // inline command) among its others: each more example is two more
@@ -87,4 +98,144 @@ fn five_concurrent_runs_on_one_image() {
         }
     });
     eprintln!("5 concurrent runs: {:.1?}", started.elapsed());
+}
+
+/// autopkgtest's setup-testbed (run by autopkgtest-build-qemu on its
+/// images) writes the unit for the root shell on hvc1 in it.
+const SETUP_TESTBED: &str = "/usr/share/autopkgtest/setup-commands/setup-testbed";
+
+/// A layer over the CI image in `dir`, prepared as autopkgtest-build-qemu
+/// prepares its images: no sshd, none of dep8's units but the network's,
+/// and autopkgtest's root shell on hvc1 (`autopkgtest@.service`, taken
+/// from the installed setup-testbed). Its own guest changes it
+/// (`update_image`): a real autopkgtest-build-qemu image cannot be built
+/// here (vmdb2 needs device-mapper). It boots by its boot loader.
+fn autopkgtest_like_image(image: &str, dir: &Path) -> String {
+    let setup_testbed = std::fs::read_to_string(SETUP_TESTBED).unwrap();
+    let unit = setup_testbed
+        .split_once("autopkgtest@.service\"\n")
+        .and_then(|(_, rest)| rest.split_once("\nEOF\n"))
+        .map(|(unit, _)| unit)
+        .expect("setup-testbed writes autopkgtest@.service");
+    assert!(unit.contains("ExecStart=/bin/sh"), "{unit}");
+    let layer = dir.join("autopkgtest-like.qcow2");
+    let layer = layer.to_str().unwrap().to_string();
+    dep8_tests::e2e::check(
+        "qemu-img",
+        &[
+            "create", "-q", "-f", "qcow2", "-b", image, "-F", "qcow2", &layer,
+        ],
+        dir,
+    );
+    // The guest that changes the layer boots from the CI image's kernel.
+    for suffix in [".vmlinux", ".initrd"] {
+        std::fs::copy(format!("{image}{suffix}"), format!("{layer}{suffix}")).unwrap();
+    }
+    let units = "/etc/systemd/system";
+    let prepare = format!(
+        "set -e\n\
+         apt-get purge -y -q openssh-server openssh-sftp-server\n\
+         rm -rf /root/.ssh /etc/ssh/ssh_host_*\n\
+         systemctl disable -q dep8-ready.service dep8-fw-cfg-keys.service\n\
+         rm {units}/dep8-ready.service {units}/dep8-fw-cfg-keys.service \
+         {units}/dep8-root-shell@.service /etc/udev/rules.d/60-dep8.rules\n\
+         cat > {units}/autopkgtest@.service <<'EOF'\n{unit}\nEOF\n\
+         ln -s ../autopkgtest@.service {units}/multi-user.target.wants/autopkgtest@hvc1.service\n"
+    );
+    let said = Arc::new(Mutex::new(Vec::new()));
+    let tap = {
+        let said = said.clone();
+        Arc::new(move |bytes: &[u8]| said.lock().unwrap().extend_from_slice(bytes))
+    };
+    let prepared =
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(dep8_backend_qemu::update_image(
+                Path::new(&layer),
+                &prepare,
+                tap,
+                None,
+            ));
+    let said = String::from_utf8_lossy(&said.lock().unwrap()).into_owned();
+    prepared.unwrap_or_else(|e| panic!("preparing the image: {e}\n{said}"));
+    for suffix in [".vmlinux", ".initrd"] {
+        std::fs::remove_file(format!("{layer}{suffix}")).unwrap();
+    }
+    layer
+}
+
+/// An image made the autopkgtest way, two tests with a revert between
+/// them (the first breaks the testbed). dep8 finds the login prompt and
+/// the root shell on hvc1, installs openssh-server through it, and
+/// reverts to a snapshot; autopkgtest-virt-qemu 5.49 runs the same
+/// tests through the same shell. Same result words, same exit status.
+#[test]
+fn an_image_made_the_autopkgtest_way_with_both_tools() {
+    let Some(image) = required_resource("DEP8_TEST_QEMU_IMAGE", "a qemu image") else {
+        return;
+    };
+    let Some(autopkgtest) = autopkgtest_as_root() else {
+        return;
+    };
+    if !dep8_tests::e2e::required_file(SETUP_TESTBED, "autopkgtest") {
+        return;
+    }
+    let _turn = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let layer = autopkgtest_like_image(&image, dir.path());
+    let src = dep8_tests::e2e::source_tree(
+        dir.path(),
+        "dep8-two",
+        "Test-Command: touch /etc/dep8-touched\nDepends:\n\
+         Restrictions: needs-root, breaks-testbed\n\n\
+         Test-Command: test ! -e /etc/dep8-touched\nDepends:\n",
+    );
+    let src = src.to_str().unwrap();
+    let started = Instant::now();
+    let run = Dep8Run::with(
+        &["-B", "-d"],
+        src,
+        &["qemu", &layer, "--timeout-reboot=900"],
+    );
+    let ours = started.elapsed();
+    run.assert_exit(0);
+    let summary = run.read("summary");
+    assert_eq!(
+        summary,
+        "command1             PASS\ncommand2             PASS\n"
+    );
+    for words in [
+        "let in through the root shell on hvc1",
+        "(openssh-server installed)",
+        "\"qemu_boot\": \"boot-loader\"",
+    ] {
+        let said = format!("{}{}", run.stderr, run.read("testinfo.json"));
+        assert!(said.contains(words), "{words}: {said}");
+    }
+    let qemu = tcg_qemu(dir.path());
+    let out = dir.path().join("autopkgtest");
+    let started = Instant::now();
+    let (theirs, code) = summary_of(
+        &autopkgtest,
+        &[
+            "-B",
+            "-o",
+            out.to_str().unwrap(),
+            src,
+            "--",
+            "qemu",
+            "--timeout-reboot=600",
+            "-q",
+            &qemu,
+            &layer,
+        ],
+        &out,
+    );
+    assert_eq!(
+        (theirs, code),
+        (result_words(&summary), Some(0)),
+        "autopkgtest's log:\n{}",
+        dep8_tests::e2e::log_tail(&out, 30)
+    );
+    eprintln!("dep8: {ours:.1?}; autopkgtest: {:.1?}", started.elapsed());
 }
