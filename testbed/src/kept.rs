@@ -2,7 +2,8 @@
 //! rootfs tarball unpacked once, then used read-only (as an overlay's lower
 //! layer) by every testbed opened from it, instead of being unpacked again
 //! for each. The testbeds share its pages in the host's page cache, where
-//! an unpack each would take RAM the size of the rootfs.
+//! an unpack each would take RAM the size of the rootfs. The qemu backend
+//! keeps a disk layer over an image the same way (keyed by the image).
 //!
 //! Layout under `CACHE/rootfs/` (mode 0700: a rootfs has setuid programs):
 //! `KEY/` is the tree, `KEY.lock` names its tarball. A testbed holds a
@@ -65,16 +66,9 @@ pub fn acquire(
     let tree = dir.join(&key);
     let lock_path = dir.join(format!("{key}.lock"));
     loop {
-        let shared = lock(&lock_path, FlockArg::LockSharedNonblock)?;
-        if tree.is_dir() {
-            // The lock file's time says when the tree was last used.
-            shared.set_modified(SystemTime::now())?;
-            return Ok(KeptTree {
-                path: tree,
-                _in_use: shared,
-            });
+        if let Some(kept) = in_use(&tree, &lock_path)? {
+            return Ok(kept);
         }
-        drop(shared);
         let exclusive = lock(&lock_path, FlockArg::LockExclusiveNonblock)?;
         if !tree.is_dir() {
             remove_partials(&dir, &key);
@@ -87,6 +81,32 @@ pub fn acquire(
         }
         drop(exclusive);
     }
+}
+
+/// The tree for `tarball` under `cache_dir` if a run has kept one; `None`
+/// otherwise (nothing is made).
+pub fn find(cache_dir: &Path, tarball: &Path) -> io::Result<Option<KeptTree>> {
+    let dir = cache_dir.join(SUBDIR);
+    let key = key(tarball)?;
+    if !dir.join(&key).is_dir() {
+        return Ok(None);
+    }
+    in_use(&dir.join(&key), &dir.join(format!("{key}.lock")))
+}
+
+/// `tree`, now in use (its lock file `lock_path` locked shared), if it is
+/// there.
+fn in_use(tree: &Path, lock_path: &Path) -> io::Result<Option<KeptTree>> {
+    let shared = lock(lock_path, FlockArg::LockSharedNonblock)?;
+    if !tree.is_dir() {
+        return Ok(None);
+    }
+    // The lock file's time says when the tree was last used.
+    shared.set_modified(SystemTime::now())?;
+    Ok(Some(KeptTree {
+        path: tree.to_path_buf(),
+        _in_use: shared,
+    }))
 }
 
 /// What [`clean`] did.

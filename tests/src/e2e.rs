@@ -395,9 +395,15 @@ impl Dep8Run {
     /// `dep8 run OPTIONS -o DIR SRC -- TESTBED...` from the repository's
     /// top directory.
     pub fn with(options: &[&str], src: &str, testbed: &[&str]) -> Self {
+        Self::with_env(&[], options, src, testbed)
+    }
+
+    /// [`Self::with`], with `env` added to dep8's environment.
+    pub fn with_env(env: &[(&str, &str)], options: &[&str], src: &str, testbed: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let out = Command::new(dep8_bin())
             .current_dir(repo())
+            .envs(env.iter().copied())
             .arg("run")
             .args(options)
             .arg("-o")

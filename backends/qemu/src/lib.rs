@@ -35,6 +35,7 @@ use clock::{ClockLink, CLOCK_PORT, START_CLOCK};
 use dep8_backend_ssh::{SshConnection, SshTarget};
 use dep8_testbed::capability::{BaseImage, BaseImageKind, Capabilities, Capability};
 use dep8_testbed::exec::host_command;
+use dep8_testbed::kept::{self, KeptTree};
 use dep8_testbed::ports::free_loopback_ports;
 use dep8_testbed::{
     Backend, ExecOutcome, ExecRequest, OpenContext, Output, Result, Tap, Testbed, TestbedError,
@@ -78,6 +79,14 @@ const SSH_AFTER_LOGIN_PROMPT: Duration = Duration::from_secs(60);
 /// guest without dep8's readiness unit shows a login prompt: setup-testbed
 /// starts it with the gettys (`multi-user.target`).
 const ROOT_SHELL_AFTER_LOGIN_PROMPT: Duration = Duration::from_secs(15);
+
+/// The file, in its kept dir ([`kept`]), of the layer over an image that
+/// holds the openssh-server installed through the root shell.
+const LET_IN_LAYER: &str = "let-in.qcow2";
+
+/// How long the guest may take to power off before its let-in layer is
+/// kept.
+const LET_IN_POWEROFF: Duration = Duration::from_secs(60);
 
 /// How long the spare ssh links may take to connect, all together.
 const SPARE_CONNECT_LIMIT: Duration = Duration::from_secs(30);
@@ -338,7 +347,7 @@ impl Backend for QemuBackend {
     /// saved: the setup's snapshot ([`Testbed::commit_base`]), if any, is
     /// the first.
     async fn open_in(&self, args: &[String], context: OpenContext<'_>) -> Result<Box<dyn Testbed>> {
-        let tb = QemuTestbed::open(parse_args(args)?, context.reverts_to_open).await?;
+        let tb = QemuTestbed::open(parse_args(args)?, context).await?;
         Ok(Box::new(tb))
     }
 }
@@ -503,12 +512,18 @@ pub struct QemuTestbed {
     /// Watches the reboot a test asked for, from before it was let go
     /// ([`Testbed::prepare_reboot`]) to [`Testbed::await_reboot`].
     reboot_watch: std::sync::Mutex<Option<BootWatch>>,
+    /// The layer over the image, kept in dep8's cache, with openssh-server
+    /// installed through the root shell: fresh overlays are made over it.
+    let_in_layer: Option<KeptTree>,
+    /// Whether the last boot installed openssh-server through the root shell.
+    installed_sshd: bool,
 }
 
 impl QemuTestbed {
     /// Boots the guest; saves it for snapshot reverts if they may return
-    /// to it ([`OpenContext::reverts_to_open`]).
-    async fn open(args: Args, reverts_to_open: bool) -> Result<Self> {
+    /// to it ([`OpenContext::reverts_to_open`]). With a cache, an image
+    /// let in through its root shell boots from the layer kept there.
+    async fn open(args: Args, context: OpenContext<'_>) -> Result<Self> {
         let usage = |msg: String| TestbedError::Usage(msg);
         let mut disks = Vec::new();
         for image in &args.images {
@@ -600,9 +615,21 @@ impl QemuTestbed {
             saved: Saved::Nothing,
             boot_time: Duration::ZERO,
             reboot_watch: std::sync::Mutex::new(None),
+            let_in_layer: None,
+            installed_sshd: false,
         };
+        let cache = context.cache.filter(|_| tb.offers_root_shell_console());
+        if let Some(cache) = cache {
+            tb.let_in_layer = kept::find(cache, &tb.image).unwrap_or_else(|e| {
+                tracing::warn!("qemu: looking for a kept let-in layer: {e}");
+                None
+            });
+        }
         // On failure, `tb` is dropped: QEMU is killed, temp files removed.
         tb.boot_fresh().await?;
+        if let (true, Some(cache)) = (tb.installed_sshd, cache) {
+            tb.keep_let_in_layer(cache).await?;
+        }
         if let Some(want) = &tb.args.dpkg_architecture {
             let arch = tb.run_ok("dpkg --print-architecture").await?;
             if arch.trim() != want {
@@ -620,7 +647,7 @@ impl QemuTestbed {
         if user.status.success() {
             tb.caps.suggested_normal_users.push(NORMAL_USER.into());
         }
-        if tb.args.revert == RevertMethod::Snapshot && reverts_to_open {
+        if tb.args.revert == RevertMethod::Snapshot && context.reverts_to_open {
             tb.save_snapshot(Saved::Pristine).await?;
         }
         Ok(tb)
@@ -666,6 +693,10 @@ impl QemuTestbed {
     async fn boot_fresh(&mut self) -> Result<()> {
         self.stop_vm().await;
         let _ = std::fs::remove_file(&self.overlay);
+        let (backing, format) = match &self.let_in_layer {
+            Some(kept) => (kept.path().join(LET_IN_LAYER), "qcow2"),
+            None => (self.image.clone(), self.format),
+        };
         host_command(
             "qemu-img",
             &[
@@ -674,9 +705,9 @@ impl QemuTestbed {
                 "-f",
                 "qcow2",
                 "-b",
-                &self.image.to_string_lossy(),
+                &backing.to_string_lossy(),
                 "-F",
-                self.format,
+                format,
                 &self.overlay.to_string_lossy(),
             ],
         )?;
@@ -684,9 +715,12 @@ impl QemuTestbed {
         let mut watch = self.boot_watch();
         self.start_vm().await?;
         match self.wait_up(&mut watch).await? {
-            Ready::Signalled => self.connect().await?,
+            Ready::Signalled => {
+                self.installed_sshd = false;
+                self.connect().await?
+            }
             Ready::LoginPrompt => {
-                self.let_in_through_root_shell().await?;
+                self.installed_sshd = self.let_in_through_root_shell().await?;
                 self.connect_after_login_prompt().await?
             }
         }
@@ -1141,16 +1175,17 @@ impl QemuTestbed {
     /// Where a guest without dep8's readiness unit runs autopkgtest's root
     /// shell on hvc1: lets dep8 in over ssh through it (keys, sshd; see
     /// [`shell::let_in_script`]). Without such a shell, nothing is done.
-    async fn let_in_through_root_shell(&mut self) -> Result<()> {
+    /// Returns whether openssh-server was installed.
+    async fn let_in_through_root_shell(&mut self) -> Result<bool> {
         if !self.offers_root_shell_console() {
-            return Ok(());
+            return Ok(false);
         }
         let started = Instant::now();
         let Some(mut shell) =
             RootShell::find(&self.root_shell_socket(), ROOT_SHELL_AFTER_LOGIN_PROMPT).await
         else {
             tracing::info!("qemu: no root shell on hvc1");
-            return Ok(());
+            return Ok(false);
         };
         let read = |name: &str| {
             std::fs::read_to_string(self.key(name))
@@ -1173,16 +1208,17 @@ impl QemuTestbed {
         {
             Some((0, output)) => {
                 tracing::debug!("qemu: the root shell on hvc1 said:\n{output}");
+                let installed = output.contains(shell::INSTALLING_SSHD);
                 tracing::info!(
                     "qemu: let in through the root shell on hvc1 in {:.1?}{}",
                     started.elapsed(),
-                    if output.contains("dep8: installing openssh-server") {
+                    if installed {
                         " (openssh-server installed)"
                     } else {
                         ""
                     }
                 );
-                Ok(())
+                Ok(installed)
             }
             Some((status, output)) => Err(failure(format!(
                 "failed (status {status}):\n{}",
@@ -1190,6 +1226,43 @@ impl QemuTestbed {
             ))),
             None => Err(failure(format!("did not end within {}s", limit.as_secs()))),
         }
+    }
+
+    /// After openssh-server was installed through the root shell: powers the
+    /// guest off, keeps its disk in dep8's cache as the layer later opens
+    /// of the image boot from (so the install is done once per machine and
+    /// image, see [`kept`]), and boots again on it. A guest that does not
+    /// power off in time keeps nothing.
+    async fn keep_let_in_layer(&mut self, cache: &Path) -> Result<()> {
+        let started = Instant::now();
+        let asked = self
+            .args
+            .timeout_poweroff
+            .replace(LET_IN_POWEROFF.as_secs());
+        let powered_off = self.stop_vm().await;
+        self.args.timeout_poweroff = asked;
+        if powered_off {
+            let overlay = &self.overlay;
+            let keep = |dir: &Path| {
+                let layer = dir.join(LET_IN_LAYER);
+                std::fs::rename(overlay, &layer)
+                    .or_else(|_| std::fs::copy(overlay, &layer).map(drop))
+            };
+            match kept::acquire(cache, &self.image, keep) {
+                Ok(layer) => {
+                    tracing::info!(
+                        "qemu: kept the guest with openssh-server for later runs of {} \
+                         in {} ({:.1?})",
+                        self.image.display(),
+                        layer.path().display(),
+                        started.elapsed()
+                    );
+                    self.let_in_layer = Some(layer);
+                }
+                Err(e) => tracing::warn!("qemu: keeping the let-in layer: {e}"),
+            }
+        }
+        self.boot_fresh().await
     }
 
     /// Connects ssh to a guest that showed a login prompt without dep8's
@@ -1423,6 +1496,12 @@ impl Testbed for QemuTestbed {
             ),
             ("qemu_image".into(), self.image.display().to_string()),
             (
+                "qemu_let_in_layer".into(),
+                self.let_in_layer.as_ref().map_or("none".into(), |kept| {
+                    kept.path().join(LET_IN_LAYER).display().to_string()
+                }),
+            ),
+            (
                 "qemu_nested_kvm".into(),
                 (self.accel == Accel::Kvm && nested_kvm()).to_string(),
             ),
@@ -1584,7 +1663,14 @@ pub async fn update_image(
         "--revert".into(),
         "boot".into(),
     ];
-    let mut tb = QemuTestbed::open(parse_args(words)?, false).await?;
+    let mut tb = QemuTestbed::open(
+        parse_args(words)?,
+        OpenContext {
+            cache: None,
+            reverts_to_open: false,
+        },
+    )
+    .await?;
     let output = Output {
         tap: Some(tap),
         ..Default::default()

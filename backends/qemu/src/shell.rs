@@ -113,6 +113,9 @@ impl RootShell {
     }
 }
 
+/// What [`let_in_script`] says before it installs openssh-server.
+pub const INSTALLING_SSHD: &str = "dep8: installing openssh-server";
+
 /// The script that lets dep8 in over ssh: the client's public key for
 /// root, the testbed's host key, openssh-server installed if there is no
 /// sshd (from the guest's apt sources, refreshing the lists if the
@@ -127,7 +130,7 @@ pub fn let_in_script(authorized_key: &str, host_key: &str, host_key_pub: &str) -
          umask 022\n\
          cat > /etc/ssh/ssh_host_ed25519_key.pub <<'EOF'\n{}\nEOF\n\
          if ! command -v sshd >/dev/null && ! [ -x /usr/sbin/sshd ]; then\n\
-         \x20 echo 'dep8: installing openssh-server'\n\
+         \x20 echo '{INSTALLING_SSHD}'\n\
          \x20 export DEBIAN_FRONTEND=noninteractive\n\
          \x20 install='apt-get -q install -y --no-install-recommends -o Dpkg::Options::=--force-confold openssh-server'\n\
          \x20 $install || {{ apt-get -q update -o Acquire::Languages=none && $install; }}\n\
