@@ -323,6 +323,28 @@ mod tests {
     }
 
     #[test]
+    fn find_gives_a_kept_tree_and_makes_none() {
+        let cache = tempfile::tempdir().unwrap();
+        let image = cache.path().join("disk.qcow2");
+        std::fs::write(&image, "v1").unwrap();
+        assert!(find(cache.path(), &image).unwrap().is_none());
+        assert!(!cache.path().join(SUBDIR).exists());
+        let unpacks = AtomicUsize::new(0);
+        let made = acquire(cache.path(), &image, unpack_marker(&unpacks)).unwrap();
+        let found = find(cache.path(), &image).unwrap().expect("the kept tree");
+        assert_eq!(found.path(), made.path());
+        // In use while found: clean spares it.
+        drop(made);
+        assert_eq!(
+            clean(cache.path()).unwrap().in_use,
+            vec![found.path().to_path_buf()]
+        );
+        drop(found);
+        clean(cache.path()).unwrap();
+        assert!(find(cache.path(), &image).unwrap().is_none());
+    }
+
+    #[test]
     fn clean_spares_the_trees_in_use() {
         let cache = tempfile::tempdir().unwrap();
         let (a, b) = (cache.path().join("a.tar"), cache.path().join("b.tar"));
