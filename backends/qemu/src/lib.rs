@@ -620,7 +620,13 @@ impl QemuTestbed {
         };
         let cache = context.cache.filter(|_| tb.offers_root_shell_console());
         if let Some(cache) = cache {
-            tb.let_in_layer = kept::find(cache, &tb.image).unwrap_or_else(|e| {
+            // It may wait for another run's lock on the layer.
+            let (cache, image) = (cache.to_path_buf(), tb.image.clone());
+            let found = tokio::task::spawn_blocking(move || kept::find(&cache, &image))
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|found| found);
+            tb.let_in_layer = found.unwrap_or_else(|e| {
                 tracing::warn!("qemu: looking for a kept let-in layer: {e}");
                 None
             });
@@ -1242,13 +1248,22 @@ impl QemuTestbed {
         let powered_off = self.stop_vm().await;
         self.args.timeout_poweroff = asked;
         if powered_off {
-            let overlay = &self.overlay;
-            let keep = |dir: &Path| {
+            let (cache, image, overlay) = (
+                cache.to_path_buf(),
+                self.image.clone(),
+                self.overlay.clone(),
+            );
+            let keep = move |dir: &Path| {
                 let layer = dir.join(LET_IN_LAYER);
-                std::fs::rename(overlay, &layer)
-                    .or_else(|_| std::fs::copy(overlay, &layer).map(drop))
+                std::fs::rename(&overlay, &layer)
+                    .or_else(|_| std::fs::copy(&overlay, &layer).map(drop))
             };
-            match kept::acquire(cache, &self.image, keep) {
+            // It may wait for another run's lock on the layer.
+            let kept = tokio::task::spawn_blocking(move || kept::acquire(&cache, &image, keep))
+                .await
+                .map_err(std::io::Error::other)
+                .and_then(|kept| kept);
+            match kept {
                 Ok(layer) => {
                     tracing::info!(
                         "qemu: kept the guest with openssh-server for later runs of {} \
