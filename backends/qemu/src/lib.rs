@@ -515,8 +515,6 @@ pub struct QemuTestbed {
     /// The layer over the image, kept in dep8's cache, with openssh-server
     /// installed through the root shell: fresh overlays are made over it.
     let_in_layer: Option<KeptTree>,
-    /// Whether the last boot installed openssh-server through the root shell.
-    installed_sshd: bool,
 }
 
 impl QemuTestbed {
@@ -616,7 +614,6 @@ impl QemuTestbed {
             boot_time: Duration::ZERO,
             reboot_watch: std::sync::Mutex::new(None),
             let_in_layer: None,
-            installed_sshd: false,
         };
         let cache = context.cache.filter(|_| tb.offers_root_shell_console());
         if let Some(cache) = cache {
@@ -632,8 +629,8 @@ impl QemuTestbed {
             });
         }
         // On failure, `tb` is dropped: QEMU is killed, temp files removed.
-        tb.boot_fresh().await?;
-        if let (true, Some(cache)) = (tb.installed_sshd, cache) {
+        let installed_sshd = tb.boot_fresh().await?;
+        if let (true, Some(cache)) = (installed_sshd, cache) {
             tb.keep_let_in_layer(cache).await?;
         }
         if let Some(want) = &tb.args.dpkg_architecture {
@@ -695,8 +692,9 @@ impl QemuTestbed {
     }
 
     /// Kills any running VM, then boots a new one on a fresh overlay and
-    /// prepares it (scratch dir, base image).
-    async fn boot_fresh(&mut self) -> Result<()> {
+    /// prepares it (scratch dir, base image). Returns whether openssh-server
+    /// was installed through the root shell ([`Self::let_in_through_root_shell`]).
+    async fn boot_fresh(&mut self) -> Result<bool> {
         self.stop_vm().await;
         let _ = std::fs::remove_file(&self.overlay);
         let (backing, format) = match &self.let_in_layer {
@@ -720,20 +718,22 @@ impl QemuTestbed {
         let started = Instant::now();
         let mut watch = self.boot_watch();
         self.start_vm().await?;
-        match self.wait_up(&mut watch).await? {
+        let installed_sshd = match self.wait_up(&mut watch).await? {
             Ready::Signalled => {
-                self.installed_sshd = false;
-                self.connect().await?
+                self.connect().await?;
+                false
             }
             Ready::LoginPrompt => {
-                self.installed_sshd = self.let_in_through_root_shell().await?;
-                self.connect_after_login_prompt().await?
+                let installed = self.let_in_through_root_shell().await?;
+                self.connect_after_login_prompt().await?;
+                installed
             }
-        }
+        };
         self.boot_time = started.elapsed();
         tracing::info!("qemu: guest ready after {:.1?}", self.boot_time);
         self.run_ok(&format!("mkdir -p -m 1777 {SCRATCH}")).await?;
-        self.attach_baseimage().await
+        self.attach_baseimage().await?;
+        Ok(installed_sshd)
     }
 
     /// A watcher for the boot that starts next.
@@ -1241,13 +1241,7 @@ impl QemuTestbed {
     /// power off in time keeps nothing.
     async fn keep_let_in_layer(&mut self, cache: &Path) -> Result<()> {
         let started = Instant::now();
-        let asked = self
-            .args
-            .timeout_poweroff
-            .replace(LET_IN_POWEROFF.as_secs());
-        let powered_off = self.stop_vm().await;
-        self.args.timeout_poweroff = asked;
-        if powered_off {
+        if self.stop_vm_within(Some(LET_IN_POWEROFF.as_secs())).await {
             let (cache, image, overlay) = (
                 cache.to_path_buf(),
                 self.image.clone(),
@@ -1277,7 +1271,7 @@ impl QemuTestbed {
                 Err(e) => tracing::warn!("qemu: keeping the let-in layer: {e}"),
             }
         }
-        self.boot_fresh().await
+        self.boot_fresh().await.map(drop)
     }
 
     /// Connects ssh to a guest that showed a login prompt without dep8's
@@ -1459,13 +1453,19 @@ impl QemuTestbed {
     /// (or when that takes too long) a polite `quit`, then a kill. True
     /// when the guest powered itself off.
     async fn stop_vm(&mut self) -> bool {
+        self.stop_vm_within(self.args.timeout_poweroff).await
+    }
+
+    /// [`Self::stop_vm`], with the guest given `poweroff` seconds (if any)
+    /// to power itself off.
+    async fn stop_vm_within(&mut self, poweroff: Option<u64>) -> bool {
         self.spares.clear();
         self.used_spares.clear();
         let conn = self.conn.take();
         let Some(mut vm) = self.vm.take() else {
             return false;
         };
-        if let (Some(secs), Some(conn)) = (self.args.timeout_poweroff, conn) {
+        if let (Some(secs), Some(conn)) = (poweroff, conn) {
             // The connection drops as the guest goes down: no status to read.
             let _ = conn
                 .exec(ExecRequest::shell("poweroff").timeout(Duration::from_secs(secs)))
@@ -1582,7 +1582,7 @@ impl Testbed for QemuTestbed {
 
     async fn revert(&mut self) -> Result<()> {
         if self.saved == Saved::Nothing {
-            return self.boot_fresh().await;
+            return self.boot_fresh().await.map(drop);
         }
         // The connection belongs to the state being thrown away.
         if let Some(conn) = self.conn.take() {
@@ -1712,8 +1712,7 @@ pub async fn update_image(
         return Err(e);
     }
     // A clean power-off: nothing of the guest's page cache is lost.
-    tb.args.timeout_poweroff = Some(POWEROFF_FOR_UPDATE.as_secs());
-    if !tb.stop_vm().await {
+    if !tb.stop_vm_within(Some(POWEROFF_FOR_UPDATE.as_secs())).await {
         return Err(TestbedError::Failure(format!(
             "the updated guest did not power off within {} s: {} is unchanged",
             POWEROFF_FOR_UPDATE.as_secs(),
