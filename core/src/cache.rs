@@ -127,6 +127,12 @@ fn plan_inputs_script() -> String {
     )
 }
 
+/// Prints a SHA256 of what decides what the apt-get command `$1` installs:
+/// the command and [`APT_STATE`].
+fn install_inputs_script() -> String {
+    format!("{{\nprintf '%s\\n' \"$1\"\n{APT_STATE}\n}} | sha256sum | cut -c1-64")
+}
+
 /// Empties the testbed's lists (not the lock or `partial/`), before the
 /// cached ones are copied in.
 const CLEAR_LISTS: &str =
@@ -137,6 +143,10 @@ const CLEAR_LISTS: &str =
 const GATHER: &str = r#"dir=$1; shift; rm -rf "$dir"; mkdir -p "$dir"
 cd /var/cache/apt/archives
 for f; do [ -f "$f" ] && { ln "$f" "$dir/" 2>/dev/null || cp "$f" "$dir/"; }; done; true"#;
+
+/// What a kept layer holds (see [`AptCache::layer_key`]): changed when what
+/// goes into one changes, so that older layers are not used.
+const LAYER_FORMAT: &str = "dep8 test dependencies layer 1";
 
 /// How often a lists lock that another run holds is tried again.
 const LOCK_RETRY: Duration = Duration::from_millis(100);
@@ -356,6 +366,22 @@ impl AptCache {
             return Err(CacheError::Command(out.stderr_last_line()));
         }
         Ok(digest)
+    }
+
+    /// The key of the layer the apt-get command `apt` leaves on a testbed
+    /// whose backend's base is `base` ([`Testbed::layer_base`]): a SHA256
+    /// of the base, the command and everything apt decides by. No dot in
+    /// it, as [`kept`] wants.
+    pub async fn layer_key(
+        &self,
+        tb: &dyn Testbed,
+        base: &str,
+        apt: &str,
+    ) -> Result<String, CacheError> {
+        use sha2::{Digest, Sha256};
+        let inputs = self.digest(tb, &install_inputs_script(), Some(apt)).await?;
+        let key = Sha256::digest(format!("{LAYER_FORMAT}\n{base}\n{inputs}\n"));
+        Ok(format!("layer-{key:x}"))
     }
 
     /// The digest of what decides what an upgrade does in the testbed.

@@ -7,6 +7,7 @@
 //! alternatives, versions, `[arch]` qualifiers, `<profile>`s — directly, so
 //! nothing has to be built on the host and no dummy package is left to purge.
 
+use crate::cache::say;
 use crate::setup::{Setup, SetupError};
 use crate::testbed::{ExecRequest, Output, Result, Tap, Testbed, TestbedError};
 use std::time::Duration;
@@ -44,12 +45,18 @@ const HAS_LISTS: &str = "ls /var/lib/apt/lists | grep -q '^[^_].*_Packages$'";
 /// none. apt's output goes to `log`. Where `setup` allows the apt
 /// fallback, a failure is retried after dropping the pins of one release
 /// at a time, as autopkgtest's does. The packages go through `setup`'s
-/// package cache.
+/// package cache. On a testbed that keeps layers and is `untouched` since
+/// its last revert (no test or build ran:
+/// [`crate::engine::packages::PackageState::touched`]), a layer an earlier
+/// run kept after the same install in the same state is stacked instead,
+/// and an install is kept as one.
+#[allow(clippy::too_many_arguments)]
 pub async fn apt_satisfy(
     tb: &dyn Testbed,
     deps: &[String],
     recommends: bool,
     setup: &Setup,
+    untouched: bool,
     timeout: Duration,
     log: Tap,
 ) -> Result<std::result::Result<(), Unsatisfiable>> {
@@ -91,6 +98,26 @@ pub async fn apt_satisfy(
         "set -e; export DEBIAN_FRONTEND=noninteractive; \
          {update}; {satisfy} && exit 0; {fallback}exit 1"
     );
+    let layer = match setup.layers_cache(tb).filter(|_| untouched) {
+        Some((cache, base)) => match cache.layer_key(tb, &base, &satisfy).await {
+            Ok(key) => Some(key),
+            Err(why) => {
+                say(&log, &format!("no kept layer: {why}"));
+                None
+            }
+        },
+        None => None,
+    };
+    if let Some(key) = &layer {
+        match tb.stack_layer(key).await {
+            Ok(true) => {
+                say(&log, &format!("installed: the layer {key}, which an earlier run kept after the same apt-get on a testbed in the same state; apt did not run"));
+                return Ok(Ok(()));
+            }
+            Ok(false) => {}
+            Err(why) => say(&log, &format!("kept layer not used: {}", why.detail())),
+        }
+    }
     let install = tb.exec(
         ExecRequest::shell(&script)
             .stdout(Output::capture().with_tap(log.clone()))
@@ -99,6 +126,15 @@ pub async fn apt_satisfy(
     );
     let out = setup.with_cached_debs(tb, &satisfy, &log, install).await?;
     if out.status.success() {
+        if let Some(key) = &layer {
+            match tb.keep_layer(key).await {
+                Ok(()) => say(
+                    &log,
+                    &format!("kept what apt installed as the layer {key}, for later runs"),
+                ),
+                Err(why) => say(&log, &format!("layer not kept: {}", why.detail())),
+            }
+        }
         return Ok(Ok(()));
     }
     let output = format!("{}{}", out.stdout_text(), out.stderr_text());

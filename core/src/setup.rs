@@ -412,6 +412,17 @@ impl Setup {
         result
     }
 
+    /// The package cache, where the testbed's installs may be kept as
+    /// layers for later runs ([`Testbed::layer_base`]): only when apt alone
+    /// made the testbed what it is, so that the apt state in a layer's key
+    /// tells the whole of it (no `--copy` or setup commands).
+    pub fn layers_cache(&self, tb: &dyn Testbed) -> Option<(&AptCache, String)> {
+        let apt_alone =
+            self.copies.is_empty() && self.commands.is_empty() && self.boot_commands.is_empty();
+        let cache = self.apt_cache.as_ref().filter(|_| apt_alone)?;
+        Some((cache, tb.layer_base()?))
+    }
+
     /// The package cache for the testbed's apt lists: only on a testbed
     /// that reverts, which is dep8's to change. A testbed that persists
     /// (null: the host; an ssh machine without revert) keeps its own

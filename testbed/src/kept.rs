@@ -3,7 +3,9 @@
 //! layer) by every testbed opened from it, instead of being unpacked again
 //! for each. The testbeds share its pages in the host's page cache, where
 //! an unpack each would take RAM the size of the rootfs. The qemu backend
-//! keeps a disk layer over an image the same way (keyed by the image).
+//! keeps a disk layer over an image the same way (keyed by the image), and
+//! unshare keeps layers of installed test dependencies over such a tree
+//! ([`acquire_keyed`], keyed by what decided the install).
 //!
 //! Layout under `CACHE/rootfs/` (mode 0700: a rootfs has setuid programs):
 //! `KEY/` is the tree, `KEY.lock` names its tarball. A testbed holds a
@@ -44,6 +46,13 @@ impl KeptTree {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The key it is kept under: it names this tree's content.
+    pub fn key(&self) -> String {
+        self.path
+            .file_name()
+            .map_or_else(String::new, |name| name.to_string_lossy().into_owned())
+    }
 }
 
 /// The tree for `tarball` under `cache_dir`, made first by `unpack(DIR)`
@@ -54,16 +63,29 @@ pub fn acquire(
     tarball: &Path,
     unpack: impl Fn(&Path) -> io::Result<()>,
 ) -> io::Result<KeptTree> {
+    // What the lock file says: the tarball, wherever it was named from.
+    let names = format!("{}\n", std::fs::canonicalize(tarball)?.display());
+    acquire_keyed(cache_dir, &key(tarball)?, &names, unpack)
+}
+
+/// The tree kept under `key` (no dot in it), made first by `make(DIR)`
+/// into an empty DIR when no run has kept one. `names` says what the tree
+/// is: a tree whose lock file says the same under another key is an
+/// earlier version of it, removed once unused. Blocks while another run
+/// makes the same tree.
+pub fn acquire_keyed(
+    cache_dir: &Path,
+    key: &str,
+    names: &str,
+    make: impl Fn(&Path) -> io::Result<()>,
+) -> io::Result<KeptTree> {
     let dir = cache_dir.join(SUBDIR);
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&dir)?;
-    let key = key(tarball)?;
-    // What the lock file says: the tarball, wherever it was named from.
-    let names = format!("{}\n", std::fs::canonicalize(tarball)?.display());
-    remove_unused(&dir, &key, &names);
-    let tree = dir.join(&key);
+    remove_unused(&dir, key, names);
+    let tree = dir.join(key);
     let lock_path = dir.join(format!("{key}.lock"));
     loop {
         if let Some(kept) = in_use(&tree, &lock_path)? {
@@ -71,12 +93,12 @@ pub fn acquire(
         }
         let exclusive = lock(&lock_path, FlockArg::LockExclusiveNonblock)?;
         if !tree.is_dir() {
-            remove_partials(&dir, &key);
-            std::fs::write(&lock_path, &names)?;
+            remove_partials(&dir, key);
+            std::fs::write(&lock_path, names)?;
             let partial = tempfile::Builder::new()
                 .prefix(&format!("{key}.partial-"))
                 .tempdir_in(&dir)?;
-            unpack(partial.path())?;
+            make(partial.path())?;
             std::fs::rename(partial.keep(), &tree)?;
         }
         drop(exclusive);
@@ -86,12 +108,16 @@ pub fn acquire(
 /// The tree for `tarball` under `cache_dir` if a run has kept one; `None`
 /// otherwise (nothing is made).
 pub fn find(cache_dir: &Path, tarball: &Path) -> io::Result<Option<KeptTree>> {
+    find_keyed(cache_dir, &key(tarball)?)
+}
+
+/// The tree kept under `key` if a run has kept one; `None` otherwise.
+pub fn find_keyed(cache_dir: &Path, key: &str) -> io::Result<Option<KeptTree>> {
     let dir = cache_dir.join(SUBDIR);
-    let key = key(tarball)?;
-    if !dir.join(&key).is_dir() {
+    if !dir.join(key).is_dir() {
         return Ok(None);
     }
-    in_use(&dir.join(&key), &dir.join(format!("{key}.lock")))
+    in_use(&dir.join(key), &dir.join(format!("{key}.lock")))
 }
 
 /// `tree`, now in use (its lock file `lock_path` locked shared), if it is
@@ -342,6 +368,25 @@ mod tests {
         drop(found);
         clean(cache.path()).unwrap();
         assert!(find(cache.path(), &image).unwrap().is_none());
+    }
+
+    #[test]
+    fn trees_kept_by_key_stay_beside_each_other() {
+        let cache = tempfile::tempdir().unwrap();
+        let makes = AtomicUsize::new(0);
+        let a = acquire_keyed(cache.path(), "layer-a", "layer a\n", unpack_marker(&makes)).unwrap();
+        drop(a);
+        let b = acquire_keyed(cache.path(), "layer-b", "layer b\n", unpack_marker(&makes)).unwrap();
+        assert_eq!(b.key(), "layer-b");
+        let found = find_keyed(cache.path(), "layer-a")
+            .unwrap()
+            .expect("layer a");
+        assert_eq!(found.key(), "layer-a");
+        assert!(found.path().join("marker").is_file());
+        assert!(find_keyed(cache.path(), "layer-c").unwrap().is_none());
+        let again = acquire_keyed(cache.path(), "layer-a", "layer a\n", unpack_marker(&makes));
+        assert_eq!(again.unwrap().path(), found.path());
+        assert_eq!(makes.load(Ordering::SeqCst), 2);
     }
 
     #[test]

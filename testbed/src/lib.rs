@@ -325,6 +325,31 @@ pub trait Testbed: Send + Sync {
         Ok(false)
     }
 
+    /// What the testbed reverts to, as the backend's part of the key of a
+    /// layer of installed packages kept between runs
+    /// ([`Testbed::stack_layer`], [`Testbed::keep_layer`]): two testbeds
+    /// with the same base, and the same apt state and command (the
+    /// caller's part), get the same files from apt. `None` where the
+    /// backend keeps no layers (the default).
+    fn layer_base(&self) -> Option<String> {
+        None
+    }
+
+    /// Puts the layer a run kept under `key` beneath the testbed's changes
+    /// since the last revert, until the next revert: the testbed then has
+    /// the files it had when the layer was kept. `Ok(false)` when no run
+    /// kept one.
+    async fn stack_layer(&self, _key: &str) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// Keeps the testbed's changes since the last revert (without the
+    /// scratch dir and apt's downloaded packages) as the layer `key`, for
+    /// [`Testbed::stack_layer`] in later runs.
+    async fn keep_layer(&self, _key: &str) -> Result<()> {
+        Err(TestbedError::Unsupported("keeping a layer"))
+    }
+
     /// Reboots, keeping the scratch dir (only with [`Capability::Reboot`]).
     async fn reboot(&mut self) -> Result<()> {
         Err(TestbedError::Unsupported("reboot"))

@@ -13,7 +13,10 @@
 //! - the setup runs once: reverts return to it, `--setup-commands-boot`
 //!   still runs after each;
 //! - `-U` from a state it already left unchanged is skipped;
-//! - a rootfs tarball is unpacked once and kept for later runs.
+//! - a rootfs tarball is unpacked once and kept for later runs;
+//! - installed test dependencies are kept as a layer over it, which later
+//!   runs in the same state stack instead of running apt: the same files
+//!   and versions, and never a layer from another state.
 //!
 //! The first two need the network to deb.debian.org (as CI has).
 
@@ -178,14 +181,20 @@ fn cached_runs_install_what_uncached_ones_do() {
     let stored = assert_cache_sound(&cache);
     assert!(stored >= 3, "{stored} packages cached{}", cold.said());
 
+    cold.assert_log("kept what apt installed as the layer");
     let warm = dep8(dir.path(), "warm", &cache, &args);
     warm.assert_passed();
     warm.assert_log("apt lists: reused from dep8's cache");
-    warm.assert_log(&format!(
+    warm.assert_log("installed: the layer");
+    // Without the layer, apt installs again, every package from the cache.
+    remove_layers(&cache);
+    let again = dep8(dir.path(), "again", &cache, &args);
+    again.assert_passed();
+    again.assert_log(&format!(
         "package cache: {stored} of {stored} packages from dep8's cache, 0 to download"
     ));
     assert_eq!(assert_cache_sound(&cache), stored);
-    for run in [&cold, &warm] {
+    for run in [&cold, &warm, &again] {
         assert_eq!(
             run.packages("command1"),
             uncached.packages("command1"),
@@ -214,12 +223,12 @@ fn concurrent_runs_share_the_cache() {
     first.assert_passed();
     second.assert_passed();
     assert_eq!(first.packages("command1"), second.packages("command1"));
-    let stored = assert_cache_sound(&cache);
+    assert_cache_sound(&cache);
+    assert_eq!(layers(&cache).len(), 1, "both kept the same layer");
     let third = dep8(dir.path(), "third", &cache, &args);
     third.assert_passed();
-    third.assert_log(&format!(
-        "package cache: {stored} of {stored} packages from dep8's cache, 0 to download"
-    ));
+    third.assert_log("installed: the layer");
+    assert_eq!(first.packages("command1"), third.packages("command1"));
 }
 
 /// A run waiting for the apt lists lock, which another run holds while it
@@ -337,6 +346,11 @@ fn serve(root: PathBuf) -> u16 {
 /// Makes `repo` a flat archive holding only `PACKAGE_VERSION_all.deb`,
 /// whose file says `content`.
 fn publish(repo: &Path, package: &str, version: &str, content: &str) {
+    publish_with(repo, package, version, content, None);
+}
+
+/// [`publish`], the package with the maintainer script `postinst`.
+fn publish_with(repo: &Path, package: &str, version: &str, content: &str, postinst: Option<&str>) {
     for entry in std::fs::read_dir(repo).expect("repo dir") {
         std::fs::remove_file(entry.expect("entry").path()).expect("rm");
     }
@@ -352,6 +366,12 @@ fn publish(repo: &Path, package: &str, version: &str, content: &str) {
         &root.path().join("usr/share/dep8-cache/content"),
         &format!("{content}\n"),
     );
+    if let Some(script) = postinst {
+        let path = root.path().join("DEBIAN/postinst");
+        write(&path, script);
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod postinst");
+    }
     let deb = repo.join(format!("{package}_{version}_all.deb"));
     let root = root.path().to_str().expect("utf-8");
     check(
@@ -427,11 +447,126 @@ fn a_cached_package_never_replaces_the_archives() {
     let rebuilt = run("2.0", "rebuilt", "rebuilt");
     rebuilt.assert_log("package cache: 0 of 1 packages from dep8's cache, 1 to download");
     assert_eq!(plans(), 3);
-    // The archive unchanged: the cached plan and package serve.
+    // The archive unchanged: the layer the last run kept serves, and
+    // without it the cached plan and package.
     let again = run("2.0", "rebuilt", "again");
-    again.assert_log("package cache: 1 of 1 packages from dep8's cache, 0 to download");
+    again.assert_log("installed: the layer");
+    remove_layers(&cache);
+    let without_layer = run("2.0", "rebuilt", "without-layer");
+    without_layer.assert_log("package cache: 1 of 1 packages from dep8's cache, 0 to download");
     assert_eq!(plans(), 3);
     assert_eq!(assert_cache_sound(&cache), 3);
+}
+
+/// The layers of installed packages kept in `cache` (see
+/// [`kept_entries`]).
+fn layers(cache: &Path) -> Vec<String> {
+    kept_entries(cache)
+        .into_iter()
+        .filter(|name| name.starts_with("layer-") && !name.contains('.'))
+        .collect()
+}
+
+/// Removes the kept layers from `cache`: the next run's apt runs.
+fn remove_layers(cache: &Path) {
+    for name in kept_entries(cache) {
+        if name.starts_with("layer-") {
+            let path = cache.join("rootfs").join(name);
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            removed.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        }
+    }
+}
+
+/// What apt installs on an untouched testbed is kept as a layer over the
+/// kept tree, and a later run in the same state stacks it instead of
+/// running apt: the test sees the same files (a deleted one stays deleted,
+/// a dir made anew hides the old content) and the same versions. An
+/// install after a test ran is not kept; setup commands turn layers off;
+/// a rebuilt package in the archive is installed, not the old layer.
+#[test]
+fn installed_dependencies_are_kept_as_a_layer() {
+    let Some(tarball) = unshare_rootfs_as_root() else {
+        return;
+    };
+    let Some(_) = required_program("dpkg-scanpackages", "dpkg-dev") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let repo = subdir(dir.path(), "repo");
+    let port = serve(repo.clone());
+    let source = format!("--add-apt-source=deb [trusted=yes] http://127.0.0.1:{port} ./");
+    let cache = dir.path().join("cache");
+    let package = "dep8-layer-fixture";
+    // Deletes a file and remakes a dir of the rootfs: whiteouts and an
+    // opaque dir in the layer.
+    let postinst = "#!/bin/sh\nrm /etc/issue.net\n\
+                    rm -r /usr/share/doc/bash && mkdir /usr/share/doc/bash \
+                    && touch /usr/share/doc/bash/dep8\n";
+    let run = |content: &str, out: &str, extra: &[&str]| {
+        // The second test needs more than the first: no revert between,
+        // so its install comes after a test ran.
+        let checks = format!(
+            "grep -x {content} /usr/share/dep8-cache/content && test ! -e /etc/issue.net \
+             && test \"$(ls /usr/share/doc/bash)\" = dep8"
+        );
+        let control = format!(
+            "Depends: {package}\nTest-Command: {checks}\n\n\
+             Depends: {package}, hello\nTest-Command: {checks} && hello\n"
+        );
+        let tree = source_tree(&dir.path().join(format!("src-{out}")), "layered", &control);
+        let args = on_unshare(&tree, &tarball, &[]);
+        let options = [&[source.as_str()], extra].concat();
+        let run = dep8(dir.path(), out, &cache, &[&options[..], &args[..]].concat());
+        run.assert_passed();
+        run
+    };
+    publish_with(&repo, package, "1.0", "one", Some(postinst));
+    let first = run("one", "first", &[]);
+    let kept = first
+        .log
+        .matches("kept what apt installed as the layer")
+        .count();
+    assert_eq!(
+        kept,
+        1,
+        "only the untouched testbed's install{}",
+        first.said()
+    );
+    assert_eq!(layers(&cache).len(), 1);
+
+    let second = run("one", "second", &[]);
+    assert_eq!(
+        second.log.matches("installed: the layer").count(),
+        1,
+        "{}",
+        second.said()
+    );
+    assert!(!second.log.contains("kept what apt"), "{}", second.said());
+    assert_eq!(second.packages("command1"), first.packages("command1"));
+    assert_eq!(second.packages("command2"), first.packages("command2"));
+
+    let with_commands = run("one", "with-commands", &["--setup-commands", "true"]);
+    for word in ["installed: the layer", "kept what apt"] {
+        assert!(
+            !with_commands.log.contains(word),
+            "{}",
+            with_commands.said()
+        );
+    }
+
+    publish_with(&repo, package, "1.0", "rebuilt", Some(postinst));
+    let rebuilt = run("rebuilt", "rebuilt", &["--apt-lists-max-age=0"]);
+    assert!(
+        !rebuilt.log.contains("installed: the layer"),
+        "{}",
+        rebuilt.said()
+    );
+    assert_eq!(layers(&cache).len(), 2, "another state, another layer");
 }
 
 /// The trees under the cache's `rootfs/` (kept unpacked tarballs and their

@@ -1,7 +1,8 @@
 # dep8's unshare holder: pid 1 of a testbed's pid namespace, inside its own
 # mount, uts, ipc (and by default net) namespaces. It mounts the testbed,
-# answers `revert` and `commit` requests on stdin (one line each:
-# `dep8-holder: ok` or `dep8-holder: failed`), and on end of input (dep8 closed the testbed, or
+# answers `revert`, `commit`, `stack LAYER` and `keep DEST` requests on
+# stdin (one line each: `dep8-holder: ok` or `dep8-holder: failed`), and on
+# end of input (dep8 closed the testbed, or
 # died) kills everything, unmounts and removes DIR. Every mount lives in the
 # private mount namespace, so the host's mount table never changes.
 # A tarball is unpacked once into a tmpfs at DIR/lower (fast, and gone with
@@ -50,14 +51,14 @@ mkdir "$dir/dev" &&
     exit 1
 }
 
-# Everything mounted on a fresh overlay, in order, so that one `mount` call
-# does it all (a revert costs a handful of processes, not dozens). The
-# overlay's lower layers are $layers: the pristine rootfs under the upper
-# layers of every commit, newest first.
+# Everything mounted on a fresh overlay whose lower layers are $1, in
+# order, so that one `mount` call does it all (a revert costs a handful of
+# processes, not dozens). The overlay's lower layers are usually $layers:
+# the pristine rootfs under the upper layers of every commit, newest first.
 layers=$lower
 fstab=$dir/fstab
 write_fstab() {
-    echo "dep8-root $(esc "$root") overlay lowerdir=$(esc "$layers"),upperdir=$(esc "$rw/upper"),workdir=$(esc "$rw/work") 0 0"
+    echo "dep8-root $(esc "$root") overlay lowerdir=$(esc "$1"),upperdir=$(esc "$rw/upper"),workdir=$(esc "$rw/work") 0 0"
     echo "proc $(esc "$root/proc") proc nosuid,nodev,noexec 0 0"
     if [ "$network" = host ] && ! grep -qE '^ *0 +0 +4294967295$' /proc/self/uid_map; then
         # In a user namespace (ours, or the one a nested dep8 runs in),
@@ -79,12 +80,12 @@ write_fstab() {
     done
 }
 binds=("$@")
-write_fstab > "$fstab"
 
 # A fresh testbed: an empty tmpfs upper layer over the pristine lower one.
 up() {
     mount -t tmpfs -o mode=0755 dep8-rw "$rw" &&
         mkdir "$rw/upper" "$rw/work" &&
+        write_fstab "$layers" > "$fstab" &&
         mount --all --fstab "$fstab" &&
         mkdir -m 755 "$root$scratch" &&
         if [ "$network" = host ]; then
@@ -136,8 +137,27 @@ commit() {
         commits=$((commits + 1)) &&
         rw=$dir/rw$commits &&
         mkdir "$rw" &&
-        write_fstab > "$fstab" &&
         up
+}
+
+# Puts the kept layer $1 (a dir, as `keep` made it) beneath the changes
+# since the last revert, until the next revert: the overlay is mounted
+# again over the same upper layer.
+stack() {
+    kill_all &&
+        down_root &&
+        write_fstab "$1:$layers" > "$fstab" &&
+        mount --all --fstab "$fstab"
+}
+
+# Copies the changes since the last revert into the empty dir $1, as a
+# layer (overlayfs's whiteouts and opaque dirs are files and xattrs that
+# `cp -a` keeps), without the scratch dir and apt's downloaded packages.
+keep() {
+    local archives=$1/var/cache/apt/archives
+    cp -a "$rw/upper/." "$1/" &&
+        rm -rf "$1$scratch" "$archives/partial" &&
+        if [ -d "$archives" ]; then find "$archives" -maxdepth 1 -name '*.deb' -delete; fi
 }
 
 # In a user namespace the submounts of an rbind (/sys with the host's
@@ -165,7 +185,7 @@ if ! up; then
 fi
 read -r pid _ < /proc/self/stat
 echo "dep8-holder: ready $pid"
-while read -r command; do
+while read -r command arg; do
     case $command in
         revert)
             if kill_all && down && up; then
@@ -174,8 +194,8 @@ while read -r command; do
                 echo "dep8-holder: failed"
             fi
             ;;
-        commit)
-            if commit; then
+        commit | stack | keep)
+            if "$command" ${arg:+"$arg"}; then
                 echo "dep8-holder: ok"
             else
                 echo "dep8-holder: failed"

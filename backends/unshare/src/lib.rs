@@ -41,7 +41,7 @@ use dep8_testbed::capability::{BaseImage, BaseImageKind, Capabilities, Capabilit
 use dep8_testbed::exec::{
     copy_down_via_exec, copy_up_via_exec, host_result, in_testbed_argv, run_local,
 };
-use dep8_testbed::kept::KeptTree;
+use dep8_testbed::kept::{self, KeptTree};
 use dep8_testbed::{Backend, ExecOutcome, ExecRequest, OpenContext, Result, Testbed, TestbedError};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -466,7 +466,12 @@ pub struct UnshareTestbed {
     _bootstrapped: Option<tempfile::TempDir>,
     /// The kept unpacked tarball the overlay's lower layer is, in use until
     /// the testbed is dropped.
-    _kept: Option<KeptTree>,
+    kept: Option<KeptTree>,
+    /// dep8's cache dir, where layers of installed packages are kept (with
+    /// a kept tarball only: a layer is keyed by the tree it goes over).
+    layers_in: Option<PathBuf>,
+    /// The kept layers stacked since the last revert, in use until it.
+    stacked: Mutex<Vec<KeptTree>>,
 }
 
 /// Makes the testbed's dir on the host (mount points only, 0700).
@@ -723,7 +728,9 @@ impl UnshareTestbed {
             network: options.network,
             userns: options.userns,
             _bootstrapped: bootstrapped,
-            _kept: kept,
+            layers_in: kept.as_ref().and(options.keep_in),
+            kept,
+            stacked: Mutex::new(Vec::new()),
         })
     }
 
@@ -755,17 +762,48 @@ impl UnshareTestbed {
     }
 
     /// Asks the holder for `request` without blocking the async runtime.
-    async fn request(&self, request: &'static str) -> Result<()> {
+    async fn request(&self, request: String) -> Result<()> {
         let holder = self.holder.clone();
-        tokio::task::spawn_blocking(move || {
-            holder
-                .lock()
-                .map_err(|_| TestbedError::Failure("unshare holder lock poisoned".into()))?
-                .request(request)
-        })
-        .await
-        .map_err(|e| TestbedError::failure(request, e))?
+        blocking(&request.clone(), move || ask(&holder, &request)).await
     }
+
+    /// The cache dir layers are kept in, for `what` (a failure without).
+    fn layers_in(&self, what: &str) -> Result<PathBuf> {
+        self.layers_in
+            .clone()
+            .ok_or_else(|| TestbedError::Failure(format!("{what}: no kept rootfs to go over")))
+    }
+}
+
+/// Asks the holder behind `holder` for `request` (blocking).
+fn ask(holder: &Mutex<Holder>, request: &str) -> Result<()> {
+    holder
+        .lock()
+        .map_err(|_| TestbedError::Failure("unshare holder lock poisoned".into()))?
+        .request(request)
+}
+
+/// Runs `work` on tokio's blocking threads: it may wait for the holder,
+/// or for another run's lock on a kept tree.
+async fn blocking<T: Send + 'static>(
+    what: &str,
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| TestbedError::failure(what, e))?
+}
+
+/// The holder's request for `command` on the host dir `path` (refused for
+/// a path the request's one line cannot carry).
+fn path_request(command: &str, path: &Path) -> std::io::Result<String> {
+    let path = path.to_string_lossy();
+    if path.contains('\n') {
+        return Err(std::io::Error::other(format!(
+            "{path:?}: a newline in the path"
+        )));
+    }
+    Ok(format!("{command} {path}"))
 }
 
 /// Whether the `passwd` file has an account named `user`.
@@ -827,13 +865,61 @@ impl Testbed for UnshareTestbed {
     }
 
     async fn revert(&mut self) -> Result<()> {
-        self.request("revert").await
+        self.request("revert".into()).await?;
+        self.stacked.get_mut().map(Vec::clear).ok();
+        Ok(())
     }
 
     /// The upper layer becomes a lower one: a commit costs what a revert
     /// does, and keeps the setup in RAM (the tmpfs it was written to).
     async fn commit_base(&mut self) -> Result<bool> {
-        self.request("commit").await.map(|()| true)
+        self.request("commit".into()).await.map(|()| true)
+    }
+
+    /// The kept tree the overlay goes over: layers kept over it go over
+    /// any testbed opened from the same tarball.
+    fn layer_base(&self) -> Option<String> {
+        self.layers_in.as_ref()?;
+        self.kept
+            .as_ref()
+            .map(|tree| format!("unshare {}", tree.key()))
+    }
+
+    async fn stack_layer(&self, key: &str) -> Result<bool> {
+        let what = format!("stacking the kept layer {key}");
+        let cache = self.layers_in(&what)?;
+        let key_owned = key.to_string();
+        let found = blocking(&what, move || {
+            kept::find_keyed(&cache, &key_owned).map_err(|e| TestbedError::failure("", e))
+        })
+        .await?;
+        let Some(layer) = found else {
+            return Ok(false);
+        };
+        let request =
+            path_request("stack", layer.path()).map_err(|e| TestbedError::failure(&what, e))?;
+        self.request(request).await?;
+        self.stacked
+            .lock()
+            .map_err(|_| TestbedError::Failure(format!("{what}: lock poisoned")))?
+            .push(layer);
+        Ok(true)
+    }
+
+    async fn keep_layer(&self, key: &str) -> Result<()> {
+        let what = format!("keeping the layer {key}");
+        let cache = self.layers_in(&what)?;
+        let (holder, key) = (self.holder.clone(), key.to_string());
+        blocking(&what.clone(), move || {
+            let names = format!("layer {key}\n");
+            kept::acquire_keyed(&cache, &key, &names, |dir| {
+                let request = path_request("keep", dir)?;
+                ask(&holder, &request).map_err(|e| std::io::Error::other(e.detail()))
+            })
+            .map(drop)
+            .map_err(|e| TestbedError::failure(&what, e))
+        })
+        .await
     }
 
     /// Ends the holder's input and waits for it to clean up and exit,

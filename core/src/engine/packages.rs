@@ -33,6 +33,10 @@ pub struct PackageState {
     install: Duration,
     installed: Option<Installed>,
     installed_for_last: Vec<String>,
+    /// No test or build ran since the testbed was opened or reverted: its
+    /// changes since are the setup's and the installs' alone, which the
+    /// testbed may keep as a layer for later runs.
+    untouched: bool,
 }
 
 impl PackageState {
@@ -44,6 +48,7 @@ impl PackageState {
             install,
             installed: None,
             installed_for_last: Vec::new(),
+            untouched: true,
         }
     }
 
@@ -62,6 +67,13 @@ impl PackageState {
     pub fn reverted(&mut self) {
         self.installed = None;
         self.installed_for_last.clear();
+        self.untouched = true;
+    }
+
+    /// A test or a build runs on the testbed: what it leaves there is not
+    /// apt's, and no later install is kept as a layer until a revert.
+    pub fn touched(&mut self) {
+        self.untouched = false;
     }
 
     /// Whether the testbed must be reverted before `test` (see
@@ -134,6 +146,7 @@ impl PackageState {
                 &missing,
                 recommends,
                 &self.setup,
+                self.untouched,
                 limit,
                 events.output_tap(),
             ),

@@ -195,6 +195,7 @@ impl Run<'_> {
         // The build dependencies stay: start the tests afresh.
         self.dirty = true;
         self.packages.changed();
+        self.packages.touched();
         build.run(tb).await?;
         let built = host_temp_dir("dep8-built-tree.")?;
         timed(

@@ -45,6 +45,7 @@ impl Run<'_> {
             }
             return Ok(result);
         }
+        self.packages.touched();
         // As autopkgtest: every test that ran has its -packages file.
         let packages = self.opts.output_dir.join(format!("{name}-packages"));
         if !packages.exists() {
