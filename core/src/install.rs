@@ -127,7 +127,7 @@ pub async fn apt_satisfy(
     let out = setup.with_cached_debs(tb, &satisfy, &log, install).await?;
     if out.status.success() {
         if let Some(key) = &layer {
-            match tb.keep_layer(key).await {
+            match tb.keep_layer(key, &satisfy).await {
                 Ok(()) => say(
                     &log,
                     &format!("kept what apt installed as the layer {key}, for later runs"),

@@ -345,8 +345,11 @@ pub trait Testbed: Send + Sync {
 
     /// Keeps the testbed's changes since the last revert (without the
     /// scratch dir and apt's downloaded packages) as the layer `key`, for
-    /// [`Testbed::stack_layer`] in later runs.
-    async fn keep_layer(&self, _key: &str) -> Result<()> {
+    /// [`Testbed::stack_layer`] in later runs. `purpose` says what made
+    /// them (an install command): a layer kept for the same purpose over
+    /// the same base under another key is an earlier state's, which the
+    /// backend may remove once unused.
+    async fn keep_layer(&self, _key: &str, _purpose: &str) -> Result<()> {
         Err(TestbedError::Unsupported("keeping a layer"))
     }
 

@@ -144,10 +144,12 @@ commit() {
 # since the last revert, until the next revert: the overlay is mounted
 # again over the same upper layer.
 stack() {
-    kill_all &&
-        down_root &&
-        write_fstab "$1:$layers" > "$fstab" &&
-        mount --all --fstab "$fstab"
+    kill_all && down_root || return 1
+    write_fstab "$1:$layers" > "$fstab" && mount --all --fstab "$fstab" && return 0
+    # Not stacked: the testbed as it was.
+    down_root 2>/dev/null
+    write_fstab "$layers" > "$fstab" && mount --all --fstab "$fstab"
+    return 1
 }
 
 # Copies the changes since the last revert into the empty dir $1, as a

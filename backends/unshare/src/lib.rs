@@ -879,18 +879,16 @@ impl Testbed for UnshareTestbed {
     /// The kept tree the overlay goes over: layers kept over it go over
     /// any testbed opened from the same tarball.
     fn layer_base(&self) -> Option<String> {
-        self.layers_in.as_ref()?;
-        self.kept
-            .as_ref()
-            .map(|tree| format!("unshare {}", tree.key()))
+        let kept = self.kept.as_ref().filter(|_| self.layers_in.is_some())?;
+        Some(format!("unshare {}", kept.key()))
     }
 
     async fn stack_layer(&self, key: &str) -> Result<bool> {
         let what = format!("stacking the kept layer {key}");
         let cache = self.layers_in(&what)?;
-        let key_owned = key.to_string();
+        let (key_owned, failed) = (key.to_string(), what.clone());
         let found = blocking(&what, move || {
-            kept::find_keyed(&cache, &key_owned).map_err(|e| TestbedError::failure("", e))
+            kept::find_keyed(&cache, &key_owned).map_err(|e| TestbedError::failure(failed, e))
         })
         .await?;
         let Some(layer) = found else {
@@ -906,12 +904,17 @@ impl Testbed for UnshareTestbed {
         Ok(true)
     }
 
-    async fn keep_layer(&self, key: &str) -> Result<()> {
+    async fn keep_layer(&self, key: &str, purpose: &str) -> Result<()> {
         let what = format!("keeping the layer {key}");
         let cache = self.layers_in(&what)?;
         let (holder, key) = (self.holder.clone(), key.to_string());
+        // An earlier layer for the same purpose over the same tree is an
+        // earlier state's (older lists): replaced.
+        let names = format!(
+            "layer over {}\n{purpose}\n",
+            self.layer_base().unwrap_or_default()
+        );
         blocking(&what.clone(), move || {
-            let names = format!("layer {key}\n");
             kept::acquire_keyed(&cache, &key, &names, |dir| {
                 let request = path_request("keep", dir)?;
                 ask(&holder, &request).map_err(|e| std::io::Error::other(e.detail()))
