@@ -399,22 +399,29 @@ fn publish_with(repo: &Path, package: &str, version: &str, content: &str, postin
     );
 }
 
-/// The archive changes between runs: a newer version, then a rebuild of
-/// that version with other content. Each run installs what the archive
-/// has now, never the cached package.
-#[test]
-fn a_cached_package_never_replaces_the_archives() {
-    let Some(tarball) = unshare_rootfs_as_root() else {
-        return;
-    };
-    let Some(_) = required_program("dpkg-scanpackages", "dpkg-dev") else {
-        return;
-    };
+/// What a test with an archive of its own needs: the unshare rootfs, a
+/// temp dir, a flat archive dir in it served on loopback, the
+/// `--add-apt-source` option for it, and a cache dir (not made); `None`
+/// (with the reason printed) where the test cannot run here.
+fn local_archive() -> Option<(String, tempfile::TempDir, PathBuf, String, PathBuf)> {
+    let tarball = unshare_rootfs_as_root()?;
+    required_program("dpkg-scanpackages", "dpkg-dev")?;
     let dir = tempfile::tempdir().expect("temp dir");
     let repo = subdir(dir.path(), "repo");
     let port = serve(repo.clone());
     let source = format!("--add-apt-source=deb [trusted=yes] http://127.0.0.1:{port} ./");
     let cache = dir.path().join("cache");
+    Some((tarball, dir, repo, source, cache))
+}
+
+/// The archive changes between runs: a newer version, then a rebuild of
+/// that version with other content. Each run installs what the archive
+/// has now, never the cached package.
+#[test]
+fn a_cached_package_never_replaces_the_archives() {
+    let Some((tarball, dir, repo, source, cache)) = local_archive() else {
+        return;
+    };
     let package = "dep8-cache-fixture";
     let run = |version: &str, content: &str, out: &str| {
         let control = format!(
@@ -491,17 +498,9 @@ fn remove_layers(cache: &Path) {
 /// its layer replaces the old one.
 #[test]
 fn installed_dependencies_are_kept_as_a_layer() {
-    let Some(tarball) = unshare_rootfs_as_root() else {
+    let Some((tarball, dir, repo, source, cache)) = local_archive() else {
         return;
     };
-    let Some(_) = required_program("dpkg-scanpackages", "dpkg-dev") else {
-        return;
-    };
-    let dir = tempfile::tempdir().expect("temp dir");
-    let repo = subdir(dir.path(), "repo");
-    let port = serve(repo.clone());
-    let source = format!("--add-apt-source=deb [trusted=yes] http://127.0.0.1:{port} ./");
-    let cache = dir.path().join("cache");
     let package = "dep8-layer-fixture";
     // Deletes a file and remakes a dir of the rootfs: whiteouts and an
     // opaque dir in the layer.
