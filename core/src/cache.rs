@@ -48,7 +48,8 @@
 //! and apt's `srcpkgcache.bin`; locked by `lists/KEY.lock`),
 //! `upgrades/DIGEST` (empty), `plans/DIGEST` (apt's `--print-uris`),
 //! `tmp/` (staging, on the same file system for the renames). Backends may
-//! keep unpacked root filesystems in `rootfs/` ([`kept`]).
+//! keep unpacked root filesystems in `rootfs/` ([`kept`]), and layers of
+//! installed packages there under [`AptCache::layer_key`].
 
 use crate::blocking;
 use crate::testbed::kept;
