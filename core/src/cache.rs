@@ -47,6 +47,7 @@
 //! Layout under the cache dir: `debs/SHA256.deb`, `lists/KEY/` (`lists/`
 //! and apt's `srcpkgcache.bin`; locked by `lists/KEY.lock`),
 //! `upgrades/DIGEST` (empty), `plans/DIGEST` (apt's `--print-uris`),
+//! `install-logs/KEY` (apt's output when the layer KEY was kept),
 //! `tmp/` (staging, on the same file system for the renames). Backends may
 //! keep unpacked root filesystems in `rootfs/` ([`kept`]), and layers of
 //! installed packages there under [`AptCache::layer_key`].
@@ -383,6 +384,21 @@ impl AptCache {
         let inputs = self.digest(tb, &install_inputs_script(), Some(apt)).await?;
         let key = Sha256::digest(format!("{LAYER_FORMAT}\n{base}\n{inputs}\n"));
         Ok(format!("layer-{key:x}"))
+    }
+
+    /// apt's output when the layer `key` was kept, if stored.
+    pub async fn layer_log(&self, key: &str) -> Option<Vec<u8>> {
+        tokio::fs::read(self.install_logs().join(key)).await.ok()
+    }
+
+    /// Stores `said`, apt's output, with the layer `key`.
+    pub async fn note_layer_log(&self, key: &str, said: Vec<u8>) -> Result<(), CacheError> {
+        let text = String::from_utf8_lossy(&said).into_owned();
+        self.store_note(self.install_logs().join(key), text).await
+    }
+
+    fn install_logs(&self) -> PathBuf {
+        self.dir.join("install-logs")
     }
 
     /// The digest of what decides what an upgrade does in the testbed.

@@ -7,9 +7,10 @@
 //! alternatives, versions, `[arch]` qualifiers, `<profile>`s — directly, so
 //! nothing has to be built on the host and no dummy package is left to purge.
 
-use crate::cache::say;
+use crate::cache::{say, AptCache, CacheError};
 use crate::setup::{Setup, SetupError};
 use crate::testbed::{ExecRequest, Output, Result, Tap, Testbed, TestbedError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Runs `apt-get update` when the testbed has no package lists of a remote
@@ -99,41 +100,30 @@ pub async fn apt_satisfy(
          {update}; {satisfy} && exit 0; {fallback}exit 1"
     );
     let layer = match setup.layers_cache(tb).filter(|_| untouched) {
-        Some((cache, base)) => match cache.layer_key(tb, &base, &satisfy).await {
-            Ok(key) => Some(key),
-            Err(why) => {
-                say(&log, &format!("no kept layer: {why}"));
-                None
-            }
-        },
+        Some((cache, base)) => KeptLayer::for_install(tb, cache, &base, &satisfy, &log).await,
         None => None,
     };
-    if let Some(key) = &layer {
-        match tb.stack_layer(key).await {
-            Ok(true) => {
-                say(&log, &format!("installed: the layer {key}, which an earlier run kept after the same apt-get on a testbed in the same state; apt did not run"));
-                return Ok(Ok(()));
-            }
-            Ok(false) => {}
-            Err(why) => say(&log, &format!("kept layer not used: {}", why.detail())),
+    if let Some(layer) = &layer {
+        if layer.stack(tb, &log).await {
+            return Ok(Ok(()));
         }
     }
+    let said = Arc::new(Mutex::new(Vec::new()));
+    let apt_log = match &layer {
+        Some(_) => recording(log.clone(), said.clone()),
+        None => log.clone(),
+    };
     let install = tb.exec(
         ExecRequest::shell(&script)
-            .stdout(Output::capture().with_tap(log.clone()))
-            .stderr(Output::capture().with_tap(log.clone()))
+            .stdout(Output::capture().with_tap(apt_log.clone()))
+            .stderr(Output::capture().with_tap(apt_log))
             .timeout(timeout),
     );
     let out = setup.with_cached_debs(tb, &satisfy, &log, install).await?;
     if out.status.success() {
-        if let Some(key) = &layer {
-            match tb.keep_layer(key, &satisfy).await {
-                Ok(()) => say(
-                    &log,
-                    &format!("kept what apt installed as the layer {key}, for later runs"),
-                ),
-                Err(why) => say(&log, &format!("layer not kept: {}", why.detail())),
-            }
+        if let Some(layer) = &layer {
+            let said = std::mem::take(&mut *said.lock().unwrap_or_else(|e| e.into_inner()));
+            layer.keep(tb, &satisfy, said, &log).await;
         }
         return Ok(Ok(()));
     }
@@ -154,6 +144,92 @@ pub async fn apt_satisfy(
         )));
     }
     Ok(Err(Unsatisfiable(apt_complaint(&output))))
+}
+
+/// The layer an install leaves on a testbed that keeps layers
+/// ([`Testbed::layer_base`]), under its key in the package cache.
+struct KeptLayer<'a> {
+    cache: &'a AptCache,
+    key: String,
+}
+
+impl<'a> KeptLayer<'a> {
+    /// The layer the apt-get command `apt` leaves on `tb`, whose base is
+    /// `base`; `None` (and why, in `log`) when its key cannot be had.
+    async fn for_install(
+        tb: &dyn Testbed,
+        cache: &'a AptCache,
+        base: &str,
+        apt: &str,
+        log: &Tap,
+    ) -> Option<KeptLayer<'a>> {
+        match cache.layer_key(tb, base, apt).await {
+            Ok(key) => Some(KeptLayer { cache, key }),
+            Err(why) => {
+                say(log, &format!("no kept layer: {why}"));
+                None
+            }
+        }
+    }
+
+    /// Stacks the layer if a run kept it, with apt's output then in the
+    /// log; whether it did.
+    async fn stack(&self, tb: &dyn Testbed, log: &Tap) -> bool {
+        let key = &self.key;
+        match tb.stack_layer(key).await {
+            Ok(true) => {
+                let said = self.cache.layer_log(key).await;
+                say(
+                    log,
+                    &format!(
+                        "installed: the layer {key}, which an earlier run kept after \
+                         the same apt-get on a testbed in the same state; apt did not \
+                         run{}",
+                        if said.is_some() {
+                            ". Its output then:"
+                        } else {
+                            ""
+                        }
+                    ),
+                );
+                if let Some(said) = said {
+                    log(&said);
+                }
+                true
+            }
+            Ok(false) => false,
+            Err(why) => {
+                say(log, &format!("kept layer not used: {}", why.detail()));
+                false
+            }
+        }
+    }
+
+    /// Keeps what `apt` installed as the layer, with `said`, apt's output.
+    async fn keep(&self, tb: &dyn Testbed, apt: &str, said: Vec<u8>, log: &Tap) {
+        let key = &self.key;
+        let kept = match tb.keep_layer(key, apt).await {
+            Ok(()) => self.cache.note_layer_log(key, said).await,
+            Err(why) => Err(CacheError::Command(why.detail())),
+        };
+        match kept {
+            Ok(()) => say(
+                log,
+                &format!("kept what apt installed as the layer {key}, for later runs"),
+            ),
+            Err(why) => say(log, &format!("layer not kept: {why}")),
+        }
+    }
+}
+
+/// A tap that passes what it gets on to `log` and adds it to `said`.
+fn recording(log: Tap, said: Arc<Mutex<Vec<u8>>>) -> Tap {
+    Arc::new(move |bytes: &[u8]| {
+        said.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(bytes);
+        log(bytes);
+    })
 }
 
 /// Whether apt failed only to download the packages it had resolved

@@ -548,6 +548,9 @@ fn installed_dependencies_are_kept_as_a_layer() {
         second.said()
     );
     assert!(!second.log.contains("kept what apt"), "{}", second.said());
+    // apt's output when the layer was kept, given again.
+    second.assert_log("Its output then:");
+    second.assert_log("Setting up dep8-layer-fixture (1.0)");
     assert_eq!(second.packages("command1"), first.packages("command1"));
     assert_eq!(second.packages("command2"), first.packages("command2"));
 
