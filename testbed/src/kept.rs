@@ -71,8 +71,8 @@ pub fn acquire(
 /// The tree kept under `key` (no dot in it), made first by `make(DIR)`
 /// into an empty DIR when no run has kept one. `names` says what the tree
 /// is: a tree whose lock file says the same under another key is an
-/// earlier version of it, removed once unused. Blocks while another run
-/// makes the same tree.
+/// earlier version of it, removed once unused (after this one is made).
+/// Blocks while another run makes the same tree.
 pub fn acquire_keyed(
     cache_dir: &Path,
     key: &str,
@@ -84,11 +84,12 @@ pub fn acquire_keyed(
         .recursive(true)
         .mode(0o700)
         .create(&dir)?;
-    remove_unused(&dir, key, names);
     let tree = dir.join(key);
     let lock_path = dir.join(format!("{key}.lock"));
     loop {
         if let Some(kept) = in_use(&tree, &lock_path)? {
+            // Only now: a tree that could not be made replaces nothing.
+            remove_unused(&dir, key, names);
             return Ok(kept);
         }
         let exclusive = lock(&lock_path, FlockArg::LockExclusiveNonblock)?;

@@ -495,7 +495,8 @@ fn remove_layers(cache: &Path) {
 /// a dir made anew hides the old content) and the same versions. An
 /// install after a test ran is not kept; setup commands turn layers off;
 /// a rebuilt package in the archive is installed, not the old layer, and
-/// its layer replaces the old one.
+/// its layer replaces the old one; an install that leaves a daemon
+/// running is not kept.
 #[test]
 fn installed_dependencies_are_kept_as_a_layer() {
     let Some((tarball, dir, repo, source, cache)) = local_archive() else {
@@ -573,6 +574,14 @@ fn installed_dependencies_are_kept_as_a_layer() {
     let replaced = layers(&cache);
     assert_eq!(replaced.len(), 1, "the earlier state's layer replaced");
     assert_ne!(replaced, kept_layer);
+
+    // A daemon the install started is not in a layer: none is kept.
+    let daemon = format!("{postinst}setsid sleep 600 </dev/null >/dev/null 2>&1 &\n");
+    publish_with(&repo, package, "1.0", "daemon", Some(&daemon));
+    let started = run("daemon", "daemon", &["--apt-lists-max-age=0"]);
+    started.assert_log("layer not kept");
+    started.assert_log("processes run in the testbed");
+    assert_eq!(layers(&cache), replaced);
 }
 
 /// The trees under the cache's `rootfs/` (kept unpacked tarballs and their

@@ -140,11 +140,21 @@ commit() {
         up
 }
 
+# Whether no process but this one runs in the testbed: a layer holds
+# files, not the daemons an install started, nor may stacking one kill
+# those.
+alone() {
+    if kill -0 -1 2>/dev/null; then
+        echo "processes run in the testbed"
+        return 1
+    fi
+}
+
 # Puts the kept layer $1 (a dir, as `keep` made it) beneath the changes
 # since the last revert, until the next revert: the overlay is mounted
-# again over the same upper layer.
+# again over the same upper layer (only while nothing runs in it).
 stack() {
-    kill_all && down_root || return 1
+    alone && down_root || return 1
     write_fstab "$1:$layers" > "$fstab" && mount --all --fstab "$fstab" && return 0
     # Not stacked: the testbed as it was.
     down_root 2>/dev/null
@@ -157,7 +167,7 @@ stack() {
 # `cp -a` keeps), without the scratch dir and apt's downloaded packages.
 keep() {
     local archives=$1/var/cache/apt/archives
-    cp -a "$rw/upper/." "$1/" &&
+    alone && cp -a "$rw/upper/." "$1/" &&
         rm -rf "$1$scratch" "$archives/partial" &&
         if [ -d "$archives" ]; then find "$archives" -maxdepth 1 -name '*.deb' -delete; fi
 }
