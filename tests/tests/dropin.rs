@@ -687,8 +687,10 @@ fn options_take_effect_on(testbed: &[String]) {
         "skipped",
         "-u",
         "nobody",
+        // Long enough for the quick tests on a loaded machine (ssh's
+        // `user` test took 8 s once in CI), short beside `sleep 60`.
         "--timeout-test",
-        "3",
+        "15",
         "--insecure",
         "-s",
         "-q",
