@@ -383,7 +383,7 @@ impl AptCache {
         use sha2::{Digest, Sha256};
         let inputs = self.digest(tb, &install_inputs_script(), Some(apt)).await?;
         let key = Sha256::digest(format!("{LAYER_FORMAT}\n{base}\n{inputs}\n"));
-        Ok(format!("layer-{key:x}"))
+        Ok(format!("{}{key:x}", kept::LAYER_PREFIX))
     }
 
     /// apt's output when the layer `key` was kept, if stored.

@@ -29,6 +29,10 @@ use std::time::{Duration, SystemTime};
 /// The subdir of dep8's cache dir that holds kept trees.
 pub const SUBDIR: &str = "rootfs";
 
+/// What the keys of layers kept over a tree start with (see
+/// [`acquire_keyed`]), so that they can be trimmed apart from the trees.
+pub const LAYER_PREFIX: &str = "layer-";
+
 /// A tree unused for this long is removed.
 pub const UNUSED: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -100,6 +104,10 @@ pub fn acquire_keyed(
                 .prefix(&format!("{key}.partial-"))
                 .tempdir_in(&dir)?;
             make(partial.path())?;
+            std::fs::write(
+                dir.join(format!("{key}.size")),
+                usage(partial.path()).to_string(),
+            )?;
             std::fs::rename(partial.keep(), &tree)?;
         }
         drop(exclusive);
@@ -174,6 +182,49 @@ pub fn clean(cache_dir: &Path) -> io::Result<Cleaned> {
         }
     }
     Ok(cleaned)
+}
+
+/// Removes the least recently used trees whose key starts with `prefix`,
+/// but those in use, until the others take at most `max` bytes; returns
+/// the bytes freed.
+pub fn trim(cache_dir: &Path, prefix: &str, max: u64) -> io::Result<u64> {
+    let dir = cache_dir.join(SUBDIR);
+    let mut trees = Vec::new();
+    for entry in std::fs::read_dir(&dir)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(key) = name.strip_suffix(".lock") else {
+            continue;
+        };
+        if key.starts_with(prefix) && dir.join(key).is_dir() {
+            // The lock file's time says when the tree was last used.
+            let used = entry.metadata().and_then(|m| m.modified());
+            let used = used.unwrap_or(SystemTime::UNIX_EPOCH);
+            trees.push((used, size_of(&dir, key), key.to_string()));
+        }
+    }
+    trees.sort();
+    let mut total: u64 = trees.iter().map(|(_, size, _)| size).sum();
+    let mut freed = 0;
+    for (_, size, key) in trees {
+        if total <= max {
+            break;
+        }
+        if let Some(exclusive) = lock_unused(&dir, &key)? {
+            remove(&dir, &key, exclusive)?;
+            total -= size;
+            freed += size;
+        }
+    }
+    Ok(freed)
+}
+
+/// The bytes `key`'s tree takes: as noted when it was made (`KEY.size`),
+/// else counted.
+fn size_of(dir: &Path, key: &str) -> u64 {
+    std::fs::read_to_string(dir.join(format!("{key}.size")))
+        .ok()
+        .and_then(|noted| noted.trim().parse().ok())
+        .unwrap_or_else(|| usage(&dir.join(key)))
 }
 
 /// The key of `tarball`: its device, inode, size, modification and change
@@ -278,6 +329,10 @@ fn remove(dir: &Path, key: &str, exclusive: Flock<File>) -> io::Result<()> {
             .tempdir_in(dir)?;
         std::fs::rename(&tree, gone.path().join("tree"))?;
         gone.close()?;
+    }
+    match std::fs::remove_file(dir.join(format!("{key}.size"))) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
     }
     // Still locked: a run that opened the old file sees it gone and retries.
     std::fs::remove_file(dir.join(format!("{key}.lock")))?;
@@ -391,6 +446,49 @@ mod tests {
     }
 
     #[test]
+    fn trim_removes_the_least_recently_used_trees_but_those_in_use() {
+        let cache = tempfile::tempdir().unwrap();
+        let ten_bytes = |dir: &Path| std::fs::write(dir.join("data"), "0123456789");
+        let keys = ["layer-old", "layer-mid", "layer-new", "layer-used"];
+        let mut in_use = None;
+        for (age, key) in keys.iter().enumerate() {
+            let tree = acquire_keyed(cache.path(), key, key, ten_bytes).unwrap();
+            let lock = cache.path().join(SUBDIR).join(format!("{key}.lock"));
+            let used = SystemTime::now() - Duration::from_secs(3600 * (10 - age as u64));
+            File::options()
+                .write(true)
+                .open(&lock)
+                .unwrap()
+                .set_modified(used)
+                .unwrap();
+            if *key == "layer-used" {
+                in_use = Some(tree);
+            }
+        }
+        // The oldest is in use too: spared, the next oldest go instead.
+        let oldest = find_keyed(cache.path(), "layer-old").unwrap().unwrap();
+        let lock = cache.path().join(SUBDIR).join("layer-old.lock");
+        let long_ago = SystemTime::now() - Duration::from_secs(3600 * 20);
+        File::options()
+            .write(true)
+            .open(&lock)
+            .unwrap()
+            .set_modified(long_ago)
+            .unwrap();
+        assert_eq!(trim(cache.path(), "layer-", 20).unwrap(), 20);
+        let left: Vec<bool> = keys
+            .iter()
+            .map(|key| cache.path().join(SUBDIR).join(key).is_dir())
+            .collect();
+        assert_eq!(left, [true, false, false, true]);
+        assert!(!cache.path().join(SUBDIR).join("layer-mid.size").exists());
+        drop((oldest, in_use));
+        assert_eq!(trim(cache.path(), "layer-", 10).unwrap(), 10);
+        assert!(!cache.path().join(SUBDIR).join("layer-old").exists());
+        assert_eq!(trim(cache.path(), "other-", 0).unwrap(), 0);
+    }
+
+    #[test]
     fn clean_spares_the_trees_in_use() {
         let cache = tempfile::tempdir().unwrap();
         let (a, b) = (cache.path().join("a.tar"), cache.path().join("b.tar"));
@@ -410,7 +508,11 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert_eq!(left.len(), 2, "the tree in use and its lock: {left:?}");
+        assert_eq!(
+            left.len(),
+            3,
+            "the tree in use, its lock and size: {left:?}"
+        );
     }
 
     #[test]

@@ -641,7 +641,7 @@ fn a_tarball_is_unpacked_once_per_machine() {
     let first = dep8(dir.path(), "first", &cache, &args);
     first.assert_passed();
     let kept = kept_entries(&cache);
-    assert_eq!(kept.len(), 2, "a tree and its lock: {kept:?}");
+    assert_eq!(kept.len(), 3, "a tree, its lock and its size: {kept:?}");
     let tree_dir = cache.join("rootfs").join(&kept[0]);
     assert!(tree_dir.join("etc/debian_version").is_file());
     assert!(!tree_dir.join("etc/dep8-kept-probe").exists());

@@ -55,6 +55,10 @@ const HOLDER: &str = include_str!("holder.sh");
 /// Where the pristine rootfs is mounted read-only with `--baseimage`.
 pub const BASEIMAGE_PATH: &str = "/run/dep8/baseimage";
 
+/// The most the kept layers may take together: beyond it, those unused
+/// longest are removed as a new one is kept.
+const LAYERS_MAX: u64 = 16 << 30;
+
 /// The scratch dir inside the testbed; the same path after every revert.
 const SCRATCH: &str = "/tmp/dep8-scratch";
 
@@ -915,12 +919,21 @@ impl Testbed for UnshareTestbed {
             self.layer_base().unwrap_or_default()
         );
         blocking(&what.clone(), move || {
-            kept::acquire_keyed(&cache, &key, &names, |dir| {
+            let kept = kept::acquire_keyed(&cache, &key, &names, |dir| {
                 let request = path_request("keep", dir)?;
                 ask(&holder, &request).map_err(|e| std::io::Error::other(e.detail()))
             })
-            .map(drop)
-            .map_err(|e| TestbedError::failure(&what, e))
+            .map_err(|e| TestbedError::failure(&what, e))?;
+            // The new layer is in use (held) and the newest: never trimmed.
+            match kept::trim(&cache, kept::LAYER_PREFIX, LAYERS_MAX) {
+                Ok(0) => {}
+                Ok(freed) => {
+                    tracing::info!("unshare: removed {freed} bytes of layers unused longest")
+                }
+                Err(e) => tracing::warn!("unshare: trimming the kept layers: {e}"),
+            }
+            drop(kept);
+            Ok(())
         })
         .await
     }
