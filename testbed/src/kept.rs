@@ -370,6 +370,12 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    /// Makes the tree whose lock file is `lock` look last used at `when`.
+    fn set_last_used(lock: &Path, when: SystemTime) {
+        let file = File::options().write(true).open(lock).unwrap();
+        file.set_modified(when).unwrap();
+    }
+
     fn unpack_marker(count: &AtomicUsize) -> impl Fn(&Path) -> io::Result<()> + '_ {
         move |dir| {
             count.fetch_add(1, Ordering::SeqCst);
@@ -455,12 +461,7 @@ mod tests {
             let tree = acquire_keyed(cache.path(), key, key, ten_bytes).unwrap();
             let lock = cache.path().join(SUBDIR).join(format!("{key}.lock"));
             let used = SystemTime::now() - Duration::from_secs(3600 * (10 - age as u64));
-            File::options()
-                .write(true)
-                .open(&lock)
-                .unwrap()
-                .set_modified(used)
-                .unwrap();
+            set_last_used(&lock, used);
             if *key == "layer-used" {
                 in_use = Some(tree);
             }
@@ -469,12 +470,7 @@ mod tests {
         let oldest = find_keyed(cache.path(), "layer-old").unwrap().unwrap();
         let lock = cache.path().join(SUBDIR).join("layer-old.lock");
         let long_ago = SystemTime::now() - Duration::from_secs(3600 * 20);
-        File::options()
-            .write(true)
-            .open(&lock)
-            .unwrap()
-            .set_modified(long_ago)
-            .unwrap();
+        set_last_used(&lock, long_ago);
         assert_eq!(trim(cache.path(), "layer-", 20).unwrap(), 20);
         let left: Vec<bool> = keys
             .iter()
@@ -558,12 +554,7 @@ mod tests {
             .to_path_buf();
         let lock = PathBuf::from(format!("{}.lock", old_path.display()));
         let long_ago = SystemTime::now() - UNUSED - Duration::from_secs(60);
-        File::options()
-            .write(true)
-            .open(&lock)
-            .unwrap()
-            .set_modified(long_ago)
-            .unwrap();
+        set_last_used(&lock, long_ago);
         let _new = acquire(cache.path(), &new, unpack_marker(&unpacks)).unwrap();
         assert!(!old_path.exists());
         assert!(!lock.exists());
