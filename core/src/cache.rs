@@ -129,8 +129,8 @@ fn plan_inputs_script() -> String {
     )
 }
 
-/// Prints a SHA256 of what decides what the apt-get command `$1` installs:
-/// the command and [`APT_STATE`].
+/// Prints a SHA256 of what decides what the apt-get script `$1` installs:
+/// the script and [`APT_STATE`].
 fn install_inputs_script() -> String {
     format!("{{\nprintf '%s\\n' \"$1\"\n{APT_STATE}\n}} | sha256sum | cut -c1-64")
 }
@@ -370,7 +370,7 @@ impl AptCache {
         Ok(digest)
     }
 
-    /// The key of the layer the apt-get command `apt` leaves on a testbed
+    /// The key of the layer the apt-get script `apt` leaves on a testbed
     /// whose backend's base is `base` ([`Testbed::layer_base`]): a SHA256
     /// of the base, the command and everything apt decides by. No dot in
     /// it, as [`kept`] wants.

@@ -100,7 +100,8 @@ pub async fn apt_satisfy(
          {update}; {satisfy} && exit 0; {fallback}exit 1"
     );
     let layer = match setup.layers_cache(tb).filter(|_| untouched) {
-        Some((cache, base)) => KeptLayer::for_install(tb, cache, &base, &satisfy, &log).await,
+        // Keyed by the whole script: with apt's fallback, pins may go.
+        Some((cache, base)) => KeptLayer::for_install(tb, cache, &base, &script, &log).await,
         None => None,
     };
     if let Some(layer) = &layer {
@@ -154,7 +155,7 @@ struct KeptLayer<'a> {
 }
 
 impl<'a> KeptLayer<'a> {
-    /// The layer the apt-get command `apt` leaves on `tb`, whose base is
+    /// The layer the install script `apt` leaves on `tb`, whose base is
     /// `base`; `None` (and why, in `log`) when its key cannot be had.
     async fn for_install(
         tb: &dyn Testbed,
