@@ -175,7 +175,7 @@ pub fn clean(cache_dir: &Path) -> io::Result<Cleaned> {
     for key in keys {
         match lock_unused(&dir, &key)? {
             Some(exclusive) => {
-                cleaned.freed += usage(&dir.join(&key));
+                cleaned.freed += size_of(&dir, &key);
                 remove(&dir, &key, exclusive)?;
             }
             None => cleaned.in_use.push(dir.join(&key)),
